@@ -1,0 +1,345 @@
+//! Every message that crosses a GLORY-CL link. Each link has its own enums; fields are
+//! named on the wire (MessagePack maps), so a peer can add fields without breaking an
+//! older reader (unknown fields are ignored, missing optional ones default).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the wire protocol. A peer with another version is refused at `Hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What the connecting side is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A node agent with its node certificate.
+    Agent,
+    /// A group master (to the cluster master).
+    GroupMaster,
+    /// A machine without a certificate yet, asking to enroll.
+    Enrollee,
+}
+
+/// First frame on the control stream of every connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub role: Role,
+    /// Node id, group id, or (for an enrollee) its machine id.
+    pub id: String,
+}
+
+impl Hello {
+    pub fn new(role: Role, id: impl Into<String>) -> Self {
+        Hello { protocol_version: PROTOCOL_VERSION, role, id: id.into() }
+    }
+}
+
+/// Why a peer was refused. Stable codes so that a peer can decide whether retrying helps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    VersionMismatch,
+    /// The certificate does not match the claimed identity or role.
+    BadIdentity,
+    /// The node (or its certificate) was removed from the cluster.
+    Removed,
+    /// The bootstrap token is unknown, wrong, expired or used up.
+    BadToken,
+    /// No group can take the node (all full).
+    NoCapacity,
+    /// This master cannot serve the request right now (not the leader, store down...).
+    Unavailable,
+    /// The request was malformed.
+    BadRequest,
+    /// This peer was replaced by a newer connection with the same identity.
+    Replaced,
+}
+
+impl RefusalCode {
+    /// Whether the same request may succeed later without operator action.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, RefusalCode::Unavailable | RefusalCode::NoCapacity | RefusalCode::Replaced)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: RefusalCode,
+    pub message: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+/// Answer to `Hello`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HelloReply {
+    Welcome { protocol_version: u32, server_id: String },
+    Refused(Refusal),
+}
+
+// ---------------------------------------------------------------------------------------
+// Node state and host data
+// ---------------------------------------------------------------------------------------
+
+/// Liveness state of a node as the cluster sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Enrolled, not yet heard by its group master.
+    Joining,
+    Up,
+    /// Missed heartbeats, not yet `down`.
+    Suspect,
+    Down,
+    /// Shut down cleanly.
+    Left,
+    /// Its group master is not reachable: we do not know.
+    Unreachable,
+}
+
+impl NodeState {
+    pub const ALL: [NodeState; 6] = [
+        NodeState::Joining,
+        NodeState::Up,
+        NodeState::Suspect,
+        NodeState::Down,
+        NodeState::Left,
+        NodeState::Unreachable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Up => "up",
+            NodeState::Suspect => "suspect",
+            NodeState::Down => "down",
+            NodeState::Left => "left",
+            NodeState::Unreachable => "unreachable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NodeState> {
+        NodeState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Disk {
+    pub name: String,
+    pub mount_point: String,
+    pub file_system: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Nic {
+    pub name: String,
+    pub mac: String,
+    /// Addresses with prefix length, e.g. `10.1.2.3/24`.
+    pub addresses: Vec<String>,
+}
+
+/// What a node is: reported at enrollment and when it changes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub hostname: String,
+    pub machine_id: String,
+    pub cpus: u32,
+    #[serde(default)]
+    pub cpu_model: String,
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+    #[serde(default)]
+    pub kernel: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub product: Option<String>,
+    #[serde(default)]
+    pub serial: Option<String>,
+    #[serde(default)]
+    pub agent_version: String,
+    /// True for simulated hosts (`glory up`, `glory sim`).
+    #[serde(default)]
+    pub simulated: bool,
+}
+
+/// A compact load sample carried by every heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// CPU busy percentage over all cores, 0-100.
+    pub cpu: f32,
+    /// 1-minute load average.
+    pub load1: f32,
+    pub mem_used: u64,
+    pub mem_total: u64,
+    /// Number of processes.
+    pub procs: u32,
+}
+
+// ---------------------------------------------------------------------------------------
+// Enrollment (enrollee -> cluster master, on a connection without client certificate)
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollKind {
+    /// A server with a node agent.
+    Node { inventory: Inventory },
+    /// A group master for `group`, serving agents at `listen`.
+    GroupMaster { group: String, listen: SocketAddr },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// Bootstrap token, `<id>.<secret>`.
+    pub token: String,
+    pub kind: EnrollKind,
+    /// PKCS#10 request for the key the peer generated; the key never leaves the peer.
+    pub csr_pem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolled {
+    /// The node id (for nodes) or the group id (for group masters).
+    pub id: String,
+    /// The node's group.
+    pub group: Option<String>,
+    /// Where the group's masters listen, active first.
+    pub group_masters: Vec<SocketAddr>,
+    /// Signed certificate for the CSR's key.
+    pub cert_pem: String,
+    /// The cluster CA, to verify masters from now on.
+    pub ca_pem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollReply {
+    Accepted(Enrolled),
+    Refused(Refusal),
+}
+
+// ---------------------------------------------------------------------------------------
+// Agent <-> group master
+// ---------------------------------------------------------------------------------------
+
+/// Sent as a QUIC datagram every heartbeat interval.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub seq: u64,
+    /// Sender's wall clock, ms since the Unix epoch (for lag statistics only).
+    pub sent_ms: u64,
+    pub load: Load,
+}
+
+/// Agent -> group master, on the control stream after `Hello`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentToGroup {
+    /// The host's inventory changed (or the first report after connecting).
+    Inventory(Inventory),
+    /// Clean shutdown: mark the node `left` now.
+    Leaving,
+}
+
+/// Group master -> agent, on the control stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupToAgent {
+    /// Addresses of this group's masters (active first), for reconnecting.
+    GroupMasters(Vec<SocketAddr>),
+    /// The node was removed from the cluster; the agent must stop and not retry.
+    Removed { reason: String },
+}
+
+// ---------------------------------------------------------------------------------------
+// Group master <-> cluster master
+// ---------------------------------------------------------------------------------------
+
+/// One state transition decided by a group master's failure detector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub node: String,
+    pub from: NodeState,
+    pub to: NodeState,
+    /// Wall clock of the decision, ms since the Unix epoch.
+    pub at_ms: u64,
+    pub reason: String,
+}
+
+/// Last load of one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    pub node: String,
+    pub load: Load,
+}
+
+/// Sent once per report interval: counts, heartbeat statistics and loads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupReport {
+    pub group: String,
+    pub counts: BTreeMap<NodeState, u32>,
+    /// Heartbeats received since the group master started.
+    pub heartbeats_received: u64,
+    /// Heartbeats detected missing (sequence gaps) since start.
+    pub heartbeats_lost: u64,
+    /// Loads heard since the previous report.
+    pub loads: Vec<NodeLoad>,
+    /// Inventories that changed since the previous report.
+    #[serde(default)]
+    pub inventories: Vec<(String, Inventory)>,
+}
+
+/// Group master -> cluster master, on the control stream after `Hello`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupToCluster {
+    /// First message: where this group master serves agents.
+    Register { listen: SocketAddr },
+    StateChanges(Vec<StateChange>),
+    Report(GroupReport),
+}
+
+/// A node as the cluster master tells its group master about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node: String,
+    /// Serial of its current certificate (hex).
+    pub serial: String,
+    /// Last state the cluster recorded.
+    pub state: NodeState,
+}
+
+/// Cluster master -> group master, on the control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterToGroup {
+    /// The full member list, sent after `Register` (and after a resync).
+    Members {
+        members: Vec<Member>,
+        /// Certificate serials that must be refused.
+        revoked: Vec<String>,
+    },
+    MemberAdded(Member),
+    MemberRemoved { node: String, serial: String },
+}

@@ -1,0 +1,235 @@
+//! QUIC endpoints tuned for thousands of small, mostly idle connections, and the
+//! `Hello` exchange that opens every link.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream, TransportConfig, VarInt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::frame::{read_frame, write_frame, FrameError};
+use crate::messages::{Hello, HelloReply, Refusal, RefusalCode, PROTOCOL_VERSION};
+use crate::tls::{ClientAuth, TlsError, TlsIdentity};
+
+/// Application close codes, so a peer's log says why it was disconnected.
+pub mod close {
+    pub const NORMAL: u32 = 0;
+    pub const REFUSED: u32 = 1;
+    pub const PROTOCOL_ERROR: u32 = 2;
+    pub const REMOVED: u32 = 3;
+    pub const SHUTDOWN: u32 = 4;
+    pub const REPLACED: u32 = 5;
+    pub const LEAVING: u32 = 6;
+}
+
+/// Socket buffers asked for on every endpoint: the default 208 KiB drops packets in a
+/// connection storm of thousands of handshakes.
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+/// Link timing.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkTiming {
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// Send QUIC pings this often when there is nothing else to send (None: never).
+    pub keep_alive: Option<Duration>,
+}
+
+/// Transport settings for small control traffic: small windows keep per-connection
+/// memory low (thousands of connections per group master endpoint), a handful of
+/// streams, and room for heartbeat datagrams.
+pub fn transport_config(timing: LinkTiming) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(16));
+    t.max_concurrent_uni_streams(VarInt::from_u32(4));
+    t.stream_receive_window(VarInt::from_u32(256 * 1024));
+    t.receive_window(VarInt::from_u32(1024 * 1024));
+    t.send_window(1024 * 1024);
+    t.datagram_receive_buffer_size(Some(16 * 1024));
+    t.datagram_send_buffer_size(16 * 1024);
+    // Lower bound on idle timeouts the varint can carry is fine for seconds.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(timing.idle_timeout).ok());
+    t.keep_alive_interval(timing.keep_alive);
+    t.initial_rtt(Duration::from_millis(10));
+    Arc::new(t)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("refused by peer: {0}")]
+    Refused(Refusal),
+    #[error("peer closed the stream before answering")]
+    Closed,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl LinkError {
+    /// The peer's refusal, if that is what this is.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            LinkError::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
+}
+
+/// A server endpoint (which can also dial out) with our identity.
+pub fn server_endpoint(
+    bind: SocketAddr,
+    identity: &TlsIdentity,
+    client_auth: ClientAuth,
+    timing: LinkTiming,
+) -> Result<quinn::Endpoint, LinkError> {
+    let tls = identity.server_tls(client_auth)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport_config(timing));
+    // Keep the handshake cheap: address validation (Retry) costs a round trip and we
+    // only listen on networks we manage.
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        udp_socket(bind)?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok(endpoint)
+}
+
+/// A client-only endpoint.
+pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, LinkError> {
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp_socket(bind)?,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// quinn client configuration from a rustls one.
+pub fn client_config(tls: rustls::ClientConfig, timing: LinkTiming) -> Result<quinn::ClientConfig, LinkError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config(timing));
+    Ok(config)
+}
+
+/// Dial `addr` expecting a server certificate for `server_name`, within `timeout`.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<Connection, LinkError> {
+    let connecting = endpoint.connect_with(config, addr, server_name)?;
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(LinkError::Timeout(timeout)),
+    }
+}
+
+/// The control stream of a link: typed frames in both directions.
+pub struct ControlStream {
+    pub send: SendStream,
+    pub recv: RecvStream,
+    pub max_frame: usize,
+}
+
+impl ControlStream {
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), FrameError> {
+        write_frame(&mut self.send, msg, self.max_frame).await
+    }
+
+    /// Next frame; `Ok(None)` when the peer finished the stream.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        read_frame(&mut self.recv, self.max_frame).await
+    }
+}
+
+/// Client side: open the control stream, send `Hello`, wait for the answer.
+pub async fn client_hello(
+    conn: &Connection,
+    hello: &Hello,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<ControlStream, LinkError> {
+    let exchange = async {
+        let (send, recv) = conn.open_bi().await?;
+        let mut control = ControlStream { send, recv, max_frame };
+        control.send(hello).await?;
+        match control.recv::<HelloReply>().await? {
+            Some(HelloReply::Welcome { .. }) => Ok(control),
+            Some(HelloReply::Refused(refusal)) => Err(LinkError::Refused(refusal)),
+            None => Err(LinkError::Closed),
+        }
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| LinkError::Timeout(timeout))?
+}
+
+/// Server side: accept the control stream and read `Hello`. A version mismatch is
+/// answered with a refusal here; identity checks are the caller's (see [`accept_hello`]).
+pub async fn server_hello(
+    conn: &Connection,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<(Hello, ControlStream), LinkError> {
+    let exchange = async {
+        let (send, recv) = conn.accept_bi().await?;
+        let mut control = ControlStream { send, recv, max_frame };
+        let hello: Hello = control.recv().await?.ok_or(LinkError::Closed)?;
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let refusal = Refusal {
+                code: RefusalCode::VersionMismatch,
+                message: format!(
+                    "protocol version {} is not supported (this server speaks {})",
+                    hello.protocol_version, PROTOCOL_VERSION
+                ),
+            };
+            refuse(&mut control, conn, refusal.clone()).await;
+            return Err(LinkError::Refused(refusal));
+        }
+        Ok((hello, control))
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| LinkError::Timeout(timeout))?
+}
+
+/// Accept the peer: answer `Welcome`.
+pub async fn welcome(control: &mut ControlStream, server_id: &str) -> Result<(), FrameError> {
+    control
+        .send(&HelloReply::Welcome { protocol_version: PROTOCOL_VERSION, server_id: server_id.to_string() })
+        .await
+}
+
+/// Refuse the peer with a reason it can log, then close the connection.
+pub async fn refuse(control: &mut ControlStream, conn: &Connection, refusal: Refusal) {
+    let _ = control.send(&HelloReply::Refused(refusal.clone())).await;
+    let _ = control.send.finish();
+    // Give the refusal a moment to reach the peer before the close overtakes it.
+    let _ = tokio::time::timeout(Duration::from_millis(200), control.send.stopped()).await;
+    conn.close(VarInt::from_u32(close::REFUSED), refusal.message.as_bytes());
+}

@@ -8,6 +8,7 @@
 pub mod enroll;
 pub mod frame;
 pub mod messages;
+pub mod process;
 pub mod tls;
 pub mod transport;
 

@@ -1,0 +1,157 @@
+//! Group master configuration: a TOML file, every field optional with a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use glory_protocol::CaTrust;
+use serde::{Deserialize, Serialize};
+
+use crate::detector::DetectorConfig;
+
+/// The group master's TOML configuration (`glory-group-master --config gm.toml`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupMasterConfig {
+    /// The group this master leads, e.g. `g00`.
+    pub group: String,
+    /// UDP address agents connect to (QUIC).
+    pub listen: SocketAddr,
+    /// Address agents are told to dial; defaults to `listen` (which must then not be
+    /// the unspecified address).
+    pub advertise: Option<SocketAddr>,
+    /// QUIC address of the cluster master.
+    pub cluster_master: SocketAddr,
+    /// Bootstrap token to enroll this group master (only needed once).
+    pub token: Option<String>,
+    /// PEM file of the cluster CA, to verify the cluster master at enrollment.
+    pub ca_cert: Option<PathBuf>,
+    /// Hex SHA-256 of the cluster CA certificate, as an alternative to `ca_cert`.
+    pub ca_cert_hash: Option<String>,
+    /// Where the group master keeps its certificate and key.
+    pub data_dir: PathBuf,
+    /// The agents' heartbeat period, milliseconds (must match the agents').
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a node is `suspect`, milliseconds (default: 2 heartbeats).
+    pub suspect_after_ms: Option<u64>,
+    /// Silence after which a node is `down`, milliseconds.
+    pub down_after_ms: u64,
+    /// How often the failure detector looks at the clock, milliseconds.
+    pub tick_interval_ms: u64,
+    /// How often a report (counts, loads) goes to the cluster master, milliseconds.
+    pub report_interval_ms: u64,
+    /// Close an agent connection silent this long, milliseconds.
+    pub agent_idle_timeout_ms: u64,
+    /// Declare the cluster master link dead after this much silence, milliseconds.
+    pub cluster_idle_timeout_ms: u64,
+    /// Largest accepted frame, bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for GroupMasterConfig {
+    fn default() -> Self {
+        GroupMasterConfig {
+            group: "g00".to_string(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 7402)),
+            advertise: None,
+            cluster_master: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            token: None,
+            ca_cert: None,
+            ca_cert_hash: None,
+            data_dir: PathBuf::from("/var/lib/glory-group-master"),
+            heartbeat_interval_ms: 1000,
+            suspect_after_ms: None,
+            down_after_ms: 3000,
+            tick_interval_ms: 100,
+            report_interval_ms: 1000,
+            agent_idle_timeout_ms: 10_000,
+            cluster_idle_timeout_ms: 3000,
+            max_frame_bytes: glory_protocol::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Validated settings the group master runs with.
+#[derive(Clone, Debug)]
+pub struct GroupMasterSettings {
+    pub group: String,
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub cluster_master: SocketAddr,
+    pub detector: DetectorConfig,
+    pub tick_interval: Duration,
+    pub report_interval: Duration,
+    pub agent_idle_timeout: Duration,
+    pub cluster_idle_timeout: Duration,
+    pub max_frame: usize,
+    pub request_timeout: Duration,
+}
+
+impl GroupMasterConfig {
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).context("parse group master config")
+    }
+
+    pub fn ca_trust(&self) -> anyhow::Result<CaTrust> {
+        Ok(match (&self.ca_cert, &self.ca_cert_hash) {
+            (Some(path), _) => CaTrust::Pem(
+                std::fs::read_to_string(path).with_context(|| format!("read ca_cert {}", path.display()))?,
+            ),
+            (None, Some(hash)) => CaTrust::Sha256(hash.clone()),
+            (None, None) => CaTrust::FirstUse,
+        })
+    }
+
+    pub fn validate(&self) -> anyhow::Result<GroupMasterSettings> {
+        if self.group.is_empty() || !self.group.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            bail!("group must be a non-empty name of letters, digits, '-' or '_' (got {:?})", self.group);
+        }
+        let suspect_after = self.suspect_after_ms.unwrap_or(self.heartbeat_interval_ms * 2);
+        if self.down_after_ms <= self.heartbeat_interval_ms {
+            bail!("down_after_ms ({}) must exceed heartbeat_interval_ms ({})", self.down_after_ms, self.heartbeat_interval_ms);
+        }
+        if suspect_after > self.down_after_ms {
+            bail!("suspect_after_ms ({suspect_after}) must not exceed down_after_ms ({})", self.down_after_ms);
+        }
+        if self.tick_interval_ms == 0 || self.report_interval_ms == 0 {
+            bail!("tick_interval_ms and report_interval_ms must be positive");
+        }
+        if self.max_frame_bytes < 1024 {
+            bail!("max_frame_bytes must be at least 1024");
+        }
+        Ok(GroupMasterSettings {
+            group: self.group.clone(),
+            listen: self.listen,
+            advertise: self.advertise,
+            cluster_master: self.cluster_master,
+            detector: DetectorConfig {
+                suspect_after: Duration::from_millis(suspect_after),
+                down_after: Duration::from_millis(self.down_after_ms),
+            },
+            tick_interval: Duration::from_millis(self.tick_interval_ms),
+            report_interval: Duration::from_millis(self.report_interval_ms),
+            agent_idle_timeout: Duration::from_millis(self.agent_idle_timeout_ms),
+            cluster_idle_timeout: Duration::from_millis(self.cluster_idle_timeout_ms),
+            max_frame: self.max_frame_bytes,
+            request_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_timings_are_refused() {
+        let s = GroupMasterConfig::default().validate().unwrap();
+        assert_eq!(s.detector.suspect_after, Duration::from_secs(2));
+        assert_eq!(s.detector.down_after, Duration::from_secs(3));
+        let bad = GroupMasterConfig { down_after_ms: 500, ..Default::default() };
+        assert!(bad.validate().is_err());
+        let bad = GroupMasterConfig { group: "g 1".into(), ..Default::default() };
+        assert!(bad.validate().is_err());
+        assert!(GroupMasterConfig::from_toml("groupp = 'x'").is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! The failure detector: plain code over plain data, with time passed in.
+//!
+//! A node is `up` while heartbeats arrive; silent for `suspect_after` it is `suspect`,
+//! silent for `down_after` it is `down`. A clean shutdown makes it `left` at once. A
+//! node the cluster told us about but that we have not heard since we started gets a
+//! grace period of `down_after` from the moment we learned of it (a group master that
+//! just took over must not call everyone dead).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use glory_protocol::NodeState;
+
+#[derive(Clone, Copy, Debug)]
+pub struct DetectorConfig {
+    pub suspect_after: Duration,
+    pub down_after: Duration,
+}
+
+/// One decision of the detector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub node: String,
+    pub from: NodeState,
+    pub to: NodeState,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug)]
+struct Tracked {
+    /// Last heartbeat, or when we started tracking the node.
+    last_heard: Instant,
+    state: NodeState,
+    last_seq: u64,
+}
+
+#[derive(Debug)]
+pub struct FailureDetector {
+    config: DetectorConfig,
+    nodes: HashMap<String, Tracked>,
+    lost: u64,
+    received: u64,
+}
+
+impl FailureDetector {
+    pub fn new(config: DetectorConfig) -> Self {
+        FailureDetector { config, nodes: HashMap::new(), lost: 0, received: 0 }
+    }
+
+    /// Start watching a node in the state the cluster last recorded. Already-tracked
+    /// nodes keep what we know first-hand.
+    pub fn track(&mut self, node: &str, recorded: NodeState, now: Instant) {
+        self.nodes
+            .entry(node.to_string())
+            .or_insert(Tracked { last_heard: now, state: recorded, last_seq: 0 });
+    }
+
+    pub fn forget(&mut self, node: &str) -> bool {
+        self.nodes.remove(node).is_some()
+    }
+
+    pub fn state(&self, node: &str) -> Option<NodeState> {
+        self.nodes.get(node).map(|t| t.state)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Heartbeats received and detected missing (sequence gaps) so far.
+    pub fn heartbeat_stats(&self) -> (u64, u64) {
+        (self.received, self.lost)
+    }
+
+    /// A heartbeat arrived. Unknown nodes are tracked from now on (their certificate
+    /// already proved they belong here).
+    pub fn heartbeat(&mut self, node: &str, seq: u64, now: Instant) -> Option<Transition> {
+        self.received += 1;
+        let tracked = self
+            .nodes
+            .entry(node.to_string())
+            .or_insert(Tracked { last_heard: now, state: NodeState::Joining, last_seq: 0 });
+        if seq > tracked.last_seq + 1 && tracked.last_seq > 0 {
+            self.lost += seq - tracked.last_seq - 1;
+        }
+        // A restarted agent counts from 1 again.
+        tracked.last_seq = seq;
+        tracked.last_heard = now;
+        if tracked.state == NodeState::Up {
+            return None;
+        }
+        let from = tracked.state;
+        tracked.state = NodeState::Up;
+        Some(Transition { node: node.to_string(), from, to: NodeState::Up, reason: "heartbeat" })
+    }
+
+    /// The agent said it is shutting down.
+    pub fn left(&mut self, node: &str) -> Option<Transition> {
+        let tracked = self.nodes.get_mut(node)?;
+        if tracked.state == NodeState::Left {
+            return None;
+        }
+        let from = tracked.state;
+        tracked.state = NodeState::Left;
+        Some(Transition { node: node.to_string(), from, to: NodeState::Left, reason: "clean shutdown" })
+    }
+
+    /// Time has passed: who became suspect or down?
+    pub fn tick(&mut self, now: Instant) -> Vec<Transition> {
+        let mut out = Vec::new();
+        for (node, tracked) in self.nodes.iter_mut() {
+            let silent = now.saturating_duration_since(tracked.last_heard);
+            let next = match tracked.state {
+                NodeState::Down | NodeState::Left => continue,
+                _ if silent >= self.config.down_after => NodeState::Down,
+                NodeState::Up if silent >= self.config.suspect_after => NodeState::Suspect,
+                _ => continue,
+            };
+            if next != tracked.state {
+                out.push(Transition {
+                    node: node.clone(),
+                    from: tracked.state,
+                    to: next,
+                    reason: if next == NodeState::Down { "no heartbeat within down_after" } else { "missed heartbeats" },
+                });
+                tracked.state = next;
+            }
+        }
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
+    }
+
+    pub fn counts(&self) -> BTreeMap<NodeState, u32> {
+        let mut counts = BTreeMap::new();
+        for tracked in self.nodes.values() {
+            *counts.entry(tracked.state).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Every tracked node with its state.
+    pub fn states(&self) -> impl Iterator<Item = (&str, NodeState)> {
+        self.nodes.iter().map(|(n, t)| (n.as_str(), t.state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detector() -> FailureDetector {
+        FailureDetector::new(DetectorConfig {
+            suspect_after: Duration::from_secs(2),
+            down_after: Duration::from_secs(3),
+        })
+    }
+
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn heartbeats_keep_a_node_up_silence_makes_it_suspect_then_down() {
+        let t0 = Instant::now();
+        let mut d = detector();
+        let up = d.heartbeat("n1", 1, t0).unwrap();
+        assert_eq!((up.from, up.to), (NodeState::Joining, NodeState::Up));
+        for i in 1..10 {
+            assert!(d.heartbeat("n1", i + 1, ms(t0, i * 1000)).is_none());
+            assert!(d.tick(ms(t0, i * 1000 + 500)).is_empty());
+        }
+        // Last heartbeat at 9 s.
+        assert!(d.tick(ms(t0, 10_999)).is_empty());
+        let suspect = d.tick(ms(t0, 11_000));
+        assert_eq!(suspect[0].to, NodeState::Suspect);
+        assert!(d.tick(ms(t0, 11_999)).is_empty());
+        let down = d.tick(ms(t0, 12_000));
+        assert_eq!((down[0].from, down[0].to), (NodeState::Suspect, NodeState::Down));
+        assert!(d.tick(ms(t0, 60_000)).is_empty(), "down is reported once");
+        let back = d.heartbeat("n1", 11, ms(t0, 61_000)).unwrap();
+        assert_eq!((back.from, back.to), (NodeState::Down, NodeState::Up));
+    }
+
+    #[test]
+    fn a_long_gap_between_ticks_goes_straight_to_down() {
+        let t0 = Instant::now();
+        let mut d = detector();
+        d.heartbeat("n1", 1, t0);
+        let out = d.tick(ms(t0, 5000));
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].from, out[0].to), (NodeState::Up, NodeState::Down));
+    }
+
+    #[test]
+    fn clean_shutdown_is_left_and_never_down() {
+        let t0 = Instant::now();
+        let mut d = detector();
+        d.heartbeat("n1", 1, t0);
+        assert_eq!(d.left("n1").unwrap().to, NodeState::Left);
+        assert!(d.left("n1").is_none());
+        assert!(d.tick(ms(t0, 100_000)).is_empty());
+        assert!(d.left("unknown").is_none());
+    }
+
+    #[test]
+    fn nodes_learned_from_the_cluster_get_a_grace_period() {
+        let t0 = Instant::now();
+        let mut d = detector();
+        d.track("n1", NodeState::Unreachable, t0);
+        d.track("n2", NodeState::Unreachable, t0);
+        d.track("n3", NodeState::Left, t0);
+        assert!(d.tick(ms(t0, 2999)).is_empty(), "no verdict inside the grace period");
+        d.heartbeat("n1", 40, ms(t0, 1000));
+        let out = d.tick(ms(t0, 3000));
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].node.as_str(), out[0].to), ("n2", NodeState::Down));
+        assert_eq!(d.state("n3"), Some(NodeState::Left));
+        // track() does not overwrite first-hand knowledge.
+        d.track("n1", NodeState::Down, ms(t0, 3000));
+        assert_eq!(d.state("n1"), Some(NodeState::Up));
+    }
+
+    #[test]
+    fn sequence_gaps_count_as_lost_heartbeats_and_restarts_do_not() {
+        let t0 = Instant::now();
+        let mut d = detector();
+        d.heartbeat("n1", 1, t0);
+        d.heartbeat("n1", 2, t0);
+        d.heartbeat("n1", 5, t0);
+        assert_eq!(d.heartbeat_stats(), (3, 2));
+        d.heartbeat("n1", 1, t0); // agent restarted
+        d.heartbeat("n1", 2, t0);
+        assert_eq!(d.heartbeat_stats(), (5, 2));
+    }
+
+    #[test]
+    fn counts_and_forget() {
+        let t0 = Instant::now();
+        let mut d = detector();
+        d.heartbeat("a", 1, t0);
+        d.heartbeat("b", 1, t0);
+        d.track("c", NodeState::Down, t0);
+        let counts = d.counts();
+        assert_eq!(counts.get(&NodeState::Up), Some(&2));
+        assert_eq!(counts.get(&NodeState::Down), Some(&1));
+        assert!(d.forget("a"));
+        assert_eq!(d.len(), 2);
+    }
+}

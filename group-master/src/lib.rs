@@ -1,0 +1,203 @@
+//! GLORY-CL group master: serves the node agents of one group over QUIC, decides their
+//! liveness with a failure detector, and reports state changes (immediately) and load
+//! (every interval) to the cluster master.
+//!
+//! Architecture invariants: never depends on `glory-cluster-master` (they share
+//! `glory-protocol`); heartbeats end here and are never written to the key master;
+//! liveness decisions are made by [`detector::FailureDetector`], pure code with time
+//! passed in.
+#![forbid(unsafe_code)]
+
+mod agents;
+pub mod config;
+pub mod detector;
+mod state;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use glory_protocol::transport::{client_endpoint, server_endpoint};
+use glory_protocol::{ClientAuth, EnrollKind, EnrollRequest, LinkTiming, TlsIdentity};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::{GroupMasterConfig, GroupMasterSettings};
+
+/// A bound, not yet serving, group master.
+pub struct GroupMaster {
+    settings: Arc<GroupMasterSettings>,
+    identity: TlsIdentity,
+    endpoint: quinn::Endpoint,
+    advertise: SocketAddr,
+}
+
+impl GroupMaster {
+    /// Bind the agent-facing endpoint. Port 0 picks a free port ([`GroupMaster::local_addr`]).
+    pub fn bind(settings: GroupMasterSettings, identity: TlsIdentity) -> anyhow::Result<Self> {
+        let timing = LinkTiming { idle_timeout: settings.agent_idle_timeout, keep_alive: None };
+        let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Required, timing)
+            .with_context(|| format!("listen on {}", settings.listen))?;
+        let local = endpoint.local_addr().context("local address")?;
+        let advertise = match settings.advertise {
+            Some(addr) => addr,
+            None if local.ip().is_unspecified() => {
+                bail!("listen address {local} is unspecified: set `advertise` to the address agents should dial")
+            }
+            None => local,
+        };
+        Ok(GroupMaster { settings: Arc::new(settings), identity, endpoint, advertise })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().unwrap_or(self.advertise)
+    }
+
+    /// Serve until `shutdown`; returns after every task has ended.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let GroupMaster { settings, identity, endpoint, advertise } = self;
+        let shared = Arc::new(state::Shared::new(settings.group.clone(), settings.detector));
+        info!(group = %settings.group, listen = %advertise, "group master serving");
+        let upstream_endpoint = client_endpoint(SocketAddr::new(
+            if settings.cluster_master.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() },
+            0,
+        ))?;
+        let tasks = tokio_util::task::TaskTracker::new();
+        tasks.spawn(agents::accept_loop(
+            endpoint.clone(),
+            shared.clone(),
+            settings.clone(),
+            advertise,
+            shutdown.clone(),
+        ));
+        tasks.spawn(upstream::upstream_loop(
+            upstream_endpoint.clone(),
+            identity,
+            shared.clone(),
+            settings.clone(),
+            advertise,
+            shutdown.clone(),
+        ));
+        {
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            let period = settings.tick_interval;
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tick.tick() => shared.tick(Instant::now()),
+                    }
+                }
+            });
+        }
+        tasks.close();
+        tasks.wait().await;
+        endpoint.close(quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN), b"shutdown");
+        upstream_endpoint.close(quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN), b"shutdown");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            endpoint.wait_idle().await;
+            upstream_endpoint.wait_idle().await;
+        })
+        .await;
+        info!(group = %settings.group, "group master stopped");
+        Ok(())
+    }
+}
+
+/// The identity a group master keeps in its data dir after enrolling.
+fn identity_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("identity.json")
+}
+
+fn load_identity(data_dir: &Path) -> anyhow::Result<Option<TlsIdentity>> {
+    let path = identity_path(data_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+fn save_identity(data_dir: &Path, identity: &TlsIdentity) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let path = identity_path(data_dir);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("create {}", path.display()))?;
+    file.write_all(&serde_json::to_vec_pretty(identity)?)?;
+    Ok(())
+}
+
+/// Enroll this group master with the cluster master using a bootstrap token.
+async fn enroll_group_master(config: &GroupMasterConfig, advertise: SocketAddr) -> anyhow::Result<TlsIdentity> {
+    let Some(token) = config.token.clone() else {
+        bail!("group master {} has no identity in {} and no bootstrap token to enroll with", config.group, config.data_dir.display());
+    };
+    let trust = config.ca_trust()?;
+    let endpoint = client_endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    let (key_pem, csr_pem) = glory_protocol::tls::generate_csr()?;
+    let request = EnrollRequest {
+        token,
+        kind: EnrollKind::GroupMaster { group: config.group.clone(), listen: advertise },
+        csr_pem,
+    };
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match glory_protocol::enroll::enroll(
+            &endpoint,
+            config.cluster_master,
+            &trust,
+            &format!("group-master-{}", config.group),
+            &request,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(enrolled) => {
+                return Ok(TlsIdentity { cert_pem: enrolled.cert_pem, key_pem, ca_pem: enrolled.ca_pem });
+            }
+            Err(e) => {
+                if e.refusal().is_some_and(|r| !r.code.is_retryable()) {
+                    bail!("enrollment refused: {e}");
+                }
+                tracing::warn!(error = %e, "group master enrollment failed; retrying");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// Run a group master from its configuration until `shutdown`.
+pub async fn run(config: GroupMasterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = config.validate()?;
+    let identity = match load_identity(&config.data_dir)? {
+        Some(identity) => identity,
+        None => {
+            let advertise = settings.advertise.unwrap_or(settings.listen);
+            if advertise.ip().is_unspecified() {
+                bail!("set `advertise`: agents cannot dial {advertise}");
+            }
+            let identity = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                identity = enroll_group_master(&config, advertise) => identity?,
+            };
+            save_identity(&config.data_dir, &identity)?;
+            info!(group = %config.group, "group master enrolled");
+            identity
+        }
+    };
+    GroupMaster::bind(settings, identity)?.serve(shutdown).await
+}

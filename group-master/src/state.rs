@@ -1,0 +1,183 @@
+//! The group master's in-memory state: members, liveness, sessions and what is waiting
+//! to go up to the cluster master. Liveness lives here only; it is rebuilt within
+//! seconds after a restart.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use glory_protocol::{GroupReport, Inventory, Load, Member, NodeLoad, StateChange};
+use tokio::sync::Notify;
+
+use crate::detector::{DetectorConfig, FailureDetector, Transition};
+
+pub(crate) struct Session {
+    pub id: u64,
+    pub conn: quinn::Connection,
+}
+
+pub(crate) struct Inner {
+    pub detector: FailureDetector,
+    /// node -> serial of its current certificate, as the cluster master told us.
+    pub members: HashMap<String, String>,
+    pub members_known: bool,
+    pub revoked: HashSet<String>,
+    pub sessions: HashMap<String, Session>,
+    pub pending: Vec<StateChange>,
+    pub loads: HashMap<String, Load>,
+    pub inventories: Vec<(String, Inventory)>,
+    next_session: u64,
+}
+
+pub(crate) struct Shared {
+    pub group: String,
+    inner: Mutex<Inner>,
+    /// Wakes the upstream task when state changes are pending.
+    pub changed: Notify,
+}
+
+fn to_change(t: Transition) -> StateChange {
+    StateChange { node: t.node, from: t.from, to: t.to, at_ms: glory_protocol::now_ms(), reason: t.reason.to_string() }
+}
+
+impl Shared {
+    pub fn new(group: String, detector: DetectorConfig) -> Self {
+        Shared {
+            group,
+            inner: Mutex::new(Inner {
+                detector: FailureDetector::new(detector),
+                members: HashMap::new(),
+                members_known: false,
+                revoked: HashSet::new(),
+                sessions: HashMap::new(),
+                pending: Vec::new(),
+                loads: HashMap::new(),
+                inventories: Vec::new(),
+                next_session: 1,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    /// The lock is never held across an await; a poisoned lock (a panic while holding
+    /// it) is recovered because every critical section leaves the data consistent.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, inner: &mut Inner, transitions: impl IntoIterator<Item = Transition>) {
+        let before = inner.pending.len();
+        inner.pending.extend(transitions.into_iter().map(to_change));
+        if inner.pending.len() > before {
+            self.changed.notify_one();
+        }
+    }
+
+    pub fn heartbeat(&self, node: &str, seq: u64, load: Load, now: Instant) {
+        let mut inner = self.lock();
+        let transition = inner.detector.heartbeat(node, seq, now);
+        inner.loads.insert(node.to_string(), load);
+        self.push(&mut inner, transition);
+    }
+
+    pub fn left(&self, node: &str) {
+        let mut inner = self.lock();
+        let transition = inner.detector.left(node);
+        self.push(&mut inner, transition);
+    }
+
+    pub fn tick(&self, now: Instant) {
+        let mut inner = self.lock();
+        let transitions = inner.detector.tick(now);
+        self.push(&mut inner, transitions);
+    }
+
+    pub fn inventory(&self, node: &str, inventory: Inventory) {
+        self.lock().inventories.push((node.to_string(), inventory));
+    }
+
+    /// Register a session, returning its id and the connection it replaces.
+    pub fn open_session(&self, node: &str, conn: quinn::Connection) -> (u64, Option<quinn::Connection>) {
+        let mut inner = self.lock();
+        let id = inner.next_session;
+        inner.next_session += 1;
+        let old = inner.sessions.insert(node.to_string(), Session { id, conn });
+        (id, old.map(|s| s.conn))
+    }
+
+    pub fn close_session(&self, node: &str, id: u64) {
+        let mut inner = self.lock();
+        if inner.sessions.get(node).is_some_and(|s| s.id == id) {
+            inner.sessions.remove(node);
+        }
+    }
+
+    /// Take the pending state changes.
+    pub fn take_changes(&self) -> Vec<StateChange> {
+        std::mem::take(&mut self.lock().pending)
+    }
+
+    pub fn report(&self) -> GroupReport {
+        let mut inner = self.lock();
+        let (received, lost) = inner.detector.heartbeat_stats();
+        let loads = inner.loads.drain().map(|(node, load)| NodeLoad { node, load }).collect();
+        GroupReport {
+            group: self.group.clone(),
+            counts: inner.detector.counts(),
+            heartbeats_received: received,
+            heartbeats_lost: lost,
+            loads,
+            inventories: std::mem::take(&mut inner.inventories),
+        }
+    }
+
+    /// The cluster master's member list arrived (after (re)connecting): adopt it and
+    /// return the changes that bring the cluster's record in line with what we saw.
+    /// Nodes no longer listed are dropped and their sessions closed.
+    pub fn sync_members(&self, members: Vec<Member>, revoked: Vec<String>, now: Instant) -> Vec<quinn::Connection> {
+        let mut inner = self.lock();
+        inner.pending.clear();
+        let listed: HashSet<String> = members.iter().map(|m| m.node.clone()).collect();
+        let stale: Vec<String> =
+            inner.detector.states().map(|(n, _)| n.to_string()).filter(|n| !listed.contains(n)).collect();
+        let mut closing = Vec::new();
+        for node in stale {
+            inner.detector.forget(&node);
+            if let Some(session) = inner.sessions.remove(&node) {
+                closing.push(session.conn);
+            }
+        }
+        inner.members.clear();
+        let mut diffs = Vec::new();
+        for member in members {
+            inner.detector.track(&member.node, member.state, now);
+            if let Some(seen) = inner.detector.state(&member.node) {
+                if seen != member.state {
+                    diffs.push(Transition { node: member.node.clone(), from: member.state, to: seen, reason: "group master resync" });
+                }
+            }
+            inner.members.insert(member.node, member.serial);
+        }
+        inner.members_known = true;
+        inner.revoked = revoked.into_iter().collect();
+        self.push(&mut inner, diffs);
+        closing
+    }
+
+    pub fn member_added(&self, member: Member, now: Instant) {
+        let mut inner = self.lock();
+        inner.detector.track(&member.node, member.state, now);
+        inner.revoked.remove(&member.serial);
+        inner.members.insert(member.node, member.serial);
+    }
+
+    /// Forget a removed node; returns its live connection, to be closed.
+    pub fn member_removed(&self, node: &str, serial: String) -> Option<quinn::Connection> {
+        let mut inner = self.lock();
+        inner.members.remove(node);
+        inner.revoked.insert(serial);
+        inner.detector.forget(node);
+        inner.loads.remove(node);
+        inner.sessions.remove(node).map(|s| s.conn)
+    }
+}

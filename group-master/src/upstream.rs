@@ -1,0 +1,135 @@
+//! The link to the cluster master: register, receive the member list, send state
+//! changes the moment they happen and a report every interval. Reconnects forever.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glory_protocol::tls::CLUSTER_MASTER_NAME;
+use glory_protocol::transport::{client_config, client_hello, connect};
+use glory_protocol::{
+    close, frame, ClusterToGroup, GroupToCluster, Hello, LinkError, LinkTiming, Role, TlsIdentity,
+};
+use quinn::VarInt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::state::Shared;
+use crate::GroupMasterSettings;
+
+pub(crate) async fn upstream_loop(
+    endpoint: quinn::Endpoint,
+    identity: TlsIdentity,
+    shared: Arc<Shared>,
+    settings: Arc<GroupMasterSettings>,
+    advertise: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        match link(&endpoint, &identity, &shared, &settings, advertise, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 20 == 0 {
+                    warn!(group = %shared.group, error = %e, cluster_master = %settings.cluster_master, "cluster master link down; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One connection's life. `Ok` only on shutdown.
+async fn link(
+    endpoint: &quinn::Endpoint,
+    identity: &TlsIdentity,
+    shared: &Arc<Shared>,
+    settings: &GroupMasterSettings,
+    advertise: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<(), LinkError> {
+    let timing = LinkTiming {
+        idle_timeout: settings.cluster_idle_timeout,
+        keep_alive: Some(settings.cluster_idle_timeout / 3),
+    };
+    let config = client_config(identity.client_tls()?, timing)?;
+    let conn = connect(endpoint, config, settings.cluster_master, CLUSTER_MASTER_NAME, settings.request_timeout).await?;
+    let hello = Hello::new(Role::GroupMaster, shared.group.clone());
+    let control = client_hello(&conn, &hello, settings.max_frame, settings.request_timeout).await?;
+    let glory_protocol::ControlStream { mut send, mut recv, max_frame } = control;
+    frame::write_frame(&mut send, &GroupToCluster::Register { listen: advertise }, max_frame).await?;
+    info!(group = %shared.group, cluster_master = %settings.cluster_master, "connected to cluster master");
+
+    let (msg_tx, mut msg_rx) = mpsc::channel::<Result<Option<ClusterToGroup>, String>>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let item = frame::read_frame::<_, ClusterToGroup>(&mut recv, max_frame).await.map_err(|e| e.to_string());
+            let end = !matches!(item, Ok(Some(_)));
+            if msg_tx.send(item).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let mut report = tokio::time::interval(settings.report_interval);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = send.finish();
+                conn.close(VarInt::from_u32(close::SHUTDOWN), b"group master shutting down");
+                break Ok(());
+            }
+            _ = shared.changed.notified() => {
+                let changes = shared.take_changes();
+                if !changes.is_empty() {
+                    debug!(group = %shared.group, count = changes.len(), "sending state changes");
+                    if let Err(e) = frame::write_frame(&mut send, &GroupToCluster::StateChanges(changes), max_frame).await {
+                        break Err(e.into());
+                    }
+                }
+            }
+            _ = report.tick() => {
+                if let Err(e) = frame::write_frame(&mut send, &GroupToCluster::Report(shared.report()), max_frame).await {
+                    break Err(e.into());
+                }
+            }
+            msg = msg_rx.recv() => match msg {
+                Some(Ok(Some(msg))) => handle(shared, msg),
+                Some(Ok(None)) | None => break Err(LinkError::Closed),
+                Some(Err(e)) => {
+                    conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad frame");
+                    break Err(LinkError::Frame(glory_protocol::FrameError::Decode(e)));
+                }
+            },
+            e = conn.closed() => break Err(e.into()),
+        }
+    };
+    reader.abort();
+    result
+}
+
+fn handle(shared: &Shared, msg: ClusterToGroup) {
+    let now = Instant::now();
+    match msg {
+        ClusterToGroup::Members { members, revoked } => {
+            info!(group = %shared.group, members = members.len(), "member list received");
+            for conn in shared.sync_members(members, revoked, now) {
+                conn.close(VarInt::from_u32(close::REMOVED), b"node is no longer a member of this group");
+            }
+        }
+        ClusterToGroup::MemberAdded(member) => shared.member_added(member, now),
+        ClusterToGroup::MemberRemoved { node, serial } => {
+            info!(group = %shared.group, node_id = %node, "node removed");
+            if let Some(conn) = shared.member_removed(&node, serial) {
+                conn.close(VarInt::from_u32(close::REMOVED), b"node was removed from the cluster");
+            }
+        }
+    }
+}

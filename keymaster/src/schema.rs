@@ -1,0 +1,258 @@
+//! The key layout of GLORY-CL in the key master, and its versioned records.
+//!
+//! Every record is JSON with a `v` field. Readers ignore fields they do not know and
+//! default fields that are missing, so adding a field never breaks an older reader; a
+//! record with a `v` newer than [`RECORD_VERSION`] is still read (best effort) but
+//! logged by the caller. Keys:
+//!
+//! | key | value |
+//! |---|---|
+//! | `/glory/ca` | [`CaRecord`] |
+//! | `/glory/nodes/{node}` | [`NodeRecord`] (identity, group, inventory: changes rarely) |
+//! | `/glory/node-status/{node}` | [`NodeStatus`] (state and its history: changes on transitions) |
+//! | `/glory/machines/{machine_id}` | node id (UTF-8), so a re-enrolling machine keeps its id |
+//! | `/glory/groups/{group}` | [`GroupRecord`] |
+//! | `/glory/revoked/{serial}` | [`RevokedRecord`] |
+//! | `/glory/tokens/bootstrap/{id}` | [`BootstrapTokenRecord`] |
+//! | `/glory/tokens/api/{id}` | [`ApiTokenRecord`] |
+//! | `/glory/election/cluster-master/…` | election keys of cluster masters |
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use glory_protocol::{Inventory, NodeState};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Version written into every record by this build.
+pub const RECORD_VERSION: u32 = 1;
+
+pub const ROOT: &str = "/glory/";
+pub const CA_KEY: &str = "/glory/ca";
+pub const NODES_PREFIX: &str = "/glory/nodes/";
+pub const NODE_STATUS_PREFIX: &str = "/glory/node-status/";
+pub const MACHINES_PREFIX: &str = "/glory/machines/";
+pub const GROUPS_PREFIX: &str = "/glory/groups/";
+pub const REVOKED_PREFIX: &str = "/glory/revoked/";
+pub const BOOTSTRAP_TOKENS_PREFIX: &str = "/glory/tokens/bootstrap/";
+pub const API_TOKENS_PREFIX: &str = "/glory/tokens/api/";
+pub const CLUSTER_MASTER_ELECTION: &str = "/glory/election/cluster-master";
+
+pub fn node_key(node: &str) -> String {
+    format!("{NODES_PREFIX}{node}")
+}
+pub fn node_status_key(node: &str) -> String {
+    format!("{NODE_STATUS_PREFIX}{node}")
+}
+pub fn machine_key(machine_id: &str) -> String {
+    format!("{MACHINES_PREFIX}{machine_id}")
+}
+pub fn group_key(group: &str) -> String {
+    format!("{GROUPS_PREFIX}{group}")
+}
+pub fn revoked_key(serial: &str) -> String {
+    format!("{REVOKED_PREFIX}{serial}")
+}
+pub fn bootstrap_token_key(id: &str) -> String {
+    format!("{BOOTSTRAP_TOKENS_PREFIX}{id}")
+}
+pub fn api_token_key(id: &str) -> String {
+    format!("{API_TOKENS_PREFIX}{id}")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable record at {key}: {reason}")]
+pub struct RecordError {
+    pub key: String,
+    pub reason: String,
+}
+
+/// Serialize a record (its `v` must already be set).
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    // Serializing these plain structs to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RecordError> {
+    serde_json::from_slice(bytes).map_err(|e| RecordError {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn v1() -> u32 {
+    RECORD_VERSION
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub id: String,
+    pub hostname: String,
+    pub machine_id: String,
+    pub group: String,
+    /// Serial of the node's current certificate.
+    pub serial: String,
+    pub enrolled_ms: u64,
+    pub inventory: Inventory,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One entry of a node's state history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateEntry {
+    pub state: NodeState,
+    pub at_ms: u64,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// How many transitions a node's status keeps.
+pub const STATE_HISTORY_LEN: usize = 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub state: NodeState,
+    pub since_ms: u64,
+    /// Newest last, at most [`STATE_HISTORY_LEN`] entries.
+    #[serde(default)]
+    pub history: Vec<StateEntry>,
+}
+
+impl NodeStatus {
+    pub fn new(state: NodeState, at_ms: u64, reason: &str) -> Self {
+        NodeStatus {
+            v: RECORD_VERSION,
+            state,
+            since_ms: at_ms,
+            history: vec![StateEntry {
+                state,
+                at_ms,
+                reason: reason.to_string(),
+            }],
+        }
+    }
+
+    /// Record a transition; a repeat of the current state changes nothing.
+    pub fn transition(&mut self, state: NodeState, at_ms: u64, reason: &str) -> bool {
+        if state == self.state {
+            return false;
+        }
+        self.state = state;
+        self.since_ms = at_ms;
+        self.history.push(StateEntry {
+            state,
+            at_ms,
+            reason: reason.to_string(),
+        });
+        if self.history.len() > STATE_HISTORY_LEN {
+            let excess = self.history.len() - STATE_HISTORY_LEN;
+            self.history.drain(..excess);
+        }
+        true
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub id: String,
+    /// Where the group's active master serves agents, once one registered.
+    pub master_addr: Option<SocketAddr>,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub serial: String,
+    pub node: String,
+    pub at_ms: u64,
+}
+
+/// What a bootstrap token may enroll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootstrapScope {
+    Node,
+    GroupMaster,
+    Any,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapTokenRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub id: String,
+    /// Hex SHA-256 of the secret part; the secret itself is never stored.
+    pub secret_sha256: String,
+    pub created_ms: u64,
+    /// None: never expires.
+    pub expires_ms: Option<u64>,
+    pub single_use: bool,
+    #[serde(default)]
+    pub used: bool,
+    pub scope: BootstrapScope,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub id: String,
+    pub secret_sha256: String,
+    /// `operator`, `tenant` or `component`.
+    pub role: String,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_reader_ignores_new_fields_and_defaults_missing_ones() {
+        let json = br#"{"v":2,"id":"g01","master_addr":null,"created_ms":5,"shiny":true}"#;
+        let group: GroupRecord = decode("/glory/groups/g01", json).unwrap();
+        assert_eq!(group.id, "g01");
+        let json = br#"{"state":"up","since_ms":1}"#;
+        let status: NodeStatus = decode("k", json).unwrap();
+        assert_eq!((status.v, status.history.len()), (RECORD_VERSION, 0));
+    }
+
+    #[test]
+    fn status_history_is_bounded_and_ignores_repeats() {
+        let mut status = NodeStatus::new(NodeState::Joining, 0, "enrolled");
+        assert!(!status.transition(NodeState::Joining, 1, "again"));
+        for i in 0..50 {
+            let state = if i % 2 == 0 {
+                NodeState::Up
+            } else {
+                NodeState::Down
+            };
+            assert!(status.transition(state, i, "flap"));
+        }
+        assert_eq!(status.history.len(), STATE_HISTORY_LEN);
+        assert_eq!(status.history.last().unwrap().at_ms, 49);
+    }
+}

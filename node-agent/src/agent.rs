@@ -1,0 +1,309 @@
+//! The agent's life: enroll once, then keep a session with its group master, sending a
+//! heartbeat datagram every interval, until shutdown (announced: `left`) or power-off
+//! (simulated: silence, as if the server lost power).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use glory_protocol::enroll::enroll;
+use glory_protocol::tls::{generate_csr, GROUP_MASTER_NAME};
+use glory_protocol::transport::{client_config, client_hello, connect};
+use glory_protocol::{
+    close, frame, AgentToGroup, EnrollKind, EnrollRequest, GroupToAgent, Heartbeat, Hello, LinkError,
+    LinkTiming, RefusalCode, Role, TlsIdentity, DEFAULT_MAX_FRAME,
+};
+use quinn::VarInt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::AgentSettings;
+use crate::host::Host;
+use crate::identity::{AgentIdentity, IdentityStore};
+
+/// What an agent needs besides its settings. Simulated agents share endpoints.
+#[derive(Clone)]
+pub struct AgentDeps {
+    pub endpoint: quinn::Endpoint,
+    pub host: Arc<dyn Host>,
+    pub store: Arc<dyn IdentityStore>,
+}
+
+/// How an agent run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentExit {
+    /// Graceful shutdown; the group master was told we are leaving.
+    Shutdown,
+    /// Simulated power loss: nothing was sent.
+    PoweredOff,
+    /// The cluster removed this node; it must not come back on its own.
+    Removed(String),
+}
+
+enum SessionEnd {
+    Shutdown,
+    PoweredOff,
+    Removed(String),
+    /// Our certificate is not accepted any more: enroll again.
+    Reenroll(String),
+    /// Connection lost or refused for a passing reason: reconnect.
+    Lost(String),
+}
+
+/// Exponential backoff with jitter, so thousands of agents do not retry in lockstep.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Backoff { next: Duration::from_millis(200), max }
+    }
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(200);
+    }
+    fn step(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter: f64 = rand::random::<f64>() * 0.5 + 0.75;
+        base.mul_f64(jitter)
+    }
+}
+
+async fn sleep_or(shutdown: &CancellationToken, power_off: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.cancelled() => false,
+        _ = power_off.cancelled() => false,
+    }
+}
+
+/// Run one agent until `shutdown` (graceful) or `power_off` (silent) is cancelled, or
+/// the cluster removes the node.
+pub async fn run_agent(
+    settings: AgentSettings,
+    deps: AgentDeps,
+    shutdown: CancellationToken,
+    power_off: CancellationToken,
+) -> anyhow::Result<AgentExit> {
+    let mut backoff = Backoff::new(settings.max_backoff);
+    let mut seq: u64 = 0;
+    loop {
+        let mut identity = match deps.store.load()? {
+            Some(identity) => identity,
+            None => match enroll_until_done(&settings, &deps, &shutdown, &power_off).await? {
+                Some(identity) => identity,
+                None if power_off.is_cancelled() => return Ok(AgentExit::PoweredOff),
+                None => return Ok(AgentExit::Shutdown),
+            },
+        };
+        match session(&settings, &deps, &mut identity, &mut seq, &shutdown, &power_off, &mut backoff).await {
+            SessionEnd::Shutdown => return Ok(AgentExit::Shutdown),
+            SessionEnd::PoweredOff => return Ok(AgentExit::PoweredOff),
+            SessionEnd::Removed(reason) => {
+                error!(node_id = %identity.node_id, %reason, "node removed from the cluster; stopping");
+                deps.store.clear()?;
+                return Ok(AgentExit::Removed(reason));
+            }
+            SessionEnd::Reenroll(reason) => {
+                warn!(node_id = %identity.node_id, %reason, "certificate refused; enrolling again");
+                deps.store.clear()?;
+            }
+            SessionEnd::Lost(reason) => {
+                debug!(node_id = %identity.node_id, %reason, "group master session lost; reconnecting");
+                if !sleep_or(&shutdown, &power_off, backoff.step()).await {
+                    return Ok(if power_off.is_cancelled() { AgentExit::PoweredOff } else { AgentExit::Shutdown });
+                }
+            }
+        }
+    }
+}
+
+/// Enroll with the cluster master, retrying with backoff. `None` on shutdown.
+async fn enroll_until_done(
+    settings: &AgentSettings,
+    deps: &AgentDeps,
+    shutdown: &CancellationToken,
+    power_off: &CancellationToken,
+) -> anyhow::Result<Option<AgentIdentity>> {
+    let Some(token) = settings.token.clone() else {
+        anyhow::bail!(
+            "this agent has not enrolled and has no bootstrap token: set `token` in the config, \
+             pass --token, or boot with glory.token= on the kernel command line"
+        );
+    };
+    let mut backoff = Backoff::new(settings.max_backoff);
+    let mut attempts = 0u32;
+    loop {
+        let inventory = deps.host.inventory();
+        let machine_id = inventory.machine_id.clone();
+        let (key_pem, csr_pem) = generate_csr()?;
+        let request = EnrollRequest { token: token.clone(), kind: EnrollKind::Node { inventory }, csr_pem };
+        let result = enroll(
+            &deps.endpoint,
+            settings.cluster_master,
+            &settings.ca_trust,
+            &machine_id,
+            &request,
+            settings.request_timeout,
+        )
+        .await;
+        attempts += 1;
+        match result {
+            Ok(enrolled) => {
+                let identity = AgentIdentity {
+                    node_id: enrolled.id,
+                    group: enrolled.group.unwrap_or_default(),
+                    group_masters: enrolled.group_masters,
+                    tls: TlsIdentity { cert_pem: enrolled.cert_pem, key_pem, ca_pem: enrolled.ca_pem },
+                };
+                deps.store.save(&identity)?;
+                info!(node_id = %identity.node_id, group = %identity.group, "enrolled");
+                return Ok(Some(identity));
+            }
+            Err(LinkError::Refused(refusal)) => {
+                // Logged at warn the first time and every tenth time: thousands of
+                // simulated agents retrying must not flood the log.
+                if attempts % 10 == 1 {
+                    warn!(code = ?refusal.code, reason = %refusal.message, attempts, "enrollment refused; retrying with backoff");
+                }
+            }
+            Err(e) => {
+                if attempts % 10 == 1 {
+                    warn!(error = %e, cluster_master = %settings.cluster_master, attempts, "enrollment failed; retrying with backoff");
+                }
+            }
+        }
+        if !sleep_or(shutdown, power_off, backoff.step()).await {
+            return Ok(None);
+        }
+    }
+}
+
+async fn connect_group_master(
+    settings: &AgentSettings,
+    deps: &AgentDeps,
+    identity: &AgentIdentity,
+) -> Result<(quinn::Connection, glory_protocol::ControlStream), SessionEnd> {
+    let timing = LinkTiming { idle_timeout: settings.idle_timeout, keep_alive: None };
+    let tls = identity.tls.client_tls().map_err(|e| SessionEnd::Reenroll(format!("unusable identity: {e}")))?;
+    let config = client_config(tls, timing).map_err(|e| SessionEnd::Reenroll(e.to_string()))?;
+    let mut last = SessionEnd::Lost("no group master address known".to_string());
+    for addr in &identity.group_masters {
+        let conn = match connect(&deps.endpoint, config.clone(), *addr, GROUP_MASTER_NAME, settings.request_timeout).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                last = SessionEnd::Lost(format!("connect {addr}: {e}"));
+                continue;
+            }
+        };
+        let hello = Hello::new(Role::Agent, identity.node_id.clone());
+        match client_hello(&conn, &hello, DEFAULT_MAX_FRAME, settings.request_timeout).await {
+            Ok(control) => return Ok((conn, control)),
+            Err(LinkError::Refused(r)) => {
+                return Err(match r.code {
+                    RefusalCode::Removed => SessionEnd::Removed(r.message),
+                    RefusalCode::BadIdentity => SessionEnd::Reenroll(r.message),
+                    _ => SessionEnd::Lost(format!("refused by {addr}: {r}")),
+                })
+            }
+            Err(e) => last = SessionEnd::Lost(format!("hello to {addr}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+async fn session(
+    settings: &AgentSettings,
+    deps: &AgentDeps,
+    identity: &mut AgentIdentity,
+    seq: &mut u64,
+    shutdown: &CancellationToken,
+    power_off: &CancellationToken,
+    backoff: &mut Backoff,
+) -> SessionEnd {
+    let (conn, control) = match connect_group_master(settings, deps, identity).await {
+        Ok(link) => link,
+        Err(end) => return end,
+    };
+    backoff.reset();
+    let glory_protocol::ControlStream { mut send, mut recv, max_frame } = control;
+    if let Err(e) = frame::write_frame(&mut send, &AgentToGroup::Inventory(deps.host.inventory()), max_frame).await {
+        return SessionEnd::Lost(format!("send inventory: {e}"));
+    }
+    debug!(node_id = %identity.node_id, group_master = %conn.remote_address(), "session established");
+
+    // Frames are read by their own task: a read cut off mid-frame by select! would
+    // desynchronise the stream.
+    let (msg_tx, mut msg_rx) = mpsc::channel::<Result<Option<GroupToAgent>, String>>(8);
+    let reader = tokio::spawn(async move {
+        loop {
+            let item = frame::read_frame::<_, GroupToAgent>(&mut recv, max_frame).await.map_err(|e| e.to_string());
+            let end = !matches!(item, Ok(Some(_)));
+            if msg_tx.send(item).await.is_err() || end {
+                break;
+            }
+        }
+    });
+
+    let mut ticker = tokio::time::interval(settings.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = power_off.cancelled() => {
+                // Silence: keep the connection and streams alive but unused until the
+                // idle timeout ends them, so not even a close frame is sent.
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    let _keep = (send, reader);
+                    conn.closed().await;
+                });
+                return SessionEnd::PoweredOff;
+            }
+            _ = shutdown.cancelled() => {
+                let _ = frame::write_frame(&mut send, &AgentToGroup::Leaving, max_frame).await;
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+                conn.close(VarInt::from_u32(close::LEAVING), b"agent shutting down");
+                break SessionEnd::Shutdown;
+            }
+            _ = ticker.tick() => {
+                *seq += 1;
+                let heartbeat = Heartbeat { seq: *seq, sent_ms: glory_protocol::now_ms(), load: deps.host.load() };
+                match frame::encode_body(&heartbeat) {
+                    Ok(bytes) => {
+                        if let Err(e) = conn.send_datagram(bytes.into()) {
+                            break SessionEnd::Lost(format!("send heartbeat: {e}"));
+                        }
+                    }
+                    Err(e) => break SessionEnd::Lost(format!("encode heartbeat: {e}")),
+                }
+            }
+            msg = msg_rx.recv() => match msg {
+                Some(Ok(Some(GroupToAgent::GroupMasters(addrs)))) => {
+                    if !addrs.is_empty() && addrs != identity.group_masters {
+                        identity.group_masters = addrs;
+                        if let Err(e) = deps.store.save(identity) {
+                            warn!(error = %e, "cannot save group master addresses");
+                        }
+                    }
+                }
+                Some(Ok(Some(GroupToAgent::Removed { reason }))) => break SessionEnd::Removed(reason),
+                Some(Ok(None)) | None => break SessionEnd::Lost("group master closed the control stream".into()),
+                Some(Err(e)) => break SessionEnd::Lost(format!("control stream: {e}")),
+            },
+            reason = conn.closed() => {
+                break match reason {
+                    quinn::ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close::REMOVED) => {
+                        SessionEnd::Removed(String::from_utf8_lossy(&c.reason).into_owned())
+                    }
+                    other => SessionEnd::Lost(other.to_string()),
+                };
+            }
+        }
+    };
+    reader.abort();
+    end
+}

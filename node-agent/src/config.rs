@@ -1,0 +1,129 @@
+//! Node agent configuration: a TOML file, every field optional with a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use glory_protocol::CaTrust;
+use serde::{Deserialize, Serialize};
+
+/// The agent's TOML configuration (`glory-node-agent --config agent.toml`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// QUIC address of the cluster master, for enrollment.
+    pub cluster_master: SocketAddr,
+    /// Bootstrap token (`<id>.<secret>`). Also `--token` or `glory.token=` on the kernel
+    /// command line. Only needed until the agent has enrolled.
+    pub token: Option<String>,
+    /// PEM file of the cluster CA, to verify the cluster master at enrollment.
+    pub ca_cert: Option<PathBuf>,
+    /// Hex SHA-256 of the cluster CA certificate (`glory ca-hash`), as an alternative to
+    /// `ca_cert`. With neither, the agent trusts the CA it sees first and warns.
+    pub ca_cert_hash: Option<String>,
+    /// Where the agent keeps its identity (node id, certificate, key).
+    pub state_dir: PathBuf,
+    /// Local UDP address for QUIC.
+    pub bind: SocketAddr,
+    /// Heartbeat period, milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Largest wait between enrollment or connection retries, milliseconds.
+    pub max_backoff_ms: u64,
+    /// Timeout of one connection attempt or request, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Close a group master connection that stays silent this long, milliseconds.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            cluster_master: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            token: None,
+            ca_cert: None,
+            ca_cert_hash: None,
+            state_dir: PathBuf::from("/var/lib/glory-agent"),
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            heartbeat_interval_ms: 1000,
+            max_backoff_ms: 10_000,
+            request_timeout_ms: 5_000,
+            idle_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Validated settings the agent runs with.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    pub cluster_master: SocketAddr,
+    pub token: Option<String>,
+    pub ca_trust: CaTrust,
+    pub heartbeat_interval: Duration,
+    pub max_backoff: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl AgentConfig {
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).context("parse agent config")
+    }
+
+    pub fn validate(&self) -> anyhow::Result<AgentSettings> {
+        if self.heartbeat_interval_ms < 50 {
+            bail!("heartbeat_interval_ms must be at least 50 (got {})", self.heartbeat_interval_ms);
+        }
+        if self.idle_timeout_ms <= self.heartbeat_interval_ms * 2 {
+            bail!("idle_timeout_ms must exceed two heartbeat intervals");
+        }
+        let ca_trust = match (&self.ca_cert, &self.ca_cert_hash) {
+            (Some(path), _) => CaTrust::Pem(
+                std::fs::read_to_string(path).with_context(|| format!("read ca_cert {}", path.display()))?,
+            ),
+            (None, Some(hash)) => {
+                if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+                    bail!("ca_cert_hash must be 64 hex digits (SHA-256)");
+                }
+                CaTrust::Sha256(hash.clone())
+            }
+            (None, None) => CaTrust::FirstUse,
+        };
+        Ok(AgentSettings {
+            cluster_master: self.cluster_master,
+            token: self.token.clone(),
+            ca_trust,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms.max(100)),
+            request_timeout: Duration::from_millis(self.request_timeout_ms.max(100)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        })
+    }
+}
+
+/// The `glory.token=` argument of a kernel command line (PXE-booted servers get their
+/// bootstrap token this way).
+pub fn token_from_cmdline(cmdline: &str) -> Option<String> {
+    cmdline.split_whitespace().find_map(|arg| arg.strip_prefix("glory.token=")).map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_cmdline_token() {
+        let line = "BOOT_IMAGE=/vmlinuz root=/dev/sda1 glory.token=abc.def quiet";
+        assert_eq!(token_from_cmdline(line).as_deref(), Some("abc.def"));
+        assert_eq!(token_from_cmdline("quiet"), None);
+    }
+
+    #[test]
+    fn defaults_validate_and_unknown_fields_are_refused() {
+        AgentConfig::default().validate().unwrap();
+        let err = AgentConfig::from_toml("heartbeat_intervall_ms = 5").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        let bad = AgentConfig { ca_cert_hash: Some("xyz".into()), ..Default::default() };
+        assert!(bad.validate().is_err());
+    }
+}

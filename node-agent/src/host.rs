@@ -1,0 +1,203 @@
+//! What the agent reports about the machine it runs on. [`RealHost`] reads the real
+//! machine with `sysinfo`; [`SimHost`] is a cheap stand-in for `glory up` and `glory sim`.
+
+use std::sync::Mutex;
+
+use glory_protocol::{Disk, Inventory, Load, Nic};
+use sysinfo::{Disks, Networks, ProcessRefreshKind, ProcessesToUpdate, System};
+
+/// A source of inventory and load.
+pub trait Host: Send + Sync + 'static {
+    fn inventory(&self) -> Inventory;
+    fn load(&self) -> Load;
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+/// The machine this process runs on.
+pub struct RealHost {
+    system: Mutex<System>,
+}
+
+impl Default for RealHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RealHost {
+    pub fn new() -> Self {
+        let mut system = System::new();
+        system.refresh_cpu_all();
+        system.refresh_memory();
+        RealHost { system: Mutex::new(system) }
+    }
+
+    /// The systemd/dbus machine id, or the hostname when there is none.
+    pub fn machine_id() -> String {
+        read_trimmed("/etc/machine-id")
+            .or_else(|| read_trimmed("/var/lib/dbus/machine-id"))
+            .or_else(System::host_name)
+            .unwrap_or_else(|| "unknown-machine".to_string())
+    }
+}
+
+impl Host for RealHost {
+    fn inventory(&self) -> Inventory {
+        let (cpus, cpu_model, memory_bytes) = match self.system.lock() {
+            Ok(mut sys) => {
+                sys.refresh_cpu_all();
+                sys.refresh_memory();
+                let model = sys.cpus().first().map(|c| c.brand().to_string()).unwrap_or_default();
+                (sys.cpus().len() as u32, model, sys.total_memory())
+            }
+            Err(_) => (0, String::new(), 0),
+        };
+        let disks = Disks::new_with_refreshed_list()
+            .iter()
+            .map(|d| Disk {
+                name: d.name().to_string_lossy().into_owned(),
+                mount_point: d.mount_point().to_string_lossy().into_owned(),
+                file_system: d.file_system().to_string_lossy().into_owned(),
+                total_bytes: d.total_space(),
+                available_bytes: d.available_space(),
+            })
+            .collect();
+        let mut nics: Vec<Nic> = Networks::new_with_refreshed_list()
+            .iter()
+            .map(|(name, data)| Nic {
+                name: name.clone(),
+                mac: data.mac_address().to_string(),
+                addresses: data.ip_networks().iter().map(|n| format!("{}/{}", n.addr, n.prefix)).collect(),
+            })
+            .collect();
+        nics.sort_by(|a, b| a.name.cmp(&b.name));
+        Inventory {
+            hostname: System::host_name().unwrap_or_default(),
+            machine_id: Self::machine_id(),
+            cpus,
+            cpu_model,
+            memory_bytes,
+            disks,
+            nics,
+            kernel: System::kernel_version().unwrap_or_default(),
+            os: System::long_os_version().unwrap_or_default(),
+            product: read_trimmed("/sys/class/dmi/id/product_name"),
+            serial: read_trimmed("/sys/class/dmi/id/product_serial"),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            simulated: false,
+        }
+    }
+
+    fn load(&self) -> Load {
+        let Ok(mut sys) = self.system.lock() else {
+            return Load::default();
+        };
+        sys.refresh_cpu_usage();
+        sys.refresh_memory();
+        sys.refresh_processes_specifics(ProcessesToUpdate::All, true, ProcessRefreshKind::nothing());
+        Load {
+            cpu: sys.global_cpu_usage(),
+            load1: System::load_average().one as f32,
+            mem_used: sys.used_memory(),
+            mem_total: sys.total_memory(),
+            procs: sys.processes().len() as u32,
+        }
+    }
+}
+
+/// A simulated server: a stable identity derived from its index and a plausible,
+/// cheaply varying load. Its addresses are only data (never dialled): index `i` sits in
+/// subnet `10.{i / 250 / 256}.{i / 250 % 256}.0/24`, 250 machines per subnet like a rack.
+pub struct SimHost {
+    index: u32,
+    inventory: Inventory,
+}
+
+impl SimHost {
+    pub fn new(index: u32) -> Self {
+        let subnet = index / 250;
+        let host = index % 250 + 1;
+        let address = format!("10.{}.{}.{}/24", subnet / 256 % 256, subnet % 256, host);
+        let inventory = Inventory {
+            hostname: format!("sim-{index:05}"),
+            machine_id: format!("sim-machine-{index:05}"),
+            cpus: 16,
+            cpu_model: "Simulated CPU".to_string(),
+            memory_bytes: 64 << 30,
+            disks: vec![Disk {
+                name: "sda".to_string(),
+                mount_point: "/".to_string(),
+                file_system: "ext4".to_string(),
+                total_bytes: 2 << 40,
+                available_bytes: 1 << 40,
+            }],
+            nics: vec![Nic {
+                name: "eth0".to_string(),
+                mac: format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", index >> 24 & 0xff, index >> 16 & 0xff, index >> 8 & 0xff, index & 0xff),
+                addresses: vec![address],
+            }],
+            kernel: "6.1.0-sim".to_string(),
+            os: "GLORY simulated host".to_string(),
+            product: Some("SimServer 1000".to_string()),
+            serial: Some(format!("SIM{index:08}")),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            simulated: true,
+        };
+        SimHost { index, inventory }
+    }
+}
+
+impl Host for SimHost {
+    fn inventory(&self) -> Inventory {
+        self.inventory.clone()
+    }
+
+    fn load(&self) -> Load {
+        // A slow wave per host, phase-shifted by index: varied but deterministic-ish.
+        let t = glory_protocol::now_ms() / 1000;
+        let phase = (t + self.index as u64 * 7) % 60;
+        let cpu = 10.0 + (phase as f32) * 1.2;
+        Load {
+            cpu,
+            load1: cpu / 100.0 * 16.0,
+            mem_used: (16u64 << 30) + phase * (128 << 20),
+            mem_total: self.inventory.memory_bytes,
+            procs: 200 + (phase as u32),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_host_reports_this_machine() {
+        let host = RealHost::new();
+        let inv = host.inventory();
+        assert!(inv.cpus >= 1, "cpus: {}", inv.cpus);
+        assert!(inv.memory_bytes > 0);
+        assert!(!inv.hostname.is_empty());
+        assert!(!inv.machine_id.is_empty());
+        assert!(!inv.kernel.is_empty());
+        assert!(inv.nics.iter().any(|n| n.name == "lo"), "nics: {:?}", inv.nics);
+        let load = host.load();
+        assert!(load.mem_total > 0 && load.procs > 0);
+    }
+
+    #[test]
+    fn sim_hosts_are_distinct_and_grouped_by_subnet() {
+        let a = SimHost::new(0).inventory();
+        let b = SimHost::new(249).inventory();
+        let c = SimHost::new(250).inventory();
+        assert_ne!(a.machine_id, b.machine_id);
+        assert_eq!(a.nics[0].addresses[0], "10.0.0.1/24");
+        assert_eq!(b.nics[0].addresses[0], "10.0.0.250/24");
+        assert_eq!(c.nics[0].addresses[0], "10.0.1.1/24");
+    }
+}

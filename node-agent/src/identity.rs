@@ -1,0 +1,98 @@
+//! Where an agent keeps what enrollment gave it: node id, group, group master
+//! addresses and its TLS identity. A restarted agent reuses it and comes back with the
+//! same node id without a token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use glory_protocol::TlsIdentity;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentIdentity {
+    pub node_id: String,
+    pub group: String,
+    /// Group master addresses, active first.
+    pub group_masters: Vec<SocketAddr>,
+    pub tls: TlsIdentity,
+}
+
+/// Persistence of the agent identity.
+pub trait IdentityStore: Send + Sync + 'static {
+    fn load(&self) -> anyhow::Result<Option<AgentIdentity>>;
+    fn save(&self, identity: &AgentIdentity) -> anyhow::Result<()>;
+    fn clear(&self) -> anyhow::Result<()>;
+}
+
+/// `identity.json` in the agent's state directory, readable by root only.
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        FileStore { path: state_dir.into().join("identity.json") }
+    }
+}
+
+impl IdentityStore for FileStore {
+    fn load(&self) -> anyhow::Result<Option<AgentIdentity>> {
+        use anyhow::Context;
+        match std::fs::read(&self.path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).with_context(|| format!("parse {}", self.path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", self.path.display())),
+        }
+    }
+
+    fn save(&self, identity: &AgentIdentity) -> anyhow::Result<()> {
+        use anyhow::Context;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("create {}", tmp.display()))?;
+        file.write_all(&serde_json::to_vec_pretty(identity)?)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("write {}", self.path.display()))?;
+        Ok(())
+    }
+
+    fn clear(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// In memory, for simulated agents (they survive a simulated power-off, not the process).
+#[derive(Default)]
+pub struct MemoryStore {
+    identity: Mutex<Option<AgentIdentity>>,
+}
+
+impl IdentityStore for MemoryStore {
+    fn load(&self) -> anyhow::Result<Option<AgentIdentity>> {
+        Ok(self.identity.lock().map_err(|_| anyhow::anyhow!("identity lock poisoned"))?.clone())
+    }
+    fn save(&self, identity: &AgentIdentity) -> anyhow::Result<()> {
+        *self.identity.lock().map_err(|_| anyhow::anyhow!("identity lock poisoned"))? = Some(identity.clone());
+        Ok(())
+    }
+    fn clear(&self) -> anyhow::Result<()> {
+        *self.identity.lock().map_err(|_| anyhow::anyhow!("identity lock poisoned"))? = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,59 @@
+//! `glory-node-agent`: the agent that runs on every server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use glory_node_agent::{config::token_from_cmdline, AgentConfig};
+
+#[derive(Parser)]
+#[command(version, about = "GLORY-CL node agent")]
+struct Args {
+    /// TOML configuration file (every option has a default; see docs/OPERATIONS.md).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Bootstrap token; overrides the config file and the kernel command line.
+    #[arg(long, env = "GLORY_BOOTSTRAP_TOKEN")]
+    token: Option<String>,
+    /// Cluster master QUIC address; overrides the config file.
+    #[arg(long)]
+    cluster_master: Option<std::net::SocketAddr>,
+    /// State directory; overrides the config file.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+fn load_config(args: &Args) -> anyhow::Result<AgentConfig> {
+    let mut config = match &args.config {
+        Some(path) => AgentConfig::from_toml(
+            &std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?,
+        )?,
+        None => AgentConfig::default(),
+    };
+    if config.token.is_none() {
+        config.token = std::fs::read_to_string("/proc/cmdline").ok().as_deref().and_then(token_from_cmdline);
+    }
+    if let Some(token) = &args.token {
+        config.token = Some(token.clone());
+    }
+    if let Some(addr) = args.cluster_master {
+        config.cluster_master = addr;
+    }
+    if let Some(dir) = &args.state_dir {
+        config.state_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    glory_protocol::process::init_tracing("info");
+    let args = Args::parse();
+    let shutdown = glory_protocol::process::shutdown_on_signal();
+    let result = match load_config(&args) {
+        Ok(config) => glory_node_agent::run(config, shutdown).await,
+        Err(e) => Err(e),
+    };
+    glory_protocol::process::exit_code(result)
+}

@@ -1,0 +1,371 @@
+//! The REST API (JSON over HTTP). Every route but `/healthz` needs a bearer token.
+//! Errors are `{"error": {"code", "message"}}` with a fitting status.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use glory_keymaster::schema::{BootstrapScope, BootstrapTokenRecord};
+use glory_keymaster::KeyMasterError;
+use glory_protocol::NodeState;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::cluster::Cluster;
+use crate::registry::{GroupEntry, NodeEntry, Registry};
+
+/// An API error: status, stable code, human message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl From<KeyMasterError> for ApiError {
+    fn from(e: KeyMasterError) -> Self {
+        match e {
+            KeyMasterError::Unavailable(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "keymaster_unavailable", e.to_string())
+            }
+            other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Query strings and bodies parse into these; a bad one is a 400 naming the problem.
+struct Q<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+struct J<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for J<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state).await.map(|Json(v)| J(v)).map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+pub fn router(cluster: Arc<Cluster>) -> Router {
+    let api = Router::new()
+        .route("/cluster", get(get_cluster))
+        .route("/nodes", get(list_nodes))
+        .route("/nodes/{id}", get(get_node).delete(remove_node))
+        .route("/groups", get(list_groups))
+        .route("/groups/{id}", get(get_group))
+        .route("/bootstrap-tokens", get(list_bootstrap_tokens).post(create_bootstrap_token))
+        .route("/bootstrap-tokens/{id}", delete(delete_bootstrap_token))
+        .route("/sim/nodes/{id}/kill", post(sim_kill))
+        .route("/sim/nodes/{id}/restart", post(sim_restart))
+        .fallback(|| async { ApiError::not_found("no such API route") })
+        .route_layer(axum::middleware::from_fn_with_state(cluster.clone(), require_operator));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", api)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(cluster)
+}
+
+async fn require_operator(State(cluster): State<Arc<Cluster>>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| cluster.check_api_token(t)) {
+        Some(record) if record.role == "operator" => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route needs an operator token").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid bearer token (Authorization: Bearer <token>)",
+        )
+        .into_response(),
+    }
+}
+
+async fn healthz(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "role": "active",
+        "keymaster_available": cluster.km_available.load(Ordering::Relaxed),
+    }))
+}
+
+fn counts_json<K: std::fmt::Display>(counts: &BTreeMap<K, usize>) -> BTreeMap<String, usize> {
+    counts.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+async fn get_cluster(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
+    let reg = cluster.read();
+    let connected = reg.groups.values().filter(|g| g.link.is_some()).count();
+    let (received, lost) =
+        reg.groups.values().fold((0u64, 0u64), |acc, g| (acc.0 + g.heartbeats_received, acc.1 + g.heartbeats_lost));
+    Json(json!({
+        "name": cluster.settings.cluster_name,
+        "nodes": reg.nodes.len(),
+        "nodes_by_state": counts_json(&reg.counts()),
+        "groups": reg.groups.len(),
+        "groups_connected": connected,
+        "group_size_limit": cluster.settings.group_size_limit,
+        "heartbeats": {"received": received, "lost": lost},
+        "keymaster": {
+            "backend": cluster.km.backend(),
+            "available": cluster.km_available.load(Ordering::Relaxed),
+            "writes": cluster.km_writes.load(Ordering::Relaxed),
+        },
+        "uptime_seconds": cluster.started.elapsed().as_secs(),
+        "simulation": cluster.sim.is_some(),
+    }))
+}
+
+/// A node as the API shows it.
+#[derive(Serialize)]
+struct NodeView<'a> {
+    id: &'a str,
+    hostname: &'a str,
+    state: NodeState,
+    state_since_ms: u64,
+    group: &'a str,
+    enrolled_ms: u64,
+    serial: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    inventory: &'a glory_protocol::Inventory,
+    load: Option<&'a glory_protocol::Load>,
+    load_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<&'a [glory_keymaster::schema::StateEntry]>,
+}
+
+fn node_view(node: &NodeEntry, with_history: bool) -> NodeView<'_> {
+    NodeView {
+        id: &node.record.id,
+        hostname: &node.record.hostname,
+        state: node.status.state,
+        state_since_ms: node.status.since_ms,
+        group: &node.record.group,
+        enrolled_ms: node.record.enrolled_ms,
+        serial: &node.record.serial,
+        labels: &node.record.labels,
+        inventory: &node.record.inventory,
+        load: node.load.as_ref(),
+        load_ms: node.load.is_some().then_some(node.load_ms),
+        history: with_history.then_some(node.status.history.as_slice()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeQuery {
+    state: Option<String>,
+    group: Option<String>,
+    q: Option<String>,
+    /// Page size (default 500, at most 10,000).
+    limit: Option<usize>,
+    /// Opaque cursor from the previous page's `next`.
+    cursor: Option<String>,
+}
+
+async fn list_nodes(State(cluster): State<Arc<Cluster>>, Q(query): Q<NodeQuery>) -> ApiResult<Json<Value>> {
+    let state = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(NodeState::parse(s).ok_or_else(|| {
+            let known: Vec<_> = NodeState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request(format!("state: unknown state {s:?} (one of {})", known.join(", ")))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(500);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request("limit: must be between 1 and 10000"));
+    }
+    let needle = query.q.as_deref().unwrap_or("").to_lowercase();
+    let reg = cluster.read();
+    if let Some(group) = &query.group {
+        if !reg.groups.contains_key(group) {
+            return Err(ApiError::not_found(format!("group {group} does not exist")));
+        }
+    }
+    let matches = |n: &&NodeEntry| {
+        state.is_none_or(|s| n.status.state == s)
+            && query.group.as_deref().is_none_or(|g| n.record.group == g)
+            && (needle.is_empty()
+                || n.record.id.to_lowercase().contains(&needle)
+                || n.record.hostname.to_lowercase().contains(&needle))
+    };
+    let total = reg.nodes.values().filter(matches).count();
+    let start = query.cursor.as_deref().unwrap_or("");
+    let mut items = Vec::with_capacity(limit.min(total));
+    let mut next = None;
+    let range = reg.nodes.range::<str, _>((
+        if start.is_empty() { std::ops::Bound::Unbounded } else { std::ops::Bound::Excluded(start) },
+        std::ops::Bound::Unbounded,
+    ));
+    for (_, node) in range.filter(|(_, n)| matches(n)) {
+        if items.len() == limit {
+            next = items.last().map(|v: &Value| v["id"].as_str().unwrap_or_default().to_string());
+            break;
+        }
+        items.push(serde_json::to_value(node_view(node, false)).unwrap_or(Value::Null));
+    }
+    Ok(Json(json!({"items": items, "total": total, "next": next})))
+}
+
+async fn get_node(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let reg = cluster.read();
+    let node = reg.nodes.get(&id).ok_or_else(|| ApiError::not_found(format!("node {id} does not exist")))?;
+    Ok(Json(serde_json::to_value(node_view(node, true)).unwrap_or(Value::Null)))
+}
+
+async fn remove_node(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    match cluster.remove_node(&id).await? {
+        Some(group) => Ok(Json(json!({"removed": id, "group": group}))),
+        None => Err(ApiError::not_found(format!("node {id} does not exist"))),
+    }
+}
+
+fn group_view(reg: &Registry, group: &GroupEntry) -> Value {
+    json!({
+        "id": group.record.id,
+        "master": group.record.master_addr,
+        "connected": group.link.is_some(),
+        "connected_since_ms": group.link.as_ref().map(|l| l.since_ms),
+        "nodes": group.members.len(),
+        "nodes_by_state": counts_json(&reg.group_counts(group)),
+        "heartbeats": {"received": group.heartbeats_received, "lost": group.heartbeats_lost},
+        "last_report_ms": group.last_report_ms,
+        "created_ms": group.record.created_ms,
+    })
+}
+
+async fn list_groups(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
+    let reg = cluster.read();
+    let items: Vec<Value> = reg.groups.values().map(|g| group_view(&reg, g)).collect();
+    Json(json!({"items": items, "total": items.len()}))
+}
+
+async fn get_group(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let reg = cluster.read();
+    let group = reg.groups.get(&id).ok_or_else(|| ApiError::not_found(format!("group {id} does not exist")))?;
+    let mut view = group_view(&reg, group);
+    view["members"] = json!(group.members);
+    Ok(Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBootstrapToken {
+    /// Lifetime in seconds; default from the configuration; 0 = never expires.
+    ttl_seconds: Option<u64>,
+    #[serde(default)]
+    single_use: bool,
+    /// `node` (default), `group_master` or `any`.
+    scope: Option<BootstrapScope>,
+    #[serde(default)]
+    description: String,
+}
+
+fn token_view(record: &BootstrapTokenRecord) -> Value {
+    json!({
+        "id": record.id,
+        "created_ms": record.created_ms,
+        "expires_ms": record.expires_ms,
+        "single_use": record.single_use,
+        "used": record.used,
+        "scope": record.scope,
+        "description": record.description,
+    })
+}
+
+async fn create_bootstrap_token(
+    State(cluster): State<Arc<Cluster>>,
+    J(body): J<NewBootstrapToken>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if body.description.len() > 256 {
+        return Err(ApiError::bad_request("description: at most 256 characters"));
+    }
+    let ttl = match body.ttl_seconds {
+        Some(0) => None,
+        Some(s) if s > 10 * 365 * 24 * 3600 => return Err(ApiError::bad_request("ttl_seconds: at most ten years")),
+        Some(s) => Some(Duration::from_secs(s)),
+        None => cluster.settings.bootstrap_token_ttl,
+    };
+    let (token, record) = cluster
+        .create_bootstrap_token(ttl, body.single_use, body.scope.unwrap_or(BootstrapScope::Node), &body.description)
+        .await?;
+    let mut view = token_view(&record);
+    view["token"] = json!(token);
+    view["ca_cert_hash"] = json!(cluster.ca.cert_hash().ok());
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn list_bootstrap_tokens(State(cluster): State<Arc<Cluster>>) -> ApiResult<Json<Value>> {
+    let tokens = cluster.list_bootstrap_tokens().await?;
+    let items: Vec<Value> = tokens.iter().map(token_view).collect();
+    Ok(Json(json!({"items": items, "total": items.len()})))
+}
+
+async fn delete_bootstrap_token(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    if cluster.delete_bootstrap_token(&id).await? {
+        Ok(Json(json!({"deleted": id})))
+    } else {
+        Err(ApiError::not_found(format!("bootstrap token {id} does not exist")))
+    }
+}
+
+async fn sim_action(cluster: &Cluster, id: &str, kill: bool) -> ApiResult<Json<Value>> {
+    let sim = cluster
+        .sim
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("simulation routes exist only in glory up / glory sim"))?;
+    if !cluster.read().nodes.contains_key(id) {
+        return Err(ApiError::not_found(format!("node {id} does not exist")));
+    }
+    let result = if kill { sim.kill(id).await } else { sim.restart(id).await };
+    result.map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
+    Ok(Json(json!({"node": id, "action": if kill { "killed" } else { "restarted" }})))
+}
+
+async fn sim_kill(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    sim_action(&cluster, &id, true).await
+}
+
+async fn sim_restart(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    sim_action(&cluster, &id, false).await
+}

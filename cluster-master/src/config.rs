@@ -1,0 +1,153 @@
+//! Cluster master configuration: a TOML file, every field optional with a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Which key master backend to use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeyMasterConfig {
+    /// The embedded SQLite store (all-in-one and small clusters): `<data_dir>/keymaster.db`
+    /// unless `path` says otherwise.
+    Embedded {
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+}
+
+impl Default for KeyMasterConfig {
+    fn default() -> Self {
+        KeyMasterConfig::Embedded { path: None }
+    }
+}
+
+/// The cluster master's TOML configuration (`glory-cluster-master --config cm.toml`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterMasterConfig {
+    /// Name of the cluster (shown in the API and in the CA's name).
+    pub cluster_name: String,
+    /// UDP address for QUIC: group masters and enrolling machines connect here.
+    pub listen: SocketAddr,
+    /// TCP address of the REST API.
+    pub api_listen: SocketAddr,
+    /// Data directory: embedded key master, `operator.token`.
+    pub data_dir: PathBuf,
+    /// The key master.
+    pub keymaster: KeyMasterConfig,
+    /// Most nodes a group may hold.
+    pub group_size_limit: usize,
+    /// Validity of node and group master certificates, hours.
+    pub cert_validity_hours: u64,
+    /// Default lifetime of bootstrap tokens created without a TTL, seconds (0 = never expire).
+    pub bootstrap_token_ttl_secs: u64,
+    /// Write the operator API token here on first start (and reuse it later).
+    /// Default: `<data_dir>/operator.token`.
+    pub operator_token_file: Option<PathBuf>,
+    /// Declare a group master link dead after this much silence, milliseconds.
+    pub group_idle_timeout_ms: u64,
+    /// Leadership lease TTL in the key master, milliseconds.
+    pub leader_lease_ms: u64,
+    /// Largest accepted frame, bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ClusterMasterConfig {
+    fn default() -> Self {
+        ClusterMasterConfig {
+            cluster_name: "glory".to_string(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 7401)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            data_dir: PathBuf::from("/var/lib/glory-cluster-master"),
+            keymaster: KeyMasterConfig::default(),
+            group_size_limit: 250,
+            cert_validity_hours: 24 * 90,
+            bootstrap_token_ttl_secs: 24 * 3600,
+            operator_token_file: None,
+            group_idle_timeout_ms: 3000,
+            leader_lease_ms: 5000,
+            max_frame_bytes: glory_protocol::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Validated settings the cluster master runs with.
+#[derive(Clone, Debug)]
+pub struct ClusterMasterSettings {
+    pub cluster_name: String,
+    pub listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    pub group_size_limit: usize,
+    pub cert_validity: Duration,
+    pub bootstrap_token_ttl: Option<Duration>,
+    pub operator_token_file: Option<PathBuf>,
+    pub group_idle_timeout: Duration,
+    pub leader_lease: Duration,
+    pub max_frame: usize,
+    pub request_timeout: Duration,
+}
+
+impl ClusterMasterConfig {
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).context("parse cluster master config")
+    }
+
+    pub fn keymaster_path(&self) -> PathBuf {
+        match &self.keymaster {
+            KeyMasterConfig::Embedded { path: Some(p) } => p.clone(),
+            KeyMasterConfig::Embedded { path: None } => self.data_dir.join("keymaster.db"),
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<ClusterMasterSettings> {
+        if self.group_size_limit == 0 {
+            bail!("group_size_limit must be positive");
+        }
+        if self.cert_validity_hours == 0 {
+            bail!("cert_validity_hours must be positive");
+        }
+        if self.leader_lease_ms < 1000 {
+            bail!("leader_lease_ms must be at least 1000");
+        }
+        if self.max_frame_bytes < 1024 {
+            bail!("max_frame_bytes must be at least 1024");
+        }
+        Ok(ClusterMasterSettings {
+            cluster_name: self.cluster_name.clone(),
+            listen: self.listen,
+            api_listen: self.api_listen,
+            group_size_limit: self.group_size_limit,
+            cert_validity: Duration::from_secs(self.cert_validity_hours * 3600),
+            bootstrap_token_ttl: (self.bootstrap_token_ttl_secs > 0)
+                .then(|| Duration::from_secs(self.bootstrap_token_ttl_secs)),
+            operator_token_file: Some(
+                self.operator_token_file.clone().unwrap_or_else(|| self.data_dir.join("operator.token")),
+            ),
+            group_idle_timeout: Duration::from_millis(self.group_idle_timeout_ms.max(500)),
+            leader_lease: Duration::from_millis(self.leader_lease_ms),
+            max_frame: self.max_frame_bytes,
+            request_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_with_keymaster_table() {
+        let config = ClusterMasterConfig::from_toml(
+            "data_dir = '/tmp/x'\nkeymaster = { kind = 'embedded' }\ngroup_size_limit = 100\n",
+        )
+        .unwrap();
+        assert_eq!(config.keymaster_path(), PathBuf::from("/tmp/x/keymaster.db"));
+        assert_eq!(config.validate().unwrap().group_size_limit, 100);
+        assert!(ClusterMasterConfig::from_toml("keymaster = { kind = 'zookeeper' }").is_err());
+        assert!(ClusterMasterConfig { group_size_limit: 0, ..Default::default() }.validate().is_err());
+    }
+}

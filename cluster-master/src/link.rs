@@ -1,0 +1,176 @@
+//! The cluster master's QUIC side: enrollment conversations with machines that have no
+//! certificate yet, and long-lived links with group masters.
+
+use std::sync::Arc;
+
+use glory_protocol::transport::{refuse, server_hello, welcome};
+use glory_protocol::{
+    close, frame, tls::peer_cert, CertRole, ClusterToGroup, EnrollKind, EnrollReply, EnrollRequest,
+    GroupToCluster, Refusal, RefusalCode, Role,
+};
+use quinn::VarInt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cluster::Cluster;
+
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let cluster = cluster.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    debug!(error = %e, "handshake failed");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    conn.close(VarInt::from_u32(close::SHUTDOWN), b"cluster master shutting down");
+                }
+                _ = serve_connection(conn.clone(), cluster) => {}
+            }
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
+    Refusal { code, message: message.into() }
+}
+
+async fn serve_connection(conn: quinn::Connection, cluster: Arc<Cluster>) {
+    let remote = conn.remote_address();
+    let settings = &cluster.settings;
+    let (hello, mut control) = match server_hello(&conn, settings.max_frame, settings.request_timeout).await {
+        Ok(x) => x,
+        Err(e) => {
+            debug!(%remote, error = %e, "hello failed");
+            conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad hello");
+            return;
+        }
+    };
+    let peer = peer_cert(&conn);
+    match (hello.role, peer) {
+        (Role::Enrollee, _) => {
+            if welcome(&mut control, &settings.cluster_name).await.is_err() {
+                return;
+            }
+            let request = match tokio::time::timeout(settings.request_timeout, control.recv::<EnrollRequest>()).await {
+                Ok(Ok(Some(request))) => request,
+                Ok(Err(e)) => {
+                    warn!(%remote, error = %e, "bad enrollment frame; closing");
+                    conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad frame");
+                    return;
+                }
+                _ => return,
+            };
+            let reply = match request.kind {
+                EnrollKind::Node { inventory } => cluster.enroll_node(&request.token, inventory, &request.csr_pem).await,
+                EnrollKind::GroupMaster { group, listen } => {
+                    cluster.enroll_group_master(&request.token, &group, listen, &request.csr_pem).await
+                }
+            };
+            let reply = match reply {
+                Ok(enrolled) => EnrollReply::Accepted(enrolled),
+                Err(r) => {
+                    info!(%remote, machine_id = %hello.id, code = ?r.code, reason = %r.message, "enrollment refused");
+                    EnrollReply::Refused(r)
+                }
+            };
+            let _ = control.send(&reply).await;
+            let _ = control.send.finish();
+            // The enrollee closes the connection once it has the answer.
+            let _ = tokio::time::timeout(settings.request_timeout, conn.closed()).await;
+        }
+        (Role::GroupMaster, Some(peer)) if peer.role == CertRole::GroupMaster && peer.id == hello.id => {
+            if cluster.is_revoked(&peer.serial) {
+                refuse(&mut control, &conn, refusal(RefusalCode::Removed, "certificate revoked")).await;
+                return;
+            }
+            if welcome(&mut control, &settings.cluster_name).await.is_err() {
+                return;
+            }
+            group_link(conn, control, cluster, peer.id).await;
+        }
+        (role, peer) => {
+            let why = match peer {
+                None => format!("role {role:?} needs a client certificate from the cluster CA"),
+                Some(p) => format!("certificate for {} ({}) cannot act as {role:?} {}", p.id, p.role.as_str(), hello.id),
+            };
+            info!(%remote, reason = %why, "connection refused");
+            refuse(&mut control, &conn, refusal(RefusalCode::BadIdentity, why)).await;
+        }
+    }
+}
+
+async fn group_link(
+    conn: quinn::Connection,
+    control: glory_protocol::ControlStream,
+    cluster: Arc<Cluster>,
+    group: String,
+) {
+    let glory_protocol::ControlStream { mut send, mut recv, max_frame } = control;
+    let listen = match tokio::time::timeout(
+        cluster.settings.request_timeout,
+        frame::read_frame::<_, GroupToCluster>(&mut recv, max_frame),
+    )
+    .await
+    {
+        Ok(Ok(Some(GroupToCluster::Register { listen }))) => listen,
+        other => {
+            warn!(group = %group, result = ?other.map(|r| r.map(|_| ())), "group master did not register; closing");
+            conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"expected Register");
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<ClusterToGroup>(4096);
+    let (session, members) = match cluster.group_connected(&group, listen, conn.clone(), tx).await {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(group = %group, error = %e, "cannot record group master; closing");
+            conn.close(VarInt::from_u32(close::REFUSED), b"key master unavailable");
+            return;
+        }
+    };
+    // Outbound messages on their own task so a slow write never blocks reading.
+    let writer = tokio::spawn(async move {
+        if frame::write_frame(&mut send, &members, max_frame).await.is_err() {
+            return;
+        }
+        while let Some(msg) = rx.recv().await {
+            if frame::write_frame(&mut send, &msg, max_frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        match frame::read_frame::<_, GroupToCluster>(&mut recv, max_frame).await {
+            Ok(Some(GroupToCluster::StateChanges(changes))) => cluster.apply_changes(&group, changes),
+            Ok(Some(GroupToCluster::Report(report))) => cluster.apply_report(&group, report).await,
+            Ok(Some(GroupToCluster::Register { .. })) => {}
+            Ok(None) => break,
+            Err(e) => {
+                if !matches!(e, glory_protocol::FrameError::Io(_)) {
+                    warn!(group = %group, error = %e, "bad frame from group master; closing its link");
+                    conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad frame");
+                }
+                break;
+            }
+        }
+    }
+    writer.abort();
+    cluster.group_disconnected(&group, session);
+}

@@ -1,0 +1,292 @@
+//! The embedded backend: one SQLite database (a file, or memory for tests) behind a
+//! mutex, driven from tokio through `spawn_blocking`.
+//!
+//! Tables: `meta` (store revision, oldest available history revision, schema version),
+//! `kv` (keys as BLOBs so that byte-order prefix ranges work), `leases` (TTL and expiry
+//! in wall-clock milliseconds, so that leases survive a restart and those that expired
+//! while we were down are reaped right after it), and `events` (the change history that
+//! watches replay from, trimmed to the newest ~100,000 events).
+//!
+//! Live watch delivery: a committed write publishes its events on a broadcast channel
+//! while still holding the connection lock. A new watcher subscribes and reads history
+//! under that same lock, so nothing falls between the two and nothing is seen twice.
+//!
+//! One process owns a database file at a time: watchers only see writes made through
+//! the same [`EmbeddedKeyMaster`].
+
+mod store;
+mod watch;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::{
+    KeyMaster, KeyMasterError, KeyValue, KmResult, LeaseId, Revision, Txn, TxnResponse, WatchEvent,
+    Watcher,
+};
+use store::{Batch, SqlContext, Writer};
+
+/// Events kept for watches that resume from a past revision.
+const HISTORY_LIMIT: i64 = 100_000;
+/// How often expired leases are reaped (and the history trimmed).
+const REAP_INTERVAL: Duration = Duration::from_millis(100);
+/// Committed writes buffered for live watchers before a slow one has to catch up from
+/// the event table.
+const BROADCAST_CAPACITY: usize = 1024;
+/// Events buffered per watcher between its task and its receiver.
+const WATCH_CHANNEL_CAPACITY: usize = 1024;
+/// Shorter leases would expire between two reaper passes.
+const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
+
+/// The SQLite-backed [`KeyMaster`]. Cheap to share as `Arc<EmbeddedKeyMaster>`; the
+/// lease reaper and all watchers stop when the last `Arc` is dropped.
+pub struct EmbeddedKeyMaster {
+    inner: Arc<Inner>,
+    shutdown: CancellationToken,
+}
+
+/// State shared with the reaper and watcher tasks.
+struct Inner {
+    conn: Mutex<Connection>,
+    /// Events of every committed write, sent while the connection lock is held.
+    publish: broadcast::Sender<Batch>,
+    history_limit: i64,
+}
+
+impl Inner {
+    /// Run `f` with the connection on a blocking thread. The lock is taken and released
+    /// there, never held across an `.await`.
+    async fn with_conn<T, F>(self: &Arc<Self>, what: &'static str, f: F) -> KmResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, &mut Connection) -> KmResult<T> + Send + 'static,
+    {
+        let inner = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.conn.lock().map_err(|_| {
+                KeyMasterError::Internal(format!("{what}: sqlite connection lock poisoned"))
+            })?;
+            f(&inner, &mut conn)
+        })
+        .await
+        .map_err(|e| KeyMasterError::Internal(format!("{what}: blocking task failed: {e}")))?
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl EmbeddedKeyMaster {
+    /// Open (or create) the store at `path`. Must be called inside a tokio runtime: it
+    /// starts the lease reaper.
+    pub fn open(path: &Path) -> KmResult<Arc<Self>> {
+        let conn = Connection::open(path).ctx(&format!("open {}", path.display()))?;
+        Self::start(conn, HISTORY_LIMIT)
+    }
+
+    /// A fresh store that lives as long as the returned key master (for tests and
+    /// single-process setups). Must be called inside a tokio runtime.
+    pub fn open_in_memory() -> KmResult<Arc<Self>> {
+        let conn = Connection::open_in_memory().ctx("open in-memory database")?;
+        Self::start(conn, HISTORY_LIMIT)
+    }
+
+    fn start(conn: Connection, history_limit: i64) -> KmResult<Arc<Self>> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            KeyMasterError::Invalid(
+                "the embedded key master must be opened inside a tokio runtime".into(),
+            )
+        })?;
+        store::init(&conn)?;
+        let (publish, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let inner = Arc::new(Inner {
+            conn: Mutex::new(conn),
+            publish,
+            history_limit,
+        });
+        let shutdown = CancellationToken::new();
+        runtime.spawn(reap_leases(Arc::clone(&inner), shutdown.clone()));
+        Ok(Arc::new(EmbeddedKeyMaster { inner, shutdown }))
+    }
+}
+
+impl Drop for EmbeddedKeyMaster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Revoke expired leases every [`REAP_INTERVAL`] (the first pass runs at once, which
+/// reaps leases that expired while the store was closed) and trim the history.
+async fn reap_leases(inner: Arc<Inner>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(REAP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let pass = inner
+            .with_conn("reap leases", |inner, conn| {
+                store::reap_expired_leases(conn, now_unix_ms(), &inner.publish)?;
+                store::trim_history(conn, inner.history_limit)
+            })
+            .await;
+        if let Err(error) = pass {
+            warn!(%error, "lease reaper pass failed");
+        }
+    }
+}
+
+#[async_trait]
+impl KeyMaster for EmbeddedKeyMaster {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn get(&self, key: &str) -> KmResult<Option<KeyValue>> {
+        store::require_key(key)?;
+        let key = key.to_owned();
+        self.inner
+            .with_conn("get", move |_, conn| store::get(conn, &key))
+            .await
+    }
+
+    async fn get_prefix(&self, prefix: &str) -> KmResult<(Vec<KeyValue>, Revision)> {
+        let prefix = prefix.to_owned();
+        self.inner
+            .with_conn("get prefix", move |_, conn| {
+                Ok((store::range(conn, &prefix)?, store::revision(conn)?))
+            })
+            .await
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> KmResult<Revision> {
+        store::require_key(key)?;
+        let key = key.to_owned();
+        let lease = lease.unwrap_or(0);
+        self.inner
+            .with_conn("put", move |inner, conn| {
+                let mut writer = Writer::begin(conn, now_unix_ms())?;
+                writer.put(&key, value, lease)?;
+                writer.commit(&inner.publish)
+            })
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> KmResult<i64> {
+        store::require_key(key)?;
+        let key = key.to_owned();
+        self.inner
+            .with_conn("delete", move |inner, conn| {
+                let mut writer = Writer::begin(conn, now_unix_ms())?;
+                let deleted = writer.delete_key(&key)?;
+                writer.commit(&inner.publish)?;
+                Ok(deleted)
+            })
+            .await
+    }
+
+    async fn txn(&self, txn: Txn) -> KmResult<TxnResponse> {
+        self.inner
+            .with_conn("txn", move |inner, conn| {
+                store::txn(conn, &txn, now_unix_ms(), &inner.publish)
+            })
+            .await
+    }
+
+    async fn watch_prefix(
+        &self,
+        prefix: &str,
+        start_revision: Option<Revision>,
+    ) -> KmResult<Watcher> {
+        let prefix = prefix.as_bytes().to_vec();
+        // etcd treats a start revision of 0 (or less) as "from now".
+        let start_revision = start_revision.filter(|rev| *rev > 0);
+        let read_prefix = prefix.clone();
+        let (live, start) = self
+            .inner
+            .with_conn("start watch", move |inner, conn| {
+                let live = inner.publish.subscribe();
+                let start = match start_revision {
+                    Some(rev) => store::history_after(conn, &read_prefix, 0, rev),
+                    None => store::position(conn).map(|position| (Vec::new(), position)),
+                };
+                Ok((live, start))
+            })
+            .await?;
+        let (tx, rx) = mpsc::channel::<KmResult<WatchEvent>>(WATCH_CHANNEL_CAPACITY);
+        match start {
+            Ok((replay, position)) => {
+                let task = watch::WatchTask {
+                    inner: Arc::clone(&self.inner),
+                    prefix,
+                    start_revision: start_revision.unwrap_or(0),
+                    position,
+                    tx,
+                    shutdown: self.shutdown.child_token(),
+                };
+                tokio::spawn(task.run(live, replay));
+            }
+            Err(compacted @ KeyMasterError::Compacted { .. }) => {
+                // The channel is empty and its sender is dropped right after, so the
+                // error is the one and final item.
+                let _ = tx.try_send(Err(compacted));
+            }
+            Err(other) => return Err(other),
+        }
+        Ok(Watcher { events: rx })
+    }
+
+    async fn lease_grant(&self, ttl: Duration) -> KmResult<LeaseId> {
+        if ttl < MIN_LEASE_TTL {
+            return Err(KeyMasterError::Invalid(format!(
+                "lease TTL {ttl:?} is below the minimum of {MIN_LEASE_TTL:?}"
+            )));
+        }
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.inner
+            .with_conn("grant lease", move |_, conn| {
+                store::lease_grant(conn, ttl_ms, now_unix_ms())
+            })
+            .await
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> KmResult<Duration> {
+        let ttl_ms = self
+            .inner
+            .with_conn("keep lease alive", move |_, conn| {
+                store::lease_keep_alive(conn, lease, now_unix_ms())
+            })
+            .await?;
+        Ok(Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0)))
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> KmResult<()> {
+        let existed = self
+            .inner
+            .with_conn("revoke lease", move |inner, conn| {
+                store::lease_revoke(conn, lease, now_unix_ms(), &inner.publish)
+            })
+            .await?;
+        if existed {
+            Ok(())
+        } else {
+            Err(KeyMasterError::LeaseNotFound(lease))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -571,6 +571,21 @@ impl Cluster {
         Ok(Some(record.group))
     }
 
+    /// How many group masters are connected now.
+    pub fn connected_groups(&self) -> usize {
+        self.read().groups.values().filter(|g| g.link.is_some()).count()
+    }
+
+    /// The cluster CA certificate (PEM), for agents to trust.
+    pub fn ca_pem(&self) -> String {
+        self.ca.cert_pem().to_string()
+    }
+
+    /// A node's current state, if it exists.
+    pub fn node_state(&self, id: &str) -> Option<NodeState> {
+        self.read().nodes.get(id).map(|n| n.status.state)
+    }
+
     pub(crate) fn is_revoked(&self, serial: &str) -> bool {
         self.read().revoked.contains_key(serial)
     }

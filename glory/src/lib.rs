@@ -1,1 +1,9 @@
+//! The `glory` command as a library: the operator CLI, the REST client, the simulated
+//! fleet and the all-in-one cluster, so tests can drive them in-process.
 #![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod sim;
+pub mod table;
+pub mod up;

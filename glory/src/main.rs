@@ -1,1 +1,175 @@
-fn main() {}
+//! `glory`: the operator CLI over the REST API, and `glory up`, an all-in-one cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "GLORY-CL: cluster management for thousands of servers")]
+struct Cli {
+    /// Cluster master API address.
+    #[arg(long, env = "GLORY_API", default_value = "http://127.0.0.1:7400", global = true)]
+    api: String,
+    /// API bearer token; default: the `operator.token` file in --data-dir.
+    #[arg(long, env = "GLORY_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory of `glory up` (where the CLI finds operator.token).
+    #[arg(long, env = "GLORY_DATA_DIR", default_value = "glory-data", global = true)]
+    data_dir: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start an all-in-one cluster: key master, cluster master, group masters and
+    /// simulated nodes in this process. Runs until Ctrl-C.
+    Up {
+        /// Simulated nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Group masters.
+        #[arg(long, default_value_t = 4)]
+        groups: usize,
+        /// REST API address.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        api_listen: SocketAddr,
+        /// QUIC address of the cluster master (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Heartbeat interval, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_ms: u64,
+        /// Silence after which a node is down, milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        down_after_ms: u64,
+        /// Most nodes per group.
+        #[arg(long, default_value_t = 250)]
+        group_size_limit: usize,
+    },
+    /// Cluster summary: nodes by state, groups, key master.
+    Cluster,
+    /// List nodes (or `glory nodes remove ID`).
+    Nodes {
+        #[command(subcommand)]
+        action: Option<NodesAction>,
+        /// Only nodes in this state (up, suspect, down, left, unreachable, joining).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only nodes of this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Substring of hostname or id.
+        #[arg(long, short)]
+        q: Option<String>,
+    },
+    /// One node in detail: inventory, load, state history.
+    Node { id: String },
+    /// Groups and their masters.
+    Groups,
+    /// Bootstrap tokens for enrolling servers and group masters.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Fault injection in simulations (`glory up`, `glory sim`).
+    Sim {
+        #[command(subcommand)]
+        action: SimAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesAction {
+    /// Remove a node: its certificate is refused from then on.
+    Remove { id: String },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a bootstrap token (printed once).
+    Create {
+        /// Lifetime in seconds (0: never expires; default: the cluster's setting).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// The token works for one enrollment only.
+        #[arg(long)]
+        single_use: bool,
+        /// What it may enroll: node, group_master or any.
+        #[arg(long, default_value = "node")]
+        scope: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List bootstrap tokens (never their secrets).
+    List,
+    /// Delete a bootstrap token.
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum SimAction {
+    /// Cut a simulated node's power: it stops sending anything.
+    Kill { id: String },
+    /// Power a simulated node back on.
+    Restart { id: String },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    use glory::cli as c;
+    if let Command::Up { nodes, groups, api_listen, listen, heartbeat_ms, down_after_ms, group_size_limit } = cli.command {
+        glory_protocol::process::init_tracing("info,glory_node_agent=error");
+        let options = glory::up::UpOptions {
+            data_dir: cli.data_dir,
+            nodes,
+            groups,
+            api_listen,
+            quic_listen: listen,
+            heartbeat_interval_ms: heartbeat_ms,
+            down_after_ms,
+            group_size_limit,
+        };
+        return c::up(options).await;
+    }
+    let client = c::client(&cli.api, cli.token.as_deref(), &cli.data_dir)?;
+    match cli.command {
+        Command::Up { .. } => unreachable!("handled above"),
+        Command::Cluster => c::cluster(&client, cli.json).await,
+        Command::Nodes { action: Some(NodesAction::Remove { id }), .. } => c::remove_node(&client, &id, cli.json).await,
+        Command::Nodes { action: None, state, group, q } => {
+            c::nodes(&client, state.as_deref(), group.as_deref(), q.as_deref(), cli.json).await
+        }
+        Command::Node { id } => c::node(&client, &id, cli.json).await,
+        Command::Groups => c::groups(&client, cli.json).await,
+        Command::Token { action: TokenAction::Create { ttl, single_use, scope, description } } => {
+            c::token_create(&client, ttl, single_use, &scope, &description, cli.json).await
+        }
+        Command::Token { action: TokenAction::List } => c::token_list(&client, cli.json).await,
+        Command::Token { action: TokenAction::Delete { id } } => c::token_delete(&client, &id, cli.json).await,
+        Command::Sim { action: SimAction::Kill { id } } => c::sim(&client, &id, "kill", cli.json).await,
+        Command::Sim { action: SimAction::Restart { id } } => c::sim(&client, &id, "restart", cli.json).await,
+    }
+}

@@ -1,1 +1,328 @@
+//! The testkit: a whole GLORY-CL hierarchy in one process (embedded key master, cluster
+//! master, G group masters, N simulated agents) over real QUIC on 127.0.0.1, with
+//! handles to kill, stop and restart any part.
 #![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use glory::client::ApiClient;
+use glory::sim::{LateFleet, SimFleet};
+use glory_cluster_master::{Cluster, ClusterMasterConfig, ClusterMasterHandle, KeyMasterConfig};
+use glory_group_master::{GroupMaster, GroupMasterConfig};
+use glory_keymaster::schema::BootstrapScope;
+use glory_node_agent::AgentConfig;
+use glory_protocol::CaTrust;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Log to the test's output when `RUST_LOG` is set.
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    }
+}
+
+/// Builder of a [`TestCluster`].
+#[derive(Clone, Debug)]
+pub struct ClusterBuilder {
+    groups: usize,
+    agents: usize,
+    heartbeat_ms: u64,
+    down_after_ms: u64,
+    group_size_limit: usize,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder { groups: 2, agents: 10, heartbeat_ms: 250, down_after_ms: 750, group_size_limit: 250 }
+    }
+}
+
+impl ClusterBuilder {
+    pub fn groups(mut self, n: usize) -> Self {
+        self.groups = n;
+        self
+    }
+    pub fn agents(mut self, n: usize) -> Self {
+        self.agents = n;
+        self
+    }
+    pub fn heartbeat_ms(mut self, ms: u64) -> Self {
+        self.heartbeat_ms = ms;
+        self
+    }
+    pub fn down_after_ms(mut self, ms: u64) -> Self {
+        self.down_after_ms = ms;
+        self
+    }
+    pub fn group_size_limit(mut self, n: usize) -> Self {
+        self.group_size_limit = n;
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<TestCluster> {
+        init_logging();
+        let dir = tempfile::tempdir()?;
+        let cm_config = ClusterMasterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().to_path_buf(),
+            keymaster: KeyMasterConfig::Embedded { path: None },
+            group_size_limit: self.group_size_limit,
+            group_idle_timeout_ms: 1500,
+            ..Default::default()
+        };
+        let km = glory_cluster_master::open_keymaster(&cm_config)?;
+        let late = Arc::new(LateFleet::default());
+        let cm_shutdown = CancellationToken::new();
+        let cm = glory_cluster_master::start(cm_config.validate()?, km, Some(late.clone()), cm_shutdown.clone()).await?;
+        let api = ApiClient::new(&cm.api_addr.to_string(), &cm.operator_token)?;
+        let mut cluster = TestCluster {
+            builder: self.clone(),
+            api,
+            cm_shutdown,
+            cm: Some(cm),
+            group_masters: Vec::new(),
+            fleet: None,
+            fleet_shutdown: CancellationToken::new(),
+            _dir: dir,
+        };
+        for g in 0..self.groups {
+            cluster.start_group_master(&format!("g{g:02}"), SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        }
+        let groups = self.groups;
+        cluster
+            .wait_until("all group masters registered", Duration::from_secs(10), async |c| {
+                c.cluster().connected_groups() >= groups
+            })
+            .await?;
+        let (token, _) = cluster
+            .cluster()
+            .create_bootstrap_token(None, false, BootstrapScope::Node, "testkit agents")
+            .await?;
+        let mut settings = AgentConfig {
+            cluster_master: cluster.cm_quic_addr(),
+            token: Some(token),
+            heartbeat_interval_ms: self.heartbeat_ms,
+            max_backoff_ms: 500,
+            idle_timeout_ms: 5000,
+            ..Default::default()
+        }
+        .validate()?;
+        settings.ca_trust = CaTrust::Pem(cluster.cluster().ca_pem());
+        let fleet = SimFleet::new(settings, 2, cluster.fleet_shutdown.clone())?;
+        late.attach(fleet.clone());
+        fleet.add(self.agents);
+        cluster.fleet = Some(fleet);
+        Ok(cluster)
+    }
+}
+
+struct GroupMasterSlot {
+    id: String,
+    addr: SocketAddr,
+    running: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+/// A running in-process cluster.
+pub struct TestCluster {
+    builder: ClusterBuilder,
+    /// Operator client of the cluster master's API.
+    pub api: ApiClient,
+    cm_shutdown: CancellationToken,
+    cm: Option<ClusterMasterHandle>,
+    group_masters: Vec<GroupMasterSlot>,
+    fleet: Option<SimFleet>,
+    fleet_shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    fn cm(&self) -> &ClusterMasterHandle {
+        self.cm.as_ref().expect("cluster master handle present until shutdown")
+    }
+
+    pub fn cluster(&self) -> Arc<Cluster> {
+        self.cm().cluster.clone()
+    }
+
+    pub fn cm_quic_addr(&self) -> SocketAddr {
+        self.cm().quic_addr
+    }
+
+    pub fn fleet(&self) -> &SimFleet {
+        self.fleet.as_ref().expect("fleet started")
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.builder.heartbeat_ms)
+    }
+
+    pub fn down_after(&self) -> Duration {
+        Duration::from_millis(self.builder.down_after_ms)
+    }
+
+    fn start_group_master(&mut self, id: &str, listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let config = GroupMasterConfig {
+            group: id.to_string(),
+            listen,
+            cluster_master: self.cm_quic_addr(),
+            heartbeat_interval_ms: self.builder.heartbeat_ms,
+            down_after_ms: self.builder.down_after_ms,
+            tick_interval_ms: 50,
+            report_interval_ms: 500,
+            cluster_idle_timeout_ms: 1500,
+            agent_idle_timeout_ms: 5000,
+            ..Default::default()
+        };
+        let identity = self.cluster().issue_group_master_identity(id)?;
+        let gm = GroupMaster::bind(config.validate()?, identity)?;
+        let addr = gm.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(gm.serve(shutdown.clone()).map_unit());
+        let slot = GroupMasterSlot { id: id.to_string(), addr, running: Some((shutdown, task)) };
+        match self.group_masters.iter_mut().find(|s| s.id == id) {
+            Some(existing) => *existing = slot,
+            None => self.group_masters.push(slot),
+        }
+        Ok(addr)
+    }
+
+    /// Where group master `id` serves agents.
+    pub fn group_master_addr(&self, id: &str) -> Option<SocketAddr> {
+        self.group_masters.iter().find(|s| s.id == id).map(|s| s.addr)
+    }
+
+    /// Stop a group master (its tasks end; agents and the cluster master lose it).
+    pub async fn kill_group_master(&mut self, id: &str) -> anyhow::Result<()> {
+        let slot = self.group_masters.iter_mut().find(|s| s.id == id).context("no such group master")?;
+        let (shutdown, task) = slot.running.take().context("group master not running")?;
+        shutdown.cancel();
+        task.await?;
+        Ok(())
+    }
+
+    /// Start a stopped group master again on its old address.
+    pub async fn restart_group_master(&mut self, id: &str) -> anyhow::Result<()> {
+        let addr = self.group_masters.iter().find(|s| s.id == id).context("no such group master")?.addr;
+        self.start_group_master(id, addr)?;
+        Ok(())
+    }
+
+    /// Poll `check` until it holds or `timeout` passes; the error says what was awaited.
+    pub async fn wait_until<F>(&self, what: &str, timeout: Duration, check: F) -> anyhow::Result<Duration>
+    where
+        F: AsyncFn(&Self) -> bool,
+    {
+        let start = Instant::now();
+        loop {
+            if check(self).await {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!("timed out after {timeout:?} waiting for: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Cluster summary from the API.
+    pub async fn summary(&self) -> anyhow::Result<Value> {
+        self.api.get("/api/v1/cluster").await
+    }
+
+    /// Count of nodes in `state` per the API.
+    pub async fn count(&self, state: &str) -> u64 {
+        self.summary().await.ok().and_then(|c| c["nodes_by_state"][state].as_u64()).unwrap_or(0)
+    }
+
+    /// A node's state per the API.
+    pub async fn node_state(&self, id: &str) -> Option<String> {
+        let node = self.api.get(&format!("/api/v1/nodes/{id}")).await.ok()?;
+        node["state"].as_str().map(str::to_string)
+    }
+
+    /// Wait until the API shows `n` nodes `up` (and nothing else).
+    pub async fn wait_all_up(&self, n: u64, timeout: Duration) -> anyhow::Result<Duration> {
+        let waited = self
+            .wait_until(&format!("{n} nodes up"), timeout, async |c| {
+                let summary = c.summary().await.unwrap_or_default();
+                summary["nodes"].as_u64() == Some(n) && summary["nodes_by_state"]["up"].as_u64() == Some(n)
+            })
+            .await;
+        if waited.is_err() {
+            let summary = self.summary().await.unwrap_or_default();
+            bail!("expected {n} nodes up within {timeout:?}; cluster says {}", summary["nodes_by_state"]);
+        }
+        waited
+    }
+
+    /// Wait until node `id` is in `state` per the API.
+    pub async fn wait_node_state(&self, id: &str, state: &str, timeout: Duration) -> anyhow::Result<Duration> {
+        let result = self
+            .wait_until(&format!("node {id} {state}"), timeout, async |c| {
+                c.node_state(id).await.as_deref() == Some(state)
+            })
+            .await;
+        match result {
+            Ok(d) => Ok(d),
+            Err(_) => bail!("node {id}: expected {state} within {timeout:?}, API says {:?}", self.node_state(id).await),
+        }
+    }
+
+    /// Node id of simulated agent `index` (after it enrolled).
+    pub fn node_id(&self, index: usize) -> anyhow::Result<String> {
+        self.fleet().node_id(index).with_context(|| format!("agent {index} has not enrolled"))
+    }
+
+    /// Stop everything; returns when every task has ended.
+    pub async fn shutdown(mut self) {
+        self.fleet_shutdown.cancel();
+        if let Some(fleet) = &self.fleet {
+            fleet.wait().await;
+        }
+        for slot in &mut self.group_masters {
+            if let Some((shutdown, task)) = slot.running.take() {
+                shutdown.cancel();
+                let _ = task.await;
+            }
+        }
+        self.cm_shutdown.cancel();
+        if let Some(cm) = self.cm.take() {
+            cm.wait().await;
+        }
+    }
+}
+
+trait MapUnit: Future<Output = anyhow::Result<()>> + Sized {
+    fn map_unit(self) -> impl Future<Output = ()> {
+        async move {
+            if let Err(e) = self.await {
+                tracing::error!(error = %format!("{e:#}"), "group master failed");
+            }
+        }
+    }
+}
+
+impl<F: Future<Output = anyhow::Result<()>>> MapUnit for F {}
+
+/// Where the workspace's compiled binaries are (`./test.sh` builds them first).
+pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::var_os("GLORY_BIN_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("debug")
+    });
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} not found: build the binaries first (cargo build --workspace --bins), or set GLORY_BIN_DIR", path.display());
+    }
+    Ok(path)
+}

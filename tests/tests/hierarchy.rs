@@ -18,6 +18,12 @@ async fn agents_enroll_spread_by_group_limit_and_are_up() -> anyhow::Result<()> 
     assert!(sizes.iter().all(|&n| n <= 12), "group sizes {sizes:?} exceed the limit of 12");
     // All simulated agents share one subnet, so the first group fills up first.
     assert_eq!(sizes, vec![12, 8]);
+    // Loads arrive with the next group report.
+    cluster
+        .wait_until("every node has a load", Duration::from_secs(5), async |c| {
+            c.api.all_nodes("").await.is_ok_and(|nodes| nodes.iter().all(|n| !n["load"].is_null()))
+        })
+        .await?;
     let nodes = cluster.api.all_nodes("").await?;
     let node = &nodes[0];
     for field in ["id", "hostname", "state", "group", "inventory", "load"] {

@@ -151,3 +151,15 @@ mod tests {
         assert!(ClusterMasterConfig { group_size_limit: 0, ..Default::default() }.validate().is_err());
     }
 }
+
+#[cfg(test)]
+mod example {
+    #[test]
+    fn documented_example_parses_and_matches_the_defaults() {
+        let text = include_str!("../../docs/examples/cluster-master.toml");
+        let config = super::ClusterMasterConfig::from_toml(text).unwrap();
+        config.validate().unwrap();
+        let defaults = super::ClusterMasterConfig::default();
+        assert_eq!(toml::to_string(&config).unwrap(), toml::to_string(&defaults).unwrap());
+    }
+}

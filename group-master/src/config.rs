@@ -155,3 +155,14 @@ mod tests {
         assert!(GroupMasterConfig::from_toml("groupp = 'x'").is_err());
     }
 }
+
+#[cfg(test)]
+mod example {
+    #[test]
+    fn documented_example_parses_and_validates() {
+        let text = include_str!("../../docs/examples/group-master.toml");
+        let config = super::GroupMasterConfig::from_toml(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.down_after_ms, super::GroupMasterConfig::default().down_after_ms);
+    }
+}

@@ -214,7 +214,7 @@ mod tests {
         d.track("n2", NodeState::Unreachable, t0);
         d.track("n3", NodeState::Left, t0);
         assert!(d.tick(ms(t0, 2999)).is_empty(), "no verdict inside the grace period");
-        d.heartbeat("n1", 40, ms(t0, 1000));
+        d.heartbeat("n1", 40, ms(t0, 1500));
         let out = d.tick(ms(t0, 3000));
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].node.as_str(), out[0].to), ("n2", NodeState::Down));

@@ -127,3 +127,14 @@ mod tests {
         assert!(bad.validate().is_err());
     }
 }
+
+#[cfg(test)]
+mod example {
+    #[test]
+    fn documented_example_parses_and_validates() {
+        let text = include_str!("../../docs/examples/node-agent.toml");
+        let config = super::AgentConfig::from_toml(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.heartbeat_interval_ms, super::AgentConfig::default().heartbeat_interval_ms);
+    }
+}

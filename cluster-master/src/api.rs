@@ -31,7 +31,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -44,17 +48,27 @@ impl ApiError {
 impl From<KeyMasterError> for ApiError {
     fn from(e: KeyMasterError) -> Self {
         match e {
-            KeyMasterError::Unavailable(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "keymaster_unavailable", e.to_string())
-            }
-            other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
+            KeyMasterError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "keymaster_unavailable",
+                e.to_string(),
+            ),
+            other => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                other.to_string(),
+            ),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
@@ -65,7 +79,10 @@ struct Q<T>(T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Q<T> {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| Q(v))
@@ -78,7 +95,10 @@ struct J<T>(T);
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for J<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Json::<T>::from_request(req, state).await.map(|Json(v)| J(v)).map_err(|e| ApiError::bad_request(e.body_text()))
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| J(v))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
     }
 }
 
@@ -89,12 +109,18 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/nodes/{id}", get(get_node).delete(remove_node))
         .route("/groups", get(list_groups))
         .route("/groups/{id}", get(get_group))
-        .route("/bootstrap-tokens", get(list_bootstrap_tokens).post(create_bootstrap_token))
+        .route(
+            "/bootstrap-tokens",
+            get(list_bootstrap_tokens).post(create_bootstrap_token),
+        )
         .route("/bootstrap-tokens/{id}", delete(delete_bootstrap_token))
         .route("/sim/nodes/{id}/kill", post(sim_kill))
         .route("/sim/nodes/{id}/restart", post(sim_restart))
         .fallback(|| async { ApiError::not_found("no such API route") })
-        .route_layer(axum::middleware::from_fn_with_state(cluster.clone(), require_operator));
+        .route_layer(axum::middleware::from_fn_with_state(
+            cluster.clone(),
+            require_operator,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
@@ -102,7 +128,11 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .with_state(cluster)
 }
 
-async fn require_operator(State(cluster): State<Arc<Cluster>>, req: Request, next: Next) -> Response {
+async fn require_operator(
+    State(cluster): State<Arc<Cluster>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -111,7 +141,12 @@ async fn require_operator(State(cluster): State<Arc<Cluster>>, req: Request, nex
         .map(str::trim);
     match token.and_then(|t| cluster.check_api_token(t)) {
         Some(record) if record.role == "operator" => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route needs an operator token").into_response(),
+        Some(_) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route needs an operator token",
+        )
+        .into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -136,8 +171,9 @@ fn counts_json<K: std::fmt::Display>(counts: &BTreeMap<K, usize>) -> BTreeMap<St
 async fn get_cluster(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
     let reg = cluster.read();
     let connected = reg.groups.values().filter(|g| g.link.is_some()).count();
-    let (received, lost) =
-        reg.groups.values().fold((0u64, 0u64), |acc, g| (acc.0 + g.heartbeats_received, acc.1 + g.heartbeats_lost));
+    let (received, lost) = reg.groups.values().fold((0u64, 0u64), |acc, g| {
+        (acc.0 + g.heartbeats_received, acc.1 + g.heartbeats_lost)
+    });
     Json(json!({
         "name": cluster.settings.cluster_name,
         "nodes": reg.nodes.len(),
@@ -203,12 +239,18 @@ struct NodeQuery {
     cursor: Option<String>,
 }
 
-async fn list_nodes(State(cluster): State<Arc<Cluster>>, Q(query): Q<NodeQuery>) -> ApiResult<Json<Value>> {
+async fn list_nodes(
+    State(cluster): State<Arc<Cluster>>,
+    Q(query): Q<NodeQuery>,
+) -> ApiResult<Json<Value>> {
     let state = match query.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(NodeState::parse(s).ok_or_else(|| {
             let known: Vec<_> = NodeState::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::bad_request(format!("state: unknown state {s:?} (one of {})", known.join(", ")))
+            ApiError::bad_request(format!(
+                "state: unknown state {s:?} (one of {})",
+                known.join(", ")
+            ))
         })?),
     };
     let limit = query.limit.unwrap_or(500);
@@ -234,12 +276,18 @@ async fn list_nodes(State(cluster): State<Arc<Cluster>>, Q(query): Q<NodeQuery>)
     let mut items = Vec::with_capacity(limit.min(total));
     let mut next = None;
     let range = reg.nodes.range::<str, _>((
-        if start.is_empty() { std::ops::Bound::Unbounded } else { std::ops::Bound::Excluded(start) },
+        if start.is_empty() {
+            std::ops::Bound::Unbounded
+        } else {
+            std::ops::Bound::Excluded(start)
+        },
         std::ops::Bound::Unbounded,
     ));
     for (_, node) in range.filter(|(_, n)| matches(n)) {
         if items.len() == limit {
-            next = items.last().map(|v: &Value| v["id"].as_str().unwrap_or_default().to_string());
+            next = items
+                .last()
+                .map(|v: &Value| v["id"].as_str().unwrap_or_default().to_string());
             break;
         }
         items.push(serde_json::to_value(node_view(node, false)).unwrap_or(Value::Null));
@@ -247,13 +295,24 @@ async fn list_nodes(State(cluster): State<Arc<Cluster>>, Q(query): Q<NodeQuery>)
     Ok(Json(json!({"items": items, "total": total, "next": next})))
 }
 
-async fn get_node(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_node(
+    State(cluster): State<Arc<Cluster>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let reg = cluster.read();
-    let node = reg.nodes.get(&id).ok_or_else(|| ApiError::not_found(format!("node {id} does not exist")))?;
-    Ok(Json(serde_json::to_value(node_view(node, true)).unwrap_or(Value::Null)))
+    let node = reg
+        .nodes
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("node {id} does not exist")))?;
+    Ok(Json(
+        serde_json::to_value(node_view(node, true)).unwrap_or(Value::Null),
+    ))
 }
 
-async fn remove_node(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn remove_node(
+    State(cluster): State<Arc<Cluster>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     match cluster.remove_node(&id).await? {
         Some(group) => Ok(Json(json!({"removed": id, "group": group}))),
         None => Err(ApiError::not_found(format!("node {id} does not exist"))),
@@ -280,9 +339,15 @@ async fn list_groups(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
     Json(json!({"items": items, "total": items.len()}))
 }
 
-async fn get_group(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_group(
+    State(cluster): State<Arc<Cluster>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let reg = cluster.read();
-    let group = reg.groups.get(&id).ok_or_else(|| ApiError::not_found(format!("group {id} does not exist")))?;
+    let group = reg
+        .groups
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("group {id} does not exist")))?;
     let mut view = group_view(&reg, group);
     view["members"] = json!(group.members);
     Ok(Json(view))
@@ -322,12 +387,19 @@ async fn create_bootstrap_token(
     }
     let ttl = match body.ttl_seconds {
         Some(0) => None,
-        Some(s) if s > 10 * 365 * 24 * 3600 => return Err(ApiError::bad_request("ttl_seconds: at most ten years")),
+        Some(s) if s > 10 * 365 * 24 * 3600 => {
+            return Err(ApiError::bad_request("ttl_seconds: at most ten years"))
+        }
         Some(s) => Some(Duration::from_secs(s)),
         None => cluster.settings.bootstrap_token_ttl,
     };
     let (token, record) = cluster
-        .create_bootstrap_token(ttl, body.single_use, body.scope.unwrap_or(BootstrapScope::Node), &body.description)
+        .create_bootstrap_token(
+            ttl,
+            body.single_use,
+            body.scope.unwrap_or(BootstrapScope::Node),
+            &body.description,
+        )
         .await?;
     let mut view = token_view(&record);
     view["token"] = json!(token);
@@ -341,31 +413,47 @@ async fn list_bootstrap_tokens(State(cluster): State<Arc<Cluster>>) -> ApiResult
     Ok(Json(json!({"items": items, "total": items.len()})))
 }
 
-async fn delete_bootstrap_token(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn delete_bootstrap_token(
+    State(cluster): State<Arc<Cluster>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     if cluster.delete_bootstrap_token(&id).await? {
         Ok(Json(json!({"deleted": id})))
     } else {
-        Err(ApiError::not_found(format!("bootstrap token {id} does not exist")))
+        Err(ApiError::not_found(format!(
+            "bootstrap token {id} does not exist"
+        )))
     }
 }
 
 async fn sim_action(cluster: &Cluster, id: &str, kill: bool) -> ApiResult<Json<Value>> {
-    let sim = cluster
-        .sim
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("simulation routes exist only in glory up / glory sim"))?;
+    let sim = cluster.sim.as_ref().ok_or_else(|| {
+        ApiError::not_found("simulation routes exist only in glory up / glory sim")
+    })?;
     if !cluster.read().nodes.contains_key(id) {
         return Err(ApiError::not_found(format!("node {id} does not exist")));
     }
-    let result = if kill { sim.kill(id).await } else { sim.restart(id).await };
+    let result = if kill {
+        sim.kill(id).await
+    } else {
+        sim.restart(id).await
+    };
     result.map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
-    Ok(Json(json!({"node": id, "action": if kill { "killed" } else { "restarted" }})))
+    Ok(Json(
+        json!({"node": id, "action": if kill { "killed" } else { "restarted" }}),
+    ))
 }
 
-async fn sim_kill(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn sim_kill(
+    State(cluster): State<Arc<Cluster>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     sim_action(&cluster, &id, true).await
 }
 
-async fn sim_restart(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn sim_restart(
+    State(cluster): State<Arc<Cluster>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     sim_action(&cluster, &id, false).await
 }

@@ -48,24 +48,43 @@ pub fn node_subnets(inventory: &Inventory) -> Vec<String> {
 }
 
 /// Choose the group for a node in `subnets`.
-pub fn assign_group(groups: &[GroupLoad], subnets: &[String], limit: usize) -> Result<String, AssignError> {
+pub fn assign_group(
+    groups: &[GroupLoad],
+    subnets: &[String],
+    limit: usize,
+) -> Result<String, AssignError> {
     if groups.is_empty() {
         return Err(AssignError::NoGroups);
     }
     let open: Vec<&GroupLoad> = groups.iter().filter(|g| g.members < limit).collect();
     if open.is_empty() {
-        return Err(AssignError::NoCapacity { groups: groups.len(), limit });
+        return Err(AssignError::NoCapacity {
+            groups: groups.len(),
+            limit,
+        });
     }
     let connected: Vec<&GroupLoad> = open.iter().copied().filter(|g| g.connected).collect();
-    let pool = if connected.is_empty() { open } else { connected };
-    let least_loaded = |candidates: &mut dyn Iterator<Item = &&GroupLoad>| {
-        candidates.min_by(|a, b| a.members.cmp(&b.members).then_with(|| a.id.cmp(&b.id))).map(|g| g.id.clone())
+    let pool = if connected.is_empty() {
+        open
+    } else {
+        connected
     };
-    let same_subnet =
-        least_loaded(&mut pool.iter().filter(|g| subnets.iter().any(|s| g.subnets.get(s).is_some_and(|n| *n > 0))));
+    let least_loaded = |candidates: &mut dyn Iterator<Item = &&GroupLoad>| {
+        candidates
+            .min_by(|a, b| a.members.cmp(&b.members).then_with(|| a.id.cmp(&b.id)))
+            .map(|g| g.id.clone())
+    };
+    let same_subnet = least_loaded(&mut pool.iter().filter(|g| {
+        subnets
+            .iter()
+            .any(|s| g.subnets.get(s).is_some_and(|n| *n > 0))
+    }));
     match same_subnet {
         Some(id) => Ok(id),
-        None => least_loaded(&mut pool.iter()).ok_or(AssignError::NoCapacity { groups: groups.len(), limit }),
+        None => least_loaded(&mut pool.iter()).ok_or(AssignError::NoCapacity {
+            groups: groups.len(),
+            limit,
+        }),
     }
 }
 
@@ -86,23 +105,48 @@ mod tests {
 
     #[test]
     fn same_subnet_wins_over_least_loaded() {
-        let groups = [group("g00", 10, &["10.0.0.0/24"], true), group("g01", 0, &[], true)];
-        assert_eq!(assign_group(&groups, &["10.0.0.0/24".into()], 250).unwrap(), "g00");
-        assert_eq!(assign_group(&groups, &["10.9.0.0/24".into()], 250).unwrap(), "g01");
+        let groups = [
+            group("g00", 10, &["10.0.0.0/24"], true),
+            group("g01", 0, &[], true),
+        ];
+        assert_eq!(
+            assign_group(&groups, &["10.0.0.0/24".into()], 250).unwrap(),
+            "g00"
+        );
+        assert_eq!(
+            assign_group(&groups, &["10.9.0.0/24".into()], 250).unwrap(),
+            "g01"
+        );
     }
 
     #[test]
     fn full_groups_are_skipped_and_all_full_is_an_error() {
-        let groups = [group("g00", 250, &["10.0.0.0/24"], true), group("g01", 3, &[], true)];
-        assert_eq!(assign_group(&groups, &["10.0.0.0/24".into()], 250).unwrap(), "g01");
+        let groups = [
+            group("g00", 250, &["10.0.0.0/24"], true),
+            group("g01", 3, &[], true),
+        ];
+        assert_eq!(
+            assign_group(&groups, &["10.0.0.0/24".into()], 250).unwrap(),
+            "g01"
+        );
         let full = [group("g00", 2, &[], true)];
-        assert_eq!(assign_group(&full, &[], 2), Err(AssignError::NoCapacity { groups: 1, limit: 2 }));
+        assert_eq!(
+            assign_group(&full, &[], 2),
+            Err(AssignError::NoCapacity {
+                groups: 1,
+                limit: 2
+            })
+        );
         assert_eq!(assign_group(&[], &[], 2), Err(AssignError::NoGroups));
     }
 
     #[test]
     fn connected_groups_are_preferred_ties_break_by_id() {
-        let groups = [group("g00", 0, &[], false), group("g02", 5, &[], true), group("g01", 5, &[], true)];
+        let groups = [
+            group("g00", 0, &[], false),
+            group("g02", 5, &[], true),
+            group("g01", 5, &[], true),
+        ];
         assert_eq!(assign_group(&groups, &[], 250).unwrap(), "g01");
         let none_connected = [group("g01", 1, &[], false), group("g00", 1, &[], false)];
         assert_eq!(assign_group(&none_connected, &[], 250).unwrap(), "g00");
@@ -112,11 +156,19 @@ mod tests {
     fn subnets_ignore_loopback_and_link_local() {
         let inventory = Inventory {
             nics: vec![
-                Nic { name: "lo".into(), mac: String::new(), addresses: vec!["127.0.0.1/8".into(), "::1/128".into()] },
+                Nic {
+                    name: "lo".into(),
+                    mac: String::new(),
+                    addresses: vec!["127.0.0.1/8".into(), "::1/128".into()],
+                },
                 Nic {
                     name: "eth0".into(),
                     mac: String::new(),
-                    addresses: vec!["10.1.2.3/24".into(), "fe80::1/64".into(), "169.254.0.9/16".into()],
+                    addresses: vec![
+                        "10.1.2.3/24".into(),
+                        "fe80::1/64".into(),
+                        "169.254.0.9/16".into(),
+                    ],
                 },
             ],
             ..Default::default()

@@ -24,7 +24,11 @@ pub fn hash_secret(secret: &str) -> String {
 
 /// Compare two equal-length hex digests without an early exit.
 fn digest_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// A new token: `(id, secret, "<id>.<secret>")`. `prefix` tells kinds apart in logs.
@@ -38,7 +42,9 @@ pub fn new_token(prefix: &str) -> (String, String, String) {
 /// Split `<id>.<secret>`.
 pub fn parse_token(token: &str) -> Result<(&str, &str), TokenError> {
     let (id, secret) = token.trim().split_once('.').ok_or(TokenError::Malformed)?;
-    let ok = |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let ok = |s: &str| {
+        !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
     if ok(id) && ok(secret) {
         Ok((id, secret))
     } else {
@@ -78,7 +84,12 @@ pub fn check_bootstrap(
 mod tests {
     use super::*;
 
-    fn record(secret: &str, expires_ms: Option<u64>, single_use: bool, used: bool) -> BootstrapTokenRecord {
+    fn record(
+        secret: &str,
+        expires_ms: Option<u64>,
+        single_use: bool,
+        used: bool,
+    ) -> BootstrapTokenRecord {
         BootstrapTokenRecord {
             v: 1,
             id: "b1".into(),
@@ -95,19 +106,42 @@ mod tests {
     #[test]
     fn valid_token_passes() {
         let r = record("s3cret", Some(1000), false, false);
-        assert_eq!(check_bootstrap(Some(&r), "s3cret", BootstrapScope::Node, 999), Ok(()));
+        assert_eq!(
+            check_bootstrap(Some(&r), "s3cret", BootstrapScope::Node, 999),
+            Ok(())
+        );
     }
 
     #[test]
     fn wrong_unknown_expired_used_and_scope() {
         let r = record("s3cret", Some(1000), true, false);
-        assert_eq!(check_bootstrap(Some(&r), "guess", BootstrapScope::Node, 0), Err(TokenError::Invalid));
-        assert_eq!(check_bootstrap(None, "s3cret", BootstrapScope::Node, 0), Err(TokenError::Invalid));
-        assert_eq!(check_bootstrap(Some(&r), "s3cret", BootstrapScope::Node, 1000), Err(TokenError::Expired));
+        assert_eq!(
+            check_bootstrap(Some(&r), "guess", BootstrapScope::Node, 0),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            check_bootstrap(None, "s3cret", BootstrapScope::Node, 0),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            check_bootstrap(Some(&r), "s3cret", BootstrapScope::Node, 1000),
+            Err(TokenError::Expired)
+        );
         let used = record("s3cret", None, true, true);
-        assert_eq!(check_bootstrap(Some(&used), "s3cret", BootstrapScope::Node, 0), Err(TokenError::Used));
+        assert_eq!(
+            check_bootstrap(Some(&used), "s3cret", BootstrapScope::Node, 0),
+            Err(TokenError::Used)
+        );
         let reusable = record("s3cret", None, false, true);
-        assert_eq!(check_bootstrap(Some(&reusable), "s3cret", BootstrapScope::Node, u64::MAX - 1), Ok(()));
+        assert_eq!(
+            check_bootstrap(
+                Some(&reusable),
+                "s3cret",
+                BootstrapScope::Node,
+                u64::MAX - 1
+            ),
+            Ok(())
+        );
         assert_eq!(
             check_bootstrap(Some(&reusable), "s3cret", BootstrapScope::GroupMaster, 0),
             Err(TokenError::WrongScope)

@@ -10,13 +10,13 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use glory_keymaster::schema::{
-    self, ApiTokenRecord, BootstrapScope, BootstrapTokenRecord, GroupRecord, NodeRecord, NodeStatus,
-    RevokedRecord, RECORD_VERSION,
+    self, ApiTokenRecord, BootstrapScope, BootstrapTokenRecord, GroupRecord, NodeRecord,
+    NodeStatus, RevokedRecord, RECORD_VERSION,
 };
 use glory_keymaster::{Compare, KeyMaster, KeyMasterError, Txn, TxnOp};
 use glory_protocol::{
-    CertRole, CertSubject, ClusterCa, ClusterToGroup, Enrolled, GroupReport, Inventory, NodeState, Refusal,
-    RefusalCode, StateChange,
+    CertRole, CertSubject, ClusterCa, ClusterToGroup, Enrolled, GroupReport, Inventory, NodeState,
+    Refusal, RefusalCode, StateChange,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -38,7 +38,10 @@ pub trait SimControl: Send + Sync + 'static {
 }
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
-    Refusal { code, message: message.into() }
+    Refusal {
+        code,
+        message: message.into(),
+    }
 }
 
 fn unavailable(e: KeyMasterError) -> Refusal {
@@ -72,32 +75,61 @@ impl Cluster {
         use anyhow::Context;
         let ca = load_or_create_ca(km.as_ref(), &settings.cluster_name).await?;
         let mut registry = Registry::default();
-        let (groups, _) = km.get_prefix(schema::GROUPS_PREFIX).await.context("load groups")?;
+        let (groups, _) = km
+            .get_prefix(schema::GROUPS_PREFIX)
+            .await
+            .context("load groups")?;
         for kv in groups {
             let record: GroupRecord = schema::decode(&kv.key, &kv.value)?;
-            registry.groups.insert(record.id.clone(), GroupEntry::new(record));
+            registry
+                .groups
+                .insert(record.id.clone(), GroupEntry::new(record));
         }
-        let (statuses, _) = km.get_prefix(schema::NODE_STATUS_PREFIX).await.context("load node status")?;
+        let (statuses, _) = km
+            .get_prefix(schema::NODE_STATUS_PREFIX)
+            .await
+            .context("load node status")?;
         let mut status_by_node: HashMap<String, NodeStatus> = HashMap::new();
         for kv in statuses {
-            let id = kv.key.trim_start_matches(schema::NODE_STATUS_PREFIX).to_string();
+            let id = kv
+                .key
+                .trim_start_matches(schema::NODE_STATUS_PREFIX)
+                .to_string();
             status_by_node.insert(id, schema::decode(&kv.key, &kv.value)?);
         }
-        let (nodes, _) = km.get_prefix(schema::NODES_PREFIX).await.context("load nodes")?;
+        let (nodes, _) = km
+            .get_prefix(schema::NODES_PREFIX)
+            .await
+            .context("load nodes")?;
         for kv in nodes {
             let record: NodeRecord = schema::decode(&kv.key, &kv.value)?;
-            let status = status_by_node
-                .remove(&record.id)
-                .unwrap_or_else(|| NodeStatus::new(NodeState::Unreachable, glory_protocol::now_ms(), "no status record"));
-            registry.insert_node(NodeEntry { record, status, load: None, load_ms: 0 });
+            let status = status_by_node.remove(&record.id).unwrap_or_else(|| {
+                NodeStatus::new(
+                    NodeState::Unreachable,
+                    glory_protocol::now_ms(),
+                    "no status record",
+                )
+            });
+            registry.insert_node(NodeEntry {
+                record,
+                status,
+                load: None,
+                load_ms: 0,
+            });
         }
-        let (revoked, _) = km.get_prefix(schema::REVOKED_PREFIX).await.context("load revoked serials")?;
+        let (revoked, _) = km
+            .get_prefix(schema::REVOKED_PREFIX)
+            .await
+            .context("load revoked serials")?;
         for kv in revoked {
             let record: RevokedRecord = schema::decode(&kv.key, &kv.value)?;
             registry.revoked.insert(record.serial, record.node);
         }
         let mut api_tokens = HashMap::new();
-        let (tokens, _) = km.get_prefix(schema::API_TOKENS_PREFIX).await.context("load api tokens")?;
+        let (tokens, _) = km
+            .get_prefix(schema::API_TOKENS_PREFIX)
+            .await
+            .context("load api tokens")?;
         for kv in tokens {
             let record: ApiTokenRecord = schema::decode(&kv.key, &kv.value)?;
             api_tokens.insert(record.id.clone(), record);
@@ -106,13 +138,21 @@ impl Cluster {
         let now = glory_protocol::now_ms();
         let mut stale = Vec::new();
         for node in registry.nodes.values_mut() {
-            if matches!(node.status.state, NodeState::Up | NodeState::Suspect | NodeState::Joining)
-                && node.status.transition(NodeState::Unreachable, now, "cluster master restarted")
+            if matches!(
+                node.status.state,
+                NodeState::Up | NodeState::Suspect | NodeState::Joining
+            ) && node
+                .status
+                .transition(NodeState::Unreachable, now, "cluster master restarted")
             {
                 stale.push((node.record.id.clone(), node.status.clone()));
             }
         }
-        info!(nodes = registry.nodes.len(), groups = registry.groups.len(), "registry loaded");
+        info!(
+            nodes = registry.nodes.len(),
+            groups = registry.groups.len(),
+            "registry loaded"
+        );
         let (status_tx, status_rx) = mpsc::unbounded_channel();
         for item in stale {
             let _ = status_tx.send(item);
@@ -151,7 +191,9 @@ impl Cluster {
                 self.km_writes.fetch_add(writes, Ordering::Relaxed);
                 self.km_available.store(true, Ordering::Relaxed);
             }
-            Err(KeyMasterError::Unavailable(_)) => self.km_available.store(false, Ordering::Relaxed),
+            Err(KeyMasterError::Unavailable(_)) => {
+                self.km_available.store(false, Ordering::Relaxed)
+            }
             Err(_) => {}
         }
         result
@@ -161,20 +203,35 @@ impl Cluster {
     // Tokens
     // -----------------------------------------------------------------------------
 
-    async fn bootstrap_token(&self, token: &str, scope: BootstrapScope) -> Result<(BootstrapTokenRecord, i64), Refusal> {
-        let bad = |e: TokenError| refusal(RefusalCode::BadToken, format!("bootstrap token rejected: {e}"));
+    async fn bootstrap_token(
+        &self,
+        token: &str,
+        scope: BootstrapScope,
+    ) -> Result<(BootstrapTokenRecord, i64), Refusal> {
+        let bad = |e: TokenError| {
+            refusal(
+                RefusalCode::BadToken,
+                format!("bootstrap token rejected: {e}"),
+            )
+        };
         let (id, secret) = auth::parse_token(token).map_err(bad)?;
-        let kv = self.km.get(&schema::bootstrap_token_key(id)).await.map_err(unavailable)?;
+        let kv = self
+            .km
+            .get(&schema::bootstrap_token_key(id))
+            .await
+            .map_err(unavailable)?;
         let (record, rev) = match kv {
             Some(kv) => (
-                Some(schema::decode::<BootstrapTokenRecord>(&kv.key, &kv.value).map_err(|e| {
-                    refusal(RefusalCode::Unavailable, e.to_string())
-                })?),
+                Some(
+                    schema::decode::<BootstrapTokenRecord>(&kv.key, &kv.value)
+                        .map_err(|e| refusal(RefusalCode::Unavailable, e.to_string()))?,
+                ),
                 kv.mod_revision,
             ),
             None => (None, 0),
         };
-        auth::check_bootstrap(record.as_ref(), secret, scope, glory_protocol::now_ms()).map_err(bad)?;
+        auth::check_bootstrap(record.as_ref(), secret, scope, glory_protocol::now_ms())
+            .map_err(bad)?;
         Ok((record.ok_or_else(|| bad(TokenError::Invalid))?, rev))
     }
 
@@ -201,7 +258,10 @@ impl Cluster {
         };
         self.km_txn(Txn {
             compares: vec![Compare::absent(schema::bootstrap_token_key(&id))],
-            success: vec![TxnOp::put(schema::bootstrap_token_key(&id), schema::encode(&record))],
+            success: vec![TxnOp::put(
+                schema::bootstrap_token_key(&id),
+                schema::encode(&record),
+            )],
             failure: vec![],
         })
         .await?;
@@ -210,7 +270,10 @@ impl Cluster {
 
     pub async fn list_bootstrap_tokens(&self) -> Result<Vec<BootstrapTokenRecord>, KeyMasterError> {
         let (kvs, _) = self.km.get_prefix(schema::BOOTSTRAP_TOKENS_PREFIX).await?;
-        Ok(kvs.iter().filter_map(|kv| schema::decode(&kv.key, &kv.value).ok()).collect())
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| schema::decode(&kv.key, &kv.value).ok())
+            .collect())
     }
 
     pub async fn delete_bootstrap_token(&self, id: &str) -> Result<bool, KeyMasterError> {
@@ -220,7 +283,8 @@ impl Cluster {
 
     /// Make sure an API token exists for `token` (the operator token file of `glory up`).
     pub(crate) async fn ensure_api_token(&self, token: &str, role: &str) -> anyhow::Result<()> {
-        let (id, secret) = auth::parse_token(token).map_err(|e| anyhow::anyhow!("operator token: {e}"))?;
+        let (id, secret) =
+            auth::parse_token(token).map_err(|e| anyhow::anyhow!("operator token: {e}"))?;
         if self.check_api_token(token).is_some() {
             return Ok(());
         }
@@ -233,8 +297,13 @@ impl Cluster {
             created_ms: glory_protocol::now_ms(),
             description: "operator token".to_string(),
         };
-        self.km.put(&schema::api_token_key(id), schema::encode(&record), None).await?;
-        self.api_tokens.write().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), record);
+        self.km
+            .put(&schema::api_token_key(id), schema::encode(&record), None)
+            .await?;
+        self.api_tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), record);
         Ok(())
     }
 
@@ -255,7 +324,11 @@ impl Cluster {
         let base = format!("n-{}", &digest[..12]);
         let mut id = base.clone();
         let mut n = 1;
-        while registry.nodes.get(&id).is_some_and(|e| e.record.machine_id != machine_id) {
+        while registry
+            .nodes
+            .get(&id)
+            .is_some_and(|e| e.record.machine_id != machine_id)
+        {
             n += 1;
             id = format!("{base}-{n}");
         }
@@ -263,9 +336,17 @@ impl Cluster {
     }
 
     /// Enroll a server: check the token, give it an id and a group, sign its key.
-    pub(crate) async fn enroll_node(&self, token: &str, inventory: Inventory, csr_pem: &str) -> Result<Enrolled, Refusal> {
+    pub(crate) async fn enroll_node(
+        &self,
+        token: &str,
+        inventory: Inventory,
+        csr_pem: &str,
+    ) -> Result<Enrolled, Refusal> {
         if inventory.machine_id.is_empty() || inventory.machine_id.len() > 256 {
-            return Err(refusal(RefusalCode::BadRequest, "inventory.machine_id must be 1-256 characters"));
+            return Err(refusal(
+                RefusalCode::BadRequest,
+                "inventory.machine_id must be 1-256 characters",
+            ));
         }
         let (token_record, token_rev) = self.bootstrap_token(token, BootstrapScope::Node).await?;
         let now = glory_protocol::now_ms();
@@ -274,19 +355,28 @@ impl Cluster {
         let (id, group, previous) = {
             let mut reg = self.write();
             match reg.machines.get(&inventory.machine_id).cloned() {
-                Some(id) if reg.nodes.get(&id).is_some_and(|n| reg.groups.contains_key(&n.record.group)) => {
+                Some(id)
+                    if reg
+                        .nodes
+                        .get(&id)
+                        .is_some_and(|n| reg.groups.contains_key(&n.record.group)) =>
+                {
                     let group = reg.nodes[&id].record.group.clone();
-                    let previous = reg.nodes.get(&id).map(|n| (n.record.clone(), n.status.clone()));
+                    let previous = reg
+                        .nodes
+                        .get(&id)
+                        .map(|n| (n.record.clone(), n.status.clone()));
                     (id, group, previous)
                 }
                 _ => {
                     let subnets = crate::assign::node_subnets(&inventory);
-                    let group = assign_group(&reg.group_loads(), &subnets, self.settings.group_size_limit)
-                        .map_err(|e| match e {
-                            AssignError::NoGroups | AssignError::NoCapacity { .. } => {
-                                refusal(RefusalCode::NoCapacity, e.to_string())
-                            }
-                        })?;
+                    let group =
+                        assign_group(&reg.group_loads(), &subnets, self.settings.group_size_limit)
+                            .map_err(|e| match e {
+                                AssignError::NoGroups | AssignError::NoCapacity { .. } => {
+                                    refusal(RefusalCode::NoCapacity, e.to_string())
+                                }
+                            })?;
                     let id = Self::node_id_for(&reg, &inventory.machine_id);
                     let record = NodeRecord {
                         v: RECORD_VERSION,
@@ -300,7 +390,12 @@ impl Cluster {
                         labels: Default::default(),
                     };
                     let status = NodeStatus::new(NodeState::Joining, now, "enrolled");
-                    reg.insert_node(NodeEntry { record, status, load: None, load_ms: 0 });
+                    reg.insert_node(NodeEntry {
+                        record,
+                        status,
+                        load: None,
+                        load_ms: 0,
+                    });
                     (id, group, None)
                 }
             }
@@ -311,8 +406,15 @@ impl Cluster {
                 reg.remove_node(&id);
             }
         };
-        let subject = CertSubject { id: id.clone(), role: CertRole::Node, group: Some(group.clone()) };
-        let signed = match self.ca.sign_csr(csr_pem, &subject, self.settings.cert_validity) {
+        let subject = CertSubject {
+            id: id.clone(),
+            role: CertRole::Node,
+            group: Some(group.clone()),
+        };
+        let signed = match self
+            .ca
+            .sign_csr(csr_pem, &subject, self.settings.cert_validity)
+        {
             Ok(signed) => signed,
             Err(e) => {
                 rollback(&previous);
@@ -321,9 +423,17 @@ impl Cluster {
         };
         let mut record = match &previous {
             Some((record, _)) => record.clone(),
-            None => self.read().nodes.get(&id).map(|n| n.record.clone()).ok_or_else(|| {
-                refusal(RefusalCode::Unavailable, "node vanished during enrollment (removed concurrently)")
-            })?,
+            None => self
+                .read()
+                .nodes
+                .get(&id)
+                .map(|n| n.record.clone())
+                .ok_or_else(|| {
+                    refusal(
+                        RefusalCode::Unavailable,
+                        "node vanished during enrollment (removed concurrently)",
+                    )
+                })?,
         };
         record.serial = signed.serial.clone();
         record.hostname = inventory.hostname.clone();
@@ -335,18 +445,32 @@ impl Cluster {
         let mut txn = Txn::default();
         if token_record.single_use {
             let key = schema::bootstrap_token_key(&token_record.id);
-            txn.compares.push(Compare::mod_revision(key.clone(), token_rev));
-            let used = BootstrapTokenRecord { used: true, ..token_record.clone() };
+            txn.compares
+                .push(Compare::mod_revision(key.clone(), token_rev));
+            let used = BootstrapTokenRecord {
+                used: true,
+                ..token_record.clone()
+            };
             txn.success.push(TxnOp::put(key, schema::encode(&used)));
         }
-        txn.success.push(TxnOp::put(schema::node_key(&id), schema::encode(&record)));
-        txn.success.push(TxnOp::put(schema::node_status_key(&id), schema::encode(&status)));
-        txn.success.push(TxnOp::put(schema::machine_key(&record.machine_id), id.clone().into_bytes()));
+        txn.success
+            .push(TxnOp::put(schema::node_key(&id), schema::encode(&record)));
+        txn.success.push(TxnOp::put(
+            schema::node_status_key(&id),
+            schema::encode(&status),
+        ));
+        txn.success.push(TxnOp::put(
+            schema::machine_key(&record.machine_id),
+            id.clone().into_bytes(),
+        ));
         match self.km_txn(txn).await {
             Ok(resp) if resp.succeeded => {}
             Ok(_) => {
                 rollback(&previous);
-                return Err(refusal(RefusalCode::BadToken, "bootstrap token rejected: single-use token was already used"));
+                return Err(refusal(
+                    RefusalCode::BadToken,
+                    "bootstrap token rejected: single-use token was already used",
+                ));
             }
             Err(e) => {
                 rollback(&previous);
@@ -356,7 +480,10 @@ impl Cluster {
         let group_masters = {
             let mut reg = self.write();
             let Some(entry) = reg.nodes.get_mut(&id) else {
-                return Err(refusal(RefusalCode::Unavailable, "node removed during enrollment"));
+                return Err(refusal(
+                    RefusalCode::Unavailable,
+                    "node removed during enrollment",
+                ));
             };
             entry.record = record;
             let member = entry.member();
@@ -376,38 +503,80 @@ impl Cluster {
     }
 
     /// Make sure a group record exists with `master_addr`; creates the group.
-    pub(crate) async fn ensure_group(&self, group: &str, master_addr: Option<SocketAddr>) -> Result<(), KeyMasterError> {
+    pub(crate) async fn ensure_group(
+        &self,
+        group: &str,
+        master_addr: Option<SocketAddr>,
+    ) -> Result<(), KeyMasterError> {
         let current = self.read().groups.get(group).map(|g| g.record.clone());
         let record = match current {
-            Some(record) if master_addr.is_none() || record.master_addr == master_addr => return Ok(()),
-            Some(record) => GroupRecord { master_addr, ..record },
-            None => GroupRecord { v: RECORD_VERSION, id: group.to_string(), master_addr, created_ms: glory_protocol::now_ms() },
+            Some(record) if master_addr.is_none() || record.master_addr == master_addr => {
+                return Ok(())
+            }
+            Some(record) => GroupRecord {
+                master_addr,
+                ..record
+            },
+            None => GroupRecord {
+                v: RECORD_VERSION,
+                id: group.to_string(),
+                master_addr,
+                created_ms: glory_protocol::now_ms(),
+            },
         };
-        self.km_txn(Txn { success: vec![TxnOp::put(schema::group_key(group), schema::encode(&record))], ..Default::default() })
-            .await?;
+        self.km_txn(Txn {
+            success: vec![TxnOp::put(
+                schema::group_key(group),
+                schema::encode(&record),
+            )],
+            ..Default::default()
+        })
+        .await?;
         let mut reg = self.write();
         match reg.groups.get_mut(group) {
             Some(entry) => entry.record = record,
             None => {
                 info!(group = %group, "group created");
-                reg.groups.insert(group.to_string(), GroupEntry::new(record));
+                reg.groups
+                    .insert(group.to_string(), GroupEntry::new(record));
             }
         }
         Ok(())
     }
 
     /// Enroll a group master: check the token, create its group, sign its key.
-    pub(crate) async fn enroll_group_master(&self, token: &str, group: &str, listen: SocketAddr, csr_pem: &str) -> Result<Enrolled, Refusal> {
-        if group.is_empty() || group.len() > 64 || !group.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(refusal(RefusalCode::BadRequest, "group name must be 1-64 letters, digits, '-' or '_'"));
+    pub(crate) async fn enroll_group_master(
+        &self,
+        token: &str,
+        group: &str,
+        listen: SocketAddr,
+        csr_pem: &str,
+    ) -> Result<Enrolled, Refusal> {
+        if group.is_empty()
+            || group.len() > 64
+            || !group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(refusal(
+                RefusalCode::BadRequest,
+                "group name must be 1-64 letters, digits, '-' or '_'",
+            ));
         }
-        self.bootstrap_token(token, BootstrapScope::GroupMaster).await?;
-        let subject = CertSubject { id: group.to_string(), role: CertRole::GroupMaster, group: None };
+        self.bootstrap_token(token, BootstrapScope::GroupMaster)
+            .await?;
+        let subject = CertSubject {
+            id: group.to_string(),
+            role: CertRole::GroupMaster,
+            group: None,
+        };
         let signed = self
             .ca
             .sign_csr(csr_pem, &subject, self.settings.cert_validity)
             .map_err(|e| refusal(RefusalCode::BadRequest, e.to_string()))?;
-        self.ensure_group(group, Some(listen)).await.map_err(unavailable)?;
+        self.ensure_group(group, Some(listen))
+            .await
+            .map_err(unavailable)?;
         info!(group = %group, %listen, "group master enrolled");
         Ok(Enrolled {
             id: group.to_string(),
@@ -419,8 +588,15 @@ impl Cluster {
     }
 
     /// Issue a group master identity directly (masters started in the same process).
-    pub fn issue_group_master_identity(&self, group: &str) -> anyhow::Result<glory_protocol::TlsIdentity> {
-        let subject = CertSubject { id: group.to_string(), role: CertRole::GroupMaster, group: None };
+    pub fn issue_group_master_identity(
+        &self,
+        group: &str,
+    ) -> anyhow::Result<glory_protocol::TlsIdentity> {
+        let subject = CertSubject {
+            id: group.to_string(),
+            role: CertRole::GroupMaster,
+            group: None,
+        };
         Ok(self.ca.issue(&subject, self.settings.cert_validity)?.0)
     }
 
@@ -442,13 +618,27 @@ impl Cluster {
         let members: Vec<_> = reg
             .groups
             .get(group)
-            .map(|g| g.members.iter().filter_map(|id| reg.nodes.get(id)).map(NodeEntry::member).collect())
+            .map(|g| {
+                g.members
+                    .iter()
+                    .filter_map(|id| reg.nodes.get(id))
+                    .map(NodeEntry::member)
+                    .collect()
+            })
             .unwrap_or_default();
         let revoked: Vec<String> = reg.revoked.keys().cloned().collect();
         if let Some(entry) = reg.groups.get_mut(group) {
-            let old = entry.link.replace(GroupLink { session, tx, conn, since_ms: glory_protocol::now_ms() });
+            let old = entry.link.replace(GroupLink {
+                session,
+                tx,
+                conn,
+                since_ms: glory_protocol::now_ms(),
+            });
             if let Some(old) = old {
-                old.conn.close(quinn::VarInt::from_u32(glory_protocol::close::REPLACED), b"replaced by a newer connection");
+                old.conn.close(
+                    quinn::VarInt::from_u32(glory_protocol::close::REPLACED),
+                    b"replaced by a newer connection",
+                );
             }
         }
         info!(group = %group, %listen, members = members.len(), "group master connected");
@@ -459,7 +649,9 @@ impl Cluster {
     pub(crate) fn group_disconnected(&self, group: &str, session: u64) {
         let now = glory_protocol::now_ms();
         let mut reg = self.write();
-        let Some(entry) = reg.groups.get_mut(group) else { return };
+        let Some(entry) = reg.groups.get_mut(group) else {
+            return;
+        };
         if entry.link.as_ref().is_none_or(|l| l.session != session) {
             return; // an older link; a newer one is in place
         }
@@ -468,9 +660,14 @@ impl Cluster {
         let mut changed = 0;
         for id in members {
             if let Some(node) = reg.nodes.get_mut(&id) {
-                if matches!(node.status.state, NodeState::Up | NodeState::Suspect | NodeState::Joining)
-                    && node.status.transition(NodeState::Unreachable, now, "group master unreachable")
-                {
+                if matches!(
+                    node.status.state,
+                    NodeState::Up | NodeState::Suspect | NodeState::Joining
+                ) && node.status.transition(
+                    NodeState::Unreachable,
+                    now,
+                    "group master unreachable",
+                ) {
                     changed += 1;
                     let _ = self.status_tx.send((id, node.status.clone()));
                 }
@@ -483,12 +680,17 @@ impl Cluster {
     pub(crate) fn apply_changes(&self, group: &str, changes: Vec<StateChange>) {
         let mut reg = self.write();
         for change in changes {
-            let Some(node) = reg.nodes.get_mut(&change.node) else { continue };
+            let Some(node) = reg.nodes.get_mut(&change.node) else {
+                continue;
+            };
             if node.record.group != group {
                 warn!(node_id = %change.node, group = %group, "state change for a node of another group ignored");
                 continue;
             }
-            if node.status.transition(change.to, change.at_ms, &change.reason) {
+            if node
+                .status
+                .transition(change.to, change.at_ms, &change.reason)
+            {
                 if change.to == NodeState::Down {
                     warn!(node_id = %change.node, group = %group, "node down");
                 } else {
@@ -531,7 +733,10 @@ impl Cluster {
         }
         for chunk in changed_records.chunks(TXN_CHUNK) {
             let txn = Txn {
-                success: chunk.iter().map(|r| TxnOp::put(schema::node_key(&r.id), schema::encode(r))).collect(),
+                success: chunk
+                    .iter()
+                    .map(|r| TxnOp::put(schema::node_key(&r.id), schema::encode(r)))
+                    .collect(),
                 ..Default::default()
             };
             if let Err(e) = self.km_txn(txn).await {
@@ -549,14 +754,22 @@ impl Cluster {
         let Some(record) = self.read().nodes.get(id).map(|n| n.record.clone()) else {
             return Ok(None);
         };
-        let revoked = RevokedRecord { v: RECORD_VERSION, serial: record.serial.clone(), node: id.to_string(), at_ms: glory_protocol::now_ms() };
+        let revoked = RevokedRecord {
+            v: RECORD_VERSION,
+            serial: record.serial.clone(),
+            node: id.to_string(),
+            at_ms: glory_protocol::now_ms(),
+        };
         let txn = Txn {
             compares: vec![],
             success: vec![
                 TxnOp::delete(schema::node_key(id)),
                 TxnOp::delete(schema::node_status_key(id)),
                 TxnOp::delete(schema::machine_key(&record.machine_id)),
-                TxnOp::put(schema::revoked_key(&record.serial), schema::encode(&revoked)),
+                TxnOp::put(
+                    schema::revoked_key(&record.serial),
+                    schema::encode(&revoked),
+                ),
             ],
             failure: vec![],
         };
@@ -565,7 +778,10 @@ impl Cluster {
         reg.remove_node(id);
         reg.revoked.insert(record.serial.clone(), id.to_string());
         if let Some(group) = reg.groups.get(&record.group) {
-            group.notify(ClusterToGroup::MemberRemoved { node: id.to_string(), serial: record.serial.clone() });
+            group.notify(ClusterToGroup::MemberRemoved {
+                node: id.to_string(),
+                serial: record.serial.clone(),
+            });
         }
         info!(node_id = %id, group = %record.group, "node removed");
         Ok(Some(record.group))
@@ -573,7 +789,11 @@ impl Cluster {
 
     /// How many group masters are connected now.
     pub fn connected_groups(&self) -> usize {
-        self.read().groups.values().filter(|g| g.link.is_some()).count()
+        self.read()
+            .groups
+            .values()
+            .filter(|g| g.link.is_some())
+            .count()
     }
 
     /// The cluster CA certificate (PEM), for agents to trust.
@@ -600,12 +820,18 @@ async fn load_or_create_ca(km: &dyn KeyMaster, cluster_name: &str) -> anyhow::Re
         return ClusterCa::from_pem(&record.cert_pem, &record.key_pem).context("load cluster CA");
     }
     let ca = ClusterCa::generate(cluster_name)?;
-    let record = schema::CaRecord { v: RECORD_VERSION, cert_pem: ca.cert_pem().to_string(), key_pem: ca.key_pem().to_string() };
+    let record = schema::CaRecord {
+        v: RECORD_VERSION,
+        cert_pem: ca.cert_pem().to_string(),
+        key_pem: ca.key_pem().to_string(),
+    };
     let resp = km
         .txn(Txn {
             compares: vec![Compare::absent(schema::CA_KEY)],
             success: vec![TxnOp::put(schema::CA_KEY, schema::encode(&record))],
-            failure: vec![TxnOp::Get { key: schema::CA_KEY.to_string() }],
+            failure: vec![TxnOp::Get {
+                key: schema::CA_KEY.to_string(),
+            }],
         })
         .await
         .context("store cluster CA")?;
@@ -658,14 +884,31 @@ pub(crate) async fn status_writer(
         // Nodes removed meanwhile must not be resurrected by a late status write.
         let live: HashSet<String> = {
             let reg = cluster.read();
-            ids.iter().filter(|id| reg.nodes.contains_key(*id)).cloned().collect()
+            ids.iter()
+                .filter(|id| reg.nodes.contains_key(*id))
+                .cloned()
+                .collect()
         };
         let ops: Vec<TxnOp> = ids
             .iter()
             .filter(|id| live.contains(*id))
-            .filter_map(|id| pending.get(id).map(|s| TxnOp::put(schema::node_status_key(id), schema::encode(s))))
+            .filter_map(|id| {
+                pending
+                    .get(id)
+                    .map(|s| TxnOp::put(schema::node_status_key(id), schema::encode(s)))
+            })
             .collect();
-        let result = if ops.is_empty() { Ok(()) } else { cluster.km_txn(Txn { success: ops, ..Default::default() }).await.map(|_| ()) };
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            cluster
+                .km_txn(Txn {
+                    success: ops,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        };
         match result {
             Ok(()) => {
                 for id in &ids {

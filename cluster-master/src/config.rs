@@ -125,7 +125,9 @@ impl ClusterMasterConfig {
             bootstrap_token_ttl: (self.bootstrap_token_ttl_secs > 0)
                 .then(|| Duration::from_secs(self.bootstrap_token_ttl_secs)),
             operator_token_file: Some(
-                self.operator_token_file.clone().unwrap_or_else(|| self.data_dir.join("operator.token")),
+                self.operator_token_file
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("operator.token")),
             ),
             group_idle_timeout: Duration::from_millis(self.group_idle_timeout_ms.max(500)),
             leader_lease: Duration::from_millis(self.leader_lease_ms),
@@ -145,10 +147,18 @@ mod tests {
             "data_dir = '/tmp/x'\nkeymaster = { kind = 'embedded' }\ngroup_size_limit = 100\n",
         )
         .unwrap();
-        assert_eq!(config.keymaster_path(), PathBuf::from("/tmp/x/keymaster.db"));
+        assert_eq!(
+            config.keymaster_path(),
+            PathBuf::from("/tmp/x/keymaster.db")
+        );
         assert_eq!(config.validate().unwrap().group_size_limit, 100);
         assert!(ClusterMasterConfig::from_toml("keymaster = { kind = 'zookeeper' }").is_err());
-        assert!(ClusterMasterConfig { group_size_limit: 0, ..Default::default() }.validate().is_err());
+        assert!(ClusterMasterConfig {
+            group_size_limit: 0,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
     }
 }
 
@@ -160,6 +170,9 @@ mod example {
         let config = super::ClusterMasterConfig::from_toml(text).unwrap();
         config.validate().unwrap();
         let defaults = super::ClusterMasterConfig::default();
-        assert_eq!(toml::to_string(&config).unwrap(), toml::to_string(&defaults).unwrap());
+        assert_eq!(
+            toml::to_string(&config).unwrap(),
+            toml::to_string(&defaults).unwrap()
+        );
     }
 }

@@ -51,7 +51,10 @@ impl ClusterMasterHandle {
     }
 }
 
-async fn operator_token(cluster: &Cluster, file: Option<&std::path::Path>) -> anyhow::Result<String> {
+async fn operator_token(
+    cluster: &Cluster,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
     let existing = match file {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
@@ -69,7 +72,8 @@ async fn operator_token(cluster: &Cluster, file: Option<&std::path::Path>) -> an
                 use std::io::Write;
                 use std::os::unix::fs::OpenOptionsExt;
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("create {}", dir.display()))?;
                 }
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
@@ -96,8 +100,15 @@ pub async fn start(
 ) -> anyhow::Result<ClusterMasterHandle> {
     // Leadership: a lease-backed election in the key master. A single master wins at
     // once; standbys wait here.
-    let lease = km.lease_grant(settings.leader_lease).await.context("grant leadership lease")?;
-    let campaign = km.campaign(CLUSTER_MASTER_ELECTION, settings.listen.to_string().into_bytes(), lease);
+    let lease = km
+        .lease_grant(settings.leader_lease)
+        .await
+        .context("grant leadership lease")?;
+    let campaign = km.campaign(
+        CLUSTER_MASTER_ELECTION,
+        settings.listen.to_string().into_bytes(),
+        lease,
+    );
     let leader = tokio::select! {
         leader = campaign => leader.context("campaign for cluster master leadership")?,
         _ = shutdown.cancelled() => anyhow::bail!("shut down before becoming leader"),
@@ -105,9 +116,16 @@ pub async fn start(
     let (cluster, status_rx) = Cluster::load(settings.clone(), km.clone(), sim).await?;
     let op_token = operator_token(&cluster, settings.operator_token_file.as_deref()).await?;
 
-    let subject = CertSubject { id: settings.cluster_name.clone(), role: CertRole::ClusterMaster, group: None };
+    let subject = CertSubject {
+        id: settings.cluster_name.clone(),
+        role: CertRole::ClusterMaster,
+        group: None,
+    };
     let (identity, _) = cluster.ca.issue(&subject, settings.cert_validity)?;
-    let timing = LinkTiming { idle_timeout: settings.group_idle_timeout, keep_alive: None };
+    let timing = LinkTiming {
+        idle_timeout: settings.group_idle_timeout,
+        keep_alive: None,
+    };
     let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Optional, timing)
         .with_context(|| format!("listen on {} (QUIC)", settings.listen))?;
     let quic_addr = endpoint.local_addr()?;
@@ -145,13 +163,23 @@ pub async fn start(
             }
         });
     }
-    tasks.spawn(cluster::status_writer(cluster.clone(), status_rx, shutdown.clone()));
-    tasks.spawn(link::accept_loop(endpoint.clone(), cluster.clone(), shutdown.clone()));
+    tasks.spawn(cluster::status_writer(
+        cluster.clone(),
+        status_rx,
+        shutdown.clone(),
+    ));
+    tasks.spawn(link::accept_loop(
+        endpoint.clone(),
+        cluster.clone(),
+        shutdown.clone(),
+    ));
     {
         let app = api::router(cluster.clone());
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
             if let Err(e) = served {
                 error!(error = %e, "API server failed");
             }
@@ -161,13 +189,22 @@ pub async fn start(
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             shutdown.cancelled().await;
-            endpoint.close(quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN), b"shutdown");
+            endpoint.close(
+                quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
+                b"shutdown",
+            );
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         });
     }
     tasks.close();
     info!(quic = %quic_addr, api = %api_addr, "cluster master active");
-    Ok(ClusterMasterHandle { quic_addr, api_addr, operator_token: op_token, cluster, tasks })
+    Ok(ClusterMasterHandle {
+        quic_addr,
+        api_addr,
+        operator_token: op_token,
+        cluster,
+        tasks,
+    })
 }
 
 /// Open the key master a configuration names.
@@ -176,9 +213,11 @@ pub fn open_keymaster(config: &ClusterMasterConfig) -> anyhow::Result<Arc<dyn Ke
         KeyMasterConfig::Embedded { .. } => {
             let path = config.keymaster_path();
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("create {}", dir.display()))?;
             }
-            let km = EmbeddedKeyMaster::open(&path).with_context(|| format!("open key master {}", path.display()))?;
+            let km = EmbeddedKeyMaster::open(&path)
+                .with_context(|| format!("open key master {}", path.display()))?;
             Ok(km)
         }
     }
@@ -189,7 +228,10 @@ pub async fn run(config: ClusterMasterConfig, shutdown: CancellationToken) -> an
     let settings = config.validate()?;
     let km = open_keymaster(&config)?;
     let handle = start(settings, km, None, shutdown).await?;
-    println!("cluster master: QUIC {} API http://{}", handle.quic_addr, handle.api_addr);
+    println!(
+        "cluster master: QUIC {} API http://{}",
+        handle.quic_addr, handle.api_addr
+    );
     handle.wait().await;
     Ok(())
 }

@@ -15,7 +15,11 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::Cluster;
 
-pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+pub(crate) async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    cluster: Arc<Cluster>,
+    shutdown: CancellationToken,
+) {
     let tasks = tokio_util::task::TaskTracker::new();
     loop {
         let incoming = tokio::select! {
@@ -48,27 +52,36 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, cluster: Arc<Cluster>
 }
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
-    Refusal { code, message: message.into() }
+    Refusal {
+        code,
+        message: message.into(),
+    }
 }
 
 async fn serve_connection(conn: quinn::Connection, cluster: Arc<Cluster>) {
     let remote = conn.remote_address();
     let settings = &cluster.settings;
-    let (hello, mut control) = match server_hello(&conn, settings.max_frame, settings.request_timeout).await {
-        Ok(x) => x,
-        Err(e) => {
-            debug!(%remote, error = %e, "hello failed");
-            conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad hello");
-            return;
-        }
-    };
+    let (hello, mut control) =
+        match server_hello(&conn, settings.max_frame, settings.request_timeout).await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(%remote, error = %e, "hello failed");
+                conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad hello");
+                return;
+            }
+        };
     let peer = peer_cert(&conn);
     match (hello.role, peer) {
         (Role::Enrollee, _) => {
             if welcome(&mut control, &settings.cluster_name).await.is_err() {
                 return;
             }
-            let request = match tokio::time::timeout(settings.request_timeout, control.recv::<EnrollRequest>()).await {
+            let request = match tokio::time::timeout(
+                settings.request_timeout,
+                control.recv::<EnrollRequest>(),
+            )
+            .await
+            {
                 Ok(Ok(Some(request))) => request,
                 Ok(Err(e)) => {
                     warn!(%remote, error = %e, "bad enrollment frame; closing");
@@ -78,9 +91,15 @@ async fn serve_connection(conn: quinn::Connection, cluster: Arc<Cluster>) {
                 _ => return,
             };
             let reply = match request.kind {
-                EnrollKind::Node { inventory } => cluster.enroll_node(&request.token, inventory, &request.csr_pem).await,
+                EnrollKind::Node { inventory } => {
+                    cluster
+                        .enroll_node(&request.token, inventory, &request.csr_pem)
+                        .await
+                }
                 EnrollKind::GroupMaster { group, listen } => {
-                    cluster.enroll_group_master(&request.token, &group, listen, &request.csr_pem).await
+                    cluster
+                        .enroll_group_master(&request.token, &group, listen, &request.csr_pem)
+                        .await
                 }
             };
             let reply = match reply {
@@ -95,9 +114,16 @@ async fn serve_connection(conn: quinn::Connection, cluster: Arc<Cluster>) {
             // The enrollee closes the connection once it has the answer.
             let _ = tokio::time::timeout(settings.request_timeout, conn.closed()).await;
         }
-        (Role::GroupMaster, Some(peer)) if peer.role == CertRole::GroupMaster && peer.id == hello.id => {
+        (Role::GroupMaster, Some(peer))
+            if peer.role == CertRole::GroupMaster && peer.id == hello.id =>
+        {
             if cluster.is_revoked(&peer.serial) {
-                refuse(&mut control, &conn, refusal(RefusalCode::Removed, "certificate revoked")).await;
+                refuse(
+                    &mut control,
+                    &conn,
+                    refusal(RefusalCode::Removed, "certificate revoked"),
+                )
+                .await;
                 return;
             }
             if welcome(&mut control, &settings.cluster_name).await.is_err() {
@@ -108,7 +134,12 @@ async fn serve_connection(conn: quinn::Connection, cluster: Arc<Cluster>) {
         (role, peer) => {
             let why = match peer {
                 None => format!("role {role:?} needs a client certificate from the cluster CA"),
-                Some(p) => format!("certificate for {} ({}) cannot act as {role:?} {}", p.id, p.role.as_str(), hello.id),
+                Some(p) => format!(
+                    "certificate for {} ({}) cannot act as {role:?} {}",
+                    p.id,
+                    p.role.as_str(),
+                    hello.id
+                ),
             };
             info!(%remote, reason = %why, "connection refused");
             refuse(&mut control, &conn, refusal(RefusalCode::BadIdentity, why)).await;
@@ -122,7 +153,11 @@ async fn group_link(
     cluster: Arc<Cluster>,
     group: String,
 ) {
-    let glory_protocol::ControlStream { mut send, mut recv, max_frame } = control;
+    let glory_protocol::ControlStream {
+        mut send,
+        mut recv,
+        max_frame,
+    } = control;
     let listen = match tokio::time::timeout(
         cluster.settings.request_timeout,
         frame::read_frame::<_, GroupToCluster>(&mut recv, max_frame),
@@ -132,12 +167,18 @@ async fn group_link(
         Ok(Ok(Some(GroupToCluster::Register { listen }))) => listen,
         other => {
             warn!(group = %group, result = ?other.map(|r| r.map(|_| ())), "group master did not register; closing");
-            conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"expected Register");
+            conn.close(
+                VarInt::from_u32(close::PROTOCOL_ERROR),
+                b"expected Register",
+            );
             return;
         }
     };
     let (tx, mut rx) = mpsc::channel::<ClusterToGroup>(4096);
-    let (session, members) = match cluster.group_connected(&group, listen, conn.clone(), tx).await {
+    let (session, members) = match cluster
+        .group_connected(&group, listen, conn.clone(), tx)
+        .await
+    {
         Ok(x) => x,
         Err(e) => {
             warn!(group = %group, error = %e, "cannot record group master; closing");
@@ -147,18 +188,26 @@ async fn group_link(
     };
     // Outbound messages on their own task so a slow write never blocks reading.
     let writer = tokio::spawn(async move {
-        if frame::write_frame(&mut send, &members, max_frame).await.is_err() {
+        if frame::write_frame(&mut send, &members, max_frame)
+            .await
+            .is_err()
+        {
             return;
         }
         while let Some(msg) = rx.recv().await {
-            if frame::write_frame(&mut send, &msg, max_frame).await.is_err() {
+            if frame::write_frame(&mut send, &msg, max_frame)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     });
     loop {
         match frame::read_frame::<_, GroupToCluster>(&mut recv, max_frame).await {
-            Ok(Some(GroupToCluster::StateChanges(changes))) => cluster.apply_changes(&group, changes),
+            Ok(Some(GroupToCluster::StateChanges(changes))) => {
+                cluster.apply_changes(&group, changes)
+            }
             Ok(Some(GroupToCluster::Report(report))) => cluster.apply_report(&group, report).await,
             Ok(Some(GroupToCluster::Register { .. })) => {}
             Ok(None) => break,

@@ -20,7 +20,11 @@ pub(crate) struct NodeEntry {
 
 impl NodeEntry {
     pub fn member(&self) -> Member {
-        Member { node: self.record.id.clone(), serial: self.record.serial.clone(), state: self.status.state }
+        Member {
+            node: self.record.id.clone(),
+            serial: self.record.serial.clone(),
+            state: self.status.state,
+        }
     }
 }
 
@@ -78,7 +82,8 @@ pub(crate) struct Registry {
 impl Registry {
     pub fn insert_node(&mut self, entry: NodeEntry) {
         let id = entry.record.id.clone();
-        self.machines.insert(entry.record.machine_id.clone(), id.clone());
+        self.machines
+            .insert(entry.record.machine_id.clone(), id.clone());
         if let Some(group) = self.groups.get_mut(&entry.record.group) {
             group.members.insert(id.clone());
             for subnet in node_subnets(&entry.record.inventory) {
@@ -90,7 +95,11 @@ impl Registry {
 
     pub fn remove_node(&mut self, id: &str) -> Option<NodeEntry> {
         let entry = self.nodes.remove(id)?;
-        if self.machines.get(&entry.record.machine_id).is_some_and(|n| n == id) {
+        if self
+            .machines
+            .get(&entry.record.machine_id)
+            .is_some_and(|n| n == id)
+        {
             self.machines.remove(&entry.record.machine_id);
         }
         if let Some(group) = self.groups.get_mut(&entry.record.group) {
@@ -135,6 +144,10 @@ impl Registry {
     }
 
     pub fn group_master_addrs(&self, group: &str) -> Vec<SocketAddr> {
-        self.groups.get(group).and_then(|g| g.record.master_addr).into_iter().collect()
+        self.groups
+            .get(group)
+            .and_then(|g| g.record.master_addr)
+            .into_iter()
+            .collect()
     }
 }

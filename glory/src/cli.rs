@@ -17,7 +17,10 @@ pub fn client(api: &str, token: Option<&str>, data_dir: &Path) -> anyhow::Result
         None => {
             let path = data_dir.join("operator.token");
             std::fs::read_to_string(&path).with_context(|| {
-                format!("no API token: pass --token, set GLORY_TOKEN, or run from where {} exists", path.display())
+                format!(
+                    "no API token: pass --token, set GLORY_TOKEN, or run from where {} exists",
+                    path.display()
+                )
             })?
         }
     };
@@ -25,7 +28,10 @@ pub fn client(api: &str, token: Option<&str>, data_dir: &Path) -> anyhow::Result
 }
 
 fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
 }
 
 fn s(v: &Value) -> String {
@@ -37,13 +43,21 @@ fn s(v: &Value) -> String {
 }
 
 fn gib(bytes: &Value) -> String {
-    bytes.as_u64().map(|b| format!("{:.1}G", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "-".into())
+    bytes
+        .as_u64()
+        .map(|b| format!("{:.1}G", b as f64 / (1u64 << 30) as f64))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn states_line(by_state: &Value) -> String {
     by_state
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "-".into())
 }
@@ -55,7 +69,11 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     println!("GLORY-CL all-in-one cluster is running ({nodes} simulated nodes).");
     println!("  REST API:        http://{}", up.api_addr);
     println!("  cluster master:  {} (QUIC)", up.quic_addr);
-    println!("  operator token:  {} (also in {})", up.operator_token, data_dir.join("operator.token").display());
+    println!(
+        "  operator token:  {} (also in {})",
+        up.operator_token,
+        data_dir.join("operator.token").display()
+    );
     println!("  try:             glory cluster    glory nodes --state down    glory groups");
     println!("Ctrl-C stops it.");
     let shutdown = glory_protocol::process::shutdown_on_signal();
@@ -76,14 +94,32 @@ pub async fn cluster(client: &ApiClient, as_json: bool) -> anyhow::Result<()> {
         vec!["name".into(), s(&c["name"])],
         vec!["nodes".into(), s(&c["nodes"])],
         vec!["by state".into(), states_line(&c["nodes_by_state"])],
-        vec!["groups".into(), format!("{} ({} connected)", s(&c["groups"]), s(&c["groups_connected"]))],
-        vec!["heartbeats".into(), format!("received {} lost {}", s(&c["heartbeats"]["received"]), s(&c["heartbeats"]["lost"]))],
+        vec![
+            "groups".into(),
+            format!(
+                "{} ({} connected)",
+                s(&c["groups"]),
+                s(&c["groups_connected"])
+            ),
+        ],
+        vec![
+            "heartbeats".into(),
+            format!(
+                "received {} lost {}",
+                s(&c["heartbeats"]["received"]),
+                s(&c["heartbeats"]["lost"])
+            ),
+        ],
         vec![
             "key master".into(),
             format!(
                 "{} ({}), {} writes",
                 s(&c["keymaster"]["backend"]),
-                if c["keymaster"]["available"].as_bool() == Some(true) { "available" } else { "UNAVAILABLE" },
+                if c["keymaster"]["available"].as_bool() == Some(true) {
+                    "available"
+                } else {
+                    "UNAVAILABLE"
+                },
                 s(&c["keymaster"]["writes"])
             ),
         ],
@@ -121,17 +157,28 @@ pub async fn nodes(
                 s(&n["group"]),
                 s(&n["inventory"]["cpus"]),
                 gib(&n["inventory"]["memory_bytes"]),
-                n["load"]["cpu"].as_f64().map(|c| format!("{c:.0}%")).unwrap_or_else(|| "-".into()),
+                n["load"]["cpu"]
+                    .as_f64()
+                    .map(|c| format!("{c:.0}%"))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    print!("{}", render(&["ID", "HOSTNAME", "STATE", "GROUP", "CPUS", "MEMORY", "CPU%"], &rows));
+    print!(
+        "{}",
+        render(
+            &["ID", "HOSTNAME", "STATE", "GROUP", "CPUS", "MEMORY", "CPU%"],
+            &rows
+        )
+    );
     println!("{} nodes", rows.len());
     Ok(())
 }
 
 pub async fn node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let n = client.get(&format!("/api/v1/nodes/{}", urlencode(id))).await?;
+    let n = client
+        .get(&format!("/api/v1/nodes/{}", urlencode(id)))
+        .await?;
     if as_json {
         print_json(&n);
         return Ok(());
@@ -141,14 +188,36 @@ pub async fn node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|nic| format!("{} {} {}", s(&nic["name"]), s(&nic["mac"]), nic["addresses"].as_array().map(|x| x.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default()))
+                .map(|nic| {
+                    format!(
+                        "{} {} {}",
+                        s(&nic["name"]),
+                        s(&nic["mac"]),
+                        nic["addresses"]
+                            .as_array()
+                            .map(|x| x.iter().map(s).collect::<Vec<_>>().join(","))
+                            .unwrap_or_default()
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         })
         .unwrap_or_default();
     let disks = inv["disks"]
         .as_array()
-        .map(|a| a.iter().map(|d| format!("{} {} {}", s(&d["name"]), s(&d["mount_point"]), gib(&d["total_bytes"]))).collect::<Vec<_>>().join("; "))
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    format!(
+                        "{} {} {}",
+                        s(&d["name"]),
+                        s(&d["mount_point"]),
+                        gib(&d["total_bytes"])
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
         .unwrap_or_default();
     let rows = vec![
         vec!["id".into(), s(&n["id"])],
@@ -156,7 +225,10 @@ pub async fn node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result
         vec!["state".into(), s(&n["state"])],
         vec!["group".into(), s(&n["group"])],
         vec!["machine id".into(), s(&inv["machine_id"])],
-        vec!["cpus".into(), format!("{} {}", s(&inv["cpus"]), s(&inv["cpu_model"]))],
+        vec![
+            "cpus".into(),
+            format!("{} {}", s(&inv["cpus"]), s(&inv["cpu_model"])),
+        ],
         vec!["memory".into(), gib(&inv["memory_bytes"])],
         vec!["kernel".into(), s(&inv["kernel"])],
         vec!["os".into(), s(&inv["os"])],
@@ -164,13 +236,20 @@ pub async fn node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result
         vec!["disks".into(), disks],
         vec![
             "load".into(),
-            format!("cpu {} load1 {} mem {}", s(&n["load"]["cpu"]), s(&n["load"]["load1"]), gib(&n["load"]["mem_used"])),
+            format!(
+                "cpu {} load1 {} mem {}",
+                s(&n["load"]["cpu"]),
+                s(&n["load"]["load1"]),
+                gib(&n["load"]["mem_used"])
+            ),
         ],
     ];
     print!("{}", render(&["NODE", ""], &rows));
     if let Some(history) = n["history"].as_array() {
-        let rows: Vec<Vec<String>> =
-            history.iter().map(|h| vec![s(&h["at_ms"]), s(&h["state"]), s(&h["reason"])]).collect();
+        let rows: Vec<Vec<String>> = history
+            .iter()
+            .map(|h| vec![s(&h["at_ms"]), s(&h["state"]), s(&h["reason"])])
+            .collect();
         println!();
         print!("{}", render(&["AT_MS", "STATE", "REASON"], &rows));
     }
@@ -178,7 +257,13 @@ pub async fn node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result
 }
 
 pub async fn remove_node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let r = client.call(Method::DELETE, &format!("/api/v1/nodes/{}", urlencode(id)), None).await?;
+    let r = client
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/nodes/{}", urlencode(id)),
+            None,
+        )
+        .await?;
     if as_json {
         print_json(&r);
     } else {
@@ -202,7 +287,11 @@ pub async fn groups(client: &ApiClient, as_json: bool) -> anyhow::Result<()> {
                     vec![
                         s(&g["id"]),
                         s(&g["master"]),
-                        if g["connected"].as_bool() == Some(true) { "yes".into() } else { "NO".into() },
+                        if g["connected"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "NO".into()
+                        },
                         s(&g["nodes"]),
                         states_line(&g["nodes_by_state"]),
                     ]
@@ -210,7 +299,10 @@ pub async fn groups(client: &ApiClient, as_json: bool) -> anyhow::Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    print!("{}", render(&["GROUP", "MASTER", "CONNECTED", "NODES", "STATES"], &rows));
+    print!(
+        "{}",
+        render(&["GROUP", "MASTER", "CONNECTED", "NODES", "STATES"], &rows)
+    );
     Ok(())
 }
 
@@ -229,12 +321,20 @@ pub async fn token_create(
     if let Some(ttl) = ttl {
         body["ttl_seconds"] = json!(ttl);
     }
-    let t = client.call(Method::POST, "/api/v1/bootstrap-tokens", Some(body)).await?;
+    let t = client
+        .call(Method::POST, "/api/v1/bootstrap-tokens", Some(body))
+        .await?;
     if as_json {
         print_json(&t);
     } else {
         println!("{}", s(&t["token"]));
-        eprintln!("id {}  expires_ms {}  single_use {}  ca_cert_hash {}", s(&t["id"]), s(&t["expires_ms"]), s(&t["single_use"]), s(&t["ca_cert_hash"]));
+        eprintln!(
+            "id {}  expires_ms {}  single_use {}  ca_cert_hash {}",
+            s(&t["id"]),
+            s(&t["expires_ms"]),
+            s(&t["single_use"]),
+            s(&t["ca_cert_hash"])
+        );
     }
     Ok(())
 }
@@ -250,16 +350,44 @@ pub async fn token_list(client: &ApiClient, as_json: bool) -> anyhow::Result<()>
         .map(|items| {
             items
                 .iter()
-                .map(|t| vec![s(&t["id"]), s(&t["scope"]), s(&t["single_use"]), s(&t["used"]), s(&t["expires_ms"]), s(&t["description"])])
+                .map(|t| {
+                    vec![
+                        s(&t["id"]),
+                        s(&t["scope"]),
+                        s(&t["single_use"]),
+                        s(&t["used"]),
+                        s(&t["expires_ms"]),
+                        s(&t["description"]),
+                    ]
+                })
                 .collect()
         })
         .unwrap_or_default();
-    print!("{}", render(&["ID", "SCOPE", "SINGLE_USE", "USED", "EXPIRES_MS", "DESCRIPTION"], &rows));
+    print!(
+        "{}",
+        render(
+            &[
+                "ID",
+                "SCOPE",
+                "SINGLE_USE",
+                "USED",
+                "EXPIRES_MS",
+                "DESCRIPTION"
+            ],
+            &rows
+        )
+    );
     Ok(())
 }
 
 pub async fn token_delete(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let r = client.call(Method::DELETE, &format!("/api/v1/bootstrap-tokens/{}", urlencode(id)), None).await?;
+    let r = client
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/bootstrap-tokens/{}", urlencode(id)),
+            None,
+        )
+        .await?;
     if as_json {
         print_json(&r);
     } else {
@@ -269,7 +397,13 @@ pub async fn token_delete(client: &ApiClient, id: &str, as_json: bool) -> anyhow
 }
 
 pub async fn sim(client: &ApiClient, id: &str, action: &str, as_json: bool) -> anyhow::Result<()> {
-    let r = client.call(Method::POST, &format!("/api/v1/sim/nodes/{}/{action}", urlencode(id)), None).await?;
+    let r = client
+        .call(
+            Method::POST,
+            &format!("/api/v1/sim/nodes/{}/{action}", urlencode(id)),
+            None,
+        )
+        .await?;
     if as_json {
         print_json(&r);
     } else {

@@ -22,7 +22,11 @@ impl ApiClient {
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .context("build HTTP client")?;
-        Ok(ApiClient { base, token: token.trim().to_string(), http })
+        Ok(ApiClient {
+            base,
+            token: token.trim().to_string(),
+            http,
+        })
     }
 
     pub fn base(&self) -> &str {
@@ -30,21 +34,42 @@ impl ApiClient {
     }
 
     /// Send a request; a non-2xx answer becomes an error carrying the API's message.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method.clone(), &url).bearer_auth(&self.token);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(&self.token);
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.with_context(|| format!("{method} {url}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
         let status = resp.status();
         let text = resp.text().await.context("read response")?;
-        let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if status.is_success() {
             Ok(value)
         } else {
-            let message = value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
-            let code = value["error"]["code"].as_str().unwrap_or("error").to_string();
+            let message = value["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| value.to_string());
+            let code = value["error"]["code"]
+                .as_str()
+                .unwrap_or("error")
+                .to_string();
             Err(anyhow!("{status} {code}: {message}"))
         }
     }
@@ -58,7 +83,11 @@ impl ApiClient {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut path = format!("/api/v1/nodes?limit=5000{}{}", if query.is_empty() { "" } else { "&" }, query);
+            let mut path = format!(
+                "/api/v1/nodes?limit=5000{}{}",
+                if query.is_empty() { "" } else { "&" },
+                query
+            );
             if let Some(c) = &cursor {
                 path.push_str(&format!("&cursor={}", urlencode(c)));
             }
@@ -79,7 +108,9 @@ pub fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

@@ -6,16 +6,29 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(version, about = "GLORY-CL: cluster management for thousands of servers")]
+#[command(
+    version,
+    about = "GLORY-CL: cluster management for thousands of servers"
+)]
 struct Cli {
     /// Cluster master API address.
-    #[arg(long, env = "GLORY_API", default_value = "http://127.0.0.1:7400", global = true)]
+    #[arg(
+        long,
+        env = "GLORY_API",
+        default_value = "http://127.0.0.1:7400",
+        global = true
+    )]
     api: String,
     /// API bearer token; default: the `operator.token` file in --data-dir.
     #[arg(long, env = "GLORY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// Data directory of `glory up` (where the CLI finds operator.token).
-    #[arg(long, env = "GLORY_DATA_DIR", default_value = "glory-data", global = true)]
+    #[arg(
+        long,
+        env = "GLORY_DATA_DIR",
+        default_value = "glory-data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -121,7 +134,10 @@ enum SimAction {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -140,7 +156,16 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     use glory::cli as c;
-    if let Command::Up { nodes, groups, api_listen, listen, heartbeat_ms, down_after_ms, group_size_limit } = cli.command {
+    if let Command::Up {
+        nodes,
+        groups,
+        api_listen,
+        listen,
+        heartbeat_ms,
+        down_after_ms,
+        group_size_limit,
+    } = cli.command
+    {
         glory_protocol::process::init_tracing("info,glory_node_agent=error");
         let options = glory::up::UpOptions {
             data_dir: cli.data_dir,
@@ -158,18 +183,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { .. } => unreachable!("handled above"),
         Command::Cluster => c::cluster(&client, cli.json).await,
-        Command::Nodes { action: Some(NodesAction::Remove { id }), .. } => c::remove_node(&client, &id, cli.json).await,
-        Command::Nodes { action: None, state, group, q } => {
-            c::nodes(&client, state.as_deref(), group.as_deref(), q.as_deref(), cli.json).await
+        Command::Nodes {
+            action: Some(NodesAction::Remove { id }),
+            ..
+        } => c::remove_node(&client, &id, cli.json).await,
+        Command::Nodes {
+            action: None,
+            state,
+            group,
+            q,
+        } => {
+            c::nodes(
+                &client,
+                state.as_deref(),
+                group.as_deref(),
+                q.as_deref(),
+                cli.json,
+            )
+            .await
         }
         Command::Node { id } => c::node(&client, &id, cli.json).await,
         Command::Groups => c::groups(&client, cli.json).await,
-        Command::Token { action: TokenAction::Create { ttl, single_use, scope, description } } => {
-            c::token_create(&client, ttl, single_use, &scope, &description, cli.json).await
-        }
-        Command::Token { action: TokenAction::List } => c::token_list(&client, cli.json).await,
-        Command::Token { action: TokenAction::Delete { id } } => c::token_delete(&client, &id, cli.json).await,
-        Command::Sim { action: SimAction::Kill { id } } => c::sim(&client, &id, "kill", cli.json).await,
-        Command::Sim { action: SimAction::Restart { id } } => c::sim(&client, &id, "restart", cli.json).await,
+        Command::Token {
+            action:
+                TokenAction::Create {
+                    ttl,
+                    single_use,
+                    scope,
+                    description,
+                },
+        } => c::token_create(&client, ttl, single_use, &scope, &description, cli.json).await,
+        Command::Token {
+            action: TokenAction::List,
+        } => c::token_list(&client, cli.json).await,
+        Command::Token {
+            action: TokenAction::Delete { id },
+        } => c::token_delete(&client, &id, cli.json).await,
+        Command::Sim {
+            action: SimAction::Kill { id },
+        } => c::sim(&client, &id, "kill", cli.json).await,
+        Command::Sim {
+            action: SimAction::Restart { id },
+        } => c::sim(&client, &id, "restart", cli.json).await,
     }
 }

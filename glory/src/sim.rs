@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
-use glory_node_agent::{run_agent, AgentDeps, AgentExit, AgentSettings, IdentityStore, MemoryStore, SimHost};
+use glory_node_agent::{
+    run_agent, AgentDeps, AgentExit, AgentSettings, IdentityStore, MemoryStore, SimHost,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -38,10 +40,17 @@ pub struct SimFleet {
 impl SimFleet {
     /// A fleet that enrolls with `settings`, spreading agents over `endpoints` client
     /// endpoints (quinn drives each endpoint's I/O on one task).
-    pub fn new(settings: AgentSettings, endpoints: usize, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: AgentSettings,
+        endpoints: usize,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let bind = SocketAddr::from(([127, 0, 0, 1], 0));
         let endpoints = (0..endpoints.max(1))
-            .map(|_| glory_protocol::transport::client_endpoint(bind).context("open simulated agents' endpoint"))
+            .map(|_| {
+                glory_protocol::transport::client_endpoint(bind)
+                    .context("open simulated agents' endpoint")
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(SimFleet {
             inner: Arc::new(FleetInner {
@@ -89,7 +98,9 @@ impl SimFleet {
     /// Start agent `index` if it is not running. Returns false if it already runs.
     pub fn start_index(&self, index: usize) -> bool {
         let mut agents = self.agents();
-        let Some(agent) = agents.get_mut(index) else { return false };
+        let Some(agent) = agents.get_mut(index) else {
+            return false;
+        };
         if agent.running.is_some() {
             return false;
         }
@@ -107,7 +118,8 @@ impl SimFleet {
         let fleet = self.clone();
         self.inner.tasks.spawn(async move {
             match run_agent(settings, deps, stop, power).await {
-                Ok(AgentExit::Removed(_)) | Ok(AgentExit::Shutdown) | Ok(AgentExit::PoweredOff) => {}
+                Ok(AgentExit::Removed(_)) | Ok(AgentExit::Shutdown) | Ok(AgentExit::PoweredOff) => {
+                }
                 Err(e) => warn!(index, error = %e, "simulated agent failed"),
             }
             let mut agents = fleet.agents();
@@ -145,7 +157,9 @@ impl SimFleet {
     }
 
     pub fn is_running(&self, index: usize) -> bool {
-        self.agents().get(index).is_some_and(|a| a.running.is_some())
+        self.agents()
+            .get(index)
+            .is_some_and(|a| a.running.is_some())
     }
 
     /// The node id agent `index` enrolled as, once it has.
@@ -157,12 +171,16 @@ impl SimFleet {
     /// The index of the agent that enrolled as `node`.
     pub fn index_of(&self, node: &str) -> Option<usize> {
         let stores: Vec<Arc<MemoryStore>> = self.agents().iter().map(|a| a.store.clone()).collect();
-        stores.iter().position(|s| s.load().ok().flatten().is_some_and(|i| i.node_id == node))
+        stores
+            .iter()
+            .position(|s| s.load().ok().flatten().is_some_and(|i| i.node_id == node))
     }
 
     /// Node ids of every enrolled agent, by index.
     pub fn node_ids(&self) -> HashMap<usize, String> {
-        (0..self.len()).filter_map(|i| self.node_id(i).map(|id| (i, id))).collect()
+        (0..self.len())
+            .filter_map(|i| self.node_id(i).map(|id| (i, id)))
+            .collect()
     }
 
     /// Wait for every agent task to end (after the fleet's shutdown token fired).
@@ -170,7 +188,10 @@ impl SimFleet {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         for endpoint in &self.inner.endpoints {
-            endpoint.close(quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN), b"shutdown");
+            endpoint.close(
+                quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
+                b"shutdown",
+            );
         }
     }
 }
@@ -178,7 +199,9 @@ impl SimFleet {
 #[async_trait::async_trait]
 impl glory_cluster_master::SimControl for SimFleet {
     async fn kill(&self, node: &str) -> Result<(), String> {
-        let index = self.index_of(node).ok_or_else(|| format!("node {node} is not a simulated agent here"))?;
+        let index = self
+            .index_of(node)
+            .ok_or_else(|| format!("node {node} is not a simulated agent here"))?;
         if self.kill_index(index) {
             Ok(())
         } else {
@@ -187,7 +210,9 @@ impl glory_cluster_master::SimControl for SimFleet {
     }
 
     async fn restart(&self, node: &str) -> Result<(), String> {
-        let index = self.index_of(node).ok_or_else(|| format!("node {node} is not a simulated agent here"))?;
+        let index = self
+            .index_of(node)
+            .ok_or_else(|| format!("node {node} is not a simulated agent here"))?;
         if self.start_index(index) {
             Ok(())
         } else {
@@ -208,7 +233,9 @@ impl LateFleet {
         let _ = self.fleet.set(fleet);
     }
     fn get(&self) -> Result<&SimFleet, String> {
-        self.fleet.get().ok_or_else(|| "the simulated fleet is not started yet".to_string())
+        self.fleet
+            .get()
+            .ok_or_else(|| "the simulated fleet is not started yet".to_string())
     }
 }
 

@@ -34,7 +34,13 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     #[test]
     fn columns_line_up() {
-        let out = super::render(&["ID", "STATE"], &[vec!["n-1".into(), "up".into()], vec!["n-long".into(), "down".into()]]);
+        let out = super::render(
+            &["ID", "STATE"],
+            &[
+                vec!["n-1".into(), "up".into()],
+                vec!["n-long".into(), "down".into()],
+            ],
+        );
         assert_eq!(out, "ID      STATE\nn-1     up\nn-long  down\n");
     }
 }

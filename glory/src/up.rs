@@ -86,8 +86,13 @@ impl Up {
         let km = glory_cluster_master::open_keymaster(&cm_config)?;
         let late_fleet = Arc::new(LateFleet::default());
         let cm_shutdown = CancellationToken::new();
-        let cm = glory_cluster_master::start(cm_config.validate()?, km, Some(late_fleet.clone()), cm_shutdown.clone())
-            .await?;
+        let cm = glory_cluster_master::start(
+            cm_config.validate()?,
+            km,
+            Some(late_fleet.clone()),
+            cm_shutdown.clone(),
+        )
+        .await?;
         let cluster = cm.cluster.clone();
 
         // Group masters, in this process, with identities issued by the CA directly.
@@ -121,13 +126,21 @@ impl Up {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("only {connected} of {} group masters registered within 30 s", options.groups);
+                bail!(
+                    "only {connected} of {} group masters registered within 30 s",
+                    options.groups
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
         let (token, _) = cluster
-            .create_bootstrap_token(None, false, BootstrapScope::Node, "glory up: simulated agents")
+            .create_bootstrap_token(
+                None,
+                false,
+                BootstrapScope::Node,
+                "glory up: simulated agents",
+            )
             .await?;
         let agent_config = AgentConfig {
             cluster_master: cm.quic_addr,
@@ -143,7 +156,11 @@ impl Up {
         let fleet = SimFleet::new(settings, endpoints, fleet_shutdown.clone())?;
         late_fleet.attach(fleet.clone());
         fleet.add(options.nodes);
-        info!(nodes = options.nodes, groups = options.groups, "simulated fleet started");
+        info!(
+            nodes = options.nodes,
+            groups = options.groups,
+            "simulated fleet started"
+        );
         Ok(Up {
             api_addr: cm.api_addr,
             quic_addr: cm.quic_addr,

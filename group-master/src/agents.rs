@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use glory_protocol::transport::{refuse, server_hello, welcome};
 use glory_protocol::{
-    close, frame, tls::peer_cert, AgentToGroup, CertRole, GroupToAgent, Heartbeat, Refusal, RefusalCode, Role,
+    close, frame, tls::peer_cert, AgentToGroup, CertRole, GroupToAgent, Heartbeat, Refusal,
+    RefusalCode, Role,
 };
 use quinn::VarInt;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +56,10 @@ pub(crate) async fn accept_loop(
 }
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
-    Refusal { code, message: message.into() }
+    Refusal {
+        code,
+        message: message.into(),
+    }
 }
 
 async fn serve_agent(
@@ -65,33 +69,52 @@ async fn serve_agent(
     advertise: std::net::SocketAddr,
 ) {
     let remote = conn.remote_address();
-    let (hello, mut control) = match server_hello(&conn, settings.max_frame, settings.request_timeout).await {
-        Ok(x) => x,
-        Err(e) => {
-            debug!(%remote, error = %e, "agent hello failed");
-            conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad hello");
-            return;
-        }
-    };
+    let (hello, mut control) =
+        match server_hello(&conn, settings.max_frame, settings.request_timeout).await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(%remote, error = %e, "agent hello failed");
+                conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad hello");
+                return;
+            }
+        };
     // TLS already verified the chain; here the certificate must also say who it is.
     let check = match peer_cert(&conn) {
-        None => Err(refusal(RefusalCode::BadIdentity, "a node certificate is required")),
-        Some(peer) if hello.role != Role::Agent || peer.role != CertRole::Node => {
-            Err(refusal(RefusalCode::BadIdentity, "group masters serve node agents only"))
-        }
-        Some(peer) if peer.id != hello.id => {
-            Err(refusal(RefusalCode::BadIdentity, format!("certificate is for {}, hello says {}", peer.id, hello.id)))
-        }
+        None => Err(refusal(
+            RefusalCode::BadIdentity,
+            "a node certificate is required",
+        )),
+        Some(peer) if hello.role != Role::Agent || peer.role != CertRole::Node => Err(refusal(
+            RefusalCode::BadIdentity,
+            "group masters serve node agents only",
+        )),
+        Some(peer) if peer.id != hello.id => Err(refusal(
+            RefusalCode::BadIdentity,
+            format!("certificate is for {}, hello says {}", peer.id, hello.id),
+        )),
         Some(peer) if peer.group.as_deref() != Some(shared.group.as_str()) => Err(refusal(
             RefusalCode::BadIdentity,
-            format!("node belongs to group {:?}, this is {}", peer.group, shared.group),
+            format!(
+                "node belongs to group {:?}, this is {}",
+                peer.group, shared.group
+            ),
         )),
         Some(peer) => {
             let inner = shared.lock();
             if inner.revoked.contains(&peer.serial) {
-                Err(refusal(RefusalCode::Removed, "this node was removed from the cluster"))
-            } else if inner.members.get(&peer.id).is_some_and(|serial| serial != &peer.serial) {
-                Err(refusal(RefusalCode::BadIdentity, "certificate was superseded by a newer enrollment"))
+                Err(refusal(
+                    RefusalCode::Removed,
+                    "this node was removed from the cluster",
+                ))
+            } else if inner
+                .members
+                .get(&peer.id)
+                .is_some_and(|serial| serial != &peer.serial)
+            {
+                Err(refusal(
+                    RefusalCode::BadIdentity,
+                    "certificate was superseded by a newer enrollment",
+                ))
             } else {
                 Ok(peer)
             }
@@ -109,10 +132,15 @@ async fn serve_agent(
     if welcome(&mut control, &shared.group).await.is_err() {
         return;
     }
-    let _ = control.send(&GroupToAgent::GroupMasters(vec![advertise])).await;
+    let _ = control
+        .send(&GroupToAgent::GroupMasters(vec![advertise]))
+        .await;
     let (session_id, replaced) = shared.open_session(&node, conn.clone());
     if let Some(old) = replaced {
-        old.close(VarInt::from_u32(close::REPLACED), b"replaced by a newer connection");
+        old.close(
+            VarInt::from_u32(close::REPLACED),
+            b"replaced by a newer connection",
+        );
     }
     debug!(node_id = %node, %remote, "agent connected");
 
@@ -127,7 +155,9 @@ async fn serve_agent(
             let _send = control.send;
             loop {
                 match frame::read_frame::<_, AgentToGroup>(&mut recv, max_frame).await {
-                    Ok(Some(AgentToGroup::Inventory(inventory))) => shared.inventory(&node, inventory),
+                    Ok(Some(AgentToGroup::Inventory(inventory))) => {
+                        shared.inventory(&node, *inventory)
+                    }
                     Ok(Some(AgentToGroup::Leaving)) => {
                         info!(node_id = %node, "agent leaving");
                         shared.left(&node);
@@ -149,7 +179,7 @@ async fn serve_agent(
                 Ok(hb) => shared.heartbeat(&node, hb.seq, hb.load, Instant::now()),
                 Err(e) => {
                     garbage += 1;
-                    if garbage == 1 || garbage % 100 == 0 {
+                    if garbage == 1 || garbage.is_multiple_of(100) {
                         warn!(node_id = %node, error = %e, garbage, "undecodable heartbeat datagram dropped");
                     }
                 }

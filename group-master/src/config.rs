@@ -96,7 +96,8 @@ impl GroupMasterConfig {
     pub fn ca_trust(&self) -> anyhow::Result<CaTrust> {
         Ok(match (&self.ca_cert, &self.ca_cert_hash) {
             (Some(path), _) => CaTrust::Pem(
-                std::fs::read_to_string(path).with_context(|| format!("read ca_cert {}", path.display()))?,
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("read ca_cert {}", path.display()))?,
             ),
             (None, Some(hash)) => CaTrust::Sha256(hash.clone()),
             (None, None) => CaTrust::FirstUse,
@@ -104,15 +105,32 @@ impl GroupMasterConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<GroupMasterSettings> {
-        if self.group.is_empty() || !self.group.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            bail!("group must be a non-empty name of letters, digits, '-' or '_' (got {:?})", self.group);
+        if self.group.is_empty()
+            || !self
+                .group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "group must be a non-empty name of letters, digits, '-' or '_' (got {:?})",
+                self.group
+            );
         }
-        let suspect_after = self.suspect_after_ms.unwrap_or(self.heartbeat_interval_ms * 2);
+        let suspect_after = self
+            .suspect_after_ms
+            .unwrap_or(self.heartbeat_interval_ms * 2);
         if self.down_after_ms <= self.heartbeat_interval_ms {
-            bail!("down_after_ms ({}) must exceed heartbeat_interval_ms ({})", self.down_after_ms, self.heartbeat_interval_ms);
+            bail!(
+                "down_after_ms ({}) must exceed heartbeat_interval_ms ({})",
+                self.down_after_ms,
+                self.heartbeat_interval_ms
+            );
         }
         if suspect_after > self.down_after_ms {
-            bail!("suspect_after_ms ({suspect_after}) must not exceed down_after_ms ({})", self.down_after_ms);
+            bail!(
+                "suspect_after_ms ({suspect_after}) must not exceed down_after_ms ({})",
+                self.down_after_ms
+            );
         }
         if self.tick_interval_ms == 0 || self.report_interval_ms == 0 {
             bail!("tick_interval_ms and report_interval_ms must be positive");
@@ -148,9 +166,15 @@ mod tests {
         let s = GroupMasterConfig::default().validate().unwrap();
         assert_eq!(s.detector.suspect_after, Duration::from_secs(2));
         assert_eq!(s.detector.down_after, Duration::from_secs(3));
-        let bad = GroupMasterConfig { down_after_ms: 500, ..Default::default() };
+        let bad = GroupMasterConfig {
+            down_after_ms: 500,
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
-        let bad = GroupMasterConfig { group: "g 1".into(), ..Default::default() };
+        let bad = GroupMasterConfig {
+            group: "g 1".into(),
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
         assert!(GroupMasterConfig::from_toml("groupp = 'x'").is_err());
     }
@@ -163,6 +187,9 @@ mod example {
         let text = include_str!("../../docs/examples/group-master.toml");
         let config = super::GroupMasterConfig::from_toml(text).unwrap();
         config.validate().unwrap();
-        assert_eq!(config.down_after_ms, super::GroupMasterConfig::default().down_after_ms);
+        assert_eq!(
+            config.down_after_ms,
+            super::GroupMasterConfig::default().down_after_ms
+        );
     }
 }

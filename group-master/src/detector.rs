@@ -44,15 +44,22 @@ pub struct FailureDetector {
 
 impl FailureDetector {
     pub fn new(config: DetectorConfig) -> Self {
-        FailureDetector { config, nodes: HashMap::new(), lost: 0, received: 0 }
+        FailureDetector {
+            config,
+            nodes: HashMap::new(),
+            lost: 0,
+            received: 0,
+        }
     }
 
     /// Start watching a node in the state the cluster last recorded. Already-tracked
     /// nodes keep what we know first-hand.
     pub fn track(&mut self, node: &str, recorded: NodeState, now: Instant) {
-        self.nodes
-            .entry(node.to_string())
-            .or_insert(Tracked { last_heard: now, state: recorded, last_seq: 0 });
+        self.nodes.entry(node.to_string()).or_insert(Tracked {
+            last_heard: now,
+            state: recorded,
+            last_seq: 0,
+        });
     }
 
     pub fn forget(&mut self, node: &str) -> bool {
@@ -80,10 +87,11 @@ impl FailureDetector {
     /// already proved they belong here).
     pub fn heartbeat(&mut self, node: &str, seq: u64, now: Instant) -> Option<Transition> {
         self.received += 1;
-        let tracked = self
-            .nodes
-            .entry(node.to_string())
-            .or_insert(Tracked { last_heard: now, state: NodeState::Joining, last_seq: 0 });
+        let tracked = self.nodes.entry(node.to_string()).or_insert(Tracked {
+            last_heard: now,
+            state: NodeState::Joining,
+            last_seq: 0,
+        });
         if seq > tracked.last_seq + 1 && tracked.last_seq > 0 {
             self.lost += seq - tracked.last_seq - 1;
         }
@@ -95,7 +103,12 @@ impl FailureDetector {
         }
         let from = tracked.state;
         tracked.state = NodeState::Up;
-        Some(Transition { node: node.to_string(), from, to: NodeState::Up, reason: "heartbeat" })
+        Some(Transition {
+            node: node.to_string(),
+            from,
+            to: NodeState::Up,
+            reason: "heartbeat",
+        })
     }
 
     /// The agent said it is shutting down.
@@ -106,7 +119,12 @@ impl FailureDetector {
         }
         let from = tracked.state;
         tracked.state = NodeState::Left;
-        Some(Transition { node: node.to_string(), from, to: NodeState::Left, reason: "clean shutdown" })
+        Some(Transition {
+            node: node.to_string(),
+            from,
+            to: NodeState::Left,
+            reason: "clean shutdown",
+        })
     }
 
     /// Time has passed: who became suspect or down?
@@ -125,7 +143,11 @@ impl FailureDetector {
                     node: node.clone(),
                     from: tracked.state,
                     to: next,
-                    reason: if next == NodeState::Down { "no heartbeat within down_after" } else { "missed heartbeats" },
+                    reason: if next == NodeState::Down {
+                        "no heartbeat within down_after"
+                    } else {
+                        "missed heartbeats"
+                    },
                 });
                 tracked.state = next;
             }
@@ -179,7 +201,10 @@ mod tests {
         assert_eq!(suspect[0].to, NodeState::Suspect);
         assert!(d.tick(ms(t0, 11_999)).is_empty());
         let down = d.tick(ms(t0, 12_000));
-        assert_eq!((down[0].from, down[0].to), (NodeState::Suspect, NodeState::Down));
+        assert_eq!(
+            (down[0].from, down[0].to),
+            (NodeState::Suspect, NodeState::Down)
+        );
         assert!(d.tick(ms(t0, 60_000)).is_empty(), "down is reported once");
         let back = d.heartbeat("n1", 11, ms(t0, 61_000)).unwrap();
         assert_eq!((back.from, back.to), (NodeState::Down, NodeState::Up));
@@ -213,7 +238,10 @@ mod tests {
         d.track("n1", NodeState::Unreachable, t0);
         d.track("n2", NodeState::Unreachable, t0);
         d.track("n3", NodeState::Left, t0);
-        assert!(d.tick(ms(t0, 2999)).is_empty(), "no verdict inside the grace period");
+        assert!(
+            d.tick(ms(t0, 2999)).is_empty(),
+            "no verdict inside the grace period"
+        );
         d.heartbeat("n1", 40, ms(t0, 1500));
         let out = d.tick(ms(t0, 3000));
         assert_eq!(out.len(), 1);

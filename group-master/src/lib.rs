@@ -38,7 +38,10 @@ pub struct GroupMaster {
 impl GroupMaster {
     /// Bind the agent-facing endpoint. Port 0 picks a free port ([`GroupMaster::local_addr`]).
     pub fn bind(settings: GroupMasterSettings, identity: TlsIdentity) -> anyhow::Result<Self> {
-        let timing = LinkTiming { idle_timeout: settings.agent_idle_timeout, keep_alive: None };
+        let timing = LinkTiming {
+            idle_timeout: settings.agent_idle_timeout,
+            keep_alive: None,
+        };
         let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Required, timing)
             .with_context(|| format!("listen on {}", settings.listen))?;
         let local = endpoint.local_addr().context("local address")?;
@@ -49,7 +52,12 @@ impl GroupMaster {
             }
             None => local,
         };
-        Ok(GroupMaster { settings: Arc::new(settings), identity, endpoint, advertise })
+        Ok(GroupMaster {
+            settings: Arc::new(settings),
+            identity,
+            endpoint,
+            advertise,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -58,11 +66,23 @@ impl GroupMaster {
 
     /// Serve until `shutdown`; returns after every task has ended.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let GroupMaster { settings, identity, endpoint, advertise } = self;
-        let shared = Arc::new(state::Shared::new(settings.group.clone(), settings.detector));
+        let GroupMaster {
+            settings,
+            identity,
+            endpoint,
+            advertise,
+        } = self;
+        let shared = Arc::new(state::Shared::new(
+            settings.group.clone(),
+            settings.detector,
+        ));
         info!(group = %settings.group, listen = %advertise, "group master serving");
         let upstream_endpoint = client_endpoint(SocketAddr::new(
-            if settings.cluster_master.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() },
+            if settings.cluster_master.is_ipv4() {
+                [0, 0, 0, 0].into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            },
             0,
         ))?;
         let tasks = tokio_util::task::TaskTracker::new();
@@ -98,8 +118,14 @@ impl GroupMaster {
         }
         tasks.close();
         tasks.wait().await;
-        endpoint.close(quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN), b"shutdown");
-        upstream_endpoint.close(quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN), b"shutdown");
+        endpoint.close(
+            quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
+            b"shutdown",
+        );
+        upstream_endpoint.close(
+            quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
+            b"shutdown",
+        );
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
             endpoint.wait_idle().await;
             upstream_endpoint.wait_idle().await;
@@ -118,7 +144,9 @@ fn identity_path(data_dir: &Path) -> std::path::PathBuf {
 fn load_identity(data_dir: &Path) -> anyhow::Result<Option<TlsIdentity>> {
     let path = identity_path(data_dir);
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?)),
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
@@ -141,16 +169,26 @@ fn save_identity(data_dir: &Path, identity: &TlsIdentity) -> anyhow::Result<()> 
 }
 
 /// Enroll this group master with the cluster master using a bootstrap token.
-async fn enroll_group_master(config: &GroupMasterConfig, advertise: SocketAddr) -> anyhow::Result<TlsIdentity> {
+async fn enroll_group_master(
+    config: &GroupMasterConfig,
+    advertise: SocketAddr,
+) -> anyhow::Result<TlsIdentity> {
     let Some(token) = config.token.clone() else {
-        bail!("group master {} has no identity in {} and no bootstrap token to enroll with", config.group, config.data_dir.display());
+        bail!(
+            "group master {} has no identity in {} and no bootstrap token to enroll with",
+            config.group,
+            config.data_dir.display()
+        );
     };
     let trust = config.ca_trust()?;
     let endpoint = client_endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     let (key_pem, csr_pem) = glory_protocol::tls::generate_csr()?;
     let request = EnrollRequest {
         token,
-        kind: EnrollKind::GroupMaster { group: config.group.clone(), listen: advertise },
+        kind: EnrollKind::GroupMaster {
+            group: config.group.clone(),
+            listen: advertise,
+        },
         csr_pem,
     };
     let mut delay = std::time::Duration::from_millis(200);
@@ -166,7 +204,11 @@ async fn enroll_group_master(config: &GroupMasterConfig, advertise: SocketAddr) 
         .await
         {
             Ok(enrolled) => {
-                return Ok(TlsIdentity { cert_pem: enrolled.cert_pem, key_pem, ca_pem: enrolled.ca_pem });
+                return Ok(TlsIdentity {
+                    cert_pem: enrolled.cert_pem,
+                    key_pem,
+                    ca_pem: enrolled.ca_pem,
+                });
             }
             Err(e) => {
                 if e.refusal().is_some_and(|r| !r.code.is_retryable()) {

@@ -37,7 +37,13 @@ pub(crate) struct Shared {
 }
 
 fn to_change(t: Transition) -> StateChange {
-    StateChange { node: t.node, from: t.from, to: t.to, at_ms: glory_protocol::now_ms(), reason: t.reason.to_string() }
+    StateChange {
+        node: t.node,
+        from: t.from,
+        to: t.to,
+        at_ms: glory_protocol::now_ms(),
+        reason: t.reason.to_string(),
+    }
 }
 
 impl Shared {
@@ -62,7 +68,9 @@ impl Shared {
     /// The lock is never held across an await; a poisoned lock (a panic while holding
     /// it) is recovered because every critical section leaves the data consistent.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn push(&self, inner: &mut Inner, transitions: impl IntoIterator<Item = Transition>) {
@@ -97,11 +105,17 @@ impl Shared {
     }
 
     /// Register a session, returning its id and the connection it replaces.
-    pub fn open_session(&self, node: &str, conn: quinn::Connection) -> (u64, Option<quinn::Connection>) {
+    pub fn open_session(
+        &self,
+        node: &str,
+        conn: quinn::Connection,
+    ) -> (u64, Option<quinn::Connection>) {
         let mut inner = self.lock();
         let id = inner.next_session;
         inner.next_session += 1;
-        let old = inner.sessions.insert(node.to_string(), Session { id, conn });
+        let old = inner
+            .sessions
+            .insert(node.to_string(), Session { id, conn });
         (id, old.map(|s| s.conn))
     }
 
@@ -120,7 +134,11 @@ impl Shared {
     pub fn report(&self) -> GroupReport {
         let mut inner = self.lock();
         let (received, lost) = inner.detector.heartbeat_stats();
-        let loads = inner.loads.drain().map(|(node, load)| NodeLoad { node, load }).collect();
+        let loads = inner
+            .loads
+            .drain()
+            .map(|(node, load)| NodeLoad { node, load })
+            .collect();
         GroupReport {
             group: self.group.clone(),
             counts: inner.detector.counts(),
@@ -134,12 +152,21 @@ impl Shared {
     /// The cluster master's member list arrived (after (re)connecting): adopt it and
     /// return the changes that bring the cluster's record in line with what we saw.
     /// Nodes no longer listed are dropped and their sessions closed.
-    pub fn sync_members(&self, members: Vec<Member>, revoked: Vec<String>, now: Instant) -> Vec<quinn::Connection> {
+    pub fn sync_members(
+        &self,
+        members: Vec<Member>,
+        revoked: Vec<String>,
+        now: Instant,
+    ) -> Vec<quinn::Connection> {
         let mut inner = self.lock();
         inner.pending.clear();
         let listed: HashSet<String> = members.iter().map(|m| m.node.clone()).collect();
-        let stale: Vec<String> =
-            inner.detector.states().map(|(n, _)| n.to_string()).filter(|n| !listed.contains(n)).collect();
+        let stale: Vec<String> = inner
+            .detector
+            .states()
+            .map(|(n, _)| n.to_string())
+            .filter(|n| !listed.contains(n))
+            .collect();
         let mut closing = Vec::new();
         for node in stale {
             inner.detector.forget(&node);
@@ -153,7 +180,12 @@ impl Shared {
             inner.detector.track(&member.node, member.state, now);
             if let Some(seen) = inner.detector.state(&member.node) {
                 if seen != member.state {
-                    diffs.push(Transition { node: member.node.clone(), from: member.state, to: seen, reason: "group master resync" });
+                    diffs.push(Transition {
+                        node: member.node.clone(),
+                        from: member.state,
+                        to: seen,
+                        reason: "group master resync",
+                    });
                 }
             }
             inner.members.insert(member.node, member.serial);

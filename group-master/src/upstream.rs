@@ -29,11 +29,15 @@ pub(crate) async fn upstream_loop(
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        match link(&endpoint, &identity, &shared, &settings, advertise, &shutdown).await {
+        match link(
+            &endpoint, &identity, &shared, &settings, advertise, &shutdown,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     warn!(group = %shared.group, error = %e, cluster_master = %settings.cluster_master, "cluster master link down; retrying");
                 }
             }
@@ -60,17 +64,35 @@ async fn link(
         keep_alive: Some(settings.cluster_idle_timeout / 3),
     };
     let config = client_config(identity.client_tls()?, timing)?;
-    let conn = connect(endpoint, config, settings.cluster_master, CLUSTER_MASTER_NAME, settings.request_timeout).await?;
+    let conn = connect(
+        endpoint,
+        config,
+        settings.cluster_master,
+        CLUSTER_MASTER_NAME,
+        settings.request_timeout,
+    )
+    .await?;
     let hello = Hello::new(Role::GroupMaster, shared.group.clone());
     let control = client_hello(&conn, &hello, settings.max_frame, settings.request_timeout).await?;
-    let glory_protocol::ControlStream { mut send, mut recv, max_frame } = control;
-    frame::write_frame(&mut send, &GroupToCluster::Register { listen: advertise }, max_frame).await?;
+    let glory_protocol::ControlStream {
+        mut send,
+        mut recv,
+        max_frame,
+    } = control;
+    frame::write_frame(
+        &mut send,
+        &GroupToCluster::Register { listen: advertise },
+        max_frame,
+    )
+    .await?;
     info!(group = %shared.group, cluster_master = %settings.cluster_master, "connected to cluster master");
 
     let (msg_tx, mut msg_rx) = mpsc::channel::<Result<Option<ClusterToGroup>, String>>(64);
     let reader = tokio::spawn(async move {
         loop {
-            let item = frame::read_frame::<_, ClusterToGroup>(&mut recv, max_frame).await.map_err(|e| e.to_string());
+            let item = frame::read_frame::<_, ClusterToGroup>(&mut recv, max_frame)
+                .await
+                .map_err(|e| e.to_string());
             let end = !matches!(item, Ok(Some(_)));
             if msg_tx.send(item).await.is_err() || end {
                 break;
@@ -121,14 +143,20 @@ fn handle(shared: &Shared, msg: ClusterToGroup) {
         ClusterToGroup::Members { members, revoked } => {
             info!(group = %shared.group, members = members.len(), "member list received");
             for conn in shared.sync_members(members, revoked, now) {
-                conn.close(VarInt::from_u32(close::REMOVED), b"node is no longer a member of this group");
+                conn.close(
+                    VarInt::from_u32(close::REMOVED),
+                    b"node is no longer a member of this group",
+                );
             }
         }
         ClusterToGroup::MemberAdded(member) => shared.member_added(member, now),
         ClusterToGroup::MemberRemoved { node, serial } => {
             info!(group = %shared.group, node_id = %node, "node removed");
             if let Some(conn) = shared.member_removed(&node, serial) {
-                conn.close(VarInt::from_u32(close::REMOVED), b"node was removed from the cluster");
+                conn.close(
+                    VarInt::from_u32(close::REMOVED),
+                    b"node was removed from the cluster",
+                );
             }
         }
     }

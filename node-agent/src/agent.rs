@@ -9,8 +9,8 @@ use glory_protocol::enroll::enroll;
 use glory_protocol::tls::{generate_csr, GROUP_MASTER_NAME};
 use glory_protocol::transport::{client_config, client_hello, connect};
 use glory_protocol::{
-    close, frame, AgentToGroup, EnrollKind, EnrollRequest, GroupToAgent, Heartbeat, Hello, LinkError,
-    LinkTiming, RefusalCode, Role, TlsIdentity, DEFAULT_MAX_FRAME,
+    close, frame, AgentToGroup, EnrollKind, EnrollRequest, GroupToAgent, Heartbeat, Hello,
+    LinkError, LinkTiming, RefusalCode, Role, TlsIdentity, DEFAULT_MAX_FRAME,
 };
 use quinn::VarInt;
 use tokio::sync::mpsc;
@@ -58,7 +58,10 @@ struct Backoff {
 
 impl Backoff {
     fn new(max: Duration) -> Self {
-        Backoff { next: Duration::from_millis(200), max }
+        Backoff {
+            next: Duration::from_millis(200),
+            max,
+        }
     }
     fn reset(&mut self) {
         self.next = Duration::from_millis(200);
@@ -71,7 +74,11 @@ impl Backoff {
     }
 }
 
-async fn sleep_or(shutdown: &CancellationToken, power_off: &CancellationToken, d: Duration) -> bool {
+async fn sleep_or(
+    shutdown: &CancellationToken,
+    power_off: &CancellationToken,
+    d: Duration,
+) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => true,
         _ = shutdown.cancelled() => false,
@@ -98,7 +105,17 @@ pub async fn run_agent(
                 None => return Ok(AgentExit::Shutdown),
             },
         };
-        match session(&settings, &deps, &mut identity, &mut seq, &shutdown, &power_off, &mut backoff).await {
+        match session(
+            &settings,
+            &deps,
+            &mut identity,
+            &mut seq,
+            &shutdown,
+            &power_off,
+            &mut backoff,
+        )
+        .await
+        {
             SessionEnd::Shutdown => return Ok(AgentExit::Shutdown),
             SessionEnd::PoweredOff => return Ok(AgentExit::PoweredOff),
             SessionEnd::Removed(reason) => {
@@ -113,7 +130,11 @@ pub async fn run_agent(
             SessionEnd::Lost(reason) => {
                 debug!(node_id = %identity.node_id, %reason, "group master session lost; reconnecting");
                 if !sleep_or(&shutdown, &power_off, backoff.step()).await {
-                    return Ok(if power_off.is_cancelled() { AgentExit::PoweredOff } else { AgentExit::Shutdown });
+                    return Ok(if power_off.is_cancelled() {
+                        AgentExit::PoweredOff
+                    } else {
+                        AgentExit::Shutdown
+                    });
                 }
             }
         }
@@ -139,7 +160,11 @@ async fn enroll_until_done(
         let inventory = deps.host.inventory();
         let machine_id = inventory.machine_id.clone();
         let (key_pem, csr_pem) = generate_csr()?;
-        let request = EnrollRequest { token: token.clone(), kind: EnrollKind::Node { inventory }, csr_pem };
+        let request = EnrollRequest {
+            token: token.clone(),
+            kind: EnrollKind::Node { inventory },
+            csr_pem,
+        };
         let result = enroll(
             &deps.endpoint,
             settings.cluster_master,
@@ -156,7 +181,11 @@ async fn enroll_until_done(
                     node_id: enrolled.id,
                     group: enrolled.group.unwrap_or_default(),
                     group_masters: enrolled.group_masters,
-                    tls: TlsIdentity { cert_pem: enrolled.cert_pem, key_pem, ca_pem: enrolled.ca_pem },
+                    tls: TlsIdentity {
+                        cert_pem: enrolled.cert_pem,
+                        key_pem,
+                        ca_pem: enrolled.ca_pem,
+                    },
                 };
                 deps.store.save(&identity)?;
                 info!(node_id = %identity.node_id, group = %identity.group, "enrolled");
@@ -186,12 +215,26 @@ async fn connect_group_master(
     deps: &AgentDeps,
     identity: &AgentIdentity,
 ) -> Result<(quinn::Connection, glory_protocol::ControlStream), SessionEnd> {
-    let timing = LinkTiming { idle_timeout: settings.idle_timeout, keep_alive: None };
-    let tls = identity.tls.client_tls().map_err(|e| SessionEnd::Reenroll(format!("unusable identity: {e}")))?;
+    let timing = LinkTiming {
+        idle_timeout: settings.idle_timeout,
+        keep_alive: None,
+    };
+    let tls = identity
+        .tls
+        .client_tls()
+        .map_err(|e| SessionEnd::Reenroll(format!("unusable identity: {e}")))?;
     let config = client_config(tls, timing).map_err(|e| SessionEnd::Reenroll(e.to_string()))?;
     let mut last = SessionEnd::Lost("no group master address known".to_string());
     for addr in &identity.group_masters {
-        let conn = match connect(&deps.endpoint, config.clone(), *addr, GROUP_MASTER_NAME, settings.request_timeout).await {
+        let conn = match connect(
+            &deps.endpoint,
+            config.clone(),
+            *addr,
+            GROUP_MASTER_NAME,
+            settings.request_timeout,
+        )
+        .await
+        {
             Ok(conn) => conn,
             Err(e) => {
                 last = SessionEnd::Lost(format!("connect {addr}: {e}"));
@@ -228,8 +271,18 @@ async fn session(
         Err(end) => return end,
     };
     backoff.reset();
-    let glory_protocol::ControlStream { mut send, mut recv, max_frame } = control;
-    if let Err(e) = frame::write_frame(&mut send, &AgentToGroup::Inventory(deps.host.inventory()), max_frame).await {
+    let glory_protocol::ControlStream {
+        mut send,
+        mut recv,
+        max_frame,
+    } = control;
+    if let Err(e) = frame::write_frame(
+        &mut send,
+        &AgentToGroup::Inventory(Box::new(deps.host.inventory())),
+        max_frame,
+    )
+    .await
+    {
         return SessionEnd::Lost(format!("send inventory: {e}"));
     }
     debug!(node_id = %identity.node_id, group_master = %conn.remote_address(), "session established");
@@ -239,7 +292,9 @@ async fn session(
     let (msg_tx, mut msg_rx) = mpsc::channel::<Result<Option<GroupToAgent>, String>>(8);
     let reader = tokio::spawn(async move {
         loop {
-            let item = frame::read_frame::<_, GroupToAgent>(&mut recv, max_frame).await.map_err(|e| e.to_string());
+            let item = frame::read_frame::<_, GroupToAgent>(&mut recv, max_frame)
+                .await
+                .map_err(|e| e.to_string());
             let end = !matches!(item, Ok(Some(_)));
             if msg_tx.send(item).await.is_err() || end {
                 break;

@@ -72,14 +72,18 @@ impl AgentConfig {
 
     pub fn validate(&self) -> anyhow::Result<AgentSettings> {
         if self.heartbeat_interval_ms < 50 {
-            bail!("heartbeat_interval_ms must be at least 50 (got {})", self.heartbeat_interval_ms);
+            bail!(
+                "heartbeat_interval_ms must be at least 50 (got {})",
+                self.heartbeat_interval_ms
+            );
         }
         if self.idle_timeout_ms <= self.heartbeat_interval_ms * 2 {
             bail!("idle_timeout_ms must exceed two heartbeat intervals");
         }
         let ca_trust = match (&self.ca_cert, &self.ca_cert_hash) {
             (Some(path), _) => CaTrust::Pem(
-                std::fs::read_to_string(path).with_context(|| format!("read ca_cert {}", path.display()))?,
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("read ca_cert {}", path.display()))?,
             ),
             (None, Some(hash)) => {
                 if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -104,7 +108,10 @@ impl AgentConfig {
 /// The `glory.token=` argument of a kernel command line (PXE-booted servers get their
 /// bootstrap token this way).
 pub fn token_from_cmdline(cmdline: &str) -> Option<String> {
-    cmdline.split_whitespace().find_map(|arg| arg.strip_prefix("glory.token=")).map(str::to_string)
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix("glory.token="))
+        .map(str::to_string)
 }
 
 #[cfg(test)]
@@ -123,7 +130,10 @@ mod tests {
         AgentConfig::default().validate().unwrap();
         let err = AgentConfig::from_toml("heartbeat_intervall_ms = 5").unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
-        let bad = AgentConfig { ca_cert_hash: Some("xyz".into()), ..Default::default() };
+        let bad = AgentConfig {
+            ca_cert_hash: Some("xyz".into()),
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
     }
 }
@@ -135,6 +145,9 @@ mod example {
         let text = include_str!("../../docs/examples/node-agent.toml");
         let config = super::AgentConfig::from_toml(text).unwrap();
         config.validate().unwrap();
-        assert_eq!(config.heartbeat_interval_ms, super::AgentConfig::default().heartbeat_interval_ms);
+        assert_eq!(
+            config.heartbeat_interval_ms,
+            super::AgentConfig::default().heartbeat_interval_ms
+        );
     }
 }

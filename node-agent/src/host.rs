@@ -34,7 +34,9 @@ impl RealHost {
         let mut system = System::new();
         system.refresh_cpu_all();
         system.refresh_memory();
-        RealHost { system: Mutex::new(system) }
+        RealHost {
+            system: Mutex::new(system),
+        }
     }
 
     /// The systemd/dbus machine id, or the hostname when there is none.
@@ -52,7 +54,11 @@ impl Host for RealHost {
             Ok(mut sys) => {
                 sys.refresh_cpu_all();
                 sys.refresh_memory();
-                let model = sys.cpus().first().map(|c| c.brand().to_string()).unwrap_or_default();
+                let model = sys
+                    .cpus()
+                    .first()
+                    .map(|c| c.brand().to_string())
+                    .unwrap_or_default();
                 (sys.cpus().len() as u32, model, sys.total_memory())
             }
             Err(_) => (0, String::new(), 0),
@@ -72,7 +78,11 @@ impl Host for RealHost {
             .map(|(name, data)| Nic {
                 name: name.clone(),
                 mac: data.mac_address().to_string(),
-                addresses: data.ip_networks().iter().map(|n| format!("{}/{}", n.addr, n.prefix)).collect(),
+                addresses: data
+                    .ip_networks()
+                    .iter()
+                    .map(|n| format!("{}/{}", n.addr, n.prefix))
+                    .collect(),
             })
             .collect();
         nics.sort_by(|a, b| a.name.cmp(&b.name));
@@ -99,7 +109,11 @@ impl Host for RealHost {
         };
         sys.refresh_cpu_usage();
         sys.refresh_memory();
-        sys.refresh_processes_specifics(ProcessesToUpdate::All, true, ProcessRefreshKind::nothing());
+        sys.refresh_processes_specifics(
+            ProcessesToUpdate::All,
+            true,
+            ProcessRefreshKind::nothing(),
+        );
         Load {
             cpu: sys.global_cpu_usage(),
             load1: System::load_average().one as f32,
@@ -138,7 +152,13 @@ impl SimHost {
             }],
             nics: vec![Nic {
                 name: "eth0".to_string(),
-                mac: format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", index >> 24 & 0xff, index >> 16 & 0xff, index >> 8 & 0xff, index & 0xff),
+                mac: format!(
+                    "02:00:{:02x}:{:02x}:{:02x}:{:02x}",
+                    index >> 24 & 0xff,
+                    index >> 16 & 0xff,
+                    index >> 8 & 0xff,
+                    index & 0xff
+                ),
                 addresses: vec![address],
             }],
             kernel: "6.1.0-sim".to_string(),
@@ -185,7 +205,11 @@ mod tests {
         assert!(!inv.hostname.is_empty());
         assert!(!inv.machine_id.is_empty());
         assert!(!inv.kernel.is_empty());
-        assert!(inv.nics.iter().any(|n| n.name == "lo"), "nics: {:?}", inv.nics);
+        assert!(
+            inv.nics.iter().any(|n| n.name == "lo"),
+            "nics: {:?}",
+            inv.nics
+        );
         let load = host.load();
         assert!(load.mem_total > 0 && load.procs > 0);
     }

@@ -32,7 +32,9 @@ pub struct FileStore {
 
 impl FileStore {
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
-        FileStore { path: state_dir.into().join("identity.json") }
+        FileStore {
+            path: state_dir.into().join("identity.json"),
+        }
     }
 }
 
@@ -40,9 +42,11 @@ impl IdentityStore for FileStore {
     fn load(&self) -> anyhow::Result<Option<AgentIdentity>> {
         use anyhow::Context;
         match std::fs::read(&self.path) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("parse {}", self.path.display()))?,
-            )),
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                    format!("parse {}", self.path.display())
+                })?))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("read {}", self.path.display())),
         }
@@ -65,7 +69,8 @@ impl IdentityStore for FileStore {
             .with_context(|| format!("create {}", tmp.display()))?;
         file.write_all(&serde_json::to_vec_pretty(identity)?)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("write {}", self.path.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("write {}", self.path.display()))?;
         Ok(())
     }
 
@@ -85,14 +90,24 @@ pub struct MemoryStore {
 
 impl IdentityStore for MemoryStore {
     fn load(&self) -> anyhow::Result<Option<AgentIdentity>> {
-        Ok(self.identity.lock().map_err(|_| anyhow::anyhow!("identity lock poisoned"))?.clone())
+        Ok(self
+            .identity
+            .lock()
+            .map_err(|_| anyhow::anyhow!("identity lock poisoned"))?
+            .clone())
     }
     fn save(&self, identity: &AgentIdentity) -> anyhow::Result<()> {
-        *self.identity.lock().map_err(|_| anyhow::anyhow!("identity lock poisoned"))? = Some(identity.clone());
+        *self
+            .identity
+            .lock()
+            .map_err(|_| anyhow::anyhow!("identity lock poisoned"))? = Some(identity.clone());
         Ok(())
     }
     fn clear(&self) -> anyhow::Result<()> {
-        *self.identity.lock().map_err(|_| anyhow::anyhow!("identity lock poisoned"))? = None;
+        *self
+            .identity
+            .lock()
+            .map_err(|_| anyhow::anyhow!("identity lock poisoned"))? = None;
         Ok(())
     }
 }

@@ -13,8 +13,8 @@ pub mod identity;
 
 use std::sync::Arc;
 
-use anyhow::Context;
 pub use agent::{run_agent, AgentDeps, AgentExit};
+use anyhow::Context;
 pub use config::{AgentConfig, AgentSettings};
 pub use host::{Host, RealHost, SimHost};
 pub use identity::{AgentIdentity, FileStore, IdentityStore, MemoryStore};
@@ -26,7 +26,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     if matches!(settings.ca_trust, glory_protocol::CaTrust::FirstUse) {
         tracing::warn!("neither ca_cert nor ca_cert_hash is set: trusting the cluster CA seen at first enrollment");
     }
-    let endpoint = glory_protocol::transport::client_endpoint(config.bind).context("open QUIC endpoint")?;
+    let endpoint =
+        glory_protocol::transport::client_endpoint(config.bind).context("open QUIC endpoint")?;
     let deps = AgentDeps {
         endpoint: endpoint.clone(),
         host: Arc::new(RealHost::new()),

@@ -32,7 +32,10 @@ fn load_config(args: &Args) -> anyhow::Result<AgentConfig> {
         None => AgentConfig::default(),
     };
     if config.token.is_none() {
-        config.token = std::fs::read_to_string("/proc/cmdline").ok().as_deref().and_then(token_from_cmdline);
+        config.token = std::fs::read_to_string("/proc/cmdline")
+            .ok()
+            .as_deref()
+            .and_then(token_from_cmdline);
     }
     if let Some(token) = &args.token {
         config.token = Some(token.clone());

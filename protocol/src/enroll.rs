@@ -20,12 +20,27 @@ pub async fn enroll(
     request: &EnrollRequest,
     timeout: Duration,
 ) -> Result<Enrolled, LinkError> {
-    let timing = LinkTiming { idle_timeout: timeout.max(Duration::from_secs(5)), keep_alive: None };
+    let timing = LinkTiming {
+        idle_timeout: timeout.max(Duration::from_secs(5)),
+        keep_alive: None,
+    };
     let config = client_config(enroll_client_tls(trust)?, timing)?;
-    let conn = connect(endpoint, config, cluster_master, CLUSTER_MASTER_NAME, timeout).await?;
+    let conn = connect(
+        endpoint,
+        config,
+        cluster_master,
+        CLUSTER_MASTER_NAME,
+        timeout,
+    )
+    .await?;
     let result = async {
-        let mut control =
-            client_hello(&conn, &Hello::new(Role::Enrollee, machine_id), DEFAULT_MAX_FRAME, timeout).await?;
+        let mut control = client_hello(
+            &conn,
+            &Hello::new(Role::Enrollee, machine_id),
+            DEFAULT_MAX_FRAME,
+            timeout,
+        )
+        .await?;
         control.send(request).await?;
         let reply = tokio::time::timeout(timeout, control.recv::<EnrollReply>())
             .await

@@ -28,7 +28,10 @@ pub enum FrameError {
 pub fn encode_frame<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
     let body = encode_body(msg)?;
     if body.len() > max {
-        return Err(FrameError::TooLarge { len: body.len(), max });
+        return Err(FrameError::TooLarge {
+            len: body.len(),
+            max,
+        });
     }
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -68,7 +71,11 @@ where
     while filled < 4 {
         let n = reader.read(&mut len_buf[filled..]).await?;
         if n == 0 {
-            return if filled == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
         filled += n;
     }
@@ -77,10 +84,13 @@ where
         return Err(FrameError::TooLarge { len, max });
     }
     let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-        _ => FrameError::Io(e),
-    })?;
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+            _ => FrameError::Io(e),
+        })?;
     decode_body(&body).map(Some)
 }
 
@@ -93,9 +103,15 @@ mod tests {
     async fn round_trip() {
         let hello = Hello::new(Role::Agent, "n-1");
         let frame = encode_frame(&hello, DEFAULT_MAX_FRAME).unwrap();
-        assert_eq!(u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize, frame.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize,
+            frame.len() - 4
+        );
         let mut reader = &frame[..];
-        let back: Hello = read_frame(&mut reader, DEFAULT_MAX_FRAME).await.unwrap().unwrap();
+        let back: Hello = read_frame(&mut reader, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(back, hello);
         let end: Option<Hello> = read_frame(&mut reader, DEFAULT_MAX_FRAME).await.unwrap();
         assert!(end.is_none(), "clean end of stream between frames");
@@ -116,14 +132,28 @@ mod tests {
         let mut buf = (10_000_000u32).to_be_bytes().to_vec();
         buf.extend([0u8; 16]);
         let mut reader = &buf[..];
-        let err = read_frame::<_, Hello>(&mut reader, DEFAULT_MAX_FRAME).await.unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { len: 10_000_000, .. }), "{err}");
+        let err = read_frame::<_, Hello>(&mut reader, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FrameError::TooLarge {
+                    len: 10_000_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn oversize_message_is_not_encoded() {
         let big = Hello::new(Role::Agent, "x".repeat(2000));
-        assert!(matches!(encode_frame(&big, 100), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            encode_frame(&big, 100),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[tokio::test]
@@ -131,7 +161,9 @@ mod tests {
         let mut buf = 5u32.to_be_bytes().to_vec();
         buf.extend([0xc1, 0xff, 0x00, 0x13, 0x37]);
         let mut reader = &buf[..];
-        let err = read_frame::<_, Hello>(&mut reader, DEFAULT_MAX_FRAME).await.unwrap_err();
+        let err = read_frame::<_, Hello>(&mut reader, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::Decode(_)), "{err}");
     }
 

@@ -34,7 +34,11 @@ pub struct Hello {
 
 impl Hello {
     pub fn new(role: Role, id: impl Into<String>) -> Self {
-        Hello { protocol_version: PROTOCOL_VERSION, role, id: id.into() }
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            role,
+            id: id.into(),
+        }
     }
 }
 
@@ -62,7 +66,10 @@ pub enum RefusalCode {
 impl RefusalCode {
     /// Whether the same request may succeed later without operator action.
     pub fn is_retryable(self) -> bool {
-        matches!(self, RefusalCode::Unavailable | RefusalCode::NoCapacity | RefusalCode::Replaced)
+        matches!(
+            self,
+            RefusalCode::Unavailable | RefusalCode::NoCapacity | RefusalCode::Replaced
+        )
     }
 }
 
@@ -82,7 +89,10 @@ impl fmt::Display for Refusal {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HelloReply {
-    Welcome { protocol_version: u32, server_id: String },
+    Welcome {
+        protocol_version: u32,
+        server_id: String,
+    },
     Refused(Refusal),
 }
 
@@ -257,7 +267,7 @@ pub struct Heartbeat {
 #[serde(rename_all = "snake_case")]
 pub enum AgentToGroup {
     /// The host's inventory changed (or the first report after connecting).
-    Inventory(Inventory),
+    Inventory(Box<Inventory>),
     /// Clean shutdown: mark the node `left` now.
     Leaving,
 }
@@ -315,7 +325,9 @@ pub struct GroupReport {
 #[serde(rename_all = "snake_case")]
 pub enum GroupToCluster {
     /// First message: where this group master serves agents.
-    Register { listen: SocketAddr },
+    Register {
+        listen: SocketAddr,
+    },
     StateChanges(Vec<StateChange>),
     Report(GroupReport),
 }
@@ -341,5 +353,8 @@ pub enum ClusterToGroup {
         revoked: Vec<String>,
     },
     MemberAdded(Member),
-    MemberRemoved { node: String, serial: String },
+    MemberRemoved {
+        node: String,
+        serial: String,
+    },
 }

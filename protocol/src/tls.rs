@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -45,9 +44,13 @@ impl CertRole {
         }
     }
     fn parse(s: &str) -> Option<CertRole> {
-        [CertRole::Node, CertRole::GroupMaster, CertRole::ClusterMaster]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [
+            CertRole::Node,
+            CertRole::GroupMaster,
+            CertRole::ClusterMaster,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }
 
@@ -76,7 +79,10 @@ pub fn cert_sha256_hex(der: &[u8]) -> String {
 
 /// The first certificate of a PEM string, in DER.
 pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, TlsError> {
-    pem_chain(pem)?.into_iter().next().ok_or_else(|| TlsError::Pem("no certificate".into()))
+    pem_chain(pem)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| TlsError::Pem("no certificate".into()))
 }
 
 fn pem_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -135,7 +141,10 @@ impl ClusterCa {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("GLORY-CL cluster CA {cluster_name}"));
+        dn.push(
+            DnType::CommonName,
+            format!("GLORY-CL cluster CA {cluster_name}"),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
@@ -157,7 +166,11 @@ impl ClusterCa {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(ClusterCa { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string(), issuer })
+        Ok(ClusterCa {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            issuer,
+        })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -190,7 +203,9 @@ impl ClusterCa {
             CertRole::ClusterMaster => Some(CLUSTER_MASTER_NAME),
         };
         if let Some(name) = dns {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
             if let Ok(san) = name.try_into() {
                 params.subject_alt_names.push(rcgen::SanType::DnsName(san));
             }
@@ -216,15 +231,26 @@ impl ClusterCa {
         params.serial_number = Some(serial);
         csr.params = params;
         let cert = csr.signed_by(&self.issuer)?;
-        Ok(SignedCert { cert_pem: format!("{}{}", cert.pem(), self.cert_pem), serial: serial_hex })
+        Ok(SignedCert {
+            cert_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            serial: serial_hex,
+        })
     }
 
     /// Generate a key and certificate in one step (masters started in-process).
-    pub fn issue(&self, subject: &CertSubject, validity: Duration) -> Result<(TlsIdentity, String), TlsError> {
+    pub fn issue(
+        &self,
+        subject: &CertSubject,
+        validity: Duration,
+    ) -> Result<(TlsIdentity, String), TlsError> {
         let (key_pem, csr_pem) = generate_csr()?;
         let signed = self.sign_csr(&csr_pem, subject, validity)?;
         Ok((
-            TlsIdentity { cert_pem: signed.cert_pem, key_pem, ca_pem: self.cert_pem.clone() },
+            TlsIdentity {
+                cert_pem: signed.cert_pem,
+                key_pem,
+                ca_pem: self.cert_pem.clone(),
+            },
             signed.serial,
         ))
     }
@@ -250,7 +276,12 @@ pub struct PeerCert {
 pub fn parse_peer_cert(der: &[u8]) -> Option<PeerCert> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
-    let id = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let id = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     let role = CertRole::parse(subject.iter_organizational_unit().next()?.as_str().ok()?)?;
     let group = subject
         .iter_organization()
@@ -258,7 +289,12 @@ pub fn parse_peer_cert(der: &[u8]) -> Option<PeerCert> {
         .and_then(|o| o.as_str().ok())
         .map(str::to_string);
     let serial = hex::encode(cert.raw_serial());
-    Some(PeerCert { id, role, group, serial })
+    Some(PeerCert {
+        id,
+        role,
+        group,
+        serial,
+    })
 }
 
 /// The verified client certificate of a connection, if the client presented one.
@@ -380,16 +416,22 @@ impl ServerCertVerifier for PinnedCaVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ca = match &self.ca_sha256 {
-            Some(hash) => intermediates.iter().find(|c| &cert_sha256_hex(c.as_ref()) == hash),
+            Some(hash) => intermediates
+                .iter()
+                .find(|c| &cert_sha256_hex(c.as_ref()) == hash),
             None => intermediates.last(),
         }
-        .ok_or_else(|| rustls::Error::General("server did not present the pinned cluster CA".into()))?;
+        .ok_or_else(|| {
+            rustls::Error::General("server did not present the pinned cluster CA".into())
+        })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let verifier =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -399,7 +441,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -408,11 +455,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -424,9 +478,14 @@ mod tests {
     fn csr_signing_sets_our_subject_not_the_requested_one() {
         let ca = ClusterCa::generate("test").unwrap();
         let (_key, csr) = generate_csr().unwrap();
-        let subject =
-            CertSubject { id: "n-0123".into(), role: CertRole::Node, group: Some("g02".into()) };
-        let signed = ca.sign_csr(&csr, &subject, Duration::from_secs(3600)).unwrap();
+        let subject = CertSubject {
+            id: "n-0123".into(),
+            role: CertRole::Node,
+            group: Some("g02".into()),
+        };
+        let signed = ca
+            .sign_csr(&csr, &subject, Duration::from_secs(3600))
+            .unwrap();
         let der = pem_to_der(&signed.cert_pem).unwrap();
         let peer = parse_peer_cert(der.as_ref()).unwrap();
         assert_eq!(peer.id, "n-0123");
@@ -440,7 +499,11 @@ mod tests {
         let ca = ClusterCa::generate("test").unwrap();
         let again = ClusterCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
         assert_eq!(again.cert_hash().unwrap(), ca.cert_hash().unwrap());
-        let subject = CertSubject { id: "g00".into(), role: CertRole::GroupMaster, group: None };
+        let subject = CertSubject {
+            id: "g00".into(),
+            role: CertRole::GroupMaster,
+            group: None,
+        };
         let (identity, serial) = again.issue(&subject, Duration::from_secs(60)).unwrap();
         assert_eq!(identity.serial().unwrap(), serial);
         identity.server_tls(ClientAuth::Required).unwrap();
@@ -450,7 +513,11 @@ mod tests {
     #[test]
     fn garbage_csr_is_refused() {
         let ca = ClusterCa::generate("test").unwrap();
-        let subject = CertSubject { id: "n".into(), role: CertRole::Node, group: None };
+        let subject = CertSubject {
+            id: "n".into(),
+            role: CertRole::Node,
+            group: None,
+        };
         assert!(matches!(
             ca.sign_csr("not a csr", &subject, Duration::from_secs(1)),
             Err(TlsError::BadCsr(_))

@@ -130,7 +130,10 @@ pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, LinkError> {
 }
 
 /// quinn client configuration from a rustls one.
-pub fn client_config(tls: rustls::ClientConfig, timing: LinkTiming) -> Result<quinn::ClientConfig, LinkError> {
+pub fn client_config(
+    tls: rustls::ClientConfig,
+    timing: LinkTiming,
+) -> Result<quinn::ClientConfig, LinkError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -180,7 +183,11 @@ pub async fn client_hello(
 ) -> Result<ControlStream, LinkError> {
     let exchange = async {
         let (send, recv) = conn.open_bi().await?;
-        let mut control = ControlStream { send, recv, max_frame };
+        let mut control = ControlStream {
+            send,
+            recv,
+            max_frame,
+        };
         control.send(hello).await?;
         match control.recv::<HelloReply>().await? {
             Some(HelloReply::Welcome { .. }) => Ok(control),
@@ -188,7 +195,9 @@ pub async fn client_hello(
             None => Err(LinkError::Closed),
         }
     };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| LinkError::Timeout(timeout))?
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| LinkError::Timeout(timeout))?
 }
 
 /// Server side: accept the control stream and read `Hello`. A version mismatch is
@@ -200,7 +209,11 @@ pub async fn server_hello(
 ) -> Result<(Hello, ControlStream), LinkError> {
     let exchange = async {
         let (send, recv) = conn.accept_bi().await?;
-        let mut control = ControlStream { send, recv, max_frame };
+        let mut control = ControlStream {
+            send,
+            recv,
+            max_frame,
+        };
         let hello: Hello = control.recv().await?.ok_or(LinkError::Closed)?;
         if hello.protocol_version != PROTOCOL_VERSION {
             let refusal = Refusal {
@@ -215,13 +228,18 @@ pub async fn server_hello(
         }
         Ok((hello, control))
     };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| LinkError::Timeout(timeout))?
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| LinkError::Timeout(timeout))?
 }
 
 /// Accept the peer: answer `Welcome`.
 pub async fn welcome(control: &mut ControlStream, server_id: &str) -> Result<(), FrameError> {
     control
-        .send(&HelloReply::Welcome { protocol_version: PROTOCOL_VERSION, server_id: server_id.to_string() })
+        .send(&HelloReply::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            server_id: server_id.to_string(),
+        })
         .await
 }
 

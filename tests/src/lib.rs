@@ -39,7 +39,13 @@ pub struct ClusterBuilder {
 
 impl Default for ClusterBuilder {
     fn default() -> Self {
-        ClusterBuilder { groups: 2, agents: 10, heartbeat_ms: 250, down_after_ms: 750, group_size_limit: 250 }
+        ClusterBuilder {
+            groups: 2,
+            agents: 10,
+            heartbeat_ms: 250,
+            down_after_ms: 750,
+            group_size_limit: 250,
+        }
     }
 }
 
@@ -80,7 +86,13 @@ impl ClusterBuilder {
         let km = glory_cluster_master::open_keymaster(&cm_config)?;
         let late = Arc::new(LateFleet::default());
         let cm_shutdown = CancellationToken::new();
-        let cm = glory_cluster_master::start(cm_config.validate()?, km, Some(late.clone()), cm_shutdown.clone()).await?;
+        let cm = glory_cluster_master::start(
+            cm_config.validate()?,
+            km,
+            Some(late.clone()),
+            cm_shutdown.clone(),
+        )
+        .await?;
         let api = ApiClient::new(&cm.api_addr.to_string(), &cm.operator_token)?;
         let mut cluster = TestCluster {
             builder: self.clone(),
@@ -93,13 +105,16 @@ impl ClusterBuilder {
             _dir: dir,
         };
         for g in 0..self.groups {
-            cluster.start_group_master(&format!("g{g:02}"), SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            cluster
+                .start_group_master(&format!("g{g:02}"), SocketAddr::from(([127, 0, 0, 1], 0)))?;
         }
         let groups = self.groups;
         cluster
-            .wait_until("all group masters registered", Duration::from_secs(10), async |c| {
-                c.cluster().connected_groups() >= groups
-            })
+            .wait_until(
+                "all group masters registered",
+                Duration::from_secs(10),
+                async |c| c.cluster().connected_groups() >= groups,
+            )
             .await?;
         let (token, _) = cluster
             .cluster()
@@ -148,7 +163,9 @@ impl TestCluster {
     }
 
     fn cm(&self) -> &ClusterMasterHandle {
-        self.cm.as_ref().expect("cluster master handle present until shutdown")
+        self.cm
+            .as_ref()
+            .expect("cluster master handle present until shutdown")
     }
 
     pub fn cluster(&self) -> Arc<Cluster> {
@@ -189,7 +206,11 @@ impl TestCluster {
         let addr = gm.local_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(gm.serve(shutdown.clone()).map_unit());
-        let slot = GroupMasterSlot { id: id.to_string(), addr, running: Some((shutdown, task)) };
+        let slot = GroupMasterSlot {
+            id: id.to_string(),
+            addr,
+            running: Some((shutdown, task)),
+        };
         match self.group_masters.iter_mut().find(|s| s.id == id) {
             Some(existing) => *existing = slot,
             None => self.group_masters.push(slot),
@@ -199,12 +220,19 @@ impl TestCluster {
 
     /// Where group master `id` serves agents.
     pub fn group_master_addr(&self, id: &str) -> Option<SocketAddr> {
-        self.group_masters.iter().find(|s| s.id == id).map(|s| s.addr)
+        self.group_masters
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.addr)
     }
 
     /// Stop a group master (its tasks end; agents and the cluster master lose it).
     pub async fn kill_group_master(&mut self, id: &str) -> anyhow::Result<()> {
-        let slot = self.group_masters.iter_mut().find(|s| s.id == id).context("no such group master")?;
+        let slot = self
+            .group_masters
+            .iter_mut()
+            .find(|s| s.id == id)
+            .context("no such group master")?;
         let (shutdown, task) = slot.running.take().context("group master not running")?;
         shutdown.cancel();
         task.await?;
@@ -213,13 +241,23 @@ impl TestCluster {
 
     /// Start a stopped group master again on its old address.
     pub async fn restart_group_master(&mut self, id: &str) -> anyhow::Result<()> {
-        let addr = self.group_masters.iter().find(|s| s.id == id).context("no such group master")?.addr;
+        let addr = self
+            .group_masters
+            .iter()
+            .find(|s| s.id == id)
+            .context("no such group master")?
+            .addr;
         self.start_group_master(id, addr)?;
         Ok(())
     }
 
     /// Poll `check` until it holds or `timeout` passes; the error says what was awaited.
-    pub async fn wait_until<F>(&self, what: &str, timeout: Duration, check: F) -> anyhow::Result<Duration>
+    pub async fn wait_until<F>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: F,
+    ) -> anyhow::Result<Duration>
     where
         F: AsyncFn(&Self) -> bool,
     {
@@ -242,7 +280,11 @@ impl TestCluster {
 
     /// Count of nodes in `state` per the API.
     pub async fn count(&self, state: &str) -> u64 {
-        self.summary().await.ok().and_then(|c| c["nodes_by_state"][state].as_u64()).unwrap_or(0)
+        self.summary()
+            .await
+            .ok()
+            .and_then(|c| c["nodes_by_state"][state].as_u64())
+            .unwrap_or(0)
     }
 
     /// A node's state per the API.
@@ -256,18 +298,27 @@ impl TestCluster {
         let waited = self
             .wait_until(&format!("{n} nodes up"), timeout, async |c| {
                 let summary = c.summary().await.unwrap_or_default();
-                summary["nodes"].as_u64() == Some(n) && summary["nodes_by_state"]["up"].as_u64() == Some(n)
+                summary["nodes"].as_u64() == Some(n)
+                    && summary["nodes_by_state"]["up"].as_u64() == Some(n)
             })
             .await;
         if waited.is_err() {
             let summary = self.summary().await.unwrap_or_default();
-            bail!("expected {n} nodes up within {timeout:?}; cluster says {}", summary["nodes_by_state"]);
+            bail!(
+                "expected {n} nodes up within {timeout:?}; cluster says {}",
+                summary["nodes_by_state"]
+            );
         }
         waited
     }
 
     /// Wait until node `id` is in `state` per the API.
-    pub async fn wait_node_state(&self, id: &str, state: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    pub async fn wait_node_state(
+        &self,
+        id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
         let result = self
             .wait_until(&format!("node {id} {state}"), timeout, async |c| {
                 c.node_state(id).await.as_deref() == Some(state)
@@ -275,13 +326,18 @@ impl TestCluster {
             .await;
         match result {
             Ok(d) => Ok(d),
-            Err(_) => bail!("node {id}: expected {state} within {timeout:?}, API says {:?}", self.node_state(id).await),
+            Err(_) => bail!(
+                "node {id}: expected {state} within {timeout:?}, API says {:?}",
+                self.node_state(id).await
+            ),
         }
     }
 
     /// Node id of simulated agent `index` (after it enrolled).
     pub fn node_id(&self, index: usize) -> anyhow::Result<String> {
-        self.fleet().node_id(index).with_context(|| format!("agent {index} has not enrolled"))
+        self.fleet()
+            .node_id(index)
+            .with_context(|| format!("agent {index} has not enrolled"))
     }
 
     /// Stop everything; returns when every task has ended.
@@ -317,9 +373,14 @@ impl<F: Future<Output = anyhow::Result<()>>> MapUnit for F {}
 
 /// Where the workspace's compiled binaries are (`./test.sh` builds them first).
 pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::var_os("GLORY_BIN_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("debug")
-    });
+    let dir = std::env::var_os("GLORY_BIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+                .join("debug")
+        });
     let path = dir.join(name);
     if !path.exists() {
         bail!("{} not found: build the binaries first (cargo build --workspace --bins), or set GLORY_BIN_DIR", path.display());

@@ -5,18 +5,23 @@ use std::time::Duration;
 
 use glory_keymaster::schema::BootstrapScope;
 use glory_protocol::enroll::enroll;
-use glory_protocol::tls::{enroll_client_tls, generate_csr, CLUSTER_MASTER_NAME, GROUP_MASTER_NAME};
+use glory_protocol::tls::{
+    enroll_client_tls, generate_csr, CLUSTER_MASTER_NAME, GROUP_MASTER_NAME,
+};
 use glory_protocol::transport::{client_config, client_endpoint, client_hello, connect};
 use glory_protocol::{
-    CaTrust, EnrollKind, EnrollRequest, Enrolled, Hello, Inventory, LinkError, LinkTiming, RefusalCode, Role,
-    TlsIdentity, DEFAULT_MAX_FRAME,
+    CaTrust, EnrollKind, EnrollRequest, Enrolled, Hello, Inventory, LinkError, LinkTiming,
+    RefusalCode, Role, TlsIdentity, DEFAULT_MAX_FRAME,
 };
 use glory_tests::TestCluster;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn timing() -> LinkTiming {
-    LinkTiming { idle_timeout: Duration::from_secs(5), keep_alive: None }
+    LinkTiming {
+        idle_timeout: Duration::from_secs(5),
+        keep_alive: None,
+    }
 }
 
 fn endpoint() -> quinn::Endpoint {
@@ -24,7 +29,11 @@ fn endpoint() -> quinn::Endpoint {
 }
 
 /// Enroll a fake machine; returns the reply and the key we generated.
-async fn try_enroll(cluster: &TestCluster, token: &str, machine: &str) -> (Result<Enrolled, LinkError>, String) {
+async fn try_enroll(
+    cluster: &TestCluster,
+    token: &str,
+    machine: &str,
+) -> (Result<Enrolled, LinkError>, String) {
     let (key_pem, csr_pem) = generate_csr().unwrap();
     let inventory = Inventory {
         hostname: machine.to_string(),
@@ -33,9 +42,24 @@ async fn try_enroll(cluster: &TestCluster, token: &str, machine: &str) -> (Resul
         memory_bytes: 1 << 30,
         ..Default::default()
     };
-    let request = EnrollRequest { token: token.to_string(), kind: EnrollKind::Node { inventory }, csr_pem };
+    let request = EnrollRequest {
+        token: token.to_string(),
+        kind: EnrollKind::Node { inventory },
+        csr_pem,
+    };
     let trust = CaTrust::Pem(cluster.cluster().ca_pem());
-    (enroll(&endpoint(), cluster.cm_quic_addr(), &trust, machine, &request, TIMEOUT).await, key_pem)
+    (
+        enroll(
+            &endpoint(),
+            cluster.cm_quic_addr(),
+            &trust,
+            machine,
+            &request,
+            TIMEOUT,
+        )
+        .await,
+        key_pem,
+    )
 }
 
 fn refusal_code(result: &Result<Enrolled, LinkError>) -> Option<RefusalCode> {
@@ -51,11 +75,26 @@ async fn bootstrap_tokens_wrong_expired_used_and_scoped_are_refused() -> anyhow:
     let cm = cluster.cluster();
 
     let (result, _) = try_enroll(&cluster, "gb-00000000.notthesecret", "m-wrong").await;
-    assert_eq!(refusal_code(&result), Some(RefusalCode::BadToken), "{result:?}");
+    assert_eq!(
+        refusal_code(&result),
+        Some(RefusalCode::BadToken),
+        "{result:?}"
+    );
     let (result, _) = try_enroll(&cluster, "garbage", "m-garbage").await;
-    assert_eq!(refusal_code(&result), Some(RefusalCode::BadToken), "{result:?}");
+    assert_eq!(
+        refusal_code(&result),
+        Some(RefusalCode::BadToken),
+        "{result:?}"
+    );
 
-    let (short, _) = cm.create_bootstrap_token(Some(Duration::from_secs(1)), false, BootstrapScope::Node, "").await?;
+    let (short, _) = cm
+        .create_bootstrap_token(
+            Some(Duration::from_secs(1)),
+            false,
+            BootstrapScope::Node,
+            "",
+        )
+        .await?;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (result, _) = try_enroll(&cluster, &short, "m-late").await;
     match &result {
@@ -63,7 +102,9 @@ async fn bootstrap_tokens_wrong_expired_used_and_scoped_are_refused() -> anyhow:
         other => panic!("expired token accepted: {other:?}"),
     }
 
-    let (once, _) = cm.create_bootstrap_token(None, true, BootstrapScope::Node, "").await?;
+    let (once, _) = cm
+        .create_bootstrap_token(None, true, BootstrapScope::Node, "")
+        .await?;
     let (first, _) = try_enroll(&cluster, &once, "m-once-1").await;
     assert!(first.is_ok(), "{first:?}");
     let (second, _) = try_enroll(&cluster, &once, "m-once-2").await;
@@ -72,9 +113,15 @@ async fn bootstrap_tokens_wrong_expired_used_and_scoped_are_refused() -> anyhow:
         other => panic!("single-use token used twice: {other:?}"),
     }
 
-    let (gm_only, _) = cm.create_bootstrap_token(None, false, BootstrapScope::GroupMaster, "").await?;
+    let (gm_only, _) = cm
+        .create_bootstrap_token(None, false, BootstrapScope::GroupMaster, "")
+        .await?;
     let (result, _) = try_enroll(&cluster, &gm_only, "m-scope").await;
-    assert_eq!(refusal_code(&result), Some(RefusalCode::BadToken), "{result:?}");
+    assert_eq!(
+        refusal_code(&result),
+        Some(RefusalCode::BadToken),
+        "{result:?}"
+    );
 
     // The refused machines left nothing behind; the one good enrollment is listed.
     assert_eq!(cluster.summary().await?["nodes"], 1);
@@ -84,40 +131,112 @@ async fn bootstrap_tokens_wrong_expired_used_and_scoped_are_refused() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_a_valid_client_certificate_are_refused() -> anyhow::Result<()> {
-    let cluster = TestCluster::builder().groups(2).agents(0).group_size_limit(1).start().await?;
+    let cluster = TestCluster::builder()
+        .groups(2)
+        .agents(0)
+        .group_size_limit(1)
+        .start()
+        .await?;
     let gm = cluster.group_master_addr("g00").unwrap();
     let ep = endpoint();
 
     // No client certificate at a group master: the TLS handshake or the first stream fails.
-    let config = client_config(enroll_client_tls(&CaTrust::Pem(cluster.cluster().ca_pem()))?, timing())?;
+    let config = client_config(
+        enroll_client_tls(&CaTrust::Pem(cluster.cluster().ca_pem()))?,
+        timing(),
+    )?;
     let outcome = async {
         let conn = connect(&ep, config.clone(), gm, GROUP_MASTER_NAME, TIMEOUT).await?;
-        client_hello(&conn, &Hello::new(Role::Agent, "n-fake"), DEFAULT_MAX_FRAME, TIMEOUT).await
+        client_hello(
+            &conn,
+            &Hello::new(Role::Agent, "n-fake"),
+            DEFAULT_MAX_FRAME,
+            TIMEOUT,
+        )
+        .await
     }
     .await;
-    assert!(outcome.is_err(), "group master accepted a client without certificate");
+    assert!(
+        outcome.is_err(),
+        "group master accepted a client without certificate"
+    );
 
     // No certificate at the cluster master, claiming to be a group master.
-    let conn = connect(&ep, config, cluster.cm_quic_addr(), CLUSTER_MASTER_NAME, TIMEOUT).await?;
-    let refused = client_hello(&conn, &Hello::new(Role::GroupMaster, "g00"), DEFAULT_MAX_FRAME, TIMEOUT).await;
-    assert!(matches!(&refused, Err(LinkError::Refused(r)) if r.code == RefusalCode::BadIdentity), "{:?}", refused.err());
+    let conn = connect(
+        &ep,
+        config,
+        cluster.cm_quic_addr(),
+        CLUSTER_MASTER_NAME,
+        TIMEOUT,
+    )
+    .await?;
+    let refused = client_hello(
+        &conn,
+        &Hello::new(Role::GroupMaster, "g00"),
+        DEFAULT_MAX_FRAME,
+        TIMEOUT,
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(LinkError::Refused(r)) if r.code == RefusalCode::BadIdentity),
+        "{:?}",
+        refused.err()
+    );
 
     // A real node certificate, but presented to the wrong group's master.
-    let (token, _) = cluster.cluster().create_bootstrap_token(None, false, BootstrapScope::Node, "").await?;
+    let (token, _) = cluster
+        .cluster()
+        .create_bootstrap_token(None, false, BootstrapScope::Node, "")
+        .await?;
     let (enrolled, key_pem) = try_enroll(&cluster, &token, "m-cert").await;
     let enrolled = enrolled?;
-    let identity = TlsIdentity { cert_pem: enrolled.cert_pem, key_pem, ca_pem: enrolled.ca_pem };
-    let other_group = if enrolled.group.as_deref() == Some("g00") { "g01" } else { "g00" };
+    let identity = TlsIdentity {
+        cert_pem: enrolled.cert_pem,
+        key_pem,
+        ca_pem: enrolled.ca_pem,
+    };
+    let other_group = if enrolled.group.as_deref() == Some("g00") {
+        "g01"
+    } else {
+        "g00"
+    };
     let wrong = cluster.group_master_addr(other_group).unwrap();
     let config = client_config(identity.client_tls()?, timing())?;
     let conn = connect(&ep, config.clone(), wrong, GROUP_MASTER_NAME, TIMEOUT).await?;
-    let refused = client_hello(&conn, &Hello::new(Role::Agent, enrolled.id.clone()), DEFAULT_MAX_FRAME, TIMEOUT).await;
-    assert!(matches!(&refused, Err(LinkError::Refused(r)) if r.code == RefusalCode::BadIdentity), "{:?}", refused.err());
+    let refused = client_hello(
+        &conn,
+        &Hello::new(Role::Agent, enrolled.id.clone()),
+        DEFAULT_MAX_FRAME,
+        TIMEOUT,
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(LinkError::Refused(r)) if r.code == RefusalCode::BadIdentity),
+        "{:?}",
+        refused.err()
+    );
 
     // The node certificate cannot pose as a group master at the cluster master either.
-    let conn = connect(&ep, config.clone(), cluster.cm_quic_addr(), CLUSTER_MASTER_NAME, TIMEOUT).await?;
-    let refused = client_hello(&conn, &Hello::new(Role::GroupMaster, "g00"), DEFAULT_MAX_FRAME, TIMEOUT).await;
-    assert!(matches!(&refused, Err(LinkError::Refused(r)) if r.code == RefusalCode::BadIdentity), "{:?}", refused.err());
+    let conn = connect(
+        &ep,
+        config.clone(),
+        cluster.cm_quic_addr(),
+        CLUSTER_MASTER_NAME,
+        TIMEOUT,
+    )
+    .await?;
+    let refused = client_hello(
+        &conn,
+        &Hello::new(Role::GroupMaster, "g00"),
+        DEFAULT_MAX_FRAME,
+        TIMEOUT,
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(LinkError::Refused(r)) if r.code == RefusalCode::BadIdentity),
+        "{:?}",
+        refused.err()
+    );
 
     // And a wrong protocol version is refused with a clear code.
     let right = enrolled.group_masters[0];
@@ -125,7 +244,11 @@ async fn connections_without_a_valid_client_certificate_are_refused() -> anyhow:
     let mut hello = Hello::new(Role::Agent, enrolled.id.clone());
     hello.protocol_version = 99;
     let refused = client_hello(&conn, &hello, DEFAULT_MAX_FRAME, TIMEOUT).await;
-    assert!(matches!(&refused, Err(LinkError::Refused(r)) if r.code == RefusalCode::VersionMismatch), "{:?}", refused.err());
+    assert!(
+        matches!(&refused, Err(LinkError::Refused(r)) if r.code == RefusalCode::VersionMismatch),
+        "{:?}",
+        refused.err()
+    );
     cluster.shutdown().await;
     Ok(())
 }
@@ -137,42 +260,91 @@ async fn garbage_frames_close_one_stream_and_the_servers_keep_serving() -> anyho
     let ep = endpoint();
 
     // At the cluster master: an oversize length prefix, then undecodable bytes.
-    for garbage in [vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], vec![0, 0, 0, 4, 0xc1, 0xc1, 0xc1, 0xc1]] {
-        let config = client_config(enroll_client_tls(&CaTrust::Pem(cluster.cluster().ca_pem()))?, timing())?;
-        let conn = connect(&ep, config, cluster.cm_quic_addr(), CLUSTER_MASTER_NAME, TIMEOUT).await?;
+    for garbage in [
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        vec![0, 0, 0, 4, 0xc1, 0xc1, 0xc1, 0xc1],
+    ] {
+        let config = client_config(
+            enroll_client_tls(&CaTrust::Pem(cluster.cluster().ca_pem()))?,
+            timing(),
+        )?;
+        let conn = connect(
+            &ep,
+            config,
+            cluster.cm_quic_addr(),
+            CLUSTER_MASTER_NAME,
+            TIMEOUT,
+        )
+        .await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(&garbage).await?;
         let _ = send.finish();
         // The server answers by closing: reading ends (error or end of stream) promptly.
         let read = tokio::time::timeout(TIMEOUT, recv.read_to_end(1024)).await;
-        assert!(read.is_ok(), "server neither answered nor closed after garbage");
+        assert!(
+            read.is_ok(),
+            "server neither answered nor closed after garbage"
+        );
         let closed = tokio::time::timeout(TIMEOUT, conn.closed()).await;
         assert!(closed.is_ok(), "connection with garbage was not closed");
     }
     // Still serving: a new machine enrolls and the API answers.
-    let (token, _) = cluster.cluster().create_bootstrap_token(None, false, BootstrapScope::Node, "").await?;
+    let (token, _) = cluster
+        .cluster()
+        .create_bootstrap_token(None, false, BootstrapScope::Node, "")
+        .await?;
     let (enrolled, key_pem) = try_enroll(&cluster, &token, "m-after-garbage").await;
     let enrolled = enrolled?;
 
     // At the group master: a valid agent that then sends garbage, on its control stream
     // and as datagrams.
-    let identity = TlsIdentity { cert_pem: enrolled.cert_pem, key_pem, ca_pem: enrolled.ca_pem };
+    let identity = TlsIdentity {
+        cert_pem: enrolled.cert_pem,
+        key_pem,
+        ca_pem: enrolled.ca_pem,
+    };
     let config = client_config(identity.client_tls()?, timing())?;
-    let conn = connect(&ep, config, enrolled.group_masters[0], GROUP_MASTER_NAME, TIMEOUT).await?;
-    let mut control =
-        client_hello(&conn, &Hello::new(Role::Agent, enrolled.id.clone()), DEFAULT_MAX_FRAME, TIMEOUT).await?;
+    let conn = connect(
+        &ep,
+        config,
+        enrolled.group_masters[0],
+        GROUP_MASTER_NAME,
+        TIMEOUT,
+    )
+    .await?;
+    let mut control = client_hello(
+        &conn,
+        &Hello::new(Role::Agent, enrolled.id.clone()),
+        DEFAULT_MAX_FRAME,
+        TIMEOUT,
+    )
+    .await?;
     conn.send_datagram(vec![0xde, 0xad, 0xbe, 0xef].into())?;
-    control.send.write_all(&[0x00, 0x00, 0x00, 0x03, 0xc1, 0xc1, 0xc1]).await?;
+    control
+        .send
+        .write_all(&[0x00, 0x00, 0x00, 0x03, 0xc1, 0xc1, 0xc1])
+        .await?;
     let closed = tokio::time::timeout(TIMEOUT, conn.closed()).await;
-    assert!(closed.is_ok(), "group master kept a connection that sent a garbage frame");
+    assert!(
+        closed.is_ok(),
+        "group master kept a connection that sent a garbage frame"
+    );
 
     // The other agents never noticed.
     tokio::time::sleep(cluster.down_after() * 2).await;
     assert_eq!(cluster.count("up").await, 3);
     // Only the hostile machine, silent since its connection was closed, may be down.
-    let down: Vec<String> =
-        cluster.api.all_nodes("state=down").await?.iter().map(|n| n["id"].as_str().unwrap().to_string()).collect();
-    assert!(down.is_empty() || down == vec![enrolled.id.clone()], "down: {down:?}");
+    let down: Vec<String> = cluster
+        .api
+        .all_nodes("state=down")
+        .await?
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        down.is_empty() || down == vec![enrolled.id.clone()],
+        "down: {down:?}"
+    );
     cluster.shutdown().await;
     Ok(())
 }

@@ -14,7 +14,11 @@ async fn wait_up(api: &ApiClient, n: u64) -> anyhow::Result<()> {
         if c["nodes_by_state"]["up"].as_u64() == Some(n) && c["nodes"].as_u64() == Some(n) {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "expected {n} nodes up, cluster says {}", c["nodes_by_state"]);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "expected {n} nodes up, cluster says {}",
+            c["nodes_by_state"]
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -58,8 +62,15 @@ async fn restart_on_the_same_data_dir_keeps_ids_and_groups() -> anyhow::Result<(
     let after = ids_by_host(&api).await?;
     assert_eq!(before, after, "same ids and groups after a restart");
     // The clean shutdown in between was recorded.
-    let node = api.get(&format!("/api/v1/nodes/{}", before["sim-00000"].0)).await?;
-    let states: Vec<&str> = node["history"].as_array().unwrap().iter().map(|h| h["state"].as_str().unwrap()).collect();
+    let node = api
+        .get(&format!("/api/v1/nodes/{}", before["sim-00000"].0))
+        .await?;
+    let states: Vec<&str> = node["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
     assert!(states.contains(&"left"), "history {states:?}");
     up.shutdown().await;
     Ok(())

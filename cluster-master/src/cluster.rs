@@ -20,7 +20,7 @@ use glory_protocol::{
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::assign::{assign_group, AssignError};
 use crate::auth::{self, TokenError};
@@ -492,7 +492,7 @@ impl Cluster {
             }
             reg.group_master_addrs(&group)
         };
-        info!(node_id = %id, group = %group, reenrolled = previous.is_some(), "node enrolled");
+        debug!(node_id = %id, group = %group, reenrolled = previous.is_some(), "node enrolled");
         Ok(Enrolled {
             id,
             group: Some(group),
@@ -693,6 +693,8 @@ impl Cluster {
             {
                 if change.to == NodeState::Down {
                     warn!(node_id = %change.node, group = %group, "node down");
+                } else if change.from == NodeState::Joining && change.to == NodeState::Up {
+                    debug!(node_id = %change.node, group = %group, "node joined");
                 } else {
                     info!(node_id = %change.node, group = %group, from = %change.from, to = %change.to, "node state changed");
                 }

@@ -42,6 +42,10 @@ fn s(v: &Value) -> String {
     }
 }
 
+fn num(v: &Value) -> String {
+    v.as_f64().map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into())
+}
+
 fn gib(bytes: &Value) -> String {
     bytes
         .as_u64()
@@ -237,9 +241,9 @@ pub async fn node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result
         vec![
             "load".into(),
             format!(
-                "cpu {} load1 {} mem {}",
-                s(&n["load"]["cpu"]),
-                s(&n["load"]["load1"]),
+                "cpu {}% load1 {} mem {}",
+                num(&n["load"]["cpu"]),
+                num(&n["load"]["load1"]),
                 gib(&n["load"]["mem_used"])
             ),
         ],

@@ -20,35 +20,10 @@ pub(crate) async fn accept_loop(
     cluster: Arc<Cluster>,
     shutdown: CancellationToken,
 ) {
-    let tasks = tokio_util::task::TaskTracker::new();
-    loop {
-        let incoming = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            incoming = endpoint.accept() => match incoming {
-                Some(incoming) => incoming,
-                None => break,
-            },
-        };
-        let cluster = cluster.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let conn = match incoming.await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    debug!(error = %e, "handshake failed");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    conn.close(VarInt::from_u32(close::SHUTDOWN), b"cluster master shutting down");
-                }
-                _ = serve_connection(conn.clone(), cluster) => {}
-            }
-        });
-    }
-    tasks.close();
-    tasks.wait().await;
+    glory_protocol::transport::accept_loop(endpoint, shutdown, "cluster master", move |conn| {
+        serve_connection(conn, cluster.clone())
+    })
+    .await;
 }
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {

@@ -43,7 +43,9 @@ fn s(v: &Value) -> String {
 }
 
 fn num(v: &Value) -> String {
-    v.as_f64().map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into())
+    v.as_f64()
+        .map(|x| format!("{x:.1}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn gib(bytes: &Value) -> String {

@@ -23,36 +23,10 @@ pub(crate) async fn accept_loop(
     advertise: std::net::SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let tasks = tokio_util::task::TaskTracker::new();
-    loop {
-        let incoming = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            incoming = endpoint.accept() => match incoming {
-                Some(incoming) => incoming,
-                None => break,
-            },
-        };
-        let shared = shared.clone();
-        let settings = settings.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let conn = match incoming.await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    debug!(error = %e, "agent handshake failed");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    conn.close(VarInt::from_u32(close::SHUTDOWN), b"group master shutting down");
-                }
-                _ = serve_agent(conn.clone(), shared, settings, advertise) => {}
-            }
-        });
-    }
-    tasks.close();
-    tasks.wait().await;
+    glory_protocol::transport::accept_loop(endpoint, shutdown, "group master", move |conn| {
+        serve_agent(conn, shared.clone(), settings.clone(), advertise)
+    })
+    .await;
 }
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {

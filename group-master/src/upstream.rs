@@ -11,7 +11,6 @@ use glory_protocol::{
     close, frame, ClusterToGroup, GroupToCluster, Hello, LinkError, LinkTiming, Role, TlsIdentity,
 };
 use quinn::VarInt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -76,7 +75,7 @@ async fn link(
     let control = client_hello(&conn, &hello, settings.max_frame, settings.request_timeout).await?;
     let glory_protocol::ControlStream {
         mut send,
-        mut recv,
+        recv,
         max_frame,
     } = control;
     frame::write_frame(
@@ -87,18 +86,8 @@ async fn link(
     .await?;
     info!(group = %shared.group, cluster_master = %settings.cluster_master, "connected to cluster master");
 
-    let (msg_tx, mut msg_rx) = mpsc::channel::<Result<Option<ClusterToGroup>, String>>(64);
-    let reader = tokio::spawn(async move {
-        loop {
-            let item = frame::read_frame::<_, ClusterToGroup>(&mut recv, max_frame)
-                .await
-                .map_err(|e| e.to_string());
-            let end = !matches!(item, Ok(Some(_)));
-            if msg_tx.send(item).await.is_err() || end {
-                break;
-            }
-        }
-    });
+    let (reader, mut msg_rx) =
+        glory_protocol::transport::spawn_frame_reader::<ClusterToGroup>(recv, max_frame);
     let mut report = tokio::time::interval(settings.report_interval);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {

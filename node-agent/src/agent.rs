@@ -13,7 +13,6 @@ use glory_protocol::{
     LinkError, LinkTiming, RefusalCode, Role, TlsIdentity, DEFAULT_MAX_FRAME,
 };
 use quinn::VarInt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -273,7 +272,7 @@ async fn session(
     backoff.reset();
     let glory_protocol::ControlStream {
         mut send,
-        mut recv,
+        recv,
         max_frame,
     } = control;
     if let Err(e) = frame::write_frame(
@@ -289,18 +288,8 @@ async fn session(
 
     // Frames are read by their own task: a read cut off mid-frame by select! would
     // desynchronise the stream.
-    let (msg_tx, mut msg_rx) = mpsc::channel::<Result<Option<GroupToAgent>, String>>(8);
-    let reader = tokio::spawn(async move {
-        loop {
-            let item = frame::read_frame::<_, GroupToAgent>(&mut recv, max_frame)
-                .await
-                .map_err(|e| e.to_string());
-            let end = !matches!(item, Ok(Some(_)));
-            if msg_tx.send(item).await.is_err() || end {
-                break;
-            }
-        }
-    });
+    let (reader, mut msg_rx) =
+        glory_protocol::transport::spawn_frame_reader::<GroupToAgent>(recv, max_frame);
 
     let mut ticker = tokio::time::interval(settings.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

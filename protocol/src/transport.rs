@@ -251,3 +251,74 @@ pub async fn refuse(control: &mut ControlStream, conn: &Connection, refusal: Ref
     let _ = tokio::time::timeout(Duration::from_millis(200), control.send.stopped()).await;
     conn.close(VarInt::from_u32(close::REFUSED), refusal.message.as_bytes());
 }
+
+/// Frames read by their own task into a channel, so a `select!` can wait on them
+/// without cutting a read off mid-frame. The channel yields `Ok(Some(msg))` per frame,
+/// then one final `Ok(None)` (clean end) or `Err` (bad frame, lost stream).
+pub fn spawn_frame_reader<T>(
+    mut recv: RecvStream,
+    max_frame: usize,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::Receiver<Result<Option<T>, String>>,
+)
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        loop {
+            let item = read_frame::<_, T>(&mut recv, max_frame)
+                .await
+                .map_err(|e| e.to_string());
+            let end = !matches!(item, Ok(Some(_)));
+            if tx.send(item).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    (task, rx)
+}
+
+/// Accept connections until `shutdown`, serving each with `serve` on its own task.
+/// On shutdown every open connection is closed with `SHUTDOWN` and the call returns
+/// once every task has ended.
+pub async fn accept_loop<F, Fut>(
+    endpoint: quinn::Endpoint,
+    shutdown: tokio_util::sync::CancellationToken,
+    who: &'static str,
+    serve: F,
+) where
+    F: Fn(Connection) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let serve = serve.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::debug!(error = %e, "{who}: handshake failed");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    conn.close(VarInt::from_u32(close::SHUTDOWN), format!("{who} shutting down").as_bytes());
+                }
+                _ = serve(conn.clone()) => {}
+            }
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}

@@ -182,6 +182,11 @@ async fn get_cluster(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
         "groups_connected": connected,
         "group_size_limit": cluster.settings.group_size_limit,
         "heartbeats": {"received": received, "lost": lost},
+        "transitions": cluster
+            .transition_counts()
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect::<BTreeMap<_, _>>(),
         "keymaster": {
             "backend": cluster.km.backend(),
             "available": cluster.km_available.load(Ordering::Relaxed),

@@ -63,6 +63,8 @@ pub struct Cluster {
     pub(crate) km_writes: AtomicU64,
     pub(crate) km_available: AtomicBool,
     next_session: AtomicU64,
+    /// Transitions into each state since start, indexed like `NodeState::ALL`.
+    transitions: [AtomicU64; 6],
 }
 
 impl Cluster {
@@ -169,6 +171,7 @@ impl Cluster {
             km_writes: AtomicU64::new(0),
             km_available: AtomicBool::new(true),
             next_session: AtomicU64::new(1),
+            transitions: Default::default(),
         });
         Ok((cluster, status_rx))
     }
@@ -669,6 +672,7 @@ impl Cluster {
                     "group master unreachable",
                 ) {
                     changed += 1;
+                    self.count_transition(NodeState::Unreachable);
                     let _ = self.status_tx.send((id, node.status.clone()));
                 }
             }
@@ -691,6 +695,7 @@ impl Cluster {
                 .status
                 .transition(change.to, change.at_ms, &change.reason)
             {
+                self.count_transition(change.to);
                 if change.to == NodeState::Down {
                     warn!(node_id = %change.node, group = %group, "node down");
                 } else if change.from == NodeState::Joining && change.to == NodeState::Up {
@@ -787,6 +792,22 @@ impl Cluster {
         }
         info!(node_id = %id, group = %record.group, "node removed");
         Ok(Some(record.group))
+    }
+
+    /// Key master writes (operations) made by this master since it started.
+    pub fn keymaster_writes(&self) -> u64 {
+        self.km_writes.load(Ordering::Relaxed)
+    }
+
+    fn count_transition(&self, to: NodeState) {
+        if let Some(i) = NodeState::ALL.iter().position(|s| *s == to) {
+            self.transitions[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Transitions into each state since this master started.
+    pub fn transition_counts(&self) -> Vec<(NodeState, u64)> {
+        NodeState::ALL.iter().zip(&self.transitions).map(|(s, n)| (*s, n.load(Ordering::Relaxed))).collect()
     }
 
     /// How many group masters are connected now.

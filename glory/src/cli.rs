@@ -417,3 +417,21 @@ pub async fn sim(client: &ApiClient, id: &str, action: &str, as_json: bool) -> a
     }
     Ok(())
 }
+
+/// `glory sim --nodes ...`: run the benchmark, print the summary table.
+pub async fn bench(options: crate::bench::SimOptions) -> anyhow::Result<()> {
+    eprintln!(
+        "glory sim: {} nodes, {} groups, {:?} mode, {:.0} s{}",
+        options.nodes,
+        options.groups,
+        options.mode,
+        options.duration.as_secs_f64(),
+        if options.faults_spec.is_empty() { String::new() } else { format!(", faults {}", options.faults_spec) }
+    );
+    let report = crate::bench::run(options.clone()).await?;
+    print!("{}", report.table());
+    if let Some(path) = &options.report {
+        println!("report: {}", path.display());
+    }
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! fleet and the all-in-one cluster, so tests can drive them in-process.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod sim;

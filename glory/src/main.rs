@@ -89,11 +89,51 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
-    /// Fault injection in simulations (`glory up`, `glory sim`).
+    /// The scale and fault benchmark (`glory sim --nodes 10000 --groups 40 ...`), or
+    /// fault injection into a running simulation (`glory sim kill ID`).
+    #[command(args_conflicts_with_subcommands = true)]
     Sim {
         #[command(subcommand)]
-        action: SimAction,
+        action: Option<SimAction>,
+        #[command(flatten)]
+        bench: BenchArgs,
     },
+    /// The agents' process of `glory sim` (spawned by it).
+    #[command(hide = true)]
+    SimAgents(glory::bench::agents::AgentsArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Group masters.
+    #[arg(long, default_value_t = 4)]
+    groups: usize,
+    /// How long the scenario runs (e.g. 120s, 10m).
+    #[arg(long, default_value = "60s")]
+    duration: String,
+    /// hierarchy (GLORY-CL) or flat (every node renews a lease in the key master).
+    #[arg(long, value_enum, default_value = "hierarchy")]
+    mode: glory::bench::Mode,
+    /// Key master: `embedded` (the only backend so far).
+    #[arg(long, default_value = "embedded")]
+    keymaster: String,
+    /// Scheduled faults, e.g. kill-agents:50@30s,restart-agents:50@60s,
+    /// kill-group-master:g07@70s,kill-cluster-master@90s,partition-group:g03@40s-55s
+    #[arg(long, default_value = "")]
+    faults: String,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    #[arg(long, default_value_t = 3000)]
+    down_after_ms: u64,
+    /// QUIC client endpoints the simulated agents share.
+    #[arg(long, default_value_t = 8)]
+    agent_endpoints: usize,
 }
 
 #[derive(Subcommand)]
@@ -179,9 +219,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         return c::up(options).await;
     }
+    if let Command::SimAgents(args) = cli.command {
+        glory_protocol::process::init_tracing("error");
+        return glory::bench::agents::run(args).await;
+    }
+    if let Command::Sim { action: None, bench } = cli.command {
+        glory_protocol::process::init_tracing("warn,glory_node_agent=error");
+        return c::bench(bench_options(bench)?).await;
+    }
     let client = c::client(&cli.api, cli.token.as_deref(), &cli.data_dir)?;
     match cli.command {
-        Command::Up { .. } => unreachable!("handled above"),
+        Command::Up { .. } | Command::SimAgents(_) | Command::Sim { action: None, .. } => {
+            unreachable!("handled above")
+        }
         Command::Cluster => c::cluster(&client, cli.json).await,
         Command::Nodes {
             action: Some(NodesAction::Remove { id }),
@@ -219,11 +269,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             action: TokenAction::Delete { id },
         } => c::token_delete(&client, &id, cli.json).await,
-        Command::Sim {
-            action: SimAction::Kill { id },
-        } => c::sim(&client, &id, "kill", cli.json).await,
-        Command::Sim {
-            action: SimAction::Restart { id },
-        } => c::sim(&client, &id, "restart", cli.json).await,
+        Command::Sim { action: Some(SimAction::Kill { id }), .. } => c::sim(&client, &id, "kill", cli.json).await,
+        Command::Sim { action: Some(SimAction::Restart { id }), .. } => c::sim(&client, &id, "restart", cli.json).await,
     }
+}
+
+fn bench_options(b: BenchArgs) -> anyhow::Result<glory::bench::SimOptions> {
+    use anyhow::anyhow;
+    if b.keymaster != "embedded" {
+        anyhow::bail!("--keymaster {}: only the embedded key master exists so far", b.keymaster);
+    }
+    Ok(glory::bench::SimOptions {
+        nodes: b.nodes,
+        groups: b.groups,
+        duration: glory::bench::parse_duration(&b.duration).map_err(|e| anyhow!("--duration: {e}"))?,
+        mode: b.mode,
+        faults: glory::bench::parse_faults(&b.faults).map_err(|e| anyhow!("--faults: {e}"))?,
+        faults_spec: b.faults,
+        report: b.report,
+        heartbeat_ms: b.heartbeat_ms,
+        down_after_ms: b.down_after_ms,
+        agent_endpoints: b.agent_endpoints,
+        progress: true,
+    })
 }

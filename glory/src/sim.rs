@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use glory_node_agent::{
-    run_agent, AgentDeps, AgentExit, AgentSettings, IdentityStore, MemoryStore, SimHost,
+    run_agent, AgentDeps, AgentExit, AgentSettings, AgentStats, IdentityStore, MemoryStore, SimHost,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,6 +29,7 @@ struct FleetInner {
     agents: Mutex<Vec<SimAgent>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    stats: Arc<AgentStats>,
 }
 
 /// A fleet of simulated agents.
@@ -59,6 +60,7 @@ impl SimFleet {
                 agents: Mutex::new(Vec::new()),
                 tasks: TaskTracker::new(),
                 shutdown,
+                stats: Arc::new(AgentStats::default()),
             }),
         })
     }
@@ -87,6 +89,11 @@ impl SimFleet {
         }
     }
 
+    /// Counters of every agent of this fleet.
+    pub fn stats(&self) -> Arc<AgentStats> {
+        self.inner.stats.clone()
+    }
+
     pub fn len(&self) -> usize {
         self.agents().len()
     }
@@ -113,6 +120,7 @@ impl SimFleet {
             endpoint: self.inner.endpoints[index % self.inner.endpoints.len()].clone(),
             host: agent.host.clone(),
             store: agent.store.clone(),
+            stats: self.inner.stats.clone(),
         };
         let settings = self.inner.settings.clone();
         let fleet = self.clone();

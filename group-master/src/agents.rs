@@ -137,6 +137,10 @@ async fn serve_agent(
                         shared.left(&node);
                     }
                     Ok(None) => break,
+                    Err(glory_protocol::FrameError::Io(e)) => {
+                        debug!(node_id = %node, error = %e, "agent control stream ended");
+                        break;
+                    }
                     Err(e) => {
                         warn!(node_id = %node, error = %e, "bad frame from agent; closing its connection");
                         conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad frame");

@@ -26,6 +26,16 @@ pub struct AgentDeps {
     pub endpoint: quinn::Endpoint,
     pub host: Arc<dyn Host>,
     pub store: Arc<dyn IdentityStore>,
+    /// Counters, shared by all agents of a simulated fleet.
+    pub stats: Arc<AgentStats>,
+}
+
+/// What agents did, for benchmarks and logs.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub heartbeats_sent: std::sync::atomic::AtomicU64,
+    pub enrollments: std::sync::atomic::AtomicU64,
+    pub sessions: std::sync::atomic::AtomicU64,
 }
 
 /// How an agent run ended.
@@ -187,6 +197,7 @@ async fn enroll_until_done(
                     },
                 };
                 deps.store.save(&identity)?;
+                deps.stats.enrollments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 info!(node_id = %identity.node_id, group = %identity.group, "enrolled");
                 return Ok(Some(identity));
             }
@@ -270,6 +281,7 @@ async fn session(
         Err(end) => return end,
     };
     backoff.reset();
+    deps.stats.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let glory_protocol::ControlStream {
         mut send,
         recv,
@@ -321,6 +333,7 @@ async fn session(
                         if let Err(e) = conn.send_datagram(bytes.into()) {
                             break SessionEnd::Lost(format!("send heartbeat: {e}"));
                         }
+                        deps.stats.heartbeats_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) => break SessionEnd::Lost(format!("encode heartbeat: {e}")),
                 }

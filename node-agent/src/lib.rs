@@ -13,7 +13,7 @@ pub mod identity;
 
 use std::sync::Arc;
 
-pub use agent::{run_agent, AgentDeps, AgentExit};
+pub use agent::{run_agent, AgentDeps, AgentExit, AgentStats};
 use anyhow::Context;
 pub use config::{AgentConfig, AgentSettings};
 pub use host::{Host, RealHost, SimHost};
@@ -32,6 +32,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         endpoint: endpoint.clone(),
         host: Arc::new(RealHost::new()),
         store: Arc::new(FileStore::new(&config.state_dir)),
+        stats: Arc::new(AgentStats::default()),
     };
     let exit = run_agent(settings, deps, shutdown, CancellationToken::new()).await;
     endpoint.wait_idle().await;

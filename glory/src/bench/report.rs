@@ -1,0 +1,188 @@
+//! The benchmark report: JSON for scripts (`--report`), a table for people.
+
+use serde::Serialize;
+
+/// `{count, p50, p99, max}` of a sample, in the unit of the field's name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Nearest-rank percentiles; `None` for an empty sample.
+pub fn percentiles(samples: &[f64]) -> Option<Percentiles> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let rank = |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+    Some(Percentiles { count: sorted.len(), p50: rank(0.50), p99: rank(0.99), max: sorted[sorted.len() - 1] })
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Heartbeats {
+    pub sent: Option<u64>,
+    pub received: Option<u64>,
+    /// Sequence gaps seen by the group masters (datagrams that never arrived).
+    pub lost: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WritesPerSec {
+    pub steady: Option<f64>,
+    pub faults: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ApiLatency {
+    pub count: usize,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PartitionReport {
+    pub group: String,
+    /// From the partition until the group's nodes showed `unreachable`.
+    pub unreachable_after_seconds: Option<f64>,
+    /// From the heal until every node of the group was `up` again.
+    pub recovered_seconds: Option<f64>,
+    pub wrong_downs: u64,
+}
+
+/// Every figure of one `glory sim` run. A figure the run did not exercise is `null`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub nodes: usize,
+    pub groups: usize,
+    pub mode: String,
+    pub keymaster: String,
+    pub duration_seconds: f64,
+    pub heartbeat_interval_ms: u64,
+    pub down_after_ms: u64,
+    pub faults: String,
+    pub machine: String,
+    pub started_at_ms: u64,
+    pub enroll_seconds: Option<f64>,
+    pub detection_seconds: Option<Percentiles>,
+    pub missed_detections: Option<u64>,
+    pub false_downs: Option<u64>,
+    pub restart_up_seconds: Option<Percentiles>,
+    pub gm_failover_seconds: Option<f64>,
+    pub gm_failover_wrong_downs: Option<u64>,
+    pub cm_failover_seconds: Option<f64>,
+    pub partition: Option<PartitionReport>,
+    pub heartbeats: Heartbeats,
+    pub masters_cpu_cores: Option<f64>,
+    pub agents_cpu_cores: Option<f64>,
+    pub masters_rss_bytes: Option<u64>,
+    pub masters_peak_rss_bytes: Option<u64>,
+    pub agents_rss_bytes: Option<u64>,
+    pub master_bytes_per_node: Option<f64>,
+    pub keymaster_writes_per_sec: WritesPerSec,
+    pub api_list_nodes_ms: ApiLatency,
+    /// How each figure was measured, and what limited it.
+    pub notes: Vec<String>,
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "null".into())
+}
+
+fn f2(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "null".into())
+}
+
+fn mib(v: Option<u64>) -> String {
+    v.map(|v| format!("{:.1} MiB", v as f64 / (1 << 20) as f64)).unwrap_or_else(|| "null".into())
+}
+
+fn pct(p: &Option<Percentiles>) -> String {
+    p.as_ref()
+        .map(|p| format!("n={} p50={:.2} p99={:.2} max={:.2}", p.count, p.p50, p.p99, p.max))
+        .unwrap_or_else(|| "null".into())
+}
+
+impl Report {
+    /// The human summary printed at the end of a run.
+    pub fn table(&self) -> String {
+        let rows: Vec<Vec<String>> = vec![
+            vec!["mode".into(), format!("{} ({} key master)", self.mode, self.keymaster)],
+            vec!["nodes / groups".into(), format!("{} / {}", self.nodes, self.groups)],
+            vec!["duration".into(), format!("{:.0} s", self.duration_seconds)],
+            vec!["faults".into(), if self.faults.is_empty() { "none".into() } else { self.faults.clone() }],
+            vec!["enroll (all up)".into(), format!("{} s", f2(self.enroll_seconds))],
+            vec!["detection (s)".into(), pct(&self.detection_seconds)],
+            vec!["missed detections".into(), opt(&self.missed_detections)],
+            vec!["false downs".into(), opt(&self.false_downs)],
+            vec!["restart -> up (s)".into(), pct(&self.restart_up_seconds)],
+            vec!["gm failover".into(), format!("{} s, wrong downs {}", f2(self.gm_failover_seconds), opt(&self.gm_failover_wrong_downs))],
+            vec!["cm failover".into(), format!("{} s", f2(self.cm_failover_seconds))],
+            vec![
+                "partition".into(),
+                self.partition
+                    .as_ref()
+                    .map(|p| {
+                        format!(
+                            "{}: unreachable after {} s, recovered {} s after heal, wrong downs {}",
+                            p.group,
+                            f2(p.unreachable_after_seconds),
+                            f2(p.recovered_seconds),
+                            p.wrong_downs
+                        )
+                    })
+                    .unwrap_or_else(|| "null".into()),
+            ],
+            vec![
+                "heartbeats".into(),
+                format!("sent {} received {} lost {}", opt(&self.heartbeats.sent), opt(&self.heartbeats.received), opt(&self.heartbeats.lost)),
+            ],
+            vec!["masters cpu (cores)".into(), f2(self.masters_cpu_cores)],
+            vec!["agents cpu (cores)".into(), f2(self.agents_cpu_cores)],
+            vec!["masters rss".into(), format!("{} (peak {})", mib(self.masters_rss_bytes), mib(self.masters_peak_rss_bytes))],
+            vec!["master bytes / node".into(), self.master_bytes_per_node.map(|b| format!("{:.0} B ({:.1} KiB)", b, b / 1024.0)).unwrap_or_else(|| "null".into())],
+            vec!["agents rss".into(), mib(self.agents_rss_bytes)],
+            vec![
+                "keymaster writes/s".into(),
+                format!("steady {} faults {}", f2(self.keymaster_writes_per_sec.steady), f2(self.keymaster_writes_per_sec.faults)),
+            ],
+            vec![
+                "GET /nodes (all)".into(),
+                format!(
+                    "n={} p50={} ms p99={} ms",
+                    self.api_list_nodes_ms.count,
+                    f2(self.api_list_nodes_ms.p50),
+                    f2(self.api_list_nodes_ms.p99)
+                ),
+            ],
+        ];
+        crate::table::render(&["FIGURE", "VALUE"], &rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        assert!(percentiles(&[]).is_none());
+        let p = percentiles(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((p.count, p.p50, p.p99, p.max), (3, 2.0, 3.0, 3.0));
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        let p = percentiles(&hundred).unwrap();
+        assert_eq!((p.p50, p.p99, p.max), (50.0, 99.0, 100.0));
+    }
+
+    #[test]
+    fn unexercised_figures_are_null_in_json() {
+        let json = serde_json::to_value(Report::default()).unwrap();
+        for key in ["enroll_seconds", "detection_seconds", "cm_failover_seconds", "master_bytes_per_node"] {
+            assert!(json[key].is_null(), "{key}");
+        }
+        assert!(json["heartbeats"]["sent"].is_null());
+    }
+}

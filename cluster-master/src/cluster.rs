@@ -807,7 +807,24 @@ impl Cluster {
 
     /// Transitions into each state since this master started.
     pub fn transition_counts(&self) -> Vec<(NodeState, u64)> {
-        NodeState::ALL.iter().zip(&self.transitions).map(|(s, n)| (*s, n.load(Ordering::Relaxed))).collect()
+        NodeState::ALL
+            .iter()
+            .zip(&self.transitions)
+            .map(|(s, n)| (*s, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Forget every group master link (shutdown): their connection handles would keep
+    /// the endpoint, and its address, alive.
+    pub(crate) fn drop_links(&self) {
+        for group in self.write().groups.values_mut() {
+            group.link = None;
+        }
+    }
+
+    /// The key master this cluster master writes to.
+    pub fn keymaster(&self) -> Arc<dyn KeyMaster> {
+        self.km.clone()
     }
 
     /// How many group masters are connected now.

@@ -113,25 +113,38 @@ pub async fn start(
         leader = campaign => leader.context("campaign for cluster master leadership")?,
         _ = shutdown.cancelled() => anyhow::bail!("shut down before becoming leader"),
     };
-    let (cluster, status_rx) = Cluster::load(settings.clone(), km.clone(), sim).await?;
-    let op_token = operator_token(&cluster, settings.operator_token_file.as_deref()).await?;
-
-    let subject = CertSubject {
-        id: settings.cluster_name.clone(),
-        role: CertRole::ClusterMaster,
-        group: None,
+    // Anything failing from here on gives leadership back at once, so a retry (or a
+    // standby) does not wait for the lease to expire.
+    let prepared = async {
+        let (cluster, status_rx) = Cluster::load(settings.clone(), km.clone(), sim).await?;
+        let op_token = operator_token(&cluster, settings.operator_token_file.as_deref()).await?;
+        let subject = CertSubject {
+            id: settings.cluster_name.clone(),
+            role: CertRole::ClusterMaster,
+            group: None,
+        };
+        let (identity, _) = cluster.ca.issue(&subject, settings.cert_validity)?;
+        let timing = LinkTiming {
+            idle_timeout: settings.group_idle_timeout,
+            keep_alive: None,
+        };
+        let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Optional, timing)
+            .with_context(|| format!("listen on {} (QUIC)", settings.listen))?;
+        let listener = tokio::net::TcpListener::bind(settings.api_listen)
+            .await
+            .with_context(|| format!("listen on {} (API)", settings.api_listen))?;
+        anyhow::Ok((cluster, status_rx, op_token, endpoint, listener))
+    }
+    .await;
+    let (cluster, status_rx, op_token, endpoint, listener) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = km.resign(&leader).await;
+            let _ = km.lease_revoke(lease).await;
+            return Err(e);
+        }
     };
-    let (identity, _) = cluster.ca.issue(&subject, settings.cert_validity)?;
-    let timing = LinkTiming {
-        idle_timeout: settings.group_idle_timeout,
-        keep_alive: None,
-    };
-    let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Optional, timing)
-        .with_context(|| format!("listen on {} (QUIC)", settings.listen))?;
     let quic_addr = endpoint.local_addr()?;
-    let listener = tokio::net::TcpListener::bind(settings.api_listen)
-        .await
-        .with_context(|| format!("listen on {} (API)", settings.api_listen))?;
     let api_addr = listener.local_addr()?;
 
     let tasks = TaskTracker::new();
@@ -187,8 +200,10 @@ pub async fn start(
     }
     {
         let shutdown = shutdown.clone();
+        let cluster = cluster.clone();
         tasks.spawn(async move {
             shutdown.cancelled().await;
+            cluster.drop_links();
             endpoint.close(
                 quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
                 b"shutdown",

@@ -426,7 +426,11 @@ pub async fn bench(options: crate::bench::SimOptions) -> anyhow::Result<()> {
         options.groups,
         options.mode,
         options.duration.as_secs_f64(),
-        if options.faults_spec.is_empty() { String::new() } else { format!(", faults {}", options.faults_spec) }
+        if options.faults_spec.is_empty() {
+            String::new()
+        } else {
+            format!(", faults {}", options.faults_spec)
+        }
     );
     let report = crate::bench::run(options.clone()).await?;
     print!("{}", report.table());

@@ -223,7 +223,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         glory_protocol::process::init_tracing("error");
         return glory::bench::agents::run(args).await;
     }
-    if let Command::Sim { action: None, bench } = cli.command {
+    if let Command::Sim {
+        action: None,
+        bench,
+    } = cli.command
+    {
         glory_protocol::process::init_tracing("warn,glory_node_agent=error");
         return c::bench(bench_options(bench)?).await;
     }
@@ -269,20 +273,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             action: TokenAction::Delete { id },
         } => c::token_delete(&client, &id, cli.json).await,
-        Command::Sim { action: Some(SimAction::Kill { id }), .. } => c::sim(&client, &id, "kill", cli.json).await,
-        Command::Sim { action: Some(SimAction::Restart { id }), .. } => c::sim(&client, &id, "restart", cli.json).await,
+        Command::Sim {
+            action: Some(SimAction::Kill { id }),
+            ..
+        } => c::sim(&client, &id, "kill", cli.json).await,
+        Command::Sim {
+            action: Some(SimAction::Restart { id }),
+            ..
+        } => c::sim(&client, &id, "restart", cli.json).await,
     }
 }
 
 fn bench_options(b: BenchArgs) -> anyhow::Result<glory::bench::SimOptions> {
     use anyhow::anyhow;
     if b.keymaster != "embedded" {
-        anyhow::bail!("--keymaster {}: only the embedded key master exists so far", b.keymaster);
+        anyhow::bail!(
+            "--keymaster {}: only the embedded key master exists so far",
+            b.keymaster
+        );
     }
     Ok(glory::bench::SimOptions {
         nodes: b.nodes,
         groups: b.groups,
-        duration: glory::bench::parse_duration(&b.duration).map_err(|e| anyhow!("--duration: {e}"))?,
+        duration: glory::bench::parse_duration(&b.duration)
+            .map_err(|e| anyhow!("--duration: {e}"))?,
         mode: b.mode,
         faults: glory::bench::parse_faults(&b.faults).map_err(|e| anyhow!("--faults: {e}"))?,
         faults_spec: b.faults,

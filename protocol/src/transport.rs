@@ -304,12 +304,15 @@ pub async fn accept_loop<F, Fut>(
         let serve = serve.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let conn = match incoming.await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::debug!(error = %e, "{who}: handshake failed");
-                    return;
-                }
+            let conn = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                conn = incoming => match conn {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "{who}: handshake failed");
+                        return;
+                    }
+                },
             };
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -319,6 +322,9 @@ pub async fn accept_loop<F, Fut>(
             }
         });
     }
+    // Refuse new handshakes from now on: peers retrying to connect would otherwise
+    // keep the endpoint (and its address) alive while it shuts down.
+    endpoint.set_server_config(None);
     tasks.close();
     tasks.wait().await;
 }

@@ -247,8 +247,17 @@ impl TestCluster {
             .find(|s| s.id == id)
             .context("no such group master")?
             .addr;
-        self.start_group_master(id, addr)?;
-        Ok(())
+        // The old endpoint lets go of its address once its connections have drained.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.start_group_master(id, addr) {
+                Ok(_) => return Ok(()),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Poll `check` until it holds or `timeout` passes; the error says what was awaited.
@@ -386,4 +395,45 @@ pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
         bail!("{} not found: build the binaries first (cargo build --workspace --bins), or set GLORY_BIN_DIR", path.display());
     }
     Ok(path)
+}
+
+impl TestCluster {
+    /// Stop the cluster master and start a new one on the same key master and
+    /// addresses; returns when the new one is serving.
+    pub async fn restart_cluster_master(&mut self) -> anyhow::Result<()> {
+        let old = self.cm.take().context("cluster master not running")?;
+        let (quic, api) = (old.quic_addr, old.api_addr);
+        let km = old.cluster.keymaster();
+        self.cm_shutdown.cancel();
+        old.wait().await;
+        self.cm_shutdown = CancellationToken::new();
+        let config = ClusterMasterConfig {
+            listen: quic,
+            api_listen: api,
+            data_dir: self._dir.path().to_path_buf(),
+            keymaster: KeyMasterConfig::Embedded { path: None },
+            group_size_limit: self.builder.group_size_limit,
+            group_idle_timeout_ms: 1500,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let cm = loop {
+            match glory_cluster_master::start(
+                config.validate()?,
+                km.clone(),
+                None,
+                self.cm_shutdown.clone(),
+            )
+            .await
+            {
+                Ok(cm) => break cm,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.cm = Some(cm);
+        Ok(())
+    }
 }

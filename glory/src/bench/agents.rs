@@ -57,7 +57,9 @@ struct FlatFleet {
 impl FlatFleet {
     fn start(&self, index: usize) -> bool {
         let mut power = self.power.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(slot) = power.get_mut(index) else { return false };
+        let Some(slot) = power.get_mut(index) else {
+            return false;
+        };
         if slot.is_some() {
             return false;
         }
@@ -75,7 +77,12 @@ impl FlatFleet {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep_until(next) => {}
                 }
-                if http.put(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+                if http
+                    .put(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
                 next += if first { phase } else { renew };
@@ -138,7 +145,9 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
             let fleet = Arc::new(FlatFleet {
                 api: api.trim_end_matches('/').to_string(),
                 renew: Duration::from_secs(args.flat_renew_secs.max(1)),
-                http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()?,
                 power: Mutex::new(vec![None; args.nodes]),
                 sent: Arc::default(),
                 tasks: TaskTracker::new(),
@@ -150,10 +159,13 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
             Fleet::Flat(fleet)
         }
         None => {
-            let ca = std::fs::read_to_string(args.ca_file.as_ref().context("--ca-file is required")?)
-                .context("read --ca-file")?;
+            let ca =
+                std::fs::read_to_string(args.ca_file.as_ref().context("--ca-file is required")?)
+                    .context("read --ca-file")?;
             let mut settings = AgentConfig {
-                cluster_master: args.cluster_master.context("--cluster-master is required")?,
+                cluster_master: args
+                    .cluster_master
+                    .context("--cluster-master is required")?,
                 token: Some(args.token.clone().context("--token is required")?),
                 heartbeat_interval_ms: args.heartbeat_ms,
                 max_backoff_ms: 2000,

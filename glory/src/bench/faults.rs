@@ -48,20 +48,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_one(item: &str) -> Result<Scheduled, String> {
-    let (what, when) = item.split_once('@').ok_or_else(|| format!("{item:?}: missing @time"))?;
+    let (what, when) = item
+        .split_once('@')
+        .ok_or_else(|| format!("{item:?}: missing @time"))?;
     let (kind, arg) = match what.split_once(':') {
         Some((k, a)) => (k, Some(a)),
         None => (what, None),
     };
     let count = |arg: Option<&str>| -> Result<usize, String> {
-        let n: usize = arg.ok_or_else(|| format!("{item:?}: needs a count"))?.parse().map_err(|_| format!("{item:?}: bad count"))?;
+        let n: usize = arg
+            .ok_or_else(|| format!("{item:?}: needs a count"))?
+            .parse()
+            .map_err(|_| format!("{item:?}: bad count"))?;
         if n == 0 {
             return Err(format!("{item:?}: count must be positive"));
         }
         Ok(n)
     };
     let group = |arg: Option<&str>| -> Result<String, String> {
-        arg.filter(|g| !g.is_empty()).map(str::to_string).ok_or_else(|| format!("{item:?}: needs a group"))
+        arg.filter(|g| !g.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| format!("{item:?}: needs a group"))
     };
     let (at, fault) = match kind {
         "kill-agents" => (parse_duration(when)?, Fault::KillAgents(count(arg)?)),
@@ -92,8 +99,12 @@ fn parse_one(item: &str) -> Result<Scheduled, String> {
 
 /// Parse a comma-separated schedule, sorted by time.
 pub fn parse_faults(spec: &str) -> Result<Vec<Scheduled>, String> {
-    let mut out: Vec<Scheduled> =
-        spec.split(',').map(str::trim).filter(|s| !s.is_empty()).map(parse_one).collect::<Result<_, _>>()?;
+    let mut out: Vec<Scheduled> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_one)
+        .collect::<Result<_, _>>()?;
     out.sort_by_key(|s| s.at);
     Ok(out)
 }
@@ -109,12 +120,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(faults.len(), 5);
-        assert_eq!(faults[0], Scheduled { at: Duration::from_secs(30), fault: Fault::KillAgents(50) });
+        assert_eq!(
+            faults[0],
+            Scheduled {
+                at: Duration::from_secs(30),
+                fault: Fault::KillAgents(50)
+            }
+        );
         assert_eq!(
             faults[1],
             Scheduled {
                 at: Duration::from_secs(40),
-                fault: Fault::PartitionGroup { group: "g03".into(), until: Duration::from_secs(55) }
+                fault: Fault::PartitionGroup {
+                    group: "g03".into(),
+                    until: Duration::from_secs(55)
+                }
             }
         );
         assert_eq!(faults[4].fault, Fault::KillClusterMaster);

@@ -53,7 +53,12 @@ impl FlatController {
 
     async fn write_status(&self, node: &str, status: &NodeStatus) {
         let key = format!("{STATUS_PREFIX}{node}");
-        if self.km.put(&key, glory_keymaster::schema::encode(status), None).await.is_ok() {
+        if self
+            .km
+            .put(&key, glory_keymaster::schema::encode(status), None)
+            .await
+            .is_ok()
+        {
             self.writes.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -62,7 +67,11 @@ impl FlatController {
     /// new or down.
     async fn renew(&self, node: &str) -> Result<(), String> {
         self.km
-            .put(&format!("{LEASE_PREFIX}{node}"), glory_protocol::now_ms().to_string().into_bytes(), None)
+            .put(
+                &format!("{LEASE_PREFIX}{node}"),
+                glory_protocol::now_ms().to_string().into_bytes(),
+                None,
+            )
             .await
             .map_err(|e| e.to_string())?;
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -73,11 +82,19 @@ impl FlatController {
             match nodes.get_mut(node) {
                 Some(n) => {
                     n.last_renew = Instant::now();
-                    n.status.transition(NodeState::Up, now_ms, "lease renewed").then(|| n.status.clone())
+                    n.status
+                        .transition(NodeState::Up, now_ms, "lease renewed")
+                        .then(|| n.status.clone())
                 }
                 None => {
                     let status = NodeStatus::new(NodeState::Up, now_ms, "registered");
-                    nodes.insert(node.to_string(), FlatNode { last_renew: Instant::now(), status: status.clone() });
+                    nodes.insert(
+                        node.to_string(),
+                        FlatNode {
+                            last_renew: Instant::now(),
+                            status: status.clone(),
+                        },
+                    );
                     Some(status)
                 }
             }
@@ -95,9 +112,13 @@ impl FlatController {
             let mut nodes = self.lock();
             nodes
                 .iter_mut()
-                .filter(|(_, n)| n.status.state == NodeState::Up && n.last_renew.elapsed() > self.grace)
+                .filter(|(_, n)| {
+                    n.status.state == NodeState::Up && n.last_renew.elapsed() > self.grace
+                })
                 .filter_map(|(id, n)| {
-                    n.status.transition(NodeState::Down, now_ms, "lease expired").then(|| (id.clone(), n.status.clone()))
+                    n.status
+                        .transition(NodeState::Down, now_ms, "lease expired")
+                        .then(|| (id.clone(), n.status.clone()))
                 })
                 .collect()
         };
@@ -110,11 +131,21 @@ impl FlatController {
     /// (up, total) nodes.
     pub fn counts(&self) -> (usize, usize) {
         let nodes = self.lock();
-        (nodes.values().filter(|n| n.status.state == NodeState::Up).count(), nodes.len())
+        (
+            nodes
+                .values()
+                .filter(|n| n.status.state == NodeState::Up)
+                .count(),
+            nodes.len(),
+        )
     }
 
     pub fn down_nodes(&self) -> Vec<String> {
-        self.lock().iter().filter(|(_, n)| n.status.state == NodeState::Down).map(|(id, _)| id.clone()).collect()
+        self.lock()
+            .iter()
+            .filter(|(_, n)| n.status.state == NodeState::Down)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn list(&self) -> Value {
@@ -128,16 +159,25 @@ impl FlatController {
     }
 
     /// Serve the lease API on `listen` and run the controller every second.
-    pub async fn serve(self: Arc<Self>, listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listen: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<SocketAddr> {
         let app = Router::new()
             .route("/flat/leases/{node}", put(renew_lease))
-            .route("/flat/nodes", get(|State(c): State<Arc<FlatController>>| async move { Json(c.list()) }))
+            .route(
+                "/flat/nodes",
+                get(|State(c): State<Arc<FlatController>>| async move { Json(c.list()) }),
+            )
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
         });
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -152,7 +192,12 @@ impl FlatController {
     }
 }
 
-async fn renew_lease(State(c): State<Arc<FlatController>>, Path(node): Path<String>) -> Result<Json<Value>, (axum::http::StatusCode, String)> {
-    c.renew(&node).await.map_err(|e| (axum::http::StatusCode::SERVICE_UNAVAILABLE, e))?;
+async fn renew_lease(
+    State(c): State<Arc<FlatController>>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, (axum::http::StatusCode, String)> {
+    c.renew(&node)
+        .await
+        .map_err(|e| (axum::http::StatusCode::SERVICE_UNAVAILABLE, e))?;
     Ok(Json(json!({"renewed": node})))
 }

@@ -24,13 +24,24 @@ use super::{cores, sim_index, AgentsProcess, Detections, Fault, SimOptions};
 use crate::client::ApiClient;
 
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .unwrap_or(0);
-    format!("{cores} cores, {:.0} GiB, Linux {}", mem_kib as f64 / (1 << 20) as f64, kernel.trim())
+    format!(
+        "{cores} cores, {:.0} GiB, Linux {}",
+        mem_kib as f64 / (1 << 20) as f64,
+        kernel.trim()
+    )
 }
 
 fn base_report(o: &SimOptions, mode: &str) -> Report {
@@ -74,10 +85,14 @@ fn fill_steady(report: &mut Report, a: &Snapshot, b: &Snapshot, baseline_rss: u6
     report.masters_rss_bytes = Some(b.masters.rss_bytes);
     report.masters_peak_rss_bytes = Some(b.masters.peak_rss_bytes);
     report.agents_rss_bytes = Some(b.agents.rss_bytes);
-    report.master_bytes_per_node = Some(b.masters.rss_bytes.saturating_sub(baseline_rss) as f64 / nodes as f64);
+    report.master_bytes_per_node =
+        Some(b.masters.rss_bytes.saturating_sub(baseline_rss) as f64 / nodes as f64);
     report.keymaster_writes_per_sec.steady =
         Some(b.km_writes.saturating_sub(a.km_writes) as f64 / wall.as_secs_f64().max(1e-9));
-    report.notes.push(format!("steady state measured over {:.1} s", wall.as_secs_f64()));
+    report.notes.push(format!(
+        "steady state measured over {:.1} s",
+        wall.as_secs_f64()
+    ));
 }
 
 struct GroupSlot {
@@ -120,7 +135,12 @@ impl Masters {
     }
 
     fn km_writes(&self) -> u64 {
-        self.past_writes + self.cm.as_ref().map(|cm| cm.cluster.keymaster_writes()).unwrap_or(0)
+        self.past_writes
+            + self
+                .cm
+                .as_ref()
+                .map(|cm| cm.cluster.keymaster_writes())
+                .unwrap_or(0)
     }
 
     fn start_group(&self, id: &str, listen: SocketAddr, relay: Relay) -> anyhow::Result<GroupSlot> {
@@ -143,7 +163,13 @@ impl Masters {
                 tracing::error!(group = %gid, error = %format!("{e:#}"), "group master failed");
             }
         });
-        Ok(GroupSlot { id: id.to_string(), addr, relay, stop, task })
+        Ok(GroupSlot {
+            id: id.to_string(),
+            addr,
+            relay,
+            stop,
+            task,
+        })
     }
 
     async fn start(options: &SimOptions) -> anyhow::Result<(Masters, tempfile::TempDir)> {
@@ -160,9 +186,15 @@ impl Masters {
         let km = glory_cluster_master::open_keymaster(&cm_config)?;
         let shutdown = CancellationToken::new();
         let cm_stop = shutdown.child_token();
-        let cm = glory_cluster_master::start(cm_config.validate()?, km.clone(), None, cm_stop.clone()).await?;
+        let cm =
+            glory_cluster_master::start(cm_config.validate()?, km.clone(), None, cm_stop.clone())
+                .await?;
         // Restarts reuse the addresses the first instance got.
-        let cm_config = ClusterMasterConfig { listen: cm.quic_addr, api_listen: cm.api_addr, ..cm_config };
+        let cm_config = ClusterMasterConfig {
+            listen: cm.quic_addr,
+            api_listen: cm.api_addr,
+            ..cm_config
+        };
         let mut masters = Masters {
             km,
             cm_config,
@@ -182,7 +214,10 @@ impl Masters {
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         while masters.cm().cluster.connected_groups() < options.groups {
-            anyhow::ensure!(Instant::now() < deadline, "group masters did not all register within 60 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "group masters did not all register within 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok((masters, dir))
@@ -190,10 +225,16 @@ impl Masters {
 
     /// Stop group master `id` and start a replacement on its address at once.
     async fn replace_group(&mut self, id: &str) -> anyhow::Result<()> {
-        let idx = self.groups.iter().position(|g| g.id == id).context("no such group")?;
+        let idx = self
+            .groups
+            .iter()
+            .position(|g| g.id == id)
+            .context("no such group")?;
         let old = self.groups.remove(idx);
+        let t = Instant::now();
         old.stop.cancel();
         let _ = old.task.await;
+        let stopped = t.elapsed();
         // The old endpoint's socket is released by its driver task shortly after.
         let deadline = Instant::now() + Duration::from_secs(5);
         let slot = loop {
@@ -207,6 +248,13 @@ impl Masters {
             }
         };
         self.groups.insert(idx, slot);
+        if self.options.progress {
+            eprintln!(
+                "group master {id}: stopped in {:.2} s, replacement serving after {:.2} s",
+                stopped.as_secs_f64(),
+                t.elapsed().as_secs_f64()
+            );
+        }
         Ok(())
     }
 
@@ -220,8 +268,21 @@ impl Masters {
             cm.wait().await;
         }
         self.cm_stop = self.shutdown.child_token();
-        let cm =
-            glory_cluster_master::start(self.cm_config.validate()?, self.km.clone(), None, self.cm_stop.clone()).await?;
+        // The old endpoint lets go of its address once its connections have drained.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let cm = loop {
+            let config = self.cm_config.validate()?;
+            match glory_cluster_master::start(config, self.km.clone(), None, self.cm_stop.clone())
+                .await
+            {
+                Ok(cm) => break cm,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %format!("{e:#}"), "replacement cluster master cannot bind yet");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.cm = Some(cm);
         Ok(())
     }
@@ -251,7 +312,11 @@ struct Tracker {
 fn ids(items: &Value) -> Vec<String> {
     items["items"]
         .as_array()
-        .map(|a| a.iter().filter_map(|n| n["id"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -279,10 +344,16 @@ fn progress(o: &SimOptions, elapsed: Duration, summary: &Value) {
 pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut report = base_report(o, "hierarchy");
     let (mut masters, dir) = Masters::start(o).await?;
-    let api = ApiClient::new(&masters.cm().api_addr.to_string(), &masters.cm().operator_token)?;
+    let api = ApiClient::new(
+        &masters.cm().api_addr.to_string(),
+        &masters.cm().operator_token,
+    )?;
     let baseline = sample(None).unwrap_or_default();
-    let (token, _) =
-        masters.cm().cluster.create_bootstrap_token(None, false, BootstrapScope::Node, "glory sim agents").await?;
+    let (token, _) = masters
+        .cm()
+        .cluster
+        .create_bootstrap_token(None, false, BootstrapScope::Node, "glory sim agents")
+        .await?;
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, masters.cm().cluster.ca_pem())?;
     let mut agents = AgentsProcess::spawn(&[
@@ -347,23 +418,38 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             last_progress = Instant::now();
         }
         let up = summary["nodes_by_state"]["up"].as_u64().unwrap_or(0) as usize;
-        if report.enroll_seconds.is_none() && up == o.nodes && summary["nodes"].as_u64() == Some(o.nodes as u64) {
+        if report.enroll_seconds.is_none()
+            && up == o.nodes
+            && summary["nodes"].as_u64() == Some(o.nodes as u64)
+        {
             report.enroll_seconds = Some(elapsed.as_secs_f64());
             for n in api.all_nodes("").await? {
-                if let (Some(id), Some(i)) = (n["id"].as_str(), n["hostname"].as_str().and_then(sim_index)) {
+                if let (Some(id), Some(i)) =
+                    (n["id"].as_str(), n["hostname"].as_str().and_then(sim_index))
+                {
                     host_ids.insert(i, id.to_string());
-                    group_of.insert(id.to_string(), n["group"].as_str().unwrap_or_default().to_string());
+                    group_of.insert(
+                        id.to_string(),
+                        n["group"].as_str().unwrap_or_default().to_string(),
+                    );
                 }
             }
             if o.progress {
-                eprintln!("all {} nodes up after {:.2} s", o.nodes, elapsed.as_secs_f64());
+                eprintln!(
+                    "all {} nodes up after {:.2} s",
+                    o.nodes,
+                    elapsed.as_secs_f64()
+                );
             }
         }
         // Steady state: from 3 s after enrollment until the first fault (or the end).
         if let Some(enrolled) = report.enroll_seconds {
             let start_at = Duration::from_secs_f64(enrolled + 3.0);
             let end_at = first_fault.unwrap_or(o.duration.saturating_sub(Duration::from_secs(1)));
-            if steady_start.is_none() && elapsed >= start_at && start_at + Duration::from_secs(2) < end_at {
+            if steady_start.is_none()
+                && elapsed >= start_at
+                && start_at + Duration::from_secs(2) < end_at
+            {
                 steady_start = Some(snapshot(agents.pid, masters.km_writes()));
             }
             if let (Some(a), false) = (steady_start, steady_done) {
@@ -388,12 +474,16 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                 let now = now_ms();
                 for id in &down {
                     if let Some((g, ..)) = &gm_failover {
-                        if group_of.get(id) == Some(g) && !tracker.detections.killed_at.contains_key(id) {
+                        if group_of.get(id) == Some(g)
+                            && !tracker.detections.killed_at.contains_key(id)
+                        {
                             gm_wrong.insert(id.clone());
                         }
                     }
                     if let Some((g, ..)) = &partition {
-                        if group_of.get(id) == Some(g) && !tracker.detections.killed_at.contains_key(id) {
+                        if group_of.get(id) == Some(g)
+                            && !tracker.detections.killed_at.contains_key(id)
+                        {
                             partition_wrong.insert(id.clone());
                         }
                     }
@@ -411,8 +501,13 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         if let Some((g, killed, members)) = &gm_failover {
             if report.gm_failover_seconds.is_none() {
                 if let Ok(group) = api.get(&format!("/api/v1/groups/{g}")).await {
-                    let live = members.iter().filter(|m| !tracker.detections.killed_at.contains_key(*m)).count();
-                    if group["connected"] == true && group["nodes_by_state"]["up"].as_u64() == Some(live as u64) {
+                    let live = members
+                        .iter()
+                        .filter(|m| !tracker.detections.killed_at.contains_key(*m))
+                        .count();
+                    if group["connected"] == true
+                        && group["nodes_by_state"]["up"].as_u64() == Some(live as u64)
+                    {
                         report.gm_failover_seconds = Some(killed.elapsed().as_secs_f64());
                     }
                 }
@@ -423,7 +518,9 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             let live = o.nodes - tracker.killed_indices.len();
             if summary["groups_connected"].as_u64() == Some(o.groups as u64)
                 && summary["nodes_by_state"]["up"].as_u64() == Some(live as u64)
-                && summary["uptime_seconds"].as_u64().is_some_and(|u| (u as f64) <= killed.elapsed().as_secs_f64() + 1.0)
+                && summary["uptime_seconds"]
+                    .as_u64()
+                    .is_some_and(|u| (u as f64) <= killed.elapsed().as_secs_f64() + 1.0)
             {
                 report.cm_failover_seconds = Some(killed.elapsed().as_secs_f64());
                 cm_failover = None;
@@ -431,13 +528,19 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         }
         // Partition: when did the group turn unreachable, when did it recover?
         if let Some((g, started, until, members)) = &partition {
-            let pr = partition_report.get_or_insert_with(|| PartitionReport { group: g.clone(), ..Default::default() });
+            let pr = partition_report.get_or_insert_with(|| PartitionReport {
+                group: g.clone(),
+                ..Default::default()
+            });
             if let Ok(group) = api.get(&format!("/api/v1/groups/{g}")).await {
                 let unreachable = group["nodes_by_state"]["unreachable"].as_u64().unwrap_or(0);
                 if pr.unreachable_after_seconds.is_none() && unreachable > 0 {
                     pr.unreachable_after_seconds = Some(started.elapsed().as_secs_f64());
                 }
-                let live = members.iter().filter(|m| !tracker.detections.killed_at.contains_key(*m)).count();
+                let live = members
+                    .iter()
+                    .filter(|m| !tracker.detections.killed_at.contains_key(*m))
+                    .count();
                 if let Some(healed) = partition_healed {
                     if pr.recovered_seconds.is_none()
                         && group["connected"] == true
@@ -465,7 +568,9 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             }
             match fault.fault {
                 Fault::KillAgents(n) => {
-                    let mut candidates: Vec<usize> = (0..o.nodes).filter(|i| !tracker.ever_killed.contains(i)).collect();
+                    let mut candidates: Vec<usize> = (0..o.nodes)
+                        .filter(|i| !tracker.ever_killed.contains(i))
+                        .collect();
                     candidates.shuffle(&mut rand::rng());
                     for i in candidates.into_iter().take(n) {
                         if let (Some(at), Some(id)) = (agents.kill(i).await?, host_ids.get(&i)) {
@@ -476,7 +581,10 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                     }
                 }
                 Fault::RestartAgents(n) => {
-                    let chosen: Vec<usize> = tracker.killed_indices.drain(..n.min(tracker.killed_indices.len())).collect();
+                    let chosen: Vec<usize> = tracker
+                        .killed_indices
+                        .drain(..n.min(tracker.killed_indices.len()))
+                        .collect();
                     for i in chosen {
                         if let (Some(at), Some(id)) = (agents.start(i).await?, host_ids.get(&i)) {
                             tracker.restarted.insert(id.clone(), (at, None));
@@ -484,8 +592,11 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                     }
                 }
                 Fault::KillGroupMaster(g) => {
-                    let members: Vec<String> =
-                        group_of.iter().filter(|(_, grp)| **grp == g).map(|(id, _)| id.clone()).collect();
+                    let members: Vec<String> = group_of
+                        .iter()
+                        .filter(|(_, grp)| **grp == g)
+                        .map(|(id, _)| id.clone())
+                        .collect();
                     gm_failover = Some((g.clone(), Instant::now(), members));
                     masters.replace_group(&g).await?;
                 }
@@ -494,8 +605,11 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                     masters.replace_cluster_master().await?;
                 }
                 Fault::PartitionGroup { group, until } => {
-                    let members: Vec<String> =
-                        group_of.iter().filter(|(_, grp)| **grp == group).map(|(id, _)| id.clone()).collect();
+                    let members: Vec<String> = group_of
+                        .iter()
+                        .filter(|(_, grp)| **grp == group)
+                        .map(|(id, _)| id.clone())
+                        .collect();
                     if let Some(slot) = masters.groups.iter().find(|s| s.id == group) {
                         slot.relay.set_blocked(true);
                     }
@@ -512,10 +626,13 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let end = snapshot(agents.pid, masters.km_writes());
     if let Some(a) = fault_start {
         let wall = end.at.duration_since(a.at).as_secs_f64().max(1e-9);
-        report.keymaster_writes_per_sec.faults = Some(end.km_writes.saturating_sub(a.km_writes) as f64 / wall);
+        report.keymaster_writes_per_sec.faults =
+            Some(end.km_writes.saturating_sub(a.km_writes) as f64 / wall);
     }
     if !steady_done {
-        report.notes.push("no steady-state window (enrollment too late or faults too early)".into());
+        report
+            .notes
+            .push("no steady-state window (enrollment too late or faults too early)".into());
     }
     let (detected, missed) = tracker.detections.detection();
     let killed_any = !tracker.detections.killed_at.is_empty();
@@ -535,7 +652,10 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                 .into(),
         );
     }
-    if o.faults.iter().any(|f| matches!(f.fault, Fault::KillClusterMaster)) {
+    if o.faults
+        .iter()
+        .any(|f| matches!(f.fault, Fault::KillClusterMaster))
+    {
         report.notes.push(
             "cluster master failover: the cluster master is stopped and a replacement starts on the same key master \
              and addresses (standby cluster masters come with the HA work)"
@@ -561,9 +681,22 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     };
     let downs = masters.downs();
     let explained = detected.len() as u64 + gm_wrong.len() as u64 + partition_wrong.len() as u64;
-    report.false_downs = Some(downs.saturating_sub(explained).max(tracker.detections.unexplained.len() as u64));
-    if report.heartbeats.received.is_some() && o.faults.iter().any(|f| matches!(f.fault, Fault::KillClusterMaster | Fault::KillGroupMaster(_))) {
-        report.notes.push("heartbeats received/lost count since the last (re)start of each group master".into());
+    report.false_downs = Some(
+        downs
+            .saturating_sub(explained)
+            .max(tracker.detections.unexplained.len() as u64),
+    );
+    if report.heartbeats.received.is_some()
+        && o.faults.iter().any(|f| {
+            matches!(
+                f.fault,
+                Fault::KillClusterMaster | Fault::KillGroupMaster(_)
+            )
+        })
+    {
+        report.notes.push(
+            "heartbeats received/lost count since the last (re)start of each group master".into(),
+        );
     }
     masters.stop().await;
     Ok(report)
@@ -581,10 +714,14 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
         GRACE.as_secs()
     ));
     let dir = tempfile::tempdir()?;
-    let km: Arc<dyn KeyMaster> = glory_keymaster::EmbeddedKeyMaster::open(&dir.path().join("keymaster.db"))?;
+    let km: Arc<dyn KeyMaster> =
+        glory_keymaster::EmbeddedKeyMaster::open(&dir.path().join("keymaster.db"))?;
     let shutdown = CancellationToken::new();
     let controller = FlatController::new(km, GRACE);
-    let addr = controller.clone().serve(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone()).await?;
+    let addr = controller
+        .clone()
+        .serve(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
+        .await?;
     let baseline = sample(None).unwrap_or_default();
     let mut agents = AgentsProcess::spawn(&[
         "--nodes".into(),
@@ -605,14 +742,20 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
     let mut ever_killed: HashSet<usize> = HashSet::new();
     let mut restarted: HashMap<String, (u64, Option<u64>)> = HashMap::new();
     let mut latencies = Vec::new();
-    let (mut last_progress, mut last_latency) = (Instant::now() - Duration::from_secs(10), Instant::now());
+    let (mut last_progress, mut last_latency) =
+        (Instant::now() - Duration::from_secs(10), Instant::now());
     let writes = || controller.writes.load(Ordering::Relaxed);
     while t0.elapsed() < o.duration {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let elapsed = t0.elapsed();
         let (up, total) = controller.counts();
         if o.progress && last_progress.elapsed() >= Duration::from_secs(2) {
-            eprintln!("[{:6.1}s] registered {total}/{}  up {up}  down {}", elapsed.as_secs_f64(), o.nodes, total - up);
+            eprintln!(
+                "[{:6.1}s] registered {total}/{}  up {up}  down {}",
+                elapsed.as_secs_f64(),
+                o.nodes,
+                total - up
+            );
             last_progress = Instant::now();
         }
         if report.enroll_seconds.is_none() && up == o.nodes {
@@ -621,18 +764,32 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
         if let Some(enrolled) = report.enroll_seconds {
             let start_at = Duration::from_secs_f64(enrolled + 3.0);
             let end_at = first_fault.unwrap_or(o.duration.saturating_sub(Duration::from_secs(1)));
-            if steady_start.is_none() && elapsed >= start_at && start_at + Duration::from_secs(2) < end_at {
+            if steady_start.is_none()
+                && elapsed >= start_at
+                && start_at + Duration::from_secs(2) < end_at
+            {
                 steady_start = Some(snapshot(agents.pid, writes()));
             }
             if let (Some(a), false) = (steady_start, steady_done) {
                 if elapsed >= end_at {
-                    fill_steady(&mut report, &a, &snapshot(agents.pid, writes()), baseline.rss_bytes, o.nodes);
+                    fill_steady(
+                        &mut report,
+                        &a,
+                        &snapshot(agents.pid, writes()),
+                        baseline.rss_bytes,
+                        o.nodes,
+                    );
                     steady_done = true;
                 }
             }
             if last_latency.elapsed() >= Duration::from_secs(2) {
                 let t = Instant::now();
-                if http.get(format!("http://{addr}/flat/nodes")).send().await.is_ok_and(|r| r.status().is_success()) {
+                if http
+                    .get(format!("http://{addr}/flat/nodes"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
                 last_latency = Instant::now();
@@ -655,7 +812,8 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
             }
             match fault.fault {
                 Fault::KillAgents(n) => {
-                    let mut candidates: Vec<usize> = (0..o.nodes).filter(|i| !ever_killed.contains(i)).collect();
+                    let mut candidates: Vec<usize> =
+                        (0..o.nodes).filter(|i| !ever_killed.contains(i)).collect();
                     candidates.shuffle(&mut rand::rng());
                     for i in candidates.into_iter().take(n) {
                         if let Some(at) = agents.kill(i).await? {
@@ -672,20 +830,25 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
                         }
                     }
                 }
-                other => report.notes.push(format!("fault {other:?} does not apply to the flat baseline (no masters to kill)")),
+                other => report.notes.push(format!(
+                    "fault {other:?} does not apply to the flat baseline (no masters to kill)"
+                )),
             }
         }
     }
     let end = snapshot(agents.pid, writes());
     if let Some(a) = fault_start {
         let wall = end.at.duration_since(a.at).as_secs_f64().max(1e-9);
-        report.keymaster_writes_per_sec.faults = Some(end.km_writes.saturating_sub(a.km_writes) as f64 / wall);
+        report.keymaster_writes_per_sec.faults =
+            Some(end.km_writes.saturating_sub(a.km_writes) as f64 / wall);
     }
     let (detected, missed) = detections.detection();
     report.detection_seconds = percentiles(&detected);
     report.missed_detections = (!detections.killed_at.is_empty()).then_some(missed);
-    let restart_secs: Vec<f64> =
-        restarted.values().filter_map(|(at, up)| up.map(|u| u.saturating_sub(*at) as f64 / 1000.0)).collect();
+    let restart_secs: Vec<f64> = restarted
+        .values()
+        .filter_map(|(at, up)| up.map(|u| u.saturating_sub(*at) as f64 / 1000.0))
+        .collect();
     report.restart_up_seconds = percentiles(&restart_secs);
     report.api_list_nodes_ms = ApiLatency {
         count: latencies.len(),
@@ -694,9 +857,17 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
     };
     let (sent, _, _) = agents.stop().await?;
     let received = controller.renewals.load(Ordering::Relaxed);
-    report.heartbeats = Heartbeats { sent: Some(sent), received: Some(received), lost: Some(sent.saturating_sub(received)) };
+    report.heartbeats = Heartbeats {
+        sent: Some(sent),
+        received: Some(received),
+        lost: Some(sent.saturating_sub(received)),
+    };
     let downs = controller.down_transitions.load(Ordering::Relaxed);
-    report.false_downs = Some(downs.saturating_sub(detected.len() as u64).max(detections.unexplained.len() as u64));
+    report.false_downs = Some(
+        downs
+            .saturating_sub(detected.len() as u64)
+            .max(detections.unexplained.len() as u64),
+    );
     shutdown.cancel();
     Ok(report)
 }

@@ -57,17 +57,29 @@ impl SimOptions {
             bail!("--nodes and --groups must be positive");
         }
         if self.nodes.div_ceil(self.groups) > 250 * 4 {
-            bail!("{} nodes in {} groups is over 1000 per group: use more --groups", self.nodes, self.groups);
+            bail!(
+                "{} nodes in {} groups is over 1000 per group: use more --groups",
+                self.nodes,
+                self.groups
+            );
         }
         for f in &self.faults {
             if f.at >= self.duration {
-                bail!("fault {:?} at {:?} is after the end of the run ({:?})", f.fault, f.at, self.duration);
+                bail!(
+                    "fault {:?} at {:?} is after the end of the run ({:?})",
+                    f.fault,
+                    f.at,
+                    self.duration
+                );
             }
             match &f.fault {
                 Fault::KillGroupMaster(g) | Fault::PartitionGroup { group: g, .. } => {
                     let known = (0..self.groups).any(|i| &format!("g{i:02}") == g);
                     if !known {
-                        bail!("fault names group {g}, but groups are g00..g{:02}", self.groups - 1);
+                        bail!(
+                            "fault names group {g}, but groups are g00..g{:02}",
+                            self.groups - 1
+                        );
                     }
                 }
                 Fault::KillAgents(n) | Fault::RestartAgents(n) if *n > self.nodes => {
@@ -94,7 +106,10 @@ impl AgentsProcess {
         let mut child = tokio::process::Command::new(exe)
             .arg("sim-agents")
             .args(args)
-            .env("RUST_LOG", std::env::var("GLORY_SIM_AGENT_LOG").unwrap_or_else(|_| "error".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("GLORY_SIM_AGENT_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -113,20 +128,32 @@ impl AgentsProcess {
                 }
             }
         });
-        let mut process = AgentsProcess { child, stdin, events, pid };
+        let mut process = AgentsProcess {
+            child,
+            stdin,
+            events,
+            pid,
+        };
         process.expect("ready", Duration::from_secs(30)).await?;
         Ok(process)
     }
 
     pub(crate) async fn send(&mut self, line: &str) -> anyhow::Result<()> {
-        self.stdin.write_all(format!("{line}\n").as_bytes()).await.context("write to the agents' process")?;
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .context("write to the agents' process")?;
         self.stdin.flush().await?;
         Ok(())
     }
 
     /// Wait for a line starting with `prefix`; other lines are returned to the caller
     /// through `seen` handling in [`AgentsProcess::drain`].
-    pub(crate) async fn expect(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+    pub(crate) async fn expect(
+        &mut self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -163,7 +190,9 @@ impl AgentsProcess {
                 _ => bail!("the agents' process did not answer"),
             };
             let words: Vec<&str> = line.split_whitespace().collect();
-            if words.first() == Some(&word) && words.get(1).and_then(|w| w.parse::<usize>().ok()) == Some(index) {
+            if words.first() == Some(&word)
+                && words.get(1).and_then(|w| w.parse::<usize>().ok()) == Some(index)
+            {
                 at = words.get(2).and_then(|w| w.parse().ok());
             } else if words.first() == Some(&"stats") {
                 return Ok(at);
@@ -180,8 +209,16 @@ impl AgentsProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.events.recv()).await {
                 Ok(Some(line)) if line.starts_with("stats") => {
-                    let n: Vec<u64> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
-                    last = (n.first().copied().unwrap_or(0), n.get(1).copied().unwrap_or(0), n.get(2).copied().unwrap_or(0));
+                    let n: Vec<u64> = line
+                        .split_whitespace()
+                        .skip(1)
+                        .filter_map(|w| w.parse().ok())
+                        .collect();
+                    last = (
+                        n.first().copied().unwrap_or(0),
+                        n.get(1).copied().unwrap_or(0),
+                        n.get(2).copied().unwrap_or(0),
+                    );
                 }
                 Ok(Some(line)) if line == "stopped" => break,
                 Ok(Some(_)) => {}
@@ -194,7 +231,11 @@ impl AgentsProcess {
 }
 
 /// CPU cores used by a process between two samples.
-pub(crate) fn cores(a: &procstat::ProcSample, b: &procstat::ProcSample, wall: Duration) -> Option<f64> {
+pub(crate) fn cores(
+    a: &procstat::ProcSample,
+    b: &procstat::ProcSample,
+    wall: Duration,
+) -> Option<f64> {
     (wall.as_secs_f64() > 0.0).then(|| (b.cpu_seconds - a.cpu_seconds) / wall.as_secs_f64())
 }
 
@@ -247,7 +288,8 @@ pub async fn run(options: SimOptions) -> anyhow::Result<Report> {
         Mode::Flat => hier::run_flat(&options).await?,
     };
     if let Some(path) = &options.report {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
     }
     Ok(report)
 }

@@ -28,7 +28,12 @@ fn parse(stat: &str, status: &str) -> ProcSample {
     // Fields after the command name (which may hold spaces) start at field 3 (state).
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime is field 14, stime 15 (1-based); `fields[0]` is field 3.
     let cpu_seconds = (ticks(11) + ticks(12)) / USER_HZ;
     let kib = |key: &str| {
@@ -40,7 +45,11 @@ fn parse(stat: &str, status: &str) -> ProcSample {
             .unwrap_or(0)
             * 1024
     };
-    ProcSample { cpu_seconds, rss_bytes: kib("VmRSS:"), peak_rss_bytes: kib("VmHWM:") }
+    ProcSample {
+        cpu_seconds,
+        rss_bytes: kib("VmRSS:"),
+        peak_rss_bytes: kib("VmHWM:"),
+    }
 }
 
 #[cfg(test)]

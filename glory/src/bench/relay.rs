@@ -24,8 +24,13 @@ impl Relay {
         let blocked = Arc::new(AtomicBool::new(false));
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         {
-            let (front, back, blocked, client, shutdown) =
-                (front.clone(), back.clone(), blocked.clone(), client.clone(), shutdown.clone());
+            let (front, back, blocked, client, shutdown) = (
+                front.clone(),
+                back.clone(),
+                blocked.clone(),
+                client.clone(),
+                shutdown.clone(),
+            );
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 loop {

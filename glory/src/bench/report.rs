@@ -18,8 +18,14 @@ pub fn percentiles(samples: &[f64]) -> Option<Percentiles> {
     }
     let mut sorted = samples.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
-    let rank = |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
-    Some(Percentiles { count: sorted.len(), p50: rank(0.50), p99: rank(0.99), max: sorted[sorted.len() - 1] })
+    let rank =
+        |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+    Some(Percentiles {
+        count: sorted.len(),
+        p50: rank(0.50),
+        p99: rank(0.99),
+        max: sorted[sorted.len() - 1],
+    })
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -89,20 +95,29 @@ pub struct Report {
 }
 
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "null".into())
+    v.as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "null".into())
 }
 
 fn f2(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "null".into())
+    v.map(|v| format!("{v:.2}"))
+        .unwrap_or_else(|| "null".into())
 }
 
 fn mib(v: Option<u64>) -> String {
-    v.map(|v| format!("{:.1} MiB", v as f64 / (1 << 20) as f64)).unwrap_or_else(|| "null".into())
+    v.map(|v| format!("{:.1} MiB", v as f64 / (1 << 20) as f64))
+        .unwrap_or_else(|| "null".into())
 }
 
 fn pct(p: &Option<Percentiles>) -> String {
     p.as_ref()
-        .map(|p| format!("n={} p50={:.2} p99={:.2} max={:.2}", p.count, p.p50, p.p99, p.max))
+        .map(|p| {
+            format!(
+                "n={} p50={:.2} p99={:.2} max={:.2}",
+                p.count, p.p50, p.p99, p.max
+            )
+        })
         .unwrap_or_else(|| "null".into())
 }
 
@@ -110,17 +125,43 @@ impl Report {
     /// The human summary printed at the end of a run.
     pub fn table(&self) -> String {
         let rows: Vec<Vec<String>> = vec![
-            vec!["mode".into(), format!("{} ({} key master)", self.mode, self.keymaster)],
-            vec!["nodes / groups".into(), format!("{} / {}", self.nodes, self.groups)],
+            vec![
+                "mode".into(),
+                format!("{} ({} key master)", self.mode, self.keymaster),
+            ],
+            vec![
+                "nodes / groups".into(),
+                format!("{} / {}", self.nodes, self.groups),
+            ],
             vec!["duration".into(), format!("{:.0} s", self.duration_seconds)],
-            vec!["faults".into(), if self.faults.is_empty() { "none".into() } else { self.faults.clone() }],
-            vec!["enroll (all up)".into(), format!("{} s", f2(self.enroll_seconds))],
+            vec![
+                "faults".into(),
+                if self.faults.is_empty() {
+                    "none".into()
+                } else {
+                    self.faults.clone()
+                },
+            ],
+            vec![
+                "enroll (all up)".into(),
+                format!("{} s", f2(self.enroll_seconds)),
+            ],
             vec!["detection (s)".into(), pct(&self.detection_seconds)],
             vec!["missed detections".into(), opt(&self.missed_detections)],
             vec!["false downs".into(), opt(&self.false_downs)],
             vec!["restart -> up (s)".into(), pct(&self.restart_up_seconds)],
-            vec!["gm failover".into(), format!("{} s, wrong downs {}", f2(self.gm_failover_seconds), opt(&self.gm_failover_wrong_downs))],
-            vec!["cm failover".into(), format!("{} s", f2(self.cm_failover_seconds))],
+            vec![
+                "gm failover".into(),
+                format!(
+                    "{} s, wrong downs {}",
+                    f2(self.gm_failover_seconds),
+                    opt(&self.gm_failover_wrong_downs)
+                ),
+            ],
+            vec![
+                "cm failover".into(),
+                format!("{} s", f2(self.cm_failover_seconds)),
+            ],
             vec![
                 "partition".into(),
                 self.partition
@@ -138,16 +179,37 @@ impl Report {
             ],
             vec![
                 "heartbeats".into(),
-                format!("sent {} received {} lost {}", opt(&self.heartbeats.sent), opt(&self.heartbeats.received), opt(&self.heartbeats.lost)),
+                format!(
+                    "sent {} received {} lost {}",
+                    opt(&self.heartbeats.sent),
+                    opt(&self.heartbeats.received),
+                    opt(&self.heartbeats.lost)
+                ),
             ],
             vec!["masters cpu (cores)".into(), f2(self.masters_cpu_cores)],
             vec!["agents cpu (cores)".into(), f2(self.agents_cpu_cores)],
-            vec!["masters rss".into(), format!("{} (peak {})", mib(self.masters_rss_bytes), mib(self.masters_peak_rss_bytes))],
-            vec!["master bytes / node".into(), self.master_bytes_per_node.map(|b| format!("{:.0} B ({:.1} KiB)", b, b / 1024.0)).unwrap_or_else(|| "null".into())],
+            vec![
+                "masters rss".into(),
+                format!(
+                    "{} (peak {})",
+                    mib(self.masters_rss_bytes),
+                    mib(self.masters_peak_rss_bytes)
+                ),
+            ],
+            vec![
+                "master bytes / node".into(),
+                self.master_bytes_per_node
+                    .map(|b| format!("{:.0} B ({:.1} KiB)", b, b / 1024.0))
+                    .unwrap_or_else(|| "null".into()),
+            ],
             vec!["agents rss".into(), mib(self.agents_rss_bytes)],
             vec![
                 "keymaster writes/s".into(),
-                format!("steady {} faults {}", f2(self.keymaster_writes_per_sec.steady), f2(self.keymaster_writes_per_sec.faults)),
+                format!(
+                    "steady {} faults {}",
+                    f2(self.keymaster_writes_per_sec.steady),
+                    f2(self.keymaster_writes_per_sec.faults)
+                ),
             ],
             vec![
                 "GET /nodes (all)".into(),
@@ -180,7 +242,12 @@ mod tests {
     #[test]
     fn unexercised_figures_are_null_in_json() {
         let json = serde_json::to_value(Report::default()).unwrap();
-        for key in ["enroll_seconds", "detection_seconds", "cm_failover_seconds", "master_bytes_per_node"] {
+        for key in [
+            "enroll_seconds",
+            "detection_seconds",
+            "cm_failover_seconds",
+            "master_bytes_per_node",
+        ] {
             assert!(json[key].is_null(), "{key}");
         }
         assert!(json["heartbeats"]["sent"].is_null());

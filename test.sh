@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# System packages the suite needs (none beyond the Rust toolchain yet; the etcd backend
-# will add etcd-server and protobuf-compiler here).
-APT_PACKAGES=()
+# System packages the suite needs: etcd (the key master's etcd backend is tested against
+# real members) and protoc (the etcd-client crate compiles etcd's protobuf definitions).
+APT_PACKAGES=(etcd-server protobuf-compiler)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
-    KeyMaster, KeyMasterError, KeyValue, KmResult, LeaseId, Revision, Txn, TxnResponse, WatchEvent,
-    Watcher,
+    rules, KeyMaster, KeyMasterError, KeyValue, KmResult, LeaseId, Revision, Txn, TxnResponse,
+    WatchEvent, Watcher,
 };
 use store::{Batch, SqlContext, Writer};
 
@@ -42,8 +42,6 @@ const REAP_INTERVAL: Duration = Duration::from_millis(100);
 const BROADCAST_CAPACITY: usize = 1024;
 /// Events buffered per watcher between its task and its receiver.
 const WATCH_CHANNEL_CAPACITY: usize = 1024;
-/// Shorter leases would expire between two reaper passes.
-const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
 
 /// The SQLite-backed [`KeyMaster`]. Cheap to share as `Arc<EmbeddedKeyMaster>`; the
 /// lease reaper and all watchers stop when the last `Arc` is dropped.
@@ -156,7 +154,7 @@ impl KeyMaster for EmbeddedKeyMaster {
     }
 
     async fn get(&self, key: &str) -> KmResult<Option<KeyValue>> {
-        store::require_key(key)?;
+        rules::require_key(key)?;
         let key = key.to_owned();
         self.inner
             .with_conn("get", move |_, conn| store::get(conn, &key))
@@ -173,7 +171,7 @@ impl KeyMaster for EmbeddedKeyMaster {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> KmResult<Revision> {
-        store::require_key(key)?;
+        rules::require_key(key)?;
         let key = key.to_owned();
         let lease = lease.unwrap_or(0);
         self.inner
@@ -186,7 +184,7 @@ impl KeyMaster for EmbeddedKeyMaster {
     }
 
     async fn delete(&self, key: &str) -> KmResult<i64> {
-        store::require_key(key)?;
+        rules::require_key(key)?;
         let key = key.to_owned();
         self.inner
             .with_conn("delete", move |inner, conn| {
@@ -250,11 +248,7 @@ impl KeyMaster for EmbeddedKeyMaster {
     }
 
     async fn lease_grant(&self, ttl: Duration) -> KmResult<LeaseId> {
-        if ttl < MIN_LEASE_TTL {
-            return Err(KeyMasterError::Invalid(format!(
-                "lease TTL {ttl:?} is below the minimum of {MIN_LEASE_TTL:?}"
-            )));
-        }
+        rules::check_lease_ttl(ttl)?;
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         self.inner
             .with_conn("grant lease", move |_, conn| {

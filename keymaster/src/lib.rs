@@ -1,19 +1,28 @@
 //! The key master: where GLORY-CL keeps the truth that must survive a restart.
 //!
 //! [`KeyMaster`] is shaped after etcd's v3 API so that the embedded SQLite backend
-//! ([`EmbeddedKeyMaster`]) and an etcd backend are interchangeable: a flat, ordered key
-//! space of byte values with a cluster-wide revision, compare-and-swap transactions,
-//! prefix watches that can resume from a revision, leases with a TTL that delete their
-//! keys when they expire, and leader election built from those pieces (etcd's
-//! `concurrency` recipe). The key layout used by the masters lives in [`schema`].
+//! ([`EmbeddedKeyMaster`]) and the etcd backend ([`EtcdKeyMaster`]) are
+//! interchangeable: a flat, ordered key space of byte values with a cluster-wide
+//! revision, compare-and-swap transactions, prefix watches that can resume from a
+//! revision, leases with a TTL that delete their keys when they expire, and leader
+//! election built from those pieces (etcd's `concurrency` recipe). The key layout used
+//! by the masters lives in [`schema`].
 //!
-//! Architecture invariant: only this crate knows SQL (and, later, etcd). Callers see
-//! keys, values, revisions and leases, nothing else.
+//! Both backends pass the same conformance suite (`tests/conformance`). Where etcd
+//! cannot do exactly what the embedded store does, the trait documents the difference:
+//! lease TTLs are whole seconds on etcd, with a minimum.
+//!
+//! Architecture invariant: only this crate knows SQL and etcd. Callers see keys,
+//! values, revisions and leases, nothing else. [`testing`] starts real etcd members for
+//! the tests of any crate.
 #![forbid(unsafe_code)]
 
 mod election;
 mod embedded;
+mod etcd;
+mod rules;
 pub mod schema;
+pub mod testing;
 
 use std::time::Duration;
 
@@ -22,6 +31,7 @@ use tokio::sync::mpsc;
 
 pub use election::{campaign_via_kv, leader_via_kv, resign_via_kv};
 pub use embedded::EmbeddedKeyMaster;
+pub use etcd::{EtcdKeyMaster, EtcdOptions};
 
 /// A cluster-wide, monotonically increasing version of the key space. Every write
 /// transaction that changes something increments it by one.
@@ -252,9 +262,13 @@ pub trait KeyMaster: Send + Sync + 'static {
         start_revision: Option<Revision>,
     ) -> KmResult<Watcher>;
 
+    /// Grant a lease that ends `ttl` after its last refresh. A backend may round the
+    /// TTL up (etcd counts whole seconds and has a minimum, 2 s with its defaults);
+    /// [`KeyMaster::lease_keep_alive`] returns the TTL in force.
     async fn lease_grant(&self, ttl: Duration) -> KmResult<LeaseId>;
 
-    /// Refresh the lease's TTL; returns the TTL it was refreshed to.
+    /// Refresh the lease's TTL; returns the TTL it was refreshed to, which is at least
+    /// the TTL it was granted with.
     async fn lease_keep_alive(&self, lease: LeaseId) -> KmResult<Duration>;
 
     /// Revoke the lease and delete every key attached to it.

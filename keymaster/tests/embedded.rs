@@ -69,6 +69,15 @@ async fn empty_store_starts_at_revision_one() {
     assert_eq!((kvs.len(), rev), (1, 2));
 }
 
+/// The conformance suite lets a backend round TTLs up (etcd does); this one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_ttl_is_kept_exactly() {
+    let km = EmbeddedKeyMaster::open_in_memory().expect("open");
+    let ttl = Duration::from_millis(500);
+    let lease = km.lease_grant(ttl).await.expect("grant");
+    assert_eq!(km.lease_keep_alive(lease).await.expect("keep alive"), ttl);
+}
+
 #[test]
 fn opening_outside_a_runtime_is_an_error() {
     let result = EmbeddedKeyMaster::open_in_memory();

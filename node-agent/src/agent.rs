@@ -197,7 +197,9 @@ async fn enroll_until_done(
                     },
                 };
                 deps.store.save(&identity)?;
-                deps.stats.enrollments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                deps.stats
+                    .enrollments
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 info!(node_id = %identity.node_id, group = %identity.group, "enrolled");
                 return Ok(Some(identity));
             }
@@ -281,7 +283,9 @@ async fn session(
         Err(end) => return end,
     };
     backoff.reset();
-    deps.stats.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    deps.stats
+        .sessions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let glory_protocol::ControlStream {
         mut send,
         recv,

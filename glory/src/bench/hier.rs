@@ -340,6 +340,25 @@ fn progress(o: &SimOptions, elapsed: Duration, summary: &Value) {
     );
 }
 
+/// Learn which node id each simulated host enrolled as, and its group.
+async fn map_hosts(
+    api: &ApiClient,
+    host_ids: &mut HashMap<usize, String>,
+    group_of: &mut HashMap<String, String>,
+) -> anyhow::Result<()> {
+    for n in api.all_nodes("").await? {
+        if let (Some(id), Some(i)) = (n["id"].as_str(), n["hostname"].as_str().and_then(sim_index))
+        {
+            host_ids.insert(i, id.to_string());
+            group_of.insert(
+                id.to_string(),
+                n["group"].as_str().unwrap_or_default().to_string(),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// GLORY-CL's hierarchy under the scheduled faults.
 pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut report = base_report(o, "hierarchy");
@@ -423,17 +442,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             && summary["nodes"].as_u64() == Some(o.nodes as u64)
         {
             report.enroll_seconds = Some(elapsed.as_secs_f64());
-            for n in api.all_nodes("").await? {
-                if let (Some(id), Some(i)) =
-                    (n["id"].as_str(), n["hostname"].as_str().and_then(sim_index))
-                {
-                    host_ids.insert(i, id.to_string());
-                    group_of.insert(
-                        id.to_string(),
-                        n["group"].as_str().unwrap_or_default().to_string(),
-                    );
-                }
-            }
+            map_hosts(&api, &mut host_ids, &mut group_of).await?;
             if o.progress {
                 eprintln!(
                     "all {} nodes up after {:.2} s",
@@ -568,7 +577,13 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             }
             match fault.fault {
                 Fault::KillAgents(n) => {
-                    let mut candidates: Vec<usize> = (0..o.nodes)
+                    if host_ids.len() < o.nodes {
+                        map_hosts(&api, &mut host_ids, &mut group_of).await?;
+                    }
+                    // Only agents we can name (enrolled) are candidates.
+                    let mut candidates: Vec<usize> = host_ids
+                        .keys()
+                        .copied()
                         .filter(|i| !tracker.ever_killed.contains(i))
                         .collect();
                     candidates.shuffle(&mut rand::rng());
@@ -592,6 +607,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                     }
                 }
                 Fault::KillGroupMaster(g) => {
+                    map_hosts(&api, &mut host_ids, &mut group_of).await?;
                     let members: Vec<String> = group_of
                         .iter()
                         .filter(|(_, grp)| **grp == g)
@@ -605,6 +621,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                     masters.replace_cluster_master().await?;
                 }
                 Fault::PartitionGroup { group, until } => {
+                    map_hosts(&api, &mut host_ids, &mut group_of).await?;
                     let members: Vec<String> = group_of
                         .iter()
                         .filter(|(_, grp)| **grp == group)
@@ -679,6 +696,15 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         received: final_summary["heartbeats"]["received"].as_u64(),
         lost: final_summary["heartbeats"]["lost"].as_u64(),
     };
+    // Nothing acknowledged may be lost: every node that enrolled is still recorded, in
+    // memory and in the key master.
+    let recorded = masters
+        .km
+        .get_prefix(glory_keymaster::schema::NODES_PREFIX)
+        .await
+        .map(|(kvs, _)| kvs.len() as u64);
+    report.nodes_at_end = final_summary["nodes"].as_u64();
+    report.nodes_recorded_at_end = recorded.ok();
     let downs = masters.downs();
     let explained = detected.len() as u64 + gm_wrong.len() as u64 + partition_wrong.len() as u64;
     report.false_downs = Some(

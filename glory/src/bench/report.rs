@@ -90,6 +90,10 @@ pub struct Report {
     pub master_bytes_per_node: Option<f64>,
     pub keymaster_writes_per_sec: WritesPerSec,
     pub api_list_nodes_ms: ApiLatency,
+    /// Nodes the cluster master lists at the end (nothing acknowledged may be lost).
+    pub nodes_at_end: Option<u64>,
+    /// Node records in the key master at the end.
+    pub nodes_recorded_at_end: Option<u64>,
     /// How each figure was measured, and what limited it.
     pub notes: Vec<String>,
 }
@@ -184,6 +188,14 @@ impl Report {
                     opt(&self.heartbeats.sent),
                     opt(&self.heartbeats.received),
                     opt(&self.heartbeats.lost)
+                ),
+            ],
+            vec![
+                "nodes at end".into(),
+                format!(
+                    "{} listed, {} in the key master",
+                    opt(&self.nodes_at_end),
+                    opt(&self.nodes_recorded_at_end)
                 ),
             ],
             vec!["masters cpu (cores)".into(), f2(self.masters_cpu_cores)],

@@ -4,7 +4,6 @@
 //! the broadcast sender that a committed write publishes to.
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use rusqlite::{
 use tokio::sync::broadcast;
 use tracing::debug;
 
+use crate::rules::{require_key, validate_txn};
 use crate::{
     prefix_range_end, CmpOp, Compare, CompareTarget, EventKind, KeyMasterError, KeyValue, KmResult,
     LeaseId, OpResult, Revision, Txn, TxnOp, TxnResponse, WatchEvent,
@@ -141,13 +141,6 @@ fn write_meta(conn: &Connection, name: &str, value: i64) -> KmResult<()> {
 
 pub(super) fn revision(conn: &Connection) -> KmResult<Revision> {
     read_meta(conn, META_REVISION)
-}
-
-pub(super) fn require_key(key: &str) -> KmResult<()> {
-    if key.is_empty() {
-        return Err(KeyMasterError::Invalid("empty key".into()));
-    }
-    Ok(())
 }
 
 fn utf8_key(bytes: Vec<u8>, column: usize) -> rusqlite::Result<String> {
@@ -518,46 +511,6 @@ impl<'c> Writer<'c> {
         let _ = publish.send(stored.into());
         Ok(rev)
     }
-}
-
-/// etcd refuses a transaction branch that writes the same key twice or both puts and
-/// deletes a key; so do we, so that both backends accept the same transactions.
-fn validate_txn(txn: &Txn) -> KmResult<()> {
-    for cmp in &txn.compares {
-        require_key(&cmp.key)?;
-    }
-    for branch in [&txn.success, &txn.failure] {
-        let mut puts: HashSet<&str> = HashSet::new();
-        for op in branch {
-            match op {
-                TxnOp::Put { key, .. } => {
-                    require_key(key)?;
-                    if !puts.insert(key.as_str()) {
-                        return Err(KeyMasterError::Invalid(format!(
-                            "duplicate key {key:?} in one txn branch"
-                        )));
-                    }
-                }
-                TxnOp::Delete { key } | TxnOp::Get { key } => require_key(key)?,
-                TxnOp::DeletePrefix { .. } | TxnOp::GetPrefix { .. } => {}
-            }
-        }
-        for op in branch {
-            let overlaps = match op {
-                TxnOp::Delete { key } => puts.contains(key.as_str()),
-                TxnOp::DeletePrefix { prefix } => {
-                    puts.iter().any(|key| key.starts_with(prefix.as_str()))
-                }
-                _ => false,
-            };
-            if overlaps {
-                return Err(KeyMasterError::Invalid(format!(
-                    "{op:?} deletes a key put in the same txn branch"
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// etcd's compare rules: a missing key has version and revisions 0 and matches no value.

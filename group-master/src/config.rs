@@ -37,6 +37,10 @@ pub struct GroupMasterConfig {
     pub suspect_after_ms: Option<u64>,
     /// Silence after which a node is `down`, milliseconds.
     pub down_after_ms: u64,
+    /// After this group master starts (or takes over), how long the nodes the cluster
+    /// master lists may take to reconnect before the failure detector judges them,
+    /// milliseconds. At least `down_after_ms`.
+    pub rejoin_grace_ms: u64,
     /// How often the failure detector looks at the clock, milliseconds.
     pub tick_interval_ms: u64,
     /// How often a report (counts, loads) goes to the cluster master, milliseconds.
@@ -63,6 +67,7 @@ impl Default for GroupMasterConfig {
             heartbeat_interval_ms: 1000,
             suspect_after_ms: None,
             down_after_ms: 3000,
+            rejoin_grace_ms: 6000,
             tick_interval_ms: 100,
             report_interval_ms: 1000,
             agent_idle_timeout_ms: 10_000,
@@ -146,6 +151,7 @@ impl GroupMasterConfig {
             detector: DetectorConfig {
                 suspect_after: Duration::from_millis(suspect_after),
                 down_after: Duration::from_millis(self.down_after_ms),
+                rejoin_grace: Duration::from_millis(self.rejoin_grace_ms.max(self.down_after_ms)),
             },
             tick_interval: Duration::from_millis(self.tick_interval_ms),
             report_interval: Duration::from_millis(self.report_interval_ms),

@@ -15,6 +15,10 @@ use glory_protocol::NodeState;
 pub struct DetectorConfig {
     pub suspect_after: Duration,
     pub down_after: Duration,
+    /// How long a node learned from the cluster (not heard yet) may stay silent before
+    /// it is judged: it must first reconnect to this (new) group master. At least
+    /// `down_after`.
+    pub rejoin_grace: Duration,
 }
 
 /// One decision of the detector.
@@ -55,8 +59,14 @@ impl FailureDetector {
     /// Start watching a node in the state the cluster last recorded. Already-tracked
     /// nodes keep what we know first-hand.
     pub fn track(&mut self, node: &str, recorded: NodeState, now: Instant) {
+        // Pretend we heard it a little in the future, so the usual thresholds apply
+        // only after the grace period.
+        let extra = self
+            .config
+            .rejoin_grace
+            .saturating_sub(self.config.down_after);
         self.nodes.entry(node.to_string()).or_insert(Tracked {
-            last_heard: now,
+            last_heard: now + extra,
             state: recorded,
             last_seq: 0,
         });
@@ -178,6 +188,7 @@ mod tests {
         FailureDetector::new(DetectorConfig {
             suspect_after: Duration::from_secs(2),
             down_after: Duration::from_secs(3),
+            rejoin_grace: Duration::from_secs(3),
         })
     }
 
@@ -250,6 +261,29 @@ mod tests {
         // track() does not overwrite first-hand knowledge.
         d.track("n1", NodeState::Down, ms(t0, 3000));
         assert_eq!(d.state("n1"), Some(NodeState::Up));
+    }
+
+    #[test]
+    fn a_longer_rejoin_grace_delays_the_verdict_on_unheard_nodes_only() {
+        let t0 = Instant::now();
+        let mut d = FailureDetector::new(DetectorConfig {
+            suspect_after: Duration::from_secs(2),
+            down_after: Duration::from_secs(3),
+            rejoin_grace: Duration::from_secs(5),
+        });
+        d.track("quiet", NodeState::Unreachable, t0);
+        d.track("back", NodeState::Unreachable, t0);
+        d.heartbeat("back", 1, ms(t0, 100));
+        assert!(
+            d.tick(ms(t0, 4999)).iter().all(|t| t.node == "back"),
+            "quiet is still in its grace period"
+        );
+        let out = d.tick(ms(t0, 5000));
+        assert!(
+            out.iter()
+                .any(|t| t.node == "quiet" && t.to == NodeState::Down),
+            "{out:?}"
+        );
     }
 
     #[test]

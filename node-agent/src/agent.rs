@@ -103,7 +103,15 @@ pub async fn run_agent(
     shutdown: CancellationToken,
     power_off: CancellationToken,
 ) -> anyhow::Result<AgentExit> {
-    let mut backoff = Backoff::new(settings.max_backoff);
+    // Reconnecting to a group master is cheap and urgent (its successor gives us only
+    // a grace period to come back), so retries are never further apart than one
+    // heartbeat interval.
+    let mut backoff = Backoff::new(
+        settings
+            .heartbeat_interval
+            .max(Duration::from_millis(200))
+            .min(settings.max_backoff),
+    );
     let mut seq: u64 = 0;
     loop {
         let mut identity = match deps.store.load()? {
@@ -236,6 +244,11 @@ async fn connect_group_master(
         .client_tls()
         .map_err(|e| SessionEnd::Reenroll(format!("unusable identity: {e}")))?;
     let config = client_config(tls, timing).map_err(|e| SessionEnd::Reenroll(e.to_string()))?;
+    // A handshake with a group master takes milliseconds; one that hangs (a master
+    // that died mid-handshake) must not keep us away longer than a couple of heartbeats.
+    let connect_timeout = (settings.heartbeat_interval * 2)
+        .max(Duration::from_secs(1))
+        .min(settings.request_timeout);
     let mut last = SessionEnd::Lost("no group master address known".to_string());
     for addr in &identity.group_masters {
         let conn = match connect(
@@ -243,7 +256,7 @@ async fn connect_group_master(
             config.clone(),
             *addr,
             GROUP_MASTER_NAME,
-            settings.request_timeout,
+            connect_timeout,
         )
         .await
         {

@@ -96,6 +96,20 @@ fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// quinn server configuration with our identity.
+pub fn server_config(
+    identity: &TlsIdentity,
+    client_auth: ClientAuth,
+    timing: LinkTiming,
+) -> Result<quinn::ServerConfig, LinkError> {
+    let tls = identity.server_tls(client_auth)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport_config(timing));
+    Ok(server)
+}
+
 /// A server endpoint (which can also dial out) with our identity.
 pub fn server_endpoint(
     bind: SocketAddr,
@@ -103,11 +117,7 @@ pub fn server_endpoint(
     client_auth: ClientAuth,
     timing: LinkTiming,
 ) -> Result<quinn::Endpoint, LinkError> {
-    let tls = identity.server_tls(client_auth)?;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(transport_config(timing));
+    let server = server_config(identity, client_auth, timing)?;
     // Keep the handshake cheap: address validation (Retry) costs a round trip and we
     // only listen on networks we manage.
     let endpoint = quinn::Endpoint::new(

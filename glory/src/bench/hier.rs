@@ -115,6 +115,8 @@ struct Masters {
     /// Down transitions counted by cluster master instances that were replaced.
     past_downs: u64,
     past_writes: u64,
+    /// Observations for the report's notes.
+    notes: Vec<String>,
 }
 
 impl Masters {
@@ -205,6 +207,7 @@ impl Masters {
             shutdown,
             past_downs: 0,
             past_writes: 0,
+            notes: Vec::new(),
         };
         for g in 0..options.groups {
             let id = format!("g{g:02}");
@@ -235,8 +238,10 @@ impl Masters {
         old.stop.cancel();
         let _ = old.task.await;
         let stopped = t.elapsed();
-        // The old endpoint's socket is released by its driver task shortly after.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // The old endpoint's socket is released once its connections have drained; a
+        // replacement on the same address has to wait for that (a standby on another
+        // host would not).
+        let deadline = Instant::now() + Duration::from_secs(20);
         let slot = loop {
             match self.start_group(id, old.addr, old.relay.clone()) {
                 Ok(slot) => break slot,
@@ -248,6 +253,11 @@ impl Masters {
             }
         };
         self.groups.insert(idx, slot);
+        self.notes.push(format!(
+            "group master {id} replaced on its address: old one stopped in {:.2} s, the address was free after {:.2} s",
+            stopped.as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        ));
         if self.options.progress {
             eprintln!(
                 "group master {id}: stopped in {:.2} s, replacement serving after {:.2} s",
@@ -261,6 +271,7 @@ impl Masters {
     /// Stop the cluster master and start a replacement on the same key master and
     /// addresses.
     async fn replace_cluster_master(&mut self) -> anyhow::Result<()> {
+        let t = Instant::now();
         self.past_downs = self.downs();
         self.past_writes = self.km_writes();
         self.cm_stop.cancel();
@@ -284,6 +295,14 @@ impl Masters {
             }
         };
         self.cm = Some(cm);
+        let note = format!(
+            "cluster master replaced on its addresses: serving again after {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+        if self.options.progress {
+            eprintln!("{note}");
+        }
+        self.notes.push(note);
         Ok(())
     }
 
@@ -307,6 +326,8 @@ struct Tracker {
     restarted: HashMap<String, (u64, Option<u64>)>,
     killed_indices: Vec<usize>,
     ever_killed: HashSet<usize>,
+    /// Nodes whose agent is powered off now.
+    dead: HashSet<String>,
 }
 
 fn ids(items: &Value) -> Vec<String> {
@@ -403,6 +424,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         restarted: HashMap::new(),
         killed_indices: Vec::new(),
         ever_killed: HashSet::new(),
+        dead: HashSet::new(),
     };
     let mut host_ids: HashMap<usize, String> = HashMap::new();
     let mut group_of: HashMap<String, String> = HashMap::new();
@@ -512,7 +534,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                 if let Ok(group) = api.get(&format!("/api/v1/groups/{g}")).await {
                     let live = members
                         .iter()
-                        .filter(|m| !tracker.detections.killed_at.contains_key(*m))
+                        .filter(|m| !tracker.dead.contains(*m))
                         .count();
                     if group["connected"] == true
                         && group["nodes_by_state"]["up"].as_u64() == Some(live as u64)
@@ -548,7 +570,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                 }
                 let live = members
                     .iter()
-                    .filter(|m| !tracker.detections.killed_at.contains_key(*m))
+                    .filter(|m| !tracker.dead.contains(*m))
                     .count();
                 if let Some(healed) = partition_healed {
                     if pr.recovered_seconds.is_none()
@@ -590,6 +612,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                     for i in candidates.into_iter().take(n) {
                         if let (Some(at), Some(id)) = (agents.kill(i).await?, host_ids.get(&i)) {
                             tracker.detections.killed_at.insert(id.clone(), at);
+                            tracker.dead.insert(id.clone());
                             tracker.killed_indices.push(i);
                             tracker.ever_killed.insert(i);
                         }
@@ -603,6 +626,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                     for i in chosen {
                         if let (Some(at), Some(id)) = (agents.start(i).await?, host_ids.get(&i)) {
                             tracker.restarted.insert(id.clone(), (at, None));
+                            tracker.dead.remove(id);
                         }
                     }
                 }
@@ -724,6 +748,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             "heartbeats received/lost count since the last (re)start of each group master".into(),
         );
     }
+    report.notes.append(&mut masters.notes);
     masters.stop().await;
     Ok(report)
 }

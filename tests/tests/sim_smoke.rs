@@ -1,0 +1,113 @@
+//! `glory sim` smoke scenario: the real binary, a small cluster, one agent kill and one
+//! group master kill. Checks the report's invariants, not its timings.
+
+use std::process::Command;
+
+use glory_tests::binary;
+
+#[test]
+fn sim_smoke_report_invariants_hold() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let report_path = dir.path().join("report.json");
+    let out = Command::new(binary("glory")?)
+        .args([
+            "sim",
+            "--nodes",
+            "500",
+            "--groups",
+            "5",
+            "--duration",
+            "40s",
+            "--faults",
+            "kill-agents:3@15s,kill-group-master:g02@22s",
+            "--report",
+        ])
+        .arg(&report_path)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "glory sim failed:\n{stderr}\n{stdout}"
+    );
+    assert!(
+        stdout.contains("false downs"),
+        "summary table printed:\n{stdout}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
+    let ctx = || {
+        format!(
+            "report: {}",
+            serde_json::to_string_pretty(&r).unwrap_or_default()
+        )
+    };
+    assert_eq!(r["nodes"], 500);
+    assert_eq!(r["groups"], 5);
+    assert_eq!(r["mode"], "hierarchy");
+    assert!(
+        r["enroll_seconds"].is_number(),
+        "all nodes enrolled; {}",
+        ctx()
+    );
+    assert_eq!(
+        r["detection_seconds"]["count"],
+        3,
+        "every killed agent detected; {}",
+        ctx()
+    );
+    assert_eq!(r["missed_detections"], 0, "{}", ctx());
+    assert_eq!(r["false_downs"], 0, "{}", ctx());
+    assert!(
+        r["gm_failover_seconds"].is_number(),
+        "group recovered; {}",
+        ctx()
+    );
+    assert_eq!(r["gm_failover_wrong_downs"], 0, "{}", ctx());
+    assert_eq!(
+        r["nodes_at_end"],
+        500,
+        "nothing acknowledged lost; {}",
+        ctx()
+    );
+    assert_eq!(r["nodes_recorded_at_end"], 500, "{}", ctx());
+    // Not exercised in this scenario: null, never a made-up number.
+    assert!(r["cm_failover_seconds"].is_null(), "{}", ctx());
+    assert!(r["partition"].is_null(), "{}", ctx());
+    for key in [
+        "masters_cpu_cores",
+        "agents_cpu_cores",
+        "master_bytes_per_node",
+    ] {
+        assert!(r[key].is_number(), "{key} measured; {}", ctx());
+    }
+    assert!(r["heartbeats"]["sent"].as_u64().unwrap_or(0) > 0);
+    Ok(())
+}
+
+#[test]
+fn sim_refuses_bad_options_clearly() -> anyhow::Result<()> {
+    for (args, needle) in [
+        (vec!["sim", "--faults", "explode:1@1s"], "unknown fault"),
+        (
+            vec![
+                "sim",
+                "--groups",
+                "2",
+                "--faults",
+                "kill-group-master:g09@1s",
+            ],
+            "g09",
+        ),
+        (
+            vec!["sim", "--duration", "10s", "--faults", "kill-agents:1@20s"],
+            "after the end",
+        ),
+        (vec!["sim", "--keymaster", "zookeeper"], "zookeeper"),
+    ] {
+        let out = Command::new(binary("glory")?).args(&args).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    Ok(())
+}

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::cluster::Cluster;
 use crate::registry::{GroupEntry, NodeEntry, Registry};
+use crate::role::{LeaderInfo, Node};
 
 /// An API error: status, stable code, human message.
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// A standby names the leader.
+    leader: Option<LeaderInfo>,
 }
 
 impl ApiError {
@@ -35,6 +38,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            leader: None,
         }
     }
     fn bad_request(message: impl Into<String>) -> Self {
@@ -64,11 +68,11 @@ impl From<KeyMasterError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(leader) = self.leader {
+            error["leader"] = json!(leader);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
     }
 }
 
@@ -102,7 +106,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     }
 }
 
-pub fn router(cluster: Arc<Cluster>) -> Router {
+pub fn router(node: Arc<Node>) -> Router {
     let api = Router::new()
         .route("/cluster", get(get_cluster))
         .route("/nodes", get(list_nodes))
@@ -118,21 +122,20 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/sim/nodes/{id}/restart", post(sim_restart))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .route_layer(axum::middleware::from_fn_with_state(
-            cluster.clone(),
+            node.clone(),
             require_operator,
         ));
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such route") })
-        .with_state(cluster)
+        .with_state(node)
 }
 
-async fn require_operator(
-    State(cluster): State<Arc<Cluster>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn require_operator(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let Some(cluster) = node.active() else {
+        return standby_error(&node).into_response();
+    };
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -156,11 +159,40 @@ async fn require_operator(
     }
 }
 
-async fn healthz(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
+fn standby_error(node: &Node) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "standby",
+        node.standby_message(),
+    );
+    e.leader = node.leader();
+    e
+}
+
+/// The cluster, for routes that need this master to lead; a standby answers 503
+/// naming the leader.
+pub struct Active(pub Arc<Cluster>);
+
+impl axum::extract::FromRequestParts<Arc<Node>> for Active {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        _: &mut axum::http::request::Parts,
+        node: &Arc<Node>,
+    ) -> Result<Self, ApiError> {
+        node.active()
+            .cloned()
+            .map(Active)
+            .ok_or_else(|| standby_error(node))
+    }
+}
+
+async fn healthz(State(node): State<Arc<Node>>) -> Json<Value> {
+    let active = node.active();
     Json(json!({
         "status": "ok",
-        "role": "active",
-        "keymaster_available": cluster.km_available.load(Ordering::Relaxed),
+        "role": if active.is_some() { "active" } else { "standby" },
+        "leader": node.leader(),
+        "keymaster_available": active.map(|c| c.keymaster_available()),
     }))
 }
 
@@ -168,7 +200,7 @@ fn counts_json<K: std::fmt::Display>(counts: &BTreeMap<K, usize>) -> BTreeMap<St
     counts.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
-async fn get_cluster(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
+async fn get_cluster(Active(cluster): Active) -> Json<Value> {
     let reg = cluster.read();
     let connected = reg.groups.values().filter(|g| g.link.is_some()).count();
     let (received, lost) = reg.groups.values().fold((0u64, 0u64), |acc, g| {
@@ -189,7 +221,7 @@ async fn get_cluster(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
             .collect::<BTreeMap<_, _>>(),
         "keymaster": {
             "backend": cluster.km.backend(),
-            "available": cluster.km_available.load(Ordering::Relaxed),
+            "available": cluster.keymaster_available(),
             "writes": cluster.km_writes.load(Ordering::Relaxed),
         },
         "uptime_seconds": cluster.started.elapsed().as_secs(),
@@ -244,10 +276,7 @@ struct NodeQuery {
     cursor: Option<String>,
 }
 
-async fn list_nodes(
-    State(cluster): State<Arc<Cluster>>,
-    Q(query): Q<NodeQuery>,
-) -> ApiResult<Json<Value>> {
+async fn list_nodes(Active(cluster): Active, Q(query): Q<NodeQuery>) -> ApiResult<Json<Value>> {
     let state = match query.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(NodeState::parse(s).ok_or_else(|| {
@@ -300,10 +329,7 @@ async fn list_nodes(
     Ok(Json(json!({"items": items, "total": total, "next": next})))
 }
 
-async fn get_node(
-    State(cluster): State<Arc<Cluster>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn get_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let reg = cluster.read();
     let node = reg
         .nodes
@@ -314,10 +340,7 @@ async fn get_node(
     ))
 }
 
-async fn remove_node(
-    State(cluster): State<Arc<Cluster>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn remove_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     match cluster.remove_node(&id).await? {
         Some(group) => Ok(Json(json!({"removed": id, "group": group}))),
         None => Err(ApiError::not_found(format!("node {id} does not exist"))),
@@ -338,16 +361,13 @@ fn group_view(reg: &Registry, group: &GroupEntry) -> Value {
     })
 }
 
-async fn list_groups(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
+async fn list_groups(Active(cluster): Active) -> Json<Value> {
     let reg = cluster.read();
     let items: Vec<Value> = reg.groups.values().map(|g| group_view(&reg, g)).collect();
     Json(json!({"items": items, "total": items.len()}))
 }
 
-async fn get_group(
-    State(cluster): State<Arc<Cluster>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn get_group(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let reg = cluster.read();
     let group = reg
         .groups
@@ -384,7 +404,7 @@ fn token_view(record: &BootstrapTokenRecord) -> Value {
 }
 
 async fn create_bootstrap_token(
-    State(cluster): State<Arc<Cluster>>,
+    Active(cluster): Active,
     J(body): J<NewBootstrapToken>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     if body.description.len() > 256 {
@@ -412,14 +432,14 @@ async fn create_bootstrap_token(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-async fn list_bootstrap_tokens(State(cluster): State<Arc<Cluster>>) -> ApiResult<Json<Value>> {
+async fn list_bootstrap_tokens(Active(cluster): Active) -> ApiResult<Json<Value>> {
     let tokens = cluster.list_bootstrap_tokens().await?;
     let items: Vec<Value> = tokens.iter().map(token_view).collect();
     Ok(Json(json!({"items": items, "total": items.len()})))
 }
 
 async fn delete_bootstrap_token(
-    State(cluster): State<Arc<Cluster>>,
+    Active(cluster): Active,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     if cluster.delete_bootstrap_token(&id).await? {
@@ -449,16 +469,10 @@ async fn sim_action(cluster: &Cluster, id: &str, kill: bool) -> ApiResult<Json<V
     ))
 }
 
-async fn sim_kill(
-    State(cluster): State<Arc<Cluster>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn sim_kill(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     sim_action(&cluster, &id, true).await
 }
 
-async fn sim_restart(
-    State(cluster): State<Arc<Cluster>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn sim_restart(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     sim_action(&cluster, &id, false).await
 }

@@ -38,10 +38,7 @@ pub trait SimControl: Send + Sync + 'static {
 }
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-    }
+    Refusal::new(code, message)
 }
 
 fn unavailable(e: KeyMasterError) -> Refusal {
@@ -73,9 +70,9 @@ impl Cluster {
         settings: ClusterMasterSettings,
         km: Arc<dyn KeyMaster>,
         sim: Option<Arc<dyn SimControl>>,
+        ca: ClusterCa,
     ) -> anyhow::Result<(Arc<Cluster>, mpsc::UnboundedReceiver<(String, NodeStatus)>)> {
         use anyhow::Context;
-        let ca = load_or_create_ca(km.as_ref(), &settings.cluster_name).await?;
         let mut registry = Registry::default();
         let (groups, _) = km
             .get_prefix(schema::GROUPS_PREFIX)
@@ -607,17 +604,88 @@ impl Cluster {
     // Group links
     // -----------------------------------------------------------------------------
 
-    /// A group master registered. Returns the session id and the member list to send.
+    /// A group master registered. The first of a group leads; later ones stand by
+    /// (a re-registration from the active master's own address replaces its old link).
+    /// Returns the session id and the messages to send it first.
     pub(crate) async fn group_connected(
         &self,
         group: &str,
         listen: SocketAddr,
         conn: quinn::Connection,
         tx: mpsc::Sender<ClusterToGroup>,
-    ) -> Result<(u64, ClusterToGroup), KeyMasterError> {
-        self.ensure_group(group, Some(listen)).await?;
+    ) -> Result<(u64, Vec<ClusterToGroup>), KeyMasterError> {
+        let becomes_active = {
+            let reg = self.read();
+            reg.groups
+                .get(group)
+                .is_none_or(|g| g.link.as_ref().is_none_or(|l| l.listen == listen))
+        };
+        let recorded = self
+            .ensure_group(group, becomes_active.then_some(listen))
+            .await;
+        if let Err(e) = recorded {
+            // Without the key master a known group keeps working from memory.
+            if !self.read().groups.contains_key(group) {
+                return Err(e);
+            }
+            warn!(group = %group, error = %e, "group master address not recorded; serving from memory");
+        }
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let link = GroupLink {
+            session,
+            listen,
+            tx,
+            conn,
+            since_ms: glory_protocol::now_ms(),
+        };
         let mut reg = self.write();
+        let Some(entry) = reg.groups.get_mut(group) else {
+            return Err(KeyMasterError::Internal(format!("group {group} vanished")));
+        };
+        // A master that comes back replaces its own stale links.
+        entry.standbys.retain(|s| s.listen != listen);
+        let active = entry.link.as_ref().is_none_or(|l| l.listen == listen);
+        if active {
+            if let Some(old) = entry.link.replace(link) {
+                old.conn.close(
+                    quinn::VarInt::from_u32(glory_protocol::close::REPLACED),
+                    b"replaced by a newer connection",
+                );
+            }
+        } else {
+            entry.standbys.push(link);
+        }
+        let masters = reg.group_master_addrs(group);
+        let mut first = vec![ClusterToGroup::Role {
+            active,
+            masters: masters.clone(),
+        }];
+        if active {
+            first.push(self.members_message(&reg, group));
+        }
+        if let Some(entry) = reg.groups.get(group) {
+            // Everyone else of the group learns the new list of masters.
+            for other in entry
+                .link
+                .iter()
+                .chain(entry.standbys.iter())
+                .filter(|l| l.session != session)
+            {
+                let is_active = entry
+                    .link
+                    .as_ref()
+                    .is_some_and(|l| l.session == other.session);
+                let _ = other.tx.try_send(ClusterToGroup::Role {
+                    active: is_active,
+                    masters: masters.clone(),
+                });
+            }
+        }
+        info!(group = %group, %listen, active, "group master connected");
+        Ok((session, first))
+    }
+
+    fn members_message(&self, reg: &Registry, group: &str) -> ClusterToGroup {
         let members: Vec<_> = reg
             .groups
             .get(group)
@@ -630,35 +698,34 @@ impl Cluster {
             })
             .unwrap_or_default();
         let revoked: Vec<String> = reg.revoked.keys().cloned().collect();
-        if let Some(entry) = reg.groups.get_mut(group) {
-            let old = entry.link.replace(GroupLink {
-                session,
-                tx,
-                conn,
-                since_ms: glory_protocol::now_ms(),
-            });
-            if let Some(old) = old {
-                old.conn.close(
-                    quinn::VarInt::from_u32(glory_protocol::close::REPLACED),
-                    b"replaced by a newer connection",
-                );
-            }
-        }
-        info!(group = %group, %listen, members = members.len(), "group master connected");
-        Ok((session, ClusterToGroup::Members { members, revoked }))
+        ClusterToGroup::Members { members, revoked }
     }
 
-    /// A group master link ended: its live nodes become `unreachable`.
-    pub(crate) fn group_disconnected(&self, group: &str, session: u64) {
+    /// A group master link ended. A lost standby is just forgotten. A lost active
+    /// master makes its live nodes `unreachable` and promotes the first standby;
+    /// returns the promoted master's address, to be recorded.
+    pub(crate) fn group_disconnected(&self, group: &str, session: u64) -> Option<SocketAddr> {
         let now = glory_protocol::now_ms();
         let mut reg = self.write();
-        let Some(entry) = reg.groups.get_mut(group) else {
-            return;
-        };
+        let entry = reg.groups.get_mut(group)?;
+        if entry.standbys.iter().any(|s| s.session == session) {
+            entry.standbys.retain(|s| s.session != session);
+            info!(group = %group, "standby group master disconnected");
+            let masters = reg.group_master_addrs(group);
+            if let Some(entry) = reg.groups.get(group) {
+                entry.announce_roles(&masters);
+            }
+            return None;
+        }
         if entry.link.as_ref().is_none_or(|l| l.session != session) {
-            return; // an older link; a newer one is in place
+            return None; // an older link; a newer one is in place
         }
         entry.link = None;
+        let promoted = if entry.standbys.is_empty() {
+            None
+        } else {
+            Some(entry.standbys.remove(0))
+        };
         let members: Vec<String> = entry.members.iter().cloned().collect();
         let mut changed = 0;
         for id in members {
@@ -677,7 +744,51 @@ impl Cluster {
                 }
             }
         }
-        warn!(group = %group, nodes_unreachable = changed, "group master disconnected");
+        let Some(promoted) = promoted else {
+            warn!(group = %group, nodes_unreachable = changed, "group master disconnected; no standby");
+            return None;
+        };
+        let addr = promoted.listen;
+        let members = self.members_message(&reg, group);
+        if let Some(entry) = reg.groups.get_mut(group) {
+            entry.record.master_addr = Some(addr);
+            entry.link = Some(promoted);
+        }
+        let masters = reg.group_master_addrs(group);
+        if let Some(entry) = reg.groups.get(group) {
+            entry.announce_roles(&masters);
+            entry.notify(members);
+        }
+        warn!(group = %group, nodes_unreachable = changed, promoted = %addr, "group master lost; standby promoted");
+        Some(addr)
+    }
+
+    /// Record a promoted standby as the group's master (after `group_disconnected`).
+    pub(crate) async fn record_promotion(&self, group: &str, addr: SocketAddr) {
+        let record = self.read().groups.get(group).map(|g| GroupRecord {
+            master_addr: Some(addr),
+            ..g.record.clone()
+        });
+        if let Some(record) = record {
+            let txn = Txn {
+                success: vec![TxnOp::put(
+                    schema::group_key(group),
+                    schema::encode(&record),
+                )],
+                ..Default::default()
+            };
+            if let Err(e) = self.km_txn(txn).await {
+                warn!(group = %group, error = %e, "could not record the promoted group master; kept in memory");
+            }
+        }
+    }
+
+    /// Where a node's group is led now (agents that lost their group master ask).
+    pub(crate) fn locate(&self, node: &str) -> Option<glory_protocol::GroupLocation> {
+        let reg = self.read();
+        let group = reg.nodes.get(node)?.record.group.clone();
+        let masters = reg.group_master_addrs(&group);
+        Some(glory_protocol::GroupLocation { group, masters })
     }
 
     /// Apply a group master's state transitions.
@@ -794,6 +905,26 @@ impl Cluster {
         Ok(Some(record.group))
     }
 
+    /// Whether the last key master call succeeded.
+    pub fn keymaster_available(&self) -> bool {
+        self.km_available.load(Ordering::Relaxed)
+    }
+
+    /// Probe the key master (a read), remembering whether it answered.
+    pub(crate) async fn probe_keymaster(&self, timeout: Duration) -> bool {
+        let ok = matches!(
+            tokio::time::timeout(timeout, self.km.get(schema::CA_KEY)).await,
+            Ok(Ok(_))
+        );
+        let was = self.km_available.swap(ok, Ordering::Relaxed);
+        if was && !ok {
+            warn!("key master unavailable: serving from memory, refusing changes that need it");
+        } else if !was && ok {
+            info!("key master available again");
+        }
+        ok
+    }
+
     /// Key master writes (operations) made by this master since it started.
     pub fn keymaster_writes(&self) -> u64 {
         self.km_writes.load(Ordering::Relaxed)
@@ -853,7 +984,10 @@ impl Cluster {
 
 /// Load the cluster CA from the key master, creating it on first start. Two masters
 /// racing to create it agree through a create-if-absent transaction.
-async fn load_or_create_ca(km: &dyn KeyMaster, cluster_name: &str) -> anyhow::Result<ClusterCa> {
+pub(crate) async fn load_or_create_ca(
+    km: &dyn KeyMaster,
+    cluster_name: &str,
+) -> anyhow::Result<ClusterCa> {
     use anyhow::Context;
     if let Some(kv) = km.get(schema::CA_KEY).await.context("read cluster CA")? {
         let record: schema::CaRecord = schema::decode(&kv.key, &kv.value)?;

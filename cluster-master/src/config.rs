@@ -17,6 +17,8 @@ pub enum KeyMasterConfig {
         #[serde(default)]
         path: Option<PathBuf>,
     },
+    /// An etcd cluster (v3 API), e.g. `endpoints = ["http://10.0.0.1:2379", ...]`.
+    Etcd { endpoints: Vec<String> },
 }
 
 impl Default for KeyMasterConfig {
@@ -35,6 +37,11 @@ pub struct ClusterMasterConfig {
     pub listen: SocketAddr,
     /// TCP address of the REST API.
     pub api_listen: SocketAddr,
+    /// QUIC address others should dial, published when this master leads (default:
+    /// `listen`, which must then not be 0.0.0.0 when running with standbys).
+    pub advertise: Option<SocketAddr>,
+    /// API address published when this master leads (default: `api_listen`).
+    pub api_advertise: Option<SocketAddr>,
     /// Data directory: embedded key master, `operator.token`.
     pub data_dir: PathBuf,
     /// The key master.
@@ -62,6 +69,8 @@ impl Default for ClusterMasterConfig {
             cluster_name: "glory".to_string(),
             listen: SocketAddr::from(([0, 0, 0, 0], 7401)),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            advertise: None,
+            api_advertise: None,
             data_dir: PathBuf::from("/var/lib/glory-cluster-master"),
             keymaster: KeyMasterConfig::default(),
             group_size_limit: 250,
@@ -81,6 +90,8 @@ pub struct ClusterMasterSettings {
     pub cluster_name: String,
     pub listen: SocketAddr,
     pub api_listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub api_advertise: Option<SocketAddr>,
     pub group_size_limit: usize,
     pub cert_validity: Duration,
     pub bootstrap_token_ttl: Option<Duration>,
@@ -99,11 +110,16 @@ impl ClusterMasterConfig {
     pub fn keymaster_path(&self) -> PathBuf {
         match &self.keymaster {
             KeyMasterConfig::Embedded { path: Some(p) } => p.clone(),
-            KeyMasterConfig::Embedded { path: None } => self.data_dir.join("keymaster.db"),
+            _ => self.data_dir.join("keymaster.db"),
         }
     }
 
     pub fn validate(&self) -> anyhow::Result<ClusterMasterSettings> {
+        if let KeyMasterConfig::Etcd { endpoints } = &self.keymaster {
+            if endpoints.is_empty() {
+                bail!("keymaster.endpoints must name at least one etcd member");
+            }
+        }
         if self.group_size_limit == 0 {
             bail!("group_size_limit must be positive");
         }
@@ -120,6 +136,8 @@ impl ClusterMasterConfig {
             cluster_name: self.cluster_name.clone(),
             listen: self.listen,
             api_listen: self.api_listen,
+            advertise: self.advertise,
+            api_advertise: self.api_advertise,
             group_size_limit: self.group_size_limit,
             cert_validity: Duration::from_secs(self.cert_validity_hours * 3600),
             bootstrap_token_ttl: (self.bootstrap_token_ttl_secs > 0)

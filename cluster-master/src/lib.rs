@@ -14,6 +14,7 @@ mod cluster;
 pub mod config;
 mod link;
 mod registry;
+mod role;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,16 +22,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use glory_keymaster::schema::CLUSTER_MASTER_ELECTION;
-use glory_keymaster::{EmbeddedKeyMaster, KeyMaster};
+use glory_keymaster::{EmbeddedKeyMaster, KeyMaster, KeyMasterError, LeaderKey, LeaseId};
 use glory_protocol::transport::server_endpoint;
 use glory_protocol::{CertRole, CertSubject, ClientAuth, LinkTiming};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 pub use api::ApiError;
 pub use cluster::{Cluster, SimControl};
 pub use config::{ClusterMasterConfig, ClusterMasterSettings, KeyMasterConfig};
+pub use role::{LeaderInfo, Node};
 
 /// A running cluster master.
 pub struct ClusterMasterHandle {
@@ -91,103 +93,168 @@ async fn operator_token(
     Ok(token)
 }
 
-/// Start a cluster master on `km`. Returns once it is leader and serving.
+/// Grant a lease and campaign with it until we lead, keeping the lease alive while we
+/// wait. Returns `None` on shutdown.
+async fn win_leadership(node: &Node, shutdown: &CancellationToken) -> Option<(LeaseId, LeaderKey)> {
+    let km = &node.km;
+    loop {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        let lease = match km.lease_grant(node.settings.leader_lease).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                warn!(error = %e, "cannot grant a leadership lease; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        let waiting = CancellationToken::new();
+        {
+            let (km, waiting, period) =
+                (km.clone(), waiting.clone(), node.settings.leader_lease / 3);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tokio::select! {
+                        _ = waiting.cancelled() => return,
+                        _ = tick.tick() => {
+                            if let Err(KeyMasterError::LeaseNotFound(_)) = km.lease_keep_alive(lease).await {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let result = tokio::select! {
+            r = km.campaign(CLUSTER_MASTER_ELECTION, node.me.encode(), lease) => r,
+            _ = shutdown.cancelled() => {
+                waiting.cancel();
+                let _ = km.lease_revoke(lease).await;
+                return None;
+            }
+        };
+        waiting.cancel();
+        match result {
+            Ok(key) => return Some((lease, key)),
+            Err(e) => {
+                warn!(error = %e, "campaign for leadership failed; campaigning again");
+                let _ = km.lease_revoke(lease).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// While standing by, keep the leader's address fresh for 503s and redirects.
+async fn follow_leader(node: Arc<Node>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if node.active().is_some() {
+                    return;
+                }
+                if let Ok(leader) = node.km.leader(CLUSTER_MASTER_ELECTION).await {
+                    node.set_leader(leader.and_then(|kv| LeaderInfo::decode(&kv.value)));
+                }
+            }
+        }
+    }
+}
+
+/// Keep the leadership lease alive. If it lapsed (the key master was away longer than
+/// the lease), campaign again at once: we keep leading if nobody else took over, and
+/// stop otherwise.
+async fn hold_leadership(
+    node: Arc<Node>,
+    mut lease: LeaseId,
+    mut key: LeaderKey,
+    shutdown: CancellationToken,
+) {
+    let km = node.km.clone();
+    let mut tick = tokio::time::interval(node.settings.leader_lease / 3);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = km.resign(&key).await;
+                let _ = km.lease_revoke(lease).await;
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        match km.lease_keep_alive(lease).await {
+            Ok(_) => {}
+            Err(KeyMasterError::LeaseNotFound(_)) => {
+                warn!("leadership lease lapsed while the key master was away; campaigning again");
+                let attempt = CancellationToken::new();
+                let won = tokio::time::timeout(
+                    node.settings.leader_lease,
+                    win_leadership(&node, &attempt),
+                )
+                .await;
+                attempt.cancel();
+                match won {
+                    Ok(Some((l, k))) => {
+                        info!("leadership regained");
+                        (lease, key) = (l, k);
+                    }
+                    _ => {
+                        error!("another cluster master leads now; stopping this one");
+                        shutdown.cancel();
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "leadership lease keep-alive failed; still serving from memory")
+            }
+        }
+    }
+}
+
+/// Start a cluster master on `km`: bind its addresses and serve at once (as a standby
+/// while another master leads), campaign for leadership, and return once it leads.
+/// Returns an error if `shutdown` fires first.
 pub async fn start(
     settings: ClusterMasterSettings,
     km: Arc<dyn KeyMaster>,
     sim: Option<Arc<dyn SimControl>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ClusterMasterHandle> {
-    // Leadership: a lease-backed election in the key master. A single master wins at
-    // once; standbys wait here.
-    let lease = km
-        .lease_grant(settings.leader_lease)
+    let ca = cluster::load_or_create_ca(km.as_ref(), &settings.cluster_name).await?;
+    let subject = CertSubject {
+        id: settings.cluster_name.clone(),
+        role: CertRole::ClusterMaster,
+        group: None,
+    };
+    let (identity, _) = ca.issue(&subject, settings.cert_validity)?;
+    let timing = LinkTiming {
+        idle_timeout: settings.group_idle_timeout,
+        keep_alive: None,
+    };
+    let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Optional, timing)
+        .with_context(|| format!("listen on {} (QUIC)", settings.listen))?;
+    let listener = tokio::net::TcpListener::bind(settings.api_listen)
         .await
-        .context("grant leadership lease")?;
-    let campaign = km.campaign(
-        CLUSTER_MASTER_ELECTION,
-        settings.listen.to_string().into_bytes(),
-        lease,
-    );
-    let leader = tokio::select! {
-        leader = campaign => leader.context("campaign for cluster master leadership")?,
-        _ = shutdown.cancelled() => anyhow::bail!("shut down before becoming leader"),
+        .with_context(|| format!("listen on {} (API)", settings.api_listen))?;
+    let (quic_addr, api_addr) = (endpoint.local_addr()?, listener.local_addr()?);
+    let me = LeaderInfo {
+        quic: settings.advertise.unwrap_or(quic_addr),
+        api: settings.api_advertise.unwrap_or(api_addr),
     };
-    // Anything failing from here on gives leadership back at once, so a retry (or a
-    // standby) does not wait for the lease to expire.
-    let prepared = async {
-        let (cluster, status_rx) = Cluster::load(settings.clone(), km.clone(), sim).await?;
-        let op_token = operator_token(&cluster, settings.operator_token_file.as_deref()).await?;
-        let subject = CertSubject {
-            id: settings.cluster_name.clone(),
-            role: CertRole::ClusterMaster,
-            group: None,
-        };
-        let (identity, _) = cluster.ca.issue(&subject, settings.cert_validity)?;
-        let timing = LinkTiming {
-            idle_timeout: settings.group_idle_timeout,
-            keep_alive: None,
-        };
-        let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Optional, timing)
-            .with_context(|| format!("listen on {} (QUIC)", settings.listen))?;
-        let listener = tokio::net::TcpListener::bind(settings.api_listen)
-            .await
-            .with_context(|| format!("listen on {} (API)", settings.api_listen))?;
-        anyhow::Ok((cluster, status_rx, op_token, endpoint, listener))
-    }
-    .await;
-    let (cluster, status_rx, op_token, endpoint, listener) = match prepared {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = km.resign(&leader).await;
-            let _ = km.lease_revoke(lease).await;
-            return Err(e);
-        }
-    };
-    let quic_addr = endpoint.local_addr()?;
-    let api_addr = listener.local_addr()?;
+    let node = Node::new(settings.clone(), km.clone(), me);
 
     let tasks = TaskTracker::new();
-    // Keep the leadership lease alive; losing it means another master may lead, so stop.
     {
-        let km = km.clone();
-        let shutdown = shutdown.clone();
-        let period = settings.leader_lease / 3;
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        let _ = km.resign(&leader).await;
-                        let _ = km.lease_revoke(lease).await;
-                        return;
-                    }
-                    _ = tick.tick() => {
-                        if let Err(e) = km.lease_keep_alive(lease).await {
-                            if matches!(e, glory_keymaster::KeyMasterError::LeaseNotFound(_)) {
-                                error!(error = %e, "leadership lease lost; stopping this cluster master");
-                                shutdown.cancel();
-                                return;
-                            }
-                            tracing::warn!(error = %e, "leadership lease keep-alive failed");
-                        }
-                    }
-                }
-            }
-        });
-    }
-    tasks.spawn(cluster::status_writer(
-        cluster.clone(),
-        status_rx,
-        shutdown.clone(),
-    ));
-    tasks.spawn(link::accept_loop(
-        endpoint.clone(),
-        cluster.clone(),
-        shutdown.clone(),
-    ));
-    {
-        let app = api::router(cluster.clone());
+        let app = api::router(node.clone());
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let served = axum::serve(listener, app)
@@ -198,17 +265,69 @@ pub async fn start(
             }
         });
     }
+    tasks.spawn(link::accept_loop(
+        endpoint.clone(),
+        node.clone(),
+        shutdown.clone(),
+    ));
     {
-        let shutdown = shutdown.clone();
-        let cluster = cluster.clone();
+        let (shutdown, node) = (shutdown.clone(), node.clone());
         tasks.spawn(async move {
             shutdown.cancelled().await;
-            cluster.drop_links();
+            if let Some(cluster) = node.active() {
+                cluster.drop_links();
+            }
             endpoint.close(
                 quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
                 b"shutdown",
             );
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        });
+    }
+    tasks.spawn(follow_leader(node.clone(), shutdown.clone()));
+    info!(quic = %quic_addr, api = %api_addr, "cluster master up; campaigning for leadership");
+
+    let Some((lease, key)) = win_leadership(&node, &shutdown).await else {
+        tasks.close();
+        tasks.wait().await;
+        anyhow::bail!("shut down before becoming leader");
+    };
+    // Anything failing from here on gives leadership back at once, so a retry (or a
+    // standby) does not wait for the lease to expire.
+    let prepared = async {
+        let (cluster, status_rx) = Cluster::load(settings.clone(), km.clone(), sim, ca).await?;
+        let op_token = operator_token(&cluster, settings.operator_token_file.as_deref()).await?;
+        anyhow::Ok((cluster, status_rx, op_token))
+    }
+    .await;
+    let (cluster, status_rx, op_token) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = km.resign(&key).await;
+            let _ = km.lease_revoke(lease).await;
+            shutdown.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Err(e);
+        }
+    };
+    node.activate(cluster.clone());
+    tasks.spawn(hold_leadership(node.clone(), lease, key, shutdown.clone()));
+    tasks.spawn(cluster::status_writer(
+        cluster.clone(),
+        status_rx,
+        shutdown.clone(),
+    ));
+    {
+        let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => { cluster.probe_keymaster(Duration::from_secs(2)).await; }
+                }
+            }
         });
     }
     tasks.close();
@@ -222,8 +341,12 @@ pub async fn start(
     })
 }
 
-/// Open the key master a configuration names.
-pub fn open_keymaster(config: &ClusterMasterConfig) -> anyhow::Result<Arc<dyn KeyMaster>> {
+/// Open the key master a configuration names. An etcd cluster that does not answer
+/// yet is retried until `shutdown`.
+pub async fn open_keymaster(
+    config: &ClusterMasterConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<dyn KeyMaster>> {
     match &config.keymaster {
         KeyMasterConfig::Embedded { .. } => {
             let path = config.keymaster_path();
@@ -235,16 +358,47 @@ pub fn open_keymaster(config: &ClusterMasterConfig) -> anyhow::Result<Arc<dyn Ke
                 .with_context(|| format!("open key master {}", path.display()))?;
             Ok(km)
         }
+        KeyMasterConfig::Etcd { endpoints } => {
+            let mut failures = 0u32;
+            loop {
+                match glory_keymaster::EtcdKeyMaster::connect(
+                    endpoints,
+                    glory_keymaster::EtcdOptions::default(),
+                )
+                .await
+                {
+                    Ok(km) => return Ok(km),
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_multiple_of(30) {
+                            warn!(error = %e, endpoints = ?endpoints, "etcd key master not reachable; retrying");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("shut down before the key master answered"),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
     }
 }
 
 /// Run a cluster master from its configuration until `shutdown`.
 pub async fn run(config: ClusterMasterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let settings = config.validate()?;
-    let km = open_keymaster(&config)?;
-    let handle = start(settings, km, None, shutdown).await?;
+    let km = match open_keymaster(&config, &shutdown).await {
+        Ok(km) => km,
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let handle = match start(settings, km, None, shutdown.clone()).await {
+        Ok(handle) => handle,
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        Err(e) => return Err(e),
+    };
     println!(
-        "cluster master: QUIC {} API http://{}",
+        "cluster master active: QUIC {} API http://{}",
         handle.quic_addr, handle.api_addr
     );
     handle.wait().await;

@@ -14,28 +14,26 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cluster::Cluster;
+use crate::role::Node;
 
 pub(crate) async fn accept_loop(
     endpoint: quinn::Endpoint,
-    cluster: Arc<Cluster>,
+    node: Arc<Node>,
     shutdown: CancellationToken,
 ) {
     glory_protocol::transport::accept_loop(endpoint, shutdown, "cluster master", move |conn| {
-        serve_connection(conn, cluster.clone())
+        serve_connection(conn, node.clone())
     })
     .await;
 }
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-    }
+    Refusal::new(code, message)
 }
 
-async fn serve_connection(conn: quinn::Connection, cluster: Arc<Cluster>) {
+async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
     let remote = conn.remote_address();
-    let settings = &cluster.settings;
+    let settings = &node.settings;
     let (hello, mut control) =
         match server_hello(&conn, settings.max_frame, settings.request_timeout).await {
             Ok(x) => x,
@@ -45,8 +43,46 @@ async fn serve_connection(conn: quinn::Connection, cluster: Arc<Cluster>) {
                 return;
             }
         };
+    let Some(cluster) = node.active().cloned() else {
+        let refusal = Refusal::new(RefusalCode::Unavailable, node.standby_message())
+            .redirect_to(node.leader().map(|l| l.quic));
+        refuse(&mut control, &conn, refusal).await;
+        return;
+    };
     let peer = peer_cert(&conn);
     match (hello.role, peer) {
+        (Role::Agent, Some(peer)) if peer.role == CertRole::Node && peer.id == hello.id => {
+            // An agent that lost every group master it knew asks where its group is led.
+            if cluster.is_revoked(&peer.serial) {
+                refuse(
+                    &mut control,
+                    &conn,
+                    refusal(
+                        RefusalCode::Removed,
+                        "this node was removed from the cluster",
+                    ),
+                )
+                .await;
+                return;
+            }
+            match cluster.locate(&peer.id) {
+                Some(location) => {
+                    if welcome(&mut control, &settings.cluster_name).await.is_ok() {
+                        let _ = control.send(&location).await;
+                        let _ = control.send.finish();
+                        let _ = tokio::time::timeout(settings.request_timeout, conn.closed()).await;
+                    }
+                }
+                None => {
+                    refuse(
+                        &mut control,
+                        &conn,
+                        refusal(RefusalCode::Removed, "unknown node"),
+                    )
+                    .await
+                }
+            }
+        }
         (Role::Enrollee, _) => {
             if welcome(&mut control, &settings.cluster_name).await.is_err() {
                 return;
@@ -150,7 +186,7 @@ async fn group_link(
         }
     };
     let (tx, mut rx) = mpsc::channel::<ClusterToGroup>(4096);
-    let (session, members) = match cluster
+    let (session, first) = match cluster
         .group_connected(&group, listen, conn.clone(), tx)
         .await
     {
@@ -163,11 +199,10 @@ async fn group_link(
     };
     // Outbound messages on their own task so a slow write never blocks reading.
     let writer = tokio::spawn(async move {
-        if frame::write_frame(&mut send, &members, max_frame)
-            .await
-            .is_err()
-        {
-            return;
+        for msg in &first {
+            if frame::write_frame(&mut send, msg, max_frame).await.is_err() {
+                return;
+            }
         }
         while let Some(msg) = rx.recv().await {
             if frame::write_frame(&mut send, &msg, max_frame)
@@ -196,5 +231,7 @@ async fn group_link(
         }
     }
     writer.abort();
-    cluster.group_disconnected(&group, session);
+    if let Some(promoted) = cluster.group_disconnected(&group, session) {
+        cluster.record_promotion(&group, promoted).await;
+    }
 }

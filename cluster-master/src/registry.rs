@@ -31,6 +31,8 @@ impl NodeEntry {
 /// A connected group master.
 pub(crate) struct GroupLink {
     pub session: u64,
+    /// Where this group master serves agents.
+    pub listen: SocketAddr,
     pub tx: mpsc::Sender<ClusterToGroup>,
     pub conn: quinn::Connection,
     pub since_ms: u64,
@@ -38,7 +40,10 @@ pub(crate) struct GroupLink {
 
 pub(crate) struct GroupEntry {
     pub record: GroupRecord,
+    /// The active group master.
     pub link: Option<GroupLink>,
+    /// Standby group masters, promoted in order when the active one is lost.
+    pub standbys: Vec<GroupLink>,
     pub members: BTreeSet<String>,
     pub subnets: HashMap<String, usize>,
     pub heartbeats_received: u64,
@@ -51,6 +56,7 @@ impl GroupEntry {
         GroupEntry {
             record,
             link: None,
+            standbys: Vec::new(),
             members: BTreeSet::new(),
             subnets: HashMap::new(),
             heartbeats_received: 0,
@@ -61,6 +67,21 @@ impl GroupEntry {
 
     /// Tell the group master something; a full queue means the link is stuck, and the
     /// resync on its reconnect will carry the news instead.
+    /// Tell every group master of this group (active and standbys) where the masters are.
+    pub fn announce_roles(&self, masters: &[SocketAddr]) {
+        let links = self
+            .link
+            .iter()
+            .map(|l| (l, true))
+            .chain(self.standbys.iter().map(|l| (l, false)));
+        for (link, active) in links {
+            let _ = link.tx.try_send(ClusterToGroup::Role {
+                active,
+                masters: masters.to_vec(),
+            });
+        }
+    }
+
     pub fn notify(&self, msg: ClusterToGroup) {
         if let Some(link) = &self.link {
             if link.tx.try_send(msg).is_err() {

@@ -63,6 +63,10 @@ enum Command {
         /// Most nodes per group.
         #[arg(long, default_value_t = 250)]
         group_size_limit: usize,
+        /// Use an etcd key master at these endpoints (comma-separated) instead of the
+        /// embedded store.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
     },
     /// Cluster summary: nodes by state, groups, key master.
     Cluster,
@@ -117,7 +121,7 @@ struct BenchArgs {
     /// hierarchy (GLORY-CL) or flat (every node renews a lease in the key master).
     #[arg(long, value_enum, default_value = "hierarchy")]
     mode: glory::bench::Mode,
-    /// Key master: `embedded` (the only backend so far).
+    /// Key master: `embedded`, or etcd endpoints (`http://127.0.0.1:2379,...`).
     #[arg(long, default_value = "embedded")]
     keymaster: String,
     /// Scheduled faults, e.g. kill-agents:50@30s,restart-agents:50@60s,
@@ -134,6 +138,9 @@ struct BenchArgs {
     /// QUIC client endpoints the simulated agents share.
     #[arg(long, default_value_t = 8)]
     agent_endpoints: usize,
+    /// Power simulated servers on at most this many a second (0: all at once).
+    #[arg(long, default_value_t = 1000)]
+    ramp: usize,
 }
 
 #[derive(Subcommand)]
@@ -204,6 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         heartbeat_ms,
         down_after_ms,
         group_size_limit,
+        etcd,
     } = cli.command
     {
         glory_protocol::process::init_tracing("info,glory_node_agent=error");
@@ -216,6 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             heartbeat_interval_ms: heartbeat_ms,
             down_after_ms,
             group_size_limit,
+            etcd: (!etcd.is_empty()).then_some(etcd),
         };
         return c::up(options).await;
     }
@@ -286,12 +295,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn bench_options(b: BenchArgs) -> anyhow::Result<glory::bench::SimOptions> {
     use anyhow::anyhow;
-    if b.keymaster != "embedded" {
-        anyhow::bail!(
-            "--keymaster {}: only the embedded key master exists so far",
-            b.keymaster
-        );
-    }
+    let etcd = match b.keymaster.as_str() {
+        "embedded" => None,
+        urls if urls.starts_with("http://") || urls.starts_with("https://") => {
+            Some(urls.split(',').map(str::to_string).collect())
+        }
+        other => anyhow::bail!(
+            "--keymaster {other}: use `embedded` or etcd endpoints (http://HOST:PORT,...)"
+        ),
+    };
     Ok(glory::bench::SimOptions {
         nodes: b.nodes,
         groups: b.groups,
@@ -305,5 +317,7 @@ fn bench_options(b: BenchArgs) -> anyhow::Result<glory::bench::SimOptions> {
         down_after_ms: b.down_after_ms,
         agent_endpoints: b.agent_endpoints,
         progress: true,
+        etcd,
+        ramp_per_sec: b.ramp,
     })
 }

@@ -69,24 +69,51 @@ impl SimFleet {
         self.inner.agents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Add `count` agents (numbered after the existing ones) and start them.
+    /// Add `count` agents (numbered after the existing ones) and start them all at once.
     pub fn add(&self, count: usize) {
-        let start = {
-            let mut agents = self.agents();
-            let start = agents.len();
-            for i in start..start + count {
-                agents.push(SimAgent {
-                    host: Arc::new(SimHost::new(i as u32)),
-                    store: Arc::new(MemoryStore::default()),
-                    running: None,
-                    generation: 0,
-                });
-            }
-            start
-        };
-        for i in start..start + count {
+        let range = self.push_agents(count);
+        for i in range {
             self.start_index(i);
         }
+    }
+
+    /// Add `count` agents and power them on at most `per_second` a second, the way a
+    /// datacenter comes up rack by rack (a power-on storm of thousands of handshakes
+    /// in the same millisecond is a denial of service, not a boot). Returns at once.
+    pub fn add_ramped(&self, count: usize, per_second: usize) {
+        let range = self.push_agents(count);
+        let fleet = self.clone();
+        let per_tick = per_second.max(10) / 10;
+        let shutdown = self.inner.shutdown.clone();
+        self.inner.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            let mut next = range.start;
+            while next < range.end {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let end = (next + per_tick).min(range.end);
+                for i in next..end {
+                    fleet.start_index(i);
+                }
+                next = end;
+            }
+        });
+    }
+
+    fn push_agents(&self, count: usize) -> std::ops::Range<usize> {
+        let mut agents = self.agents();
+        let start = agents.len();
+        for i in start..start + count {
+            agents.push(SimAgent {
+                host: Arc::new(SimHost::new(i as u32)),
+                store: Arc::new(MemoryStore::default()),
+                running: None,
+                generation: 0,
+            });
+        }
+        start..start + count
     }
 
     /// Counters of every agent of this fleet.

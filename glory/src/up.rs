@@ -30,6 +30,8 @@ pub struct UpOptions {
     pub heartbeat_interval_ms: u64,
     pub down_after_ms: u64,
     pub group_size_limit: usize,
+    /// etcd endpoints for the key master; `None`: the embedded store in `data_dir`.
+    pub etcd: Option<Vec<String>>,
 }
 
 impl Default for UpOptions {
@@ -43,6 +45,7 @@ impl Default for UpOptions {
             heartbeat_interval_ms: 1000,
             down_after_ms: 3000,
             group_size_limit: 250,
+            etcd: None,
         }
     }
 }
@@ -79,13 +82,18 @@ impl Up {
             listen: options.quic_listen,
             api_listen: options.api_listen,
             data_dir: options.data_dir.clone(),
-            keymaster: KeyMasterConfig::Embedded { path: None },
+            keymaster: match &options.etcd {
+                Some(endpoints) => KeyMasterConfig::Etcd {
+                    endpoints: endpoints.clone(),
+                },
+                None => KeyMasterConfig::Embedded { path: None },
+            },
             group_size_limit: options.group_size_limit,
             ..Default::default()
         };
-        let km = glory_cluster_master::open_keymaster(&cm_config)?;
-        let late_fleet = Arc::new(LateFleet::default());
         let cm_shutdown = CancellationToken::new();
+        let km = glory_cluster_master::open_keymaster(&cm_config, &cm_shutdown).await?;
+        let late_fleet = Arc::new(LateFleet::default());
         let cm = glory_cluster_master::start(
             cm_config.validate()?,
             km,

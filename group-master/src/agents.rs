@@ -30,10 +30,7 @@ pub(crate) async fn accept_loop(
 }
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-    }
+    Refusal::new(code, message)
 }
 
 async fn serve_agent(
@@ -73,6 +70,13 @@ async fn serve_agent(
                 peer.group, shared.group
             ),
         )),
+        Some(_) if !shared.is_active() => {
+            let masters = shared.masters();
+            Err(
+                refusal(RefusalCode::Unavailable, "this group master is a standby")
+                    .redirect_to(masters.first().copied().filter(|m| *m != advertise)),
+            )
+        }
         Some(peer) => {
             let inner = shared.lock();
             if inner.revoked.contains(&peer.serial) {
@@ -102,14 +106,14 @@ async fn serve_agent(
             return;
         }
     };
-    let node = peer.id;
+    let (node, serial) = (peer.id, peer.serial);
     if welcome(&mut control, &shared.group).await.is_err() {
         return;
     }
     let _ = control
-        .send(&GroupToAgent::GroupMasters(vec![advertise]))
+        .send(&GroupToAgent::GroupMasters(shared.masters()))
         .await;
-    let (session_id, replaced) = shared.open_session(&node, conn.clone());
+    let (session_id, replaced) = shared.open_session(&node, &serial, conn.clone());
     if let Some(old) = replaced {
         old.close(
             VarInt::from_u32(close::REPLACED),

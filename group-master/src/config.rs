@@ -23,6 +23,9 @@ pub struct GroupMasterConfig {
     pub advertise: Option<SocketAddr>,
     /// QUIC address of the cluster master.
     pub cluster_master: SocketAddr,
+    /// More cluster masters (standbys) to try, in order, when `cluster_master` does not
+    /// lead; a standby's refusal names the leader, which is tried next.
+    pub cluster_masters: Vec<SocketAddr>,
     /// Bootstrap token to enroll this group master (only needed once).
     pub token: Option<String>,
     /// PEM file of the cluster CA, to verify the cluster master at enrollment.
@@ -60,6 +63,7 @@ impl Default for GroupMasterConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 7402)),
             advertise: None,
             cluster_master: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            cluster_masters: Vec::new(),
             token: None,
             ca_cert: None,
             ca_cert_hash: None,
@@ -83,7 +87,8 @@ pub struct GroupMasterSettings {
     pub group: String,
     pub listen: SocketAddr,
     pub advertise: Option<SocketAddr>,
-    pub cluster_master: SocketAddr,
+    /// Cluster masters to try, in order.
+    pub cluster_masters: Vec<SocketAddr>,
     pub detector: DetectorConfig,
     pub tick_interval: Duration,
     pub report_interval: Duration,
@@ -107,6 +112,17 @@ impl GroupMasterConfig {
             (None, Some(hash)) => CaTrust::Sha256(hash.clone()),
             (None, None) => CaTrust::FirstUse,
         })
+    }
+
+    /// `cluster_master` followed by `cluster_masters`, without repeats.
+    pub fn cluster_master_list(&self) -> Vec<SocketAddr> {
+        let mut out = vec![self.cluster_master];
+        for addr in &self.cluster_masters {
+            if !out.contains(addr) {
+                out.push(*addr);
+            }
+        }
+        out
     }
 
     pub fn validate(&self) -> anyhow::Result<GroupMasterSettings> {
@@ -147,7 +163,7 @@ impl GroupMasterConfig {
             group: self.group.clone(),
             listen: self.listen,
             advertise: self.advertise,
-            cluster_master: self.cluster_master,
+            cluster_masters: self.cluster_master_list(),
             detector: DetectorConfig {
                 suspect_after: Duration::from_millis(suspect_after),
                 down_after: Duration::from_millis(self.down_after_ms),

@@ -75,10 +75,11 @@ impl GroupMaster {
         let shared = Arc::new(state::Shared::new(
             settings.group.clone(),
             settings.detector,
+            advertise,
         ));
         info!(group = %settings.group, listen = %advertise, "group master serving");
         let upstream_endpoint = client_endpoint(SocketAddr::new(
-            if settings.cluster_master.is_ipv4() {
+            if settings.cluster_masters.first().is_none_or(|a| a.is_ipv4()) {
                 [0, 0, 0, 0].into()
             } else {
                 std::net::Ipv6Addr::UNSPECIFIED.into()

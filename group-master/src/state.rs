@@ -14,6 +14,8 @@ use crate::detector::{DetectorConfig, FailureDetector, Transition};
 pub(crate) struct Session {
     pub id: u64,
     pub conn: quinn::Connection,
+    /// Serial of the certificate the agent connected with.
+    pub serial: String,
 }
 
 pub(crate) struct Inner {
@@ -32,6 +34,10 @@ pub(crate) struct Inner {
 pub(crate) struct Shared {
     pub group: String,
     inner: Mutex<Inner>,
+    /// Whether this group master leads its group (the cluster master decides).
+    active: std::sync::atomic::AtomicBool,
+    /// The group's masters, active first, as the cluster master last said.
+    masters: Mutex<Vec<std::net::SocketAddr>>,
     /// Wakes the upstream task when state changes are pending.
     pub changed: Notify,
 }
@@ -47,9 +53,11 @@ fn to_change(t: Transition) -> StateChange {
 }
 
 impl Shared {
-    pub fn new(group: String, detector: DetectorConfig) -> Self {
+    pub fn new(group: String, detector: DetectorConfig, advertise: std::net::SocketAddr) -> Self {
         Shared {
             group,
+            active: std::sync::atomic::AtomicBool::new(true),
+            masters: Mutex::new(vec![advertise]),
             inner: Mutex::new(Inner {
                 detector: FailureDetector::new(detector),
                 members: HashMap::new(),
@@ -108,14 +116,20 @@ impl Shared {
     pub fn open_session(
         &self,
         node: &str,
+        serial: &str,
         conn: quinn::Connection,
     ) -> (u64, Option<quinn::Connection>) {
         let mut inner = self.lock();
         let id = inner.next_session;
         inner.next_session += 1;
-        let old = inner
-            .sessions
-            .insert(node.to_string(), Session { id, conn });
+        let old = inner.sessions.insert(
+            node.to_string(),
+            Session {
+                id,
+                conn,
+                serial: serial.to_string(),
+            },
+        );
         (id, old.map(|s| s.conn))
     }
 
@@ -161,18 +175,31 @@ impl Shared {
         let mut inner = self.lock();
         inner.pending.clear();
         let listed: HashSet<String> = members.iter().map(|m| m.node.clone()).collect();
-        let stale: Vec<String> = inner
-            .detector
-            .states()
-            .map(|(n, _)| n.to_string())
-            .filter(|n| !listed.contains(n))
+        let revoked: HashSet<String> = revoked.into_iter().collect();
+        // Connected agents whose certificate was revoked meanwhile are removed nodes.
+        let removed: Vec<String> = inner
+            .sessions
+            .iter()
+            .filter(|(_, s)| revoked.contains(&s.serial))
+            .map(|(n, _)| n.clone())
             .collect();
         let mut closing = Vec::new();
-        for node in stale {
+        for node in removed {
             inner.detector.forget(&node);
             if let Some(session) = inner.sessions.remove(&node) {
                 closing.push(session.conn);
             }
+        }
+        // Unlisted nodes we only remember are dropped; unlisted nodes that are connected
+        // (their certificate proved their group) enrolled after the list was made.
+        let stale: Vec<String> = inner
+            .detector
+            .states()
+            .map(|(n, _)| n.to_string())
+            .filter(|n| !listed.contains(n) && !inner.sessions.contains_key(n))
+            .collect();
+        for node in stale {
+            inner.detector.forget(&node);
         }
         inner.members.clear();
         let mut diffs = Vec::new();
@@ -191,7 +218,7 @@ impl Shared {
             inner.members.insert(member.node, member.serial);
         }
         inner.members_known = true;
-        inner.revoked = revoked.into_iter().collect();
+        inner.revoked = revoked;
         self.push(&mut inner, diffs);
         closing
     }
@@ -211,5 +238,36 @@ impl Shared {
         inner.detector.forget(node);
         inner.loads.remove(node);
         inner.sessions.remove(node).map(|s| s.conn)
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn masters(&self) -> Vec<std::net::SocketAddr> {
+        self.masters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The cluster master said whether we lead. A master sent back to standby closes
+    /// its agent sessions so their agents go to the active one.
+    pub fn set_role(
+        &self,
+        active: bool,
+        masters: Vec<std::net::SocketAddr>,
+    ) -> Vec<quinn::Connection> {
+        if !masters.is_empty() {
+            *self.masters.lock().unwrap_or_else(|p| p.into_inner()) = masters;
+        }
+        let was = self
+            .active
+            .swap(active, std::sync::atomic::Ordering::Relaxed);
+        if was && !active {
+            let mut inner = self.lock();
+            return inner.sessions.drain().map(|(_, s)| s.conn).collect();
+        }
+        Vec::new()
     }
 }

@@ -25,27 +25,42 @@ pub(crate) async fn upstream_loop(
     advertise: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    let candidates = settings.cluster_masters.clone();
+    let Some(&first) = candidates.first() else {
+        warn!(group = %shared.group, "no cluster master address configured");
+        return;
+    };
+    let mut target = first;
+    let mut next = 0usize;
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         match link(
-            &endpoint, &identity, &shared, &settings, advertise, &shutdown,
+            &endpoint, &identity, &shared, &settings, advertise, target, &shutdown,
         )
         .await
         {
             Ok(()) => return,
+            Err(LinkError::Refused(r)) if r.redirect.is_some_and(|to| to != target) => {
+                // A standby named the leader: go there at once.
+                debug!(group = %shared.group, from = %target, to = ?r.redirect, "redirected to the leading cluster master");
+                target = r.redirect.unwrap_or(target);
+                continue;
+            }
             Err(e) => {
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(20) {
-                    warn!(group = %shared.group, error = %e, cluster_master = %settings.cluster_master, "cluster master link down; retrying");
+                    warn!(group = %shared.group, error = %e, cluster_master = %target, "cluster master link down; retrying");
                 }
+                next = (next + 1) % candidates.len().max(1);
+                target = candidates.get(next).copied().unwrap_or(target);
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -56,6 +71,7 @@ async fn link(
     shared: &Arc<Shared>,
     settings: &GroupMasterSettings,
     advertise: SocketAddr,
+    target: SocketAddr,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let timing = LinkTiming {
@@ -66,7 +82,7 @@ async fn link(
     let conn = connect(
         endpoint,
         config,
-        settings.cluster_master,
+        target,
         CLUSTER_MASTER_NAME,
         settings.request_timeout,
     )
@@ -84,7 +100,7 @@ async fn link(
         max_frame,
     )
     .await?;
-    info!(group = %shared.group, cluster_master = %settings.cluster_master, "connected to cluster master");
+    info!(group = %shared.group, cluster_master = %target, "connected to cluster master");
 
     let (reader, mut msg_rx) =
         glory_protocol::transport::spawn_frame_reader::<ClusterToGroup>(recv, max_frame);
@@ -129,6 +145,19 @@ async fn link(
 fn handle(shared: &Shared, msg: ClusterToGroup) {
     let now = Instant::now();
     match msg {
+        ClusterToGroup::Role { active, masters } => {
+            let was = shared.is_active();
+            let dropped = shared.set_role(active, masters);
+            if was != active {
+                info!(group = %shared.group, active, "group master role changed");
+            }
+            for conn in dropped {
+                conn.close(
+                    VarInt::from_u32(close::REPLACED),
+                    b"this group master stands by; use the active one",
+                );
+            }
+        }
         ClusterToGroup::Members { members, revoked } => {
             info!(group = %shared.group, members = members.len(), "member list received");
             for conn in shared.sync_members(members, revoked, now) {

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glory_protocol::enroll::enroll;
-use glory_protocol::tls::{generate_csr, GROUP_MASTER_NAME};
+use glory_protocol::tls::{generate_csr, CLUSTER_MASTER_NAME, GROUP_MASTER_NAME};
 use glory_protocol::transport::{client_config, client_hello, connect};
 use glory_protocol::{
-    close, frame, AgentToGroup, EnrollKind, EnrollRequest, GroupToAgent, Heartbeat, Hello,
-    LinkError, LinkTiming, RefusalCode, Role, TlsIdentity, DEFAULT_MAX_FRAME,
+    close, frame, AgentToGroup, EnrollKind, EnrollRequest, GroupLocation, GroupToAgent, Heartbeat,
+    Hello, LinkError, LinkTiming, RefusalCode, Role, TlsIdentity, DEFAULT_MAX_FRAME,
 };
 use quinn::VarInt;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,8 @@ enum SessionEnd {
     Reenroll(String),
     /// Connection lost or refused for a passing reason: reconnect.
     Lost(String),
+    /// No group master we know of answered: ask the cluster master, then retry.
+    Unreachable(String),
 }
 
 /// Exponential backoff with jitter, so thousands of agents do not retry in lockstep.
@@ -144,6 +146,24 @@ pub async fn run_agent(
                 warn!(node_id = %identity.node_id, %reason, "certificate refused; enrolling again");
                 deps.store.clear()?;
             }
+            SessionEnd::Unreachable(reason) => {
+                debug!(node_id = %identity.node_id, %reason, "no group master reachable; asking the cluster master");
+                if let Some(masters) = locate(&settings, &deps, &identity).await {
+                    if masters != identity.group_masters {
+                        info!(node_id = %identity.node_id, masters = ?masters, "group masters moved");
+                        identity.group_masters = masters;
+                        deps.store.save(&identity)?;
+                        continue;
+                    }
+                }
+                if !sleep_or(&shutdown, &power_off, backoff.step()).await {
+                    return Ok(if power_off.is_cancelled() {
+                        AgentExit::PoweredOff
+                    } else {
+                        AgentExit::Shutdown
+                    });
+                }
+            }
             SessionEnd::Lost(reason) => {
                 debug!(node_id = %identity.node_id, %reason, "group master session lost; reconnecting");
                 if !sleep_or(&shutdown, &power_off, backoff.step()).await {
@@ -173,6 +193,12 @@ async fn enroll_until_done(
     };
     let mut backoff = Backoff::new(settings.max_backoff);
     let mut attempts = 0u32;
+    let mut target_index = 0usize;
+    let mut target = settings
+        .cluster_masters
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no cluster master address configured"))?;
     loop {
         let inventory = deps.host.inventory();
         let machine_id = inventory.machine_id.clone();
@@ -184,7 +210,7 @@ async fn enroll_until_done(
         };
         let result = enroll(
             &deps.endpoint,
-            settings.cluster_master,
+            target,
             &settings.ca_trust,
             &machine_id,
             &request,
@@ -211,6 +237,11 @@ async fn enroll_until_done(
                 info!(node_id = %identity.node_id, group = %identity.group, "enrolled");
                 return Ok(Some(identity));
             }
+            Err(LinkError::Refused(refusal)) if refusal.redirect.is_some_and(|to| to != target) => {
+                // A standby named the leader: ask it at once.
+                target = refusal.redirect.unwrap_or(target);
+                continue;
+            }
             Err(LinkError::Refused(refusal)) => {
                 // Logged at warn the first time and every tenth time: thousands of
                 // simulated agents retrying must not flood the log.
@@ -220,8 +251,14 @@ async fn enroll_until_done(
             }
             Err(e) => {
                 if attempts % 10 == 1 {
-                    warn!(error = %e, cluster_master = %settings.cluster_master, attempts, "enrollment failed; retrying with backoff");
+                    warn!(error = %e, cluster_master = %target, attempts, "enrollment failed; retrying with backoff");
                 }
+                target_index = (target_index + 1) % settings.cluster_masters.len().max(1);
+                target = settings
+                    .cluster_masters
+                    .get(target_index)
+                    .copied()
+                    .unwrap_or(target);
             }
         }
         if !sleep_or(shutdown, power_off, backoff.step()).await {
@@ -249,12 +286,16 @@ async fn connect_group_master(
     let connect_timeout = (settings.heartbeat_interval * 2)
         .max(Duration::from_secs(1))
         .min(settings.request_timeout);
-    let mut last = SessionEnd::Lost("no group master address known".to_string());
-    for addr in &identity.group_masters {
+    let mut last = SessionEnd::Unreachable("no group master address known".to_string());
+    let mut candidates: Vec<std::net::SocketAddr> = identity.group_masters.clone();
+    let mut i = 0;
+    while i < candidates.len() && i < 8 {
+        let addr = candidates[i];
+        i += 1;
         let conn = match connect(
             &deps.endpoint,
             config.clone(),
-            *addr,
+            addr,
             GROUP_MASTER_NAME,
             connect_timeout,
         )
@@ -262,24 +303,80 @@ async fn connect_group_master(
         {
             Ok(conn) => conn,
             Err(e) => {
-                last = SessionEnd::Lost(format!("connect {addr}: {e}"));
+                last = SessionEnd::Unreachable(format!("connect {addr}: {e}"));
                 continue;
             }
         };
         let hello = Hello::new(Role::Agent, identity.node_id.clone());
         match client_hello(&conn, &hello, DEFAULT_MAX_FRAME, settings.request_timeout).await {
             Ok(control) => return Ok((conn, control)),
-            Err(LinkError::Refused(r)) => {
-                return Err(match r.code {
-                    RefusalCode::Removed => SessionEnd::Removed(r.message),
-                    RefusalCode::BadIdentity => SessionEnd::Reenroll(r.message),
-                    _ => SessionEnd::Lost(format!("refused by {addr}: {r}")),
-                })
-            }
-            Err(e) => last = SessionEnd::Lost(format!("hello to {addr}: {e}")),
+            Err(LinkError::Refused(r)) => match r.code {
+                RefusalCode::Removed => return Err(SessionEnd::Removed(r.message)),
+                RefusalCode::BadIdentity => return Err(SessionEnd::Reenroll(r.message)),
+                _ => {
+                    // A standby names the active master: try it next.
+                    if let Some(to) = r.redirect.filter(|to| !candidates[i..].contains(to)) {
+                        candidates.insert(i, to);
+                    }
+                    last = SessionEnd::Unreachable(format!("refused by {addr}: {r}"));
+                }
+            },
+            Err(e) => last = SessionEnd::Unreachable(format!("hello to {addr}: {e}")),
         }
     }
     Err(last)
+}
+
+/// Every group master we knew failed: ask a cluster master where our group is led now.
+async fn locate(
+    settings: &AgentSettings,
+    deps: &AgentDeps,
+    identity: &AgentIdentity,
+) -> Option<Vec<std::net::SocketAddr>> {
+    let timing = LinkTiming {
+        idle_timeout: settings.request_timeout,
+        keep_alive: None,
+    };
+    let config = client_config(identity.tls.client_tls().ok()?, timing).ok()?;
+    let mut candidates = settings.cluster_masters.clone();
+    let mut i = 0;
+    while i < candidates.len() && i < 8 {
+        let addr = candidates[i];
+        i += 1;
+        let Ok(conn) = connect(
+            &deps.endpoint,
+            config.clone(),
+            addr,
+            CLUSTER_MASTER_NAME,
+            settings.request_timeout,
+        )
+        .await
+        else {
+            continue;
+        };
+        let hello = Hello::new(Role::Agent, identity.node_id.clone());
+        let answer =
+            match client_hello(&conn, &hello, DEFAULT_MAX_FRAME, settings.request_timeout).await {
+                Ok(mut control) => {
+                    tokio::time::timeout(settings.request_timeout, control.recv::<GroupLocation>())
+                        .await
+                }
+                Err(LinkError::Refused(r)) => {
+                    if let Some(to) = r.redirect.filter(|to| !candidates[i..].contains(to)) {
+                        candidates.insert(i, to);
+                    }
+                    continue;
+                }
+                Err(_) => continue,
+            };
+        conn.close(VarInt::from_u32(close::NORMAL), b"located");
+        if let Ok(Ok(Some(location))) = answer {
+            if !location.masters.is_empty() {
+                return Some(location.masters);
+            }
+        }
+    }
+    None
 }
 
 async fn session(

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub struct AgentConfig {
     /// QUIC address of the cluster master, for enrollment.
     pub cluster_master: SocketAddr,
+    /// More cluster masters (standbys), tried in order when `cluster_master` does not
+    /// answer or does not lead.
+    pub cluster_masters: Vec<SocketAddr>,
     /// Bootstrap token (`<id>.<secret>`). Also `--token` or `glory.token=` on the kernel
     /// command line. Only needed until the agent has enrolled.
     pub token: Option<String>,
@@ -32,7 +35,8 @@ pub struct AgentConfig {
     pub max_backoff_ms: u64,
     /// Timeout of one connection attempt or request, milliseconds.
     pub request_timeout_ms: u64,
-    /// Close a group master connection that stays silent this long, milliseconds.
+    /// Give up on a group master that has not answered for this long and try the next
+    /// one (its standby), milliseconds. More than two heartbeat intervals.
     pub idle_timeout_ms: u64,
 }
 
@@ -40,6 +44,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             cluster_master: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            cluster_masters: Vec::new(),
             token: None,
             ca_cert: None,
             ca_cert_hash: None,
@@ -48,7 +53,7 @@ impl Default for AgentConfig {
             heartbeat_interval_ms: 1000,
             max_backoff_ms: 10_000,
             request_timeout_ms: 5_000,
-            idle_timeout_ms: 10_000,
+            idle_timeout_ms: 3_000,
         }
     }
 }
@@ -56,7 +61,8 @@ impl Default for AgentConfig {
 /// Validated settings the agent runs with.
 #[derive(Clone, Debug)]
 pub struct AgentSettings {
-    pub cluster_master: SocketAddr,
+    /// Cluster masters, in the order to try them.
+    pub cluster_masters: Vec<SocketAddr>,
     pub token: Option<String>,
     pub ca_trust: CaTrust,
     pub heartbeat_interval: Duration,
@@ -94,7 +100,15 @@ impl AgentConfig {
             (None, None) => CaTrust::FirstUse,
         };
         Ok(AgentSettings {
-            cluster_master: self.cluster_master,
+            cluster_masters: {
+                let mut out = vec![self.cluster_master];
+                out.extend(
+                    self.cluster_masters
+                        .iter()
+                        .filter(|a| **a != self.cluster_master),
+                );
+                out
+            },
             token: self.token.clone(),
             ca_trust,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),

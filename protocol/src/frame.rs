@@ -91,7 +91,13 @@ where
             std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
             _ => FrameError::Io(e),
         })?;
-    decode_body(&body).map(Some)
+    decode_body(&body).map(Some).map_err(|e| match e {
+        FrameError::Decode(m) => {
+            let head: String = body.iter().take(24).map(|b| format!("{b:02x}")).collect();
+            FrameError::Decode(format!("{m} ({} bytes, starting {head})", body.len()))
+        }
+        other => other,
+    })
 }
 
 #[cfg(test)]
@@ -195,5 +201,75 @@ mod tests {
         .unwrap();
         let hello: Hello = decode_body(&body).unwrap();
         assert_eq!(hello.id, "n-1");
+    }
+}
+
+#[cfg(test)]
+mod link_messages {
+    use super::*;
+    use crate::messages::*;
+
+    fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn every_link_message_round_trips() {
+        let addr: std::net::SocketAddr = "127.0.0.1:7402".parse().unwrap();
+        let msgs = vec![
+            ClusterToGroup::Role {
+                active: true,
+                masters: vec![addr],
+            },
+            ClusterToGroup::Members {
+                members: vec![],
+                revoked: vec!["ab".into()],
+            },
+            ClusterToGroup::MemberRemoved {
+                node: "n".into(),
+                serial: "s".into(),
+            },
+            ClusterToGroup::MemberAdded(Member {
+                node: "n".into(),
+                serial: "s".into(),
+                state: NodeState::Up,
+            }),
+            ClusterToGroup::Members {
+                members: vec![Member {
+                    node: "n".into(),
+                    serial: "s".into(),
+                    state: NodeState::Unreachable,
+                }],
+                revoked: vec![],
+            },
+        ];
+        for msg in msgs {
+            let frame = encode_frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+            let mut reader = &frame[..];
+            let via_frame: ClusterToGroup =
+                futures_lite_block_on(read_frame(&mut reader, DEFAULT_MAX_FRAME))
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(via_frame, msg);
+            let body = encode_body(&msg).unwrap();
+            let back: ClusterToGroup =
+                decode_body(&body).unwrap_or_else(|e| panic!("{msg:?}: {e}"));
+            assert_eq!(back, msg);
+        }
+        let refusal = Refusal::new(RefusalCode::Unavailable, "standby").redirect_to(Some(addr));
+        let back: HelloReply =
+            decode_body(&encode_body(&HelloReply::Refused(refusal.clone())).unwrap()).unwrap();
+        assert_eq!(back, HelloReply::Refused(refusal));
+        let loc = GroupLocation {
+            group: "g00".into(),
+            masters: vec![addr],
+        };
+        assert_eq!(
+            decode_body::<GroupLocation>(&encode_body(&loc).unwrap()).unwrap(),
+            loc
+        );
     }
 }

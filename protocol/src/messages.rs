@@ -77,6 +77,24 @@ impl RefusalCode {
 pub struct Refusal {
     pub code: RefusalCode,
     pub message: String,
+    /// Where to go instead (a standby names the active master).
+    #[serde(default)]
+    pub redirect: Option<SocketAddr>,
+}
+
+impl Refusal {
+    pub fn new(code: RefusalCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            redirect: None,
+        }
+    }
+
+    pub fn redirect_to(mut self, addr: Option<SocketAddr>) -> Self {
+        self.redirect = addr;
+        self
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -346,6 +364,13 @@ pub struct Member {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterToGroup {
+    /// Whether this group master leads its group (the first to register does; the
+    /// others stand by until the cluster master promotes one), and where the group's
+    /// masters are, active first. Sent after `Register` and whenever it changes.
+    Role {
+        active: bool,
+        masters: Vec<SocketAddr>,
+    },
     /// The full member list, sent after `Register` (and after a resync).
     Members {
         members: Vec<Member>,
@@ -357,4 +382,17 @@ pub enum ClusterToGroup {
         node: String,
         serial: String,
     },
+}
+
+// ---------------------------------------------------------------------------------------
+// Agent -> cluster master (node certificate): where is my group master?
+// ---------------------------------------------------------------------------------------
+
+/// Cluster master -> agent, after `Hello { role: agent }`: the agent lost every group
+/// master it knew and asks where its group is led now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupLocation {
+    pub group: String,
+    /// Active first.
+    pub masters: Vec<SocketAddr>,
 }

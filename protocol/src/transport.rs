@@ -226,13 +226,13 @@ pub async fn server_hello(
         };
         let hello: Hello = control.recv().await?.ok_or(LinkError::Closed)?;
         if hello.protocol_version != PROTOCOL_VERSION {
-            let refusal = Refusal {
-                code: RefusalCode::VersionMismatch,
-                message: format!(
+            let refusal = Refusal::new(
+                RefusalCode::VersionMismatch,
+                format!(
                     "protocol version {} is not supported (this server speaks {})",
                     hello.protocol_version, PROTOCOL_VERSION
                 ),
-            };
+            );
             refuse(&mut control, conn, refusal.clone()).await;
             return Err(LinkError::Refused(refusal));
         }

@@ -83,7 +83,8 @@ impl ClusterBuilder {
             group_idle_timeout_ms: 1500,
             ..Default::default()
         };
-        let km = glory_cluster_master::open_keymaster(&cm_config)?;
+        let km =
+            glory_cluster_master::open_keymaster(&cm_config, &CancellationToken::new()).await?;
         let late = Arc::new(LateFleet::default());
         let cm_shutdown = CancellationToken::new();
         let cm = glory_cluster_master::start(

@@ -24,10 +24,16 @@ use crate::sim::SimFleet;
 pub struct AgentsArgs {
     #[arg(long)]
     pub cluster_master: Option<SocketAddr>,
+    /// More cluster masters (standbys), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_masters: Vec<SocketAddr>,
     #[arg(long)]
     pub token: Option<String>,
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// Pin the cluster CA by its SHA-256 instead of --ca-file.
+    #[arg(long)]
+    pub ca_hash: Option<String>,
     #[arg(long)]
     pub nodes: usize,
     #[arg(long, default_value_t = 1000)]
@@ -38,6 +44,9 @@ pub struct AgentsArgs {
     /// Flat baseline: renew leases at this HTTP base URL instead of running agents.
     #[arg(long)]
     pub flat_api: Option<String>,
+    /// Power agents on at most this many a second (0: all at once).
+    #[arg(long, default_value_t = 1000)]
+    pub ramp_per_sec: usize,
     /// Flat baseline: lease renewal period, seconds.
     #[arg(long, default_value_t = 10)]
     pub flat_renew_secs: u64,
@@ -159,13 +168,11 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
             Fleet::Flat(fleet)
         }
         None => {
-            let ca =
-                std::fs::read_to_string(args.ca_file.as_ref().context("--ca-file is required")?)
-                    .context("read --ca-file")?;
             let mut settings = AgentConfig {
                 cluster_master: args
                     .cluster_master
                     .context("--cluster-master is required")?,
+                cluster_masters: args.cluster_masters.clone(),
                 token: Some(args.token.clone().context("--token is required")?),
                 heartbeat_interval_ms: args.heartbeat_ms,
                 max_backoff_ms: 2000,
@@ -173,9 +180,19 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
                 ..Default::default()
             }
             .validate()?;
-            settings.ca_trust = CaTrust::Pem(ca);
+            settings.ca_trust = match (&args.ca_file, &args.ca_hash) {
+                (Some(file), _) => {
+                    CaTrust::Pem(std::fs::read_to_string(file).context("read --ca-file")?)
+                }
+                (None, Some(hash)) => CaTrust::Sha256(hash.clone()),
+                (None, None) => anyhow::bail!("--ca-file or --ca-hash is required"),
+            };
             let fleet = SimFleet::new(settings, args.endpoints, shutdown.clone())?;
-            fleet.add(args.nodes);
+            if args.ramp_per_sec == 0 {
+                fleet.add(args.nodes);
+            } else {
+                fleet.add_ramped(args.nodes, args.ramp_per_sec);
+            }
             Fleet::Hierarchy(fleet)
         }
     };

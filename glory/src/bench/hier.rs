@@ -49,7 +49,11 @@ fn base_report(o: &SimOptions, mode: &str) -> Report {
         nodes: o.nodes,
         groups: if mode == "flat" { 0 } else { o.groups },
         mode: mode.to_string(),
-        keymaster: "embedded".to_string(),
+        keymaster: if o.etcd.is_some() {
+            "etcd".to_string()
+        } else {
+            "embedded".to_string()
+        },
         duration_seconds: o.duration.as_secs_f64(),
         heartbeat_interval_ms: o.heartbeat_ms,
         down_after_ms: o.down_after_ms,
@@ -181,11 +185,17 @@ impl Masters {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: dir.path().to_path_buf(),
-            keymaster: KeyMasterConfig::Embedded { path: None },
+            keymaster: match &options.etcd {
+                Some(endpoints) => KeyMasterConfig::Etcd {
+                    endpoints: endpoints.clone(),
+                },
+                None => KeyMasterConfig::Embedded { path: None },
+            },
             group_size_limit: per_group.max(1),
             ..Default::default()
         };
-        let km = glory_cluster_master::open_keymaster(&cm_config)?;
+        let km =
+            glory_cluster_master::open_keymaster(&cm_config, &CancellationToken::new()).await?;
         let shutdown = CancellationToken::new();
         let cm_stop = shutdown.child_token();
         let cm =
@@ -280,7 +290,7 @@ impl Masters {
         }
         self.cm_stop = self.shutdown.child_token();
         // The old endpoint lets go of its address once its connections have drained.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let cm = loop {
             let config = self.cm_config.validate()?;
             match glory_cluster_master::start(config, self.km.clone(), None, self.cm_stop.clone())
@@ -409,9 +419,17 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         o.heartbeat_ms.to_string(),
         "--endpoints".into(),
         o.agent_endpoints.to_string(),
+        "--ramp-per-sec".into(),
+        o.ramp_per_sec.to_string(),
     ])
     .await?;
     let t0 = Instant::now();
+    if o.ramp_per_sec > 0 {
+        report.notes.push(format!(
+            "agents powered on at {} per second; enroll_seconds includes that ramp",
+            o.ramp_per_sec
+        ));
+    }
     report.notes.push(format!(
         "masters (key master, cluster master, {} group masters) in pid {}; agents in pid {}",
         o.groups,

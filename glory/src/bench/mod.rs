@@ -49,6 +49,10 @@ pub struct SimOptions {
     pub agent_endpoints: usize,
     /// Print progress lines.
     pub progress: bool,
+    /// etcd endpoints for the key master; `None`: the embedded store.
+    pub etcd: Option<Vec<String>>,
+    /// Simulated servers are powered on at most this many a second (0: all at once).
+    pub ramp_per_sec: usize,
 }
 
 impl SimOptions {
@@ -56,7 +60,7 @@ impl SimOptions {
         if self.nodes == 0 || self.groups == 0 {
             bail!("--nodes and --groups must be positive");
         }
-        if self.nodes.div_ceil(self.groups) > 250 * 4 {
+        if self.mode == Mode::Hierarchy && self.nodes.div_ceil(self.groups) > 250 * 4 {
             bail!(
                 "{} nodes in {} groups is over 1000 per group: use more --groups",
                 self.nodes,

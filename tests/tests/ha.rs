@@ -1,0 +1,373 @@
+//! High availability with real processes on a real 3-member etcd: two cluster masters,
+//! an active and a standby group master, 20 simulated agents. `kill -9` the active
+//! cluster master, then the active group master; lose an etcd member; lose etcd
+//! altogether for a while. No node may ever be reported `down`.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use glory_keymaster::testing::EtcdCluster;
+use glory_tests::binary;
+use serde_json::Value;
+
+struct Procs(Vec<(String, Child)>);
+
+impl Procs {
+    fn spawn(&mut self, name: &str, bin: &str, args: &[String], log: &Path) -> anyhow::Result<()> {
+        let out = std::fs::File::create(log)?;
+        let child = Command::new(binary(bin)?)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("spawn {bin}"))?;
+        self.0.push((name.to_string(), child));
+        Ok(())
+    }
+
+    /// SIGKILL: no goodbyes, no resignation.
+    fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
+        let idx = self
+            .0
+            .iter()
+            .position(|(n, _)| n == name)
+            .context("no such process")?;
+        let (_, mut child) = self.0.remove(idx);
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Api {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Api {
+    async fn get(&self, api: SocketAddr, path: &str) -> Option<Value> {
+        let resp = self
+            .http
+            .get(format!("http://{api}{path}"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ok()?;
+        resp.json().await.ok()
+    }
+
+    async fn post_token(&self, api: SocketAddr) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .http
+            .post(format!("http://{api}/api/v1/bootstrap-tokens"))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({"scope": "any", "ttl_seconds": 3600}))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+/// Poll until `check` returns Some, failing after `timeout`; also fail at once if any
+/// poll sees a node `down` (through `downs`).
+async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> anyhow::Result<(T, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Ok((v, start.elapsed()));
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn cm_config(
+    dir: &Path,
+    name: &str,
+    quic: SocketAddr,
+    api: SocketAddr,
+    etcd: &[String],
+) -> anyhow::Result<String> {
+    let path = dir.join(format!("{name}.toml"));
+    let endpoints: Vec<String> = etcd.iter().map(|e| format!("\"{e}\"")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "listen = '{quic}'\napi_listen = '{api}'\ndata_dir = '{}'\nleader_lease_ms = 3000\n\
+             keymaster = {{ kind = 'etcd', endpoints = [{}] }}\n",
+            dir.join(name).display(),
+            endpoints.join(", ")
+        ),
+    )?;
+    Ok(path.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> {
+    let mut etcd = EtcdCluster::start(3).await?;
+    let endpoints = etcd.endpoints();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mut procs = Procs(Vec::new());
+    let (q1, a1, q2, a2) = (free_udp(), free_tcp(), free_udp(), free_tcp());
+
+    // Two cluster masters: the first leads, the second stands by and says so.
+    let c1 = cm_config(d, "cm1", q1, a1, &endpoints)?;
+    procs.spawn(
+        "cm1",
+        "glory-cluster-master",
+        &["--config".into(), c1],
+        &d.join("cm1.log"),
+    )?;
+    let token_file = d.join("cm1").join("operator.token");
+    let (token, _) = wait_for("cm1 active", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&token_file)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.trim().to_string())
+    })
+    .await?;
+    let api = Api {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?,
+        token,
+    };
+    let c2 = cm_config(d, "cm2", q2, a2, &endpoints)?;
+    procs.spawn(
+        "cm2",
+        "glory-cluster-master",
+        &["--config".into(), c2],
+        &d.join("cm2.log"),
+    )?;
+    let (health, _) = wait_for("cm2 standing by", Duration::from_secs(20), || async {
+        api.get(a2, "/healthz")
+            .await
+            .filter(|h| h["role"] == "standby" && !h["leader"].is_null())
+    })
+    .await?;
+    assert_eq!(
+        health["leader"]["api"],
+        a1.to_string(),
+        "the standby names the leader"
+    );
+    let standby_answer = api
+        .http
+        .get(format!("http://{a2}/api/v1/cluster"))
+        .bearer_auth(&api.token)
+        .send()
+        .await?;
+    assert_eq!(standby_answer.status(), 503);
+    let body: Value = standby_answer.json().await?;
+    assert_eq!(body["error"]["code"], "standby");
+    assert_eq!(body["error"]["leader"]["quic"], q1.to_string());
+
+    let (status, created) = api.post_token(a1).await?;
+    assert_eq!(status, 201, "{created}");
+    let bootstrap = created["token"].as_str().context("token")?.to_string();
+    let ca_hash = created["ca_cert_hash"]
+        .as_str()
+        .context("ca hash")?
+        .to_string();
+
+    // An active and a standby group master for g00.
+    let (ga, gb) = (free_udp(), free_udp());
+    for (name, listen) in [("gm-a", ga), ("gm-b", gb)] {
+        let path = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "group = 'g00'\nlisten = '{listen}'\ncluster_master = '{q1}'\ncluster_masters = ['{q2}']\n\
+                 token = '{bootstrap}'\nca_cert_hash = '{ca_hash}'\ndata_dir = '{}'\n",
+                d.join(name).display()
+            ),
+        )?;
+        procs.spawn(
+            name,
+            "glory-group-master",
+            &["--config".into(), path.display().to_string()],
+            &d.join(format!("{name}.log")),
+        )?;
+        let want_master = ga.to_string();
+        wait_for(
+            &format!("{name} registered"),
+            Duration::from_secs(20),
+            || async {
+                let g = api.get(a1, "/api/v1/groups/g00").await?;
+                (g["connected"] == true && g["master"] == want_master.as_str()).then_some(())
+            },
+        )
+        .await?;
+    }
+
+    // Twenty simulated servers in their own process.
+    procs.spawn(
+        "agents",
+        "glory",
+        &[
+            "sim-agents".into(),
+            "--cluster-master".into(),
+            q1.to_string(),
+            "--cluster-masters".into(),
+            q2.to_string(),
+            "--token".into(),
+            bootstrap.clone(),
+            "--ca-hash".into(),
+            ca_hash.clone(),
+            "--nodes".into(),
+            "20".into(),
+        ],
+        &d.join("agents.log"),
+    )?;
+    let all_up = |api_addr: SocketAddr| {
+        let api = &api;
+        async move {
+            let c = api.get(api_addr, "/api/v1/cluster").await?;
+            assert_eq!(
+                c["nodes_by_state"]["down"].as_u64().unwrap_or(0),
+                0,
+                "a node was reported down: {c}"
+            );
+            (c["nodes_by_state"]["up"] == 20 && c["groups_connected"] == 1).then_some(c)
+        }
+    };
+    wait_for("20 nodes up", Duration::from_secs(30), || all_up(a1)).await?;
+
+    // kill -9 the active cluster master: the standby leads within the lease (3 s) and
+    // a few seconds, the group master finds it, every node stays up.
+    procs.kill9("cm1")?;
+    let (_, took) = wait_for("cm2 active", Duration::from_secs(8), || async {
+        api.get(a2, "/healthz")
+            .await
+            .filter(|h| h["role"] == "active")
+    })
+    .await?;
+    eprintln!("cluster master failover: standby active after {took:?}");
+    let (_, took) = wait_for("all nodes up under cm2", Duration::from_secs(10), || {
+        all_up(a2)
+    })
+    .await?;
+    eprintln!("cluster master failover: everything up again {took:?} later");
+    let nodes = api.get(a2, "/api/v1/nodes").await.context("list nodes")?;
+    assert_eq!(nodes["total"], 20, "nothing acknowledged was lost");
+
+    // kill -9 the active group master: the standby leads, the agents move, none is down.
+    procs.kill9("gm-a")?;
+    let want = gb.to_string();
+    let (_, took) = wait_for(
+        "standby group master leads with all nodes up",
+        Duration::from_secs(12),
+        || async {
+            let g = api.get(a2, "/api/v1/groups/g00").await?;
+            let c = all_up(a2).await?;
+            (g["master"] == want.as_str() && g["connected"] == true).then_some(c)
+        },
+    )
+    .await?;
+    eprintln!("group master failover: all nodes up under the standby after {took:?}");
+    let transitions = api.get(a2, "/api/v1/cluster").await.context("cluster")?;
+    assert_eq!(
+        transitions["transitions"]["down"], 0,
+        "no node was ever down: {transitions}"
+    );
+
+    // One etcd member down: writes still succeed.
+    etcd.kill(0);
+    let (status, body) = api.post_token(a2).await?;
+    assert_eq!(status, 201, "write with one etcd member down: {body}");
+
+    // All of etcd down: serving goes on from memory, changes are refused clearly,
+    // nobody is marked down; when etcd returns, changes resume without a restart.
+    etcd.kill(1);
+    etcd.kill(2);
+    wait_for(
+        "key master reported unavailable",
+        Duration::from_secs(10),
+        || async {
+            let c = api.get(a2, "/api/v1/cluster").await?;
+            (c["keymaster"]["available"] == false).then_some(())
+        },
+    )
+    .await?;
+    let (status, body) = api.post_token(a2).await?;
+    assert_eq!(
+        status, 503,
+        "a change needing the key master is refused: {body}"
+    );
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_secs(5) {
+        let c = api
+            .get(a2, "/api/v1/cluster")
+            .await
+            .context("API answers from memory")?;
+        assert_eq!(
+            c["nodes_by_state"]["up"], 20,
+            "nodes stay up without the key master: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for member in 0..3 {
+        etcd.restart(member).await?;
+    }
+    wait_for(
+        "key master available again",
+        Duration::from_secs(30),
+        || async {
+            let c = api.get(a2, "/api/v1/cluster").await?;
+            (c["keymaster"]["available"] == true).then_some(())
+        },
+    )
+    .await?;
+    let (_, _) = wait_for(
+        "changes accepted again",
+        Duration::from_secs(20),
+        || async {
+            let (status, _) = api.post_token(a2).await.ok()?;
+            (status == 201).then_some(())
+        },
+    )
+    .await?;
+    let c = api.get(a2, "/api/v1/cluster").await.context("cluster")?;
+    assert_eq!(c["nodes_by_state"]["up"], 20, "{c}");
+    assert_eq!(c["transitions"]["down"], 0, "{c}");
+    Ok(())
+}

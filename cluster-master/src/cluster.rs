@@ -574,9 +574,9 @@ impl Cluster {
             .ca
             .sign_csr(csr_pem, &subject, self.settings.cert_validity)
             .map_err(|e| refusal(RefusalCode::BadRequest, e.to_string()))?;
-        self.ensure_group(group, Some(listen))
-            .await
-            .map_err(unavailable)?;
+        // The address is recorded when the master registers and the cluster master knows
+        // whether it leads or stands by.
+        self.ensure_group(group, None).await.map_err(unavailable)?;
         info!(group = %group, %listen, "group master enrolled");
         Ok(Enrolled {
             id: group.to_string(),

@@ -164,11 +164,19 @@ impl Registry {
         counts
     }
 
+    /// Where a group's masters serve agents, active first: the live links, or the last
+    /// recorded master while none is connected.
     pub fn group_master_addrs(&self, group: &str) -> Vec<SocketAddr> {
-        self.groups
-            .get(group)
-            .and_then(|g| g.record.master_addr)
-            .into_iter()
-            .collect()
+        let Some(g) = self.groups.get(group) else {
+            return Vec::new();
+        };
+        let mut out: Vec<SocketAddr> = Vec::new();
+        let live = g.link.iter().chain(g.standbys.iter()).map(|l| l.listen);
+        for addr in live.chain(g.record.master_addr) {
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        out
     }
 }

@@ -265,6 +265,21 @@ impl EtcdCluster {
         self.wait_healthy(member, START_PATIENCE).await
     }
 
+    /// Start several killed members again together (a majority cannot become healthy
+    /// one at a time), then wait until each is healthy.
+    pub async fn restart_many(&mut self, members: &[usize]) -> anyhow::Result<()> {
+        for &member in members {
+            if self.member(member).child.is_some() {
+                bail!("etcd member {member} is still running");
+            }
+            self.spawn(member)?;
+        }
+        for &member in members {
+            self.wait_healthy(member, START_PATIENCE).await?;
+        }
+        Ok(())
+    }
+
     /// Poll the member's `/health` until it reports healthy (it has a leader and
     /// answers reads), or fail with the end of its log.
     pub async fn wait_healthy(&mut self, member: usize, within: Duration) -> anyhow::Result<()> {

@@ -146,7 +146,11 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     let mut etcd = EtcdCluster::start(3).await?;
     let endpoints = etcd.endpoints();
     let dir = tempfile::tempdir()?;
-    let d = dir.path();
+    let d = match std::env::var_os("GLORY_HA_TEST_DIR") {
+        Some(keep) => std::path::PathBuf::from(keep),
+        None => dir.path().to_path_buf(),
+    };
+    let d = d.as_path();
     let mut procs = Procs(Vec::new());
     let (q1, a1, q2, a2) = (free_udp(), free_tcp(), free_udp(), free_tcp());
 
@@ -311,9 +315,26 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     );
 
     // One etcd member down: writes still succeed.
+    // (A write racing etcd's leader election, when the killed member led, may get a
+    // 503 to retry for about a second; after that writes go through.)
     etcd.kill(0);
-    let (status, body) = api.post_token(a2).await?;
-    assert_eq!(status, 201, "write with one etcd member down: {body}");
+    let (_, took) = wait_for(
+        "a write with one etcd member down",
+        Duration::from_secs(10),
+        || async {
+            let (status, _) = api.post_token(a2).await.ok()?;
+            (status == 201).then_some(())
+        },
+    )
+    .await?;
+    eprintln!("one etcd member down: writes succeed (first success after {took:?})");
+    for _ in 0..5 {
+        let (status, body) = api.post_token(a2).await?;
+        assert_eq!(
+            status, 201,
+            "writes keep succeeding with one member down: {body}"
+        );
+    }
 
     // All of etcd down: serving goes on from memory, changes are refused clearly,
     // nobody is marked down; when etcd returns, changes resume without a restart.
@@ -345,9 +366,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    for member in 0..3 {
-        etcd.restart(member).await?;
-    }
+    etcd.restart_many(&[0, 1, 2]).await?;
     wait_for(
         "key master available again",
         Duration::from_secs(30),

@@ -34,12 +34,26 @@ pub(crate) async fn upstream_loop(
     let mut next = 0usize;
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
+    // When a cluster master last answered us (a link, or a standby's refusal).
+    let mut last_answer = Instant::now();
     while !shutdown.is_cancelled() {
-        match link(
-            &endpoint, &identity, &shared, &settings, advertise, target, &shutdown,
+        let mut established = false;
+        let result = link(
+            &endpoint,
+            &identity,
+            &shared,
+            &settings,
+            advertise,
+            target,
+            &shutdown,
+            &mut established,
         )
-        .await
-        {
+        .await;
+        if established {
+            // The link was up until just now: that counts as an answer.
+            last_answer = Instant::now();
+        }
+        match result {
             Ok(()) => return,
             Err(LinkError::Refused(r)) if r.redirect.is_some_and(|to| to != target) => {
                 // A standby named the leader: go there at once.
@@ -51,6 +65,29 @@ pub(crate) async fn upstream_loop(
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(20) {
                     warn!(group = %shared.group, error = %e, cluster_master = %target, "cluster master link down; retrying");
+                }
+                if e.refusal().is_some() {
+                    last_answer = Instant::now();
+                }
+                // Cut off from every cluster master (not one answered, not even a
+                // standby) while a standby group master exists: the cluster master
+                // promotes the standby, so step down and send our agents there rather
+                // than keep them where nobody hears their state changes.
+                let masters = shared.masters();
+                let cut_off = last_answer.elapsed() > settings.cluster_idle_timeout * 2;
+                if cut_off && shared.is_active() && masters.len() > 1 {
+                    warn!(group = %shared.group, "lost the cluster master with a standby in place; standing down");
+                    let others: Vec<SocketAddr> = masters
+                        .iter()
+                        .copied()
+                        .filter(|m| *m != advertise)
+                        .collect();
+                    for conn in shared.set_role(false, others) {
+                        conn.close(
+                            VarInt::from_u32(close::REPLACED),
+                            b"group master lost the cluster master; use the standby",
+                        );
+                    }
                 }
                 next = (next + 1) % candidates.len().max(1);
                 target = candidates.get(next).copied().unwrap_or(target);
@@ -65,6 +102,7 @@ pub(crate) async fn upstream_loop(
 }
 
 /// One connection's life. `Ok` only on shutdown.
+#[allow(clippy::too_many_arguments)]
 async fn link(
     endpoint: &quinn::Endpoint,
     identity: &TlsIdentity,
@@ -73,6 +111,7 @@ async fn link(
     advertise: SocketAddr,
     target: SocketAddr,
     shutdown: &CancellationToken,
+    established: &mut bool,
 ) -> Result<(), LinkError> {
     let timing = LinkTiming {
         idle_timeout: settings.cluster_idle_timeout,
@@ -84,11 +123,12 @@ async fn link(
         config,
         target,
         CLUSTER_MASTER_NAME,
-        settings.request_timeout,
+        settings.request_timeout.min(settings.cluster_idle_timeout),
     )
     .await?;
     let hello = Hello::new(Role::GroupMaster, shared.group.clone());
     let control = client_hello(&conn, &hello, settings.max_frame, settings.request_timeout).await?;
+    *established = true;
     let glory_protocol::ControlStream {
         mut send,
         recv,

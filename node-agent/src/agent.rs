@@ -115,6 +115,8 @@ pub async fn run_agent(
             .min(settings.max_backoff),
     );
     let mut seq: u64 = 0;
+    // The group master whose session we just lost, tried last next time.
+    let mut avoid: Option<std::net::SocketAddr> = None;
     loop {
         let mut identity = match deps.store.load()? {
             Some(identity) => identity,
@@ -132,6 +134,7 @@ pub async fn run_agent(
             &shutdown,
             &power_off,
             &mut backoff,
+            &mut avoid,
         )
         .await
         {
@@ -271,6 +274,7 @@ async fn connect_group_master(
     settings: &AgentSettings,
     deps: &AgentDeps,
     identity: &AgentIdentity,
+    avoid: Option<std::net::SocketAddr>,
 ) -> Result<(quinn::Connection, glory_protocol::ControlStream), SessionEnd> {
     let timing = LinkTiming {
         idle_timeout: settings.idle_timeout,
@@ -283,11 +287,18 @@ async fn connect_group_master(
     let config = client_config(tls, timing).map_err(|e| SessionEnd::Reenroll(e.to_string()))?;
     // A handshake with a group master takes milliseconds; one that hangs (a master
     // that died mid-handshake) must not keep us away longer than a couple of heartbeats.
-    let connect_timeout = (settings.heartbeat_interval * 2)
-        .max(Duration::from_secs(1))
+    let connect_timeout = (settings.heartbeat_interval * 3)
+        .max(Duration::from_secs(3))
         .min(settings.request_timeout);
     let mut last = SessionEnd::Unreachable("no group master address known".to_string());
-    let mut candidates: Vec<std::net::SocketAddr> = identity.group_masters.clone();
+    // The master we just lost goes last: its standby is more likely to answer now.
+    let mut candidates: Vec<std::net::SocketAddr> = identity
+        .group_masters
+        .iter()
+        .copied()
+        .filter(|a| Some(*a) != avoid)
+        .collect();
+    candidates.extend(avoid.filter(|a| identity.group_masters.contains(a)));
     let mut i = 0;
     while i < candidates.len() && i < 8 {
         let addr = candidates[i];
@@ -379,6 +390,7 @@ async fn locate(
     None
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     settings: &AgentSettings,
     deps: &AgentDeps,
@@ -387,12 +399,15 @@ async fn session(
     shutdown: &CancellationToken,
     power_off: &CancellationToken,
     backoff: &mut Backoff,
+    avoid: &mut Option<std::net::SocketAddr>,
 ) -> SessionEnd {
-    let (conn, control) = match connect_group_master(settings, deps, identity).await {
+    let (conn, control) = match connect_group_master(settings, deps, identity, *avoid).await {
         Ok(link) => link,
         Err(end) => return end,
     };
     backoff.reset();
+    *avoid = None;
+    let remote = conn.remote_address();
     deps.stats
         .sessions
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -476,5 +491,8 @@ async fn session(
         }
     };
     reader.abort();
+    if matches!(end, SessionEnd::Lost(_)) {
+        *avoid = Some(remote);
+    }
     end
 }

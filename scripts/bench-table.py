@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Print the markdown table of docs/BENCHMARKS.md from `glory sim --report` files.
+
+Usage: scripts/bench-table.py docs/bench/hier-1k.json docs/bench/flat-1k.json ...
+"""
+import json
+import sys
+
+
+def fmt(v, unit="", digits=2):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}{unit}"
+    return f"{v}{unit}"
+
+
+def pct(p, key):
+    return fmt(p.get(key) if p else None, " s")
+
+
+ROWS = [
+    ("enrollment: all nodes up", lambda r: fmt(r["enroll_seconds"], " s", 1)),
+    ("detection p50", lambda r: pct(r["detection_seconds"], "p50")),
+    ("detection p99", lambda r: pct(r["detection_seconds"], "p99")),
+    ("detection max", lambda r: pct(r["detection_seconds"], "max")),
+    ("missed detections", lambda r: fmt(r["missed_detections"])),
+    ("false downs", lambda r: fmt(r["false_downs"])),
+    ("group master failover (all up again)", lambda r: fmt(r["gm_failover_seconds"], " s")),
+    ("nodes wrongly down in it", lambda r: fmt(r["gm_failover_wrong_downs"])),
+    ("cluster master replaced (all up again)", lambda r: fmt(r["cm_failover_seconds"], " s")),
+    ("partition: unreachable after / recovered after heal",
+     lambda r: "n/a" if not r.get("partition") else
+     f'{fmt(r["partition"]["unreachable_after_seconds"], " s")} / {fmt(r["partition"]["recovered_seconds"], " s")}'),
+    ("heartbeats sent / received / lost",
+     lambda r: f'{r["heartbeats"]["sent"]} / {r["heartbeats"]["received"]} / {r["heartbeats"]["lost"]}'),
+    ("masters CPU at steady state", lambda r: fmt(r["masters_cpu_cores"], " cores")),
+    ("agents CPU at steady state", lambda r: fmt(r["agents_cpu_cores"], " cores")),
+    ("masters RSS", lambda r: fmt(r["masters_rss_bytes"] and r["masters_rss_bytes"] / 2**20, " MiB", 0)),
+    ("master memory per node", lambda r: fmt(r["master_bytes_per_node"] and r["master_bytes_per_node"] / 1024, " KiB", 1)),
+    ("key master writes/s, steady", lambda r: fmt(r["keymaster_writes_per_sec"]["steady"], "", 1)),
+    ("key master writes/s, during faults", lambda r: fmt(r["keymaster_writes_per_sec"]["faults"], "", 1)),
+    ("GET all nodes p50 / p99",
+     lambda r: f'{fmt(r["api_list_nodes_ms"]["p50"], " ms", 0)} / {fmt(r["api_list_nodes_ms"]["p99"], " ms", 0)}'),
+]
+
+
+def main():
+    reports = [(p, json.load(open(p))) for p in sys.argv[1:]]
+    heads = [f'{r["mode"]} {r["nodes"]:,}' for _, r in reports]
+    print("| figure | " + " | ".join(heads) + " |")
+    print("|---|" + "---|" * len(reports))
+    for name, get in ROWS:
+        print(f"| {name} | " + " | ".join(get(r) for _, r in reports) + " |")
+
+
+if __name__ == "__main__":
+    main()

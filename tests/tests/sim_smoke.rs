@@ -17,9 +17,9 @@ fn sim_smoke_report_invariants_hold() -> anyhow::Result<()> {
             "--groups",
             "5",
             "--duration",
-            "40s",
+            "50s",
             "--faults",
-            "kill-agents:3@15s,kill-group-master:g02@22s",
+            "kill-agents:3@28s,kill-group-master:g02@34s",
             "--report",
         ])
         .arg(&report_path)

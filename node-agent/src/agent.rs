@@ -326,7 +326,10 @@ async fn connect_group_master(
                 RefusalCode::BadIdentity => return Err(SessionEnd::Reenroll(r.message)),
                 _ => {
                     // A standby names the active master: try it next.
-                    if let Some(to) = r.redirect.filter(|to| !candidates[i..].contains(to)) {
+                    if let Some(to) = r
+                        .redirect
+                        .filter(|to| !candidates[i..].contains(to) && Some(*to) != avoid)
+                    {
                         candidates.insert(i, to);
                     }
                     last = SessionEnd::Unreachable(format!("refused by {addr}: {r}"));

@@ -20,7 +20,10 @@ impl Procs {
         let out = std::fs::File::create(log)?;
         let child = Command::new(binary(bin)?)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("GLORY_HA_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(out.try_clone()?)
             .stderr(out)

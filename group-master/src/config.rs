@@ -71,7 +71,7 @@ impl Default for GroupMasterConfig {
             heartbeat_interval_ms: 1000,
             suspect_after_ms: None,
             down_after_ms: 3000,
-            rejoin_grace_ms: 6000,
+            rejoin_grace_ms: 8000,
             tick_interval_ms: 100,
             report_interval_ms: 1000,
             agent_idle_timeout_ms: 10_000,

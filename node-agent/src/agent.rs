@@ -300,9 +300,15 @@ async fn connect_group_master(
         .collect();
     candidates.extend(avoid.filter(|a| identity.group_masters.contains(a)));
     let mut i = 0;
+    let mut standby_answered = false;
     while i < candidates.len() && i < 8 {
         let addr = candidates[i];
         i += 1;
+        if Some(addr) == avoid && standby_answered {
+            // A standby is alive and about to be promoted; the master we lost is not
+            // worth a connect timeout now. Retry the standby shortly instead.
+            continue;
+        }
         let conn = match connect(
             &deps.endpoint,
             config.clone(),
@@ -325,6 +331,7 @@ async fn connect_group_master(
                 RefusalCode::Removed => return Err(SessionEnd::Removed(r.message)),
                 RefusalCode::BadIdentity => return Err(SessionEnd::Reenroll(r.message)),
                 _ => {
+                    standby_answered |= r.code == RefusalCode::Unavailable;
                     // A standby names the active master: try it next.
                     if let Some(to) = r
                         .redirect

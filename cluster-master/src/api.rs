@@ -352,6 +352,7 @@ fn group_view(reg: &Registry, group: &GroupEntry) -> Value {
         "id": group.record.id,
         "master": group.record.master_addr,
         "connected": group.link.is_some(),
+        "standbys": group.standbys.iter().map(|l| l.listen).collect::<Vec<_>>(),
         "connected_since_ms": group.link.as_ref().map(|l| l.since_ms),
         "nodes": group.members.len(),
         "nodes_by_state": counts_json(&reg.group_counts(group)),

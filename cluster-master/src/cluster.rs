@@ -958,6 +958,15 @@ impl Cluster {
         self.km.clone()
     }
 
+    /// How many group masters (active and standby) of `group` are connected now.
+    pub fn group_master_count(&self, group: &str) -> usize {
+        self.read()
+            .groups
+            .get(group)
+            .map(|g| g.link.iter().count() + g.standbys.len())
+            .unwrap_or(0)
+    }
+
     /// How many group masters are connected now.
     pub fn connected_groups(&self) -> usize {
         self.read()

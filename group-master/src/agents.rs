@@ -130,7 +130,23 @@ async fn serve_agent(
         let max_frame = settings.max_frame;
         tokio::spawn(async move {
             let mut recv = control.recv;
-            let _send = control.send;
+            let mut send = control.send;
+            // Pass changes of the group's masters (a standby registered, a promotion) on
+            // to the agent, so it knows where to go if this master disappears.
+            let mut masters = shared.watch_masters();
+            masters.mark_unchanged();
+            let forward = tokio::spawn(async move {
+                while masters.changed().await.is_ok() {
+                    let list = masters.borrow_and_update().clone();
+                    if frame::write_frame(&mut send, &GroupToAgent::GroupMasters(list), max_frame)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            let _forward = AbortOnDrop(forward);
             loop {
                 match frame::read_frame::<_, AgentToGroup>(&mut recv, max_frame).await {
                     Ok(Some(AgentToGroup::Inventory(inventory))) => {
@@ -174,4 +190,13 @@ async fn serve_agent(
     }
     control_task.abort();
     shared.close_session(&node, session_id);
+}
+
+/// Aborts a task when dropped (so a session's helper tasks end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

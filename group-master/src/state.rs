@@ -36,8 +36,9 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     /// Whether this group master leads its group (the cluster master decides).
     active: std::sync::atomic::AtomicBool,
-    /// The group's masters, active first, as the cluster master last said.
-    masters: Mutex<Vec<std::net::SocketAddr>>,
+    /// The group's masters, active first, as the cluster master last said; agent
+    /// sessions follow changes and pass them on.
+    masters: tokio::sync::watch::Sender<Vec<std::net::SocketAddr>>,
     /// Wakes the upstream task when state changes are pending.
     pub changed: Notify,
 }
@@ -57,7 +58,7 @@ impl Shared {
         Shared {
             group,
             active: std::sync::atomic::AtomicBool::new(true),
-            masters: Mutex::new(vec![advertise]),
+            masters: tokio::sync::watch::Sender::new(vec![advertise]),
             inner: Mutex::new(Inner {
                 detector: FailureDetector::new(detector),
                 members: HashMap::new(),
@@ -245,10 +246,12 @@ impl Shared {
     }
 
     pub fn masters(&self) -> Vec<std::net::SocketAddr> {
-        self.masters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.masters.borrow().clone()
+    }
+
+    /// Follow changes of the masters list.
+    pub fn watch_masters(&self) -> tokio::sync::watch::Receiver<Vec<std::net::SocketAddr>> {
+        self.masters.subscribe()
     }
 
     /// The cluster master said whether we lead. A master sent back to standby closes
@@ -259,7 +262,11 @@ impl Shared {
         masters: Vec<std::net::SocketAddr>,
     ) -> Vec<quinn::Connection> {
         if !masters.is_empty() {
-            *self.masters.lock().unwrap_or_else(|p| p.into_inner()) = masters;
+            self.masters.send_if_modified(|current| {
+                let changed = *current != masters;
+                *current = masters;
+                changed
+            });
         }
         let was = self
             .active

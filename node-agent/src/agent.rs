@@ -359,6 +359,8 @@ async fn locate(
         keep_alive: None,
     };
     let config = client_config(identity.tls.client_tls().ok()?, timing).ok()?;
+    // A dead cluster master must not hold us up: a live one answers in milliseconds.
+    let locate_timeout = settings.request_timeout.min(Duration::from_secs(2));
     let mut candidates = settings.cluster_masters.clone();
     let mut i = 0;
     while i < candidates.len() && i < 8 {
@@ -369,7 +371,7 @@ async fn locate(
             config.clone(),
             addr,
             CLUSTER_MASTER_NAME,
-            settings.request_timeout,
+            locate_timeout,
         )
         .await
         else {

@@ -246,6 +246,17 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         .await?;
     }
 
+    let want_standby = gb.to_string();
+    wait_for("gm-b standing by", Duration::from_secs(20), || async {
+        let g = api.get(a1, "/api/v1/groups/g00").await?;
+        g["standbys"]
+            .as_array()?
+            .iter()
+            .any(|s| s == want_standby.as_str())
+            .then_some(())
+    })
+    .await?;
+
     // Twenty simulated servers in their own process.
     procs.spawn(
         "agents",
@@ -296,6 +307,21 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     eprintln!("cluster master failover: everything up again {took:?} later");
     let nodes = api.get(a2, "/api/v1/nodes").await.context("list nodes")?;
     assert_eq!(nodes["total"], 20, "nothing acknowledged was lost");
+
+    // The standby group master has found the new leader too.
+    wait_for(
+        "gm-b standing by under cm2",
+        Duration::from_secs(15),
+        || async {
+            let g = api.get(a2, "/api/v1/groups/g00").await?;
+            g["standbys"]
+                .as_array()?
+                .iter()
+                .any(|s| s == want_standby.as_str())
+                .then_some(())
+        },
+    )
+    .await?;
 
     // kill -9 the active group master: the standby leads, the agents move, none is down.
     procs.kill9("gm-a")?;

@@ -97,11 +97,18 @@ impl FailureDetector {
     /// already proved they belong here).
     pub fn heartbeat(&mut self, node: &str, seq: u64, now: Instant) -> Option<Transition> {
         self.received += 1;
-        let tracked = self.nodes.entry(node.to_string()).or_insert(Tracked {
-            last_heard: now,
-            state: NodeState::Joining,
-            last_seq: 0,
-        });
+        // Look up first: allocating the key on every heartbeat would be wasted work.
+        if !self.nodes.contains_key(node) {
+            self.nodes.insert(
+                node.to_string(),
+                Tracked {
+                    last_heard: now,
+                    state: NodeState::Joining,
+                    last_seq: 0,
+                },
+            );
+        }
+        let tracked = self.nodes.get_mut(node)?;
         if seq > tracked.last_seq + 1 && tracked.last_seq > 0 {
             self.lost += seq - tracked.last_seq - 1;
         }

@@ -93,7 +93,12 @@ impl Shared {
     pub fn heartbeat(&self, node: &str, seq: u64, load: Load, now: Instant) {
         let mut inner = self.lock();
         let transition = inner.detector.heartbeat(node, seq, now);
-        inner.loads.insert(node.to_string(), load);
+        match inner.loads.get_mut(node) {
+            Some(last) => *last = load,
+            None => {
+                inner.loads.insert(node.to_string(), load);
+            }
+        }
         self.push(&mut inner, transition);
     }
 

@@ -3,6 +3,8 @@
 //! handles to kill, stop and restart any part.
 #![forbid(unsafe_code)]
 
+pub mod procs;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,80 +1,13 @@
 //! The three real binaries as separate processes with config files, driven by the
 //! `glory` CLI, as an operator would deploy them.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use glory_tests::binary;
+use glory_tests::procs::{free_tcp, free_udp, Procs};
 use serde_json::Value;
-
-/// Children are killed when the test ends, whatever happens.
-struct Procs(Vec<(String, Child)>);
-
-impl Procs {
-    fn spawn(&mut self, name: &str, args: &[&str], log: &Path) -> anyhow::Result<u32> {
-        let out = std::fs::File::create(log)?;
-        let child = Command::new(binary(name)?)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("spawn {name}"))?;
-        let pid = child.id();
-        self.0.push((name.to_string(), child));
-        Ok(pid)
-    }
-
-    /// SIGTERM one process and wait for a clean exit.
-    fn terminate(&mut self, name: &str) -> anyhow::Result<std::process::ExitStatus> {
-        let idx = self
-            .0
-            .iter()
-            .position(|(n, _)| n == name)
-            .context("no such process")?;
-        let (_, mut child) = self.0.remove(idx);
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("{name} did not exit within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn glory(api: &str, token: &str, args: &[&str]) -> anyhow::Result<Value> {
     let out = Command::new(binary("glory")?)
@@ -121,8 +54,9 @@ fn separate_processes_enroll_a_real_node_listed_by_the_cli() -> anyhow::Result<(
             d.join("cm").display()
         ),
     )?;
-    let mut procs = Procs(Vec::new());
+    let mut procs = Procs::default();
     procs.spawn(
+        "glory-cluster-master",
         "glory-cluster-master",
         &["--config", d.join("cm.toml").to_str().unwrap()],
         &d.join("cm.log"),
@@ -158,6 +92,7 @@ fn separate_processes_enroll_a_real_node_listed_by_the_cli() -> anyhow::Result<(
     )?;
     procs.spawn(
         "glory-group-master",
+        "glory-group-master",
         &["--config", d.join("gm.toml").to_str().unwrap()],
         &d.join("gm.log"),
     )?;
@@ -170,6 +105,7 @@ fn separate_processes_enroll_a_real_node_listed_by_the_cli() -> anyhow::Result<(
         ),
     )?;
     procs.spawn(
+        "glory-node-agent",
         "glory-node-agent",
         &["--config", d.join("agent.toml").to_str().unwrap()],
         &d.join("agent.log"),
@@ -222,6 +158,7 @@ fn separate_processes_enroll_a_real_node_listed_by_the_cli() -> anyhow::Result<(
     })?;
     // The agent kept its identity on disk: it comes back as the same node.
     procs.spawn(
+        "glory-node-agent",
         "glory-node-agent",
         &["--config", d.join("agent.toml").to_str().unwrap()],
         &d.join("agent2.log"),

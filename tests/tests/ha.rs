@@ -3,72 +3,14 @@
 //! cluster master, then the active group master; lose an etcd member; lose etcd
 //! altogether for a while. No node may ever be reported `down`.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use glory_keymaster::testing::EtcdCluster;
-use glory_tests::binary;
+use glory_tests::procs::{free_tcp, free_udp, Procs};
 use serde_json::Value;
-
-struct Procs(Vec<(String, Child)>);
-
-impl Procs {
-    fn spawn(&mut self, name: &str, bin: &str, args: &[String], log: &Path) -> anyhow::Result<()> {
-        let out = std::fs::File::create(log)?;
-        let child = Command::new(binary(bin)?)
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("GLORY_HA_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::piped())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("spawn {bin}"))?;
-        self.0.push((name.to_string(), child));
-        Ok(())
-    }
-
-    /// SIGKILL: no goodbyes, no resignation.
-    fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
-        let idx = self
-            .0
-            .iter()
-            .position(|(n, _)| n == name)
-            .context("no such process")?;
-        let (_, mut child) = self.0.remove(idx);
-        child.kill()?;
-        child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 struct Api {
     http: reqwest::Client,
@@ -149,12 +91,12 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     let mut etcd = EtcdCluster::start(3).await?;
     let endpoints = etcd.endpoints();
     let dir = tempfile::tempdir()?;
-    let d = match std::env::var_os("GLORY_HA_TEST_DIR") {
+    let d = match std::env::var_os("GLORY_TEST_DIR") {
         Some(keep) => std::path::PathBuf::from(keep),
         None => dir.path().to_path_buf(),
     };
     let d = d.as_path();
-    let mut procs = Procs(Vec::new());
+    let mut procs = Procs::default();
     let (q1, a1, q2, a2) = (free_udp(), free_tcp(), free_udp(), free_tcp());
 
     // Two cluster masters: the first leads, the second stands by and says so.

@@ -21,7 +21,13 @@ fn read_trimmed(path: &str) -> Option<String> {
 /// The machine this process runs on.
 pub struct RealHost {
     system: Mutex<System>,
+    /// When the process table was last scanned: a full /proc walk every heartbeat
+    /// would cost more than the heartbeat itself on a busy server.
+    procs_scanned: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the process count in the load is refreshed.
+const PROCESS_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for RealHost {
     fn default() -> Self {
@@ -36,6 +42,7 @@ impl RealHost {
         system.refresh_memory();
         RealHost {
             system: Mutex::new(system),
+            procs_scanned: Mutex::new(None),
         }
     }
 
@@ -109,11 +116,16 @@ impl Host for RealHost {
         };
         sys.refresh_cpu_usage();
         sys.refresh_memory();
-        sys.refresh_processes_specifics(
-            ProcessesToUpdate::All,
-            true,
-            ProcessRefreshKind::nothing(),
-        );
+        if let Ok(mut scanned) = self.procs_scanned.lock() {
+            if scanned.is_none_or(|at| at.elapsed() >= PROCESS_SCAN_INTERVAL) {
+                sys.refresh_processes_specifics(
+                    ProcessesToUpdate::All,
+                    true,
+                    ProcessRefreshKind::nothing(),
+                );
+                *scanned = Some(std::time::Instant::now());
+            }
+        }
         Load {
             cpu: sys.global_cpu_usage(),
             load1: System::load_average().one as f32,

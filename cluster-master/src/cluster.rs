@@ -62,6 +62,10 @@ pub struct Cluster {
     next_session: AtomicU64,
     /// Transitions into each state since start, indexed like `NodeState::ALL`.
     transitions: [AtomicU64; 6],
+    pub(crate) pools: crate::pools::PoolState,
+    pub(crate) events: crate::events::EventBus,
+    /// Wakes the pool reconciler (a pool node changed state, a candidate changed...).
+    pub(crate) pool_changed: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -133,6 +137,12 @@ impl Cluster {
             let record: ApiTokenRecord = schema::decode(&kv.key, &kv.value)?;
             api_tokens.insert(record.id.clone(), record);
         }
+        let book = crate::pools::load_book(km.as_ref())
+            .await
+            .context("load pools")?;
+        let tenants = crate::pools::load_tenants(km.as_ref())
+            .await
+            .context("load tenants")?;
         // Until their group masters report, nobody knows how live nodes are.
         let now = glory_protocol::now_ms();
         let mut stale = Vec::new();
@@ -169,6 +179,9 @@ impl Cluster {
             km_available: AtomicBool::new(true),
             next_session: AtomicU64::new(1),
             transitions: Default::default(),
+            pools: crate::pools::PoolState::new(book, tenants),
+            events: Default::default(),
+            pool_changed: tokio::sync::Notify::new(),
         });
         Ok((cluster, status_rx))
     }
@@ -183,7 +196,7 @@ impl Cluster {
         self.registry.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn km_txn(&self, txn: Txn) -> Result<glory_keymaster::TxnResponse, KeyMasterError> {
+    pub(crate) async fn km_txn(&self, txn: Txn) -> Result<glory_keymaster::TxnResponse, KeyMasterError> {
         let writes = txn.success.len().max(txn.failure.len()) as u64;
         let result = self.km.txn(txn).await;
         match &result {
@@ -305,6 +318,28 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_string(), record);
         Ok(())
+    }
+
+    /// Every API token record.
+    pub(crate) fn api_tokens(&self) -> Vec<ApiTokenRecord> {
+        let tokens = self.api_tokens.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<ApiTokenRecord> = tokens.values().cloned().collect();
+        out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    pub(crate) fn remember_api_token(&self, record: ApiTokenRecord) {
+        self.api_tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.id.clone(), record);
+    }
+
+    pub(crate) fn forget_api_tokens(&self, ids: &[String]) {
+        let mut tokens = self.api_tokens.write().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            tokens.remove(id);
+        }
     }
 
     /// The record of a valid API bearer token.
@@ -728,6 +763,7 @@ impl Cluster {
         };
         let members: Vec<String> = entry.members.iter().cloned().collect();
         let mut changed = 0;
+        let mut happened = Vec::new();
         for id in members {
             if let Some(node) = reg.nodes.get_mut(&id) {
                 if matches!(
@@ -739,12 +775,22 @@ impl Cluster {
                     "group master unreachable",
                 ) {
                     changed += 1;
+                    if let Some(prev) = node.status.history.iter().rev().nth(1) {
+                        happened.push((id.clone(), prev.state));
+                    }
                     self.count_transition(NodeState::Unreachable);
                     let _ = self.status_tx.send((id, node.status.clone()));
                 }
             }
         }
+        let notify_pools = |happened: Vec<(String, NodeState)>| {
+            for (node, from) in happened {
+                self.node_transitioned(&node, from, NodeState::Unreachable);
+            }
+        };
         let Some(promoted) = promoted else {
+            drop(reg);
+            notify_pools(happened);
             warn!(group = %group, nodes_unreachable = changed, "group master disconnected; no standby");
             return None;
         };
@@ -759,6 +805,8 @@ impl Cluster {
             entry.announce_roles(&masters);
             entry.notify(members);
         }
+        drop(reg);
+        notify_pools(happened);
         warn!(group = %group, nodes_unreachable = changed, promoted = %addr, "group master lost; standby promoted");
         Some(addr)
     }
@@ -793,6 +841,7 @@ impl Cluster {
 
     /// Apply a group master's state transitions.
     pub(crate) fn apply_changes(&self, group: &str, changes: Vec<StateChange>) {
+        let mut happened = Vec::new();
         let mut reg = self.write();
         for change in changes {
             let Some(node) = reg.nodes.get_mut(&change.node) else {
@@ -814,8 +863,13 @@ impl Cluster {
                 } else {
                     info!(node_id = %change.node, group = %group, from = %change.from, to = %change.to, "node state changed");
                 }
-                let _ = self.status_tx.send((change.node, node.status.clone()));
+                let _ = self.status_tx.send((change.node.clone(), node.status.clone()));
+                happened.push((change.node, change.from, change.to));
             }
+        }
+        drop(reg);
+        for (node, from, to) in happened {
+            self.node_transitioned(&node, from, to);
         }
     }
 
@@ -872,6 +926,11 @@ impl Cluster {
         let Some(record) = self.read().nodes.get(id).map(|n| n.record.clone()) else {
             return Ok(None);
         };
+        match self.release_everywhere(id).await {
+            Ok(()) => {}
+            Err(crate::pools::OpError::KeyMaster(e)) => return Err(e),
+            Err(e) => warn!(node_id = %id, error = %e, "could not release the node from its pool"),
+        }
         let revoked = RevokedRecord {
             v: RECORD_VERSION,
             serial: record.serial.clone(),

@@ -12,6 +12,8 @@ pub mod assign;
 pub mod auth;
 mod cluster;
 pub mod config;
+mod events;
+pub mod pools;
 mod link;
 mod registry;
 mod role;
@@ -318,6 +320,7 @@ pub async fn start(
         status_rx,
         shutdown.clone(),
     ));
+    tasks.spawn(pools::reconciler(cluster.clone(), shutdown.clone()));
     {
         let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
         tasks.spawn(async move {

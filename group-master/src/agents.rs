@@ -113,7 +113,8 @@ async fn serve_agent(
     let _ = control
         .send(&GroupToAgent::GroupMasters(shared.masters()))
         .await;
-    let (session_id, replaced) = shared.open_session(&node, &serial, conn.clone());
+    let (commands, mut command_rx) = tokio::sync::mpsc::channel::<GroupToAgent>(16);
+    let (session_id, replaced) = shared.open_session(&node, &serial, conn.clone(), commands);
     if let Some(old) = replaced {
         old.close(
             VarInt::from_u32(close::REPLACED),
@@ -136,12 +137,18 @@ async fn serve_agent(
             let mut masters = shared.watch_masters();
             masters.mark_unchanged();
             let forward = tokio::spawn(async move {
-                while masters.changed().await.is_ok() {
-                    let list = masters.borrow_and_update().clone();
-                    if frame::write_frame(&mut send, &GroupToAgent::GroupMasters(list), max_frame)
-                        .await
-                        .is_err()
-                    {
+                loop {
+                    let msg = tokio::select! {
+                        changed = masters.changed() => match changed {
+                            Ok(()) => GroupToAgent::GroupMasters(masters.borrow_and_update().clone()),
+                            Err(_) => break,
+                        },
+                        command = command_rx.recv() => match command {
+                            Some(msg) => msg,
+                            None => break,
+                        },
+                    };
+                    if frame::write_frame(&mut send, &msg, max_frame).await.is_err() {
                         break;
                     }
                 }
@@ -151,6 +158,9 @@ async fn serve_agent(
                 match frame::read_frame::<_, AgentToGroup>(&mut recv, max_frame).await {
                     Ok(Some(AgentToGroup::Inventory(inventory))) => {
                         shared.inventory(&node, *inventory)
+                    }
+                    Ok(Some(AgentToGroup::Process(report))) => {
+                        shared.process_report(&node, report)
                     }
                     Ok(Some(AgentToGroup::Leaving)) => {
                         info!(node_id = %node, "agent leaving");

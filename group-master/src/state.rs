@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use glory_protocol::{GroupReport, Inventory, Load, Member, NodeLoad, StateChange};
+use glory_protocol::{
+    GroupReport, GroupToAgent, Inventory, Load, Member, NodeLoad, ProcessReport, StateChange,
+};
 use tokio::sync::Notify;
 
 use crate::detector::{DetectorConfig, FailureDetector, Transition};
@@ -16,6 +18,8 @@ pub(crate) struct Session {
     pub conn: quinn::Connection,
     /// Serial of the certificate the agent connected with.
     pub serial: String,
+    /// Messages for the agent (process starts and stops from the cluster master).
+    pub commands: tokio::sync::mpsc::Sender<GroupToAgent>,
 }
 
 pub(crate) struct Inner {
@@ -28,6 +32,8 @@ pub(crate) struct Inner {
     pub pending: Vec<StateChange>,
     pub loads: HashMap<String, Load>,
     pub inventories: Vec<(String, Inventory)>,
+    /// Agents' process reports waiting to go up.
+    pub processes: Vec<(String, ProcessReport)>,
     next_session: u64,
 }
 
@@ -68,6 +74,7 @@ impl Shared {
                 pending: Vec::new(),
                 loads: HashMap::new(),
                 inventories: Vec::new(),
+                processes: Vec::new(),
                 next_session: 1,
             }),
             changed: Notify::new(),
@@ -124,6 +131,7 @@ impl Shared {
         node: &str,
         serial: &str,
         conn: quinn::Connection,
+        commands: tokio::sync::mpsc::Sender<GroupToAgent>,
     ) -> (u64, Option<quinn::Connection>) {
         let mut inner = self.lock();
         let id = inner.next_session;
@@ -134,6 +142,7 @@ impl Shared {
                 id,
                 conn,
                 serial: serial.to_string(),
+                commands,
             },
         );
         (id, old.map(|s| s.conn))
@@ -144,6 +153,26 @@ impl Shared {
         if inner.sessions.get(node).is_some_and(|s| s.id == id) {
             inner.sessions.remove(node);
         }
+    }
+
+    /// An agent reported on a supervised process: send it up at once.
+    pub fn process_report(&self, node: &str, report: ProcessReport) {
+        self.lock().processes.push((node.to_string(), report));
+        self.changed.notify_one();
+    }
+
+    /// Take the pending process reports.
+    pub fn take_process_reports(&self) -> Vec<(String, ProcessReport)> {
+        std::mem::take(&mut self.lock().processes)
+    }
+
+    /// Pass a message to a connected agent; false if it is not connected (or its queue
+    /// is full: the cluster master repeats what it still wants).
+    pub fn to_agent(&self, node: &str, msg: GroupToAgent) -> bool {
+        self.lock()
+            .sessions
+            .get(node)
+            .is_some_and(|s| s.commands.try_send(msg).is_ok())
     }
 
     /// Take the pending state changes.

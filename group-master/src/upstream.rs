@@ -161,6 +161,12 @@ async fn link(
                         break Err(e.into());
                     }
                 }
+                let processes = shared.take_process_reports();
+                if !processes.is_empty() {
+                    if let Err(e) = frame::write_frame(&mut send, &GroupToCluster::Processes(processes), max_frame).await {
+                        break Err(e.into());
+                    }
+                }
             }
             _ = report.tick() => {
                 if let Err(e) = frame::write_frame(&mut send, &GroupToCluster::Report(shared.report()), max_frame).await {
@@ -208,6 +214,11 @@ fn handle(shared: &Shared, msg: ClusterToGroup) {
             }
         }
         ClusterToGroup::MemberAdded(member) => shared.member_added(member, now),
+        ClusterToGroup::ToAgent { node, msg } => {
+            if !shared.to_agent(&node, msg) {
+                debug!(group = %shared.group, node_id = %node, "agent not connected; message dropped");
+            }
+        }
         ClusterToGroup::MemberRemoved { node, serial } => {
             info!(group = %shared.group, node_id = %node, "node removed");
             if let Some(conn) = shared.member_removed(&node, serial) {

@@ -16,6 +16,15 @@
 //! | `/glory/tokens/bootstrap/{id}` | [`BootstrapTokenRecord`] |
 //! | `/glory/tokens/api/{id}` | [`ApiTokenRecord`] |
 //! | `/glory/election/cluster-master/…` | election keys of cluster masters |
+//! | `/glory/tenants/{name}` | [`TenantRecord`] |
+//! | `/glory/pools/{name}` | [`PoolRecord`] (spec, member nodes, candidates, elected master) |
+//! | `/glory/pool-generation` | a counter; every change of pool membership compares and bumps it |
+//!
+//! Pool membership is guarded by one key, `/glory/pool-generation`: a transaction that
+//! adds or removes pool nodes succeeds only if the generation is the one the writer read
+//! its view at, so two cluster masters can never hand out the same node, whatever the
+//! pool size (a per-node claim key would need one compare per node, and etcd limits a
+//! transaction to 128 operations).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +46,9 @@ pub const REVOKED_PREFIX: &str = "/glory/revoked/";
 pub const BOOTSTRAP_TOKENS_PREFIX: &str = "/glory/tokens/bootstrap/";
 pub const API_TOKENS_PREFIX: &str = "/glory/tokens/api/";
 pub const CLUSTER_MASTER_ELECTION: &str = "/glory/election/cluster-master";
+pub const TENANTS_PREFIX: &str = "/glory/tenants/";
+pub const POOLS_PREFIX: &str = "/glory/pools/";
+pub const POOL_GENERATION_KEY: &str = "/glory/pool-generation";
 
 pub fn node_key(node: &str) -> String {
     format!("{NODES_PREFIX}{node}")
@@ -58,6 +70,12 @@ pub fn bootstrap_token_key(id: &str) -> String {
 }
 pub fn api_token_key(id: &str) -> String {
     format!("{API_TOKENS_PREFIX}{id}")
+}
+pub fn tenant_key(name: &str) -> String {
+    format!("{TENANTS_PREFIX}{name}")
+}
+pub fn pool_key(name: &str) -> String {
+    format!("{POOLS_PREFIX}{name}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +242,105 @@ pub struct ApiTokenRecord {
     pub created_ms: u64,
     #[serde(default)]
     pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub name: String,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Which nodes may join a pool. Empty fields do not restrict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSelector {
+    #[serde(default)]
+    pub min_cpus: u32,
+    #[serde(default)]
+    pub min_memory_gib: u64,
+    #[serde(default)]
+    pub min_disk_gib: u64,
+    /// Only nodes of these groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Only nodes carrying all of these labels with these values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How a pool's nodes are placed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spread {
+    /// Fill from the fewest groups' worth of free nodes, in node order.
+    #[default]
+    None,
+    /// Across as many groups as possible, so one group's loss takes few nodes.
+    Groups,
+}
+
+/// The component master process the cluster master starts on the elected candidate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterSpec {
+    /// Program and arguments; empty: the component starts its master itself and only
+    /// uses the election.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Port the master listens on; part of its published address.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// The elected master of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolMaster {
+    pub node: String,
+    /// `ip` or `ip:port` of the node.
+    pub address: String,
+    /// Grows with every election; components fence older masters with it.
+    pub epoch: u64,
+    pub since_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub name: String,
+    pub tenant: String,
+    /// `fs`, `db`, `dp` or `custom:<name>`.
+    pub component: String,
+    #[serde(default)]
+    pub selector: PoolSelector,
+    #[serde(default)]
+    pub spread: Spread,
+    /// Give the pool a fitting free node in place of one that stays down.
+    #[serde(default)]
+    pub replace_failed: bool,
+    /// How long a node must stay down before it is replaced.
+    #[serde(default)]
+    pub replace_delay_ms: u64,
+    #[serde(default)]
+    pub master_spec: MasterSpec,
+    /// Member nodes, sorted.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Master candidates in election order.
+    #[serde(default)]
+    pub candidates: Vec<String>,
+    #[serde(default)]
+    pub master: Option<PoolMaster>,
+    /// The highest epoch ever given out in this pool.
+    #[serde(default)]
+    pub epoch: u64,
+    pub created_ms: u64,
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::AgentSettings;
 use crate::host::Host;
 use crate::identity::{AgentIdentity, IdentityStore};
+use crate::processes::Supervisor;
 
 /// What an agent needs besides its settings. Simulated agents share endpoints.
 #[derive(Clone)]
@@ -117,6 +118,8 @@ pub async fn run_agent(
     let mut seq: u64 = 0;
     // The group master whose session we just lost, tried last next time.
     let mut avoid: Option<std::net::SocketAddr> = None;
+    // Processes live as long as this run (a simulated power-off ends them too).
+    let procs = Supervisor::new(deps.host.inventory().simulated);
     loop {
         let mut identity = match deps.store.load()? {
             Some(identity) => identity,
@@ -135,6 +138,7 @@ pub async fn run_agent(
             &power_off,
             &mut backoff,
             &mut avoid,
+            &procs,
         )
         .await
         {
@@ -412,6 +416,7 @@ async fn session(
     power_off: &CancellationToken,
     backoff: &mut Backoff,
     avoid: &mut Option<std::net::SocketAddr>,
+    procs: &Arc<Supervisor>,
 ) -> SessionEnd {
     let (conn, control) = match connect_group_master(settings, deps, identity, *avoid).await {
         Ok(link) => link,
@@ -437,6 +442,11 @@ async fn session(
     {
         return SessionEnd::Lost(format!("send inventory: {e}"));
     }
+    for report in procs.snapshot() {
+        if let Err(e) = frame::write_frame(&mut send, &AgentToGroup::Process(report), max_frame).await {
+            return SessionEnd::Lost(format!("send process state: {e}"));
+        }
+    }
     debug!(node_id = %identity.node_id, group_master = %conn.remote_address(), "session established");
 
     // Frames are read by their own task: a read cut off mid-frame by select! would
@@ -446,7 +456,7 @@ async fn session(
 
     let mut ticker = tokio::time::interval(settings.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let end = loop {
+    let end = 'session: loop {
         tokio::select! {
             biased;
             _ = power_off.cancelled() => {
@@ -479,7 +489,16 @@ async fn session(
                     Err(e) => break SessionEnd::Lost(format!("encode heartbeat: {e}")),
                 }
             }
+            _ = procs.changed.notified() => {
+                for report in procs.take_unsent() {
+                    if let Err(e) = frame::write_frame(&mut send, &AgentToGroup::Process(report), max_frame).await {
+                        break 'session SessionEnd::Lost(format!("send process state: {e}"));
+                    }
+                }
+            }
             msg = msg_rx.recv() => match msg {
+                Some(Ok(Some(GroupToAgent::Start(spec)))) => procs.start(spec),
+                Some(Ok(Some(GroupToAgent::Stop { id, epoch }))) => procs.stop(&id, epoch),
                 Some(Ok(Some(GroupToAgent::GroupMasters(addrs)))) => {
                     if !addrs.is_empty() && addrs != identity.group_masters {
                         identity.group_masters = addrs;

@@ -10,6 +10,7 @@ mod agent;
 pub mod config;
 pub mod host;
 pub mod identity;
+pub mod processes;
 
 use std::sync::Arc;
 

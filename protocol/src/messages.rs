@@ -288,16 +288,59 @@ pub enum AgentToGroup {
     Inventory(Box<Inventory>),
     /// Clean shutdown: mark the node `left` now.
     Leaving,
+    /// A supervised process started, exited or could not start; also sent for every
+    /// supervised process when a session opens.
+    Process(ProcessReport),
 }
 
 /// Group master -> agent, on the control stream.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupToAgent {
     /// Addresses of this group's masters (active first), for reconnecting.
     GroupMasters(Vec<SocketAddr>),
     /// The node was removed from the cluster; the agent must stop and not retry.
     Removed { reason: String },
+    /// Start (or keep running) a process; a spec with a higher epoch replaces a running
+    /// one of the same id.
+    Start(ProcessSpec),
+    /// Stop the process `id` if its epoch is at most `epoch`.
+    Stop { id: String, epoch: u64 },
+}
+
+/// A process the cluster master wants running on a node (a component master).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// Stable name, e.g. `pool/fs-a/master`.
+    pub id: String,
+    /// Fencing number; larger wins.
+    pub epoch: u64,
+    /// Program and arguments; empty: nothing to run, the node only holds the role.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    Running,
+    /// Exited (or was stopped); `code` is the exit status when there was one.
+    Exited { code: Option<i32> },
+    /// Could not be started.
+    Failed,
+}
+
+/// What became of a supervised process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    pub id: String,
+    pub epoch: u64,
+    pub state: ProcessState,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Why it failed or exited, for people.
+    #[serde(default)]
+    pub detail: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -348,6 +391,8 @@ pub enum GroupToCluster {
     },
     StateChanges(Vec<StateChange>),
     Report(GroupReport),
+    /// Agents' process reports, forwarded at once: `(node, report)`.
+    Processes(Vec<(String, ProcessReport)>),
 }
 
 /// A node as the cluster master tells its group master about it.
@@ -381,6 +426,12 @@ pub enum ClusterToGroup {
     MemberRemoved {
         node: String,
         serial: String,
+    },
+    /// Pass this on to the node's agent (`Start` or `Stop`); dropped when the agent is
+    /// not connected (the cluster master repeats what it still wants).
+    ToAgent {
+        node: String,
+        msg: GroupToAgent,
     },
 }
 

@@ -30,6 +30,8 @@ pub struct ApiError {
     message: String,
     /// A standby names the leader.
     leader: Option<LeaderInfo>,
+    /// More fields of the error object (e.g. `fit` on a 409 for too few nodes).
+    extra: Option<Value>,
 }
 
 impl ApiError {
@@ -39,13 +41,39 @@ impl ApiError {
             code,
             message: message.into(),
             leader: None,
+            extra: None,
         }
     }
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub(crate) fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+impl From<crate::pools::OpError> for ApiError {
+    fn from(e: crate::pools::OpError) -> Self {
+        use crate::pools::OpError;
+        match e {
+            OpError::Invalid(m) => Self::bad_request(m),
+            OpError::NotFound(m) => Self::not_found(m),
+            OpError::Conflict { message, fit } => {
+                let mut err = Self::conflict(message);
+                if let Some(fit) = fit {
+                    err.code = "not_enough_nodes";
+                    err.extra = Some(json!({ "fit": fit }));
+                }
+                err
+            }
+            OpError::KeyMaster(e) => e.into(),
+        }
     }
 }
 
@@ -72,14 +100,24 @@ impl IntoResponse for ApiError {
         if let Some(leader) = self.leader {
             error["leader"] = json!(leader);
         }
+        if let Some(Value::Object(extra)) = self.extra {
+            for (k, v) in extra {
+                error[k] = v;
+            }
+        }
         (self.status, Json(json!({ "error": error }))).into_response()
     }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
 
+mod events;
+mod openapi;
+mod pools;
+mod tenants;
+
 /// Query strings and bodies parse into these; a bad one is a 400 naming the problem.
-struct Q<T>(T);
+pub(crate) struct Q<T>(T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Q<T> {
     type Rejection = ApiError;
@@ -94,7 +132,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
     }
 }
 
-struct J<T>(T);
+pub(crate) struct J<T>(T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for J<T> {
     type Rejection = ApiError;
@@ -107,7 +145,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
 }
 
 pub fn router(node: Arc<Node>) -> Router {
-    let api = Router::new()
+    let operator = Router::new()
         .route("/cluster", get(get_cluster))
         .route("/nodes", get(list_nodes))
         .route("/nodes/{id}", get(get_node).delete(remove_node))
@@ -120,11 +158,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/bootstrap-tokens/{id}", delete(delete_bootstrap_token))
         .route("/sim/nodes/{id}/kill", post(sim_kill))
         .route("/sim/nodes/{id}/restart", post(sim_restart))
-        .fallback(|| async { ApiError::not_found("no such API route") })
+        .route("/nodes/{id}/labels", axum::routing::put(put_labels))
+        .route("/events", get(events::cluster_events))
+        .route_layer(axum::middleware::from_fn(operator_only));
+    let api = operator
+        .merge(tenants::routes())
+        .merge(pools::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
-            require_operator,
-        ));
+            authenticate,
+        ))
+        .route("/openapi.json", get(openapi::spec))
+        .fallback(|| async { ApiError::not_found("no such API route") });
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
@@ -132,7 +177,51 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-async fn require_operator(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+/// Who is calling: the role and tenant of a valid bearer token.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    pub role: ApiRole,
+    pub tenant: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ApiRole {
+    Operator,
+    Tenant,
+    Component,
+}
+
+impl Caller {
+    pub fn is_operator(&self) -> bool {
+        self.role == ApiRole::Operator
+    }
+    /// Whether this caller may see objects of `tenant`.
+    pub fn sees(&self, tenant: &str) -> bool {
+        self.is_operator() || self.tenant.as_deref() == Some(tenant)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "no bearer token")
+        })
+    }
+}
+
+async fn operator_only(req: Request, next: Next) -> Response {
+    match req.extensions().get::<Caller>() {
+        Some(c) if c.is_operator() => next.run(req).await,
+        _ => ApiError::forbidden("this route needs an operator token").into_response(),
+    }
+}
+
+/// Check the bearer token and remember the caller for the handlers.
+async fn authenticate(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
     let Some(cluster) = node.active() else {
         return standby_error(&node).into_response();
     };
@@ -143,13 +232,18 @@ async fn require_operator(State(node): State<Arc<Node>>, req: Request, next: Nex
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match token.and_then(|t| cluster.check_api_token(t)) {
-        Some(record) if record.role == "operator" => next.run(req).await,
-        Some(_) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this route needs an operator token",
-        )
-        .into_response(),
+        Some(record) => {
+            let role = match record.role.as_str() {
+                "operator" => ApiRole::Operator,
+                "tenant" => ApiRole::Tenant,
+                _ => ApiRole::Component,
+            };
+            req.extensions_mut().insert(Caller {
+                role,
+                tenant: record.tenant,
+            });
+            next.run(req).await
+        }
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -338,6 +432,15 @@ async fn get_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<
     Ok(Json(
         serde_json::to_value(node_view(node, true)).unwrap_or(Value::Null),
     ))
+}
+
+async fn put_labels(
+    Active(cluster): Active,
+    Path(id): Path<String>,
+    J(labels): J<BTreeMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let labels = cluster.set_labels(&id, labels).await?;
+    Ok(Json(json!({"node": id, "labels": labels})))
 }
 
 async fn remove_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {

@@ -116,3 +116,98 @@ pub fn urlencode(s: &str) -> String {
     }
     out
 }
+
+/// One Server-Sent Event.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SseMessage {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: Value,
+}
+
+/// A Server-Sent Events stream being read.
+pub struct EventStream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl EventStream {
+    /// The next event; `None` when the server ended the stream. Comments (keep-alives)
+    /// are skipped.
+    pub async fn next(&mut self) -> anyhow::Result<Option<SseMessage>> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut msg = SseMessage::default();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        msg.event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        msg.id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        if !data.is_empty() {
+                            data.push('\n');
+                        }
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if msg.event.is_empty() && data.is_empty() {
+                    continue; // a comment
+                }
+                if msg.event.is_empty() {
+                    msg.event = "message".into();
+                }
+                msg.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                return Ok(Some(msg));
+            }
+            match self.resp.chunk().await.context("read event stream")? {
+                Some(bytes) => self
+                    .buf
+                    .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+impl ApiClient {
+    /// Open a Server-Sent Events stream (`/api/v1/.../events`).
+    pub async fn events(&self, path: &str) -> anyhow::Result<EventStream> {
+        let url = format!("{}{}", self.base, path);
+        // No overall timeout: the stream lasts as long as the caller reads it.
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("build HTTP client")?;
+        let resp = http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let value: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(anyhow!(
+                "{status} {}: {}",
+                value["error"]["code"].as_str().unwrap_or("error"),
+                value["error"]["message"].as_str().unwrap_or("")
+            ));
+        }
+        Ok(EventStream {
+            resp,
+            buf: String::new(),
+        })
+    }
+
+    /// The same API with another bearer token.
+    pub fn with_token(&self, token: &str) -> ApiClient {
+        ApiClient {
+            base: self.base.clone(),
+            token: token.trim().to_string(),
+            http: self.http.clone(),
+        }
+    }
+}

@@ -88,6 +88,21 @@ enum Command {
     Node { id: String },
     /// Groups and their masters.
     Groups,
+    /// Tenants: the owners of pools.
+    Tenants {
+        #[command(subcommand)]
+        action: glory::cli_pools::TenantsAction,
+    },
+    /// API tokens with a role (operator, tenant, component).
+    Tokens {
+        #[command(subcommand)]
+        action: glory::cli_pools::TokensAction,
+    },
+    /// Pools of nodes for the platform's components, and their masters.
+    Pools {
+        #[command(subcommand)]
+        action: glory::cli_pools::PoolsAction,
+    },
     /// Bootstrap tokens for enrolling servers and group masters.
     Token {
         #[command(subcommand)]
@@ -147,6 +162,8 @@ struct BenchArgs {
 enum NodesAction {
     /// Remove a node: its certificate is refused from then on.
     Remove { id: String },
+    /// Set a node's labels (replaces them): `glory nodes label ID zone=a rack=r12`.
+    Label { id: String, labels: Vec<String> },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +267,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: Some(NodesAction::Remove { id }),
             ..
         } => c::remove_node(&client, &id, cli.json).await,
+        Command::Nodes {
+            action: Some(NodesAction::Label { id, labels }),
+            ..
+        } => glory::cli_pools::label(&client, &id, &labels, cli.json).await,
+        Command::Tenants { action } => glory::cli_pools::tenants(&client, action, cli.json).await,
+        Command::Tokens { action } => glory::cli_pools::tokens(&client, action, cli.json).await,
+        Command::Pools { action } => glory::cli_pools::pools(&client, action, cli.json).await,
         Command::Nodes {
             action: None,
             state,

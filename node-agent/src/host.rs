@@ -149,12 +149,15 @@ impl SimHost {
         let subnet = index / 250;
         let host = index % 250 + 1;
         let address = format!("10.{}.{}.{}/24", subnet / 256 % 256, subnet % 256, host);
+        // A mixed fleet, so pool selectors have something to choose between: every
+        // fourth machine is small (8 cores, 32 GiB), every fourth large (64, 256 GiB).
+        let size = [16u32, 8, 32, 64][(index % 4) as usize];
         let inventory = Inventory {
             hostname: format!("sim-{index:05}"),
             machine_id: format!("sim-machine-{index:05}"),
-            cpus: 16,
+            cpus: size,
             cpu_model: "Simulated CPU".to_string(),
-            memory_bytes: 64 << 30,
+            memory_bytes: (size as u64 * 4) << 30,
             disks: vec![Disk {
                 name: "sda".to_string(),
                 mount_point: "/".to_string(),
@@ -196,7 +199,7 @@ impl Host for SimHost {
         let cpu = 10.0 + (phase as f32) * 1.2;
         Load {
             cpu,
-            load1: cpu / 100.0 * 16.0,
+            load1: cpu / 100.0 * self.inventory.cpus as f32,
             mem_used: (16u64 << 30) + phase * (128 << 20),
             mem_total: self.inventory.memory_bytes,
             procs: 200 + (phase as u32),

@@ -12,6 +12,9 @@ mod master;
 pub(crate) use master::reconciler;
 pub use master::process_id;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;

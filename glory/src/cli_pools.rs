@@ -1,0 +1,551 @@
+//! `glory tenants`, `glory tokens` (API tokens), `glory pools` and `glory nodes label`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::{urlencode, ApiClient};
+use crate::table::render;
+
+#[derive(Subcommand)]
+pub enum TenantsAction {
+    /// Create a tenant.
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tenants.
+    List,
+    /// Delete a tenant without pools (its API tokens are revoked).
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum TokensAction {
+    /// Create an API token (printed once).
+    Create {
+        /// operator, tenant or component.
+        #[arg(long)]
+        role: String,
+        /// The tenant of a tenant or component token.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List API tokens (never their secrets).
+    List,
+    /// Revoke an API token.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum PoolsAction {
+    /// Create a pool: `glory pools create fs-a --component fs --tenant a --size 100 --spread groups`.
+    Create {
+        name: String,
+        /// fs, db, dp or custom:<name>.
+        #[arg(long)]
+        component: String,
+        /// Owner (a tenant token's own tenant by default).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Number of nodes (default: every free node that fits the selector).
+        #[arg(long)]
+        size: Option<usize>,
+        /// groups: across as many groups as possible; none: packed.
+        #[arg(long, default_value = "none")]
+        spread: String,
+        #[arg(long)]
+        min_cpus: Option<u32>,
+        #[arg(long)]
+        min_memory_gib: Option<u64>,
+        #[arg(long)]
+        min_disk_gib: Option<u64>,
+        /// Only nodes of these groups (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Only nodes with these labels (k=v, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// Replace nodes that stay down by fitting free ones.
+        #[arg(long)]
+        replace_failed: bool,
+        /// Seconds a node must stay down before it is replaced.
+        #[arg(long)]
+        replace_delay: Option<f64>,
+        /// Master command line (program and arguments), started on the elected candidate.
+        #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+        master_command: Vec<String>,
+        /// Port the component master listens on (part of its address).
+        #[arg(long)]
+        master_port: Option<u16>,
+    },
+    /// List pools.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        component: Option<String>,
+    },
+    /// One pool: nodes, candidates, master, recent events.
+    Show { name: String },
+    /// Delete a pool; its nodes return to the free set.
+    Delete { name: String },
+    /// Add nodes: a count chosen by the selector, or named nodes.
+    AddNodes {
+        name: String,
+        #[arg(long, conflicts_with = "nodes")]
+        count: Option<usize>,
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+    },
+    /// Release one node back to the free set.
+    RemoveNode { name: String, node: String },
+    /// Register master candidates in election order (comma-separated node ids).
+    Candidates {
+        name: String,
+        #[arg(value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Replace the list instead of appending.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// The pool's component master: node, address, epoch, since.
+    Master {
+        name: String,
+        /// Move the master to the next live candidate.
+        #[arg(long)]
+        failover: bool,
+    },
+    /// Print the pool's events as they come (Ctrl-C stops).
+    Watch { name: String },
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn items(v: &Value) -> &[Value] {
+    v["items"].as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn pool_path(name: &str, rest: &str) -> String {
+    format!("/api/v1/pools/{}{rest}", urlencode(name))
+}
+
+pub async fn tenants(client: &ApiClient, action: TenantsAction, as_json: bool) -> anyhow::Result<()> {
+    let r = match action {
+        TenantsAction::Create { name, description } => {
+            client
+                .call(
+                    Method::POST,
+                    "/api/v1/tenants",
+                    Some(json!({"name": name, "description": description})),
+                )
+                .await?
+        }
+        TenantsAction::Delete { name } => {
+            client
+                .call(Method::DELETE, &format!("/api/v1/tenants/{}", urlencode(&name)), None)
+                .await?
+        }
+        TenantsAction::List => {
+            let r = client.get("/api/v1/tenants").await?;
+            if as_json {
+                print_json(&r["items"]);
+            } else {
+                let rows: Vec<Vec<String>> = items(&r)
+                    .iter()
+                    .map(|t| vec![s(&t["name"]), s(&t["created_ms"]), s(&t["description"])])
+                    .collect();
+                print!("{}", render(&["TENANT", "CREATED_MS", "DESCRIPTION"], &rows));
+            }
+            return Ok(());
+        }
+    };
+    if as_json {
+        print_json(&r);
+    } else if let Some(d) = r["deleted"].as_str() {
+        println!("tenant {d} deleted");
+    } else {
+        println!("tenant {} created", s(&r["name"]));
+    }
+    Ok(())
+}
+
+pub async fn tokens(client: &ApiClient, action: TokensAction, as_json: bool) -> anyhow::Result<()> {
+    match action {
+        TokensAction::Create {
+            role,
+            tenant,
+            description,
+        } => {
+            let t = client
+                .call(
+                    Method::POST,
+                    "/api/v1/tokens",
+                    Some(json!({"role": role, "tenant": tenant, "description": description})),
+                )
+                .await?;
+            if as_json {
+                print_json(&t);
+            } else {
+                println!("{}", s(&t["token"]));
+                eprintln!("id {}  role {}  tenant {}", s(&t["id"]), s(&t["role"]), s(&t["tenant"]));
+            }
+        }
+        TokensAction::List => {
+            let r = client.get("/api/v1/tokens").await?;
+            if as_json {
+                print_json(&r["items"]);
+            } else {
+                let rows: Vec<Vec<String>> = items(&r)
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            s(&t["id"]),
+                            s(&t["role"]),
+                            s(&t["tenant"]),
+                            s(&t["created_ms"]),
+                            s(&t["description"]),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    render(&["ID", "ROLE", "TENANT", "CREATED_MS", "DESCRIPTION"], &rows)
+                );
+            }
+        }
+        TokensAction::Revoke { id } => {
+            let r = client
+                .call(Method::DELETE, &format!("/api/v1/tokens/{}", urlencode(&id)), None)
+                .await?;
+            if as_json {
+                print_json(&r);
+            } else {
+                println!("token {id} revoked");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("label {p:?}: expected key=value"))
+        })
+        .collect()
+}
+
+/// `glory nodes label ID k=v ...` (replaces the node's labels).
+pub async fn label(client: &ApiClient, id: &str, pairs: &[String], as_json: bool) -> anyhow::Result<()> {
+    let labels = parse_labels(pairs)?;
+    let r = client
+        .call(
+            Method::PUT,
+            &format!("/api/v1/nodes/{}/labels", urlencode(id)),
+            Some(json!(labels)),
+        )
+        .await?;
+    if as_json {
+        print_json(&r);
+    } else {
+        println!("node {id} labels: {}", r["labels"]);
+    }
+    Ok(())
+}
+
+fn print_pool(p: &Value) {
+    let master = &p["master"];
+    println!("pool       {}", s(&p["name"]));
+    println!("tenant     {}", s(&p["tenant"]));
+    println!("component  {}", s(&p["component"]));
+    println!("spread     {}", s(&p["spread"]));
+    println!("nodes      {}  by group {}", s(&p["size"]), p["nodes_by_group"]);
+    if master.is_null() {
+        println!("master     -");
+    } else {
+        println!(
+            "master     {} at {} (epoch {}, since {})",
+            s(&master["node"]),
+            s(&master["address"]),
+            s(&master["epoch"]),
+            s(&master["since"])
+        );
+    }
+    let rows: Vec<Vec<String>> = p["candidates"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|c| {
+                    vec![
+                        s(&c["order"]),
+                        s(&c["node"]),
+                        s(&c["state"]),
+                        if c["master"].as_bool() == Some(true) { "*".into() } else { String::new() },
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !rows.is_empty() {
+        println!();
+        print!("{}", render(&["ORDER", "CANDIDATE", "STATE", "MASTER"], &rows));
+    }
+    let rows: Vec<Vec<String>> = p["nodes"]
+        .as_array()
+        .map(|n| n.iter().map(|n| vec![s(&n["id"]), s(&n["group"]), s(&n["state"])]).collect())
+        .unwrap_or_default();
+    println!();
+    print!("{}", render(&["NODE", "GROUP", "STATE"], &rows));
+    if let Some(events) = p["events"].as_array().filter(|e| !e.is_empty()) {
+        println!("\nrecent events:");
+        for e in events {
+            println!("  {}", event_line(&s(&e["kind"]), e));
+        }
+    }
+}
+
+fn event_line(kind: &str, data: &Value) -> String {
+    let mut fields: Vec<String> = Vec::new();
+    if let Some(obj) = data.as_object() {
+        for (k, v) in obj {
+            if !["id", "kind", "pool", "tenant"].contains(&k.as_str()) {
+                fields.push(format!("{k}={}", s(v)));
+            }
+        }
+    }
+    format!("{kind:<18} {}", fields.join(" "))
+}
+
+pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> anyhow::Result<()> {
+    match action {
+        PoolsAction::Create {
+            name,
+            component,
+            tenant,
+            size,
+            spread,
+            min_cpus,
+            min_memory_gib,
+            min_disk_gib,
+            groups,
+            labels,
+            replace_failed,
+            replace_delay,
+            master_command,
+            master_port,
+        } => {
+            if !["none", "groups"].contains(&spread.as_str()) {
+                bail!("--spread must be none or groups");
+            }
+            let mut selector = serde_json::Map::new();
+            if let Some(v) = min_cpus {
+                selector.insert("min_cpus".into(), json!(v));
+            }
+            if let Some(v) = min_memory_gib {
+                selector.insert("min_memory_gib".into(), json!(v));
+            }
+            if let Some(v) = min_disk_gib {
+                selector.insert("min_disk_gib".into(), json!(v));
+            }
+            if !groups.is_empty() {
+                selector.insert("groups".into(), json!(groups));
+            }
+            let labels = parse_labels(&labels)?;
+            if !labels.is_empty() {
+                selector.insert("labels".into(), json!(labels));
+            }
+            let mut body = json!({
+                "name": name,
+                "component": component,
+                "spread": spread,
+                "replace_failed": replace_failed,
+            });
+            if let Some(t) = tenant {
+                body["tenant"] = json!(t);
+            }
+            if let Some(n) = size {
+                body["size"] = json!(n);
+            }
+            if !selector.is_empty() || size.is_none() {
+                body["selector"] = Value::Object(selector);
+            }
+            if let Some(d) = replace_delay {
+                body["replace_delay_seconds"] = json!(d);
+            }
+            if !master_command.is_empty() || master_port.is_some() {
+                body["master"] = json!({"command": master_command, "port": master_port});
+            }
+            let p = client.call(Method::POST, "/api/v1/pools", Some(body)).await?;
+            if as_json {
+                print_json(&p);
+            } else {
+                println!(
+                    "pool {} created with {} nodes: {}",
+                    s(&p["name"]),
+                    s(&p["size"]),
+                    p["nodes_by_group"]
+                );
+            }
+        }
+        PoolsAction::List { tenant, component } => {
+            let mut query = Vec::new();
+            if let Some(t) = tenant {
+                query.push(format!("tenant={}", urlencode(&t)));
+            }
+            if let Some(c) = component {
+                query.push(format!("component={}", urlencode(&c)));
+            }
+            let path = if query.is_empty() {
+                "/api/v1/pools".to_string()
+            } else {
+                format!("/api/v1/pools?{}", query.join("&"))
+            };
+            let r = client.get(&path).await?;
+            if as_json {
+                print_json(&r["items"]);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = items(&r)
+                .iter()
+                .map(|p| {
+                    let up = p["nodes"]
+                        .as_array()
+                        .map(|n| n.iter().filter(|n| n["state"] == "up").count())
+                        .unwrap_or(0);
+                    vec![
+                        s(&p["name"]),
+                        s(&p["tenant"]),
+                        s(&p["component"]),
+                        s(&p["size"]),
+                        up.to_string(),
+                        s(&p["nodes_by_group"].as_object().map(|m| m.len()).into()),
+                        s(&p["master"]["node"]),
+                        s(&p["master"]["epoch"]),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                render(
+                    &["POOL", "TENANT", "COMPONENT", "NODES", "UP", "GROUPS", "MASTER", "EPOCH"],
+                    &rows
+                )
+            );
+        }
+        PoolsAction::Show { name } => {
+            let p = client.get(&pool_path(&name, "")).await?;
+            if as_json {
+                print_json(&p);
+            } else {
+                print_pool(&p);
+            }
+        }
+        PoolsAction::Delete { name } => {
+            let r = client.call(Method::DELETE, &pool_path(&name, ""), None).await?;
+            if as_json {
+                print_json(&r);
+            } else {
+                println!("pool {name} deleted; {} nodes released", s(&r["released"]));
+            }
+        }
+        PoolsAction::AddNodes { name, count, nodes } => {
+            let body = match count {
+                Some(n) => json!({"count": n}),
+                None if !nodes.is_empty() => json!({"nodes": nodes}),
+                None => bail!("give --count N or --nodes ID,ID,..."),
+            };
+            let p = client
+                .call(Method::POST, &pool_path(&name, "/nodes"), Some(body))
+                .await?;
+            if as_json {
+                print_json(&p);
+            } else {
+                println!("pool {name}: added {}; now {} nodes", p["added"], s(&p["size"]));
+            }
+        }
+        PoolsAction::RemoveNode { name, node } => {
+            let p = client
+                .call(
+                    Method::DELETE,
+                    &pool_path(&name, &format!("/nodes/{}", urlencode(&node))),
+                    None,
+                )
+                .await?;
+            if as_json {
+                print_json(&p);
+            } else {
+                println!("pool {name}: released {node}; now {} nodes", s(&p["size"]));
+            }
+        }
+        PoolsAction::Candidates { name, nodes, replace } => {
+            let r = client
+                .call(
+                    Method::POST,
+                    &pool_path(&name, "/candidates"),
+                    Some(json!({"nodes": nodes, "replace": replace})),
+                )
+                .await?;
+            if as_json {
+                print_json(&r);
+            } else {
+                let list: Vec<String> = items(&r).iter().map(|c| s(&c["node"])).collect();
+                println!("pool {name} candidates: {}", list.join(", "));
+            }
+        }
+        PoolsAction::Master { name, failover } => {
+            let m = if failover {
+                client
+                    .call(Method::POST, &pool_path(&name, "/master/failover"), None)
+                    .await?
+            } else {
+                client.get(&pool_path(&name, "/master")).await?
+            };
+            if as_json {
+                print_json(&m);
+            } else {
+                println!(
+                    "{} at {} (epoch {}, since {})",
+                    s(&m["node"]),
+                    s(&m["address"]),
+                    s(&m["epoch"]),
+                    s(&m["since"])
+                );
+            }
+        }
+        PoolsAction::Watch { name } => {
+            let mut stream = client.events(&pool_path(&name, "/events")).await?;
+            while let Some(msg) = stream.next().await? {
+                if as_json {
+                    println!("{}", json!({"event": msg.event, "data": msg.data}));
+                } else {
+                    println!("{}", event_line(&msg.event, &msg.data));
+                }
+            }
+        }
+    }
+    Ok(())
+}

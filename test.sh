@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # System packages the suite needs: etcd (the key master's etcd backend is tested against
-# real members) and protoc (the etcd-client crate compiles etcd's protobuf definitions).
-APT_PACKAGES=(etcd-server protobuf-compiler)
+# real members), protoc (the etcd-client crate compiles etcd's protobuf definitions) and
+# Python's venv (schemathesis checks the live API against its OpenAPI spec).
+APT_PACKAGES=(etcd-server protobuf-compiler python3-venv)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -16,6 +17,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+
+# schemathesis, pinned (its checks change between releases), in a virtualenv under
+# target/ (Debian's pip refuses system-wide installs).
+SCHEMATHESIS_VERSION=4.32.5
+VENV=target/schemathesis-venv
+if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/pip" show schemathesis 2>/dev/null | grep -q "^Version: $SCHEMATHESIS_VERSION\$"; then
+    echo "test.sh: installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+    mkdir -p target
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export GLORY_SCHEMATHESIS="$PWD/$VENV/bin/st"
 
 # The end-to-end tests run the real binaries as separate processes.
 cargo build --workspace --bins

@@ -33,6 +33,8 @@ pub struct EventBus {
     tx: broadcast::Sender<Arc<Event>>,
     kept: Mutex<VecDeque<Arc<Event>>>,
     next: AtomicU64,
+    /// Cancelled at shutdown: streams end, so the API server can stop.
+    closed: tokio_util::sync::CancellationToken,
 }
 
 impl Default for EventBus {
@@ -41,6 +43,7 @@ impl Default for EventBus {
             tx: broadcast::channel(KEPT).0,
             kept: Mutex::new(VecDeque::with_capacity(KEPT)),
             next: AtomicU64::new(glory_protocol::now_ms() * 1000),
+            closed: Default::default(),
         }
     }
 }
@@ -80,6 +83,16 @@ impl EventBus {
             None => Vec::new(),
         };
         (past, rx)
+    }
+
+    /// End every stream (shutdown).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Cancelled when the bus is closed.
+    pub fn closed(&self) -> tokio_util::sync::CancellationToken {
+        self.closed.clone()
     }
 
     /// The kept events that match, oldest first, at most `limit`.

@@ -278,6 +278,7 @@ pub async fn start(
             shutdown.cancelled().await;
             if let Some(cluster) = node.active() {
                 cluster.drop_links();
+                cluster.events.close();
             }
             endpoint.close(
                 quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),

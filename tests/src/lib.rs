@@ -175,6 +175,11 @@ impl TestCluster {
         self.cm().cluster.clone()
     }
 
+    /// The operator bearer token.
+    pub fn operator_token(&self) -> String {
+        self.cm().operator_token.clone()
+    }
+
     pub fn cm_quic_addr(&self) -> SocketAddr {
         self.cm().quic_addr
     }

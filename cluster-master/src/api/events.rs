@@ -37,6 +37,7 @@ type Filter = Box<dyn Fn(&Event) -> bool + Send>;
 /// `first` (if any), then the kept events after the client's last id, then live ones,
 /// all passing `keep`; ends after an event for which `last` holds.
 fn event_stream(
+    closed: tokio_util::sync::CancellationToken,
     first: Option<SseEvent>,
     past: Vec<Arc<Event>>,
     rx: broadcast::Receiver<Arc<Event>>,
@@ -51,8 +52,10 @@ fn event_stream(
         last: Filter,
         done: bool,
         seen: u64,
+        closed: tokio_util::sync::CancellationToken,
     }
     let st = St {
+        closed,
         first,
         past: past.into_iter(),
         rx,
@@ -71,7 +74,10 @@ fn event_stream(
         loop {
             let event = match st.past.next() {
                 Some(e) => e,
-                None => match st.rx.recv().await {
+                None => match tokio::select! {
+                    r = st.rx.recv() => r,
+                    _ = st.closed.cancelled() => return None,
+                } {
                     Ok(e) => e,
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         let e = SseEvent::default()
@@ -105,7 +111,7 @@ pub(super) async fn pool_events(
         json!({
             "pool": pool.name,
             "tenant": pool.tenant,
-            "master": pool.master.as_ref().map(super::pools::master_view),
+            "master": pool.master.as_ref().map(|m| super::pools::master_view(&cluster, &pool.name, m)),
             "nodes": pool.nodes.len(),
             "candidates": pool.candidates,
         })
@@ -113,6 +119,7 @@ pub(super) async fn pool_events(
     );
     let (n1, n2) = (name.clone(), name);
     let stream = event_stream(
+        cluster.events.closed(),
         Some(snapshot),
         past,
         rx,
@@ -127,6 +134,6 @@ pub(super) async fn cluster_events(
     headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let (past, rx) = cluster.events.subscribe(last_event_id(&headers));
-    let stream = event_stream(None, past, rx, Box::new(|_| true), Box::new(|_| false));
+    let stream = event_stream(cluster.events.closed(), None, past, rx, Box::new(|_| true), Box::new(|_| false));
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

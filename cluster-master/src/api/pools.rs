@@ -50,8 +50,14 @@ pub(super) fn visible_pool(cluster: &Cluster, caller: &Caller, name: &str) -> Ap
         .ok_or_else(|| not_found(name))
 }
 
-pub(super) fn master_view(m: &PoolMaster) -> Value {
-    json!({"node": m.node, "address": m.address, "epoch": m.epoch, "since": m.since_ms})
+pub(super) fn master_view(cluster: &Cluster, pool: &str, m: &PoolMaster) -> Value {
+    json!({
+        "node": m.node,
+        "address": m.address,
+        "epoch": m.epoch,
+        "since": m.since_ms,
+        "process": cluster.master_process_state(pool, m),
+    })
 }
 
 fn pool_view(cluster: &Cluster, p: &PoolRecord, details: bool) -> Value {
@@ -100,7 +106,7 @@ fn pool_view(cluster: &Cluster, p: &PoolRecord, details: bool) -> Value {
         "nodes": nodes,
         "nodes_by_group": by_group,
         "candidates": candidates,
-        "master": p.master.as_ref().map(master_view),
+        "master": p.master.as_ref().map(|m| master_view(cluster, &p.name, m)),
         "epoch": p.epoch,
         "created_ms": p.created_ms,
     });
@@ -290,10 +296,7 @@ async fn add_nodes(
             if nodes.is_empty() || nodes.len() > 100_000 {
                 return Err(ApiError::bad_request("nodes: give 1 to 100000 node ids"));
             }
-            let before = visible_pool(&cluster, &caller, &name)?.nodes;
-            let pool = cluster.add_pool_nodes(&name, &nodes).await?;
-            let added = nodes.into_iter().filter(|n| !before.contains(n)).collect();
-            (pool, added)
+            cluster.add_pool_nodes(&name, &nodes).await?
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -374,7 +377,7 @@ async fn get_master(
 ) -> ApiResult<Json<Value>> {
     let pool = visible_pool(&cluster, &caller, &name)?;
     match &pool.master {
-        Some(m) => Ok(Json(master_view(m))),
+        Some(m) => Ok(Json(master_view(&cluster, &name, m))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no_master",
@@ -394,5 +397,5 @@ async fn failover(
 ) -> ApiResult<Json<Value>> {
     visible_pool(&cluster, &caller, &name)?;
     let m = cluster.failover_master(&name).await?;
-    Ok(Json(master_view(&m)))
+    Ok(Json(master_view(&cluster, &name, &m)))
 }

@@ -95,6 +95,20 @@ impl Cluster {
         );
     }
 
+    /// What the master's agent last said about its process: `starting` (not confirmed
+    /// yet), `running`, `exited` or `failed`.
+    pub(crate) fn master_process_state(&self, pool: &str, master: &PoolMaster) -> &'static str {
+        let procs = self.pools.processes.lock().unwrap_or_else(|p| p.into_inner());
+        match procs.get(&(master.node.clone(), process_id(pool))) {
+            Some(r) if r.epoch == master.epoch => match r.state {
+                ProcessState::Running => "running",
+                ProcessState::Exited { .. } => "exited",
+                ProcessState::Failed => "failed",
+            },
+            _ => "starting",
+        }
+    }
+
     /// Why the pool's current master cannot go on, if it cannot.
     fn master_failure(&self, pool: &PoolRecord, master: &PoolMaster) -> Option<String> {
         if pool.nodes.binary_search(&master.node).is_err() {

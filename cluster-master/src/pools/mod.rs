@@ -307,6 +307,8 @@ impl Cluster {
 
     /// Delete a tenant that has no pools; its API tokens are revoked with it.
     pub async fn delete_tenant(&self, name: &str) -> OpResultT<()> {
+        // No pool of this master can be created for the tenant meanwhile.
+        let _serial = self.pools.write.lock().await;
         if !self.pools.tenants().contains_key(name) {
             return Err(OpError::NotFound(format!("tenant {name} does not exist")));
         }
@@ -491,17 +493,22 @@ impl Cluster {
         Ok((pool, added))
     }
 
-    /// Add the named nodes.
-    pub async fn add_pool_nodes(&self, name: &str, nodes: &[String]) -> OpResultT<PoolRecord> {
+    /// Add the named nodes; returns the pool and the nodes that were not in it yet.
+    pub async fn add_pool_nodes(
+        &self,
+        name: &str,
+        nodes: &[String],
+    ) -> OpResultT<(PoolRecord, Vec<String>)> {
         let (pool, added) = self
             .write_pool(true, |book, facts| {
                 let before = book.get(name).map(|p| p.nodes.clone()).unwrap_or_default();
                 let p = book.plan_add_named(name, nodes, facts)?;
-                let added: Vec<String> = nodes
-                    .iter()
-                    .filter(|n| !before.contains(n))
-                    .cloned()
-                    .collect();
+                let mut added: Vec<String> = Vec::new();
+                for n in nodes {
+                    if !before.contains(n) && !added.contains(n) {
+                        added.push(n.clone());
+                    }
+                }
                 Ok((Write::Put(p), added))
             })
             .await?;
@@ -510,7 +517,7 @@ impl Cluster {
             self.events
                 .emit("node_added", Some((&pool.name, &pool.tenant)), json!({"node": node}));
         }
-        Ok(pool)
+        Ok((pool, added))
     }
 
     /// Release one node back to the free set.
@@ -637,15 +644,21 @@ impl Cluster {
             .map(|n| n.record.clone())
             .ok_or_else(|| OpError::NotFound(format!("node {node} does not exist")))?;
         record.labels = labels;
-        self.km_txn(Txn {
-            compares: vec![Compare::value(
-                schema::machine_key(&record.machine_id),
-                record.id.clone().into_bytes(),
-            )],
-            success: vec![TxnOp::put(schema::node_key(node), schema::encode(&record))],
-            failure: vec![],
-        })
-        .await?;
+        let resp = self
+            .km_txn(Txn {
+                compares: vec![Compare::value(
+                    schema::machine_key(&record.machine_id),
+                    record.id.clone().into_bytes(),
+                )],
+                success: vec![TxnOp::put(schema::node_key(node), schema::encode(&record))],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(OpError::conflict(format!(
+                "node {node} was removed or enrolled again meanwhile; try again"
+            )));
+        }
         let labels = record.labels.clone();
         if let Some(entry) = self.write().nodes.get_mut(node) {
             entry.record.labels = record.labels;

@@ -1,0 +1,95 @@
+//! The live API against its own OpenAPI description: `schemathesis` (installed by
+//! ./test.sh into a virtualenv) generates valid and invalid requests for every
+//! operation and checks that no answer is a 5xx and every answer matches the spec
+//! (status code, content type, body schema).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use glory_tests::TestCluster;
+use reqwest::Method;
+use serde_json::json;
+
+fn schemathesis() -> PathBuf {
+    match std::env::var_os("GLORY_SCHEMATHESIS") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/schemathesis-venv/bin/st"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_api_matches_its_openapi_spec() -> anyhow::Result<()> {
+    let st = schemathesis();
+    assert!(
+        st.exists(),
+        "{} is missing: ./test.sh installs schemathesis (or set GLORY_SCHEMATHESIS)",
+        st.display()
+    );
+    let cluster = TestCluster::builder().groups(2).agents(8).start().await?;
+    cluster.wait_all_up(8, Duration::from_secs(30)).await?;
+    let api = &cluster.api;
+    // Objects to find, so generated requests reach more than 404s.
+    api.call(Method::POST, "/api/v1/tenants", Some(json!({"name": "t"})))
+        .await?;
+    let pool = api
+        .call(
+            Method::POST,
+            "/api/v1/pools",
+            Some(json!({"name": "p", "tenant": "t", "component": "fs", "size": 3})),
+        )
+        .await?;
+    let first = pool["nodes"][0]["id"].as_str().unwrap().to_string();
+    api.call(
+        Method::POST,
+        "/api/v1/pools/p/candidates",
+        Some(json!({"nodes": [first]})),
+    )
+    .await?;
+    let base = api.base().to_string();
+    let token = cluster.operator_token();
+    let work = tempfile::tempdir()?;
+    let out = tokio::process::Command::new(&st)
+        .current_dir(work.path())
+        .env("HYPOTHESIS_STORAGE_DIRECTORY", work.path().join("hypothesis"))
+        .args([
+            "run",
+            &format!("{base}/api/v1/openapi.json"),
+            "--url",
+            &format!("{base}/api/v1"),
+            "-H",
+            &format!("Authorization: Bearer {}", token.trim()),
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            // The cluster-wide event stream never ends on its own.
+            "--exclude-path-regex",
+            "^/events$",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "15",
+            "--seed",
+            "7",
+            "--generation-database",
+            "none",
+            "--request-timeout",
+            "10",
+            "--workers",
+            "1",
+            "--no-color",
+        ])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "schemathesis found problems (exit {:?}); see the output above",
+        out.status.code()
+    );
+    // The cluster still serves after the fuzzing.
+    assert_eq!(api.get("/api/v1/pools/p").await?["name"], "p");
+    cluster.shutdown().await;
+    Ok(())
+}

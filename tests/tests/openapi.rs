@@ -67,7 +67,7 @@ async fn the_live_api_matches_its_openapi_spec() -> anyhow::Result<()> {
             "--phases",
             "examples,coverage,fuzzing",
             "--max-examples",
-            "15",
+            "10",
             "--seed",
             "7",
             "--generation-database",
@@ -88,8 +88,8 @@ async fn the_live_api_matches_its_openapi_spec() -> anyhow::Result<()> {
         "schemathesis found problems (exit {:?}); see the output above",
         out.status.code()
     );
-    // The cluster still serves after the fuzzing.
-    assert_eq!(api.get("/api/v1/pools/p").await?["name"], "p");
+    // The cluster still serves after the fuzzing (which may have deleted the pool).
+    assert_eq!(api.get("/api/v1/cluster").await?["nodes"], 8);
     cluster.shutdown().await;
     Ok(())
 }

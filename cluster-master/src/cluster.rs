@@ -196,7 +196,10 @@ impl Cluster {
         self.registry.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) async fn km_txn(&self, txn: Txn) -> Result<glory_keymaster::TxnResponse, KeyMasterError> {
+    pub(crate) async fn km_txn(
+        &self,
+        txn: Txn,
+    ) -> Result<glory_keymaster::TxnResponse, KeyMasterError> {
         let writes = txn.success.len().max(txn.failure.len()) as u64;
         let result = self.km.txn(txn).await;
         match &result {
@@ -863,7 +866,9 @@ impl Cluster {
                 } else {
                     info!(node_id = %change.node, group = %group, from = %change.from, to = %change.to, "node state changed");
                 }
-                let _ = self.status_tx.send((change.node.clone(), node.status.clone()));
+                let _ = self
+                    .status_tx
+                    .send((change.node.clone(), node.status.clone()));
                 happened.push((change.node, change.from, change.to));
             }
         }

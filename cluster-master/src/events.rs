@@ -75,7 +75,10 @@ impl EventBus {
 
     /// Subscribe: the kept events after `after` (all kept ones with `None`... none),
     /// then the live receiver. Nothing falls between the two.
-    pub fn subscribe(&self, after: Option<u64>) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
+    pub fn subscribe(
+        &self,
+        after: Option<u64>,
+    ) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.tx.subscribe();
         let past = match after {
@@ -98,7 +101,13 @@ impl EventBus {
     /// The kept events that match, oldest first, at most `limit`.
     pub fn recent(&self, limit: usize, keep: impl Fn(&Event) -> bool) -> Vec<Arc<Event>> {
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<Arc<Event>> = kept.iter().rev().filter(|e| keep(e)).take(limit).cloned().collect();
+        let mut out: Vec<Arc<Event>> = kept
+            .iter()
+            .rev()
+            .filter(|e| keep(e))
+            .take(limit)
+            .cloned()
+            .collect();
         out.reverse();
         out
     }

@@ -13,8 +13,8 @@ pub mod auth;
 mod cluster;
 pub mod config;
 mod events;
-pub mod pools;
 mod link;
+pub mod pools;
 mod registry;
 mod role;
 

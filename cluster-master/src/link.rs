@@ -221,6 +221,9 @@ async fn group_link(
             Ok(Some(GroupToCluster::Report(report))) => cluster.apply_report(&group, report).await,
             Ok(Some(GroupToCluster::Register { .. })) => {}
             Ok(Some(GroupToCluster::Processes(reports))) => cluster.process_reports(reports),
+            Ok(Some(GroupToCluster::ProcessSnapshot { node, processes })) => {
+                cluster.process_snapshot(&group, &node, processes)
+            }
             Ok(None) => break,
             Err(e) => {
                 if !matches!(e, glory_protocol::FrameError::Io(_)) {

@@ -149,7 +149,11 @@ fn pool_path(name: &str, rest: &str) -> String {
     format!("/api/v1/pools/{}{rest}", urlencode(name))
 }
 
-pub async fn tenants(client: &ApiClient, action: TenantsAction, as_json: bool) -> anyhow::Result<()> {
+pub async fn tenants(
+    client: &ApiClient,
+    action: TenantsAction,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let r = match action {
         TenantsAction::Create { name, description } => {
             client
@@ -162,7 +166,11 @@ pub async fn tenants(client: &ApiClient, action: TenantsAction, as_json: bool) -
         }
         TenantsAction::Delete { name } => {
             client
-                .call(Method::DELETE, &format!("/api/v1/tenants/{}", urlencode(&name)), None)
+                .call(
+                    Method::DELETE,
+                    &format!("/api/v1/tenants/{}", urlencode(&name)),
+                    None,
+                )
                 .await?
         }
         TenantsAction::List => {
@@ -174,7 +182,10 @@ pub async fn tenants(client: &ApiClient, action: TenantsAction, as_json: bool) -
                     .iter()
                     .map(|t| vec![s(&t["name"]), s(&t["created_ms"]), s(&t["description"])])
                     .collect();
-                print!("{}", render(&["TENANT", "CREATED_MS", "DESCRIPTION"], &rows));
+                print!(
+                    "{}",
+                    render(&["TENANT", "CREATED_MS", "DESCRIPTION"], &rows)
+                );
             }
             return Ok(());
         }
@@ -207,7 +218,12 @@ pub async fn tokens(client: &ApiClient, action: TokensAction, as_json: bool) -> 
                 print_json(&t);
             } else {
                 println!("{}", s(&t["token"]));
-                eprintln!("id {}  role {}  tenant {}", s(&t["id"]), s(&t["role"]), s(&t["tenant"]));
+                eprintln!(
+                    "id {}  role {}  tenant {}",
+                    s(&t["id"]),
+                    s(&t["role"]),
+                    s(&t["tenant"])
+                );
             }
         }
         TokensAction::List => {
@@ -229,13 +245,20 @@ pub async fn tokens(client: &ApiClient, action: TokensAction, as_json: bool) -> 
                     .collect();
                 print!(
                     "{}",
-                    render(&["ID", "ROLE", "TENANT", "CREATED_MS", "DESCRIPTION"], &rows)
+                    render(
+                        &["ID", "ROLE", "TENANT", "CREATED_MS", "DESCRIPTION"],
+                        &rows
+                    )
                 );
             }
         }
         TokensAction::Revoke { id } => {
             let r = client
-                .call(Method::DELETE, &format!("/api/v1/tokens/{}", urlencode(&id)), None)
+                .call(
+                    Method::DELETE,
+                    &format!("/api/v1/tokens/{}", urlencode(&id)),
+                    None,
+                )
                 .await?;
             if as_json {
                 print_json(&r);
@@ -260,7 +283,12 @@ fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 /// `glory nodes label ID k=v ...` (replaces the node's labels).
-pub async fn label(client: &ApiClient, id: &str, pairs: &[String], as_json: bool) -> anyhow::Result<()> {
+pub async fn label(
+    client: &ApiClient,
+    id: &str,
+    pairs: &[String],
+    as_json: bool,
+) -> anyhow::Result<()> {
     let labels = parse_labels(pairs)?;
     let r = client
         .call(
@@ -283,7 +311,11 @@ fn print_pool(p: &Value) {
     println!("tenant     {}", s(&p["tenant"]));
     println!("component  {}", s(&p["component"]));
     println!("spread     {}", s(&p["spread"]));
-    println!("nodes      {}  by group {}", s(&p["size"]), p["nodes_by_group"]);
+    println!(
+        "nodes      {}  by group {}",
+        s(&p["size"]),
+        p["nodes_by_group"]
+    );
     if master.is_null() {
         println!("master     -");
     } else {
@@ -304,7 +336,11 @@ fn print_pool(p: &Value) {
                         s(&c["order"]),
                         s(&c["node"]),
                         s(&c["state"]),
-                        if c["master"].as_bool() == Some(true) { "*".into() } else { String::new() },
+                        if c["master"].as_bool() == Some(true) {
+                            "*".into()
+                        } else {
+                            String::new()
+                        },
                     ]
                 })
                 .collect()
@@ -312,11 +348,18 @@ fn print_pool(p: &Value) {
         .unwrap_or_default();
     if !rows.is_empty() {
         println!();
-        print!("{}", render(&["ORDER", "CANDIDATE", "STATE", "MASTER"], &rows));
+        print!(
+            "{}",
+            render(&["ORDER", "CANDIDATE", "STATE", "MASTER"], &rows)
+        );
     }
     let rows: Vec<Vec<String>> = p["nodes"]
         .as_array()
-        .map(|n| n.iter().map(|n| vec![s(&n["id"]), s(&n["group"]), s(&n["state"])]).collect())
+        .map(|n| {
+            n.iter()
+                .map(|n| vec![s(&n["id"]), s(&n["group"]), s(&n["state"])])
+                .collect()
+        })
         .unwrap_or_default();
     println!();
     print!("{}", render(&["NODE", "GROUP", "STATE"], &rows));
@@ -399,7 +442,9 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
             if !master_command.is_empty() || master_port.is_some() {
                 body["master"] = json!({"command": master_command, "port": master_port});
             }
-            let p = client.call(Method::POST, "/api/v1/pools", Some(body)).await?;
+            let p = client
+                .call(Method::POST, "/api/v1/pools", Some(body))
+                .await?;
             if as_json {
                 print_json(&p);
             } else {
@@ -451,7 +496,16 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
             print!(
                 "{}",
                 render(
-                    &["POOL", "TENANT", "COMPONENT", "NODES", "UP", "GROUPS", "MASTER", "EPOCH"],
+                    &[
+                        "POOL",
+                        "TENANT",
+                        "COMPONENT",
+                        "NODES",
+                        "UP",
+                        "GROUPS",
+                        "MASTER",
+                        "EPOCH"
+                    ],
                     &rows
                 )
             );
@@ -465,7 +519,9 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
             }
         }
         PoolsAction::Delete { name } => {
-            let r = client.call(Method::DELETE, &pool_path(&name, ""), None).await?;
+            let r = client
+                .call(Method::DELETE, &pool_path(&name, ""), None)
+                .await?;
             if as_json {
                 print_json(&r);
             } else {
@@ -484,7 +540,11 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
             if as_json {
                 print_json(&p);
             } else {
-                println!("pool {name}: added {}; now {} nodes", p["added"], s(&p["size"]));
+                println!(
+                    "pool {name}: added {}; now {} nodes",
+                    p["added"],
+                    s(&p["size"])
+                );
             }
         }
         PoolsAction::RemoveNode { name, node } => {
@@ -501,7 +561,11 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
                 println!("pool {name}: released {node}; now {} nodes", s(&p["size"]));
             }
         }
-        PoolsAction::Candidates { name, nodes, replace } => {
+        PoolsAction::Candidates {
+            name,
+            nodes,
+            replace,
+        } => {
             let r = client
                 .call(
                     Method::POST,

@@ -148,7 +148,10 @@ async fn serve_agent(
                             None => break,
                         },
                     };
-                    if frame::write_frame(&mut send, &msg, max_frame).await.is_err() {
+                    if frame::write_frame(&mut send, &msg, max_frame)
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -159,9 +162,8 @@ async fn serve_agent(
                     Ok(Some(AgentToGroup::Inventory(inventory))) => {
                         shared.inventory(&node, *inventory)
                     }
-                    Ok(Some(AgentToGroup::Process(report))) => {
-                        shared.process_report(&node, report)
-                    }
+                    Ok(Some(AgentToGroup::Process(report))) => shared.process_report(&node, report),
+                    Ok(Some(AgentToGroup::Processes(all))) => shared.process_snapshot(&node, all),
                     Ok(Some(AgentToGroup::Leaving)) => {
                         info!(node_id = %node, "agent leaving");
                         shared.left(&node);

@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     pub inventories: Vec<(String, Inventory)>,
     /// Agents' process reports waiting to go up.
     pub processes: Vec<(String, ProcessReport)>,
+    /// Agents' whole process sets (session starts) waiting to go up.
+    pub process_snapshots: Vec<(String, Vec<ProcessReport>)>,
     next_session: u64,
 }
 
@@ -75,6 +77,7 @@ impl Shared {
                 loads: HashMap::new(),
                 inventories: Vec::new(),
                 processes: Vec::new(),
+                process_snapshots: Vec::new(),
                 next_session: 1,
             }),
             changed: Notify::new(),
@@ -161,9 +164,29 @@ impl Shared {
         self.changed.notify_one();
     }
 
-    /// Take the pending process reports.
-    pub fn take_process_reports(&self) -> Vec<(String, ProcessReport)> {
-        std::mem::take(&mut self.lock().processes)
+    /// An agent's whole set of processes (its session started).
+    pub fn process_snapshot(&self, node: &str, all: Vec<ProcessReport>) {
+        let mut inner = self.lock();
+        // Reports queued before the snapshot are superseded by it.
+        inner.processes.retain(|(n, _)| n != node);
+        inner.process_snapshots.push((node.to_string(), all));
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    /// Take the pending process snapshots and reports (snapshots first).
+    #[allow(clippy::type_complexity)]
+    pub fn take_process_reports(
+        &self,
+    ) -> (
+        Vec<(String, Vec<ProcessReport>)>,
+        Vec<(String, ProcessReport)>,
+    ) {
+        let mut inner = self.lock();
+        (
+            std::mem::take(&mut inner.process_snapshots),
+            std::mem::take(&mut inner.processes),
+        )
     }
 
     /// Pass a message to a connected agent; false if it is not connected (or its queue

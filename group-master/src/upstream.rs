@@ -146,7 +146,7 @@ async fn link(
         glory_protocol::transport::spawn_frame_reader::<ClusterToGroup>(recv, max_frame);
     let mut report = tokio::time::interval(settings.report_interval);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result = loop {
+    let result = 'link: loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 let _ = send.finish();
@@ -161,7 +161,12 @@ async fn link(
                         break Err(e.into());
                     }
                 }
-                let processes = shared.take_process_reports();
+                let (snapshots, processes) = shared.take_process_reports();
+                for (node, processes) in snapshots {
+                    if let Err(e) = frame::write_frame(&mut send, &GroupToCluster::ProcessSnapshot { node, processes }, max_frame).await {
+                        break 'link Err(e.into());
+                    }
+                }
                 if !processes.is_empty() {
                     if let Err(e) = frame::write_frame(&mut send, &GroupToCluster::Processes(processes), max_frame).await {
                         break Err(e.into());

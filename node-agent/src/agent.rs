@@ -442,10 +442,14 @@ async fn session(
     {
         return SessionEnd::Lost(format!("send inventory: {e}"));
     }
-    for report in procs.snapshot() {
-        if let Err(e) = frame::write_frame(&mut send, &AgentToGroup::Process(report), max_frame).await {
-            return SessionEnd::Lost(format!("send process state: {e}"));
-        }
+    if let Err(e) = frame::write_frame(
+        &mut send,
+        &AgentToGroup::Processes(procs.snapshot()),
+        max_frame,
+    )
+    .await
+    {
+        return SessionEnd::Lost(format!("send process states: {e}"));
     }
     debug!(node_id = %identity.node_id, group_master = %conn.remote_address(), "session established");
 

@@ -212,7 +212,10 @@ mod tests {
     async fn simulated_processes_are_recorded_and_epochs_fence() {
         let s = Supervisor::new(true);
         s.start(spec(2, &["fs-master"]));
-        assert_eq!(s.state("pool/p/master").unwrap().state, ProcessState::Running);
+        assert_eq!(
+            s.state("pool/p/master").unwrap().state,
+            ProcessState::Running
+        );
         s.start(spec(1, &["fs-master"])); // older epoch: ignored
         assert_eq!(s.state("pool/p/master").unwrap().epoch, 2);
         s.stop("pool/p/master", 1); // older epoch: ignored
@@ -227,7 +230,10 @@ mod tests {
     #[tokio::test]
     async fn real_processes_run_and_their_exit_is_reported() {
         let s = Supervisor::new(false);
-        s.start(spec(1, &["sh", "-c", "test \"$GLORY_EPOCH\" = 1 && exit 7"]));
+        s.start(spec(
+            1,
+            &["sh", "-c", "test \"$GLORY_EPOCH\" = 1 && exit 7"],
+        ));
         let first = s.take_unsent();
         assert_eq!(first[0].state, ProcessState::Running);
         assert!(first[0].pid.is_some());
@@ -246,12 +252,18 @@ mod tests {
             ProcessState::Exited { code: Some(7) }
         );
         s.start(spec(2, &["/nonexistent/program"]));
-        assert_eq!(s.state("pool/p/master").unwrap().state, ProcessState::Failed);
+        assert_eq!(
+            s.state("pool/p/master").unwrap().state,
+            ProcessState::Failed
+        );
         s.start(spec(3, &["sleep", "30"]));
         let pid = s.state("pool/p/master").unwrap().pid.unwrap();
         s.stop("pool/p/master", 3);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        assert!(!std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z")));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z"))
+        );
     }
 }

@@ -288,9 +288,11 @@ pub enum AgentToGroup {
     Inventory(Box<Inventory>),
     /// Clean shutdown: mark the node `left` now.
     Leaving,
-    /// A supervised process started, exited or could not start; also sent for every
-    /// supervised process when a session opens.
+    /// A supervised process started, exited or could not start.
     Process(ProcessReport),
+    /// Every supervised process, first thing in each session (empty after a restart):
+    /// what the cluster master knew of this node's processes before is replaced.
+    Processes(Vec<ProcessReport>),
 }
 
 /// Group master -> agent, on the control stream.
@@ -325,7 +327,9 @@ pub struct ProcessSpec {
 pub enum ProcessState {
     Running,
     /// Exited (or was stopped); `code` is the exit status when there was one.
-    Exited { code: Option<i32> },
+    Exited {
+        code: Option<i32>,
+    },
     /// Could not be started.
     Failed,
 }
@@ -393,6 +397,11 @@ pub enum GroupToCluster {
     Report(GroupReport),
     /// Agents' process reports, forwarded at once: `(node, report)`.
     Processes(Vec<(String, ProcessReport)>),
+    /// A node's whole set of processes, at the start of its session.
+    ProcessSnapshot {
+        node: String,
+        processes: Vec<ProcessReport>,
+    },
 }
 
 /// A node as the cluster master tells its group master about it.

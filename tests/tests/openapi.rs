@@ -13,8 +13,9 @@ use serde_json::json;
 fn schemathesis() -> PathBuf {
     match std::env::var_os("GLORY_SCHEMATHESIS") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/schemathesis-venv/bin/st"),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/schemathesis-venv/bin/st")
+        }
     }
 }
 

@@ -25,9 +25,13 @@ async fn post(api: &ApiClient, path: &str, body: Value) -> anyhow::Result<Value>
 }
 
 async fn token(api: &ApiClient, role: &str, tenant: Option<&str>) -> ApiClient {
-    let t = post(api, "/api/v1/tokens", json!({"role": role, "tenant": tenant}))
-        .await
-        .unwrap();
+    let t = post(
+        api,
+        "/api/v1/tokens",
+        json!({"role": role, "tenant": tenant}),
+    )
+    .await
+    .unwrap();
     assert!(t["id"].is_string());
     api.with_token(t["token"].as_str().unwrap())
 }
@@ -55,7 +59,10 @@ async fn tenants_pools_selectors_and_isolation() -> anyhow::Result<()> {
         let r = post(op, "/api/v1/tenants", json!({"name": t})).await?;
         assert_eq!(r["name"], t);
     }
-    assert_eq!(status_of(post(op, "/api/v1/tenants", json!({"name": "alpha"})).await), 409);
+    assert_eq!(
+        status_of(post(op, "/api/v1/tenants", json!({"name": "alpha"})).await),
+        409
+    );
     let alpha = token(op, "tenant", Some("alpha")).await;
     let beta = token(op, "tenant", Some("beta")).await;
     let alpha_component = token(&alpha, "component", None).await;
@@ -69,8 +76,7 @@ async fn tenants_pools_selectors_and_isolation() -> anyhow::Result<()> {
     .await?;
     assert_eq!(a["tenant"], "alpha");
     assert_eq!(a["size"], 6);
-    let by_group: HashMap<String, u64> =
-        serde_json::from_value(a["nodes_by_group"].clone())?;
+    let by_group: HashMap<String, u64> = serde_json::from_value(a["nodes_by_group"].clone())?;
     assert_eq!(by_group.len(), 3, "spread over every group: {by_group:?}");
     assert!(by_group.values().all(|&n| n == 2), "{by_group:?}");
     for n in a["nodes"].as_array().unwrap() {
@@ -83,13 +89,18 @@ async fn tenants_pools_selectors_and_isolation() -> anyhow::Result<()> {
         json!({"name": "fs-b", "component": "fs", "size": 6}),
     )
     .await?;
-    let (na, nb): (HashSet<String>, HashSet<String>) =
-        (node_ids(&a).into_iter().collect(), node_ids(&b).into_iter().collect());
+    let (na, nb): (HashSet<String>, HashSet<String>) = (
+        node_ids(&a).into_iter().collect(),
+        node_ids(&b).into_iter().collect(),
+    );
     assert!(na.is_disjoint(&nb), "a node was given to two pools");
 
     // Isolation: beta cannot see, list, change or delete alpha's pool.
     assert_eq!(status_of(beta.get("/api/v1/pools/fs-a").await), 404);
-    assert_eq!(status_of(beta.call(Method::DELETE, "/api/v1/pools/fs-a", None).await), 404);
+    assert_eq!(
+        status_of(beta.call(Method::DELETE, "/api/v1/pools/fs-a", None).await),
+        404
+    );
     assert_eq!(
         status_of(post(&beta, "/api/v1/pools/fs-a/nodes", json!({"count": 1})).await),
         404
@@ -108,22 +119,37 @@ async fn tenants_pools_selectors_and_isolation() -> anyhow::Result<()> {
     // Tenants cannot make pools for others, nor reach operator routes.
     assert_eq!(
         status_of(
-            post(&beta, "/api/v1/pools", json!({"name": "x", "component": "fs", "tenant": "alpha", "size": 1}))
-                .await
+            post(
+                &beta,
+                "/api/v1/pools",
+                json!({"name": "x", "component": "fs", "tenant": "alpha", "size": 1})
+            )
+            .await
         ),
         403
     );
     assert_eq!(status_of(beta.get("/api/v1/nodes").await), 403);
     // A component token uses its tenant's pools but creates neither tenants nor pools.
-    assert_eq!(alpha_component.get("/api/v1/pools/fs-a").await?["name"], "fs-a");
-    assert_eq!(status_of(alpha_component.get("/api/v1/pools/fs-b").await), 404);
+    assert_eq!(
+        alpha_component.get("/api/v1/pools/fs-a").await?["name"],
+        "fs-a"
+    );
+    assert_eq!(
+        status_of(alpha_component.get("/api/v1/pools/fs-b").await),
+        404
+    );
     assert_eq!(
         status_of(post(&alpha_component, "/api/v1/tenants", json!({"name": "evil"})).await),
         403
     );
     assert_eq!(
         status_of(
-            post(&alpha_component, "/api/v1/pools", json!({"name": "c", "component": "fs", "size": 1})).await
+            post(
+                &alpha_component,
+                "/api/v1/pools",
+                json!({"name": "c", "component": "fs", "size": 1})
+            )
+            .await
         ),
         403
     );
@@ -141,15 +167,33 @@ async fn tenants_pools_selectors_and_isolation() -> anyhow::Result<()> {
     assert!(err.contains("18 fit"), "{err}");
     // Bad input: 400 naming the field; nothing is created.
     for (body, field) in [
-        (json!({"name": "p", "component": "fs", "size": 1, "colour": "red"}), "colour"),
-        (json!({"name": "p", "component": "fs", "size": "two"}), "size"),
-        (json!({"name": "p", "component": "nosql", "size": 1}), "component"),
+        (
+            json!({"name": "p", "component": "fs", "size": 1, "colour": "red"}),
+            "colour",
+        ),
+        (
+            json!({"name": "p", "component": "fs", "size": "two"}),
+            "size",
+        ),
+        (
+            json!({"name": "p", "component": "nosql", "size": 1}),
+            "component",
+        ),
         (json!({"name": "P!", "component": "fs", "size": 1}), "name"),
-        (json!({"name": "p", "component": "fs", "size": 1, "selector": {"min_gpus": 1}}), "min_gpus"),
+        (
+            json!({"name": "p", "component": "fs", "size": 1, "selector": {"min_gpus": 1}}),
+            "min_gpus",
+        ),
         (json!({"name": "p", "component": "fs"}), "size"),
     ] {
-        let err = post(&alpha, "/api/v1/pools", body.clone()).await.unwrap_err().to_string();
-        assert!(err.starts_with("400") && err.contains(field), "{body} -> {err}");
+        let err = post(&alpha, "/api/v1/pools", body.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("400") && err.contains(field),
+            "{body} -> {err}"
+        );
     }
     assert_eq!(alpha.get("/api/v1/pools").await?["total"], 1);
 
@@ -164,7 +208,12 @@ async fn tenants_pools_selectors_and_isolation() -> anyhow::Result<()> {
     let nodes = cluster.api.all_nodes("").await?;
     let cpus: HashMap<String, u64> = nodes
         .iter()
-        .map(|n| (n["id"].as_str().unwrap().to_string(), n["inventory"]["cpus"].as_u64().unwrap()))
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["inventory"]["cpus"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert!(big["size"].as_u64().unwrap() >= 1);
     assert!(node_ids(&big).iter().all(|id| cpus[id] >= 64));
@@ -182,10 +231,28 @@ async fn tenants_pools_selectors_and_isolation() -> anyhow::Result<()> {
         .await?;
     assert_eq!(r["labels"]["disk"], "nvme");
     assert_eq!(
-        status_of(op.call(Method::PUT, &format!("/api/v1/nodes/{free_node}/labels"), Some(json!({"bad key": "x"}))).await),
+        status_of(
+            op.call(
+                Method::PUT,
+                &format!("/api/v1/nodes/{free_node}/labels"),
+                Some(json!({"bad key": "x"}))
+            )
+            .await
+        ),
         400
     );
-    assert_eq!(status_of(alpha.call(Method::PUT, &format!("/api/v1/nodes/{free_node}/labels"), Some(json!({}))).await), 403);
+    assert_eq!(
+        status_of(
+            alpha
+                .call(
+                    Method::PUT,
+                    &format!("/api/v1/nodes/{free_node}/labels"),
+                    Some(json!({}))
+                )
+                .await
+        ),
+        403
+    );
     let labelled = post(
         &beta,
         "/api/v1/pools",
@@ -200,17 +267,35 @@ async fn tenants_pools_selectors_and_isolation() -> anyhow::Result<()> {
     assert_eq!(grown["added"].as_array().unwrap().len(), 3);
     let victim = node_ids(&grown)[0].clone();
     let shrunk = alpha
-        .call(Method::DELETE, &format!("/api/v1/pools/fs-a/nodes/{victim}"), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/pools/fs-a/nodes/{victim}"),
+            None,
+        )
         .await?;
     assert_eq!(shrunk["size"], 8);
     assert_eq!(
-        status_of(post(&alpha, "/api/v1/pools/fs-a/nodes", json!({"nodes": [node_ids(&b)[0]]})).await),
+        status_of(
+            post(
+                &alpha,
+                "/api/v1/pools/fs-a/nodes",
+                json!({"nodes": [node_ids(&b)[0]]})
+            )
+            .await
+        ),
         409,
         "a node of another pool cannot be added"
     );
-    let deleted = beta.call(Method::DELETE, "/api/v1/pools/fs-b", None).await?;
+    let deleted = beta
+        .call(Method::DELETE, "/api/v1/pools/fs-b", None)
+        .await?;
     assert_eq!(deleted["released"], 6);
-    let again = post(&alpha, "/api/v1/pools/fs-a/nodes", json!({"nodes": node_ids(&b)})).await?;
+    let again = post(
+        &alpha,
+        "/api/v1/pools/fs-a/nodes",
+        json!({"nodes": node_ids(&b)}),
+    )
+    .await?;
     assert_eq!(again["size"], 14);
 
     // Revoked tokens are refused at once; a tenant with pools cannot be deleted.
@@ -221,9 +306,13 @@ async fn tenants_pools_selectors_and_isolation() -> anyhow::Result<()> {
         .find(|t| t["tenant"] == "beta" && t["role"] == "tenant")
         .map(|t| t["id"].as_str().unwrap().to_string())
         .unwrap();
-    op.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await?;
+    op.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None)
+        .await?;
     assert_eq!(status_of(beta.get("/api/v1/pools").await), 401);
-    assert_eq!(status_of(op.call(Method::DELETE, "/api/v1/tenants/alpha", None).await), 409);
+    assert_eq!(
+        status_of(op.call(Method::DELETE, "/api/v1/tenants/alpha", None).await),
+        409
+    );
     cluster.shutdown().await;
     Ok(())
 }
@@ -239,7 +328,10 @@ async fn concurrent_allocations_through_the_api_never_share_a_node() -> anyhow::
     cluster.wait_all_up(40, Duration::from_secs(30)).await?;
     let op = cluster.api.clone();
     post(&op, "/api/v1/tenants", json!({"name": "t"})).await?;
-    let clients = [token(&op, "tenant", Some("t")).await, token(&op, "tenant", Some("t")).await];
+    let clients = [
+        token(&op, "tenant", Some("t")).await,
+        token(&op, "tenant", Some("t")).await,
+    ];
     let mut tasks = Vec::new();
     for i in 0..10 {
         let client = clients[i % 2].clone();
@@ -296,8 +388,14 @@ async fn wait_event(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn component_master_is_elected_started_and_fails_over_with_a_higher_epoch() -> anyhow::Result<()> {
-    let cluster = TestCluster::builder().groups(2).agents(10).group_size_limit(5).start().await?;
+async fn component_master_is_elected_started_and_fails_over_with_a_higher_epoch(
+) -> anyhow::Result<()> {
+    let cluster = TestCluster::builder()
+        .groups(2)
+        .agents(10)
+        .group_size_limit(5)
+        .start()
+        .await?;
     cluster.wait_all_up(10, Duration::from_secs(30)).await?;
     let op = &cluster.api;
     post(op, "/api/v1/tenants", json!({"name": "t"})).await?;
@@ -330,18 +428,36 @@ async fn component_master_is_elected_started_and_fails_over_with_a_higher_epoch(
         .find(|id| !members.contains(id))
         .unwrap();
     assert_eq!(
-        status_of(post(&component, "/api/v1/pools/fs/candidates", json!({"nodes": [outsider]})).await),
+        status_of(
+            post(
+                &component,
+                "/api/v1/pools/fs/candidates",
+                json!({"nodes": [outsider]})
+            )
+            .await
+        ),
         400
     );
     let candidates = &members[..3];
-    post(&component, "/api/v1/pools/fs/candidates", json!({"nodes": candidates})).await?;
-    let elected = wait_event(&mut events, SLACK, &mut seen, |m| m.event == "master_elected").await?;
+    post(
+        &component,
+        "/api/v1/pools/fs/candidates",
+        json!({"nodes": candidates}),
+    )
+    .await?;
+    let elected = wait_event(&mut events, SLACK, &mut seen, |m| {
+        m.event == "master_elected"
+    })
+    .await?;
     assert_eq!(elected.data["node"], candidates[0].as_str());
     assert_eq!(elected.data["epoch"], 1);
     // The agent confirms the process (recorded as running on a simulated host).
     cluster
         .wait_until("the master process runs", SLACK, async |c| {
-            c.api.get("/api/v1/pools/fs/master").await.is_ok_and(|m| m["process"] == "running")
+            c.api
+                .get("/api/v1/pools/fs/master")
+                .await
+                .is_ok_and(|m| m["process"] == "running")
         })
         .await?;
     let m = component.get("/api/v1/pools/fs/master").await?;
@@ -357,14 +473,22 @@ async fn component_master_is_elected_started_and_fails_over_with_a_higher_epoch(
     let killed_at = tokio::time::Instant::now();
     assert!(cluster.fleet().kill_index(index));
     let within = cluster.down_after() + cluster.heartbeat() * 2 + SLACK;
-    let failed = wait_event(&mut events, within, &mut seen, |m| m.event == "master_failed").await?;
+    let failed = wait_event(&mut events, within, &mut seen, |m| {
+        m.event == "master_failed"
+    })
+    .await?;
     assert_eq!(failed.data["node"], candidates[0].as_str());
-    let next = wait_event(&mut events, SLACK, &mut seen, |m| m.event == "master_elected").await?;
+    let next = wait_event(&mut events, SLACK, &mut seen, |m| {
+        m.event == "master_elected"
+    })
+    .await?;
     let took = killed_at.elapsed();
     assert_eq!(next.data["node"], candidates[1].as_str());
     assert_eq!(next.data["epoch"], 2);
     eprintln!("master failover announced {took:?} after the kill");
-    assert!(seen.iter().any(|m| m.event == "node_down" && m.data["node"] == candidates[0].as_str()));
+    assert!(seen
+        .iter()
+        .any(|m| m.event == "node_down" && m.data["node"] == candidates[0].as_str()));
 
     // The old master's server comes back: it is not made master again.
     assert!(cluster.fleet().start_index(index));
@@ -373,7 +497,10 @@ async fn component_master_is_elected_started_and_fails_over_with_a_higher_epoch(
         .await?;
     tokio::time::sleep(cluster.heartbeat() * 2).await;
     let m = component.get("/api/v1/pools/fs/master").await?;
-    assert_eq!((m["node"].as_str(), m["epoch"].as_u64()), (Some(candidates[1].as_str()), Some(2)));
+    assert_eq!(
+        (m["node"].as_str(), m["epoch"].as_u64()),
+        (Some(candidates[1].as_str()), Some(2))
+    );
 
     // By hand: the next candidate in order that is not the current master.
     let moved = post(&component, "/api/v1/pools/fs/master/failover", json!({})).await?;
@@ -393,16 +520,26 @@ async fn component_master_is_elected_started_and_fails_over_with_a_higher_epoch(
     assert_eq!(epochs, vec![1, 2, 3]);
 
     // Deleting the pool ends the stream with pool_deleted.
-    tenant.call(Method::DELETE, "/api/v1/pools/fs", None).await?;
+    tenant
+        .call(Method::DELETE, "/api/v1/pools/fs", None)
+        .await?;
     wait_event(&mut events, SLACK, &mut seen, |m| m.event == "pool_deleted").await?;
-    assert!(events.next().await?.is_none(), "stream ends after pool_deleted");
+    assert!(
+        events.next().await?.is_none(),
+        "stream ends after pool_deleted"
+    );
     cluster.shutdown().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_pool_node_is_replaced_after_the_delay_respecting_spread() -> anyhow::Result<()> {
-    let cluster = TestCluster::builder().groups(2).agents(8).group_size_limit(4).start().await?;
+    let cluster = TestCluster::builder()
+        .groups(2)
+        .agents(8)
+        .group_size_limit(4)
+        .start()
+        .await?;
     cluster.wait_all_up(8, Duration::from_secs(30)).await?;
     let op = &cluster.api;
     post(op, "/api/v1/tenants", json!({"name": "t"})).await?;
@@ -418,10 +555,15 @@ async fn a_failed_pool_node_is_replaced_after_the_delay_respecting_spread() -> a
     let mut seen = Vec::new();
     let victim = before[0].clone();
     let victim_group = pool["nodes"][0]["group"].as_str().unwrap().to_string();
-    let index = (0..8).find(|i| cluster.node_id(*i).is_ok_and(|id| id == victim)).unwrap();
+    let index = (0..8)
+        .find(|i| cluster.node_id(*i).is_ok_and(|id| id == victim))
+        .unwrap();
     assert!(cluster.fleet().kill_index(index));
     let within = cluster.down_after() + Duration::from_secs(1) + cluster.heartbeat() * 2 + SLACK;
-    wait_event(&mut events, within, &mut seen, |m| m.event == "node_down" && m.data["node"] == victim.as_str()).await?;
+    wait_event(&mut events, within, &mut seen, |m| {
+        m.event == "node_down" && m.data["node"] == victim.as_str()
+    })
+    .await?;
     let added = wait_event(&mut events, within, &mut seen, |m| m.event == "node_added").await?;
     assert_eq!(added.data["replaces"], victim.as_str());
     let after = op.get("/api/v1/pools/db").await?;

@@ -134,6 +134,13 @@ pub(super) async fn cluster_events(
     headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let (past, rx) = cluster.events.subscribe(last_event_id(&headers));
-    let stream = event_stream(cluster.events.closed(), None, past, rx, Box::new(|_| true), Box::new(|_| false));
+    let stream = event_stream(
+        cluster.events.closed(),
+        None,
+        past,
+        rx,
+        Box::new(|_| true),
+        Box::new(|_| false),
+    );
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -40,7 +40,11 @@ fn not_found(name: &str) -> ApiError {
 }
 
 /// The pool, if the caller may see it (otherwise it does not exist for them).
-pub(super) fn visible_pool(cluster: &Cluster, caller: &Caller, name: &str) -> ApiResult<PoolRecord> {
+pub(super) fn visible_pool(
+    cluster: &Cluster,
+    caller: &Caller,
+    name: &str,
+) -> ApiResult<PoolRecord> {
     cluster
         .pools
         .book()
@@ -63,12 +67,21 @@ pub(super) fn master_view(cluster: &Cluster, pool: &str, m: &PoolMaster) -> Valu
 fn pool_view(cluster: &Cluster, p: &PoolRecord, details: bool) -> Value {
     let (nodes, candidates) = {
         let reg = cluster.read();
-        let state = |id: &str| reg.nodes.get(id).map(|n| n.status.state.as_str()).unwrap_or("removed");
+        let state = |id: &str| {
+            reg.nodes
+                .get(id)
+                .map(|n| n.status.state.as_str())
+                .unwrap_or("removed")
+        };
         let nodes: Vec<Value> = p
             .nodes
             .iter()
             .map(|id| {
-                let group = reg.nodes.get(id).map(|n| n.record.group.as_str()).unwrap_or("");
+                let group = reg
+                    .nodes
+                    .get(id)
+                    .map(|n| n.record.group.as_str())
+                    .unwrap_or("");
                 json!({"id": id, "group": group, "state": state(id)})
             })
             .collect();
@@ -89,10 +102,14 @@ fn pool_view(cluster: &Cluster, p: &PoolRecord, details: bool) -> Value {
     };
     let mut by_group: BTreeMap<&str, usize> = BTreeMap::new();
     for n in &nodes {
-        *by_group.entry(n["group"].as_str().unwrap_or("")).or_default() += 1;
+        *by_group
+            .entry(n["group"].as_str().unwrap_or(""))
+            .or_default() += 1;
     }
-    let by_group: BTreeMap<String, usize> =
-        by_group.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let by_group: BTreeMap<String, usize> = by_group
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let mut view = json!({
         "name": p.name,
         "tenant": p.tenant,
@@ -146,7 +163,9 @@ fn check_master_spec(spec: &MasterSpec) -> ApiResult<()> {
         ));
     }
     if spec.command.first().is_some_and(|p| p.is_empty()) {
-        return Err(ApiError::bad_request("master.command: the program is empty"));
+        return Err(ApiError::bad_request(
+            "master.command: the program is empty",
+        ));
     }
     for (k, v) in &spec.env {
         let ok = !k.is_empty()
@@ -196,7 +215,9 @@ async fn create_pool(
             return Err(ApiError::bad_request("size: must be between 1 and 100000"));
         }
     }
-    let delay = body.replace_delay_seconds.unwrap_or(DEFAULT_REPLACE_DELAY_S);
+    let delay = body
+        .replace_delay_seconds
+        .unwrap_or(DEFAULT_REPLACE_DELAY_S);
     if !(0.0..=86_400.0).contains(&delay) {
         return Err(ApiError::bad_request(
             "replace_delay_seconds: must be between 0 and 86400",
@@ -245,7 +266,10 @@ async fn list_pools(
         .filter(|p| query.component.as_ref().is_none_or(|c| &p.component == c))
         .cloned()
         .collect();
-    let items: Vec<Value> = pools.iter().map(|p| pool_view(&cluster, p, false)).collect();
+    let items: Vec<Value> = pools
+        .iter()
+        .map(|p| pool_view(&cluster, p, false))
+        .collect();
     Json(json!({"total": items.len(), "items": items}))
 }
 
@@ -328,7 +352,9 @@ async fn list_candidates(
 ) -> ApiResult<Json<Value>> {
     let pool = visible_pool(&cluster, &caller, &name)?;
     let view = pool_view(&cluster, &pool, false);
-    Ok(Json(json!({"items": view["candidates"], "total": pool.candidates.len()})))
+    Ok(Json(
+        json!({"items": view["candidates"], "total": pool.candidates.len()}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -354,9 +380,13 @@ async fn add_candidates(
     if body.nodes.len() > 64 {
         return Err(ApiError::bad_request("nodes: at most 64 candidates"));
     }
-    let pool = cluster.set_candidates(&name, &body.nodes, body.replace).await?;
+    let pool = cluster
+        .set_candidates(&name, &body.nodes, body.replace)
+        .await?;
     let view = pool_view(&cluster, &pool, false);
-    Ok(Json(json!({"items": view["candidates"], "total": pool.candidates.len()})))
+    Ok(Json(
+        json!({"items": view["candidates"], "total": pool.candidates.len()}),
+    ))
 }
 
 async fn remove_candidate(
@@ -367,7 +397,9 @@ async fn remove_candidate(
     visible_pool(&cluster, &caller, &name)?;
     let pool = cluster.remove_candidate(&name, &node).await?;
     let view = pool_view(&cluster, &pool, false);
-    Ok(Json(json!({"items": view["candidates"], "total": pool.candidates.len()})))
+    Ok(Json(
+        json!({"items": view["candidates"], "total": pool.candidates.len()}),
+    ))
 }
 
 async fn get_master(

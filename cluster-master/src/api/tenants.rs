@@ -167,10 +167,9 @@ async fn revoke_token(
     if caller.role == ApiRole::Component {
         return Err(ApiError::forbidden("component tokens cannot revoke tokens"));
     }
-    let visible = cluster
-        .api_tokens()
-        .iter()
-        .any(|t| t.id == id && (caller.is_operator() || (t.tenant.is_some() && t.tenant == caller.tenant)));
+    let visible = cluster.api_tokens().iter().any(|t| {
+        t.id == id && (caller.is_operator() || (t.tenant.is_some() && t.tenant == caller.tenant))
+    });
     if !visible {
         return Err(ApiError::not_found(format!("token {id} does not exist")));
     }

@@ -98,7 +98,11 @@ impl Cluster {
     /// What the master's agent last said about its process: `starting` (not confirmed
     /// yet), `running`, `exited` or `failed`.
     pub(crate) fn master_process_state(&self, pool: &str, master: &PoolMaster) -> &'static str {
-        let procs = self.pools.processes.lock().unwrap_or_else(|p| p.into_inner());
+        let procs = self
+            .pools
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match procs.get(&(master.node.clone(), process_id(pool))) {
             Some(r) if r.epoch == master.epoch => match r.state {
                 ProcessState::Running => "running",
@@ -134,11 +138,22 @@ impl Cluster {
             }
             _ => {}
         }
-        let procs = self.pools.processes.lock().unwrap_or_else(|p| p.into_inner());
+        let procs = self
+            .pools
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match procs.get(&(master.node.clone(), process_id(&pool.name))) {
-            Some(r) if r.epoch == master.epoch && r.state != ProcessState::Running => Some(
-                format!("master process ended: {}", if r.detail.is_empty() { "no detail" } else { &r.detail }),
-            ),
+            Some(r) if r.epoch == master.epoch && r.state != ProcessState::Running => {
+                Some(format!(
+                    "master process ended: {}",
+                    if r.detail.is_empty() {
+                        "no detail"
+                    } else {
+                        &r.detail
+                    }
+                ))
+            }
             _ => None,
         }
     }
@@ -230,11 +245,8 @@ impl Cluster {
                 self.start_master_process(&pool, m);
             }
             None => {
-                self.events.emit(
-                    "master_none",
-                    at,
-                    json!({"reason": "no live candidate"}),
-                );
+                self.events
+                    .emit("master_none", at, json!({"reason": "no live candidate"}));
             }
         }
         Ok(pool.master)
@@ -277,7 +289,10 @@ impl Cluster {
         };
         if let Some(reason) = failure {
             let exclude = pool.master.as_ref().map(|m| m.node.clone());
-            match self.elect_master(&pool.name, exclude.as_deref(), &reason, false).await {
+            match self
+                .elect_master(&pool.name, exclude.as_deref(), &reason, false)
+                .await
+            {
                 Ok(_) => {}
                 Err(OpError::Conflict { .. }) => {} // no live candidate yet
                 Err(e) => warn!(pool = %pool.name, error = %e, "master election failed; retrying"),
@@ -310,15 +325,18 @@ impl Cluster {
     fn stop_stale_masters(&self) {
         let stale: Vec<(String, String, u64)> = {
             let book = self.pools.book();
-            let procs = self.pools.processes.lock().unwrap_or_else(|p| p.into_inner());
+            let procs = self
+                .pools
+                .processes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             procs
                 .iter()
                 .filter(|(_, r)| r.state == ProcessState::Running)
                 .filter_map(|((node, id), r)| {
                     let pool = id.strip_prefix("pool/")?.strip_suffix("/master")?;
                     let current = book.get(pool).and_then(|p| p.master.as_ref());
-                    let is_current =
-                        current.is_some_and(|m| &m.node == node && m.epoch == r.epoch);
+                    let is_current = current.is_some_and(|m| &m.node == node && m.epoch == r.epoch);
                     (!is_current).then(|| (node.clone(), id.clone(), r.epoch))
                 })
                 .collect()
@@ -364,11 +382,8 @@ impl Cluster {
                         at,
                         json!({"node": old, "reason": "failed; replaced"}),
                     );
-                    self.events.emit(
-                        "node_added",
-                        at,
-                        json!({"node": new, "replaces": old}),
-                    );
+                    self.events
+                        .emit("node_added", at, json!({"node": new, "replaces": old}));
                 }
                 Err(OpError::Conflict { fit: Some(_), .. }) => {
                     let first = self

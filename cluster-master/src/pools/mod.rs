@@ -9,8 +9,8 @@
 pub mod alloc;
 mod master;
 
-pub(crate) use master::reconciler;
 pub use master::process_id;
+pub(crate) use master::reconciler;
 
 #[cfg(test)]
 mod tests;
@@ -22,7 +22,7 @@ use std::time::Instant;
 use glory_keymaster::schema::{
     self, ApiTokenRecord, PoolRecord, TenantRecord, POOL_GENERATION_KEY, RECORD_VERSION,
 };
-use glory_keymaster::{Compare, KeyMaster, KeyMasterError, Txn, TxnOp};
+use glory_keymaster::{Compare, KeyMaster, KeyMasterError, OpResult, Txn, TxnOp};
 use glory_protocol::{NodeState, ProcessReport};
 use serde_json::json;
 use tracing::{info, warn};
@@ -42,10 +42,7 @@ pub enum OpError {
     /// A conflict (exists, in use, taken); `fit` says how many free nodes fit when
     /// there were not enough.
     #[error("{message}")]
-    Conflict {
-        message: String,
-        fit: Option<usize>,
-    },
+    Conflict { message: String, fit: Option<usize> },
     #[error(transparent)]
     KeyMaster(#[from] KeyMasterError),
 }
@@ -115,21 +112,36 @@ impl PoolState {
     }
 }
 
-/// Read every pool and the generation from the key master.
+/// Read every pool and the generation from the key master, in one transaction so the
+/// two agree (a generation newer than the pools read would let a stale plan commit).
 pub(crate) async fn load_book(km: &dyn KeyMaster) -> Result<PoolBook, KeyMasterError> {
+    let resp = km
+        .txn(Txn {
+            compares: vec![],
+            success: vec![
+                TxnOp::Get {
+                    key: POOL_GENERATION_KEY.to_string(),
+                },
+                TxnOp::GetPrefix {
+                    prefix: schema::POOLS_PREFIX.to_string(),
+                },
+            ],
+            failure: vec![],
+        })
+        .await?;
     let mut book = PoolBook::default();
-    let (kvs, _) = km.get_prefix(schema::POOLS_PREFIX).await?;
-    for kv in kvs {
-        match schema::decode::<PoolRecord>(&kv.key, &kv.value) {
-            Ok(record) => book.put(record, kv.mod_revision),
-            Err(e) => warn!(error = %e, "pool record skipped"),
+    let mut results = resp.results.into_iter();
+    if let Some(OpResult::Get(kvs)) = results.next() {
+        book.generation = kvs.first().map(|kv| kv.mod_revision).unwrap_or(0);
+    }
+    if let Some(OpResult::Get(kvs)) = results.next() {
+        for kv in kvs {
+            match schema::decode::<PoolRecord>(&kv.key, &kv.value) {
+                Ok(record) => book.put(record, kv.mod_revision),
+                Err(e) => warn!(error = %e, "pool record skipped"),
+            }
         }
     }
-    book.generation = km
-        .get(POOL_GENERATION_KEY)
-        .await?
-        .map(|kv| kv.mod_revision)
-        .unwrap_or(0);
     Ok(book)
 }
 
@@ -192,13 +204,7 @@ impl Cluster {
                 group: n.record.group.clone(),
                 cpus: n.record.inventory.cpus,
                 memory_bytes: n.record.inventory.memory_bytes,
-                disk_bytes: n
-                    .record
-                    .inventory
-                    .disks
-                    .iter()
-                    .map(|d| d.total_bytes)
-                    .sum(),
+                disk_bytes: n.record.inventory.disks.iter().map(|d| d.total_bytes).sum(),
                 labels: n.record.labels.clone(),
                 up: n.status.state == NodeState::Up,
             })
@@ -279,7 +285,9 @@ impl Cluster {
     pub async fn create_tenant(&self, name: &str, description: &str) -> OpResultT<TenantRecord> {
         check_name("name", name)?;
         if description.len() > 256 {
-            return Err(OpError::Invalid("description: at most 256 characters".into()));
+            return Err(OpError::Invalid(
+                "description: at most 256 characters".into(),
+            ));
         }
         let record = TenantRecord {
             v: RECORD_VERSION,
@@ -290,7 +298,10 @@ impl Cluster {
         let resp = self
             .km_txn(Txn {
                 compares: vec![Compare::absent(schema::tenant_key(name))],
-                success: vec![TxnOp::put(schema::tenant_key(name), schema::encode(&record))],
+                success: vec![TxnOp::put(
+                    schema::tenant_key(name),
+                    schema::encode(&record),
+                )],
                 failure: vec![],
             })
             .await?;
@@ -332,7 +343,11 @@ impl Cluster {
             .map(|t| t.id)
             .collect();
         let mut success = vec![TxnOp::delete(schema::tenant_key(name))];
-        success.extend(tokens.iter().map(|id| TxnOp::delete(schema::api_token_key(id))));
+        success.extend(
+            tokens
+                .iter()
+                .map(|id| TxnOp::delete(schema::api_token_key(id))),
+        );
         self.km_txn(Txn {
             success,
             ..Default::default()
@@ -376,7 +391,9 @@ impl Cluster {
             }
         }
         if description.len() > 256 {
-            return Err(OpError::Invalid("description: at most 256 characters".into()));
+            return Err(OpError::Invalid(
+                "description: at most 256 characters".into(),
+            ));
         }
         let (id, secret, token) = auth::new_token("ga-");
         let record = ApiTokenRecord {
@@ -390,7 +407,10 @@ impl Cluster {
         };
         self.km_txn(Txn {
             compares: vec![Compare::absent(schema::api_token_key(&id))],
-            success: vec![TxnOp::put(schema::api_token_key(&id), schema::encode(&record))],
+            success: vec![TxnOp::put(
+                schema::api_token_key(&id),
+                schema::encode(&record),
+            )],
             failure: vec![],
         })
         .await?;
@@ -438,7 +458,10 @@ impl Cluster {
         }
         let (pool, ()) = self
             .write_pool(true, |book, facts| {
-                Ok((Write::Put(book.plan_create(record.clone(), count, facts)?), ()))
+                Ok((
+                    Write::Put(book.plan_create(record.clone(), count, facts)?),
+                    (),
+                ))
             })
             .await?;
         let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
@@ -478,7 +501,11 @@ impl Cluster {
     }
 
     /// Add `count` nodes chosen by the pool's selector and spread.
-    pub async fn grow_pool(&self, name: &str, count: usize) -> OpResultT<(PoolRecord, Vec<String>)> {
+    pub async fn grow_pool(
+        &self,
+        name: &str,
+        count: usize,
+    ) -> OpResultT<(PoolRecord, Vec<String>)> {
         let (pool, added) = self
             .write_pool(true, |book, facts| {
                 let (p, added) = book.plan_grow(name, count, facts)?;
@@ -487,8 +514,11 @@ impl Cluster {
             .await?;
         let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
         for node in &added {
-            self.events
-                .emit("node_added", Some((&pool.name, &pool.tenant)), json!({"node": node}));
+            self.events.emit(
+                "node_added",
+                Some((&pool.name, &pool.tenant)),
+                json!({"node": node}),
+            );
         }
         Ok((pool, added))
     }
@@ -514,8 +544,11 @@ impl Cluster {
             .await?;
         let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
         for node in &added {
-            self.events
-                .emit("node_added", Some((&pool.name, &pool.tenant)), json!({"node": node}));
+            self.events.emit(
+                "node_added",
+                Some((&pool.name, &pool.tenant)),
+                json!({"node": node}),
+            );
         }
         Ok((pool, added))
     }
@@ -523,7 +556,9 @@ impl Cluster {
     /// Release one node back to the free set.
     pub async fn release_pool_node(&self, name: &str, node: &str) -> OpResultT<PoolRecord> {
         let (pool, ()) = self
-            .write_pool(true, |book, _| Ok((Write::Put(book.plan_release(name, node)?), ())))
+            .write_pool(true, |book, _| {
+                Ok((Write::Put(book.plan_release(name, node)?), ()))
+            })
             .await?;
         let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
         self.events.emit(
@@ -620,8 +655,7 @@ impl Cluster {
         for (k, v) in &labels {
             let key_ok = !k.is_empty()
                 && k.len() <= 63
-                && k
-                    .chars()
+                && k.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
             if !key_ok {
                 return Err(OpError::Invalid(format!(
@@ -694,9 +728,37 @@ impl Cluster {
         }
     }
 
+    /// A node's whole set of processes (its agent's session started): forget what was
+    /// known of it before, e.g. a master process that died with a restarted agent.
+    pub(crate) fn process_snapshot(&self, group: &str, node: &str, all: Vec<ProcessReport>) {
+        if self
+            .read()
+            .nodes
+            .get(node)
+            .is_none_or(|n| n.record.group != group)
+        {
+            return;
+        }
+        let mut procs = self
+            .pools
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        procs.retain(|(n, _), _| n != node);
+        for report in all {
+            procs.insert((node.to_string(), report.id.clone()), report);
+        }
+        drop(procs);
+        self.pool_changed.notify_one();
+    }
+
     /// Agents reported on their processes (through their group master).
     pub(crate) fn process_reports(&self, reports: Vec<(String, ProcessReport)>) {
-        let mut procs = self.pools.processes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut procs = self
+            .pools
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for (node, report) in reports {
             procs.insert((node, report.id.clone()), report);
         }

@@ -135,3 +135,63 @@ async fn two_masters_on_one_etcd_never_double_allocate() {
             .unwrap();
     two_masters_never_double_allocate(km).await;
 }
+
+/// The reconciler's decisions without a network: a master whose process exits or
+/// whose node goes down is replaced by the next live candidate with a higher epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_fail_over_on_process_exit_and_node_down() {
+    let km: Arc<dyn KeyMaster> = EmbeddedKeyMaster::open_in_memory().unwrap();
+    seed(km.as_ref()).await;
+    let cm = master(km).await;
+    cm.create_tenant("t", "").await.unwrap();
+    let p = cm.create_pool(pool("p"), Some(3)).await.unwrap();
+    let (a, b) = (p.nodes[0].clone(), p.nodes[1].clone());
+    cm.set_candidates("p", &[a.clone(), b.clone()], false)
+        .await
+        .unwrap();
+    cm.reconcile_pools().await;
+    let master_of = |cm: &Cluster| cm.pools.book().get("p").unwrap().master.clone().unwrap();
+    assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (a.clone(), 1));
+    assert_eq!(cm.master_process_state("p", &master_of(&cm)), "starting");
+    let report = |state| glory_protocol::ProcessReport {
+        id: crate::pools::process_id("p"),
+        epoch: 1,
+        state,
+        pid: Some(42),
+        detail: "exit status: 1".into(),
+    };
+    cm.process_reports(vec![(
+        a.clone(),
+        report(glory_protocol::ProcessState::Running),
+    )]);
+    cm.reconcile_pools().await;
+    assert_eq!(cm.master_process_state("p", &master_of(&cm)), "running");
+    assert_eq!(master_of(&cm).epoch, 1, "a healthy master stays");
+    // The process exits: the next candidate takes over.
+    cm.process_reports(vec![(
+        a.clone(),
+        report(glory_protocol::ProcessState::Exited { code: Some(1) }),
+    )]);
+    cm.reconcile_pools().await;
+    assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (b.clone(), 2));
+    let failed = cm.events.recent(10, |e| e.kind == "master_failed");
+    assert!(failed[0].data["reason"]
+        .as_str()
+        .unwrap()
+        .contains("process ended"));
+    // Its node goes down: back to the first candidate (up again), epoch 3.
+    cm.write().nodes.get_mut(&b).unwrap().status.state = NodeState::Down;
+    cm.reconcile_pools().await;
+    assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (a.clone(), 3));
+    // No live candidate: the pool has no master, and gets one back when a node is up.
+    cm.write().nodes.get_mut(&a).unwrap().status.state = NodeState::Down;
+    cm.reconcile_pools().await;
+    assert!(cm.pools.book().get("p").unwrap().master.is_none());
+    cm.write().nodes.get_mut(&b).unwrap().status.state = NodeState::Up;
+    cm.reconcile_pools().await;
+    assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (b, 4));
+    // Epochs survive in the key master.
+    let kv = cm.km.get(&schema::pool_key("p")).await.unwrap().unwrap();
+    let stored: PoolRecord = schema::decode(&kv.key, &kv.value).unwrap();
+    assert_eq!(stored.epoch, 4);
+}

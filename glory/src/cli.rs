@@ -81,6 +81,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         data_dir.join("operator.token").display()
     );
     println!("  try:             glory cluster    glory nodes --state down    glory groups");
+    println!("  pools:           glory tenants create t    glory pools create p --tenant t --component fs --size 10 --spread groups");
     println!("Ctrl-C stops it.");
     let shutdown = glory_protocol::process::shutdown_on_signal();
     shutdown.cancelled().await;

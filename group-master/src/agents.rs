@@ -113,8 +113,9 @@ async fn serve_agent(
     let _ = control
         .send(&GroupToAgent::GroupMasters(shared.masters()))
         .await;
-    let (commands, mut command_rx) = tokio::sync::mpsc::channel::<GroupToAgent>(16);
-    let (session_id, replaced) = shared.open_session(&node, &serial, conn.clone(), commands);
+    let commands = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (session_id, replaced) =
+        shared.open_session(&node, &serial, conn.clone(), commands.clone());
     if let Some(old) = replaced {
         old.close(
             VarInt::from_u32(close::REPLACED),
@@ -136,23 +137,24 @@ async fn serve_agent(
             // to the agent, so it knows where to go if this master disappears.
             let mut masters = shared.watch_masters();
             masters.mark_unchanged();
+            let forward_shared = shared.clone();
+            let forward_node = node.clone();
             let forward = tokio::spawn(async move {
-                loop {
-                    let msg = tokio::select! {
+                'session: loop {
+                    let msgs = tokio::select! {
                         changed = masters.changed() => match changed {
-                            Ok(()) => GroupToAgent::GroupMasters(masters.borrow_and_update().clone()),
+                            Ok(()) => vec![GroupToAgent::GroupMasters(masters.borrow_and_update().clone())],
                             Err(_) => break,
                         },
-                        command = command_rx.recv() => match command {
-                            Some(msg) => msg,
-                            None => break,
-                        },
+                        _ = commands.notified() => forward_shared.take_commands(&forward_node),
                     };
-                    if frame::write_frame(&mut send, &msg, max_frame)
-                        .await
-                        .is_err()
-                    {
-                        break;
+                    for msg in msgs {
+                        if frame::write_frame(&mut send, &msg, max_frame)
+                            .await
+                            .is_err()
+                        {
+                            break 'session;
+                        }
                     }
                 }
             });

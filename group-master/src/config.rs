@@ -168,6 +168,8 @@ impl GroupMasterConfig {
                 suspect_after: Duration::from_millis(suspect_after),
                 down_after: Duration::from_millis(self.down_after_ms),
                 rejoin_grace: Duration::from_millis(self.rejoin_grace_ms.max(self.down_after_ms)),
+                // Ten missed ticks (at least half a second) is a stall of this process.
+                stall_after: Some(Duration::from_millis((self.tick_interval_ms * 10).max(500))),
             },
             tick_interval: Duration::from_millis(self.tick_interval_ms),
             report_interval: Duration::from_millis(self.report_interval_ms),

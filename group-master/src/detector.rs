@@ -5,6 +5,11 @@
 //! node the cluster told us about but that we have not heard since we started gets a
 //! grace period of `down_after` from the moment we learned of it (a group master that
 //! just took over must not call everyone dead).
+//!
+//! Silence is measured on our own clock, so time we did not run does not count: when
+//! two ticks are further apart than `stall_after` (the process was starved of CPU or
+//! paused, and heartbeats sat unread in socket buffers), every node's silence is
+//! shortened by the stall before anyone is judged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -19,6 +24,9 @@ pub struct DetectorConfig {
     /// it is judged: it must first reconnect to this (new) group master. At least
     /// `down_after`.
     pub rejoin_grace: Duration,
+    /// A gap between two ticks longer than this is a stall of this process, not
+    /// silence of the nodes (None: never assume a stall).
+    pub stall_after: Option<Duration>,
 }
 
 /// One decision of the detector.
@@ -44,6 +52,9 @@ pub struct FailureDetector {
     nodes: HashMap<String, Tracked>,
     lost: u64,
     received: u64,
+    last_tick: Option<Instant>,
+    /// Time not counted as silence because this process stalled.
+    stalled: Duration,
 }
 
 impl FailureDetector {
@@ -53,7 +64,14 @@ impl FailureDetector {
             nodes: HashMap::new(),
             lost: 0,
             received: 0,
+            last_tick: None,
+            stalled: Duration::ZERO,
         }
+    }
+
+    /// Total time this detector did not count as silence because it stalled.
+    pub fn stalled(&self) -> Duration {
+        self.stalled
     }
 
     /// Start watching a node in the state the cluster last recorded. Already-tracked
@@ -147,6 +165,19 @@ impl FailureDetector {
     /// Time has passed: who became suspect or down?
     pub fn tick(&mut self, now: Instant) -> Vec<Transition> {
         let mut out = Vec::new();
+        if let (Some(prev), Some(limit)) = (self.last_tick, self.config.stall_after) {
+            let gap = now.saturating_duration_since(prev);
+            if gap > limit {
+                // Nobody could be heard while we did not run: move every last-heard
+                // time forward by the part of the gap beyond a normal tick.
+                let stall = gap - limit;
+                self.stalled += stall;
+                for tracked in self.nodes.values_mut() {
+                    tracked.last_heard = (tracked.last_heard + stall).min(now);
+                }
+            }
+        }
+        self.last_tick = Some(now);
         for (node, tracked) in self.nodes.iter_mut() {
             let silent = now.saturating_duration_since(tracked.last_heard);
             let next = match tracked.state {
@@ -196,6 +227,7 @@ mod tests {
             suspect_after: Duration::from_secs(2),
             down_after: Duration::from_secs(3),
             rejoin_grace: Duration::from_secs(3),
+            stall_after: None,
         })
     }
 
@@ -271,12 +303,55 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_of_this_process_is_not_counted_as_silence() {
+        let t0 = Instant::now();
+        let mut d = FailureDetector::new(DetectorConfig {
+            suspect_after: Duration::from_secs(2),
+            down_after: Duration::from_secs(3),
+            rejoin_grace: Duration::from_secs(3),
+            stall_after: Some(Duration::from_millis(500)),
+        });
+        d.heartbeat("n1", 1, t0);
+        d.heartbeat("n2", 1, t0);
+        assert!(d.tick(ms(t0, 100)).is_empty());
+        // The process did not run for 5 s; n2's heartbeats were read first afterwards.
+        d.heartbeat("n2", 2, ms(t0, 5100));
+        assert!(
+            d.tick(ms(t0, 5100)).is_empty(),
+            "nobody is down after a stall"
+        );
+        assert_eq!(d.stalled(), Duration::from_millis(4500));
+        // Silence after the stall counts as usual (n1 was last heard 0.6 s before the
+        // end of it): with regular ticks it is suspect at 6.5 s and down at 7.5 s.
+        let mut seen = Vec::new();
+        for t in (5200..=8000).step_by(100) {
+            for tr in d.tick(ms(t0, t)) {
+                seen.push((t, tr.node, tr.to));
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (6500, "n1".to_string(), NodeState::Suspect),
+                (7100, "n2".to_string(), NodeState::Suspect),
+                (7500, "n1".to_string(), NodeState::Down),
+            ]
+        );
+        // Without stall detection the same stall would have been a false down.
+        let mut plain = detector();
+        plain.heartbeat("n1", 1, t0);
+        assert!(plain.tick(ms(t0, 100)).is_empty());
+        assert_eq!(plain.tick(ms(t0, 5100))[0].to, NodeState::Down);
+    }
+
+    #[test]
     fn a_longer_rejoin_grace_delays_the_verdict_on_unheard_nodes_only() {
         let t0 = Instant::now();
         let mut d = FailureDetector::new(DetectorConfig {
             suspect_after: Duration::from_secs(2),
             down_after: Duration::from_secs(3),
             rejoin_grace: Duration::from_secs(5),
+            stall_after: None,
         });
         d.track("quiet", NodeState::Unreachable, t0);
         d.track("back", NodeState::Unreachable, t0);

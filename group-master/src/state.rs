@@ -18,8 +18,9 @@ pub(crate) struct Session {
     pub conn: quinn::Connection,
     /// Serial of the certificate the agent connected with.
     pub serial: String,
-    /// Messages for the agent (process starts and stops from the cluster master).
-    pub commands: tokio::sync::mpsc::Sender<GroupToAgent>,
+    /// Wakes the session's writer when messages for the agent are queued in
+    /// `Inner::commands` (a channel per session would cost kilobytes per node).
+    pub commands: std::sync::Arc<Notify>,
 }
 
 pub(crate) struct Inner {
@@ -34,6 +35,8 @@ pub(crate) struct Inner {
     pub inventories: Vec<(String, Inventory)>,
     /// Agents' process reports waiting to go up.
     pub processes: Vec<(String, ProcessReport)>,
+    /// Messages for agents (process starts and stops), until their session sends them.
+    pub commands: HashMap<String, Vec<GroupToAgent>>,
     /// Agents' whole process sets (session starts) waiting to go up.
     pub process_snapshots: Vec<(String, Vec<ProcessReport>)>,
     next_session: u64,
@@ -78,6 +81,7 @@ impl Shared {
                 inventories: Vec::new(),
                 processes: Vec::new(),
                 process_snapshots: Vec::new(),
+                commands: HashMap::new(),
                 next_session: 1,
             }),
             changed: Notify::new(),
@@ -120,7 +124,13 @@ impl Shared {
 
     pub fn tick(&self, now: Instant) {
         let mut inner = self.lock();
+        let stalled_before = inner.detector.stalled();
         let transitions = inner.detector.tick(now);
+        let stall = inner.detector.stalled() - stalled_before;
+        if !stall.is_zero() {
+            tracing::warn!(group = %self.group, stall_ms = stall.as_millis() as u64,
+                "this group master did not run for a while (CPU starvation or a pause); the stall is not counted as node silence");
+        }
         self.push(&mut inner, transitions);
     }
 
@@ -134,7 +144,7 @@ impl Shared {
         node: &str,
         serial: &str,
         conn: quinn::Connection,
-        commands: tokio::sync::mpsc::Sender<GroupToAgent>,
+        commands: std::sync::Arc<Notify>,
     ) -> (u64, Option<quinn::Connection>) {
         let mut inner = self.lock();
         let id = inner.next_session;
@@ -155,6 +165,7 @@ impl Shared {
         let mut inner = self.lock();
         if inner.sessions.get(node).is_some_and(|s| s.id == id) {
             inner.sessions.remove(node);
+            inner.commands.remove(node);
         }
     }
 
@@ -189,13 +200,28 @@ impl Shared {
         )
     }
 
-    /// Pass a message to a connected agent; false if it is not connected (or its queue
-    /// is full: the cluster master repeats what it still wants).
+    /// Most messages queued for one agent; older ones are dropped beyond it (the
+    /// cluster master repeats what it still wants).
+    const MAX_QUEUED: usize = 16;
+
+    /// Pass a message to a connected agent; false if it is not connected.
     pub fn to_agent(&self, node: &str, msg: GroupToAgent) -> bool {
-        self.lock()
-            .sessions
-            .get(node)
-            .is_some_and(|s| s.commands.try_send(msg).is_ok())
+        let mut inner = self.lock();
+        let Some(notify) = inner.sessions.get(node).map(|s| s.commands.clone()) else {
+            return false;
+        };
+        let queue = inner.commands.entry(node.to_string()).or_default();
+        if queue.len() >= Self::MAX_QUEUED {
+            queue.remove(0);
+        }
+        queue.push(msg);
+        notify.notify_one();
+        true
+    }
+
+    /// Messages queued for `node`'s agent.
+    pub fn take_commands(&self, node: &str) -> Vec<GroupToAgent> {
+        self.lock().commands.remove(node).unwrap_or_default()
     }
 
     /// Take the pending state changes.

@@ -89,8 +89,10 @@ async fn the_live_api_matches_its_openapi_spec() -> anyhow::Result<()> {
         "schemathesis found problems (exit {:?}); see the output above",
         out.status.code()
     );
-    // The cluster still serves after the fuzzing (which may have deleted the pool).
-    assert_eq!(api.get("/api/v1/cluster").await?["nodes"], 8);
+    // The cluster still serves after the fuzzing (which may have deleted the pool and
+    // removed nodes: it runs with the operator token).
+    let summary = api.get("/api/v1/cluster").await?;
+    assert!(summary["nodes"].as_u64().is_some(), "{summary}");
     cluster.shutdown().await;
     Ok(())
 }

@@ -66,6 +66,8 @@ pub struct Cluster {
     pub(crate) events: crate::events::EventBus,
     /// Wakes the pool reconciler (a pool node changed state, a candidate changed...).
     pub(crate) pool_changed: tokio::sync::Notify,
+    /// Addresses group master links came from (they reconnect from the same one).
+    group_master_remotes: RwLock<HashSet<SocketAddr>>,
 }
 
 impl Cluster {
@@ -182,6 +184,7 @@ impl Cluster {
             pools: crate::pools::PoolState::new(book, tenants),
             events: Default::default(),
             pool_changed: tokio::sync::Notify::new(),
+            group_master_remotes: RwLock::new(HashSet::new()),
         });
         Ok((cluster, status_rx))
     }
@@ -669,6 +672,16 @@ impl Cluster {
             warn!(group = %group, error = %e, "group master address not recorded; serving from memory");
         }
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut remotes = self
+                .group_master_remotes
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            // Bounded: a few per group is normal; a flood of registrations is not.
+            if remotes.len() < 4096 {
+                remotes.insert(conn.remote_address());
+            }
+        }
         let link = GroupLink {
             session,
             listen,
@@ -1029,6 +1042,15 @@ impl Cluster {
             .get(group)
             .map(|g| g.link.iter().count() + g.standbys.len())
             .unwrap_or(0)
+    }
+
+    /// Whether `remote` is where a group master's link (active, standby, or one seen
+    /// since this master started) comes from.
+    pub(crate) fn is_group_master_address(&self, remote: SocketAddr) -> bool {
+        self.group_master_remotes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&remote)
     }
 
     /// How many group masters are connected now.

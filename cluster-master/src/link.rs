@@ -21,10 +21,52 @@ pub(crate) async fn accept_loop(
     node: Arc<Node>,
     shutdown: CancellationToken,
 ) {
-    glory_protocol::transport::accept_loop(endpoint, shutdown, "cluster master", move |conn| {
-        serve_connection(conn, node.clone())
-    })
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let admit = {
+        let node = node.clone();
+        move |remote: std::net::SocketAddr| admit(&node, &in_flight, remote)
+    };
+    glory_protocol::transport::accept_loop_admitting(
+        endpoint,
+        shutdown,
+        "cluster master",
+        admit,
+        move |conn| serve_connection(conn, node.clone()),
+    )
     .await;
+}
+
+/// Most connections from unknown addresses (enrollments, agents asking where their
+/// group is) served at once. Beyond it new ones are refused before their handshake
+/// and retry with backoff: an enrollment storm of thousands of servers then costs
+/// bounded CPU, and the group masters' links, which share this endpoint, keep
+/// getting through instead of timing out and flapping whole groups.
+const MAX_UNKNOWN_IN_FLIGHT: usize = 128;
+
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn admit(
+    node: &Node,
+    in_flight: &Arc<std::sync::atomic::AtomicUsize>,
+    remote: std::net::SocketAddr,
+) -> Option<glory_protocol::transport::AdmissionGuard> {
+    use std::sync::atomic::Ordering;
+    // Group masters reconnect from the address of their last link: always admitted.
+    if node
+        .active()
+        .is_some_and(|cluster| cluster.is_group_master_address(remote))
+    {
+        return Some(Box::new(()));
+    }
+    let now = in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = InFlight(in_flight.clone());
+    (now < MAX_UNKNOWN_IN_FLIGHT).then(|| Box::new(guard) as _)
 }
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
@@ -94,6 +136,11 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
             .await
             {
                 Ok(Ok(Some(request))) => request,
+                Ok(Err(glory_protocol::FrameError::Io(e))) => {
+                    // The enrollee gave up (its timeout) or went away: not our problem.
+                    tracing::debug!(%remote, error = %e, "enrollment connection lost");
+                    return;
+                }
                 Ok(Err(e)) => {
                     warn!(%remote, error = %e, "bad enrollment frame; closing");
                     conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad frame");

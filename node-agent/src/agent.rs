@@ -256,6 +256,16 @@ async fn enroll_until_done(
                     warn!(code = ?refusal.code, reason = %refusal.message, attempts, "enrollment refused; retrying with backoff");
                 }
             }
+            Err(e) if e.is_busy() => {
+                // Admission control: the cluster master is alive and will take us
+                // shortly. Retry after a short random pause, not a growing backoff.
+                debug!(cluster_master = %target, attempts, "cluster master busy; retrying soon");
+                let pause = Duration::from_millis(rand::random_range(250..1500));
+                if !sleep_or(shutdown, power_off, pause).await {
+                    return Ok(None);
+                }
+                continue;
+            }
             Err(e) => {
                 if attempts % 10 == 1 {
                     warn!(error = %e, cluster_master = %target, attempts, "enrollment failed; retrying with backoff");

@@ -53,6 +53,13 @@ pub fn transport_config(timing: LinkTiming) -> Arc<TransportConfig> {
     t.max_idle_timeout(quinn::IdleTimeout::try_from(timing.idle_timeout).ok());
     t.keep_alive_interval(timing.keep_alive);
     t.initial_rtt(Duration::from_millis(10));
+    // Each connection keeps a transmit buffer sized for a whole GSO batch (up to
+    // dozens of datagrams, measured ~18 KB per connection with heaptrack); links that
+    // send a heartbeat a second never fill one. One datagram per send instead.
+    t.enable_segmentation_offload(false);
+    // Control messages fit the 1,200-byte minimum MTU; probing for more costs packets
+    // and per-connection state on links that never need it.
+    t.mtu_discovery_config(None);
     Arc::new(t)
 }
 
@@ -84,6 +91,16 @@ impl LinkError {
             _ => None,
         }
     }
+
+    /// The peer refused the connection before its handshake because it is busy
+    /// (admission control): retry soon, it is not down.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Connection(quinn::ConnectionError::ConnectionClosed(c))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+        )
+    }
 }
 
 fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -110,6 +127,18 @@ pub fn server_config(
     Ok(server)
 }
 
+/// Endpoint settings. quinn sizes each endpoint's receive buffer by the largest UDP
+/// payload it accepts (64 KB by default) times a batch of 32: 2 MB per endpoint, and a
+/// master process with a listening and a dialling endpoint per group carries dozens.
+/// Our packets never exceed the 1,200-byte QUIC minimum (MTU discovery is off), so an
+/// Ethernet-sized limit loses nothing.
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    // 1472 = 1500-byte Ethernet MTU minus IPv4 and UDP headers; always >= 1200.
+    let _ = config.max_udp_payload_size(1472);
+    config
+}
+
 /// A server endpoint (which can also dial out) with our identity.
 pub fn server_endpoint(
     bind: SocketAddr,
@@ -121,7 +150,7 @@ pub fn server_endpoint(
     // Keep the handshake cheap: address validation (Retry) costs a round trip and we
     // only listen on networks we manage.
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config(),
         Some(server),
         udp_socket(bind)?,
         Arc::new(quinn::TokioRuntime),
@@ -132,7 +161,7 @@ pub fn server_endpoint(
 /// A client-only endpoint.
 pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, LinkError> {
     Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config(),
         None,
         udp_socket(bind)?,
         Arc::new(quinn::TokioRuntime),
@@ -302,7 +331,29 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(Connection) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    accept_loop_admitting(endpoint, shutdown, who, |_| Some(Box::new(())), serve).await
+}
+
+/// Held for as long as an admitted connection is being served.
+pub type AdmissionGuard = Box<dyn std::any::Any + Send>;
+
+/// [`accept_loop`] with admission control: `admit` sees each connection attempt's
+/// address before any cryptography is done and either refuses it (a cheap,
+/// stateless CONNECTION_REFUSED; the peer retries later) or returns a guard kept
+/// until the connection is served.
+pub async fn accept_loop_admitting<A, F, Fut>(
+    endpoint: quinn::Endpoint,
+    shutdown: tokio_util::sync::CancellationToken,
+    who: &'static str,
+    admit: A,
+    serve: F,
+) where
+    A: Fn(SocketAddr) -> Option<AdmissionGuard>,
+    F: Fn(Connection) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let tasks = tokio_util::task::TaskTracker::new();
+    let mut refused: u64 = 0;
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -311,9 +362,21 @@ pub async fn accept_loop<F, Fut>(
                 None => break,
             },
         };
+        let Some(guard) = admit(incoming.remote_address()) else {
+            refused += 1;
+            if refused == 1 || refused.is_multiple_of(1000) {
+                tracing::info!(
+                    refused,
+                    "{who}: busy; refusing new connections until handshakes in flight finish"
+                );
+            }
+            incoming.refuse();
+            continue;
+        };
         let serve = serve.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            let _guard = guard;
             let conn = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 conn = incoming => match conn {
@@ -337,4 +400,81 @@ pub async fn accept_loop<F, Fut>(
     endpoint.set_server_config(None);
     tasks.close();
     tasks.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{CertRole, CertSubject, ClusterCa, CLUSTER_MASTER_NAME};
+
+    #[tokio::test]
+    async fn a_refused_connection_is_busy_and_an_admitted_one_is_served() {
+        let ca = ClusterCa::generate("test").unwrap();
+        let subject = |id: &str, role| CertSubject {
+            id: id.into(),
+            role,
+            group: None,
+        };
+        let (server_id, _) = ca
+            .issue(
+                &subject("cm", CertRole::ClusterMaster),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let (client_id, _) = ca
+            .issue(&subject("n1", CertRole::Node), Duration::from_secs(60))
+            .unwrap();
+        let timing = LinkTiming {
+            idle_timeout: Duration::from_secs(3),
+            keep_alive: None,
+        };
+        let server = server_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &server_id,
+            ClientAuth::Required,
+            timing,
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        // Admit exactly one connection.
+        let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let loop_task = tokio::spawn(accept_loop_admitting(
+            server.clone(),
+            shutdown.clone(),
+            "test",
+            move |_| {
+                (admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0)
+                    .then(|| Box::new(()) as AdmissionGuard)
+            },
+            |conn: Connection| async move {
+                conn.closed().await;
+            },
+        ));
+        let client = client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let config = client_config(client_id.client_tls().unwrap(), timing).unwrap();
+        let first = connect(
+            &client,
+            config.clone(),
+            addr,
+            CLUSTER_MASTER_NAME,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the first connection is admitted");
+        let second = connect(
+            &client,
+            config,
+            addr,
+            CLUSTER_MASTER_NAME,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("the second is refused");
+        assert!(second.is_busy(), "{second}");
+        assert!(!LinkError::Timeout(Duration::from_secs(1)).is_busy());
+        first.close(VarInt::from_u32(0), b"done");
+        shutdown.cancel();
+        let _ = loop_task.await;
+    }
 }

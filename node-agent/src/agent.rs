@@ -206,10 +206,13 @@ async fn enroll_until_done(
         .first()
         .copied()
         .ok_or_else(|| anyhow::anyhow!("no cluster master address configured"))?;
+    // One key for every attempt: generating a key pair per retry would spend the
+    // CPU of thousands of servers retrying at once.
+    let (key_pem, csr_pem) = generate_csr()?;
     loop {
         let inventory = deps.host.inventory();
         let machine_id = inventory.machine_id.clone();
-        let (key_pem, csr_pem) = generate_csr()?;
+        let csr_pem = csr_pem.clone();
         let request = EnrollRequest {
             token: token.clone(),
             kind: EnrollKind::Node { inventory },
@@ -233,7 +236,7 @@ async fn enroll_until_done(
                     group_masters: enrolled.group_masters,
                     tls: TlsIdentity {
                         cert_pem: enrolled.cert_pem,
-                        key_pem,
+                        key_pem: key_pem.clone(),
                         ca_pem: enrolled.ca_pem,
                     },
                 };
@@ -257,14 +260,10 @@ async fn enroll_until_done(
                 }
             }
             Err(e) if e.is_busy() => {
-                // Admission control: the cluster master is alive and will take us
-                // shortly. Retry after a short random pause, not a growing backoff.
-                debug!(cluster_master = %target, attempts, "cluster master busy; retrying soon");
-                let pause = Duration::from_millis(rand::random_range(250..1500));
-                if !sleep_or(shutdown, power_off, pause).await {
-                    return Ok(None);
-                }
-                continue;
+                // Admission control: the cluster master is alive but busy. Back off
+                // like any failure (thousands retrying at once would keep it busy),
+                // but stay with it rather than moving to another master.
+                debug!(cluster_master = %target, attempts, "cluster master busy; retrying with backoff");
             }
             Err(e) => {
                 if attempts % 10 == 1 {

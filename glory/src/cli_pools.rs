@@ -7,6 +7,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::cli::{print_json, s};
 use crate::client::{urlencode, ApiClient};
 use crate::table::render;
 
@@ -124,21 +125,6 @@ pub enum PoolsAction {
     },
     /// Print the pool's events as they come (Ctrl-C stops).
     Watch { name: String },
-}
-
-fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 fn items(v: &Value) -> &[Value] {

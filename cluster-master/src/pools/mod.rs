@@ -472,9 +472,7 @@ impl Cluster {
             at,
             json!({"component": pool.component, "nodes": pool.nodes.len()}),
         );
-        for node in &pool.nodes {
-            self.events.emit("node_added", at, json!({"node": node}));
-        }
+        self.announce_added(&pool, &pool.nodes);
         Ok(pool)
     }
 
@@ -500,6 +498,16 @@ impl Cluster {
         Ok(old)
     }
 
+    fn announce_added(&self, pool: &PoolRecord, added: &[String]) {
+        for node in added {
+            self.events.emit(
+                "node_added",
+                Some((&pool.name, &pool.tenant)),
+                json!({"node": node}),
+            );
+        }
+    }
+
     /// Add `count` nodes chosen by the pool's selector and spread.
     pub async fn grow_pool(
         &self,
@@ -513,13 +521,7 @@ impl Cluster {
             })
             .await?;
         let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
-        for node in &added {
-            self.events.emit(
-                "node_added",
-                Some((&pool.name, &pool.tenant)),
-                json!({"node": node}),
-            );
-        }
+        self.announce_added(&pool, &added);
         Ok((pool, added))
     }
 
@@ -543,13 +545,7 @@ impl Cluster {
             })
             .await?;
         let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
-        for node in &added {
-            self.events.emit(
-                "node_added",
-                Some((&pool.name, &pool.tenant)),
-                json!({"node": node}),
-            );
-        }
+        self.announce_added(&pool, &added);
         Ok((pool, added))
     }
 

@@ -228,6 +228,19 @@ async fn node_listing_filters_and_paginates() -> anyhow::Result<()> {
     cluster.wait_all_up(10, Duration::from_secs(20)).await?;
     let page = cluster.api.get("/api/v1/nodes?limit=3").await?;
     assert_eq!(page["total"], 10);
+    assert!(page["items"][0]["inventory"].is_object());
+    // The summary view leaves inventories out; a bad view is a 400 naming it.
+    let summary = cluster.api.get("/api/v1/nodes?view=summary").await?;
+    assert_eq!(summary["items"].as_array().unwrap().len(), 10);
+    assert!(summary["items"][0]["inventory"].is_null());
+    assert!(summary["items"][0]["state"].is_string());
+    let err = cluster
+        .api
+        .get("/api/v1/nodes?view=everything")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("400") && err.contains("view"), "{err}");
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
     let mut seen = Vec::new();
     let mut cursor = None::<String>;

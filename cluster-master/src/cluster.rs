@@ -319,10 +319,7 @@ impl Cluster {
         self.km
             .put(&schema::api_token_key(id), schema::encode(&record), None)
             .await?;
-        self.api_tokens
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), record);
+        self.remember_api_token(record);
         Ok(())
     }
 

@@ -73,8 +73,8 @@ impl EventBus {
         let _ = self.tx.send(event);
     }
 
-    /// Subscribe: the kept events after `after` (all kept ones with `None`... none),
-    /// then the live receiver. Nothing falls between the two.
+    /// Subscribe: the kept events after `after` (none without it), then the live
+    /// receiver. Nothing falls between the two.
     pub fn subscribe(
         &self,
         after: Option<u64>,

@@ -263,19 +263,25 @@ pub async fn node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result
     Ok(())
 }
 
-pub async fn remove_node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let r = client
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/nodes/{}", urlencode(id)),
-            None,
-        )
-        .await?;
+/// DELETE `path`; print the answer as JSON, or `done` for people.
+pub(crate) async fn delete(
+    client: &ApiClient,
+    path: &str,
+    as_json: bool,
+    done: &str,
+) -> anyhow::Result<Value> {
+    let r = client.call(Method::DELETE, path, None).await?;
     if as_json {
         print_json(&r);
     } else {
-        println!("node {id} removed");
+        println!("{done}");
     }
+    Ok(r)
+}
+
+pub async fn remove_node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result<()> {
+    let path = format!("/api/v1/nodes/{}", urlencode(id));
+    delete(client, &path, as_json, &format!("node {id} removed")).await?;
     Ok(())
 }
 
@@ -388,18 +394,14 @@ pub async fn token_list(client: &ApiClient, as_json: bool) -> anyhow::Result<()>
 }
 
 pub async fn token_delete(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let r = client
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/bootstrap-tokens/{}", urlencode(id)),
-            None,
-        )
-        .await?;
-    if as_json {
-        print_json(&r);
-    } else {
-        println!("bootstrap token {id} deleted");
-    }
+    let path = format!("/api/v1/bootstrap-tokens/{}", urlencode(id));
+    delete(
+        client,
+        &path,
+        as_json,
+        &format!("bootstrap token {id} deleted"),
+    )
+    .await?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{print_json, s};
+use crate::cli::{delete, print_json, s};
 use crate::client::{urlencode, ApiClient};
 use crate::table::render;
 
@@ -239,18 +239,8 @@ pub async fn tokens(client: &ApiClient, action: TokensAction, as_json: bool) -> 
             }
         }
         TokensAction::Revoke { id } => {
-            let r = client
-                .call(
-                    Method::DELETE,
-                    &format!("/api/v1/tokens/{}", urlencode(&id)),
-                    None,
-                )
-                .await?;
-            if as_json {
-                print_json(&r);
-            } else {
-                println!("token {id} revoked");
-            }
+            let path = format!("/api/v1/tokens/{}", urlencode(&id));
+            delete(client, &path, as_json, &format!("token {id} revoked")).await?;
         }
     }
     Ok(())

@@ -199,6 +199,11 @@ impl Caller {
     pub fn sees(&self, tenant: &str) -> bool {
         self.is_operator() || self.tenant.as_deref() == Some(tenant)
     }
+    /// Whether this caller may see (list, revoke) an API token: operators all of them,
+    /// others those of their own tenant.
+    pub fn sees_token(&self, token: &glory_keymaster::schema::ApiTokenRecord) -> bool {
+        self.is_operator() || (token.tenant.is_some() && token.tenant == self.tenant)
+    }
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {

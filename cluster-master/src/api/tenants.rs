@@ -78,13 +78,7 @@ async fn get_tenant(
         .get(&name)
         .filter(|t| caller.sees(&t.name))
         .ok_or_else(|| ApiError::not_found(format!("tenant {name} does not exist")))?;
-    let pools: Vec<String> = cluster
-        .pools
-        .book()
-        .pools()
-        .filter(|p| p.tenant == name)
-        .map(|p| p.name.clone())
-        .collect();
+    let pools = cluster.pools.book().tenant_pools(&name);
     let mut view = tenant_view(t);
     view["pools"] = json!(pools);
     Ok(Json(view))
@@ -153,7 +147,7 @@ async fn list_tokens(Active(cluster): Active, caller: Caller) -> ApiResult<Json<
     let items: Vec<Value> = cluster
         .api_tokens()
         .iter()
-        .filter(|t| caller.is_operator() || (t.tenant.is_some() && t.tenant == caller.tenant))
+        .filter(|t| caller.sees_token(t))
         .map(token_view)
         .collect();
     Ok(Json(json!({"total": items.len(), "items": items})))
@@ -167,9 +161,10 @@ async fn revoke_token(
     if caller.role == ApiRole::Component {
         return Err(ApiError::forbidden("component tokens cannot revoke tokens"));
     }
-    let visible = cluster.api_tokens().iter().any(|t| {
-        t.id == id && (caller.is_operator() || (t.tenant.is_some() && t.tenant == caller.tenant))
-    });
+    let visible = cluster
+        .api_tokens()
+        .iter()
+        .any(|t| t.id == id && caller.sees_token(t));
     if !visible {
         return Err(ApiError::not_found(format!("token {id} does not exist")));
     }

@@ -173,6 +173,21 @@ impl PoolBook {
         self.pools.get(name).map(|(p, _)| p)
     }
 
+    /// A copy of pool `name` to plan a change on.
+    pub fn cloned(&self, name: &str) -> Result<PoolRecord, PlanError> {
+        self.get(name)
+            .cloned()
+            .ok_or_else(|| PlanError::NoPool(name.to_string()))
+    }
+
+    /// Names of `tenant`'s pools.
+    pub fn tenant_pools(&self, tenant: &str) -> Vec<String> {
+        self.pools()
+            .filter(|p| p.tenant == tenant)
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
     pub fn revision(&self, name: &str) -> Revision {
         self.pools.get(name).map(|(_, r)| *r).unwrap_or(0)
     }
@@ -257,10 +272,7 @@ impl PoolBook {
         count: usize,
         nodes: &[NodeFacts],
     ) -> Result<(PoolRecord, Vec<String>), PlanError> {
-        let mut pool = self
-            .get(name)
-            .cloned()
-            .ok_or_else(|| PlanError::NoPool(name.to_string()))?;
+        let mut pool = self.cloned(name)?;
         let free = self.free(nodes);
         let groups = Self::member_groups(&pool, nodes);
         let added = allocate(&free, &groups, &pool.selector, pool.spread, count)
@@ -277,10 +289,7 @@ impl PoolBook {
         wanted: &[String],
         nodes: &[NodeFacts],
     ) -> Result<PoolRecord, PlanError> {
-        let mut pool = self
-            .get(name)
-            .cloned()
-            .ok_or_else(|| PlanError::NoPool(name.to_string()))?;
+        let mut pool = self.cloned(name)?;
         for id in wanted {
             let node = nodes
                 .iter()
@@ -314,10 +323,7 @@ impl PoolBook {
 
     /// `pool` without `node` (it returns to the free set; a candidate entry goes too).
     pub fn plan_release(&self, name: &str, node: &str) -> Result<PoolRecord, PlanError> {
-        let mut pool = self
-            .get(name)
-            .cloned()
-            .ok_or_else(|| PlanError::NoPool(name.to_string()))?;
+        let mut pool = self.cloned(name)?;
         let Ok(i) = pool.nodes.binary_search_by(|n| n.as_str().cmp(node)) else {
             return Err(PlanError::NotMember {
                 node: node.to_string(),

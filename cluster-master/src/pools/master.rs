@@ -183,17 +183,13 @@ impl Cluster {
             .collect();
         let (pool, old) = self
             .write_pool(false, |book, facts| {
-                let mut p = book
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| OpError::NotFound(format!("pool {name} does not exist")))?;
-                let old = p.master.take();
-                let members = p.nodes.clone();
+                let mut p = book.cloned(name)?;
                 let up = |n: &str| facts.iter().any(|f| f.id == n && f.up);
                 let chosen = elect(&p.candidates, exclude, |n| {
-                    members.binary_search_by(|m| m.as_str().cmp(n)).is_ok() && up(n)
+                    p.nodes.binary_search_by(|m| m.as_str().cmp(n)).is_ok() && up(n)
                 })
                 .map(str::to_string);
+                let old = p.master.take();
                 match chosen {
                     Some(node) => {
                         p.epoch += 1;
@@ -270,7 +266,15 @@ impl Cluster {
     /// One pass over every pool: elect where needed, repeat unconfirmed starts, replace
     /// failed nodes. Called on every relevant change and twice a second.
     pub(crate) async fn reconcile_pools(&self) {
-        let pools: Vec<PoolRecord> = self.pools.book().pools().cloned().collect();
+        // Only pools with something to look after are copied (a pool's node list can
+        // be thousands long, and this runs twice a second).
+        let pools: Vec<PoolRecord> = self
+            .pools
+            .book()
+            .pools()
+            .filter(|p| !p.candidates.is_empty() || p.master.is_some() || p.replace_failed)
+            .cloned()
+            .collect();
         for pool in pools {
             if !pool.candidates.is_empty() || pool.master.is_some() {
                 self.reconcile_master(&pool).await;

@@ -323,13 +323,7 @@ impl Cluster {
         if !self.pools.tenants().contains_key(name) {
             return Err(OpError::NotFound(format!("tenant {name} does not exist")));
         }
-        let pools: Vec<String> = self
-            .pools
-            .book()
-            .pools()
-            .filter(|p| p.tenant == name)
-            .map(|p| p.name.clone())
-            .collect();
+        let pools = self.pools.book().tenant_pools(name);
         if !pools.is_empty() {
             return Err(OpError::conflict(format!(
                 "tenant {name} still has pools: {}",
@@ -479,10 +473,7 @@ impl Cluster {
     pub async fn delete_pool(&self, name: &str) -> OpResultT<PoolRecord> {
         let (_, old) = self
             .write_pool(true, |book, _| {
-                let old = book
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| OpError::NotFound(format!("pool {name} does not exist")))?;
+                let old = book.cloned(name)?;
                 Ok((Write::Delete(name.to_string()), old))
             })
             .await?;
@@ -582,53 +573,50 @@ impl Cluster {
         nodes: &[String],
         replace: bool,
     ) -> OpResultT<PoolRecord> {
-        let (pool, ()) = self
-            .write_pool(false, |book, _| {
-                let mut p = book
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| OpError::NotFound(format!("pool {name} does not exist")))?;
-                for n in nodes {
-                    if p.nodes.binary_search(n).is_err() {
-                        return Err(OpError::Invalid(format!(
-                            "nodes: {n} is not a node of pool {name}"
-                        )));
-                    }
+        self.edit_candidates(name, |p| {
+            for n in nodes {
+                if p.nodes.binary_search(n).is_err() {
+                    return Err(OpError::Invalid(format!(
+                        "nodes: {n} is not a node of pool {name}"
+                    )));
                 }
-                if replace {
-                    p.candidates.clear();
+            }
+            if replace {
+                p.candidates.clear();
+            }
+            for n in nodes {
+                if !p.candidates.contains(n) {
+                    p.candidates.push(n.clone());
                 }
-                for n in nodes {
-                    if !p.candidates.contains(n) {
-                        p.candidates.push(n.clone());
-                    }
-                }
-                Ok((Write::Put(p), ()))
-            })
-            .await?;
-        let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
-        self.events.emit(
-            "candidates_changed",
-            Some((&pool.name, &pool.tenant)),
-            json!({"candidates": pool.candidates}),
-        );
-        self.pool_changed.notify_one();
-        Ok(pool)
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn remove_candidate(&self, name: &str, node: &str) -> OpResultT<PoolRecord> {
+        self.edit_candidates(name, |p| {
+            if !p.candidates.iter().any(|c| c == node) {
+                return Err(OpError::NotFound(format!(
+                    "{node} is not a candidate of pool {name}"
+                )));
+            }
+            p.candidates.retain(|c| c != node);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Change a pool's candidate list, tell its watchers, and wake the reconciler.
+    async fn edit_candidates(
+        &self,
+        name: &str,
+        edit: impl Fn(&mut PoolRecord) -> OpResultT<()>,
+    ) -> OpResultT<PoolRecord> {
         let (pool, ()) = self
             .write_pool(false, |book, _| {
-                let mut p = book
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| OpError::NotFound(format!("pool {name} does not exist")))?;
-                if !p.candidates.iter().any(|c| c == node) {
-                    return Err(OpError::NotFound(format!(
-                        "{node} is not a candidate of pool {name}"
-                    )));
-                }
-                p.candidates.retain(|c| c != node);
+                let mut p = book.cloned(name)?;
+                edit(&mut p)?;
                 Ok((Write::Put(p), ()))
             })
             .await?;

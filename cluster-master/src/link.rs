@@ -21,53 +21,40 @@ pub(crate) async fn accept_loop(
     node: Arc<Node>,
     shutdown: CancellationToken,
 ) {
-    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let admit = {
+    let privileged = {
         let node = node.clone();
-        move |remote: std::net::SocketAddr| admit(&node, &in_flight, remote)
+        // Group masters reconnect from the address of their last link: never held back
+        // by servers enrolling.
+        move |remote: std::net::SocketAddr| {
+            node.active()
+                .is_some_and(|cluster| cluster.is_group_master_address(remote))
+        }
     };
-    glory_protocol::transport::accept_loop_admitting(
+    glory_protocol::admission::accept_loop_admitting(
         endpoint,
         shutdown,
         "cluster master",
-        admit,
+        ADMISSION,
+        privileged,
         move |conn| serve_connection(conn, node.clone()),
     )
     .await;
 }
 
-/// Most connections from unknown addresses (enrollments, agents asking where their
-/// group is) served at once. Beyond it new ones are refused before their handshake
-/// and retry with backoff: an enrollment storm of thousands of servers then costs
-/// bounded CPU, and the group masters' links, which share this endpoint, keep
-/// getting through instead of timing out and flapping whole groups.
-const MAX_UNKNOWN_IN_FLIGHT: usize = 128;
-
-struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-fn admit(
-    node: &Node,
-    in_flight: &Arc<std::sync::atomic::AtomicUsize>,
-    remote: std::net::SocketAddr,
-) -> Option<glory_protocol::transport::AdmissionGuard> {
-    use std::sync::atomic::Ordering;
-    // Group masters reconnect from the address of their last link: always admitted.
-    if node
-        .active()
-        .is_some_and(|cluster| cluster.is_group_master_address(remote))
-    {
-        return Some(Box::new(()));
-    }
-    let now = in_flight.fetch_add(1, Ordering::Relaxed);
-    let guard = InFlight(in_flight.clone());
-    (now < MAX_UNKNOWN_IN_FLIGHT).then(|| Box::new(guard) as _)
-}
+/// Connections from unknown addresses (enrollments, agents asking where their group
+/// is) served at once, and how many more wait for a slot and for how long. An
+/// enrollment storm of thousands of servers then costs bounded CPU, and the group
+/// masters' links, which share this endpoint, keep getting through instead of timing
+/// out and flapping whole groups. A waiting attempt costs only its retransmitted first
+/// packets, so the queue is long: at about 300 enrollments a second on two cores, 8 s
+/// of waiting covers a 2,400-server backlog. Enrollees wait 12 s for their handshake
+/// (`ENROLL_CONNECT_PATIENCE`); past 8 s, or with the queue full, an attempt is
+/// refused and the enrollee backs off for a few seconds.
+const ADMISSION: glory_protocol::admission::Limits = glory_protocol::admission::Limits {
+    in_flight: 128,
+    queue: 4096,
+    max_wait: std::time::Duration::from_secs(8),
+};
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
     Refusal::new(code, message)

@@ -62,6 +62,9 @@ enum SessionEnd {
     Unreachable(String),
 }
 
+/// Longest wait before asking a busy cluster master again.
+const BUSY_MAX_BACKOFF: Duration = Duration::from_secs(4);
+
 /// Exponential backoff with jitter, so thousands of agents do not retry in lockstep.
 struct Backoff {
     next: Duration,
@@ -199,6 +202,10 @@ async fn enroll_until_done(
         );
     };
     let mut backoff = Backoff::new(settings.max_backoff);
+    // A busy cluster master (admission control) is alive and working through a queue:
+    // coming back within a few seconds keeps its queue fed without flooding it, where
+    // the full backoff would leave it idle at the end of a storm.
+    let mut busy_backoff = Backoff::new(BUSY_MAX_BACKOFF.min(settings.max_backoff));
     let mut attempts = 0u32;
     let mut target_index = 0usize;
     let mut target = settings
@@ -260,10 +267,13 @@ async fn enroll_until_done(
                 }
             }
             Err(e) if e.is_busy() => {
-                // Admission control: the cluster master is alive but busy. Back off
-                // like any failure (thousands retrying at once would keep it busy),
-                // but stay with it rather than moving to another master.
+                // Admission control: the cluster master is alive but busy. Stay with
+                // it rather than moving to another master.
                 debug!(cluster_master = %target, attempts, "cluster master busy; retrying with backoff");
+                if !sleep_or(shutdown, power_off, busy_backoff.step()).await {
+                    return Ok(None);
+                }
+                continue;
             }
             Err(e) => {
                 if attempts % 10 == 1 {

@@ -11,6 +11,10 @@ use crate::messages::{EnrollReply, EnrollRequest, Enrolled, Hello, Role};
 use crate::tls::{enroll_client_tls, CaTrust, CLUSTER_MASTER_NAME};
 use crate::transport::{client_config, client_hello, close, connect, LinkError, LinkTiming};
 
+/// How long an enrollee waits for the cluster master to take up its connection: longer
+/// than the cluster master's admission queue holds one (see `glory_protocol::admission`).
+pub const ENROLL_CONNECT_PATIENCE: Duration = Duration::from_secs(12);
+
 /// Ask the cluster master at `cluster_master` to enroll us.
 pub async fn enroll(
     endpoint: &quinn::Endpoint,
@@ -20,8 +24,12 @@ pub async fn enroll(
     request: &EnrollRequest,
     timeout: Duration,
 ) -> Result<Enrolled, LinkError> {
+    // In an enrollment storm the cluster master holds new connections in its
+    // admission queue for up to 8 s before their handshake starts: waiting costs
+    // both sides almost nothing, where giving up and retrying costs a new handshake.
+    let patience = timeout.max(ENROLL_CONNECT_PATIENCE);
     let timing = LinkTiming {
-        idle_timeout: timeout.max(Duration::from_secs(5)),
+        idle_timeout: patience,
         keep_alive: None,
     };
     let config = client_config(enroll_client_tls(trust)?, timing)?;
@@ -30,7 +38,7 @@ pub async fn enroll(
         config,
         cluster_master,
         CLUSTER_MASTER_NAME,
-        timeout,
+        patience,
     )
     .await?;
     let result = async {

@@ -5,6 +5,7 @@
 //! Every link's messages are in [`messages`]; everything else uses them by name.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod enroll;
 pub mod frame;
 pub mod messages;

@@ -52,7 +52,11 @@ pub fn transport_config(timing: LinkTiming) -> Arc<TransportConfig> {
     // Lower bound on idle timeouts the varint can carry is fine for seconds.
     t.max_idle_timeout(quinn::IdleTimeout::try_from(timing.idle_timeout).ok());
     t.keep_alive_interval(timing.keep_alive);
-    t.initial_rtt(Duration::from_millis(10));
+    // Until a connection has measured its round trip, losses are detected after about
+    // three times this. 10 ms made every client resend its first packet every 30 ms
+    // while a busy server got to it, multiplying an enrollment storm by ten; a
+    // datacenter LAN's worst round trip is well under 100 ms.
+    t.initial_rtt(Duration::from_millis(100));
     // Each connection keeps a transmit buffer sized for a whole GSO batch (up to
     // dozens of datagrams, measured ~18 KB per connection with heaptrack); links that
     // send a heartbeat a second never fill one. One datagram per send instead.
@@ -331,150 +335,42 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(Connection) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    accept_loop_admitting(endpoint, shutdown, who, |_| Some(Box::new(())), serve).await
+    crate::admission::accept_loop_admitting(
+        endpoint,
+        shutdown,
+        who,
+        crate::admission::Limits::UNLIMITED,
+        |_| false,
+        serve,
+    )
+    .await
 }
 
-/// Held for as long as an admitted connection is being served.
-pub type AdmissionGuard = Box<dyn std::any::Any + Send>;
-
-/// [`accept_loop`] with admission control: `admit` sees each connection attempt's
-/// address before any cryptography is done and either refuses it (a cheap,
-/// stateless CONNECTION_REFUSED; the peer retries later) or returns a guard kept
-/// until the connection is served.
-pub async fn accept_loop_admitting<A, F, Fut>(
-    endpoint: quinn::Endpoint,
+/// Serve one accepted connection attempt: finish its handshake, then `serve` it until
+/// it ends or `shutdown` (which closes it with `SHUTDOWN`).
+pub(crate) async fn serve_incoming<F, Fut>(
+    incoming: quinn::Incoming,
     shutdown: tokio_util::sync::CancellationToken,
     who: &'static str,
-    admit: A,
     serve: F,
 ) where
-    A: Fn(SocketAddr) -> Option<AdmissionGuard>,
-    F: Fn(Connection) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    F: FnOnce(Connection) -> Fut,
+    Fut: std::future::Future<Output = ()>,
 {
-    let tasks = tokio_util::task::TaskTracker::new();
-    let mut refused: u64 = 0;
-    loop {
-        let incoming = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            incoming = endpoint.accept() => match incoming {
-                Some(incoming) => incoming,
-                None => break,
-            },
-        };
-        let Some(guard) = admit(incoming.remote_address()) else {
-            refused += 1;
-            if refused == 1 || refused.is_multiple_of(1000) {
-                tracing::info!(
-                    refused,
-                    "{who}: busy; refusing new connections until handshakes in flight finish"
-                );
+    let conn = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        conn = incoming => match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(error = %e, "{who}: handshake failed");
+                return;
             }
-            incoming.refuse();
-            continue;
-        };
-        let serve = serve.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let _guard = guard;
-            let conn = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                conn = incoming => match conn {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "{who}: handshake failed");
-                        return;
-                    }
-                },
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    conn.close(VarInt::from_u32(close::SHUTDOWN), format!("{who} shutting down").as_bytes());
-                }
-                _ = serve(conn.clone()) => {}
-            }
-        });
-    }
-    // Refuse new handshakes from now on: peers retrying to connect would otherwise
-    // keep the endpoint (and its address) alive while it shuts down.
-    endpoint.set_server_config(None);
-    tasks.close();
-    tasks.wait().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tls::{CertRole, CertSubject, ClusterCa, CLUSTER_MASTER_NAME};
-
-    #[tokio::test]
-    async fn a_refused_connection_is_busy_and_an_admitted_one_is_served() {
-        let ca = ClusterCa::generate("test").unwrap();
-        let subject = |id: &str, role| CertSubject {
-            id: id.into(),
-            role,
-            group: None,
-        };
-        let (server_id, _) = ca
-            .issue(
-                &subject("cm", CertRole::ClusterMaster),
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        let (client_id, _) = ca
-            .issue(&subject("n1", CertRole::Node), Duration::from_secs(60))
-            .unwrap();
-        let timing = LinkTiming {
-            idle_timeout: Duration::from_secs(3),
-            keep_alive: None,
-        };
-        let server = server_endpoint(
-            "127.0.0.1:0".parse().unwrap(),
-            &server_id,
-            ClientAuth::Required,
-            timing,
-        )
-        .unwrap();
-        let addr = server.local_addr().unwrap();
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        // Admit exactly one connection.
-        let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let loop_task = tokio::spawn(accept_loop_admitting(
-            server.clone(),
-            shutdown.clone(),
-            "test",
-            move |_| {
-                (admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0)
-                    .then(|| Box::new(()) as AdmissionGuard)
-            },
-            |conn: Connection| async move {
-                conn.closed().await;
-            },
-        ));
-        let client = client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-        let config = client_config(client_id.client_tls().unwrap(), timing).unwrap();
-        let first = connect(
-            &client,
-            config.clone(),
-            addr,
-            CLUSTER_MASTER_NAME,
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("the first connection is admitted");
-        let second = connect(
-            &client,
-            config,
-            addr,
-            CLUSTER_MASTER_NAME,
-            Duration::from_secs(5),
-        )
-        .await
-        .expect_err("the second is refused");
-        assert!(second.is_busy(), "{second}");
-        assert!(!LinkError::Timeout(Duration::from_secs(1)).is_busy());
-        first.close(VarInt::from_u32(0), b"done");
-        shutdown.cancel();
-        let _ = loop_task.await;
+        },
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            conn.close(VarInt::from_u32(close::SHUTDOWN), format!("{who} shutting down").as_bytes());
+        }
+        _ = serve(conn.clone()) => {}
     }
 }

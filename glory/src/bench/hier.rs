@@ -99,6 +99,71 @@ fn fill_steady(report: &mut Report, a: &Snapshot, b: &Snapshot, baseline_rss: u6
     ));
 }
 
+/// The steady-state window: from 3 s after every node is up until the first fault (or
+/// 1 s before the end). Its first half measures what keeping the nodes costs, with the
+/// API asked only for counts and down nodes; the all-nodes listing is timed from the
+/// second half on (10,000 nodes serialised every 2 s is an operator's load, not the
+/// cluster's), and that half's master CPU is reported apart.
+#[derive(Default)]
+struct SteadyWindow {
+    start: Option<Snapshot>,
+    mid: Option<(Duration, Snapshot)>,
+    done: bool,
+}
+
+impl SteadyWindow {
+    /// Take the window's snapshots as time passes. Returns whether the listing may be
+    /// timed now.
+    fn advance(
+        &mut self,
+        elapsed: Duration,
+        enrolled: Option<f64>,
+        end_at: Duration,
+        take: impl Fn() -> Snapshot,
+        report: &mut Report,
+        baseline_rss: u64,
+        nodes: usize,
+    ) -> bool {
+        let Some(enrolled) = enrolled else {
+            return false;
+        };
+        let start_at = Duration::from_secs_f64(enrolled + 3.0);
+        let mid_at = start_at + end_at.saturating_sub(start_at) / 2;
+        if self.start.is_none() && elapsed >= start_at && start_at + Duration::from_secs(4) < end_at
+        {
+            self.start = Some(take());
+        }
+        if let (Some(a), None) = (self.start, self.mid) {
+            if elapsed >= mid_at {
+                let b = take();
+                fill_steady(report, &a, &b, baseline_rss, nodes);
+                self.mid = Some((elapsed, b));
+            }
+        }
+        if let (Some((_, b)), false) = (self.mid, self.done) {
+            if elapsed >= end_at {
+                let c = take();
+                let wall = c.at.duration_since(b.at);
+                report.masters_cpu_cores_listing = cores(&b.masters, &c.masters, wall);
+                self.done = true;
+            }
+        }
+        match self.mid {
+            Some(_) => true,
+            // No window (faults too early): time the listing once everything is up.
+            None => self.start.is_none() && elapsed >= start_at.max(end_at),
+        }
+    }
+
+    fn note_missing(&self, report: &mut Report) {
+        if self.mid.is_none() {
+            report
+                .notes
+                .push("no steady-state window (enrollment too late or faults too early)".into());
+        }
+    }
+}
+
 struct GroupSlot {
     id: String,
     relay: Relay,
@@ -462,8 +527,8 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut group_of: HashMap<String, String> = HashMap::new();
     let mut pending: Vec<super::Scheduled> = o.faults.clone();
     let first_fault = o.faults.first().map(|f| f.at);
-    let mut steady_start: Option<Snapshot> = None;
-    let mut steady_done = false;
+    let mut steady = SteadyWindow::default();
+    let steady_end = first_fault.unwrap_or(o.duration.saturating_sub(Duration::from_secs(1)));
     let mut fault_start: Option<Snapshot> = None;
     let mut latencies: Vec<f64> = Vec::new();
     let mut last_progress = Instant::now() - Duration::from_secs(10);
@@ -505,30 +570,21 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                 );
             }
         }
-        // Steady state: from 3 s after enrollment until the first fault (or the end).
-        if let Some(enrolled) = report.enroll_seconds {
-            let start_at = Duration::from_secs_f64(enrolled + 3.0);
-            let end_at = first_fault.unwrap_or(o.duration.saturating_sub(Duration::from_secs(1)));
-            if steady_start.is_none()
-                && elapsed >= start_at
-                && start_at + Duration::from_secs(2) < end_at
-            {
-                steady_start = Some(snapshot(agents.pid, masters.km_writes()));
+        let list_now = steady.advance(
+            elapsed,
+            report.enroll_seconds,
+            steady_end,
+            || snapshot(agents.pid, masters.km_writes()),
+            &mut report,
+            baseline.rss_bytes,
+            o.nodes,
+        );
+        if list_now && api_up && last_latency.elapsed() >= Duration::from_secs(2) {
+            let t = Instant::now();
+            if api.get("/api/v1/nodes?limit=10000").await.is_ok() {
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
             }
-            if let (Some(a), false) = (steady_start, steady_done) {
-                if elapsed >= end_at {
-                    let b = snapshot(agents.pid, masters.km_writes());
-                    fill_steady(&mut report, &a, &b, baseline.rss_bytes, o.nodes);
-                    steady_done = true;
-                }
-            }
-            if last_latency.elapsed() >= Duration::from_secs(2) && api_up {
-                let t = Instant::now();
-                if api.get("/api/v1/nodes?limit=10000").await.is_ok() {
-                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                last_latency = Instant::now();
-            }
+            last_latency = Instant::now();
         }
         // Who is down now.
         if api_up {
@@ -706,11 +762,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         report.keymaster_writes_per_sec.faults =
             Some(end.km_writes.saturating_sub(a.km_writes) as f64 / wall);
     }
-    if !steady_done {
-        report
-            .notes
-            .push("no steady-state window (enrollment too late or faults too early)".into());
-    }
+    steady.note_missing(&mut report);
     let (detected, missed) = tracker.detections.detection();
     let killed_any = !tracker.detections.killed_at.is_empty();
     report.detection_seconds = percentiles(&detected);
@@ -822,7 +874,9 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
     let mut detections = Detections::default();
     let mut pending = o.faults.clone();
     let first_fault = o.faults.first().map(|f| f.at);
-    let (mut steady_start, mut steady_done, mut fault_start) = (None, false, None);
+    let mut fault_start = None;
+    let mut steady = SteadyWindow::default();
+    let steady_end = first_fault.unwrap_or(o.duration.saturating_sub(Duration::from_secs(1)));
     let mut killed: Vec<usize> = Vec::new();
     let mut ever_killed: HashSet<usize> = HashSet::new();
     let mut restarted: HashMap<String, (u64, Option<u64>)> = HashMap::new();
@@ -846,39 +900,26 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
         if report.enroll_seconds.is_none() && up == o.nodes {
             report.enroll_seconds = Some(elapsed.as_secs_f64());
         }
-        if let Some(enrolled) = report.enroll_seconds {
-            let start_at = Duration::from_secs_f64(enrolled + 3.0);
-            let end_at = first_fault.unwrap_or(o.duration.saturating_sub(Duration::from_secs(1)));
-            if steady_start.is_none()
-                && elapsed >= start_at
-                && start_at + Duration::from_secs(2) < end_at
+        let list_now = steady.advance(
+            elapsed,
+            report.enroll_seconds,
+            steady_end,
+            || snapshot(agents.pid, writes()),
+            &mut report,
+            baseline.rss_bytes,
+            o.nodes,
+        );
+        if list_now && last_latency.elapsed() >= Duration::from_secs(2) {
+            let t = Instant::now();
+            if http
+                .get(format!("http://{addr}/flat/nodes"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
             {
-                steady_start = Some(snapshot(agents.pid, writes()));
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
             }
-            if let (Some(a), false) = (steady_start, steady_done) {
-                if elapsed >= end_at {
-                    fill_steady(
-                        &mut report,
-                        &a,
-                        &snapshot(agents.pid, writes()),
-                        baseline.rss_bytes,
-                        o.nodes,
-                    );
-                    steady_done = true;
-                }
-            }
-            if last_latency.elapsed() >= Duration::from_secs(2) {
-                let t = Instant::now();
-                if http
-                    .get(format!("http://{addr}/flat/nodes"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-                {
-                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                last_latency = Instant::now();
-            }
+            last_latency = Instant::now();
         }
         let down = controller.down_nodes();
         let now = now_ms();
@@ -927,6 +968,7 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
         report.keymaster_writes_per_sec.faults =
             Some(end.km_writes.saturating_sub(a.km_writes) as f64 / wall);
     }
+    steady.note_missing(&mut report);
     let (detected, missed) = detections.detection();
     report.detection_seconds = percentiles(&detected);
     report.missed_detections = (!detections.killed_at.is_empty()).then_some(missed);

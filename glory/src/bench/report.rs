@@ -83,6 +83,9 @@ pub struct Report {
     pub partition: Option<PartitionReport>,
     pub heartbeats: Heartbeats,
     pub masters_cpu_cores: Option<f64>,
+    /// Masters' CPU over the second half of the steady window, while the sim also
+    /// times a listing of every node every 2 s.
+    pub masters_cpu_cores_listing: Option<f64>,
     pub agents_cpu_cores: Option<f64>,
     pub masters_rss_bytes: Option<u64>,
     pub masters_peak_rss_bytes: Option<u64>,
@@ -199,6 +202,7 @@ impl Report {
                 ),
             ],
             vec!["masters cpu (cores)".into(), f2(self.masters_cpu_cores)],
+            vec!["  while listing".into(), f2(self.masters_cpu_cores_listing)],
             vec!["agents cpu (cores)".into(), f2(self.agents_cpu_cores)],
             vec![
                 "masters rss".into(),

@@ -1,0 +1,316 @@
+//! Admission control for a listening endpoint: at most `in_flight` connections from
+//! ordinary peers are served at once, a bounded queue of attempts waits for a free
+//! slot, and the rest are refused before any cryptography of theirs is done.
+//!
+//! Waiting is cheaper than refusing for both sides of an enrollment storm. A waiting
+//! client only retransmits its first packet (quinn buffers it; nothing is decrypted
+//! again), while a refused one comes back later with a new key share, a new
+//! ClientHello and new initial keys to derive, and between the refusal and its retry
+//! the server may sit idle. Refusal is kept for attempts that would wait longer than
+//! `max_wait` (the client would time out anyway) or find the queue full.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, Incoming};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::transport::serve_incoming;
+
+/// How many ordinary connections are served at once and how many wait, for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once (handshake included).
+    pub in_flight: usize,
+    /// Attempts held waiting for a slot; beyond this they are refused at once.
+    pub queue: usize,
+    /// Longest an attempt waits before it is refused. Keep it well under the clients'
+    /// connect timeout and QUIC idle timeout, or they give up on an attempt that is
+    /// then served for nothing.
+    pub max_wait: Duration,
+}
+
+impl Limits {
+    /// No admission control at all.
+    pub const UNLIMITED: Limits = Limits {
+        in_flight: usize::MAX,
+        queue: 0,
+        max_wait: Duration::ZERO,
+    };
+}
+
+/// A served connection's slot; freeing it lets the oldest waiting attempt in.
+struct Slot {
+    count: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, freed: &Arc<Notify>) -> Slot {
+        count.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            count: count.clone(),
+            freed: freed.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.freed.notify_one();
+    }
+}
+
+/// Counts for the log, which must not get a line per refusal in a storm.
+#[derive(Default)]
+struct Counts {
+    refused: u64,
+    expired: u64,
+}
+
+impl Counts {
+    fn refuse(&mut self, who: &str, incoming: Incoming, expired: bool) {
+        incoming.refuse();
+        if expired {
+            self.expired += 1;
+        }
+        self.refused += 1;
+        if self.refused == 1 || self.refused.is_multiple_of(1000) {
+            tracing::info!(
+                refused = self.refused,
+                waited_too_long = self.expired,
+                "{who}: busy; refusing connection attempts until those in flight finish"
+            );
+        }
+    }
+}
+
+/// [`crate::transport::accept_loop`] with admission control. `privileged` peers (by
+/// address, seen before any cryptography) skip the limits: group masters, say, must
+/// get through to the cluster master however many servers are enrolling.
+pub async fn accept_loop_admitting<P, F, Fut>(
+    endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+    who: &'static str,
+    limits: Limits,
+    privileged: P,
+    serve: F,
+) where
+    P: Fn(SocketAddr) -> bool,
+    F: Fn(Connection) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tasks = tokio_util::task::TaskTracker::new();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let freed = Arc::new(Notify::new());
+    let mut waiting: VecDeque<(Incoming, Instant)> = VecDeque::new();
+    let mut counts = Counts::default();
+    let spawn = |incoming: Incoming, slot: Option<Slot>| {
+        let serve = serve.clone();
+        tasks.spawn(serve_incoming(
+            incoming,
+            shutdown.clone(),
+            who,
+            move |conn| {
+                let fut = serve(conn);
+                async move {
+                    fut.await;
+                    drop(slot);
+                }
+            },
+        ));
+    };
+    loop {
+        // Let waiting attempts in while there is room; refuse those that waited too long.
+        while let Some((_, since)) = waiting.front() {
+            let expired = since.elapsed() > limits.max_wait;
+            if !expired && in_flight.load(Ordering::Relaxed) >= limits.in_flight {
+                break;
+            }
+            let (incoming, _) = waiting.pop_front().expect("front exists");
+            if expired {
+                counts.refuse(who, incoming, true);
+            } else {
+                spawn(incoming, Some(Slot::take(&in_flight, &freed)));
+            }
+        }
+        let deadline = waiting.front().map(|(_, since)| *since + limits.max_wait);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = freed.notified(), if !waiting.is_empty() => {}
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if privileged(incoming.remote_address()) {
+                    spawn(incoming, None);
+                } else if waiting.is_empty() && in_flight.load(Ordering::Relaxed) < limits.in_flight {
+                    spawn(incoming, Some(Slot::take(&in_flight, &freed)));
+                } else if waiting.len() < limits.queue {
+                    waiting.push_back((incoming, Instant::now()));
+                } else {
+                    counts.refuse(who, incoming, false);
+                }
+            }
+        }
+    }
+    for (incoming, _) in waiting.drain(..) {
+        incoming.refuse();
+    }
+    // Refuse new handshakes from now on: peers retrying to connect would otherwise
+    // keep the endpoint (and its address) alive while it shuts down.
+    endpoint.set_server_config(None);
+    tasks.close();
+    tasks.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{CertRole, CertSubject, ClientAuth, ClusterCa, CLUSTER_MASTER_NAME};
+    use crate::transport::{client_config, client_endpoint, connect, server_endpoint};
+    use crate::{LinkError, LinkTiming};
+    use quinn::VarInt;
+
+    struct Rig {
+        client: quinn::Endpoint,
+        config: quinn::ClientConfig,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Rig {
+        /// A server under `limits` whose connections are served until the peer closes.
+        fn start(limits: Limits) -> Rig {
+            let ca = ClusterCa::generate("test").unwrap();
+            let subject = |id: &str, role| CertSubject {
+                id: id.into(),
+                role,
+                group: None,
+            };
+            let (server_id, _) = ca
+                .issue(
+                    &subject("cm", CertRole::ClusterMaster),
+                    Duration::from_secs(60),
+                )
+                .unwrap();
+            let (client_id, _) = ca
+                .issue(&subject("n1", CertRole::Node), Duration::from_secs(60))
+                .unwrap();
+            let timing = LinkTiming {
+                idle_timeout: Duration::from_secs(5),
+                keep_alive: None,
+            };
+            let server = server_endpoint(
+                "127.0.0.1:0".parse().unwrap(),
+                &server_id,
+                ClientAuth::Required,
+                timing,
+            )
+            .unwrap();
+            let addr = server.local_addr().unwrap();
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(accept_loop_admitting(
+                server,
+                shutdown.clone(),
+                "test",
+                limits,
+                |_| false,
+                |conn: Connection| async move {
+                    conn.closed().await;
+                },
+            ));
+            Rig {
+                client: client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap(),
+                config: client_config(client_id.client_tls().unwrap(), timing).unwrap(),
+                addr,
+                shutdown,
+                task,
+            }
+        }
+
+        async fn connect(&self) -> Result<Connection, LinkError> {
+            connect(
+                &self.client,
+                self.config.clone(),
+                self.addr,
+                CLUSTER_MASTER_NAME,
+                Duration::from_secs(4),
+            )
+            .await
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            let _ = self.task.await;
+        }
+    }
+
+    #[tokio::test]
+    async fn beyond_the_limit_with_no_queue_an_attempt_is_refused_as_busy() {
+        let rig = Rig::start(Limits {
+            in_flight: 1,
+            queue: 0,
+            max_wait: Duration::from_secs(1),
+        });
+        let first = rig
+            .connect()
+            .await
+            .expect("the first connection is admitted");
+        let second = rig.connect().await.expect_err("the second is refused");
+        assert!(second.is_busy(), "{second}");
+        assert!(!LinkError::Timeout(Duration::from_secs(1)).is_busy());
+        first.close(VarInt::from_u32(0), b"done");
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_is_served_when_a_slot_frees() {
+        let rig = Rig::start(Limits {
+            in_flight: 1,
+            queue: 4,
+            max_wait: Duration::from_secs(3),
+        });
+        let first = rig
+            .connect()
+            .await
+            .expect("the first connection is admitted");
+        let closer = {
+            let first = first.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                first.close(VarInt::from_u32(0), b"done");
+            })
+        };
+        let second = rig
+            .connect()
+            .await
+            .expect("the second waits for the first's slot, then is served");
+        closer.await.unwrap();
+        second.close(VarInt::from_u32(0), b"done");
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_waits_too_long_is_refused_as_busy() {
+        let rig = Rig::start(Limits {
+            in_flight: 1,
+            queue: 4,
+            max_wait: Duration::from_millis(300),
+        });
+        let first = rig
+            .connect()
+            .await
+            .expect("the first connection is admitted");
+        let second = rig.connect().await.expect_err("the slot never frees");
+        assert!(second.is_busy(), "{second}");
+        first.close(VarInt::from_u32(0), b"done");
+        rig.stop().await;
+    }
+}

@@ -21,6 +21,10 @@ def pct(p, key):
 
 ROWS = [
     ("enrollment: all nodes up", lambda r: fmt(r["enroll_seconds"], " s", 1)),
+    ("CPU stolen by the hypervisor: enrollment / steady",
+     lambda r: "n/a" if "cpu_steal" not in r else
+     f'{fmt(r["cpu_steal"]["enrollment"] and 100 * r["cpu_steal"]["enrollment"], "%", 0)} / '
+     f'{fmt(r["cpu_steal"]["steady"] and 100 * r["cpu_steal"]["steady"], "%", 0)}'),
     ("detection p50", lambda r: pct(r["detection_seconds"], "p50")),
     ("detection p99", lambda r: pct(r["detection_seconds"], "p99")),
     ("detection max", lambda r: pct(r["detection_seconds"], "max")),
@@ -35,6 +39,8 @@ ROWS = [
     ("heartbeats sent / received / lost",
      lambda r: f'{r["heartbeats"]["sent"]} / {r["heartbeats"]["received"]} / {r["heartbeats"]["lost"]}'),
     ("masters CPU at steady state", lambda r: fmt(r["masters_cpu_cores"], " cores")),
+    ("masters CPU while listing all nodes every 2 s",
+     lambda r: fmt(r.get("masters_cpu_cores_listing"), " cores")),
     ("agents CPU at steady state", lambda r: fmt(r["agents_cpu_cores"], " cores")),
     ("masters RSS", lambda r: fmt(r["masters_rss_bytes"] and r["masters_rss_bytes"] / 2**20, " MiB", 0)),
     ("master memory per node", lambda r: fmt(r["master_bytes_per_node"] and r["master_bytes_per_node"] / 1024, " KiB", 1)),

@@ -241,6 +241,8 @@ pub async fn start(
     let timing = LinkTiming {
         idle_timeout: settings.group_idle_timeout,
         keep_alive: None,
+        // Enrollment storms arrive here.
+        initial_rtt: glory_protocol::transport::STORM_INITIAL_RTT,
     };
     let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Optional, timing)
         .with_context(|| format!("listen on {} (QUIC)", settings.listen))?;

@@ -41,6 +41,7 @@ impl GroupMaster {
         let timing = LinkTiming {
             idle_timeout: settings.agent_idle_timeout,
             keep_alive: None,
+            initial_rtt: glory_protocol::transport::CONTROL_INITIAL_RTT,
         };
         let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Required, timing)
             .with_context(|| format!("listen on {}", settings.listen))?;

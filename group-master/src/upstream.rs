@@ -116,6 +116,7 @@ async fn link(
     let timing = LinkTiming {
         idle_timeout: settings.cluster_idle_timeout,
         keep_alive: Some(settings.cluster_idle_timeout / 3),
+        initial_rtt: glory_protocol::transport::CONTROL_INITIAL_RTT,
     };
     let config = client_config(identity.client_tls()?, timing)?;
     let conn = connect(

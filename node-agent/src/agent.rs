@@ -302,6 +302,7 @@ async fn connect_group_master(
     let timing = LinkTiming {
         idle_timeout: settings.idle_timeout,
         keep_alive: None,
+        initial_rtt: glory_protocol::transport::CONTROL_INITIAL_RTT,
     };
     let tls = identity
         .tls
@@ -380,6 +381,8 @@ async fn locate(
     let timing = LinkTiming {
         idle_timeout: settings.request_timeout,
         keep_alive: None,
+        // Asking the cluster master, which may be in an enrollment storm.
+        initial_rtt: glory_protocol::transport::STORM_INITIAL_RTT,
     };
     let config = client_config(identity.tls.client_tls().ok()?, timing).ok()?;
     // A dead cluster master must not hold us up: a live one answers in milliseconds.

@@ -206,6 +206,7 @@ mod tests {
             let timing = LinkTiming {
                 idle_timeout: Duration::from_secs(5),
                 keep_alive: None,
+                initial_rtt: crate::transport::CONTROL_INITIAL_RTT,
             };
             let server = server_endpoint(
                 "127.0.0.1:0".parse().unwrap(),

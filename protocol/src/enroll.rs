@@ -31,6 +31,7 @@ pub async fn enroll(
     let timing = LinkTiming {
         idle_timeout: patience,
         keep_alive: None,
+        initial_rtt: crate::transport::STORM_INITIAL_RTT,
     };
     let config = client_config(enroll_client_tls(trust)?, timing)?;
     let conn = connect(

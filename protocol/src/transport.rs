@@ -35,7 +35,20 @@ pub struct LinkTiming {
     pub idle_timeout: Duration,
     /// Send QUIC pings this often when there is nothing else to send (None: never).
     pub keep_alive: Option<Duration>,
+    /// Round trip assumed until one is measured: lost handshake packets are resent
+    /// after about three times this.
+    pub initial_rtt: Duration,
 }
+
+/// Initial RTT of links that open a few at a time and must recover from a lost packet
+/// in milliseconds: agents moving to a standby group master, group masters' links.
+pub const CONTROL_INITIAL_RTT: Duration = Duration::from_millis(10);
+
+/// Initial RTT at the cluster master, where thousands of servers enroll at once. With
+/// 10 ms every client resent its first packet every 30 ms while the busy master got to
+/// it, multiplying the storm; 100 ms (a datacenter LAN's worst round trip) resends
+/// after about 300 ms.
+pub const STORM_INITIAL_RTT: Duration = Duration::from_millis(100);
 
 /// Transport settings for small control traffic: small windows keep per-connection
 /// memory low (thousands of connections per group master endpoint), a handful of
@@ -52,11 +65,7 @@ pub fn transport_config(timing: LinkTiming) -> Arc<TransportConfig> {
     // Lower bound on idle timeouts the varint can carry is fine for seconds.
     t.max_idle_timeout(quinn::IdleTimeout::try_from(timing.idle_timeout).ok());
     t.keep_alive_interval(timing.keep_alive);
-    // Until a connection has measured its round trip, losses are detected after about
-    // three times this. 10 ms made every client resend its first packet every 30 ms
-    // while a busy server got to it, multiplying an enrollment storm by ten; a
-    // datacenter LAN's worst round trip is well under 100 ms.
-    t.initial_rtt(Duration::from_millis(100));
+    t.initial_rtt(timing.initial_rtt);
     // Each connection keeps a transmit buffer sized for a whole GSO batch (up to
     // dozens of datagrams, measured ~18 KB per connection with heaptrack); links that
     // send a heartbeat a second never fill one. One datagram per send instead.

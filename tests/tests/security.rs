@@ -21,6 +21,7 @@ fn timing() -> LinkTiming {
     LinkTiming {
         idle_timeout: Duration::from_secs(5),
         keep_alive: None,
+        initial_rtt: glory_protocol::transport::CONTROL_INITIAL_RTT,
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::flat::FlatController;
-use super::procstat::{sample, ProcSample};
+use super::procstat::{machine_cpu, sample, steal_fraction, MachineSample, ProcSample};
 use super::relay::Relay;
 use super::report::{percentiles, ApiLatency, Heartbeats, PartitionReport, Report};
 use super::{cores, sim_index, AgentsProcess, Detections, Fault, SimOptions};
@@ -68,6 +68,7 @@ fn base_report(o: &SimOptions, mode: &str) -> Report {
 #[derive(Clone, Copy)]
 struct Snapshot {
     at: Instant,
+    machine: MachineSample,
     masters: ProcSample,
     agents: ProcSample,
     km_writes: u64,
@@ -76,6 +77,7 @@ struct Snapshot {
 fn snapshot(agents_pid: u32, km_writes: u64) -> Snapshot {
     Snapshot {
         at: Instant::now(),
+        machine: machine_cpu(),
         masters: sample(None).unwrap_or_default(),
         agents: sample(Some(agents_pid)).unwrap_or_default(),
         km_writes,
@@ -85,6 +87,7 @@ fn snapshot(agents_pid: u32, km_writes: u64) -> Snapshot {
 fn fill_steady(report: &mut Report, a: &Snapshot, b: &Snapshot, baseline_rss: u64, nodes: usize) {
     let wall = b.at.duration_since(a.at);
     report.masters_cpu_cores = cores(&a.masters, &b.masters, wall);
+    report.cpu_steal.steady = steal_fraction(&a.machine, &b.machine);
     report.agents_cpu_cores = cores(&a.agents, &b.agents, wall);
     report.masters_rss_bytes = Some(b.masters.rss_bytes);
     report.masters_peak_rss_bytes = Some(b.masters.peak_rss_bytes);
@@ -503,6 +506,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     ])
     .await?;
     let t0 = Instant::now();
+    let machine_at_start = machine_cpu();
     if o.ramp_per_sec > 0 {
         report.notes.push(format!(
             "agents powered on at {} per second; enroll_seconds includes that ramp",
@@ -561,6 +565,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             && summary["nodes"].as_u64() == Some(o.nodes as u64)
         {
             report.enroll_seconds = Some(elapsed.as_secs_f64());
+            report.cpu_steal.enrollment = steal_fraction(&machine_at_start, &machine_cpu());
             map_hosts(&api, &mut host_ids, &mut group_of).await?;
             if o.progress {
                 eprintln!(
@@ -871,6 +876,7 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
     .await?;
     let http = reqwest::Client::new();
     let t0 = Instant::now();
+    let machine_at_start = machine_cpu();
     let mut detections = Detections::default();
     let mut pending = o.faults.clone();
     let first_fault = o.faults.first().map(|f| f.at);
@@ -899,6 +905,7 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
         }
         if report.enroll_seconds.is_none() && up == o.nodes {
             report.enroll_seconds = Some(elapsed.as_secs_f64());
+            report.cpu_steal.enrollment = steal_fraction(&machine_at_start, &machine_cpu());
         }
         let list_now = steady.advance(
             elapsed,

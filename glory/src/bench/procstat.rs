@@ -52,8 +52,61 @@ fn parse(stat: &str, status: &str) -> ProcSample {
     }
 }
 
+/// CPU time of the whole machine so far, from the first line of /proc/stat (ticks).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MachineSample {
+    pub total: u64,
+    /// Time the hypervisor gave this VM's CPUs to someone else.
+    pub steal: u64,
+}
+
+pub fn machine_cpu() -> MachineSample {
+    std::fs::read_to_string("/proc/stat")
+        .map(|s| parse_machine(&s))
+        .unwrap_or_default()
+}
+
+fn parse_machine(stat: &str) -> MachineSample {
+    let fields: Vec<u64> = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+    MachineSample {
+        total: fields.iter().take(8).sum(),
+        steal: fields.get(7).copied().unwrap_or(0),
+    }
+}
+
+/// Share of the machine's CPU time stolen by the hypervisor between two samples.
+pub fn steal_fraction(a: &MachineSample, b: &MachineSample) -> Option<f64> {
+    let total = b.total.checked_sub(a.total)?;
+    (total > 0).then(|| b.steal.saturating_sub(a.steal) as f64 / total as f64)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn steal_is_the_eighth_column_of_the_cpu_line() {
+        let a = super::parse_machine("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3\n");
+        let b = super::parse_machine("cpu  200 0 100 1600 20 0 0 80 0 0\n");
+        assert_eq!(
+            a,
+            super::MachineSample {
+                total: 1000,
+                steal: 40
+            }
+        );
+        let f = super::steal_fraction(&a, &b).unwrap();
+        assert!((f - 0.04).abs() < 1e-9, "{f}");
+    }
+
     #[test]
     fn parses_proc_files_with_spaces_in_the_name() {
         let stat = "1234 (glory sim (x)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 9 0 100 1000 200";

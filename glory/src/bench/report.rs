@@ -36,6 +36,13 @@ pub struct Heartbeats {
     pub lost: Option<u64>,
 }
 
+/// Fractions of the machine's CPU time stolen, by phase.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Steal {
+    pub enrollment: Option<f64>,
+    pub steady: Option<f64>,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WritesPerSec {
     pub steady: Option<f64>,
@@ -82,6 +89,9 @@ pub struct Report {
     pub cm_failover_seconds: Option<f64>,
     pub partition: Option<PartitionReport>,
     pub heartbeats: Heartbeats,
+    /// Share of the machine's CPU the hypervisor gave to other guests (a VM's steal
+    /// time): figures from a run with much of it are not comparable with others.
+    pub cpu_steal: Steal,
     pub masters_cpu_cores: Option<f64>,
     /// Masters' CPU over the second half of the steady window, while the sim also
     /// times a listing of every node every 2 s.
@@ -109,6 +119,11 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
 
 fn f2(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.2}"))
+        .unwrap_or_else(|| "null".into())
+}
+
+fn share(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.0}%", v * 100.0))
         .unwrap_or_else(|| "null".into())
 }
 
@@ -199,6 +214,14 @@ impl Report {
                     "{} listed, {} in the key master",
                     opt(&self.nodes_at_end),
                     opt(&self.nodes_recorded_at_end)
+                ),
+            ],
+            vec![
+                "cpu steal".into(),
+                format!(
+                    "enrollment {} steady {}",
+                    share(self.cpu_steal.enrollment),
+                    share(self.cpu_steal.steady)
                 ),
             ],
             vec!["masters cpu (cores)".into(), f2(self.masters_cpu_cores)],

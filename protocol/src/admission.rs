@@ -247,6 +247,21 @@ mod tests {
             .await
         }
 
+        /// A server with one slot and `queue`/`max_wait` as given, its slot taken by a
+        /// first connection (returned).
+        async fn one_slot_taken(queue: usize, max_wait: Duration) -> (Rig, Connection) {
+            let rig = Rig::start(Limits {
+                in_flight: 1,
+                queue,
+                max_wait,
+            });
+            let first = rig
+                .connect()
+                .await
+                .expect("the first connection is admitted");
+            (rig, first)
+        }
+
         async fn stop(self) {
             self.shutdown.cancel();
             let _ = self.task.await;
@@ -255,15 +270,7 @@ mod tests {
 
     #[tokio::test]
     async fn beyond_the_limit_with_no_queue_an_attempt_is_refused_as_busy() {
-        let rig = Rig::start(Limits {
-            in_flight: 1,
-            queue: 0,
-            max_wait: Duration::from_secs(1),
-        });
-        let first = rig
-            .connect()
-            .await
-            .expect("the first connection is admitted");
+        let (rig, first) = Rig::one_slot_taken(0, Duration::from_secs(1)).await;
         let second = rig.connect().await.expect_err("the second is refused");
         assert!(second.is_busy(), "{second}");
         assert!(!LinkError::Timeout(Duration::from_secs(1)).is_busy());
@@ -273,22 +280,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_attempt_is_served_when_a_slot_frees() {
-        let rig = Rig::start(Limits {
-            in_flight: 1,
-            queue: 4,
-            max_wait: Duration::from_secs(3),
+        let (rig, first) = Rig::one_slot_taken(4, Duration::from_secs(3)).await;
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            first.close(VarInt::from_u32(0), b"done");
         });
-        let first = rig
-            .connect()
-            .await
-            .expect("the first connection is admitted");
-        let closer = {
-            let first = first.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                first.close(VarInt::from_u32(0), b"done");
-            })
-        };
         let second = rig
             .connect()
             .await
@@ -300,15 +296,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_attempt_that_waits_too_long_is_refused_as_busy() {
-        let rig = Rig::start(Limits {
-            in_flight: 1,
-            queue: 4,
-            max_wait: Duration::from_millis(300),
-        });
-        let first = rig
-            .connect()
-            .await
-            .expect("the first connection is admitted");
+        let (rig, first) = Rig::one_slot_taken(4, Duration::from_millis(300)).await;
         let second = rig.connect().await.expect_err("the slot never frees");
         assert!(second.is_busy(), "{second}");
         first.close(VarInt::from_u32(0), b"done");

@@ -107,26 +107,39 @@ fn fill_steady(report: &mut Report, a: &Snapshot, b: &Snapshot, baseline_rss: u6
 /// API asked only for counts and down nodes; the all-nodes listing is timed from the
 /// second half on (10,000 nodes serialised every 2 s is an operator's load, not the
 /// cluster's), and that half's master CPU is reported apart.
-#[derive(Default)]
 struct SteadyWindow {
+    /// The first fault, or 1 s before the end.
+    end_at: Duration,
+    baseline_rss: u64,
+    nodes: usize,
     start: Option<Snapshot>,
     mid: Option<(Duration, Snapshot)>,
     done: bool,
 }
 
 impl SteadyWindow {
+    fn new(o: &SimOptions, baseline_rss: u64) -> Self {
+        let first_fault = o.faults.first().map(|f| f.at);
+        SteadyWindow {
+            end_at: first_fault.unwrap_or(o.duration.saturating_sub(Duration::from_secs(1))),
+            baseline_rss,
+            nodes: o.nodes,
+            start: None,
+            mid: None,
+            done: false,
+        }
+    }
+
     /// Take the window's snapshots as time passes. Returns whether the listing may be
     /// timed now.
     fn advance(
         &mut self,
         elapsed: Duration,
         enrolled: Option<f64>,
-        end_at: Duration,
         take: impl Fn() -> Snapshot,
         report: &mut Report,
-        baseline_rss: u64,
-        nodes: usize,
     ) -> bool {
+        let end_at = self.end_at;
         let Some(enrolled) = enrolled else {
             return false;
         };
@@ -139,7 +152,7 @@ impl SteadyWindow {
         if let (Some(a), None) = (self.start, self.mid) {
             if elapsed >= mid_at {
                 let b = take();
-                fill_steady(report, &a, &b, baseline_rss, nodes);
+                fill_steady(report, &a, &b, self.baseline_rss, self.nodes);
                 self.mid = Some((elapsed, b));
             }
         }
@@ -531,8 +544,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut group_of: HashMap<String, String> = HashMap::new();
     let mut pending: Vec<super::Scheduled> = o.faults.clone();
     let first_fault = o.faults.first().map(|f| f.at);
-    let mut steady = SteadyWindow::default();
-    let steady_end = first_fault.unwrap_or(o.duration.saturating_sub(Duration::from_secs(1)));
+    let mut steady = SteadyWindow::new(o, baseline.rss_bytes);
     let mut fault_start: Option<Snapshot> = None;
     let mut latencies: Vec<f64> = Vec::new();
     let mut last_progress = Instant::now() - Duration::from_secs(10);
@@ -578,11 +590,8 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         let list_now = steady.advance(
             elapsed,
             report.enroll_seconds,
-            steady_end,
             || snapshot(agents.pid, masters.km_writes()),
             &mut report,
-            baseline.rss_bytes,
-            o.nodes,
         );
         if list_now && api_up && last_latency.elapsed() >= Duration::from_secs(2) {
             let t = Instant::now();
@@ -881,8 +890,7 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
     let mut pending = o.faults.clone();
     let first_fault = o.faults.first().map(|f| f.at);
     let mut fault_start = None;
-    let mut steady = SteadyWindow::default();
-    let steady_end = first_fault.unwrap_or(o.duration.saturating_sub(Duration::from_secs(1)));
+    let mut steady = SteadyWindow::new(o, baseline.rss_bytes);
     let mut killed: Vec<usize> = Vec::new();
     let mut ever_killed: HashSet<usize> = HashSet::new();
     let mut restarted: HashMap<String, (u64, Option<u64>)> = HashMap::new();
@@ -910,11 +918,8 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
         let list_now = steady.advance(
             elapsed,
             report.enroll_seconds,
-            steady_end,
             || snapshot(agents.pid, writes()),
             &mut report,
-            baseline.rss_bytes,
-            o.nodes,
         );
         if list_now && last_latency.elapsed() >= Duration::from_secs(2) {
             let t = Instant::now();

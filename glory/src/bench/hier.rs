@@ -543,7 +543,6 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut host_ids: HashMap<usize, String> = HashMap::new();
     let mut group_of: HashMap<String, String> = HashMap::new();
     let mut pending: Vec<super::Scheduled> = o.faults.clone();
-    let first_fault = o.faults.first().map(|f| f.at);
     let mut steady = SteadyWindow::new(o, baseline.rss_bytes);
     let mut fault_start: Option<Snapshot> = None;
     let mut latencies: Vec<f64> = Vec::new();
@@ -888,7 +887,6 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
     let machine_at_start = machine_cpu();
     let mut detections = Detections::default();
     let mut pending = o.faults.clone();
-    let first_fault = o.faults.first().map(|f| f.at);
     let mut fault_start = None;
     let mut steady = SteadyWindow::new(o, baseline.rss_bytes);
     let mut killed: Vec<usize> = Vec::new();

@@ -113,7 +113,7 @@ struct SteadyWindow {
     baseline_rss: u64,
     nodes: usize,
     start: Option<Snapshot>,
-    mid: Option<(Duration, Snapshot)>,
+    mid: Option<Snapshot>,
     done: bool,
 }
 
@@ -153,10 +153,10 @@ impl SteadyWindow {
             if elapsed >= mid_at {
                 let b = take();
                 fill_steady(report, &a, &b, self.baseline_rss, self.nodes);
-                self.mid = Some((elapsed, b));
+                self.mid = Some(b);
             }
         }
-        if let (Some((_, b)), false) = (self.mid, self.done) {
+        if let (Some(b), false) = (self.mid, self.done) {
             if elapsed >= end_at {
                 let c = take();
                 let wall = c.at.duration_since(b.at);

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use glory_protocol::transport::{client_endpoint, server_endpoint};
+use glory_protocol::lean::{LeanEndpoint, LeanSettings};
+use glory_protocol::transport::client_endpoint;
 use glory_protocol::{ClientAuth, EnrollKind, EnrollRequest, LinkTiming, TlsIdentity};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -31,7 +32,7 @@ pub use config::{GroupMasterConfig, GroupMasterSettings};
 pub struct GroupMaster {
     settings: Arc<GroupMasterSettings>,
     identity: TlsIdentity,
-    endpoint: quinn::Endpoint,
+    endpoint: LeanEndpoint,
     advertise: SocketAddr,
 }
 
@@ -43,9 +44,20 @@ impl GroupMaster {
             keep_alive: None,
             initial_rtt: glory_protocol::transport::CONTROL_INITIAL_RTT,
         };
-        let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Required, timing)
-            .with_context(|| format!("listen on {}", settings.listen))?;
-        let local = endpoint.local_addr().context("local address")?;
+        let lean = LeanSettings {
+            who: "group master",
+            max_frame: settings.max_frame,
+            hello_timeout: settings.request_timeout,
+        };
+        let endpoint = LeanEndpoint::bind(
+            settings.listen,
+            &identity,
+            ClientAuth::Required,
+            timing,
+            lean,
+        )
+        .with_context(|| format!("listen on {}", settings.listen))?;
+        let local = endpoint.local_addr();
         let advertise = match settings.advertise {
             Some(addr) => addr,
             None if local.ip().is_unspecified() => {
@@ -62,7 +74,7 @@ impl GroupMaster {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.endpoint.local_addr().unwrap_or(self.advertise)
+        self.endpoint.local_addr()
     }
 
     /// Serve until `shutdown`; returns after every task has ended.
@@ -88,11 +100,33 @@ impl GroupMaster {
             0,
         ))?;
         let tasks = tokio_util::task::TaskTracker::new();
-        tasks.spawn(agents::accept_loop(
-            endpoint.clone(),
-            shared.clone(),
-            settings.clone(),
-            advertise,
+        {
+            // Pass changes of the group's masters (a standby registered, a promotion) on
+            // to every agent, so each knows where to go if this master disappears.
+            let remote = endpoint.remote();
+            let mut masters = shared.watch_masters();
+            masters.mark_unchanged();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        changed = masters.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
+                            let list = masters.borrow_and_update().clone();
+                            remote.broadcast(&glory_protocol::GroupToAgent::GroupMasters(list));
+                        }
+                    }
+                }
+            });
+        }
+        tasks.spawn(endpoint.serve(
+            agents::Agents {
+                shared: shared.clone(),
+                advertise,
+            },
             shutdown.clone(),
         ));
         tasks.spawn(upstream::upstream_loop(
@@ -120,17 +154,12 @@ impl GroupMaster {
         }
         tasks.close();
         tasks.wait().await;
-        endpoint.close(
-            quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
-            b"shutdown",
-        );
         upstream_endpoint.close(
             quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
             b"shutdown",
         );
         // The close frames are queued already; waiting for the drain is a courtesy.
         let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
-            endpoint.wait_idle().await;
             upstream_endpoint.wait_idle().await;
         })
         .await;

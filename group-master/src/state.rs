@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
+use glory_protocol::lean::LinkHandle;
 use glory_protocol::{
     GroupReport, GroupToAgent, Inventory, Load, Member, NodeLoad, ProcessReport, StateChange,
 };
@@ -15,12 +16,10 @@ use crate::detector::{DetectorConfig, FailureDetector, Transition};
 
 pub(crate) struct Session {
     pub id: u64,
-    pub conn: quinn::Connection,
+    /// The agent's link; waking it sends what is queued in `Inner::commands`.
+    pub conn: LinkHandle,
     /// Serial of the certificate the agent connected with.
     pub serial: String,
-    /// Wakes the session's writer when messages for the agent are queued in
-    /// `Inner::commands` (a channel per session would cost kilobytes per node).
-    pub commands: std::sync::Arc<Notify>,
 }
 
 pub(crate) struct Inner {
@@ -143,9 +142,8 @@ impl Shared {
         &self,
         node: &str,
         serial: &str,
-        conn: quinn::Connection,
-        commands: std::sync::Arc<Notify>,
-    ) -> (u64, Option<quinn::Connection>) {
+        conn: LinkHandle,
+    ) -> (u64, Option<LinkHandle>) {
         let mut inner = self.lock();
         let id = inner.next_session;
         inner.next_session += 1;
@@ -155,7 +153,6 @@ impl Shared {
                 id,
                 conn,
                 serial: serial.to_string(),
-                commands,
             },
         );
         (id, old.map(|s| s.conn))
@@ -207,7 +204,7 @@ impl Shared {
     /// Pass a message to a connected agent; false if it is not connected.
     pub fn to_agent(&self, node: &str, msg: GroupToAgent) -> bool {
         let mut inner = self.lock();
-        let Some(notify) = inner.sessions.get(node).map(|s| s.commands.clone()) else {
+        let Some(link) = inner.sessions.get(node).map(|s| s.conn.clone()) else {
             return false;
         };
         let queue = inner.commands.entry(node.to_string()).or_default();
@@ -215,7 +212,8 @@ impl Shared {
             queue.remove(0);
         }
         queue.push(msg);
-        notify.notify_one();
+        drop(inner);
+        link.wake();
         true
     }
 
@@ -255,7 +253,7 @@ impl Shared {
         members: Vec<Member>,
         revoked: Vec<String>,
         now: Instant,
-    ) -> Vec<quinn::Connection> {
+    ) -> Vec<LinkHandle> {
         let mut inner = self.lock();
         inner.pending.clear();
         let listed: HashSet<String> = members.iter().map(|m| m.node.clone()).collect();
@@ -315,7 +313,7 @@ impl Shared {
     }
 
     /// Forget a removed node; returns its live connection, to be closed.
-    pub fn member_removed(&self, node: &str, serial: String) -> Option<quinn::Connection> {
+    pub fn member_removed(&self, node: &str, serial: String) -> Option<LinkHandle> {
         let mut inner = self.lock();
         inner.members.remove(node);
         inner.revoked.insert(serial);
@@ -339,11 +337,7 @@ impl Shared {
 
     /// The cluster master said whether we lead. A master sent back to standby closes
     /// its agent sessions so their agents go to the active one.
-    pub fn set_role(
-        &self,
-        active: bool,
-        masters: Vec<std::net::SocketAddr>,
-    ) -> Vec<quinn::Connection> {
+    pub fn set_role(&self, active: bool, masters: Vec<std::net::SocketAddr>) -> Vec<LinkHandle> {
         if !masters.is_empty() {
             self.masters.send_if_modified(|current| {
                 let changed = *current != masters;

@@ -172,14 +172,15 @@ pub async fn accept_loop_admitting<P, F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::{CertRole, CertSubject, ClientAuth, ClusterCa, CLUSTER_MASTER_NAME};
+    use crate::tls::ClientAuth;
     use crate::transport::{client_config, client_endpoint, connect, server_endpoint};
-    use crate::{LinkError, LinkTiming};
+    use crate::LinkError;
     use quinn::VarInt;
 
     struct Rig {
         client: quinn::Endpoint,
         config: quinn::ClientConfig,
+        server_name: &'static str,
         addr: SocketAddr,
         shutdown: CancellationToken,
         task: tokio::task::JoinHandle<()>,
@@ -188,29 +189,11 @@ mod tests {
     impl Rig {
         /// A server under `limits` whose connections are served until the peer closes.
         fn start(limits: Limits) -> Rig {
-            let ca = ClusterCa::generate("test").unwrap();
-            let subject = |id: &str, role| CertSubject {
-                id: id.into(),
-                role,
-                group: None,
-            };
-            let (server_id, _) = ca
-                .issue(
-                    &subject("cm", CertRole::ClusterMaster),
-                    Duration::from_secs(60),
-                )
-                .unwrap();
-            let (client_id, _) = ca
-                .issue(&subject("n1", CertRole::Node), Duration::from_secs(60))
-                .unwrap();
-            let timing = LinkTiming {
-                idle_timeout: Duration::from_secs(5),
-                keep_alive: None,
-                initial_rtt: crate::transport::CONTROL_INITIAL_RTT,
-            };
+            let ids = crate::test_identities::Identities::new();
+            let timing = ids.timing;
             let server = server_endpoint(
                 "127.0.0.1:0".parse().unwrap(),
-                &server_id,
+                &ids.server,
                 ClientAuth::Required,
                 timing,
             )
@@ -229,7 +212,8 @@ mod tests {
             ));
             Rig {
                 client: client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap(),
-                config: client_config(client_id.client_tls().unwrap(), timing).unwrap(),
+                config: client_config(ids.client.client_tls().unwrap(), timing).unwrap(),
+                server_name: ids.server_name,
                 addr,
                 shutdown,
                 task,
@@ -241,7 +225,7 @@ mod tests {
                 &self.client,
                 self.config.clone(),
                 self.addr,
-                CLUSTER_MASTER_NAME,
+                self.server_name,
                 Duration::from_secs(4),
             )
             .await

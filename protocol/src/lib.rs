@@ -8,8 +8,11 @@
 pub mod admission;
 pub mod enroll;
 pub mod frame;
+pub mod lean;
 pub mod messages;
 pub mod process;
+#[cfg(test)]
+mod test_identities;
 pub mod tls;
 pub mod transport;
 

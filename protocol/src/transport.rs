@@ -116,7 +116,7 @@ impl LinkError {
     }
 }
 
-fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
@@ -145,7 +145,7 @@ pub fn server_config(
 /// master process with a listening and a dialling endpoint per group carries dozens.
 /// Our packets never exceed the 1,200-byte QUIC minimum (MTU discovery is off), so an
 /// Ethernet-sized limit loses nothing.
-fn endpoint_config() -> quinn::EndpointConfig {
+pub(crate) fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
     // 1472 = 1500-byte Ethernet MTU minus IPv4 and UDP headers; always >= 1200.
     let _ = config.max_udp_payload_size(1472);

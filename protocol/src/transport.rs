@@ -54,6 +54,11 @@ pub const STORM_INITIAL_RTT: Duration = Duration::from_millis(100);
 /// memory low (thousands of connections per group master endpoint), a handful of
 /// streams, and room for heartbeat datagrams.
 pub fn transport_config(timing: LinkTiming) -> Arc<TransportConfig> {
+    Arc::new(transport(timing))
+}
+
+/// [`transport_config`], not yet shared (to adjust for one kind of link).
+pub(crate) fn transport(timing: LinkTiming) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(16));
     t.max_concurrent_uni_streams(VarInt::from_u32(4));
@@ -73,7 +78,7 @@ pub fn transport_config(timing: LinkTiming) -> Arc<TransportConfig> {
     // Control messages fit the 1,200-byte minimum MTU; probing for more costs packets
     // and per-connection state on links that never need it.
     t.mtu_discovery_config(None);
-    Arc::new(t)
+    t
 }
 
 #[derive(Debug, thiserror::Error)]

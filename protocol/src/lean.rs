@@ -19,8 +19,7 @@
 //! wants sent goes through the [`Outbox`] it is handed, and other tasks reach links
 //! through a [`Remote`].
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -258,9 +257,9 @@ impl LeanEndpoint {
             service,
             settings,
             remote,
-            conns: HashMap::new(),
+            conns: Conns(Vec::new()),
             links: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             next_link: 1,
             out: Outbox {
                 actions: Vec::new(),
@@ -275,7 +274,7 @@ impl LeanEndpoint {
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next_timer = driver.timers.peek().map(|Reverse((at, _, _))| *at);
+            let next_timer = driver.timers.first().map(|(at, _)| *at);
             let woke = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
@@ -366,19 +365,47 @@ struct Driver<S: Service> {
     service: S,
     settings: LeanSettings,
     remote: Remote,
-    /// Boxed: a quinn-proto connection is kilobytes, and a map stores its values in a
-    /// table kept up to half empty (measured: 13 KiB per link unboxed).
-    conns: HashMap<ConnectionHandle, Box<Conn<S::Session>>>,
+    conns: Conns<S::Session>,
     links: HashMap<LinkId, ConnectionHandle>,
-    /// (deadline, handle, link): entries whose deadline is no longer the connection's
-    /// `armed` one are stale and skipped.
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Every connection's next timeout, as (deadline, handle): exactly one entry per
+    /// armed connection, moved when its deadline moves (a heap with lazily skipped
+    /// entries held ten stale ones per link and cost more to pop than the timers did).
+    timers: BTreeSet<(Instant, usize)>,
     next_link: u64,
     out: Outbox,
     /// Connections with work since they were last driven.
     dirty: Vec<ConnectionHandle>,
     recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
+}
+
+/// Connections by quinn-proto handle, a small index the endpoint reuses. Boxed: a
+/// quinn-proto connection is kilobytes, and a hash map keeps its values in a table up
+/// to half empty (measured: 13 KiB per link unboxed).
+struct Conns<T>(Vec<Option<Box<Conn<T>>>>);
+
+impl<T> Conns<T> {
+    fn get_mut(&mut self, h: ConnectionHandle) -> Option<&mut Conn<T>> {
+        self.0.get_mut(h.0)?.as_deref_mut()
+    }
+
+    fn insert(&mut self, h: ConnectionHandle, c: Box<Conn<T>>) -> &mut Conn<T> {
+        if self.0.len() <= h.0 {
+            self.0.resize_with(h.0 + 1, || None);
+        }
+        self.0[h.0].insert(c)
+    }
+
+    fn remove(&mut self, h: ConnectionHandle) -> Option<Box<Conn<T>>> {
+        self.0.get_mut(h.0)?.take()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (ConnectionHandle, &mut Conn<T>)> {
+        self.0
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, c)| Some((ConnectionHandle(i), c.as_deref_mut()?)))
+    }
 }
 
 /// Datagrams taken from the socket before timers and requests get a turn.
@@ -417,7 +444,7 @@ impl<S: Service> Driver<S> {
                 .handle(now, from, None, None, data, &mut self.send_buf)
             {
                 Some(DatagramEvent::ConnectionEvent(h, event)) => {
-                    if let Some(c) = self.conns.get_mut(&h) {
+                    if let Some(c) = self.conns.get_mut(h) {
                         c.conn.handle_event(event);
                         mark(&mut self.dirty, h, c);
                     }
@@ -442,18 +469,21 @@ impl<S: Service> Driver<S> {
                 let link = LinkId(self.next_link);
                 self.next_link += 1;
                 self.links.insert(link, h);
-                let c = self.conns.entry(h).or_insert(Box::new(Conn {
-                    link,
-                    conn,
-                    control: None,
-                    rx: Vec::new(),
-                    tx: Vec::new(),
-                    finish: false,
-                    phase: Phase::Handshake,
-                    session: None,
-                    armed: None,
-                    dirty: false,
-                }));
+                let c = self.conns.insert(
+                    h,
+                    Box::new(Conn {
+                        link,
+                        conn,
+                        control: None,
+                        rx: Vec::new(),
+                        tx: Vec::new(),
+                        finish: false,
+                        phase: Phase::Handshake,
+                        session: None,
+                        armed: None,
+                        dirty: false,
+                    }),
+                );
                 mark(&mut self.dirty, h, c);
             }
             Err(e) => {
@@ -475,7 +505,7 @@ impl<S: Service> Driver<S> {
                 let Some(h) = self.links.get(&link) else {
                     return;
                 };
-                let Some(c) = self.conns.get_mut(h) else {
+                let Some(c) = self.conns.get_mut(*h) else {
                     return;
                 };
                 if let (Phase::Open, Some(session)) = (&c.phase, c.session.as_mut()) {
@@ -488,7 +518,7 @@ impl<S: Service> Driver<S> {
                     if matches!(c.phase, Phase::Open) {
                         c.tx.extend_from_slice(&frame);
                         flush(c);
-                        mark(&mut self.dirty, *h, c);
+                        mark(&mut self.dirty, h, c);
                     }
                 }
             }
@@ -496,18 +526,16 @@ impl<S: Service> Driver<S> {
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(Reverse((at, h, link))) = self.timers.peek().copied() {
+        while let Some(&(at, h)) = self.timers.first() {
             if at > now {
                 break;
             }
-            self.timers.pop();
+            self.timers.pop_first();
             let h = ConnectionHandle(h);
-            if let Some(c) = self.conns.get_mut(&h) {
-                if c.link.0 == link && c.armed == Some(at) {
-                    c.armed = None;
-                    c.conn.handle_timeout(now);
-                    mark(&mut self.dirty, h, c);
-                }
+            if let Some(c) = self.conns.get_mut(h) {
+                c.armed = None;
+                c.conn.handle_timeout(now);
+                mark(&mut self.dirty, h, c);
             }
         }
     }
@@ -528,7 +556,7 @@ impl<S: Service> Driver<S> {
             };
             if let Some((code, reason)) = expired {
                 close_conn(c, &mut self.service, code, reason, now, "closed here");
-                mark(&mut self.dirty, *h, c);
+                mark(&mut self.dirty, h, c);
             }
         }
     }
@@ -541,7 +569,7 @@ impl<S: Service> Driver<S> {
                 let Some(&h) = self.links.get(link) else {
                     continue;
                 };
-                let Some(c) = self.conns.get_mut(&h) else {
+                let Some(c) = self.conns.get_mut(h) else {
                     continue;
                 };
                 match action {
@@ -571,7 +599,7 @@ impl<S: Service> Driver<S> {
     /// Let one connection process what it was given: events to the service, packets to
     /// the socket, its next timeout into the heap; drop it once drained.
     fn drive(&mut self, h: ConnectionHandle, now: Instant) {
-        let Some(c) = self.conns.get_mut(&h) else {
+        let Some(c) = self.conns.get_mut(h) else {
             return;
         };
         c.dirty = false;
@@ -604,15 +632,22 @@ impl<S: Service> Driver<S> {
             send_datagram(&self.socket, &self.send_buf[..t.size], t.destination);
             self.send_buf.clear();
         }
-        if let Some(at) = c.conn.poll_timeout() {
-            if c.armed.is_none_or(|armed| at < armed) {
-                c.armed = Some(at);
-                self.timers.push(Reverse((at, h.0, c.link.0)));
+        let next = c.conn.poll_timeout();
+        if next != c.armed {
+            if let Some(old) = c.armed {
+                self.timers.remove(&(old, h.0));
             }
+            if let Some(at) = next {
+                self.timers.insert((at, h.0));
+            }
+            c.armed = next;
         }
         if c.conn.is_drained() {
             let link = c.link;
-            if let Some(c) = self.conns.remove(&h) {
+            if let Some(at) = c.armed {
+                self.timers.remove(&(at, h.0));
+            }
+            if let Some(c) = self.conns.remove(h) {
                 if let Some(session) = c.session {
                     self.service.closed(link, session, "connection ended");
                 }
@@ -635,10 +670,10 @@ impl<S: Service> Driver<S> {
                     "shutdown",
                 );
             }
-            mark(&mut self.dirty, *h, c);
+            mark(&mut self.dirty, h, c);
         }
         for h in std::mem::take(&mut self.dirty) {
-            if let Some(c) = self.conns.get_mut(&h) {
+            if let Some(c) = self.conns.get_mut(h) {
                 while let Some(t) = c.conn.poll_transmit(now, 1, &mut self.send_buf) {
                     send_datagram(&self.socket, &self.send_buf[..t.size], t.destination);
                     self.send_buf.clear();

@@ -131,6 +131,11 @@ impl Service for Agents {
                 &b"replaced by a newer connection"[..],
             );
         }
+        // Messages queued for the node while it had no session, or whose wake went to
+        // the connection this one replaces.
+        for msg in self.shared.take_commands(&session.node) {
+            out.send(id, &msg);
+        }
         debug!(node_id = %session.node, ?id, "agent connected");
     }
 

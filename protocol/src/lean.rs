@@ -182,7 +182,7 @@ pub struct LeanSettings {
 
 /// A bound endpoint, not yet serving.
 pub struct LeanEndpoint {
-    socket: tokio::net::UdpSocket,
+    socket: Udp,
     endpoint: quinn_proto::Endpoint,
     local: SocketAddr,
     settings: LeanSettings,
@@ -207,10 +207,8 @@ impl LeanEndpoint {
         transport.max_concurrent_bidi_streams(2u32.into());
         transport.max_concurrent_uni_streams(0u32.into());
         server.transport_config(Arc::new(transport));
-        let socket = udp_socket(bind)?;
-        socket.set_nonblocking(true)?;
-        let socket = tokio::net::UdpSocket::from_std(socket)?;
-        let local = socket.local_addr()?;
+        let socket = Udp::bind(bind)?;
+        let local = socket.socket.local_addr()?;
         let endpoint = quinn_proto::Endpoint::new(
             Arc::new(endpoint_config()),
             Some(Arc::new(server)),
@@ -267,18 +265,18 @@ impl LeanEndpoint {
                 now: Instant::now(),
             },
             dirty: Vec::new(),
-            recv_buf: vec![0; 65536],
+            recv_buf: Vec::new(),
             send_buf: Vec::new(),
         };
-        // Hello deadlines and refusals' closes are checked this often.
-        let mut sweep = tokio::time::interval(Duration::from_millis(250));
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A received batch may hold as many datagrams as the kernel coalesces (GRO).
+        driver.recv_buf = vec![0; MAX_DATAGRAM * driver.socket.state.gro_segments().max(1)];
+        let mut next_sweep = Instant::now();
         loop {
             let next_timer = driver.timers.first().map(|(at, _)| *at);
             let woke = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
-                ready = driver.socket.readable() => match ready {
+                ready = driver.socket.socket.readable() => match ready {
                     Ok(()) => Wake::Readable,
                     Err(e) => {
                         warn!(error = %e, who = settings.who, "socket failed; endpoint stops");
@@ -291,26 +289,29 @@ impl LeanEndpoint {
                     None => Wake::Shutdown,
                 },
                 _ = sleep_until(next_timer) => Wake::Timer,
-                _ = sweep.tick() => Wake::Sweep,
+                _ = tokio::time::sleep_until(next_sweep.into()) => Wake::Timer,
             };
             let now = Instant::now();
             driver.out.now = now;
             match woke {
                 Wake::Shutdown => break,
                 Wake::Readable => driver.receive(now),
-                Wake::Request(r) => {
-                    driver.request(r, now);
-                    // Take whatever else is queued in the same pass.
-                    while let Ok(r) = requests.try_recv() {
-                        driver.request(r, now);
-                    }
-                }
-                Wake::Timer => driver.fire_timers(now),
-                Wake::Sweep => driver.sweep(now),
+                Wake::Request(r) => driver.request(r, now),
+                Wake::Timer => {}
+            }
+            // Whatever woke us, everything else that is due gets its turn too: under
+            // a steady stream of packets the socket is always ready first.
+            while let Ok(r) = requests.try_recv() {
+                driver.request(r, now);
+            }
+            driver.fire_timers(now);
+            if now >= next_sweep {
+                driver.sweep(now);
+                next_sweep = now + SWEEP_INTERVAL;
             }
             driver.settle(now);
         }
-        driver.shut_down();
+        driver.shut_down().await;
     }
 }
 
@@ -326,7 +327,86 @@ enum Wake {
     Readable,
     Request(Request),
     Timer,
-    Sweep,
+}
+
+/// Hello deadlines and refusals' closes are checked this often.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Largest datagram we take: our packets never exceed the 1,200-byte QUIC minimum
+/// (MTU discovery is off); 1,472 is what fits a 1,500-byte Ethernet frame.
+const MAX_DATAGRAM: usize = 1472;
+
+/// The endpoint's socket, read and written through quinn-udp as quinn does: the
+/// address a datagram arrived at is the one the answer leaves from (a group master
+/// listening on every address of a multi-homed host), and ECN marks pass both ways.
+struct Udp {
+    socket: tokio::net::UdpSocket,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl Udp {
+    fn bind(bind: SocketAddr) -> std::io::Result<Udp> {
+        let socket = udp_socket(bind)?;
+        socket.set_nonblocking(true)?;
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        Ok(Udp {
+            socket: tokio::net::UdpSocket::from_std(socket)?,
+            state,
+        })
+    }
+
+    /// One receive: a datagram, or several of the same size from one sender (GRO).
+    fn try_recv(&self, buf: &mut [u8]) -> std::io::Result<quinn_udp::RecvMeta> {
+        let mut meta = [quinn_udp::RecvMeta::default()];
+        self.socket.try_io(tokio::io::Interest::READABLE, || {
+            self.state.recv(
+                (&self.socket).into(),
+                &mut [std::io::IoSliceMut::new(buf)],
+                &mut meta,
+            )
+        })?;
+        Ok(meta[0])
+    }
+
+    fn transmit<'a>(t: &quinn_proto::Transmit, buf: &'a [u8]) -> quinn_udp::Transmit<'a> {
+        quinn_udp::Transmit {
+            destination: t.destination,
+            ecn: t
+                .ecn
+                .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+            contents: &buf[..t.size],
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+        }
+    }
+
+    /// Send now or drop: a full send buffer loses the packet and QUIC resends what
+    /// mattered (quinn instead parks the connection until the socket is writable).
+    fn send(&self, t: &quinn_proto::Transmit, buf: &[u8]) {
+        let transmit = Udp::transmit(t, buf);
+        let sent = self.socket.try_io(tokio::io::Interest::WRITABLE, || {
+            self.state.try_send((&self.socket).into(), &transmit)
+        });
+        if let Err(e) = sent {
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                debug!(error = %e, to = %t.destination, "send failed");
+            }
+        }
+    }
+
+    /// Send, waiting for room in the socket buffer (for closes, sent only once).
+    async fn send_wait(&self, t: &quinn_proto::Transmit, buf: &[u8]) {
+        let transmit = Udp::transmit(t, buf);
+        let sent = self
+            .socket
+            .async_io(tokio::io::Interest::WRITABLE, || {
+                self.state.try_send((&self.socket).into(), &transmit)
+            })
+            .await;
+        if let Err(e) = sent {
+            debug!(error = %e, to = %t.destination, "send failed");
+        }
+    }
 }
 
 enum Phase {
@@ -360,7 +440,7 @@ struct Conn<T> {
 }
 
 struct Driver<S: Service> {
-    socket: tokio::net::UdpSocket,
+    socket: Udp,
     endpoint: quinn_proto::Endpoint,
     service: S,
     settings: LeanSettings,
@@ -411,15 +491,6 @@ impl<T> Conns<T> {
 /// Datagrams taken from the socket before timers and requests get a turn.
 const RECV_BATCH: usize = 64;
 
-fn send_datagram(socket: &tokio::net::UdpSocket, buf: &[u8], to: SocketAddr) {
-    // A full send buffer drops the packet; QUIC resends what mattered.
-    if let Err(e) = socket.try_send_to(buf, to) {
-        if e.kind() != std::io::ErrorKind::WouldBlock {
-            debug!(error = %e, %to, "send failed");
-        }
-    }
-}
-
 fn mark<T>(dirty: &mut Vec<ConnectionHandle>, h: ConnectionHandle, c: &mut Conn<T>) {
     if !c.dirty {
         c.dirty = true;
@@ -430,32 +501,41 @@ fn mark<T>(dirty: &mut Vec<ConnectionHandle>, h: ConnectionHandle, c: &mut Conn<
 impl<S: Service> Driver<S> {
     fn receive(&mut self, now: Instant) {
         for _ in 0..RECV_BATCH {
-            let (n, from) = match self.socket.try_recv_from(&mut self.recv_buf) {
-                Ok(x) => x,
+            let meta = match self.socket.try_recv(&mut self.recv_buf) {
+                Ok(meta) => meta,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     debug!(error = %e, "receive failed");
                     continue;
                 }
             };
-            let data = BytesMut::from(&self.recv_buf[..n]);
-            match self
-                .endpoint
-                .handle(now, from, None, None, data, &mut self.send_buf)
-            {
-                Some(DatagramEvent::ConnectionEvent(h, event)) => {
-                    if let Some(c) = self.conns.get_mut(h) {
-                        c.conn.handle_event(event);
-                        mark(&mut self.dirty, h, c);
+            let ecn = meta
+                .ecn
+                .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+            let stride = meta.stride.max(1);
+            for at in (0..meta.len).step_by(stride) {
+                let datagram = &self.recv_buf[at..(at + stride).min(meta.len)];
+                self.send_buf.clear();
+                let event = self.endpoint.handle(
+                    now,
+                    meta.addr,
+                    meta.dst_ip,
+                    ecn,
+                    BytesMut::from(datagram),
+                    &mut self.send_buf,
+                );
+                match event {
+                    Some(DatagramEvent::ConnectionEvent(h, event)) => {
+                        if let Some(c) = self.conns.get_mut(h) {
+                            c.conn.handle_event(event);
+                            mark(&mut self.dirty, h, c);
+                        }
                     }
+                    Some(DatagramEvent::NewConnection(incoming)) => self.accept(incoming, now),
+                    Some(DatagramEvent::Response(t)) => self.socket.send(&t, &self.send_buf),
+                    None => {}
                 }
-                Some(DatagramEvent::NewConnection(incoming)) => self.accept(incoming, now),
-                Some(DatagramEvent::Response(t)) => {
-                    send_datagram(&self.socket, &self.send_buf[..t.size], t.destination)
-                }
-                None => {}
             }
-            self.send_buf.clear();
         }
     }
 
@@ -489,7 +569,7 @@ impl<S: Service> Driver<S> {
             Err(e) => {
                 debug!(who = self.settings.who, error = %e.cause, "connection not accepted");
                 if let Some(t) = e.response {
-                    send_datagram(&self.socket, &self.send_buf[..t.size], t.destination);
+                    self.socket.send(&t, &self.send_buf);
                 }
             }
         }
@@ -628,9 +708,18 @@ impl<S: Service> Driver<S> {
                 break;
             }
         }
+        self.send_buf.clear();
         while let Some(t) = c.conn.poll_transmit(now, 1, &mut self.send_buf) {
-            send_datagram(&self.socket, &self.send_buf[..t.size], t.destination);
+            self.socket.send(&t, &self.send_buf);
             self.send_buf.clear();
+        }
+        self.send_buf.clear();
+        // Sending can end the connection (e.g. at the AEAD limit): the endpoint must
+        // hear of it before the connection is dropped below.
+        while let Some(event) = c.conn.poll_endpoint_events() {
+            if let Some(event) = self.endpoint.handle_event(h, event) {
+                c.conn.handle_event(event);
+            }
         }
         let next = c.conn.poll_timeout();
         if next != c.armed {
@@ -656,9 +745,13 @@ impl<S: Service> Driver<S> {
         }
     }
 
-    fn shut_down(&mut self) {
+    /// Close every link with `SHUTDOWN`, each close waiting for room in the socket
+    /// buffer (sent once, so agents go to a standby at once instead of timing out),
+    /// within half a second in all.
+    async fn shut_down(&mut self) {
         let now = Instant::now();
         let reason = Bytes::from(format!("{} shutting down", self.settings.who));
+        let mut closing = Vec::new();
         for (h, c) in self.conns.iter_mut() {
             if !matches!(c.phase, Phase::Closed) {
                 close_conn(
@@ -670,16 +763,21 @@ impl<S: Service> Driver<S> {
                     "shutdown",
                 );
             }
-            mark(&mut self.dirty, h, c);
+            closing.push(h);
         }
-        for h in std::mem::take(&mut self.dirty) {
-            if let Some(c) = self.conns.get_mut(h) {
+        let send_all = async {
+            for h in closing {
+                let Some(c) = self.conns.get_mut(h) else {
+                    continue;
+                };
+                self.send_buf.clear();
                 while let Some(t) = c.conn.poll_transmit(now, 1, &mut self.send_buf) {
-                    send_datagram(&self.socket, &self.send_buf[..t.size], t.destination);
+                    self.socket.send_wait(&t, &self.send_buf).await;
                     self.send_buf.clear();
                 }
             }
-        }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), send_all).await;
     }
 }
 

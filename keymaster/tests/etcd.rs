@@ -104,22 +104,6 @@ async fn events_until(watcher: &mut Watcher, sentinel: &str) -> Vec<(EventKind, 
     }
 }
 
-/// Put, retrying while the key master is unavailable (what callers are told to do).
-/// Returns the revision of the put that succeeded.
-async fn put_retrying(km: &Arc<EtcdKeyMaster>, key: &str) -> Revision {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match km.put(key, key.as_bytes().to_vec(), None).await {
-            Ok(revision) => return revision,
-            Err(KeyMasterError::Unavailable(reason)) if Instant::now() < deadline => {
-                tracing::debug!(%reason, "put unavailable; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("put {key}: {error}"),
-        }
-    }
-}
-
 /// Put a fresh key (its value is its name), as a careful caller does when a member may
 /// be dying: a put that fails as unavailable may or may not have been applied (etcd's
 /// own client says the same), so look before sending it again. Nothing is applied twice.
@@ -192,11 +176,11 @@ async fn watch_resumes_after_etcd_restart() {
     let mut after = Vec::new();
     for index in 0..3 {
         let key = format!("restart/after/{index}");
-        let revision = put_retrying(&km, &key).await;
+        let revision = put_confirming(&km, &key).await;
         after.push((EventKind::Put, key, revision));
     }
     let sentinel = "restart/after/sentinel";
-    let revision = put_retrying(&km, sentinel).await;
+    let revision = put_confirming(&km, sentinel).await;
     after.push((EventKind::Put, sentinel.to_owned(), revision));
     assert_eq!(
         events_until(&mut watcher, sentinel).await,
@@ -288,7 +272,7 @@ async fn cluster_survives_losing_a_member() {
     cluster.kill(leader);
     // Until a new leader is elected writes fail as unavailable; callers retry.
     let started = Instant::now();
-    put_retrying(&km, "cluster/leader-down/first").await;
+    put_confirming(&km, "cluster/leader-down/first").await;
     let first_write_after = started.elapsed();
     for index in 0..30 {
         let key = format!("cluster/leader-down/{index:02}");

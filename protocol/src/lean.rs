@@ -26,16 +26,17 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{ConnectionHandle, DatagramEvent, Dir, Event, ReadError, StreamEvent, StreamId};
-use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::frame::{decode_body, encode_frame};
-use crate::messages::{Hello, HelloReply, Refusal, RefusalCode, PROTOCOL_VERSION};
-use crate::tls::{parse_peer_cert, ClientAuth, PeerCert, TlsIdentity};
-use crate::transport::{close, endpoint_config, server_config, udp_socket, LinkError, LinkTiming};
+use crate::messages::{Hello, HelloReply, Refusal, PROTOCOL_VERSION};
+use crate::tls::{peer_cert_of, ClientAuth, PeerCert, TlsIdentity};
+use crate::transport::{
+    close, endpoint_config, server_config, udp_socket, version_refusal, LinkError, LinkTiming,
+};
 
 /// One link for the life of its endpoint (quinn-proto reuses connection handles).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -296,13 +297,13 @@ impl LeanEndpoint {
             match woke {
                 Wake::Shutdown => break,
                 Wake::Readable => driver.receive(now),
-                Wake::Request(r) => driver.request(r, now),
+                Wake::Request(r) => driver.request(r),
                 Wake::Timer => {}
             }
             // Whatever woke us, everything else that is due gets its turn too: under
             // a steady stream of packets the socket is always ready first.
             while let Ok(r) = requests.try_recv() {
-                driver.request(r, now);
+                driver.request(r);
             }
             driver.fire_timers(now);
             if now >= next_sweep {
@@ -576,7 +577,7 @@ impl<S: Service> Driver<S> {
         self.send_buf.clear();
     }
 
-    fn request(&mut self, request: Request, now: Instant) {
+    fn request(&mut self, request: Request) {
         match request {
             Request::Close { link, code, reason } => {
                 self.out.actions.push(Action::Close(link, code, reason))
@@ -589,7 +590,6 @@ impl<S: Service> Driver<S> {
                     return;
                 };
                 if let (Phase::Open, Some(session)) = (&c.phase, c.session.as_mut()) {
-                    self.out.now = now;
                     self.service.wake(&mut self.out, link, session);
                 }
             }
@@ -683,7 +683,6 @@ impl<S: Service> Driver<S> {
             return;
         };
         c.dirty = false;
-        self.out.now = now;
         loop {
             let mut progressed = false;
             while let Some(event) = c.conn.poll_endpoint_events() {
@@ -983,16 +982,13 @@ fn on_frame<S: Service>(
                     return;
                 }
             };
-            let verdict = if hello.protocol_version != PROTOCOL_VERSION {
-                Err(Refusal::new(
-                    RefusalCode::VersionMismatch,
-                    format!(
-                        "protocol version {} is not supported (this server speaks {})",
-                        hello.protocol_version, PROTOCOL_VERSION
-                    ),
-                ))
-            } else {
-                service.admit(&hello, peer_cert(&c.conn), c.conn.remote_address())
+            let verdict = match version_refusal(&hello) {
+                Some(refusal) => Err(refusal),
+                None => service.admit(
+                    &hello,
+                    peer_cert_of(c.conn.crypto_session().peer_identity()),
+                    c.conn.remote_address(),
+                ),
             };
             match verdict {
                 Ok(mut session) => {
@@ -1034,17 +1030,10 @@ fn on_frame<S: Service>(
     }
 }
 
-/// The verified client certificate of a connection, if the client presented one.
-fn peer_cert(conn: &quinn_proto::Connection) -> Option<PeerCert> {
-    let identity = conn.crypto_session().peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    parse_peer_cert(chain.first()?.as_ref())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::Role;
+    use crate::messages::{RefusalCode, Role};
     use crate::test_identities::Identities;
     use crate::transport::{client_config, client_endpoint, client_hello, connect};
     use crate::ControlStream;

@@ -308,8 +308,12 @@ pub fn parse_peer_cert(der: &[u8]) -> Option<PeerCert> {
 
 /// The verified client certificate of a connection, if the client presented one.
 pub fn peer_cert(conn: &quinn::Connection) -> Option<PeerCert> {
-    let identity = conn.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    peer_cert_of(conn.peer_identity())
+}
+
+/// [`peer_cert`] from a TLS session's peer identity (quinn's or quinn-proto's).
+pub fn peer_cert_of(identity: Option<Box<dyn std::any::Any>>) -> Option<PeerCert> {
+    let chain = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     parse_peer_cert(chain.first()?.as_ref())
 }
 

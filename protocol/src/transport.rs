@@ -272,14 +272,7 @@ pub async fn server_hello(
             max_frame,
         };
         let hello: Hello = control.recv().await?.ok_or(LinkError::Closed)?;
-        if hello.protocol_version != PROTOCOL_VERSION {
-            let refusal = Refusal::new(
-                RefusalCode::VersionMismatch,
-                format!(
-                    "protocol version {} is not supported (this server speaks {})",
-                    hello.protocol_version, PROTOCOL_VERSION
-                ),
-            );
+        if let Some(refusal) = version_refusal(&hello) {
             refuse(&mut control, conn, refusal.clone()).await;
             return Err(LinkError::Refused(refusal));
         }
@@ -288,6 +281,19 @@ pub async fn server_hello(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| LinkError::Timeout(timeout))?
+}
+
+/// The refusal for a `Hello` of a protocol version this server does not speak.
+pub(crate) fn version_refusal(hello: &Hello) -> Option<Refusal> {
+    (hello.protocol_version != PROTOCOL_VERSION).then(|| {
+        Refusal::new(
+            RefusalCode::VersionMismatch,
+            format!(
+                "protocol version {} is not supported (this server speaks {})",
+                hello.protocol_version, PROTOCOL_VERSION
+            ),
+        )
+    })
 }
 
 /// Accept the peer: answer `Welcome`.

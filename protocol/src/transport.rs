@@ -78,6 +78,15 @@ pub(crate) fn transport(timing: LinkTiming) -> TransportConfig {
     // Control messages fit the 1,200-byte minimum MTU; probing for more costs packets
     // and per-connection state on links that never need it.
     t.mtu_discovery_config(None);
+    // Ask the peer to acknowledge every ack-eliciting packet at once (ACK_FREQUENCY,
+    // threshold 0) instead of after its 25 ms max_ack_delay. Our links carry one
+    // small message a second, so each would get its own ACK either way; sent at once,
+    // the ACK leaves in the same pass that read the packet, where a delayed one costs
+    // the receiver a timer, a second wake-up and a second pass over the connection
+    // per heartbeat.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(0));
+    t.ack_frequency_config(Some(ack));
     t
 }
 

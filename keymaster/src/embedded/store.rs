@@ -124,18 +124,15 @@ pub(super) fn init(conn: &Connection) -> KmResult<()> {
 }
 
 fn read_meta(conn: &Connection, name: &str) -> KmResult<i64> {
-    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
-        row.get(0)
-    })
-    .ctx(&format!("read meta {name}"))
+    conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")
+        .and_then(|mut stmt| stmt.query_row([name], |row| row.get(0)))
+        .ctx(&format!("read meta {name}"))
 }
 
 fn write_meta(conn: &Connection, name: &str, value: i64) -> KmResult<()> {
-    conn.execute(
-        "UPDATE meta SET value = ?2 WHERE name = ?1",
-        params![name, value],
-    )
-    .ctx(&format!("write meta {name}"))?;
+    conn.prepare_cached("UPDATE meta SET value = ?2 WHERE name = ?1")
+        .and_then(|mut stmt| stmt.execute(params![name, value]))
+        .ctx(&format!("write meta {name}"))?;
     Ok(())
 }
 
@@ -416,7 +413,8 @@ impl<'c> Writer<'c> {
         require_key(key)?;
         let removed = self
             .tx
-            .execute("DELETE FROM kv WHERE key = ?1", [key.as_bytes()])
+            .prepare_cached("DELETE FROM kv WHERE key = ?1")
+            .and_then(|mut stmt| stmt.execute([key.as_bytes()]))
             .ctx("delete key")?;
         if removed > 0 {
             self.push_delete(key.to_owned());

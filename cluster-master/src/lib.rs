@@ -246,6 +246,17 @@ pub async fn start(
     };
     let endpoint = server_endpoint(settings.listen, &identity, ClientAuth::Optional, timing)
         .with_context(|| format!("listen on {} (QUIC)", settings.listen))?;
+    // Enrollees and agents asking where their group is may wait in the admission queue
+    // for longer than a group link's idle timeout: they get one as long as an
+    // enrollee's patience (see `link::ADMISSION`).
+    let ordinary = Arc::new(glory_protocol::transport::server_config(
+        &identity,
+        ClientAuth::Optional,
+        LinkTiming {
+            idle_timeout: glory_protocol::enroll::ENROLL_CONNECT_PATIENCE,
+            ..timing
+        },
+    )?);
     let listener = tokio::net::TcpListener::bind(settings.api_listen)
         .await
         .with_context(|| format!("listen on {} (API)", settings.api_listen))?;
@@ -271,6 +282,7 @@ pub async fn start(
     }
     tasks.spawn(link::accept_loop(
         endpoint.clone(),
+        ordinary,
         node.clone(),
         shutdown.clone(),
     ));

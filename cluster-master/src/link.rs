@@ -18,6 +18,7 @@ use crate::role::Node;
 
 pub(crate) async fn accept_loop(
     endpoint: quinn::Endpoint,
+    ordinary: Arc<quinn::ServerConfig>,
     node: Arc<Node>,
     shutdown: CancellationToken,
 ) {
@@ -35,6 +36,7 @@ pub(crate) async fn accept_loop(
         shutdown,
         "cluster master",
         ADMISSION,
+        Some(ordinary),
         privileged,
         move |conn| serve_connection(conn, node.clone()),
     )
@@ -45,15 +47,26 @@ pub(crate) async fn accept_loop(
 /// is) served at once, and how many more wait for a slot and for how long. An
 /// enrollment storm of thousands of servers then costs bounded CPU, and the group
 /// masters' links, which share this endpoint, keep getting through instead of timing
-/// out and flapping whole groups. A waiting attempt costs only its retransmitted first
-/// packets, so the queue is long: at about 300 enrollments a second on two cores, 8 s
-/// of waiting covers a 2,400-server backlog. Enrollees wait 12 s for their handshake
-/// (`ENROLL_CONNECT_PATIENCE`); past 8 s, or with the queue full, an attempt is
-/// refused and the enrollee backs off for a few seconds.
+/// out and flapping whole groups.
+///
+/// Waiting is what an attempt should do: it costs only a few resends of its first
+/// packet (spaced out exponentially, and quinn buffers them without decrypting),
+/// where a refused attempt comes back with a new key share, a new ClientHello and new
+/// initial keys on both sides, and a full queue turned 10,000 servers' storm into
+/// 20,000-50,000 refusals. So the queue holds a whole storm: at about 400 enrollments
+/// a second on two cores, 16 s of waiting covers a 6,400-server backlog. Enrollees
+/// wait 20 s for their handshake (`ENROLL_CONNECT_PATIENCE`); past 16 s, or with the
+/// queue full, an attempt is refused and the enrollee backs off for a few seconds.
+///
+/// Attempts are accepted with an idle timeout of that patience, not the group links'
+/// 3 s: quinn silently drops an attempt that waited longer than the idle timeout it
+/// is accepted with. Before that was fixed, a third to a half of a 10,000-server
+/// storm's attempts waited 3-8 s, were dropped, and were made again after the
+/// enrollee's timeout.
 const ADMISSION: glory_protocol::admission::Limits = glory_protocol::admission::Limits {
     in_flight: 128,
-    queue: 4096,
-    max_wait: std::time::Duration::from_secs(8),
+    queue: 16384,
+    max_wait: std::time::Duration::from_secs(16),
 };
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {

@@ -37,6 +37,35 @@ pub struct AgentStats {
     pub heartbeats_sent: std::sync::atomic::AtomicU64,
     pub enrollments: std::sync::atomic::AtomicU64,
     pub sessions: std::sync::atomic::AtomicU64,
+    /// Enrollment conversations started (successful or not).
+    pub enroll_attempts: std::sync::atomic::AtomicU64,
+    /// Of those, turned away by admission control before their handshake.
+    pub enroll_busy: std::sync::atomic::AtomicU64,
+    /// Connections to a group master started, and those that failed (timeout, refused).
+    pub gm_connects: std::sync::atomic::AtomicU64,
+    pub gm_connect_failures: std::sync::atomic::AtomicU64,
+    /// Times an agent asked a cluster master where its group is led.
+    pub locates: std::sync::atomic::AtomicU64,
+}
+
+impl AgentStats {
+    fn count(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// One line for logs: how much retrying the agents did.
+    pub fn retries_summary(&self) -> String {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "enrollments {} of {} attempts ({} busy); group master connects {} ({} failed); locates {}",
+            get(&self.enrollments),
+            get(&self.enroll_attempts),
+            get(&self.enroll_busy),
+            get(&self.gm_connects),
+            get(&self.gm_connect_failures),
+            get(&self.locates),
+        )
+    }
 }
 
 /// How an agent run ended.
@@ -235,6 +264,7 @@ async fn enroll_until_done(
         )
         .await;
         attempts += 1;
+        AgentStats::count(&deps.stats.enroll_attempts);
         match result {
             Ok(enrolled) => {
                 let identity = AgentIdentity {
@@ -267,6 +297,7 @@ async fn enroll_until_done(
                 }
             }
             Err(e) if e.is_busy() => {
+                AgentStats::count(&deps.stats.enroll_busy);
                 // Admission control: the cluster master is alive but busy. Stay with
                 // it rather than moving to another master.
                 debug!(cluster_master = %target, attempts, "cluster master busy; retrying with backoff");
@@ -333,6 +364,7 @@ async fn connect_group_master(
             // worth a connect timeout now. Retry the standby shortly instead.
             continue;
         }
+        AgentStats::count(&deps.stats.gm_connects);
         let conn = match connect(
             &deps.endpoint,
             config.clone(),
@@ -344,6 +376,7 @@ async fn connect_group_master(
         {
             Ok(conn) => conn,
             Err(e) => {
+                AgentStats::count(&deps.stats.gm_connect_failures);
                 last = SessionEnd::Unreachable(format!("connect {addr}: {e}"));
                 continue;
             }
@@ -378,6 +411,7 @@ async fn locate(
     deps: &AgentDeps,
     identity: &AgentIdentity,
 ) -> Option<Vec<std::net::SocketAddr>> {
+    AgentStats::count(&deps.stats.locates);
     let timing = LinkTiming {
         idle_timeout: settings.request_timeout,
         keep_alive: None,

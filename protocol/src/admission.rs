@@ -94,11 +94,20 @@ impl Counts {
 /// [`crate::transport::accept_loop`] with admission control. `privileged` peers (by
 /// address, seen before any cryptography) skip the limits: group masters, say, must
 /// get through to the cluster master however many servers are enrolling.
+///
+/// `ordinary` is the server configuration ordinary peers are accepted with (None: the
+/// endpoint's). quinn abandons, without a word to the client, an attempt whose first
+/// packet is older than the server's idle timeout when it is accepted; the client then
+/// waits out its own timeout and starts over. Attempts that may wait `max_wait` in the
+/// queue therefore need a configuration whose idle timeout is longer than that, even
+/// when the endpoint's own (for long-lived links that must notice a dead peer
+/// quickly) is shorter.
 pub async fn accept_loop_admitting<P, F, Fut>(
     endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
     who: &'static str,
     limits: Limits,
+    ordinary: Option<Arc<quinn::ServerConfig>>,
     privileged: P,
     serve: F,
 ) where
@@ -113,8 +122,10 @@ pub async fn accept_loop_admitting<P, F, Fut>(
     let mut counts = Counts::default();
     let spawn = |incoming: Incoming, slot: Option<Slot>| {
         let serve = serve.clone();
+        let config = slot.as_ref().and(ordinary.clone());
         tasks.spawn(serve_incoming(
             incoming,
+            config,
             shutdown.clone(),
             who,
             move |conn| {
@@ -173,7 +184,7 @@ pub async fn accept_loop_admitting<P, F, Fut>(
 mod tests {
     use super::*;
     use crate::tls::ClientAuth;
-    use crate::transport::{client_config, client_endpoint, connect, server_endpoint};
+    use crate::transport::{client_config, client_endpoint, connect, server_endpoint, LinkTiming};
     use crate::LinkError;
     use quinn::VarInt;
 
@@ -189,15 +200,42 @@ mod tests {
     impl Rig {
         /// A server under `limits` whose connections are served until the peer closes.
         fn start(limits: Limits) -> Rig {
+            Rig::start_idle(limits, None, None, None)
+        }
+
+        /// [`Rig::start`] with the endpoint's idle timeout, the one ordinary peers are
+        /// accepted with, and the client's initial RTT (which spaces its resends) set.
+        fn start_idle(
+            limits: Limits,
+            endpoint_idle: Option<Duration>,
+            ordinary_idle: Option<Duration>,
+            client_rtt: Option<Duration>,
+        ) -> Rig {
             let ids = crate::test_identities::Identities::new();
             let timing = ids.timing;
             let server = server_endpoint(
                 "127.0.0.1:0".parse().unwrap(),
                 &ids.server,
                 ClientAuth::Required,
-                timing,
+                LinkTiming {
+                    idle_timeout: endpoint_idle.unwrap_or(timing.idle_timeout),
+                    ..timing
+                },
             )
             .unwrap();
+            let ordinary = ordinary_idle.map(|idle_timeout| {
+                Arc::new(
+                    crate::transport::server_config(
+                        &ids.server,
+                        ClientAuth::Required,
+                        LinkTiming {
+                            idle_timeout,
+                            ..timing
+                        },
+                    )
+                    .unwrap(),
+                )
+            });
             let addr = server.local_addr().unwrap();
             let shutdown = CancellationToken::new();
             let task = tokio::spawn(accept_loop_admitting(
@@ -205,6 +243,7 @@ mod tests {
                 shutdown.clone(),
                 "test",
                 limits,
+                ordinary,
                 |_| false,
                 |conn: Connection| async move {
                     conn.closed().await;
@@ -212,7 +251,16 @@ mod tests {
             ));
             Rig {
                 client: client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap(),
-                config: client_config(ids.client.client_tls().unwrap(), timing).unwrap(),
+                config: client_config(
+                    ids.client.client_tls().unwrap(),
+                    LinkTiming {
+                        initial_rtt: client_rtt.unwrap_or(timing.initial_rtt),
+                        // Connections stay up, holding their slot, until closed.
+                        keep_alive: Some(Duration::from_millis(300)),
+                        ..timing
+                    },
+                )
+                .unwrap(),
                 server_name: ids.server_name,
                 addr,
                 shutdown,
@@ -273,6 +321,38 @@ mod tests {
             .connect()
             .await
             .expect("the second waits for the first's slot, then is served");
+        closer.await.unwrap();
+        second.close(VarInt::from_u32(0), b"done");
+        rig.stop().await;
+    }
+
+    /// An attempt that waited in the queue for longer than the endpoint's idle timeout
+    /// (1 s here) is served as soon as its slot frees. quinn would abandon it without
+    /// an answer if it were accepted with the endpoint's configuration; the client
+    /// (100 ms initial RTT) would then get through only with the resend it makes 4.5 s
+    /// after its first packet, past its 4 s connect timeout.
+    #[tokio::test]
+    async fn an_attempt_that_waited_longer_than_the_idle_timeout_is_still_served() {
+        let limits = Limits {
+            in_flight: 1,
+            queue: 4,
+            max_wait: Duration::from_secs(3),
+        };
+        let rig = Rig::start_idle(
+            limits,
+            Some(Duration::from_secs(1)),
+            Some(Duration::from_secs(5)),
+            Some(crate::transport::STORM_INITIAL_RTT),
+        );
+        let first = rig.connect().await.expect("the first is admitted");
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            first.close(VarInt::from_u32(0), b"done");
+        });
+        let second = rig
+            .connect()
+            .await
+            .expect("the attempt that waited 2.5 s for its slot is served");
         closer.await.unwrap();
         second.close(VarInt::from_u32(0), b"done");
         rig.stop().await;

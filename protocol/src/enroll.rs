@@ -13,7 +13,7 @@ use crate::transport::{client_config, client_hello, close, connect, LinkError, L
 
 /// How long an enrollee waits for the cluster master to take up its connection: longer
 /// than the cluster master's admission queue holds one (see `glory_protocol::admission`).
-pub const ENROLL_CONNECT_PATIENCE: Duration = Duration::from_secs(12);
+pub const ENROLL_CONNECT_PATIENCE: Duration = Duration::from_secs(20);
 
 /// Ask the cluster master at `cluster_master` to enroll us.
 pub async fn enroll(
@@ -25,7 +25,7 @@ pub async fn enroll(
     timeout: Duration,
 ) -> Result<Enrolled, LinkError> {
     // In an enrollment storm the cluster master holds new connections in its
-    // admission queue for up to 8 s before their handshake starts: waiting costs
+    // admission queue for up to 16 s before their handshake starts: waiting costs
     // both sides almost nothing, where giving up and retrying costs a new handshake.
     let patience = timeout.max(ENROLL_CONNECT_PATIENCE);
     let timing = LinkTiming {

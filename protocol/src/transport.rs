@@ -369,16 +369,19 @@ pub async fn accept_loop<F, Fut>(
         shutdown,
         who,
         crate::admission::Limits::UNLIMITED,
+        None,
         |_| false,
         serve,
     )
     .await
 }
 
-/// Serve one accepted connection attempt: finish its handshake, then `serve` it until
-/// it ends or `shutdown` (which closes it with `SHUTDOWN`).
+/// Serve one accepted connection attempt (with `config`, or the endpoint's): finish
+/// its handshake, then `serve` it until it ends or `shutdown` (which closes it with
+/// `SHUTDOWN`).
 pub(crate) async fn serve_incoming<F, Fut>(
     incoming: quinn::Incoming,
+    config: Option<Arc<quinn::ServerConfig>>,
     shutdown: tokio_util::sync::CancellationToken,
     who: &'static str,
     serve: F,
@@ -386,12 +389,18 @@ pub(crate) async fn serve_incoming<F, Fut>(
     F: FnOnce(Connection) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    let remote = incoming.remote_address();
+    let connecting = match config {
+        Some(config) => incoming.accept_with(config),
+        None => incoming.accept(),
+    };
+    let handshake = async move { connecting?.await };
     let conn = tokio::select! {
         _ = shutdown.cancelled() => return,
-        conn = incoming => match conn {
+        conn = handshake => match conn {
             Ok(conn) => conn,
             Err(e) => {
-                tracing::debug!(error = %e, "{who}: handshake failed");
+                tracing::debug!(%remote, error = %e, "{who}: handshake failed");
                 return;
             }
         },

@@ -233,6 +233,9 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
         }
     }
     let (sent, enrolled, sessions) = fleet.stats();
+    if let Fleet::Hierarchy(f) = &fleet {
+        eprintln!("simulated agents: {}", f.stats().retries_summary());
+    }
     println!("stats {sent} {enrolled} {sessions}");
     println!("stopped");
     Ok(())

@@ -53,8 +53,8 @@ pub(crate) async fn accept_loop(
 /// packet (spaced out exponentially, and quinn buffers them without decrypting),
 /// where a refused attempt comes back with a new key share, a new ClientHello and new
 /// initial keys on both sides, and a full queue turned 10,000 servers' storm into
-/// 20,000-50,000 refusals. So the queue holds a whole storm: at about 400 enrollments
-/// a second on two cores, 16 s of waiting covers a 6,400-server backlog. Enrollees
+/// 20,000-50,000 refusals. So the queue holds a whole storm: at about 500 enrollments
+/// a second on two cores, 16 s of waiting covers an 8,000-server backlog. Enrollees
 /// wait 20 s for their handshake (`ENROLL_CONNECT_PATIENCE`); past 16 s, or with the
 /// queue full, an attempt is refused and the enrollee backs off for a few seconds.
 ///
@@ -63,8 +63,12 @@ pub(crate) async fn accept_loop(
 /// is accepted with. Before that was fixed, a third to a half of a 10,000-server
 /// storm's attempts waited 3-8 s, were dropped, and were made again after the
 /// enrollee's timeout.
+///
+/// 256 served at once measured best for a 10,000-server storm on two cores (all up in
+/// 18-22 s): 128 left the machine waiting on round trips (29-33 s), 384 and more ran
+/// so many handshakes at once that each took long enough for some to time out.
 const ADMISSION: glory_protocol::admission::Limits = glory_protocol::admission::Limits {
-    in_flight: 128,
+    in_flight: 256,
     queue: 16384,
     max_wait: std::time::Duration::from_secs(16),
 };

@@ -65,8 +65,8 @@ pub(crate) async fn accept_loop(
 /// enrollee's timeout.
 ///
 /// 256 served at once measured best for a 10,000-server storm on two cores (all up in
-/// 18-22 s): 128 left the machine waiting on round trips (29-33 s), 384 and more ran
-/// so many handshakes at once that each took long enough for some to time out.
+/// 18-22 s, against 29-34 s with 128); from 384 on, so many handshakes ran at once that
+/// some took long enough to time out (docs/BENCHMARKS.md, fifth session).
 const ADMISSION: glory_protocol::admission::Limits = glory_protocol::admission::Limits {
     in_flight: 256,
     queue: 16384,

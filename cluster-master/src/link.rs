@@ -70,7 +70,9 @@ pub(crate) async fn accept_loop(
 const ADMISSION: glory_protocol::admission::Limits = glory_protocol::admission::Limits {
     in_flight: 256,
     queue: 16384,
-    max_wait: std::time::Duration::from_secs(16),
+    // Refused with time to spare before the enrollee gives up on its own.
+    max_wait: glory_protocol::enroll::ENROLL_CONNECT_PATIENCE
+        .saturating_sub(std::time::Duration::from_secs(4)),
 };
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {

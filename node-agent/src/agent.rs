@@ -278,9 +278,7 @@ async fn enroll_until_done(
                     },
                 };
                 deps.store.save(&identity)?;
-                deps.stats
-                    .enrollments
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                AgentStats::count(&deps.stats.enrollments);
                 info!(node_id = %identity.node_id, group = %identity.group, "enrolled");
                 return Ok(Some(identity));
             }
@@ -481,9 +479,7 @@ async fn session(
     backoff.reset();
     *avoid = None;
     let remote = conn.remote_address();
-    deps.stats
-        .sessions
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    AgentStats::count(&deps.stats.sessions);
     let glory_protocol::ControlStream {
         mut send,
         recv,
@@ -544,7 +540,7 @@ async fn session(
                         if let Err(e) = conn.send_datagram(bytes.into()) {
                             break SessionEnd::Lost(format!("send heartbeat: {e}"));
                         }
-                        deps.stats.heartbeats_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        AgentStats::count(&deps.stats.heartbeats_sent);
                     }
                     Err(e) => break SessionEnd::Lost(format!("encode heartbeat: {e}")),
                 }

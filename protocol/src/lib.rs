@@ -15,6 +15,7 @@ pub mod process;
 mod test_identities;
 pub mod tls;
 pub mod transport;
+mod verified;
 
 pub use frame::{FrameError, DEFAULT_MAX_FRAME};
 pub use messages::*;

@@ -20,6 +20,8 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 
+use crate::verified::{anchors_id, Remembering};
+
 /// Application protocol negotiated on every link.
 pub const ALPN: &[u8] = b"glory/1";
 /// Server name every cluster master certificate carries.
@@ -356,7 +358,8 @@ impl TlsIdentity {
     pub fn client_tls(&self) -> Result<rustls::ClientConfig, TlsError> {
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(self.roots()?)
+            .dangerous()
+            .with_custom_certificate_verifier(remembering_webpki(&self.ca_pem)?)
             .with_client_auth_cert(pem_chain(&self.cert_pem)?, pem_key(&self.key_pem)?)?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
@@ -367,6 +370,23 @@ impl TlsIdentity {
         let der = pem_to_der(&self.cert_pem).ok()?;
         parse_peer_cert(der.as_ref()).map(|p| p.serial)
     }
+}
+
+/// webpki's server verification against the CAs in `ca_pem`, each chain verified once
+/// per process (see [`crate::verified`]).
+fn remembering_webpki(ca_pem: &str) -> Result<Arc<Remembering>, TlsError> {
+    let cas = pem_chain(ca_pem)?;
+    let mut roots = RootCertStore::empty();
+    for cert in &cas {
+        roots.add(cert.clone())?;
+    }
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let anchors =
+        anchors_id(std::iter::once(b"webpki".as_slice()).chain(cas.iter().map(|c| c.as_ref())));
+    Ok(Remembering::new(webpki, anchors))
 }
 
 /// How an enrollee that has no certificate yet trusts the cluster master.
@@ -384,29 +404,29 @@ pub enum CaTrust {
 pub fn enroll_client_tls(trust: &CaTrust) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let mut config = match trust {
-        CaTrust::Pem(pem) => {
-            let mut roots = RootCertStore::empty();
-            for cert in pem_chain(pem)? {
-                roots.add(cert)?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        CaTrust::Sha256(hash) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
-                ca_sha256: Some(hash.to_ascii_lowercase()),
+    let verifier = match trust {
+        CaTrust::Pem(pem) => remembering_webpki(pem)?,
+        CaTrust::Sha256(hash) => {
+            let hash = hash.to_ascii_lowercase();
+            let anchors = anchors_id([b"pinned".as_slice(), hash.as_bytes()]);
+            let pinned = Arc::new(PinnedCaVerifier {
+                ca_sha256: Some(hash),
                 provider: provider(),
-            }))
-            .with_no_client_auth(),
-        CaTrust::FirstUse => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
+            });
+            Remembering::new(pinned, anchors)
+        }
+        CaTrust::FirstUse => {
+            let pinned = Arc::new(PinnedCaVerifier {
                 ca_sha256: None,
                 provider: provider(),
-            }))
-            .with_no_client_auth(),
+            });
+            Remembering::new(pinned, anchors_id([b"first use".as_slice()]))
+        }
     };
+    let mut config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }

@@ -84,6 +84,35 @@ fn snapshot(agents_pid: u32, km_writes: u64) -> Snapshot {
     }
 }
 
+/// The machine's and both processes' CPU at the start of a run, for what enrollment
+/// cost once every node is up.
+struct EnrollStart {
+    machine: MachineSample,
+    masters: ProcSample,
+    agents: ProcSample,
+    agents_pid: u32,
+}
+
+impl EnrollStart {
+    fn now(agents_pid: u32) -> EnrollStart {
+        EnrollStart {
+            machine: machine_cpu(),
+            masters: sample(None).unwrap_or_default(),
+            agents: sample(Some(agents_pid)).unwrap_or_default(),
+            agents_pid,
+        }
+    }
+
+    fn finish(&self, report: &mut Report) {
+        report.cpu_steal.enrollment = steal_fraction(&self.machine, &machine_cpu());
+        let spent = |before: &ProcSample, now: std::io::Result<ProcSample>| {
+            now.ok().map(|now| now.cpu_seconds - before.cpu_seconds)
+        };
+        report.enroll_cpu_seconds.masters = spent(&self.masters, sample(None));
+        report.enroll_cpu_seconds.agents = spent(&self.agents, sample(Some(self.agents_pid)));
+    }
+}
+
 fn fill_steady(report: &mut Report, a: &Snapshot, b: &Snapshot, baseline_rss: u64, nodes: usize) {
     let wall = b.at.duration_since(a.at);
     report.masters_cpu_cores = cores(&a.masters, &b.masters, wall);
@@ -523,7 +552,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     ])
     .await?;
     let t0 = Instant::now();
-    let machine_at_start = machine_cpu();
+    let at_start = EnrollStart::now(agents.pid);
     if o.ramp_per_sec > 0 {
         report.notes.push(format!(
             "agents powered on at {} per second; enroll_seconds includes that ramp",
@@ -580,7 +609,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             && summary["nodes"].as_u64() == Some(o.nodes as u64)
         {
             report.enroll_seconds = Some(elapsed.as_secs_f64());
-            report.cpu_steal.enrollment = steal_fraction(&machine_at_start, &machine_cpu());
+            at_start.finish(&mut report);
             map_hosts(&api, &mut host_ids, &mut group_of).await?;
             if o.progress {
                 eprintln!(
@@ -892,7 +921,7 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
     .await?;
     let http = reqwest::Client::new();
     let t0 = Instant::now();
-    let machine_at_start = machine_cpu();
+    let at_start = EnrollStart::now(agents.pid);
     let mut detections = Detections::default();
     let mut pending = o.faults.clone();
     let mut fault_start = None;
@@ -919,7 +948,7 @@ pub(crate) async fn run_flat(o: &SimOptions) -> anyhow::Result<Report> {
         }
         if report.enroll_seconds.is_none() && up == o.nodes {
             report.enroll_seconds = Some(elapsed.as_secs_f64());
-            report.cpu_steal.enrollment = steal_fraction(&machine_at_start, &machine_cpu());
+            at_start.finish(&mut report);
         }
         let list_now = steady.advance(
             elapsed,

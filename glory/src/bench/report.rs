@@ -43,6 +43,14 @@ pub struct Steal {
     pub steady: Option<f64>,
 }
 
+/// CPU seconds each process spent from the start of a run until every node was up:
+/// what enrollment costs, less noisy than its wall time on a shared machine.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EnrollCpu {
+    pub masters: Option<f64>,
+    pub agents: Option<f64>,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WritesPerSec {
     pub steady: Option<f64>,
@@ -80,6 +88,7 @@ pub struct Report {
     pub machine: String,
     pub started_at_ms: u64,
     pub enroll_seconds: Option<f64>,
+    pub enroll_cpu_seconds: EnrollCpu,
     pub detection_seconds: Option<Percentiles>,
     pub missed_detections: Option<u64>,
     pub false_downs: Option<u64>,
@@ -167,6 +176,14 @@ impl Report {
             vec![
                 "enroll (all up)".into(),
                 format!("{} s", f2(self.enroll_seconds)),
+            ],
+            vec![
+                "  cpu seconds".into(),
+                format!(
+                    "masters {} agents {}",
+                    f2(self.enroll_cpu_seconds.masters),
+                    f2(self.enroll_cpu_seconds.agents)
+                ),
             ],
             vec!["detection (s)".into(), pct(&self.detection_seconds)],
             vec!["missed detections".into(), opt(&self.missed_detections)],

@@ -112,14 +112,6 @@ impl AgentsProcess {
             "RUST_LOG",
             std::env::var("GLORY_SIM_AGENT_LOG").unwrap_or_else(|_| "error".into()),
         );
-        // The simulated agents' heap grows to about 80 KiB a server (10,000 QUIC
-        // clients' state), and faulting it in 4 KiB at a time was 18% of their process's
-        // CPU while 10,000 servers enrolled: glibc's malloc asks for transparent huge
-        // pages instead. Only this process (its memory is the simulation's, not a
-        // figure we claim); the masters keep small pages, as they would in production.
-        if std::env::var_os("GLIBC_TUNABLES").is_none() {
-            command.env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
-        }
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

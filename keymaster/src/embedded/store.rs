@@ -111,6 +111,10 @@ pub(super) fn init(conn: &Connection) -> KmResult<()> {
         .ctx("set synchronous mode")?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
         .ctx("set WAL checkpoint threshold")?;
+    // The journals of a group's savepoints (see `write_group`) live in memory, not in
+    // temporary files written page by page.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .ctx("keep temporary journals in memory")?;
     conn.execute_batch(SCHEMA).ctx("create tables")?;
     conn.execute(
         "INSERT OR IGNORE INTO meta (name, value) VALUES (?1, ?2), (?3, 1), (?4, 1)",
@@ -634,9 +638,14 @@ fn group_in_one_transaction(
     let mut revision = before;
     let mut results = Vec::with_capacity(writes.len());
     let mut batches = Vec::new();
+    // A savepoint costs a journal of the pages it changes; a write alone needs none,
+    // since its failure rolls back the whole transaction.
+    let alone = writes.len() == 1;
     for write in writes {
-        tx.execute_batch("SAVEPOINT one_write")
-            .ctx("begin one write of a group")?;
+        if !alone {
+            tx.execute_batch("SAVEPOINT one_write")
+                .ctx("begin one write of a group")?;
+        }
         let mut writer = Writer::within(&tx, revision, now_ms);
         let outcome = match apply(&mut writer, write) {
             Ok(applied) => writer.record().map(|recorded| (applied, recorded)),
@@ -644,14 +653,17 @@ fn group_in_one_transaction(
         };
         match outcome {
             Ok((applied, (after, stored))) => {
-                tx.execute_batch("RELEASE one_write")
-                    .ctx("end one write of a group")?;
+                if !alone {
+                    tx.execute_batch("RELEASE one_write")
+                        .ctx("end one write of a group")?;
+                }
                 revision = after;
                 if !stored.is_empty() {
                     batches.push(stored);
                 }
                 results.push(Ok(applied(after)));
             }
+            Err(e) if alone => return Ok((vec![Err(e)], Vec::new())),
             Err(e) => {
                 tx.execute_batch("ROLLBACK TO one_write; RELEASE one_write")
                     .ctx("undo one write of a group")?;

@@ -21,6 +21,9 @@ def pct(p, key):
 
 ROWS = [
     ("enrollment: all nodes up", lambda r: fmt(r["enroll_seconds"], " s", 1)),
+    ("enrollment: CPU seconds, masters / agents",
+     lambda r: "n/a" if "enroll_cpu_seconds" not in r else
+     f'{fmt(r["enroll_cpu_seconds"]["masters"], " s", 1)} / {fmt(r["enroll_cpu_seconds"]["agents"], " s", 1)}'),
     ("CPU stolen by the hypervisor: enrollment / steady",
      lambda r: "n/a" if "cpu_steal" not in r else
      f'{fmt(r["cpu_steal"]["enrollment"] and 100 * r["cpu_steal"]["enrollment"], "%", 0)} / '

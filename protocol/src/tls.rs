@@ -274,6 +274,21 @@ pub fn generate_csr() -> Result<(String, String), TlsError> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// No TLS session resumption on our links, server side (clients disable it too).
+///
+/// rustls' defaults send two session tickets after every handshake and keep a
+/// 256-entry session cache in every client configuration. Nothing of ours would resume:
+/// an agent connects once to its group master and after a failover to another one, a
+/// restarted master has lost its sessions, and enrollees never come back with the
+/// same identity. Yet the tickets cost each handshake two more messages, and each
+/// client stored them with a copy of the server's chain: 13.5 KiB of cache per client
+/// configuration and 2.3 KiB of tickets per agent, most of what the simulated fleet's
+/// process held per agent besides quinn's own state (heaptrack, docs/BENCHMARKS.md).
+fn without_resumption_tickets(config: &mut rustls::ServerConfig) {
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+}
+
 /// Who is on the other end of a connection, from its verified certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerCert {
@@ -351,6 +366,7 @@ impl TlsIdentity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(pem_chain(&self.cert_pem)?, pem_key(&self.key_pem)?)?;
         config.alpn_protocols = vec![ALPN.to_vec()];
+        without_resumption_tickets(&mut config);
         Ok(config)
     }
 
@@ -362,6 +378,7 @@ impl TlsIdentity {
             .with_custom_certificate_verifier(remembering_webpki(&self.ca_pem)?)
             .with_client_auth_cert(pem_chain(&self.cert_pem)?, pem_key(&self.key_pem)?)?;
         config.alpn_protocols = vec![ALPN.to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
     }
 
@@ -428,6 +445,7 @@ pub fn enroll_client_tls(trust: &CaTrust) -> Result<rustls::ClientConfig, TlsErr
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
@@ -541,6 +559,22 @@ mod tests {
         assert_eq!(identity.serial().unwrap(), serial);
         identity.server_tls(ClientAuth::Required).unwrap();
         identity.client_tls().unwrap();
+    }
+
+    #[test]
+    fn servers_send_no_session_tickets() {
+        let ca = ClusterCa::generate("tickets").unwrap();
+        let subject = CertSubject {
+            id: "g1".into(),
+            role: CertRole::GroupMaster,
+            group: None,
+        };
+        let (identity, _) = ca.issue(&subject, Duration::from_secs(60)).unwrap();
+        for auth in [ClientAuth::Required, ClientAuth::Optional] {
+            let config = identity.server_tls(auth).unwrap();
+            assert_eq!(config.send_tls13_tickets, 0);
+            assert!(!config.session_storage.can_cache());
+        }
     }
 
     #[test]

@@ -80,6 +80,14 @@ fn sim_smoke_report_invariants_hold() -> anyhow::Result<()> {
     ] {
         assert!(r[key].is_number(), "{key} measured; {}", ctx());
     }
+    for process in ["masters", "agents"] {
+        let spent = r["enroll_cpu_seconds"][process].as_f64();
+        assert!(
+            spent.is_some_and(|s| s > 0.0),
+            "enrollment's CPU seconds of the {process} measured; {}",
+            ctx()
+        );
+    }
     assert!(r["heartbeats"]["sent"].as_u64().unwrap_or(0) > 0);
     Ok(())
 }

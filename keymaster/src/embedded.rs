@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
-    rules, KeyMaster, KeyMasterError, KeyValue, KmResult, LeaseId, Revision, Txn, TxnResponse,
-    WatchEvent, Watcher,
+    rules, KeyMaster, KeyMasterError, KeyValue, KmResult, LeaseId, OpResult, Revision, Txn, TxnOp,
+    TxnResponse, WatchEvent, Watcher,
 };
-use store::{Batch, SqlContext, Write, Written};
+use store::{Batch, SqlContext};
 
 /// Events kept for watches that resume from a past revision.
 const HISTORY_LIMIT: i64 = 100_000;
@@ -63,7 +63,7 @@ struct Inner {
 /// Writes not yet committed, with their callers' answers.
 #[derive(Default)]
 struct WriteQueue {
-    waiting: Vec<(Write, oneshot::Sender<KmResult<Written>>)>,
+    waiting: Vec<(Txn, oneshot::Sender<KmResult<TxnResponse>>)>,
     /// A committer is running on a blocking thread and will take what is waiting.
     committing: bool,
 }
@@ -77,7 +77,7 @@ impl Inner {
         self.writes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commit `write`, together with whatever other writes are waiting (group commit),
+    /// Commit `txn`, together with whatever other writes are waiting (group commit),
     /// and answer once it is durable in the WAL and its events are published.
     ///
     /// A lone write is committed at once, as before. While a commit is under way the
@@ -86,11 +86,11 @@ impl Inner {
     /// wrote the revision, the history's tail and the indexes' upper pages again for
     /// every one of them (49 page writes per enrolled server) and had each wait for the
     /// connection lock on a thread of its own.
-    async fn write(self: &Arc<Self>, write: Write) -> KmResult<Written> {
+    async fn write(self: &Arc<Self>, txn: Txn) -> KmResult<TxnResponse> {
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut queue = self.write_queue();
-            queue.waiting.push((write, answer));
+            queue.waiting.push((txn, answer));
             !std::mem::replace(&mut queue.committing, true)
         };
         if start {
@@ -125,7 +125,7 @@ impl Inner {
                 let take = queue.waiting.len().min(MAX_GROUP);
                 queue.waiting.drain(..take).collect()
             };
-            let (writes, answers): (Vec<Write>, Vec<_>) = group.into_iter().unzip();
+            let (writes, answers): (Vec<Txn>, Vec<_>) = group.into_iter().unzip();
             let results = match self.conn.lock() {
                 Ok(mut conn) => {
                     store::write_group(&mut conn, &writes, now_unix_ms(), &self.publish)
@@ -163,11 +163,6 @@ impl Inner {
         .await
         .map_err(|e| KeyMasterError::Internal(format!("{what}: blocking task failed: {e}")))?
     }
-}
-
-/// A write answered with another kind of result: a bug here, not the caller's.
-fn unexpected(what: &str, written: &Written) -> KeyMasterError {
-    KeyMasterError::Internal(format!("{what}: answered with {written:?}"))
 }
 
 fn now_unix_ms() -> i64 {
@@ -265,33 +260,27 @@ impl KeyMaster for EmbeddedKeyMaster {
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> KmResult<Revision> {
         rules::require_key(key)?;
-        let write = Write::Put {
+        let put = TxnOp::Put {
             key: key.to_owned(),
             value,
             lease: lease.unwrap_or(0),
         };
-        match self.inner.write(write).await? {
-            Written::Put(revision) => Ok(revision),
-            other => Err(unexpected("put", &other)),
-        }
+        Ok(self.inner.write(Txn::alone(put)).await?.revision)
     }
 
     async fn delete(&self, key: &str) -> KmResult<i64> {
         rules::require_key(key)?;
-        let write = Write::Delete {
-            key: key.to_owned(),
-        };
-        match self.inner.write(write).await? {
-            Written::Delete(deleted) => Ok(deleted),
-            other => Err(unexpected("delete", &other)),
+        let response = self.inner.write(Txn::alone(TxnOp::delete(key))).await?;
+        match response.results.first() {
+            Some(OpResult::Delete(deleted)) => Ok(*deleted),
+            other => Err(KeyMasterError::Internal(format!(
+                "delete: answered with {other:?}"
+            ))),
         }
     }
 
     async fn txn(&self, txn: Txn) -> KmResult<TxnResponse> {
-        match self.inner.write(Write::Txn(txn)).await? {
-            Written::Txn(response) => Ok(response),
-            other => Err(unexpected("txn", &other)),
-        }
+        self.inner.write(txn).await
     }
 
     async fn watch_prefix(

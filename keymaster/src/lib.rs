@@ -180,6 +180,16 @@ pub struct Txn {
     pub failure: Vec<TxnOp>,
 }
 
+impl Txn {
+    /// `op` alone, unconditionally.
+    pub fn alone(op: TxnOp) -> Self {
+        Txn {
+            success: vec![op],
+            ..Default::default()
+        }
+    }
+}
+
 /// The result of one [`TxnOp`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpResult {

@@ -372,16 +372,16 @@ impl<'c> Writer<'c> {
     }
 
     pub fn get(&self, key: &str) -> KmResult<Option<KeyValue>> {
-        get(&self.tx, key)
+        get(self.tx, key)
     }
 
     pub fn range(&self, prefix: &str) -> KmResult<Vec<KeyValue>> {
-        range(&self.tx, prefix)
+        range(self.tx, prefix)
     }
 
     pub fn put(&mut self, key: &str, value: Vec<u8>, lease: LeaseId) -> KmResult<()> {
         require_key(key)?;
-        if lease != 0 && !lease_alive(&self.tx, lease, self.now_ms)? {
+        if lease != 0 && !lease_alive(self.tx, lease, self.now_ms)? {
             return Err(KeyMasterError::LeaseNotFound(lease));
         }
         let rev = self.write_revision();
@@ -439,7 +439,7 @@ impl<'c> Writer<'c> {
 
     fn delete_lease_keys(&mut self, lease: LeaseId) -> KmResult<i64> {
         let keys = query_vec(
-            &self.tx,
+            self.tx,
             "SELECT key FROM kv WHERE lease = ?1 ORDER BY key",
             [lease],
             |row| utf8_key(row.get(0)?, 0),
@@ -547,60 +547,7 @@ pub(super) fn write_alone<T>(
     Ok((out, after))
 }
 
-/// A write that [`write_group`] commits together with others.
-#[derive(Debug)]
-pub(super) enum Write {
-    Put {
-        key: String,
-        value: Vec<u8>,
-        lease: LeaseId,
-    },
-    Delete {
-        key: String,
-    },
-    Txn(Txn),
-}
-
-/// What a [`Write`] did.
-#[derive(Debug, PartialEq)]
-pub(super) enum Written {
-    /// The store revision after the put.
-    Put(Revision),
-    /// Keys deleted.
-    Delete(i64),
-    Txn(TxnResponse),
-}
-
-/// Apply `write` and say what it did, given the store revision after it.
-fn apply(writer: &mut Writer<'_>, write: &Write) -> KmResult<impl FnOnce(Revision) -> Written> {
-    enum Applied {
-        Put,
-        Delete(i64),
-        Txn(bool, Vec<OpResult>),
-    }
-    let applied = match write {
-        Write::Put { key, value, lease } => {
-            writer.put(key, value.clone(), *lease)?;
-            Applied::Put
-        }
-        Write::Delete { key } => Applied::Delete(writer.delete_key(key)?),
-        Write::Txn(txn) => {
-            let (succeeded, results) = apply_txn(writer, txn)?;
-            Applied::Txn(succeeded, results)
-        }
-    };
-    Ok(move |revision| match applied {
-        Applied::Put => Written::Put(revision),
-        Applied::Delete(deleted) => Written::Delete(deleted),
-        Applied::Txn(succeeded, results) => Written::Txn(TxnResponse {
-            succeeded,
-            revision,
-            results,
-        }),
-    })
-}
-
-/// Commit `writes` in one SQLite transaction (group commit), in order, each as if it
+/// Commit `txns` in one SQLite transaction (group commit), in order, each as if it
 /// had been committed alone: each in a savepoint, so a write that fails changes
 /// nothing and the others go ahead, and each at its own revision with its own
 /// published events. One commit writes each page the group touched once, where
@@ -609,26 +556,26 @@ fn apply(writer: &mut Writer<'_>, write: &Write) -> KmResult<impl FnOnce(Revisio
 /// group fails and nothing is published.
 pub(super) fn write_group(
     conn: &mut Connection,
-    writes: &[Write],
+    txns: &[Txn],
     now_ms: i64,
     publish: &broadcast::Sender<Batch>,
-) -> Vec<KmResult<Written>> {
-    match group_in_one_transaction(conn, writes, now_ms) {
+) -> Vec<KmResult<TxnResponse>> {
+    match group_in_one_transaction(conn, txns, now_ms) {
         Ok((results, batches)) => {
             for stored in batches {
                 let _ = publish.send(stored.into());
             }
             results
         }
-        Err(error) => writes.iter().map(|_| Err(error.clone())).collect(),
+        Err(error) => txns.iter().map(|_| Err(error.clone())).collect(),
     }
 }
 
-type GroupOutcome = (Vec<KmResult<Written>>, Vec<Vec<StoredEvent>>);
+type GroupOutcome = (Vec<KmResult<TxnResponse>>, Vec<Vec<StoredEvent>>);
 
 fn group_in_one_transaction(
     conn: &mut Connection,
-    writes: &[Write],
+    txns: &[Txn],
     now_ms: i64,
 ) -> KmResult<GroupOutcome> {
     let tx = conn
@@ -636,23 +583,23 @@ fn group_in_one_transaction(
         .ctx("begin write transaction")?;
     let before = read_meta(&tx, META_REVISION)?;
     let mut revision = before;
-    let mut results = Vec::with_capacity(writes.len());
+    let mut results = Vec::with_capacity(txns.len());
     let mut batches = Vec::new();
     // A savepoint costs a journal of the pages it changes; a write alone needs none,
     // since its failure rolls back the whole transaction.
-    let alone = writes.len() == 1;
-    for write in writes {
+    let alone = txns.len() == 1;
+    for txn in txns {
         if !alone {
             tx.execute_batch("SAVEPOINT one_write")
                 .ctx("begin one write of a group")?;
         }
         let mut writer = Writer::within(&tx, revision, now_ms);
-        let outcome = match apply(&mut writer, write) {
+        let outcome = match apply_txn(&mut writer, txn) {
             Ok(applied) => writer.record().map(|recorded| (applied, recorded)),
             Err(e) => Err(e),
         };
         match outcome {
-            Ok((applied, (after, stored))) => {
+            Ok(((succeeded, ops), (after, stored))) => {
                 if !alone {
                     tx.execute_batch("RELEASE one_write")
                         .ctx("end one write of a group")?;
@@ -661,7 +608,11 @@ fn group_in_one_transaction(
                 if !stored.is_empty() {
                     batches.push(stored);
                 }
-                results.push(Ok(applied(after)));
+                results.push(Ok(TxnResponse {
+                    succeeded,
+                    revision: after,
+                    results: ops,
+                }));
             }
             Err(e) if alone => return Ok((vec![Err(e)], Vec::new())),
             Err(e) => {
@@ -848,11 +799,18 @@ mod plan_tests {
 mod group_tests {
     use super::*;
 
-    fn put(key: &str, lease: LeaseId) -> Write {
-        Write::Put {
+    fn put(key: &str, lease: LeaseId) -> Txn {
+        Txn::alone(TxnOp::Put {
             key: key.into(),
             value: key.as_bytes().to_vec(),
             lease,
+        })
+    }
+
+    fn response(result: &KmResult<TxnResponse>) -> (bool, Revision, &[OpResult]) {
+        match result {
+            Ok(r) => (r.succeeded, r.revision, &r.results),
+            Err(e) => panic!("write failed: {e}"),
         }
     }
 
@@ -866,37 +824,32 @@ mod group_tests {
         let (publish, mut published) = broadcast::channel(16);
         let writes = vec![
             put("a", 0),
-            // A put on a lease that was never granted fails, after the txn below would
-            // have seen its key: nothing of it may remain.
-            Write::Txn(Txn {
+            Txn {
                 compares: vec![],
                 success: vec![TxnOp::put("half", "x"), TxnOp::put("b", "b")],
                 failure: vec![],
-            }),
+            },
+            // A put on a lease that was never granted fails: nothing of it may remain,
+            // and the next write must not see its key.
             put("dead-lease", 12345),
-            Write::Txn(Txn {
+            Txn {
                 compares: vec![Compare::absent("dead-lease")],
                 success: vec![TxnOp::put("c", "c")],
                 failure: vec![],
-            }),
-            Write::Delete { key: "a".into() },
-            Write::Delete {
-                key: "never-there".into(),
             },
+            Txn::alone(TxnOp::delete("a")),
+            Txn::alone(TxnOp::delete("never-there")),
         ];
         let results = write_group(&mut conn, &writes, 0, &publish);
-        assert_eq!(results[0], Ok(Written::Put(2)));
-        match &results[1] {
-            Ok(Written::Txn(r)) => assert!(r.succeeded && r.revision == 3, "{r:?}"),
-            other => panic!("txn: {other:?}"),
-        }
+        assert_eq!(response(&results[0]).1, 2);
+        assert!(response(&results[1]).0);
+        assert_eq!(response(&results[1]).1, 3);
         assert_eq!(results[2], Err(KeyMasterError::LeaseNotFound(12345)));
-        match &results[3] {
-            Ok(Written::Txn(r)) => assert!(r.succeeded && r.revision == 4, "{r:?}"),
-            other => panic!("txn after the failed put: {other:?}"),
-        }
-        assert_eq!(results[4], Ok(Written::Delete(1)));
-        assert_eq!(results[5], Ok(Written::Delete(0)));
+        assert!(response(&results[3]).0, "dead-lease is absent");
+        assert_eq!(response(&results[3]).1, 4);
+        assert_eq!(response(&results[4]), (true, 5, &[OpResult::Delete(1)][..]));
+        // Nothing deleted: the revision does not move.
+        assert_eq!(response(&results[5]), (true, 5, &[OpResult::Delete(0)][..]));
 
         assert_eq!(revision(&conn).unwrap(), 5);
         assert!(get(&conn, "dead-lease").unwrap().is_none());

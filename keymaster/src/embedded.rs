@@ -81,11 +81,12 @@ impl Inner {
     /// and answer once it is durable in the WAL and its events are published.
     ///
     /// A lone write is committed at once, as before. While a commit is under way the
-    /// writes that arrive wait for it and then go in one transaction: 10,000 servers
-    /// enrolling at a few hundred a second had each enrollment commit alone, which
-    /// wrote the revision, the history's tail and the indexes' upper pages again for
-    /// every one of them (49 page writes per enrolled server) and had each wait for the
-    /// connection lock on a thread of its own.
+    /// writes that arrive wait for it and then go in one transaction, which writes the
+    /// pages they share (the revision, the history's tail, the indexes' upper levels)
+    /// once, and takes one blocking thread and one lock for all of them instead of one
+    /// each. At a few hundred writes a second most commits end before the next write
+    /// arrives (6% fewer page writes while 10,000 servers enrolled); it matters where
+    /// writes come faster, as in bursts of state changes.
     async fn write(self: &Arc<Self>, txn: Txn) -> KmResult<TxnResponse> {
         let (answer, answered) = oneshot::channel();
         let start = {

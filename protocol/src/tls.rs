@@ -346,11 +346,7 @@ pub enum ClientAuth {
 
 impl TlsIdentity {
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for cert in pem_chain(&self.ca_pem)? {
-            roots.add(cert)?;
-        }
-        Ok(Arc::new(roots))
+        root_store(&pem_chain(&self.ca_pem)?)
     }
 
     /// rustls server configuration for QUIC.
@@ -389,16 +385,21 @@ impl TlsIdentity {
     }
 }
 
+/// A root store of the CA certificates `cas`.
+fn root_store(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in cas {
+        roots.add(cert.clone())?;
+    }
+    Ok(Arc::new(roots))
+}
+
 /// webpki's server verification against the CAs in `ca_pem`, each chain verified once
 /// per process (see [`crate::verified`]).
 fn remembering_webpki(ca_pem: &str) -> Result<Arc<Remembering>, TlsError> {
     let cas = pem_chain(ca_pem)?;
-    let mut roots = RootCertStore::empty();
-    for cert in &cas {
-        roots.add(cert.clone())?;
-    }
     let webpki =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        rustls::client::WebPkiServerVerifier::builder_with_provider(root_store(&cas)?, provider())
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let anchors =

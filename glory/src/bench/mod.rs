@@ -107,12 +107,13 @@ pub(crate) struct AgentsProcess {
 impl AgentsProcess {
     pub(crate) async fn spawn(args: &[String]) -> anyhow::Result<AgentsProcess> {
         let exe = std::env::current_exe().context("find the glory binary")?;
-        let mut command = tokio::process::Command::new(exe);
-        command.arg("sim-agents").args(args).env(
-            "RUST_LOG",
-            std::env::var("GLORY_SIM_AGENT_LOG").unwrap_or_else(|_| "error".into()),
-        );
-        let mut child = command
+        let mut child = tokio::process::Command::new(exe)
+            .arg("sim-agents")
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("GLORY_SIM_AGENT_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

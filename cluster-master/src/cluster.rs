@@ -11,18 +11,16 @@ use std::time::{Duration, Instant};
 
 use glory_keymaster::schema::{
     self, ApiTokenRecord, BootstrapScope, BootstrapTokenRecord, GroupRecord, NodeRecord,
-    NodeStatus, RevokedRecord, RECORD_VERSION,
+    NodeStatus, RemovedRecord, RevokedRecord, RECORD_VERSION,
 };
 use glory_keymaster::{Compare, KeyMaster, KeyMasterError, Txn, TxnOp};
 use glory_protocol::{
-    CertRole, CertSubject, ClusterCa, ClusterToGroup, Enrolled, GroupReport, Inventory, NodeState,
-    Refusal, RefusalCode, StateChange,
+    CertRole, CertSubject, ClusterCa, ClusterToGroup, Enrolled, GroupReport, NodeState, Refusal,
+    RefusalCode, StateChange,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::assign::{assign_group, AssignError};
 use crate::auth::{self, TokenError};
 use crate::registry::{GroupEntry, GroupLink, NodeEntry, Registry};
 use crate::ClusterMasterSettings;
@@ -37,11 +35,11 @@ pub trait SimControl: Send + Sync + 'static {
     async fn restart(&self, node: &str) -> Result<(), String>;
 }
 
-fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
+pub(crate) fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
     Refusal::new(code, message)
 }
 
-fn unavailable(e: KeyMasterError) -> Refusal {
+pub(crate) fn unavailable(e: KeyMasterError) -> Refusal {
     refusal(RefusalCode::Unavailable, format!("key master: {e}"))
 }
 
@@ -68,6 +66,8 @@ pub struct Cluster {
     pub(crate) pool_changed: tokio::sync::Notify,
     /// Addresses group master links came from (they reconnect from the same one).
     group_master_remotes: RwLock<HashSet<SocketAddr>>,
+    /// Identity conflicts already reported to operators.
+    pub(crate) conflicts: crate::enroll::ConflictLog,
 }
 
 impl Cluster {
@@ -130,6 +130,15 @@ impl Cluster {
             let record: RevokedRecord = schema::decode(&kv.key, &kv.value)?;
             registry.revoked.insert(record.serial, record.node);
         }
+        let (removed, _) = km
+            .get_prefix(schema::REMOVED_PREFIX)
+            .await
+            .context("load removed nodes")?;
+        for kv in removed {
+            let record: RemovedRecord = schema::decode(&kv.key, &kv.value)?;
+            registry.removed.insert(record.identity.clone(), record);
+        }
+        migrate_identities(km.as_ref(), &mut registry).await?;
         let mut api_tokens = HashMap::new();
         let (tokens, _) = km
             .get_prefix(schema::API_TOKENS_PREFIX)
@@ -185,6 +194,7 @@ impl Cluster {
             events: Default::default(),
             pool_changed: tokio::sync::Notify::new(),
             group_master_remotes: RwLock::new(HashSet::new()),
+            conflicts: Default::default(),
         });
         Ok((cluster, status_rx))
     }
@@ -222,7 +232,7 @@ impl Cluster {
     // Tokens
     // -----------------------------------------------------------------------------
 
-    async fn bootstrap_token(
+    pub(crate) async fn bootstrap_token(
         &self,
         token: &str,
         scope: BootstrapScope,
@@ -351,193 +361,6 @@ impl Cluster {
         let tokens = self.api_tokens.read().unwrap_or_else(|p| p.into_inner());
         let record = tokens.get(id)?;
         auth::secret_matches(&record.secret_sha256, secret).then(|| record.clone())
-    }
-
-    // -----------------------------------------------------------------------------
-    // Enrollment
-    // -----------------------------------------------------------------------------
-
-    fn node_id_for(registry: &Registry, machine_id: &str) -> String {
-        let digest = hex::encode(Sha256::digest(machine_id.as_bytes()));
-        let base = format!("n-{}", &digest[..12]);
-        let mut id = base.clone();
-        let mut n = 1;
-        while registry
-            .nodes
-            .get(&id)
-            .is_some_and(|e| e.record.machine_id != machine_id)
-        {
-            n += 1;
-            id = format!("{base}-{n}");
-        }
-        id
-    }
-
-    /// Enroll a server: check the token, give it an id and a group, sign its key.
-    pub(crate) async fn enroll_node(
-        &self,
-        token: &str,
-        inventory: Inventory,
-        csr_pem: &str,
-    ) -> Result<Enrolled, Refusal> {
-        if inventory.machine_id.is_empty() || inventory.machine_id.len() > 256 {
-            return Err(refusal(
-                RefusalCode::BadRequest,
-                "inventory.machine_id must be 1-256 characters",
-            ));
-        }
-        let (token_record, token_rev) = self.bootstrap_token(token, BootstrapScope::Node).await?;
-        let now = glory_protocol::now_ms();
-        // Reserve the node in memory under the lock, so concurrent enrollments see the
-        // group sizes including each other.
-        let (id, group, previous) = {
-            let mut reg = self.write();
-            match reg.machines.get(&inventory.machine_id).cloned() {
-                Some(id)
-                    if reg
-                        .nodes
-                        .get(&id)
-                        .is_some_and(|n| reg.groups.contains_key(&n.record.group)) =>
-                {
-                    let group = reg.nodes[&id].record.group.clone();
-                    let previous = reg
-                        .nodes
-                        .get(&id)
-                        .map(|n| (n.record.clone(), n.status.clone()));
-                    (id, group, previous)
-                }
-                _ => {
-                    let subnets = crate::assign::node_subnets(&inventory);
-                    let group =
-                        assign_group(&reg.group_loads(), &subnets, self.settings.group_size_limit)
-                            .map_err(|e| match e {
-                                AssignError::NoGroups | AssignError::NoCapacity { .. } => {
-                                    refusal(RefusalCode::NoCapacity, e.to_string())
-                                }
-                            })?;
-                    let id = Self::node_id_for(&reg, &inventory.machine_id);
-                    let record = NodeRecord {
-                        v: RECORD_VERSION,
-                        id: id.clone(),
-                        hostname: inventory.hostname.clone(),
-                        machine_id: inventory.machine_id.clone(),
-                        group: group.clone(),
-                        serial: String::new(),
-                        enrolled_ms: now,
-                        inventory: inventory.clone(),
-                        labels: Default::default(),
-                    };
-                    let status = NodeStatus::new(NodeState::Joining, now, "enrolled");
-                    reg.insert_node(NodeEntry {
-                        record,
-                        status,
-                        load: None,
-                        load_ms: 0,
-                    });
-                    (id, group, None)
-                }
-            }
-        };
-        let rollback = |previous: &Option<(NodeRecord, NodeStatus)>| {
-            let mut reg = self.write();
-            if previous.is_none() {
-                reg.remove_node(&id);
-            }
-        };
-        let subject = CertSubject {
-            id: id.clone(),
-            role: CertRole::Node,
-            group: Some(group.clone()),
-        };
-        let signed = match self
-            .ca
-            .sign_csr(csr_pem, &subject, self.settings.cert_validity)
-        {
-            Ok(signed) => signed,
-            Err(e) => {
-                rollback(&previous);
-                return Err(refusal(RefusalCode::BadRequest, e.to_string()));
-            }
-        };
-        let mut record = match &previous {
-            Some((record, _)) => record.clone(),
-            None => self
-                .read()
-                .nodes
-                .get(&id)
-                .map(|n| n.record.clone())
-                .ok_or_else(|| {
-                    refusal(
-                        RefusalCode::Unavailable,
-                        "node vanished during enrollment (removed concurrently)",
-                    )
-                })?,
-        };
-        record.serial = signed.serial.clone();
-        record.hostname = inventory.hostname.clone();
-        record.inventory = inventory;
-        let status = match &previous {
-            Some((_, status)) => status.clone(),
-            None => NodeStatus::new(NodeState::Joining, now, "enrolled"),
-        };
-        let mut txn = Txn::default();
-        if token_record.single_use {
-            let key = schema::bootstrap_token_key(&token_record.id);
-            txn.compares
-                .push(Compare::mod_revision(key.clone(), token_rev));
-            let used = BootstrapTokenRecord {
-                used: true,
-                ..token_record.clone()
-            };
-            txn.success.push(TxnOp::put(key, schema::encode(&used)));
-        }
-        txn.success
-            .push(TxnOp::put(schema::node_key(&id), schema::encode(&record)));
-        txn.success.push(TxnOp::put(
-            schema::node_status_key(&id),
-            schema::encode(&status),
-        ));
-        txn.success.push(TxnOp::put(
-            schema::machine_key(&record.machine_id),
-            id.clone().into_bytes(),
-        ));
-        match self.km_txn(txn).await {
-            Ok(resp) if resp.succeeded => {}
-            Ok(_) => {
-                rollback(&previous);
-                return Err(refusal(
-                    RefusalCode::BadToken,
-                    "bootstrap token rejected: single-use token was already used",
-                ));
-            }
-            Err(e) => {
-                rollback(&previous);
-                return Err(unavailable(e));
-            }
-        }
-        let group_masters = {
-            let mut reg = self.write();
-            let Some(entry) = reg.nodes.get_mut(&id) else {
-                return Err(refusal(
-                    RefusalCode::Unavailable,
-                    "node removed during enrollment",
-                ));
-            };
-            entry.record = record;
-            let member = entry.member();
-            if let Some(g) = reg.groups.get(&group) {
-                g.notify(ClusterToGroup::MemberAdded(member));
-            }
-            reg.group_master_addrs(&group)
-        };
-        debug!(node_id = %id, group = %group, reenrolled = previous.is_some(), "node enrolled");
-        Ok(Enrolled {
-            id,
-            group: Some(group),
-            group_masters,
-            cert_pem: signed.cert_pem,
-            ca_pem: self.ca.cert_pem().to_string(),
-        })
     }
 
     /// Make sure a group record exists with `master_addr`; creates the group.
@@ -952,16 +775,25 @@ impl Cluster {
             node: id.to_string(),
             at_ms: glory_protocol::now_ms(),
         };
+        let identity = record.identity();
+        let removed = RemovedRecord {
+            v: RECORD_VERSION,
+            node: id.to_string(),
+            identity: identity.clone(),
+            hostname: record.hostname.clone(),
+            at_ms: revoked.at_ms,
+        };
         let txn = Txn {
             compares: vec![],
             success: vec![
                 TxnOp::delete(schema::node_key(id)),
                 TxnOp::delete(schema::node_status_key(id)),
-                TxnOp::delete(schema::machine_key(&record.machine_id)),
+                TxnOp::delete(schema::identity_key(&identity)),
                 TxnOp::put(
                     schema::revoked_key(&record.serial),
                     schema::encode(&revoked),
                 ),
+                TxnOp::put(schema::removed_key(&identity), schema::encode(&removed)),
             ],
             failure: vec![],
         };
@@ -969,6 +801,7 @@ impl Cluster {
         let mut reg = self.write();
         reg.remove_node(id);
         reg.revoked.insert(record.serial.clone(), id.to_string());
+        reg.removed.insert(identity, removed);
         if let Some(group) = reg.groups.get(&record.group) {
             group.notify(ClusterToGroup::MemberRemoved {
                 node: id.to_string(),
@@ -977,6 +810,34 @@ impl Cluster {
         }
         info!(node_id = %id, group = %record.group, "node removed");
         Ok(Some(record.group))
+    }
+
+    /// Nodes removed by an operator and not re-admitted, oldest first.
+    pub(crate) fn removed_nodes(&self) -> Vec<RemovedRecord> {
+        let mut out: Vec<RemovedRecord> = self.read().removed.values().cloned().collect();
+        out.sort_by_key(|r| r.at_ms);
+        out
+    }
+
+    /// Let a removed node (by node id or identity) enroll again. `None`: no such
+    /// removed node.
+    pub async fn admit_node(&self, node: &str) -> Result<Option<RemovedRecord>, KeyMasterError> {
+        let Some(record) = self
+            .read()
+            .removed
+            .values()
+            .find(|r| r.node == node || r.identity == node)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        self.km_txn(Txn::alone(TxnOp::delete(schema::removed_key(
+            &record.identity,
+        ))))
+        .await?;
+        self.write().removed.remove(&record.identity);
+        info!(node_id = %record.node, identity = %record.identity, "removed node re-admitted");
+        Ok(Some(record))
     }
 
     /// Whether the last key master call succeeded.
@@ -1076,6 +937,43 @@ impl Cluster {
 
 /// Load the cluster CA from the key master, creating it on first start. Two masters
 /// racing to create it agree through a create-if-absent transaction.
+/// Node records written before server identities existed get theirs (the machine id
+/// they were enrolled by) and the identity key, once, at load.
+async fn migrate_identities(km: &dyn KeyMaster, registry: &mut Registry) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let old: Vec<String> = registry
+        .nodes
+        .values()
+        .filter(|n| n.record.server_identity.is_empty())
+        .map(|n| n.record.id.clone())
+        .collect();
+    for chunk in old.chunks(TXN_CHUNK / 2) {
+        let mut txn = Txn::default();
+        for id in chunk {
+            let Some(node) = registry.nodes.get_mut(id) else {
+                continue;
+            };
+            node.record.server_identity = node.record.identity();
+            txn.success.push(TxnOp::put(
+                schema::node_key(id),
+                schema::encode(&node.record),
+            ));
+            txn.success.push(TxnOp::put(
+                schema::identity_key(&node.record.server_identity),
+                id.clone().into_bytes(),
+            ));
+        }
+        km.txn(txn).await.context("record node identities")?;
+    }
+    if !old.is_empty() {
+        info!(
+            nodes = old.len(),
+            "recorded the identities of nodes enrolled by an older version"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) async fn load_or_create_ca(
     km: &dyn KeyMaster,
     cluster_name: &str,

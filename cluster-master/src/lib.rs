@@ -12,6 +12,7 @@ pub mod assign;
 pub mod auth;
 mod cluster;
 pub mod config;
+mod enroll;
 mod events;
 mod link;
 pub mod pools;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use glory_keymaster::schema::{GroupRecord, NodeRecord, NodeStatus};
+use glory_keymaster::schema::{GroupRecord, NodeRecord, NodeStatus, RemovedRecord};
 use glory_protocol::{ClusterToGroup, Load, Member, NodeState};
 use tokio::sync::mpsc;
 
@@ -95,16 +95,18 @@ impl GroupEntry {
 pub(crate) struct Registry {
     pub nodes: BTreeMap<String, NodeEntry>,
     pub groups: BTreeMap<String, GroupEntry>,
-    pub machines: HashMap<String, String>,
+    /// Server identity -> node id.
+    pub identities: HashMap<String, String>,
     /// serial -> node of removed nodes.
     pub revoked: BTreeMap<String, String>,
+    /// Identities of removed nodes, refused at enrollment until re-admitted.
+    pub removed: BTreeMap<String, RemovedRecord>,
 }
 
 impl Registry {
     pub fn insert_node(&mut self, entry: NodeEntry) {
         let id = entry.record.id.clone();
-        self.machines
-            .insert(entry.record.machine_id.clone(), id.clone());
+        self.identities.insert(entry.record.identity(), id.clone());
         if let Some(group) = self.groups.get_mut(&entry.record.group) {
             group.members.insert(id.clone());
             for subnet in node_subnets(&entry.record.inventory) {
@@ -116,12 +118,9 @@ impl Registry {
 
     pub fn remove_node(&mut self, id: &str) -> Option<NodeEntry> {
         let entry = self.nodes.remove(id)?;
-        if self
-            .machines
-            .get(&entry.record.machine_id)
-            .is_some_and(|n| n == id)
-        {
-            self.machines.remove(&entry.record.machine_id);
+        let identity = entry.record.identity();
+        if self.identities.get(&identity).is_some_and(|n| n == id) {
+            self.identities.remove(&identity);
         }
         if let Some(group) = self.groups.get_mut(&entry.record.group) {
             group.members.remove(id);

@@ -285,6 +285,40 @@ pub async fn remove_node(client: &ApiClient, id: &str, as_json: bool) -> anyhow:
     Ok(())
 }
 
+pub async fn admit_node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result<()> {
+    let path = format!("/api/v1/nodes/{}/admit", urlencode(id));
+    let r = client.call(Method::POST, &path, None).await?;
+    if as_json {
+        print_json(&r);
+    } else {
+        println!(
+            "node {} ({}) may enroll again; its agent will on its next attempt",
+            s(&r["node"]),
+            s(&r["identity"])
+        );
+    }
+    Ok(())
+}
+
+pub async fn removed_nodes(client: &ApiClient, as_json: bool) -> anyhow::Result<()> {
+    let r = client.get("/api/v1/removed-nodes").await?;
+    if as_json {
+        print_json(&r["items"]);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = r["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|n| vec![s(&n["node"]), s(&n["hostname"]), s(&n["identity"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    print!("{}", render(&["NODE", "HOSTNAME", "IDENTITY"], &rows));
+    Ok(())
+}
+
 pub async fn groups(client: &ApiClient, as_json: bool) -> anyhow::Result<()> {
     let g = client.get("/api/v1/groups").await?;
     if as_json {

@@ -160,8 +160,13 @@ struct BenchArgs {
 
 #[derive(Subcommand)]
 enum NodesAction {
-    /// Remove a node: its certificate is refused from then on.
+    /// Remove a node: its certificate is refused from then on, and its server may not
+    /// enroll again until re-admitted (`glory nodes admit`).
     Remove { id: String },
+    /// Let a removed node's server enroll again (by node id or identity).
+    Admit { id: String },
+    /// Nodes removed and not re-admitted: their servers are refused at enrollment.
+    Removed,
     /// Set a node's labels (replaces them): `glory nodes label ID zone=a rack=r12`.
     Label { id: String, labels: Vec<String> },
 }
@@ -273,6 +278,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: Some(NodesAction::Remove { id }),
             ..
         } => c::remove_node(&client, &id, cli.json).await,
+        Command::Nodes {
+            action: Some(NodesAction::Admit { id }),
+            ..
+        } => c::admit_node(&client, &id, cli.json).await,
+        Command::Nodes {
+            action: Some(NodesAction::Removed),
+            ..
+        } => c::removed_nodes(&client, cli.json).await,
         Command::Nodes {
             action: Some(NodesAction::Label { id, labels }),
             ..

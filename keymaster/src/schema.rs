@@ -10,7 +10,8 @@
 //! | `/glory/ca` | [`CaRecord`] |
 //! | `/glory/nodes/{node}` | [`NodeRecord`] (identity, group, inventory: changes rarely) |
 //! | `/glory/node-status/{node}` | [`NodeStatus`] (state and its history: changes on transitions) |
-//! | `/glory/machines/{machine_id}` | node id (UTF-8), so a re-enrolling machine keeps its id |
+//! | `/glory/identities/{identity}` | node id (UTF-8), so a re-enrolling server keeps its id |
+//! | `/glory/removed/{identity}` | [`RemovedRecord`]: refused at enrollment until an operator re-admits it |
 //! | `/glory/groups/{group}` | [`GroupRecord`] |
 //! | `/glory/revoked/{serial}` | [`RevokedRecord`] |
 //! | `/glory/tokens/bootstrap/{id}` | [`BootstrapTokenRecord`] |
@@ -40,7 +41,8 @@ pub const ROOT: &str = "/glory/";
 pub const CA_KEY: &str = "/glory/ca";
 pub const NODES_PREFIX: &str = "/glory/nodes/";
 pub const NODE_STATUS_PREFIX: &str = "/glory/node-status/";
-pub const MACHINES_PREFIX: &str = "/glory/machines/";
+pub const IDENTITIES_PREFIX: &str = "/glory/identities/";
+pub const REMOVED_PREFIX: &str = "/glory/removed/";
 pub const GROUPS_PREFIX: &str = "/glory/groups/";
 pub const REVOKED_PREFIX: &str = "/glory/revoked/";
 pub const BOOTSTRAP_TOKENS_PREFIX: &str = "/glory/tokens/bootstrap/";
@@ -56,8 +58,11 @@ pub fn node_key(node: &str) -> String {
 pub fn node_status_key(node: &str) -> String {
     format!("{NODE_STATUS_PREFIX}{node}")
 }
-pub fn machine_key(machine_id: &str) -> String {
-    format!("{MACHINES_PREFIX}{machine_id}")
+pub fn identity_key(identity: &str) -> String {
+    format!("{IDENTITIES_PREFIX}{identity}")
+}
+pub fn removed_key(identity: &str) -> String {
+    format!("{REMOVED_PREFIX}{identity}")
 }
 pub fn group_key(group: &str) -> String {
     format!("{GROUPS_PREFIX}{group}")
@@ -124,6 +129,39 @@ pub struct NodeRecord {
     pub inventory: Inventory,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The server identity the node enrolled under (`uuid:…`, `mac:…`, `name:…`,
+    /// `machine-id:…`). Empty in records written before the field: see
+    /// [`NodeRecord::identity`].
+    #[serde(default, rename = "identity")]
+    pub server_identity: String,
+    /// Hex SHA-256 of the public key the node's certificate was signed for: a repeated
+    /// enrollment with the same key is the same agent retrying, another key is another
+    /// server claiming the identity.
+    #[serde(default)]
+    pub key_sha256: String,
+}
+
+impl NodeRecord {
+    /// The identity this node holds; the machine id for records older than the field.
+    pub fn identity(&self) -> String {
+        if self.server_identity.is_empty() {
+            format!("machine-id:{}", self.machine_id)
+        } else {
+            self.server_identity.clone()
+        }
+    }
+}
+
+/// A node an operator removed: its identity may not enroll again until re-admitted
+/// (`glory nodes admit`), so a removed server restarted with a valid token stays out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub node: String,
+    pub identity: String,
+    pub hostname: String,
+    pub at_ms: u64,
 }
 
 /// One entry of a node's state history.

@@ -151,7 +151,12 @@ pub async fn run_agent(
     // The group master whose session we just lost, tried last next time.
     let mut avoid: Option<std::net::SocketAddr> = None;
     // Processes live as long as this run (a simulated power-off ends them too).
-    let procs = Supervisor::new(deps.host.inventory().simulated);
+    let inventory = deps.host.inventory();
+    let procs = Supervisor::new(inventory.simulated);
+    let mut link = LinkLog::default();
+    if let Some(stored) = deps.store.load()? {
+        adopt_stored_identity(&deps, stored, &inventory.identity)?;
+    }
     loop {
         let mut identity = match deps.store.load()? {
             Some(identity) => identity,
@@ -161,7 +166,7 @@ pub async fn run_agent(
                 None => return Ok(AgentExit::Shutdown),
             },
         };
-        match session(
+        let end = session(
             &settings,
             &deps,
             &mut identity,
@@ -171,9 +176,11 @@ pub async fn run_agent(
             &mut backoff,
             &mut avoid,
             &procs,
+            &mut link,
         )
-        .await
-        {
+        .await;
+        link.ended(&identity, &end);
+        match end {
             SessionEnd::Shutdown => return Ok(AgentExit::Shutdown),
             SessionEnd::PoweredOff => return Ok(AgentExit::PoweredOff),
             SessionEnd::Removed(reason) => {
@@ -217,6 +224,79 @@ pub async fn run_agent(
     }
 }
 
+/// Keep the identity in the state directory only if it was enrolled as this server: a
+/// state directory copied with a cloned image belongs to the server it came from, and
+/// reusing its key here would make two servers one node.
+fn adopt_stored_identity(
+    deps: &AgentDeps,
+    mut stored: AgentIdentity,
+    this_server: &str,
+) -> anyhow::Result<()> {
+    if stored.claim.is_empty() {
+        // Written before identities were recorded: it was enrolled here.
+        stored.claim = this_server.to_string();
+        deps.store.save(&stored)?;
+    }
+    if stored.claim == this_server {
+        info!(node_id = %stored.node_id, group = %stored.group, identity = %stored.claim, "starting as the node enrolled earlier");
+    } else {
+        warn!(
+            node_id = %stored.node_id,
+            "the state directory holds node {} enrolled as server {}, but this server is {} \
+             (a state directory copied with a cloned image?): enrolling afresh with a new key",
+            stored.node_id, stored.claim, this_server
+        );
+        deps.store.clear()?;
+    }
+    Ok(())
+}
+
+/// What the agent says at INFO about its link to the group master: once what it is
+/// connected to, and each change of that (loss, reconnection, failover), never a line
+/// per retry.
+#[derive(Default)]
+struct LinkLog {
+    /// The group master of the live session.
+    current: Option<std::net::SocketAddr>,
+    /// The group master of the last session.
+    last: Option<std::net::SocketAddr>,
+    /// A failure to reach any group master was already reported since the last session.
+    unreachable_reported: bool,
+}
+
+impl LinkLog {
+    fn connected(&mut self, identity: &AgentIdentity, remote: std::net::SocketAddr) {
+        match self.last {
+            None => {
+                info!(node_id = %identity.node_id, group = %identity.group, group_master = %remote, "connected to group master {remote}")
+            }
+            Some(prev) if prev != remote => {
+                info!(node_id = %identity.node_id, group = %identity.group, group_master = %remote, "failed over to group master {remote} (was {prev})")
+            }
+            Some(_) => {
+                info!(node_id = %identity.node_id, group = %identity.group, group_master = %remote, "reconnected to group master {remote}")
+            }
+        }
+        self.current = Some(remote);
+        self.last = Some(remote);
+        self.unreachable_reported = false;
+    }
+
+    fn ended(&mut self, identity: &AgentIdentity, end: &SessionEnd) {
+        let node_id = &identity.node_id;
+        match (self.current.take(), end) {
+            (Some(gm), SessionEnd::Lost(reason)) => {
+                warn!(%node_id, group_master = %gm, "lost group master {gm}: {reason}; reconnecting")
+            }
+            (_, SessionEnd::Unreachable(reason)) if !self.unreachable_reported => {
+                self.unreachable_reported = true;
+                warn!(%node_id, group = %identity.group, "no group master of group {} reachable ({reason}); retrying and asking the cluster master where it is led", identity.group)
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Enroll with the cluster master, retrying with backoff. `None` on shutdown.
 async fn enroll_until_done(
     settings: &AgentSettings,
@@ -248,6 +328,7 @@ async fn enroll_until_done(
     loop {
         let inventory = deps.host.inventory();
         let machine_id = inventory.machine_id.clone();
+        let claim = inventory.identity.clone();
         let csr_pem = csr_pem.clone();
         let request = EnrollRequest {
             token: token.clone(),
@@ -276,10 +357,11 @@ async fn enroll_until_done(
                         key_pem: key_pem.clone(),
                         ca_pem: enrolled.ca_pem,
                     },
+                    claim: claim.clone(),
                 };
                 deps.store.save(&identity)?;
                 AgentStats::count(&deps.stats.enrollments);
-                info!(node_id = %identity.node_id, group = %identity.group, "enrolled");
+                info!(node_id = %identity.node_id, group = %identity.group, identity = %identity.claim, cluster_master = %target, "enrolled");
                 return Ok(Some(identity));
             }
             Err(LinkError::Refused(refusal)) if refusal.redirect.is_some_and(|to| to != target) => {
@@ -288,17 +370,29 @@ async fn enroll_until_done(
                 continue;
             }
             Err(LinkError::Refused(refusal)) => {
-                // Logged at warn the first time and every tenth time: thousands of
-                // simulated agents retrying must not flood the log.
+                // Logged the first time and every tenth time: thousands of simulated
+                // agents retrying must not flood the log. An identity conflict or a
+                // removal needs an operator: it is an error.
                 if attempts % 10 == 1 {
-                    warn!(code = ?refusal.code, reason = %refusal.message, attempts, "enrollment refused; retrying with backoff");
+                    match refusal.code {
+                        RefusalCode::IdentityConflict | RefusalCode::Removed => {
+                            error!(code = ?refusal.code, cluster_master = %target, attempts, "enrollment refused: {}; retrying with backoff", refusal.message)
+                        }
+                        _ => {
+                            warn!(code = ?refusal.code, cluster_master = %target, attempts, "enrollment refused: {}; retrying with backoff", refusal.message)
+                        }
+                    }
                 }
             }
             Err(e) if e.is_busy() => {
                 AgentStats::count(&deps.stats.enroll_busy);
                 // Admission control: the cluster master is alive but busy. Stay with
                 // it rather than moving to another master.
-                debug!(cluster_master = %target, attempts, "cluster master busy; retrying with backoff");
+                if attempts == 1 {
+                    info!(cluster_master = %target, "cluster master busy enrolling others; waiting for a turn");
+                } else {
+                    debug!(cluster_master = %target, attempts, "cluster master busy; retrying with backoff");
+                }
                 if !sleep_or(shutdown, power_off, busy_backoff.step()).await {
                     return Ok(None);
                 }
@@ -306,7 +400,7 @@ async fn enroll_until_done(
             }
             Err(e) => {
                 if attempts % 10 == 1 {
-                    warn!(error = %e, cluster_master = %target, attempts, "enrollment failed; retrying with backoff");
+                    warn!(cluster_master = %target, attempts, "enrolling with cluster master {target} failed: {e}; retrying with backoff");
                 }
                 target_index = (target_index + 1) % settings.cluster_masters.len().max(1);
                 target = settings
@@ -471,6 +565,7 @@ async fn session(
     backoff: &mut Backoff,
     avoid: &mut Option<std::net::SocketAddr>,
     procs: &Arc<Supervisor>,
+    link: &mut LinkLog,
 ) -> SessionEnd {
     let (conn, control) = match connect_group_master(settings, deps, identity, *avoid).await {
         Ok(link) => link,
@@ -503,7 +598,7 @@ async fn session(
     {
         return SessionEnd::Lost(format!("send process states: {e}"));
     }
-    debug!(node_id = %identity.node_id, group_master = %conn.remote_address(), "session established");
+    link.connected(identity, remote);
 
     // Frames are read by their own task: a read cut off mid-frame by select! would
     // desynchronise the stream.

@@ -27,6 +27,10 @@ pub struct AgentConfig {
     pub ca_cert_hash: Option<String>,
     /// Where the agent keeps its identity (node id, certificate, key).
     pub state_dir: PathBuf,
+    /// Enroll as `name:<node_name>` instead of by the hardware (SMBIOS UUID, boot NIC's
+    /// MAC, machine id). For several agents on one host (labs, tests); also
+    /// `--node-name`. Each name must be unique in the cluster.
+    pub node_name: Option<String>,
     /// Local UDP address for QUIC.
     pub bind: SocketAddr,
     /// Heartbeat period, milliseconds.
@@ -49,6 +53,7 @@ impl Default for AgentConfig {
             ca_cert: None,
             ca_cert_hash: None,
             state_dir: PathBuf::from("/var/lib/glory-agent"),
+            node_name: None,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             heartbeat_interval_ms: 1000,
             max_backoff_ms: 10_000,
@@ -85,6 +90,14 @@ impl AgentConfig {
         }
         if self.idle_timeout_ms <= self.heartbeat_interval_ms * 2 {
             bail!("idle_timeout_ms must exceed two heartbeat intervals");
+        }
+        if let Some(name) = &self.node_name {
+            if name.trim().is_empty()
+                || name.len() > 200
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                bail!("node_name must be 1-200 characters without spaces (got {name:?})");
+            }
         }
         let ca_trust = match (&self.ca_cert, &self.ca_cert_hash) {
             (Some(path), _) => CaTrust::Pem(

@@ -4,6 +4,8 @@
 use std::sync::Mutex;
 
 use glory_protocol::{Disk, Inventory, Load, Nic};
+
+use crate::node_identity::{boot_mac_from_cmdline, node_identity, HardwareFacts};
 use sysinfo::{Disks, Networks, ProcessRefreshKind, ProcessesToUpdate, System};
 
 /// A source of inventory and load.
@@ -21,6 +23,9 @@ fn read_trimmed(path: &str) -> Option<String> {
 /// The machine this process runs on.
 pub struct RealHost {
     system: Mutex<System>,
+    /// What this server enrolls as (see [`crate::node_identity`]); read once, the
+    /// hardware does not change under a running agent.
+    identity: String,
     /// When the process table was last scanned: a full /proc walk every heartbeat
     /// would cost more than the heartbeat itself on a busy server.
     procs_scanned: Mutex<Option<std::time::Instant>>,
@@ -37,12 +42,47 @@ impl Default for RealHost {
 
 impl RealHost {
     pub fn new() -> Self {
+        Self::with_node_name(None)
+    }
+
+    /// This machine, enrolling as `name:<node_name>` when a name is given (several
+    /// agents on one host) and by its hardware otherwise.
+    pub fn with_node_name(node_name: Option<String>) -> Self {
         let mut system = System::new();
         system.refresh_cpu_all();
         system.refresh_memory();
+        let facts = Self::hardware_facts(node_name);
+        let identity = node_identity(&facts);
         RealHost {
             system: Mutex::new(system),
+            identity,
             procs_scanned: Mutex::new(None),
+        }
+    }
+
+    /// What the hardware says about itself: SMBIOS UUID, boot NIC, physical NICs.
+    pub fn hardware_facts(node_name: Option<String>) -> HardwareFacts {
+        let mut macs = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/sys/class/net") {
+            for entry in dir.flatten() {
+                // Physical NICs have a backing device; lo, bridges, veths and bonds don't.
+                if entry.path().join("device").exists() {
+                    if let Some(mac) =
+                        read_trimmed(&format!("{}/address", entry.path().to_string_lossy()))
+                    {
+                        macs.push(mac);
+                    }
+                }
+            }
+        }
+        HardwareFacts {
+            node_name,
+            system_uuid: read_trimmed("/sys/class/dmi/id/product_uuid"),
+            boot_mac: read_trimmed("/proc/cmdline")
+                .as_deref()
+                .and_then(boot_mac_from_cmdline),
+            macs,
+            machine_id: Some(Self::machine_id()),
         }
     }
 
@@ -95,6 +135,7 @@ impl Host for RealHost {
         nics.sort_by(|a, b| a.name.cmp(&b.name));
         Inventory {
             hostname: System::host_name().unwrap_or_default(),
+            identity: self.identity.clone(),
             machine_id: Self::machine_id(),
             cpus,
             cpu_model,
@@ -154,6 +195,8 @@ impl SimHost {
         let size = [16u32, 8, 32, 64][(index % 4) as usize];
         let inventory = Inventory {
             hostname: format!("sim-{index:05}"),
+            // Like a real board's SMBIOS UUID: unique per simulated server.
+            identity: format!("uuid:00000000-0000-4000-8000-{index:012x}"),
             machine_id: format!("sim-machine-{index:05}"),
             cpus: size,
             cpu_model: "Simulated CPU".to_string(),
@@ -219,6 +262,15 @@ mod tests {
         assert!(inv.memory_bytes > 0);
         assert!(!inv.hostname.is_empty());
         assert!(!inv.machine_id.is_empty());
+        assert!(
+            ["uuid:", "mac:", "machine-id:"]
+                .iter()
+                .any(|p| inv.identity.starts_with(p)),
+            "identity: {}",
+            inv.identity
+        );
+        let named = RealHost::with_node_name(Some("lab-1".into())).inventory();
+        assert_eq!(named.identity, "name:lab-1");
         assert!(!inv.kernel.is_empty());
         assert!(
             inv.nics.iter().any(|n| n.name == "lo"),
@@ -235,6 +287,7 @@ mod tests {
         let b = SimHost::new(249).inventory();
         let c = SimHost::new(250).inventory();
         assert_ne!(a.machine_id, b.machine_id);
+        assert_ne!(a.identity, b.identity);
         assert_eq!(a.nics[0].addresses[0], "10.0.0.1/24");
         assert_eq!(b.nics[0].addresses[0], "10.0.0.250/24");
         assert_eq!(c.nics[0].addresses[0], "10.0.1.1/24");

@@ -16,6 +16,12 @@ pub struct AgentIdentity {
     /// Group master addresses, active first.
     pub group_masters: Vec<SocketAddr>,
     pub tls: TlsIdentity,
+    /// The server identity this was enrolled under (`uuid:…`, `mac:…`...). A state
+    /// directory copied to another server (a cloned image) does not match it there,
+    /// and that server enrolls afresh with its own key. Empty in files written before
+    /// the field existed: adopted as they are.
+    #[serde(default)]
+    pub claim: String,
 }
 
 /// Persistence of the agent identity.

@@ -10,6 +10,7 @@ mod agent;
 pub mod config;
 pub mod host;
 pub mod identity;
+pub mod node_identity;
 pub mod processes;
 
 use std::sync::Arc;
@@ -31,7 +32,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         glory_protocol::transport::client_endpoint(config.bind).context("open QUIC endpoint")?;
     let deps = AgentDeps {
         endpoint: endpoint.clone(),
-        host: Arc::new(RealHost::new()),
+        host: Arc::new(RealHost::with_node_name(config.node_name.clone())),
         store: Arc::new(FileStore::new(&config.state_dir)),
         stats: Arc::new(AgentStats::default()),
     };

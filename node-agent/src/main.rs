@@ -22,6 +22,10 @@ struct Args {
     /// State directory; overrides the config file.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Enroll under this name instead of the hardware's identity (several agents on
+    /// one host); overrides the config file.
+    #[arg(long)]
+    node_name: Option<String>,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<AgentConfig> {
@@ -45,6 +49,9 @@ fn load_config(args: &Args) -> anyhow::Result<AgentConfig> {
     }
     if let Some(dir) = &args.state_dir {
         config.state_dir = dir.clone();
+    }
+    if let Some(name) = &args.node_name {
+        config.node_name = Some(name.clone());
     }
     Ok(config)
 }

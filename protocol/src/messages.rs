@@ -61,6 +61,8 @@ pub enum RefusalCode {
     BadRequest,
     /// This peer was replaced by a newer connection with the same identity.
     Replaced,
+    /// Another live server holds the identity this enrollee claims (a cloned server).
+    IdentityConflict,
 }
 
 impl RefusalCode {
@@ -187,6 +189,11 @@ pub struct Nic {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
     pub hostname: String,
+    /// What makes this server this server, and so its node id: `name:…` (set by the
+    /// operator), `uuid:…` (SMBIOS), `mac:…` (boot NIC) or `machine-id:…` (last
+    /// resort). Empty from agents older than the field: the machine id stands in.
+    #[serde(default)]
+    pub identity: String,
     pub machine_id: String,
     pub cpus: u32,
     #[serde(default)]

@@ -267,6 +267,23 @@ impl ClusterCa {
     }
 }
 
+/// Hex SHA-256 of the public key a CSR asks to certify, read without checking the
+/// CSR's signature (signing it checks that): which key pair an enrollee holds.
+pub fn csr_key_sha256(csr_pem: &str) -> Result<String, TlsError> {
+    use x509_parser::prelude::FromDer;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes())
+        .map_err(|e| TlsError::BadCsr(format!("not PEM: {e}")))?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+            .map_err(|e| TlsError::BadCsr(format!("not a certificate request: {e}")))?;
+    let key = &csr
+        .certification_request_info
+        .subject_pki
+        .subject_public_key
+        .data;
+    Ok(hex::encode(Sha256::digest(key)))
+}
+
 /// A fresh key pair and a CSR for it: `(key_pem, csr_pem)`.
 pub fn generate_csr() -> Result<(String, String), TlsError> {
     let key = KeyPair::generate()?;
@@ -525,6 +542,17 @@ impl ServerCertVerifier for PinnedCaVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csr_key_hash_tells_key_pairs_apart() {
+        let (_, csr_a) = generate_csr().unwrap();
+        let (_, csr_b) = generate_csr().unwrap();
+        let a = csr_key_sha256(&csr_a).unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, csr_key_sha256(&csr_a).unwrap());
+        assert_ne!(a, csr_key_sha256(&csr_b).unwrap());
+        assert!(csr_key_sha256("garbage").is_err());
+    }
 
     #[test]
     fn csr_signing_sets_our_subject_not_the_requested_one() {

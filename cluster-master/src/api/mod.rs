@@ -159,6 +159,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/sim/nodes/{id}/kill", post(sim_kill))
         .route("/sim/nodes/{id}/restart", post(sim_restart))
         .route("/nodes/{id}/labels", axum::routing::put(put_labels))
+        .route("/nodes/{id}/admit", post(admit_node))
+        .route("/removed-nodes", get(list_removed_nodes))
         .route("/events", get(events::cluster_events))
         .route_layer(axum::middleware::from_fn(operator_only));
     let api = operator
@@ -476,6 +478,24 @@ async fn remove_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResu
     match cluster.remove_node(&id).await? {
         Some(group) => Ok(Json(json!({"removed": id, "group": group}))),
         None => Err(ApiError::not_found(format!("node {id} does not exist"))),
+    }
+}
+
+fn removed_view(r: &glory_keymaster::schema::RemovedRecord) -> Value {
+    json!({"node": r.node, "identity": r.identity, "hostname": r.hostname, "removed_ms": r.at_ms})
+}
+
+async fn list_removed_nodes(Active(cluster): Active) -> Json<Value> {
+    let items: Vec<Value> = cluster.removed_nodes().iter().map(removed_view).collect();
+    Json(json!({"total": items.len(), "items": items}))
+}
+
+async fn admit_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    match cluster.admit_node(&id).await? {
+        Some(record) => Ok(Json(removed_view(&record))),
+        None => Err(ApiError::not_found(format!(
+            "no removed node {id} (nodes that were never removed need no admission)"
+        ))),
     }
 }
 

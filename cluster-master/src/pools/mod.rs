@@ -665,7 +665,7 @@ impl Cluster {
         let resp = self
             .km_txn(Txn {
                 compares: vec![Compare::value(
-                    schema::machine_key(&record.machine_id),
+                    schema::identity_key(&record.identity()),
                     record.id.clone().into_bytes(),
                 )],
                 success: vec![TxnOp::put(schema::node_key(node), schema::encode(&record))],

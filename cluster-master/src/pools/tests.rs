@@ -32,6 +32,9 @@ async fn seed(km: &dyn KeyMaster) {
                 ..Default::default()
             },
             labels: Default::default(),
+            // Records as an older version wrote them: loading migrates them.
+            server_identity: String::new(),
+            key_sha256: String::new(),
         };
         km.put(&schema::node_key(&id), schema::encode(&record), None)
             .await

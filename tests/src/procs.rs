@@ -71,6 +71,27 @@ impl Procs {
         }
     }
 
+    /// Wait (up to `timeout`) for a process to exit on its own.
+    pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = &mut self
+                .0
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .context("no such process")?
+                .1;
+            if let Some(status) = child.try_wait()? {
+                self.take(name)?;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{name} still running after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: no goodbyes, no resignation.
     pub fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
         let mut child = self.take(name)?;

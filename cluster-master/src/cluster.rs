@@ -736,6 +736,8 @@ impl Cluster {
                     if node.record.group == group && node.record.inventory != inventory {
                         node.record.hostname = inventory.hostname.clone();
                         node.record.inventory = inventory;
+                        // One put per node: a key twice in one transaction is refused.
+                        changed_records.retain(|r: &NodeRecord| r.id != id);
                         changed_records.push(node.record.clone());
                     }
                 }

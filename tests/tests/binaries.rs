@@ -72,7 +72,14 @@ fn separate_processes_enroll_a_real_node_listed_by_the_cli() -> anyhow::Result<(
         glory(
             &api_url,
             &op_token,
-            &["bootstrap-tokens", "create", "--scope", "any", "--ttl", "600"],
+            &[
+                "bootstrap-tokens",
+                "create",
+                "--scope",
+                "any",
+                "--ttl",
+                "600",
+            ],
         )
         .ok()
     })?;

@@ -86,7 +86,7 @@ enum Command {
     },
     /// One node in detail: inventory, load, state history.
     Node { id: String },
-    /// Groups and their masters.
+    /// Groups: the active group master, its standbys, nodes by state.
     Groups,
     /// Tenants: the owners of pools.
     Tenants {

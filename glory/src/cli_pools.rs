@@ -327,16 +327,15 @@ pub fn pool_text(p: &Value) -> String {
         let _ = writeln!(out, "created    {}", when_value(&p["created_ms"], "-"));
     }
     if master.is_null() {
-        let no_candidates = p["candidates"].as_array().is_none_or(|c| c.is_empty());
-        let _ = writeln!(
-            out,
-            "master     -{}",
-            if no_candidates {
-                " (no candidates: glory pools candidates NAME NODE,NODE,...)"
-            } else {
-                ""
-            }
-        );
+        if p["candidates"].as_array().is_none_or(|c| c.is_empty()) {
+            let _ = writeln!(
+                out,
+                "master     - (no candidates: glory pools candidates {} NODE,NODE,...)",
+                s(&p["name"])
+            );
+        } else {
+            let _ = writeln!(out, "master     - (no live candidate)");
+        }
     } else {
         let _ = writeln!(out, "master     {}", master_line(master));
     }

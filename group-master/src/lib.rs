@@ -255,9 +255,9 @@ async fn enroll_group_master(
                 }
                 failures += 1;
                 if upstream::worth_logging(failures) {
-                    warn!(group = %config.group, failures, retry_in = ?delay, error = %e, "group master enrollment failed; retrying");
+                    warn!(group = %config.group, cluster_master = %target, failures, retry_in = ?delay, error = %e, "group master enrollment failed; retrying");
                 } else {
-                    debug!(group = %config.group, failures, error = %e, "group master enrollment failed; retrying");
+                    debug!(group = %config.group, cluster_master = %target, failures, error = %e, "group master enrollment failed; retrying");
                 }
                 match e
                     .refusal()

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::{urlencode, ApiClient};
-use crate::table::render;
+use crate::table::{render, when_value};
 use crate::up::{Up, UpOptions};
 
 /// An API client with the token from the flag/env, or `<data_dir>/operator.token`.
@@ -154,6 +154,12 @@ pub async fn nodes(
         print_json(&Value::Array(items));
         return Ok(());
     }
+    print!("{}", nodes_table(&items));
+    Ok(())
+}
+
+/// The table of `glory nodes`, with its count line.
+pub fn nodes_table(items: &[Value]) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|n| {
@@ -171,15 +177,14 @@ pub async fn nodes(
             ]
         })
         .collect();
-    print!(
-        "{}",
+    format!(
+        "{}{} nodes\n",
         render(
             &["ID", "HOSTNAME", "STATE", "GROUP", "CPUS", "MEMORY", "CPU%"],
             &rows
-        )
-    );
-    println!("{} nodes", rows.len());
-    Ok(())
+        ),
+        rows.len()
+    )
 }
 
 pub async fn node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result<()> {
@@ -253,14 +258,25 @@ pub async fn node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result
     ];
     print!("{}", render(&["NODE", ""], &rows));
     if let Some(history) = n["history"].as_array() {
-        let rows: Vec<Vec<String>> = history
-            .iter()
-            .map(|h| vec![s(&h["at_ms"]), s(&h["state"]), s(&h["reason"])])
-            .collect();
         println!();
-        print!("{}", render(&["AT_MS", "STATE", "REASON"], &rows));
+        print!("{}", history_table(history));
     }
     Ok(())
+}
+
+/// A node's state history.
+pub fn history_table(history: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .map(|h| {
+            vec![
+                when_value(&h["at_ms"], "-"),
+                s(&h["state"]),
+                s(&h["reason"]),
+            ]
+        })
+        .collect();
+    render(&["AT", "STATE", "REASON"], &rows)
 }
 
 /// DELETE `path`; print the answer as JSON, or `done` for people.
@@ -325,7 +341,26 @@ pub async fn groups(client: &ApiClient, as_json: bool) -> anyhow::Result<()> {
         print_json(&g["items"]);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = g["items"]
+    print!("{}", groups_table(&g["items"]));
+    Ok(())
+}
+
+/// Addresses in a JSON array, comma-separated; `-` for none.
+fn list(v: &Value) -> String {
+    let items: Vec<String> = v
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    if items.is_empty() {
+        "-".to_string()
+    } else {
+        items.join(",")
+    }
+}
+
+/// The table of `glory groups`: each group's active master and its standbys.
+pub fn groups_table(items: &Value) -> String {
+    let rows: Vec<Vec<String>> = items
         .as_array()
         .map(|items| {
             items
@@ -334,8 +369,12 @@ pub async fn groups(client: &ApiClient, as_json: bool) -> anyhow::Result<()> {
                     vec![
                         s(&g["id"]),
                         s(&g["master"]),
+                        list(&g["standbys"]),
                         if g["connected"].as_bool() == Some(true) {
-                            "yes".into()
+                            match &g["connected_since_ms"] {
+                                Value::Null => "yes".into(),
+                                since => format!("yes ({})", when_value(since, "-")),
+                            }
                         } else {
                             "NO".into()
                         },
@@ -346,11 +385,17 @@ pub async fn groups(client: &ApiClient, as_json: bool) -> anyhow::Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    print!(
-        "{}",
-        render(&["GROUP", "MASTER", "CONNECTED", "NODES", "STATES"], &rows)
-    );
-    Ok(())
+    render(
+        &[
+            "GROUP",
+            "MASTER",
+            "STANDBYS",
+            "CONNECTED",
+            "NODES",
+            "STATES",
+        ],
+        &rows,
+    )
 }
 
 pub async fn token_create(
@@ -375,15 +420,20 @@ pub async fn token_create(
         print_json(&t);
     } else {
         println!("{}", s(&t["token"]));
-        eprintln!(
-            "id {}  expires_ms {}  single_use {}  ca_cert_hash {}",
-            s(&t["id"]),
-            s(&t["expires_ms"]),
-            s(&t["single_use"]),
-            s(&t["ca_cert_hash"])
-        );
+        eprintln!("{}", bootstrap_token_created_line(&t));
     }
     Ok(())
+}
+
+/// What `glory bootstrap-tokens create` says beside the token (on stderr).
+pub fn bootstrap_token_created_line(t: &Value) -> String {
+    format!(
+        "id {}  expires {}  single_use {}  ca_cert_hash {}",
+        s(&t["id"]),
+        when_value(&t["expires_ms"], "never"),
+        s(&t["single_use"]),
+        s(&t["ca_cert_hash"])
+    )
 }
 
 pub async fn token_list(client: &ApiClient, as_json: bool) -> anyhow::Result<()> {
@@ -392,7 +442,13 @@ pub async fn token_list(client: &ApiClient, as_json: bool) -> anyhow::Result<()>
         print_json(&t["items"]);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = t["items"]
+    print!("{}", bootstrap_tokens_table(&t["items"]));
+    Ok(())
+}
+
+/// The table of `glory bootstrap-tokens list`.
+pub fn bootstrap_tokens_table(items: &Value) -> String {
+    let rows: Vec<Vec<String>> = items
         .as_array()
         .map(|items| {
             items
@@ -403,28 +459,26 @@ pub async fn token_list(client: &ApiClient, as_json: bool) -> anyhow::Result<()>
                         s(&t["scope"]),
                         s(&t["single_use"]),
                         s(&t["used"]),
-                        s(&t["expires_ms"]),
+                        when_value(&t["created_ms"], "-"),
+                        when_value(&t["expires_ms"], "never"),
                         s(&t["description"]),
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    print!(
-        "{}",
-        render(
-            &[
-                "ID",
-                "SCOPE",
-                "SINGLE_USE",
-                "USED",
-                "EXPIRES_MS",
-                "DESCRIPTION"
-            ],
-            &rows
-        )
-    );
-    Ok(())
+    render(
+        &[
+            "ID",
+            "SCOPE",
+            "SINGLE_USE",
+            "USED",
+            "CREATED",
+            "EXPIRES",
+            "DESCRIPTION",
+        ],
+        &rows,
+    )
 }
 
 pub async fn token_delete(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result<()> {
@@ -475,4 +529,117 @@ pub async fn bench(options: crate::bench::SimOptions) -> anyhow::Result<()> {
         println!("report: {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::cli_pools::{api_tokens_table, created_text, pool_text, tenants_table};
+    use crate::table::{has_raw_epoch_ms, now_ms};
+
+    /// Answers shaped like the API's, with times around now, a week ago and far ahead.
+    fn times() -> (u64, u64, u64) {
+        let now = now_ms();
+        (
+            now - 3 * 60_000,
+            now + 59 * 60_000 + 30_000,
+            now + 400 * 86_400_000,
+        )
+    }
+
+    fn assert_readable(what: &str, text: &str) {
+        assert!(
+            !has_raw_epoch_ms(text),
+            "{what} shows raw epoch milliseconds:\n{text}"
+        );
+    }
+
+    #[test]
+    fn tables_show_no_raw_epoch_milliseconds() {
+        let (past, soon, far) = times();
+        let bootstrap = json!([
+            {"id": "gb-1", "scope": "any", "single_use": false, "used": 0,
+             "created_ms": past, "expires_ms": soon, "description": "racks"},
+            {"id": "gb-2", "scope": "node", "single_use": true, "used": 1,
+             "created_ms": past, "expires_ms": null, "description": ""},
+            {"id": "gb-3", "scope": "group_master", "single_use": false, "used": 0,
+             "created_ms": past, "expires_ms": far, "description": ""},
+        ]);
+        let text = super::bootstrap_tokens_table(&bootstrap);
+        assert_readable("glory bootstrap-tokens list", &text);
+        assert!(text.contains("in 59m") && text.contains("3m ago"), "{text}");
+        assert!(text.contains("never") && text.contains(" UTC"), "{text}");
+        let created = json!({"id": "gb-1", "token": "gb-1.s", "expires_ms": soon,
+                             "single_use": false, "ca_cert_hash": "ab"});
+        let line = super::bootstrap_token_created_line(&created);
+        assert_readable("glory bootstrap-tokens create", &line);
+        assert!(line.contains("expires in 59m"), "{line}");
+
+        let api = json!({"items": [{"id": "t-1", "role": "tenant", "tenant": "alpha",
+                                    "created_ms": past, "description": ""}]});
+        assert_readable("glory tokens list", &api_tokens_table(&api));
+        let tenants = json!({"items": [{"name": "alpha", "created_ms": past, "description": ""}]});
+        assert_readable("glory tenants list", &tenants_table(&tenants));
+
+        let groups = json!([{"id": "g00", "master": "10.0.0.5:7402", "connected": true,
+            "standbys": ["10.0.0.6:7402"], "connected_since_ms": past, "nodes": 2,
+            "nodes_by_state": {"up": 2}, "last_report_ms": past, "created_ms": past}]);
+        let text = super::groups_table(&groups);
+        assert_readable("glory groups", &text);
+        assert!(text.contains("yes (3m ago)"), "{text}");
+
+        let nodes = vec![
+            json!({"id": "n-1a2b3c4d5e6f", "hostname": "h1", "state": "up",
+            "group": "g00", "state_since_ms": past, "enrolled_ms": past, "load_ms": past,
+            "inventory": {"cpus": 8, "memory_bytes": 1u64 << 34}, "load": {"cpu": 12.0}}),
+        ];
+        assert_readable("glory nodes", &super::nodes_table(&nodes));
+        let history = [json!({"at_ms": past, "state": "up", "reason": "heartbeat"})];
+        assert_readable("glory node ID", &super::history_table(&history));
+
+        let pool = json!({"name": "fs-a", "tenant": "alpha", "component": "fs",
+            "spread": "groups", "size": 1, "nodes_by_group": {"g00": 1},
+            "nodes": [{"id": "n-1", "group": "g00", "state": "up"}],
+            "candidates": [{"node": "n-1", "order": 1, "state": "up", "master": true}],
+            "master": {"node": "n-1", "address": "10.0.0.7:7000", "epoch": 3, "since": past},
+            "created_ms": past,
+            "events": [{"id": 7, "kind": "master_elected", "at_ms": past, "pool": "fs-a",
+                        "node": "n-1", "epoch": 3}]});
+        let text = pool_text(&pool);
+        assert_readable("glory pools show", &text);
+        assert!(
+            text.contains("since 3m ago") && text.contains("at=3m ago"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn groups_show_their_standbys() {
+        let groups = json!([
+            {"id": "g00", "master": "10.0.0.5:7402", "connected": true,
+             "standbys": ["10.0.0.6:7402", "10.0.0.7:7402"], "nodes": 0, "nodes_by_state": {}},
+            {"id": "g01", "master": "10.0.1.5:7402", "connected": false, "standbys": [],
+             "nodes": 0, "nodes_by_state": {}},
+        ]);
+        let text = super::groups_table(&groups);
+        assert!(text.starts_with("GROUP  MASTER         STANDBYS"), "{text}");
+        assert!(text.contains("10.0.0.6:7402,10.0.0.7:7402"), "{text}");
+        let g01 = text.lines().find(|l| l.starts_with("g01")).unwrap();
+        assert!(g01.contains(" - ") && g01.contains("NO"), "{text}");
+    }
+
+    #[test]
+    fn a_pool_without_candidates_says_it_has_no_master() {
+        let pool = json!({"name": "fs-a", "size": 2, "nodes_by_group": {"g00": 2},
+                          "candidates": [], "master": null});
+        let text = created_text(&pool);
+        assert!(
+            text.contains("no master until candidates are set: glory pools candidates fs-a"),
+            "{text}"
+        );
+        let with = json!({"name": "fs-a", "size": 2, "nodes_by_group": {"g00": 2},
+                          "candidates": [{"node": "n-1"}], "master": null});
+        assert!(!created_text(&with).contains("note"));
+    }
 }

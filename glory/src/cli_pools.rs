@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{delete, print_json, s};
 use crate::client::{urlencode, ApiClient};
-use crate::table::render;
+use crate::table::{render, when_value};
 
 #[derive(Subcommand)]
 pub enum TenantsAction {
@@ -44,6 +44,8 @@ pub enum TokensAction {
     Revoke { id: String },
 }
 
+// Parsed once per run: the size of `Create` costs nothing worth boxing it for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum PoolsAction {
     /// Create a pool: `glory pools create fs-a --component fs --tenant a --size 100 --spread groups`.
@@ -79,12 +81,19 @@ pub enum PoolsAction {
         /// Seconds a node must stay down before it is replaced.
         #[arg(long)]
         replace_delay: Option<f64>,
-        /// Master command line (program and arguments), started on the elected candidate.
-        #[arg(long, num_args = 1.., allow_hyphen_values = true)]
-        master_command: Vec<String>,
-        /// Port the component master listens on (part of its address).
+        /// The master's command line as one string, split like a shell does
+        /// (`--master-command "fsd --port 7000"`); or give the words after `--`.
+        /// Started on the elected candidate.
+        #[arg(long, value_name = "COMMAND", allow_hyphen_values = true)]
+        master_command: Option<String>,
+        /// Port the component master listens on: its address is the node's address and
+        /// this port, and the process finds both in GLORY_MASTER_ADDRESS.
         #[arg(long)]
         master_port: Option<u16>,
+        /// The master's command line, word by word, after `--`
+        /// (`glory pools create fs-a ... -- fsd --port 7000`).
+        #[arg(last = true, value_name = "PROGRAM AND ARGS")]
+        master_words: Vec<String>,
     },
     /// List pools.
     List {
@@ -164,14 +173,7 @@ pub async fn tenants(
             if as_json {
                 print_json(&r["items"]);
             } else {
-                let rows: Vec<Vec<String>> = items(&r)
-                    .iter()
-                    .map(|t| vec![s(&t["name"]), s(&t["created_ms"]), s(&t["description"])])
-                    .collect();
-                print!(
-                    "{}",
-                    render(&["TENANT", "CREATED_MS", "DESCRIPTION"], &rows)
-                );
+                print!("{}", tenants_table(&r));
             }
             return Ok(());
         }
@@ -184,6 +186,38 @@ pub async fn tenants(
         println!("tenant {} created", s(&r["name"]));
     }
     Ok(())
+}
+
+/// The table of `glory tenants list`.
+pub fn tenants_table(r: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(r)
+        .iter()
+        .map(|t| {
+            vec![
+                s(&t["name"]),
+                when_value(&t["created_ms"], "-"),
+                s(&t["description"]),
+            ]
+        })
+        .collect();
+    render(&["TENANT", "CREATED", "DESCRIPTION"], &rows)
+}
+
+/// The table of `glory tokens list` (API tokens).
+pub fn api_tokens_table(r: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(r)
+        .iter()
+        .map(|t| {
+            vec![
+                s(&t["id"]),
+                s(&t["role"]),
+                s(&t["tenant"]),
+                when_value(&t["created_ms"], "-"),
+                s(&t["description"]),
+            ]
+        })
+        .collect();
+    render(&["ID", "ROLE", "TENANT", "CREATED", "DESCRIPTION"], &rows)
 }
 
 pub async fn tokens(client: &ApiClient, action: TokensAction, as_json: bool) -> anyhow::Result<()> {
@@ -217,25 +251,7 @@ pub async fn tokens(client: &ApiClient, action: TokensAction, as_json: bool) -> 
             if as_json {
                 print_json(&r["items"]);
             } else {
-                let rows: Vec<Vec<String>> = items(&r)
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            s(&t["id"]),
-                            s(&t["role"]),
-                            s(&t["tenant"]),
-                            s(&t["created_ms"]),
-                            s(&t["description"]),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    render(
-                        &["ID", "ROLE", "TENANT", "CREATED_MS", "DESCRIPTION"],
-                        &rows
-                    )
-                );
+                print!("{}", api_tokens_table(&r));
             }
         }
         TokensAction::Revoke { id } => {
@@ -281,27 +297,47 @@ pub async fn label(
     Ok(())
 }
 
-fn print_pool(p: &Value) {
+/// `NODE at ADDRESS (epoch N, since 3m ago)`.
+fn master_line(m: &Value) -> String {
+    format!(
+        "{} at {} (epoch {}, since {})",
+        s(&m["node"]),
+        s(&m["address"]),
+        s(&m["epoch"]),
+        when_value(&m["since"], "-")
+    )
+}
+
+/// What `glory pools show` prints.
+pub fn pool_text(p: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let master = &p["master"];
-    println!("pool       {}", s(&p["name"]));
-    println!("tenant     {}", s(&p["tenant"]));
-    println!("component  {}", s(&p["component"]));
-    println!("spread     {}", s(&p["spread"]));
-    println!(
+    let _ = writeln!(out, "pool       {}", s(&p["name"]));
+    let _ = writeln!(out, "tenant     {}", s(&p["tenant"]));
+    let _ = writeln!(out, "component  {}", s(&p["component"]));
+    let _ = writeln!(out, "spread     {}", s(&p["spread"]));
+    let _ = writeln!(
+        out,
         "nodes      {}  by group {}",
         s(&p["size"]),
         p["nodes_by_group"]
     );
+    if !p["created_ms"].is_null() {
+        let _ = writeln!(out, "created    {}", when_value(&p["created_ms"], "-"));
+    }
     if master.is_null() {
-        println!("master     -");
+        if p["candidates"].as_array().is_none_or(|c| c.is_empty()) {
+            let _ = writeln!(
+                out,
+                "master     - (no candidates: glory pools candidates {} NODE,NODE,...)",
+                s(&p["name"])
+            );
+        } else {
+            let _ = writeln!(out, "master     - (no live candidate)");
+        }
     } else {
-        println!(
-            "master     {} at {} (epoch {}, since {})",
-            s(&master["node"]),
-            s(&master["address"]),
-            s(&master["epoch"]),
-            s(&master["since"])
-        );
+        let _ = writeln!(out, "master     {}", master_line(master));
     }
     let rows: Vec<Vec<String>> = p["candidates"]
         .as_array()
@@ -323,11 +359,8 @@ fn print_pool(p: &Value) {
         })
         .unwrap_or_default();
     if !rows.is_empty() {
-        println!();
-        print!(
-            "{}",
-            render(&["ORDER", "CANDIDATE", "STATE", "MASTER"], &rows)
-        );
+        out.push('\n');
+        out.push_str(&render(&["ORDER", "CANDIDATE", "STATE", "MASTER"], &rows));
     }
     let rows: Vec<Vec<String>> = p["nodes"]
         .as_array()
@@ -337,22 +370,31 @@ fn print_pool(p: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    println!();
-    print!("{}", render(&["NODE", "GROUP", "STATE"], &rows));
+    out.push('\n');
+    out.push_str(&render(&["NODE", "GROUP", "STATE"], &rows));
     if let Some(events) = p["events"].as_array().filter(|e| !e.is_empty()) {
-        println!("\nrecent events:");
+        out.push_str("\nrecent events:\n");
         for e in events {
-            println!("  {}", event_line(&s(&e["kind"]), e));
+            let _ = writeln!(out, "  {}", event_line(&s(&e["kind"]), e));
         }
     }
+    out
 }
 
 fn event_line(kind: &str, data: &Value) -> String {
     let mut fields: Vec<String> = Vec::new();
     if let Some(obj) = data.as_object() {
         for (k, v) in obj {
-            if !["id", "kind", "pool", "tenant"].contains(&k.as_str()) {
-                fields.push(format!("{k}={}", s(v)));
+            if ["id", "kind", "pool", "tenant"].contains(&k.as_str()) {
+                continue;
+            }
+            // Times (`at_ms`, `since`) as people read them.
+            match k.strip_suffix("_ms") {
+                Some(name) if v.is_u64() => fields.push(format!("{name}={}", when_value(v, "-"))),
+                _ if k == "since" && v.is_u64() => {
+                    fields.push(format!("since={}", when_value(v, "-")))
+                }
+                _ => fields.push(format!("{k}={}", s(v))),
             }
         }
     }
@@ -376,7 +418,9 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
             replace_delay,
             master_command,
             master_port,
+            master_words,
         } => {
+            let master_command = master_command_words(master_command.as_deref(), master_words)?;
             if !["none", "groups"].contains(&spread.as_str()) {
                 bail!("--spread must be none or groups");
             }
@@ -424,12 +468,7 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
             if as_json {
                 print_json(&p);
             } else {
-                println!(
-                    "pool {} created with {} nodes: {}",
-                    s(&p["name"]),
-                    s(&p["size"]),
-                    p["nodes_by_group"]
-                );
+                print!("{}", created_text(&p));
             }
         }
         PoolsAction::List { tenant, component } => {
@@ -491,7 +530,7 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
             if as_json {
                 print_json(&p);
             } else {
-                print_pool(&p);
+                print!("{}", pool_text(&p));
             }
         }
         PoolsAction::Delete { name } => {
@@ -567,13 +606,7 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
             if as_json {
                 print_json(&m);
             } else {
-                println!(
-                    "{} at {} (epoch {}, since {})",
-                    s(&m["node"]),
-                    s(&m["address"]),
-                    s(&m["epoch"]),
-                    s(&m["since"])
-                );
+                println!("{}", master_line(&m));
             }
         }
         PoolsAction::Watch { name } => {
@@ -588,4 +621,123 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
         }
     }
     Ok(())
+}
+
+/// The master's command line from `--master-command "..."` (split like a shell does)
+/// or the words after `--`; not both.
+fn master_command_words(quoted: Option<&str>, words: Vec<String>) -> anyhow::Result<Vec<String>> {
+    match quoted {
+        Some(_) if !words.is_empty() => bail!(
+            "give the master command either as --master-command \"PROGRAM ARGS\" or after --, not both"
+        ),
+        Some(line) => match shlex::split(line) {
+            Some(words) if !words.is_empty() => Ok(words),
+            Some(_) => bail!("--master-command is empty"),
+            None => bail!("--master-command {line:?}: unbalanced quotes or a trailing backslash"),
+        },
+        None => Ok(words),
+    }
+}
+
+/// What `glory pools create` says: the pool, and that it has no master until
+/// candidates are set.
+pub fn created_text(p: &Value) -> String {
+    let name = s(&p["name"]);
+    let mut out = format!(
+        "pool {name} created with {} nodes: {}\n",
+        s(&p["size"]),
+        p["nodes_by_group"]
+    );
+    if p["candidates"].as_array().is_none_or(|c| c.is_empty()) {
+        out.push_str(&format!(
+            "note: the pool has no master until candidates are set: \
+             glory pools candidates {name} NODE,NODE,... (in election order)\n"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{master_command_words, PoolsAction};
+
+    #[derive(Parser)]
+    struct Pools {
+        #[command(subcommand)]
+        action: PoolsAction,
+    }
+
+    /// The master command `glory pools ARGS` would send.
+    fn master_command(args: &[&str]) -> anyhow::Result<Vec<String>> {
+        let parsed = Pools::try_parse_from(std::iter::once("pools").chain(args.iter().copied()))?;
+        match parsed.action {
+            PoolsAction::Create {
+                master_command,
+                master_words,
+                ..
+            } => master_command_words(master_command.as_deref(), master_words),
+            _ => anyhow::bail!("not create"),
+        }
+    }
+
+    #[test]
+    fn the_master_command_is_one_quoted_string_or_the_words_after_dashes() {
+        let want = ["fsd", "--port", "7000", "--name", "a b"];
+        // One string, anywhere among the flags.
+        let quoted = master_command(&[
+            "create",
+            "fs-a",
+            "--master-command",
+            "fsd --port 7000 --name 'a b'",
+            "--component",
+            "fs",
+            "--size",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(quoted, want);
+        // The words after `--`, flags of the program included.
+        let words = master_command(&[
+            "create",
+            "fs-a",
+            "--component",
+            "fs",
+            "--master-port",
+            "7000",
+            "--",
+            "fsd",
+            "--port",
+            "7000",
+            "--name",
+            "a b",
+        ])
+        .unwrap();
+        assert_eq!(words, want);
+        assert!(master_command(&["create", "fs-a", "--component", "fs"])
+            .unwrap()
+            .is_empty());
+        // Both, or a string a shell would not accept: refused with a reason.
+        let both = master_command(&[
+            "create",
+            "fs-a",
+            "--component",
+            "fs",
+            "--master-command",
+            "fsd",
+            "--",
+            "fsd",
+        ]);
+        assert!(both.unwrap_err().to_string().contains("not both"));
+        let unbalanced = master_command(&[
+            "create",
+            "fs-a",
+            "--component",
+            "fs",
+            "--master-command",
+            "fsd 'a",
+        ]);
+        assert!(unbalanced.unwrap_err().to_string().contains("unbalanced"));
+    }
 }

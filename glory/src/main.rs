@@ -86,14 +86,15 @@ enum Command {
     },
     /// One node in detail: inventory, load, state history.
     Node { id: String },
-    /// Groups and their masters.
+    /// Groups: the active group master, its standbys, nodes by state.
     Groups,
     /// Tenants: the owners of pools.
     Tenants {
         #[command(subcommand)]
         action: glory::cli_pools::TenantsAction,
     },
-    /// API tokens with a role (operator, tenant, component).
+    /// API tokens: what people and programs present to the REST API, with a role
+    /// (operator, tenant, component). For enrolling machines see `bootstrap-tokens`.
     Tokens {
         #[command(subcommand)]
         action: glory::cli_pools::TokensAction,
@@ -103,8 +104,10 @@ enum Command {
         #[command(subcommand)]
         action: glory::cli_pools::PoolsAction,
     },
-    /// Bootstrap tokens for enrolling servers and group masters.
-    Token {
+    /// Bootstrap tokens: what servers and group masters enroll with (not API tokens).
+    /// `glory token` is the old name.
+    #[command(alias = "token", alias = "bootstrap-token")]
+    BootstrapTokens {
         #[command(subcommand)]
         action: TokenAction,
     },
@@ -181,7 +184,8 @@ enum TokenAction {
         /// The token works for one enrollment only.
         #[arg(long)]
         single_use: bool,
-        /// What it may enroll: node, group_master or any.
+        /// What it may enroll: node (servers), group_master, or any (either: one
+        /// token for a whole small or test setup).
         #[arg(long, default_value = "node")]
         scope: String,
         #[arg(long, default_value = "")]
@@ -310,7 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node { id } => c::node(&client, &id, cli.json).await,
         Command::Groups => c::groups(&client, cli.json).await,
-        Command::Token {
+        Command::BootstrapTokens {
             action:
                 TokenAction::Create {
                     ttl,
@@ -319,10 +323,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     description,
                 },
         } => c::token_create(&client, ttl, single_use, &scope, &description, cli.json).await,
-        Command::Token {
+        Command::BootstrapTokens {
             action: TokenAction::List,
         } => c::token_list(&client, cli.json).await,
-        Command::Token {
+        Command::BootstrapTokens {
             action: TokenAction::Delete { id },
         } => c::token_delete(&client, &id, cli.json).await,
         Command::Sim {
@@ -363,4 +367,32 @@ fn bench_options(b: BenchArgs) -> anyhow::Result<glory::bench::SimOptions> {
         etcd,
         ramp_per_sec: b.ramp,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command, TokenAction};
+
+    #[test]
+    fn bootstrap_tokens_keep_the_old_name_as_a_hidden_alias() {
+        for name in ["bootstrap-tokens", "token"] {
+            let cli = Cli::try_parse_from(["glory", name, "list"]).unwrap();
+            assert!(matches!(
+                cli.command,
+                Command::BootstrapTokens {
+                    action: TokenAction::List
+                }
+            ));
+        }
+        let cli = Cli::try_parse_from(["glory", "tokens", "list"]).unwrap();
+        assert!(matches!(cli.command, Command::Tokens { .. }));
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("bootstrap-tokens"), "{help}");
+        assert!(
+            !help.lines().any(|l| l.trim_start().starts_with("token ")),
+            "{help}"
+        );
+    }
 }

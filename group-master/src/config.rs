@@ -54,6 +54,14 @@ pub struct GroupMasterConfig {
     pub cluster_idle_timeout_ms: u64,
     /// Largest accepted frame, bytes.
     pub max_frame_bytes: usize,
+    /// Local address of the UDP socket toward the cluster master (enrollment and the
+    /// link), e.g. `10.0.0.5:0` to leave by one interface. Default: the unspecified
+    /// address of the cluster master's family and a port the system picks.
+    pub upstream_bind: Option<SocketAddr>,
+    /// How long one enrollment attempt waits for the cluster master to answer,
+    /// milliseconds; longer than the cluster master's admission queue holds a
+    /// connection in an enrollment storm (16 s).
+    pub enroll_timeout_ms: u64,
 }
 
 impl Default for GroupMasterConfig {
@@ -77,6 +85,8 @@ impl Default for GroupMasterConfig {
             agent_idle_timeout_ms: 10_000,
             cluster_idle_timeout_ms: 3000,
             max_frame_bytes: glory_protocol::DEFAULT_MAX_FRAME,
+            upstream_bind: None,
+            enroll_timeout_ms: glory_protocol::enroll::ENROLL_CONNECT_PATIENCE.as_millis() as u64,
         }
     }
 }
@@ -96,6 +106,10 @@ pub struct GroupMasterSettings {
     pub cluster_idle_timeout: Duration,
     pub max_frame: usize,
     pub request_timeout: Duration,
+    /// Local address of the socket toward the cluster master.
+    pub upstream_bind: SocketAddr,
+    /// How long one enrollment attempt waits for the cluster master.
+    pub enroll_timeout: Duration,
 }
 
 impl GroupMasterConfig {
@@ -159,11 +173,30 @@ impl GroupMasterConfig {
         if self.max_frame_bytes < 1024 {
             bail!("max_frame_bytes must be at least 1024");
         }
+        if self.enroll_timeout_ms == 0 {
+            bail!("enroll_timeout_ms must be positive");
+        }
+        let cluster_masters = self.cluster_master_list();
+        let upstream_bind = match self.upstream_bind {
+            Some(bind) => {
+                if let Some(other) = cluster_masters
+                    .iter()
+                    .find(|a| a.is_ipv4() != bind.is_ipv4())
+                {
+                    bail!("upstream_bind {bind} cannot reach cluster master {other}: the address families differ");
+                }
+                bind
+            }
+            None if cluster_masters.first().is_none_or(|a| a.is_ipv4()) => {
+                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+            }
+            None => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        };
         Ok(GroupMasterSettings {
             group: self.group.clone(),
             listen: self.listen,
             advertise: self.advertise,
-            cluster_masters: self.cluster_master_list(),
+            cluster_masters,
             detector: DetectorConfig {
                 suspect_after: Duration::from_millis(suspect_after),
                 down_after: Duration::from_millis(self.down_after_ms),
@@ -177,6 +210,8 @@ impl GroupMasterConfig {
             cluster_idle_timeout: Duration::from_millis(self.cluster_idle_timeout_ms),
             max_frame: self.max_frame_bytes,
             request_timeout: Duration::from_secs(5),
+            upstream_bind,
+            enroll_timeout: Duration::from_millis(self.enroll_timeout_ms),
         })
     }
 }
@@ -201,6 +236,32 @@ mod tests {
         };
         assert!(bad.validate().is_err());
         assert!(GroupMasterConfig::from_toml("groupp = 'x'").is_err());
+    }
+
+    #[test]
+    fn upstream_bind_defaults_to_the_cluster_masters_family_and_must_match_it() {
+        let s = GroupMasterConfig::default().validate().unwrap();
+        assert_eq!(s.upstream_bind, "0.0.0.0:0".parse().unwrap());
+        let v6 = GroupMasterConfig {
+            cluster_master: "[::1]:7401".parse().unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(
+            v6.validate().unwrap().upstream_bind,
+            "[::]:0".parse().unwrap()
+        );
+        let config =
+            GroupMasterConfig::from_toml("upstream_bind = '127.0.0.1:0'\nenroll_timeout_ms = 300")
+                .unwrap();
+        let s = config.validate().unwrap();
+        assert_eq!(s.upstream_bind, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(s.enroll_timeout, Duration::from_millis(300));
+        let mixed = GroupMasterConfig {
+            upstream_bind: Some("[::1]:0".parse().unwrap()),
+            ..Default::default()
+        };
+        let error = mixed.validate().unwrap_err().to_string();
+        assert!(error.contains("127.0.0.1:7401"), "{error}");
     }
 }
 

@@ -24,7 +24,7 @@ use glory_protocol::lean::{LeanEndpoint, LeanSettings};
 use glory_protocol::transport::client_endpoint;
 use glory_protocol::{ClientAuth, EnrollKind, EnrollRequest, LinkTiming, TlsIdentity};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 pub use config::{GroupMasterConfig, GroupMasterSettings};
 
@@ -91,14 +91,7 @@ impl GroupMaster {
             advertise,
         ));
         info!(group = %settings.group, listen = %advertise, "group master serving");
-        let upstream_endpoint = client_endpoint(SocketAddr::new(
-            if settings.cluster_masters.first().is_none_or(|a| a.is_ipv4()) {
-                [0, 0, 0, 0].into()
-            } else {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            },
-            0,
-        ))?;
+        let upstream_endpoint = upstream_endpoint(&settings)?;
         let tasks = tokio_util::task::TaskTracker::new();
         {
             // Pass changes of the group's masters (a standby registered, a promotion) on
@@ -168,6 +161,15 @@ impl GroupMaster {
     }
 }
 
+/// The socket toward the cluster master (enrollment and the link), bound to
+/// `upstream_bind`.
+fn upstream_endpoint(settings: &GroupMasterSettings) -> anyhow::Result<quinn::Endpoint> {
+    let bind = settings.upstream_bind;
+    client_endpoint(bind).with_context(|| {
+        format!("bind the socket toward the cluster master to {bind} (upstream_bind)")
+    })
+}
+
 /// The identity a group master keeps in its data dir after enrolling.
 fn identity_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("identity.json")
@@ -200,9 +202,13 @@ fn save_identity(data_dir: &Path, identity: &TlsIdentity) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Enroll this group master with the cluster master using a bootstrap token.
+/// Enroll this group master with the cluster master using a bootstrap token. Retries
+/// until it succeeds or is refused for good, going through the configured cluster
+/// masters in turn and following a standby's redirect; failures are logged at once and
+/// then at growing intervals (see [`upstream::worth_logging`]).
 async fn enroll_group_master(
     config: &GroupMasterConfig,
+    settings: &GroupMasterSettings,
     advertise: SocketAddr,
 ) -> anyhow::Result<TlsIdentity> {
     let Some(token) = config.token.clone() else {
@@ -213,7 +219,7 @@ async fn enroll_group_master(
         );
     };
     let trust = config.ca_trust()?;
-    let endpoint = client_endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    let endpoint = upstream_endpoint(settings)?;
     let (key_pem, csr_pem) = glory_protocol::tls::generate_csr()?;
     let request = EnrollRequest {
         token,
@@ -223,18 +229,17 @@ async fn enroll_group_master(
         },
         csr_pem,
     };
+    let candidates = &settings.cluster_masters;
+    let mut target = candidates
+        .first()
+        .copied()
+        .context("no cluster master address configured")?;
+    let mut next = 0usize;
+    let mut failures = 0u32;
     let mut delay = std::time::Duration::from_millis(200);
+    info!(group = %config.group, cluster_master = %target, "enrolling with the cluster master");
     loop {
-        match glory_protocol::enroll::enroll(
-            &endpoint,
-            config.cluster_master,
-            &trust,
-            &format!("group-master-{}", config.group),
-            &request,
-            std::time::Duration::from_secs(5),
-        )
-        .await
-        {
+        match enroll_attempt(&endpoint, settings, target, &trust, &request).await {
             Ok(enrolled) => {
                 return Ok(TlsIdentity {
                     cert_pem: enrolled.cert_pem,
@@ -243,15 +248,54 @@ async fn enroll_group_master(
                 });
             }
             Err(e) => {
-                if e.refusal().is_some_and(|r| !r.code.is_retryable()) {
-                    bail!("enrollment refused: {e}");
+                if let Some(refusal) = e.refusal() {
+                    if !refusal.code.is_retryable() {
+                        bail!("enroll with cluster master {target}: refused: {refusal}");
+                    }
                 }
-                tracing::warn!(error = %e, "group master enrollment failed; retrying");
+                failures += 1;
+                if upstream::worth_logging(failures) {
+                    warn!(group = %config.group, cluster_master = %target, failures, retry_in = ?delay, error = %e, "group master enrollment failed; retrying");
+                } else {
+                    debug!(group = %config.group, cluster_master = %target, failures, error = %e, "group master enrollment failed; retrying");
+                }
+                match e
+                    .refusal()
+                    .and_then(|r| r.redirect)
+                    .filter(|to| *to != target)
+                {
+                    // A standby named the leader: go there next.
+                    Some(to) => target = to,
+                    None => {
+                        next = (next + 1) % candidates.len();
+                        target = candidates[next];
+                    }
+                }
             }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(std::time::Duration::from_secs(5));
     }
+}
+
+/// One enrollment attempt with the cluster master at `target`.
+async fn enroll_attempt(
+    endpoint: &quinn::Endpoint,
+    settings: &GroupMasterSettings,
+    target: SocketAddr,
+    trust: &glory_protocol::CaTrust,
+    request: &EnrollRequest,
+) -> Result<glory_protocol::Enrolled, glory_protocol::LinkError> {
+    glory_protocol::enroll::enroll_within(
+        endpoint,
+        target,
+        trust,
+        &format!("group-master-{}", settings.group),
+        request,
+        settings.enroll_timeout.min(settings.request_timeout),
+        settings.enroll_timeout,
+    )
+    .await
 }
 
 /// Run a group master from its configuration until `shutdown`.
@@ -266,7 +310,7 @@ pub async fn run(config: GroupMasterConfig, shutdown: CancellationToken) -> anyh
             }
             let identity = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                identity = enroll_group_master(&config, advertise) => identity?,
+                identity = enroll_group_master(&config, &settings, advertise) => identity?,
             };
             save_identity(&config.data_dir, &identity)?;
             info!(group = %config.group, "group master enrolled");
@@ -274,4 +318,79 @@ pub async fn run(config: GroupMasterConfig, shutdown: CancellationToken) -> anyh
         }
     };
     GroupMaster::bind(settings, identity)?.serve(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config whose cluster master is a bound UDP socket that never reads: nothing
+    /// answers there, as with a wrong address.
+    fn config_toward_silence(silent: SocketAddr) -> GroupMasterConfig {
+        GroupMasterConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cluster_master: silent,
+            upstream_bind: Some("127.0.0.1:0".parse().unwrap()),
+            token: Some("gb-00000000.secret".into()),
+            enroll_timeout_ms: 300,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn enrollment_with_a_silent_address_names_it_and_the_action() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        let settings = config_toward_silence(addr).validate().unwrap();
+        let endpoint = upstream_endpoint(&settings).unwrap();
+        let (_, csr_pem) = glory_protocol::tls::generate_csr().unwrap();
+        let request = EnrollRequest {
+            token: "gb-00000000.secret".into(),
+            kind: EnrollKind::GroupMaster {
+                group: "g00".into(),
+                listen: "127.0.0.1:7402".parse().unwrap(),
+            },
+            csr_pem,
+        };
+        let started = Instant::now();
+        let error = enroll_attempt(
+            &endpoint,
+            &settings,
+            addr,
+            &glory_protocol::CaTrust::FirstUse,
+            &request,
+        )
+        .await
+        .expect_err("nothing answers")
+        .to_string();
+        assert!(
+            error.contains(&format!("enroll with cluster master {addr}")),
+            "{error}"
+        );
+        assert!(error.contains("no answer within 300ms"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn the_upstream_socket_binds_upstream_bind() {
+        let settings = config_toward_silence("127.0.0.1:7401".parse().unwrap())
+            .validate()
+            .unwrap();
+        let endpoint = upstream_endpoint(&settings).unwrap();
+        let local = endpoint.local_addr().unwrap();
+        assert_eq!(local.ip(), std::net::Ipv4Addr::LOCALHOST);
+        assert_ne!(local.port(), 0);
+        // Taken already: the error says which socket and which option.
+        let taken = GroupMasterConfig {
+            upstream_bind: Some(local),
+            ..config_toward_silence("127.0.0.1:7401".parse().unwrap())
+        };
+        let error = upstream_endpoint(&taken.validate().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&format!("{local} (upstream_bind)")),
+            "{error}"
+        );
+    }
 }

@@ -63,8 +63,10 @@ pub(crate) async fn upstream_loop(
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures.is_multiple_of(20) {
-                    warn!(group = %shared.group, error = %e, cluster_master = %target, "cluster master link down; retrying");
+                if worth_logging(failures) {
+                    warn!(group = %shared.group, failures, error = %e, "cluster master link down; retrying");
+                } else {
+                    debug!(group = %shared.group, failures, error = %e, "cluster master link down; retrying");
                 }
                 if e.refusal().is_some() {
                     last_answer = Instant::now();
@@ -101,9 +103,43 @@ pub(crate) async fn upstream_loop(
     }
 }
 
-/// One connection's life. `Ok` only on shutdown.
+/// Whether the `failures`th failure in a row to reach the cluster master is logged at
+/// `warn`: the first ones, then at growing intervals (1, 2, 4, ... 64, then every 64th),
+/// so a wrong address is reported at once and a long outage does not flood the log.
+pub(crate) fn worth_logging(failures: u32) -> bool {
+    const EVERY: u32 = 64;
+    failures.is_power_of_two() && failures <= EVERY || failures.is_multiple_of(EVERY)
+}
+
+/// One connection's life, its errors naming `target`. `Ok` only on shutdown.
 #[allow(clippy::too_many_arguments)]
 async fn link(
+    endpoint: &quinn::Endpoint,
+    identity: &TlsIdentity,
+    shared: &Arc<Shared>,
+    settings: &GroupMasterSettings,
+    advertise: SocketAddr,
+    target: SocketAddr,
+    shutdown: &CancellationToken,
+    established: &mut bool,
+) -> Result<(), LinkError> {
+    link_session(
+        endpoint,
+        identity,
+        shared,
+        settings,
+        advertise,
+        target,
+        shutdown,
+        established,
+    )
+    .await
+    .map_err(|e| e.at("link to cluster master", target))
+}
+
+/// One connection's life. `Ok` only on shutdown.
+#[allow(clippy::too_many_arguments)]
+async fn link_session(
     endpoint: &quinn::Endpoint,
     identity: &TlsIdentity,
     shared: &Arc<Shared>,
@@ -234,5 +270,14 @@ fn handle(shared: &Shared, msg: ClusterToGroup) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retries_are_logged_at_growing_intervals() {
+        let logged: Vec<u32> = (1..=300).filter(|&n| super::worth_logging(n)).collect();
+        assert_eq!(logged, [1, 2, 4, 8, 16, 32, 64, 128, 192, 256]);
     }
 }

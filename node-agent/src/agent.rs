@@ -469,7 +469,8 @@ async fn connect_group_master(
             Ok(conn) => conn,
             Err(e) => {
                 AgentStats::count(&deps.stats.gm_connect_failures);
-                last = SessionEnd::Unreachable(format!("connect {addr}: {e}"));
+                // The error names the address and the action.
+                last = SessionEnd::Unreachable(e.to_string());
                 continue;
             }
         };

@@ -15,7 +15,11 @@ use crate::transport::{client_config, client_hello, close, connect, LinkError, L
 /// than the cluster master's admission queue holds one (see `glory_protocol::admission`).
 pub const ENROLL_CONNECT_PATIENCE: Duration = Duration::from_secs(20);
 
-/// Ask the cluster master at `cluster_master` to enroll us.
+/// What enrollment errors say it was doing, before the address.
+pub const ENROLL_ACTION: &str = "enroll with cluster master";
+
+/// Ask the cluster master at `cluster_master` to enroll us. Every error but the
+/// cluster master's refusal names the address and the action ([`ENROLL_ACTION`]).
 pub async fn enroll(
     endpoint: &quinn::Endpoint,
     cluster_master: SocketAddr,
@@ -28,6 +32,51 @@ pub async fn enroll(
     // admission queue for up to 16 s before their handshake starts: waiting costs
     // both sides almost nothing, where giving up and retrying costs a new handshake.
     let patience = timeout.max(ENROLL_CONNECT_PATIENCE);
+    enroll_within(
+        endpoint,
+        cluster_master,
+        trust,
+        machine_id,
+        request,
+        timeout,
+        patience,
+    )
+    .await
+}
+
+/// [`enroll`], waiting `patience` (not at least [`ENROLL_CONNECT_PATIENCE`]) for the
+/// cluster master to take up the connection.
+pub async fn enroll_within(
+    endpoint: &quinn::Endpoint,
+    cluster_master: SocketAddr,
+    trust: &CaTrust,
+    machine_id: &str,
+    request: &EnrollRequest,
+    timeout: Duration,
+    patience: Duration,
+) -> Result<Enrolled, LinkError> {
+    exchange(
+        endpoint,
+        cluster_master,
+        trust,
+        machine_id,
+        request,
+        timeout,
+        patience,
+    )
+    .await
+    .map_err(|e| e.at(ENROLL_ACTION, cluster_master))
+}
+
+async fn exchange(
+    endpoint: &quinn::Endpoint,
+    cluster_master: SocketAddr,
+    trust: &CaTrust,
+    machine_id: &str,
+    request: &EnrollRequest,
+    timeout: Duration,
+    patience: Duration,
+) -> Result<Enrolled, LinkError> {
     let timing = LinkTiming {
         idle_timeout: patience,
         keep_alive: None,
@@ -63,4 +112,69 @@ pub async fn enroll(
     .await;
     conn.close(VarInt::from_u32(close::NORMAL), b"enrolled");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::EnrollKind;
+
+    #[tokio::test]
+    async fn an_unanswered_enrollment_names_the_address_and_the_action() {
+        // A bound socket that never reads: nothing answers, and no ICMP "port
+        // unreachable" comes back either, as with a wrong address on a real network.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        let endpoint = crate::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (_, csr_pem) = crate::tls::generate_csr().unwrap();
+        let request = EnrollRequest {
+            token: "gb-00000000.secret".into(),
+            kind: EnrollKind::GroupMaster {
+                group: "g00".into(),
+                listen: "127.0.0.1:7402".parse().unwrap(),
+            },
+            csr_pem,
+        };
+        let error = enroll_within(
+            &endpoint,
+            addr,
+            &CaTrust::FirstUse,
+            "m-1",
+            &request,
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+        )
+        .await
+        .expect_err("nothing answers");
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "enroll with cluster master {addr}: no answer within 300ms"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("is a cluster master listening there?"),
+            "{text}"
+        );
+        assert!(!error.is_busy() && error.refusal().is_none());
+    }
+
+    #[test]
+    fn context_keeps_refusals_and_replaces_the_action_for_the_same_address() {
+        let addr: SocketAddr = "10.0.0.9:7401".parse().unwrap();
+        let refused = LinkError::Refused(crate::messages::Refusal::new(
+            crate::messages::RefusalCode::BadToken,
+            "no such token",
+        ))
+        .at(ENROLL_ACTION, addr);
+        assert!(matches!(refused, LinkError::Refused(_)));
+        let dial = LinkError::Closed
+            .at("connect to cluster master", addr)
+            .at(ENROLL_ACTION, addr);
+        assert_eq!(
+            dial.to_string(),
+            "enroll with cluster master 10.0.0.9:7401: peer closed the stream before answering"
+        );
+    }
 }

@@ -108,12 +108,53 @@ pub enum LinkError {
     Closed,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// A dial that nothing answered: the address is wrong, or no server listens there.
+    #[error("no answer within {after:?} (is the address right, and is a {peer} listening there?)")]
+    NoAnswer { after: Duration, peer: &'static str },
+    /// Any other failure, with what we were doing and the address we tried, so a log
+    /// line or an error message says where to look.
+    #[error("{action} {addr}: {cause}")]
+    At {
+        /// What the link was for, e.g. "enroll with cluster master".
+        action: &'static str,
+        addr: SocketAddr,
+        cause: Box<LinkError>,
+    },
 }
 
 impl LinkError {
+    /// Say what we were doing and where: `action` names the peer too ("enroll with
+    /// cluster master"). A refusal is left as it is (it is the peer's answer, and callers
+    /// branch on it); an error that already names `addr` gets the new action.
+    pub fn at(self, action: &'static str, addr: SocketAddr) -> LinkError {
+        match self {
+            LinkError::Refused(_) => self,
+            LinkError::At {
+                addr: named, cause, ..
+            } if named == addr => LinkError::At {
+                action,
+                addr,
+                cause,
+            },
+            other => LinkError::At {
+                action,
+                addr,
+                cause: Box::new(other),
+            },
+        }
+    }
+
+    /// The error under any [`LinkError::At`] context.
+    pub fn cause(&self) -> &LinkError {
+        match self {
+            LinkError::At { cause, .. } => cause.cause(),
+            other => other,
+        }
+    }
+
     /// The peer's refusal, if that is what this is.
     pub fn refusal(&self) -> Option<&Refusal> {
-        match self {
+        match self.cause() {
             LinkError::Refused(r) => Some(r),
             _ => None,
         }
@@ -123,10 +164,19 @@ impl LinkError {
     /// (admission control): retry soon, it is not down.
     pub fn is_busy(&self) -> bool {
         matches!(
-            self,
+            self.cause(),
             LinkError::Connection(quinn::ConnectionError::ConnectionClosed(c))
                 if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
         )
+    }
+}
+
+/// What a server name is, for messages: "cluster master", "group master".
+pub fn peer_kind(server_name: &str) -> &'static str {
+    match server_name {
+        crate::tls::CLUSTER_MASTER_NAME => "cluster master",
+        crate::tls::GROUP_MASTER_NAME => "group master",
+        _ => "server",
     }
 }
 
@@ -208,6 +258,9 @@ pub fn client_config(
 }
 
 /// Dial `addr` expecting a server certificate for `server_name`, within `timeout`.
+/// Every error names the address and the kind of peer ("connect to cluster master
+/// 10.0.0.9:7401: no answer within 3s ..."); callers replace the action with
+/// [`LinkError::at`] when they know better what the link is for.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     config: quinn::ClientConfig,
@@ -215,11 +268,23 @@ pub async fn connect(
     server_name: &str,
     timeout: Duration,
 ) -> Result<Connection, LinkError> {
-    let connecting = endpoint.connect_with(config, addr, server_name)?;
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(conn) => Ok(conn?),
-        Err(_) => Err(LinkError::Timeout(timeout)),
-    }
+    let peer = peer_kind(server_name);
+    let action = match peer {
+        "cluster master" => "connect to cluster master",
+        "group master" => "connect to group master",
+        _ => "connect to",
+    };
+    let dial = async {
+        let connecting = endpoint.connect_with(config, addr, server_name)?;
+        match tokio::time::timeout(timeout, connecting).await {
+            Ok(conn) => Ok(conn?),
+            Err(_) => Err(LinkError::NoAnswer {
+                after: timeout,
+                peer,
+            }),
+        }
+    };
+    dial.await.map_err(|e| e.at(action, addr))
 }
 
 /// The control stream of a link: typed frames in both directions.

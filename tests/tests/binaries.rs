@@ -84,7 +84,14 @@ impl Masters {
             glory(
                 &api_url,
                 &op_token,
-                &["token", "create", "--scope", "any", "--ttl", "600"],
+                &[
+                    "bootstrap-tokens",
+                    "create",
+                    "--scope",
+                    "any",
+                    "--ttl",
+                    "600",
+                ],
             )
             .ok()
         })?;

@@ -327,11 +327,21 @@ pub async fn removed_nodes(client: &ApiClient, as_json: bool) -> anyhow::Result<
         .map(|items| {
             items
                 .iter()
-                .map(|n| vec![s(&n["node"]), s(&n["hostname"]), s(&n["identity"])])
+                .map(|n| {
+                    vec![
+                        s(&n["node"]),
+                        s(&n["hostname"]),
+                        s(&n["identity"]),
+                        crate::table::when_value(&n["removed_ms"], "-"),
+                    ]
+                })
                 .collect()
         })
         .unwrap_or_default();
-    print!("{}", render(&["NODE", "HOSTNAME", "IDENTITY"], &rows));
+    print!(
+        "{}",
+        render(&["NODE", "HOSTNAME", "IDENTITY", "REMOVED"], &rows)
+    );
     Ok(())
 }
 

@@ -205,7 +205,26 @@ enum SimAction {
     Restart { id: String },
 }
 
+/// `glory nodes | head` closes our stdout early: end quietly, as Unix tools do, instead
+/// of panicking on the failed print (Rust ignores SIGPIPE, so `println!` panics).
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("Broken pipe") {
+            std::process::exit(141); // what a shell reports for SIGPIPE
+        }
+        default(info);
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     // The simulated agents' process runs on one thread: its thousands of connections
     // each do a little now and then, and on one thread quinn's endpoint and connection

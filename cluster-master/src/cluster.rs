@@ -426,6 +426,7 @@ impl Cluster {
                         enrolled_ms: now,
                         inventory: inventory.clone(),
                         labels: Default::default(),
+                        reached_from: None,
                     };
                     let status = NodeStatus::new(NodeState::Joining, now, "enrolled");
                     reg.insert_node(NodeEntry {

@@ -124,6 +124,10 @@ pub struct NodeRecord {
     pub inventory: Inventory,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The IP address the node's agent last connected to its group master from: the
+    /// address a pool master on this node is published at by default.
+    #[serde(default)]
+    pub reached_from: Option<String>,
 }
 
 /// One entry of a node's state history.

@@ -151,7 +151,7 @@ pub async fn run_agent(
     // The group master whose session we just lost, tried last next time.
     let mut avoid: Option<std::net::SocketAddr> = None;
     // Processes live as long as this run (a simulated power-off ends them too).
-    let procs = Supervisor::new(deps.host.inventory().simulated);
+    let procs = Supervisor::new(!deps.host.runs_processes());
     loop {
         let mut identity = match deps.store.load()? {
             Some(identity) => identity,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod host;
 pub mod identity;
 pub mod processes;
+pub mod restart;
 
 use std::sync::Arc;
 

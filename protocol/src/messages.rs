@@ -345,6 +345,63 @@ pub struct ProcessReport {
     /// Why it failed or exited, for people.
     #[serde(default)]
     pub detail: String,
+    /// How many times this epoch's process was started on this node (1: the first
+    /// start; a restart after an exit adds one).
+    #[serde(default)]
+    pub run: u32,
+    /// Consecutive quick failures (exits or failed starts before a stable run) that
+    /// led to the current run or pending restart; a stable run resets it.
+    #[serde(default)]
+    pub failures: u32,
+    /// The process keeps failing quickly: the agent still restarts it at the longest
+    /// backoff, and the cluster master may move the role to another candidate.
+    #[serde(default)]
+    pub failing: bool,
+    /// A restart is scheduled this many milliseconds after the report was made.
+    #[serde(default)]
+    pub restart_in_ms: Option<u64>,
+    /// How the last run of this epoch's process ended, if one did.
+    #[serde(default)]
+    pub last_exit: Option<ProcessExit>,
+    /// The last lines the process wrote to stdout and stderr (bounded by the agent).
+    #[serde(default)]
+    pub output: Vec<String>,
+}
+
+impl ProcessReport {
+    /// A report of process `id` at `epoch` in `state`, with nothing else known yet.
+    pub fn new(id: impl Into<String>, epoch: u64, state: ProcessState) -> Self {
+        ProcessReport {
+            id: id.into(),
+            epoch,
+            state,
+            pid: None,
+            detail: String::new(),
+            run: 0,
+            failures: 0,
+            failing: false,
+            restart_in_ms: None,
+            last_exit: None,
+            output: Vec::new(),
+        }
+    }
+}
+
+/// How one run of a supervised process ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessExit {
+    /// Exit status, when it exited by itself.
+    #[serde(default)]
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// How long it ran, in milliseconds (0 when it could not be started).
+    #[serde(default)]
+    pub ran_ms: u64,
+    /// The same for people, e.g. `exit status: 3`, or why it could not start.
+    #[serde(default)]
+    pub detail: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -401,6 +458,10 @@ pub enum GroupToCluster {
     ProcessSnapshot {
         node: String,
         processes: Vec<ProcessReport>,
+        /// The IP address the node's agent connected from: the address other machines
+        /// reach the node at (absent from older group masters).
+        #[serde(default)]
+        address: Option<std::net::IpAddr>,
     },
 }
 

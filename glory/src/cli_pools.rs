@@ -281,6 +281,33 @@ pub async fn label(
     Ok(())
 }
 
+/// What a pool master's view says about its process: its state, how its last run
+/// ended, and the last lines of its output.
+fn process_lines(m: &Value) -> Vec<String> {
+    let mut state = format!("process {}", s(&m["process"]));
+    let failures = m["failures"].as_u64().unwrap_or(0);
+    let restarts = m["restarts"].as_u64().unwrap_or(0);
+    if failures > 0 || restarts > 0 {
+        state.push_str(&format!(
+            " ({failures} quick failures in a row, {restarts} restarts)"
+        ));
+    }
+    let mut lines = vec![state];
+    let exit = &m["last_exit"];
+    if !exit.is_null() {
+        lines.push(format!(
+            "last exit {} after {} ms",
+            s(&exit["detail"]),
+            s(&exit["ran_ms"])
+        ));
+    }
+    if let Some(output) = m["output"].as_array().filter(|o| !o.is_empty()) {
+        lines.push("output:".to_string());
+        lines.extend(output.iter().map(|l| format!("  {}", s(l))));
+    }
+    lines
+}
+
 fn print_pool(p: &Value) {
     let master = &p["master"];
     println!("pool       {}", s(&p["name"]));
@@ -302,6 +329,9 @@ fn print_pool(p: &Value) {
             s(&master["epoch"]),
             s(&master["since"])
         );
+        for line in process_lines(master) {
+            println!("           {line}");
+        }
     }
     let rows: Vec<Vec<String>> = p["candidates"]
         .as_array()
@@ -574,6 +604,9 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
                     s(&m["epoch"]),
                     s(&m["since"])
                 );
+                for line in process_lines(&m) {
+                    println!("{line}");
+                }
             }
         }
         PoolsAction::Watch { name } => {
@@ -588,4 +621,28 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_master_shows_its_last_exit_and_output() {
+        let m = json!({"node": "n-1", "address": "10.0.0.1:7000", "epoch": 2, "since": 1,
+                       "process": "failing", "failures": 3, "restarts": 5,
+                       "last_exit": {"code": 3, "signal": null, "ran_ms": 12, "detail": "exit status: 3"},
+                       "output": ["boom"]});
+        assert_eq!(
+            process_lines(&m),
+            [
+                "process failing (3 quick failures in a row, 5 restarts)",
+                "last exit exit status: 3 after 12 ms",
+                "output:",
+                "  boom",
+            ]
+        );
+        let running = json!({"process": "running", "failures": 0, "restarts": 0});
+        assert_eq!(process_lines(&running), ["process running"]);
+    }
 }

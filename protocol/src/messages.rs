@@ -517,3 +517,75 @@ pub struct GroupLocation {
     /// Active first.
     pub masters: Vec<SocketAddr>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode_body, encode_body};
+
+    /// Process reports and snapshots as peers from before restarts sent them.
+    #[derive(Serialize)]
+    struct OldReport {
+        id: String,
+        epoch: u64,
+        state: ProcessState,
+        pid: Option<u32>,
+        detail: String,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum OldGroupToCluster {
+        ProcessSnapshot {
+            node: String,
+            processes: Vec<OldReport>,
+        },
+    }
+
+    #[test]
+    fn process_messages_from_older_peers_decode_with_defaults() {
+        let old = OldReport {
+            id: "pool/p/master".into(),
+            epoch: 3,
+            state: ProcessState::Exited { code: Some(1) },
+            pid: None,
+            detail: "exited".into(),
+        };
+        let body = encode_body(&OldGroupToCluster::ProcessSnapshot {
+            node: "n-1".into(),
+            processes: vec![old],
+        })
+        .unwrap();
+        match decode_body::<GroupToCluster>(&body).unwrap() {
+            GroupToCluster::ProcessSnapshot {
+                node,
+                processes,
+                address,
+            } => {
+                assert_eq!((node.as_str(), address), ("n-1", None));
+                let r = &processes[0];
+                assert_eq!((r.epoch, r.run, r.failures), (3, 0, 0));
+                assert!(!r.failing && r.restart_in_ms.is_none() && r.last_exit.is_none());
+                assert!(r.output.is_empty());
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        // And the new fields survive a round trip.
+        let mut report = ProcessReport::new("pool/p/master", 4, ProcessState::Running);
+        report.failing = true;
+        report.output = vec!["boom".into()];
+        report.last_exit = Some(ProcessExit {
+            code: Some(3),
+            ..Default::default()
+        });
+        let msg = GroupToCluster::ProcessSnapshot {
+            node: "n-1".into(),
+            processes: vec![report],
+            address: Some("10.0.0.5".parse().unwrap()),
+        };
+        assert_eq!(
+            decode_body::<GroupToCluster>(&encode_body(&msg).unwrap()).unwrap(),
+            msg
+        );
+    }
+}

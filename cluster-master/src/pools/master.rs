@@ -315,8 +315,9 @@ impl Cluster {
         }
     }
 
-    /// Forget which candidates failed (a manual failover gives every one a new try).
-    fn forget_failed(&self, pool: &str) {
+    /// Forget which candidates failed (a manual failover gives every one a new try;
+    /// a deleted pool needs no marks).
+    pub(crate) fn forget_failed(&self, pool: &str) {
         self.pools
             .failed_masters
             .lock()

@@ -483,6 +483,7 @@ impl Cluster {
         if let Some(master) = &old.master {
             self.stop_master_process(&old.name, master);
         }
+        self.forget_failed(&old.name);
         info!(pool = %name, "pool deleted");
         self.events.emit(
             "pool_deleted",

@@ -256,6 +256,9 @@ impl Cluster {
                         labels: Default::default(),
                         server_identity: identity.clone(),
                         key_sha256: key.clone(),
+                        // Until its group master says otherwise: the address it enrolled
+                        // from (usually the same, so the record is rarely written again).
+                        reached_from: Some(remote.ip().to_string()),
                     };
                     let status = NodeStatus::new(NodeState::Joining, now, "enrolled");
                     reg.insert_node(NodeEntry {
@@ -308,6 +311,7 @@ impl Cluster {
         record.machine_id = inventory.machine_id.clone();
         record.server_identity = identity.clone();
         record.key_sha256 = key;
+        record.reached_from = Some(remote.ip().to_string());
         record.inventory = inventory;
         let status = match &previous {
             Some((_, status)) => status.clone(),

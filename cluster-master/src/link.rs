@@ -274,8 +274,14 @@ async fn group_link(
             Ok(Some(GroupToCluster::Report(report))) => cluster.apply_report(&group, report).await,
             Ok(Some(GroupToCluster::Register { .. })) => {}
             Ok(Some(GroupToCluster::Processes(reports))) => cluster.process_reports(reports),
-            Ok(Some(GroupToCluster::ProcessSnapshot { node, processes })) => {
-                cluster.process_snapshot(&group, &node, processes)
+            Ok(Some(GroupToCluster::ProcessSnapshot {
+                node,
+                processes,
+                address,
+            })) => {
+                cluster
+                    .process_snapshot(&group, &node, processes, address)
+                    .await
             }
             Ok(None) => break,
             Err(e) => {

@@ -297,6 +297,33 @@ pub async fn label(
     Ok(())
 }
 
+/// What a pool master's view says about its process: its state, how its last run
+/// ended, and the last lines of its output.
+fn process_lines(m: &Value) -> Vec<String> {
+    let mut state = format!("process {}", s(&m["process"]));
+    let failures = m["failures"].as_u64().unwrap_or(0);
+    let restarts = m["restarts"].as_u64().unwrap_or(0);
+    if failures > 0 || restarts > 0 {
+        state.push_str(&format!(
+            " ({failures} quick failures in a row, {restarts} restarts)"
+        ));
+    }
+    let mut lines = vec![state];
+    let exit = &m["last_exit"];
+    if !exit.is_null() {
+        lines.push(format!(
+            "last exit {} after {} ms",
+            s(&exit["detail"]),
+            s(&exit["ran_ms"])
+        ));
+    }
+    if let Some(output) = m["output"].as_array().filter(|o| !o.is_empty()) {
+        lines.push("output:".to_string());
+        lines.extend(output.iter().map(|l| format!("  {}", s(l))));
+    }
+    lines
+}
+
 /// `NODE at ADDRESS (epoch N, since 3m ago)`.
 fn master_line(m: &Value) -> String {
     format!(
@@ -338,6 +365,9 @@ pub fn pool_text(p: &Value) -> String {
         }
     } else {
         let _ = writeln!(out, "master     {}", master_line(master));
+        for line in process_lines(master) {
+            let _ = writeln!(out, "           {line}");
+        }
     }
     let rows: Vec<Vec<String>> = p["candidates"]
         .as_array()
@@ -607,6 +637,9 @@ pub async fn pools(client: &ApiClient, action: PoolsAction, as_json: bool) -> an
                 print_json(&m);
             } else {
                 println!("{}", master_line(&m));
+                for line in process_lines(&m) {
+                    println!("{line}");
+                }
             }
         }
         PoolsAction::Watch { name } => {
@@ -661,7 +694,9 @@ pub fn created_text(p: &Value) -> String {
 mod tests {
     use clap::Parser;
 
-    use super::{master_command_words, PoolsAction};
+    use serde_json::json;
+
+    use super::{master_command_words, process_lines, PoolsAction};
 
     #[derive(Parser)]
     struct Pools {
@@ -739,5 +774,24 @@ mod tests {
             "fsd 'a",
         ]);
         assert!(unbalanced.unwrap_err().to_string().contains("unbalanced"));
+    }
+
+    #[test]
+    fn a_failing_master_shows_its_last_exit_and_output() {
+        let m = json!({"node": "n-1", "address": "10.0.0.1:7000", "epoch": 2, "since": 1,
+                       "process": "failing", "failures": 3, "restarts": 5,
+                       "last_exit": {"code": 3, "signal": null, "ran_ms": 12, "detail": "exit status: 3"},
+                       "output": ["boom"]});
+        assert_eq!(
+            process_lines(&m),
+            [
+                "process failing (3 quick failures in a row, 5 restarts)",
+                "last exit exit status: 3 after 12 ms",
+                "output:",
+                "  boom",
+            ]
+        );
+        let running = json!({"process": "running", "failures": 0, "restarts": 0});
+        assert_eq!(process_lines(&running), ["process running"]);
     }
 }

@@ -71,7 +71,16 @@ impl SimFleet {
 
     /// Add `count` agents (numbered after the existing ones) and start them all at once.
     pub fn add(&self, count: usize) {
-        let range = self.push_agents(count);
+        let range = self.push_agents(count, false);
+        for i in range {
+            self.start_index(i);
+        }
+    }
+
+    /// Add `count` agents that really run the processes the cluster master asks them
+    /// to run (component masters), on this machine, and start them.
+    pub fn add_with_processes(&self, count: usize) {
+        let range = self.push_agents(count, true);
         for i in range {
             self.start_index(i);
         }
@@ -81,7 +90,7 @@ impl SimFleet {
     /// datacenter comes up rack by rack (a power-on storm of thousands of handshakes
     /// in the same millisecond is a denial of service, not a boot). Returns at once.
     pub fn add_ramped(&self, count: usize, per_second: usize) {
-        let range = self.push_agents(count);
+        let range = self.push_agents(count, false);
         let fleet = self.clone();
         let per_tick = per_second.max(10) / 10;
         let shutdown = self.inner.shutdown.clone();
@@ -102,12 +111,17 @@ impl SimFleet {
         });
     }
 
-    fn push_agents(&self, count: usize) -> std::ops::Range<usize> {
+    fn push_agents(&self, count: usize, run_processes: bool) -> std::ops::Range<usize> {
         let mut agents = self.agents();
         let start = agents.len();
         for i in start..start + count {
+            let host = if run_processes {
+                SimHost::with_processes(i as u32)
+            } else {
+                SimHost::new(i as u32)
+            };
             agents.push(SimAgent {
-                host: Arc::new(SimHost::new(i as u32)),
+                host: Arc::new(host),
                 store: Arc::new(MemoryStore::default()),
                 running: None,
                 generation: 0,

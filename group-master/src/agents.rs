@@ -4,7 +4,7 @@
 //! Sessions run on the group master's [`LeanEndpoint`] driver (one task for all of the
 //! group's agents), so every callback here is quick and never waits.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use glory_protocol::lean::{LinkHandle, LinkId, Outbox, Service};
@@ -28,6 +28,9 @@ pub(crate) struct AgentSession {
     id: u64,
     /// Undecodable heartbeats so far (logged at the first and every hundredth).
     garbage: u32,
+    /// The IP address the agent connected from, passed up with its process snapshot:
+    /// the node's address as other machines reach it.
+    remote: IpAddr,
 }
 
 fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
@@ -108,6 +111,8 @@ impl Service for Agents {
                 serial: peer.serial,
                 id: 0,
                 garbage: 0,
+                // A dual-stack socket shows IPv4 peers as `::ffff:a.b.c.d`.
+                remote: remote.ip().to_canonical(),
             }),
             Err(r) => {
                 info!(%remote, node_id = %hello.id, code = ?r.code, reason = %r.message, "agent refused");
@@ -144,7 +149,10 @@ impl Service for Agents {
         match frame::decode_body::<AgentToGroup>(body) {
             Ok(AgentToGroup::Inventory(inventory)) => self.shared.inventory(node, *inventory),
             Ok(AgentToGroup::Process(report)) => self.shared.process_report(node, report),
-            Ok(AgentToGroup::Processes(all)) => self.shared.process_snapshot(node, all),
+            Ok(AgentToGroup::Processes(all)) => {
+                self.shared
+                    .process_snapshot(node, all, Some(session.remote))
+            }
             Ok(AgentToGroup::Leaving) => {
                 info!(node_id = %node, "agent leaving");
                 self.shared.left(node);

@@ -3,6 +3,7 @@
 //! seconds after a restart.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -22,6 +23,14 @@ pub(crate) struct Session {
     pub serial: String,
 }
 
+/// A node's whole set of processes at the start of its agent's session.
+pub(crate) struct ProcessSnapshot {
+    pub node: String,
+    pub processes: Vec<ProcessReport>,
+    /// Where the agent connected from (the address others reach the node at).
+    pub address: Option<IpAddr>,
+}
+
 pub(crate) struct Inner {
     pub detector: FailureDetector,
     /// node -> serial of its current certificate, as the cluster master told us.
@@ -37,7 +46,7 @@ pub(crate) struct Inner {
     /// Messages for agents (process starts and stops), until their session sends them.
     pub commands: HashMap<String, Vec<GroupToAgent>>,
     /// Agents' whole process sets (session starts) waiting to go up.
-    pub process_snapshots: Vec<(String, Vec<ProcessReport>)>,
+    pub process_snapshots: Vec<ProcessSnapshot>,
     next_session: u64,
 }
 
@@ -172,24 +181,23 @@ impl Shared {
         self.changed.notify_one();
     }
 
-    /// An agent's whole set of processes (its session started).
-    pub fn process_snapshot(&self, node: &str, all: Vec<ProcessReport>) {
+    /// An agent's whole set of processes (its session started), and the address it
+    /// connected from.
+    pub fn process_snapshot(&self, node: &str, all: Vec<ProcessReport>, address: Option<IpAddr>) {
         let mut inner = self.lock();
         // Reports queued before the snapshot are superseded by it.
         inner.processes.retain(|(n, _)| n != node);
-        inner.process_snapshots.push((node.to_string(), all));
+        inner.process_snapshots.push(ProcessSnapshot {
+            node: node.to_string(),
+            processes: all,
+            address,
+        });
         drop(inner);
         self.changed.notify_one();
     }
 
     /// Take the pending process snapshots and reports (snapshots first).
-    #[allow(clippy::type_complexity)]
-    pub fn take_process_reports(
-        &self,
-    ) -> (
-        Vec<(String, Vec<ProcessReport>)>,
-        Vec<(String, ProcessReport)>,
-    ) {
+    pub fn take_process_reports(&self) -> (Vec<ProcessSnapshot>, Vec<(String, ProcessReport)>) {
         let mut inner = self.lock();
         (
             std::mem::take(&mut inner.process_snapshots),

@@ -199,8 +199,9 @@ async fn link_session(
                     }
                 }
                 let (snapshots, processes) = shared.take_process_reports();
-                for (node, processes) in snapshots {
-                    if let Err(e) = frame::write_frame(&mut send, &GroupToCluster::ProcessSnapshot { node, processes }, max_frame).await {
+                for snap in snapshots {
+                    let msg = GroupToCluster::ProcessSnapshot { node: snap.node, processes: snap.processes, address: snap.address };
+                    if let Err(e) = frame::write_frame(&mut send, &msg, max_frame).await {
                         break 'link Err(e.into());
                     }
                 }

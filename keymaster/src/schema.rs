@@ -139,6 +139,10 @@ pub struct NodeRecord {
     /// server claiming the identity.
     #[serde(default)]
     pub key_sha256: String,
+    /// The IP address the node's agent last connected to its group master from: the
+    /// address a pool master on this node is published at by default.
+    #[serde(default)]
+    pub reached_from: Option<String>,
 }
 
 impl NodeRecord {

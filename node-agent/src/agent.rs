@@ -152,7 +152,7 @@ pub async fn run_agent(
     let mut avoid: Option<std::net::SocketAddr> = None;
     // Processes live as long as this run (a simulated power-off ends them too).
     let inventory = deps.host.inventory();
-    let procs = Supervisor::new(inventory.simulated);
+    let procs = Supervisor::new(!deps.host.runs_processes());
     let mut link = LinkLog::default();
     if let Some(stored) = deps.store.load()? {
         adopt_stored_identity(&deps, stored, &inventory.identity)?;

@@ -12,6 +12,11 @@ use sysinfo::{Disks, Networks, ProcessRefreshKind, ProcessesToUpdate, System};
 pub trait Host: Send + Sync + 'static {
     fn inventory(&self) -> Inventory;
     fn load(&self) -> Load;
+    /// Whether processes the cluster master asks for are really run here (simulated
+    /// hosts only record them).
+    fn runs_processes(&self) -> bool {
+        !self.inventory().simulated
+    }
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -183,6 +188,9 @@ impl Host for RealHost {
 pub struct SimHost {
     index: u32,
     inventory: Inventory,
+    /// Run the processes the cluster master asks for on this machine (tests of
+    /// component masters), instead of only recording them.
+    run_processes: bool,
 }
 
 impl SimHost {
@@ -226,13 +234,30 @@ impl SimHost {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             simulated: true,
         };
-        SimHost { index, inventory }
+        SimHost {
+            index,
+            inventory,
+            run_processes: false,
+        }
+    }
+
+    /// A simulated server that really runs the processes it is asked to run, on this
+    /// machine, as the agent's user.
+    pub fn with_processes(index: u32) -> Self {
+        SimHost {
+            run_processes: true,
+            ..SimHost::new(index)
+        }
     }
 }
 
 impl Host for SimHost {
     fn inventory(&self) -> Inventory {
         self.inventory.clone()
+    }
+
+    fn runs_processes(&self) -> bool {
+        self.run_processes
     }
 
     fn load(&self) -> Load {

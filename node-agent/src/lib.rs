@@ -12,6 +12,7 @@ pub mod host;
 pub mod identity;
 pub mod node_identity;
 pub mod processes;
+pub mod restart;
 
 use std::sync::Arc;
 

@@ -352,6 +352,63 @@ pub struct ProcessReport {
     /// Why it failed or exited, for people.
     #[serde(default)]
     pub detail: String,
+    /// How many times this epoch's process was started on this node (1: the first
+    /// start; a restart after an exit adds one).
+    #[serde(default)]
+    pub run: u32,
+    /// Consecutive quick failures (exits or failed starts before a stable run) that
+    /// led to the current run or pending restart; a stable run resets it.
+    #[serde(default)]
+    pub failures: u32,
+    /// The process keeps failing quickly: the agent still restarts it at the longest
+    /// backoff, and the cluster master may move the role to another candidate.
+    #[serde(default)]
+    pub failing: bool,
+    /// A restart is scheduled this many milliseconds after the report was made.
+    #[serde(default)]
+    pub restart_in_ms: Option<u64>,
+    /// How the last run of this epoch's process ended, if one did.
+    #[serde(default)]
+    pub last_exit: Option<ProcessExit>,
+    /// The last lines the process wrote to stdout and stderr (bounded by the agent).
+    #[serde(default)]
+    pub output: Vec<String>,
+}
+
+impl ProcessReport {
+    /// A report of process `id` at `epoch` in `state`, with nothing else known yet.
+    pub fn new(id: impl Into<String>, epoch: u64, state: ProcessState) -> Self {
+        ProcessReport {
+            id: id.into(),
+            epoch,
+            state,
+            pid: None,
+            detail: String::new(),
+            run: 0,
+            failures: 0,
+            failing: false,
+            restart_in_ms: None,
+            last_exit: None,
+            output: Vec::new(),
+        }
+    }
+}
+
+/// How one run of a supervised process ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessExit {
+    /// Exit status, when it exited by itself.
+    #[serde(default)]
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// How long it ran, in milliseconds (0 when it could not be started).
+    #[serde(default)]
+    pub ran_ms: u64,
+    /// The same for people, e.g. `exit status: 3`, or why it could not start.
+    #[serde(default)]
+    pub detail: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -408,6 +465,10 @@ pub enum GroupToCluster {
     ProcessSnapshot {
         node: String,
         processes: Vec<ProcessReport>,
+        /// The IP address the node's agent connected from: the address other machines
+        /// reach the node at (absent from older group masters).
+        #[serde(default)]
+        address: Option<std::net::IpAddr>,
     },
 }
 
@@ -462,4 +523,76 @@ pub struct GroupLocation {
     pub group: String,
     /// Active first.
     pub masters: Vec<SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode_body, encode_body};
+
+    /// Process reports and snapshots as peers from before restarts sent them.
+    #[derive(Serialize)]
+    struct OldReport {
+        id: String,
+        epoch: u64,
+        state: ProcessState,
+        pid: Option<u32>,
+        detail: String,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum OldGroupToCluster {
+        ProcessSnapshot {
+            node: String,
+            processes: Vec<OldReport>,
+        },
+    }
+
+    #[test]
+    fn process_messages_from_older_peers_decode_with_defaults() {
+        let old = OldReport {
+            id: "pool/p/master".into(),
+            epoch: 3,
+            state: ProcessState::Exited { code: Some(1) },
+            pid: None,
+            detail: "exited".into(),
+        };
+        let body = encode_body(&OldGroupToCluster::ProcessSnapshot {
+            node: "n-1".into(),
+            processes: vec![old],
+        })
+        .unwrap();
+        match decode_body::<GroupToCluster>(&body).unwrap() {
+            GroupToCluster::ProcessSnapshot {
+                node,
+                processes,
+                address,
+            } => {
+                assert_eq!((node.as_str(), address), ("n-1", None));
+                let r = &processes[0];
+                assert_eq!((r.epoch, r.run, r.failures), (3, 0, 0));
+                assert!(!r.failing && r.restart_in_ms.is_none() && r.last_exit.is_none());
+                assert!(r.output.is_empty());
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        // And the new fields survive a round trip.
+        let mut report = ProcessReport::new("pool/p/master", 4, ProcessState::Running);
+        report.failing = true;
+        report.output = vec!["boom".into()];
+        report.last_exit = Some(ProcessExit {
+            code: Some(3),
+            ..Default::default()
+        });
+        let msg = GroupToCluster::ProcessSnapshot {
+            node: "n-1".into(),
+            processes: vec![report],
+            address: Some("10.0.0.5".parse().unwrap()),
+        };
+        assert_eq!(
+            decode_body::<GroupToCluster>(&encode_body(&msg).unwrap()).unwrap(),
+            msg
+        );
+    }
 }

@@ -37,6 +37,7 @@ pub struct ClusterBuilder {
     heartbeat_ms: u64,
     down_after_ms: u64,
     group_size_limit: usize,
+    process_agents: usize,
 }
 
 impl Default for ClusterBuilder {
@@ -47,6 +48,7 @@ impl Default for ClusterBuilder {
             heartbeat_ms: 250,
             down_after_ms: 750,
             group_size_limit: 250,
+            process_agents: 0,
         }
     }
 }
@@ -70,6 +72,12 @@ impl ClusterBuilder {
     }
     pub fn group_size_limit(mut self, n: usize) -> Self {
         self.group_size_limit = n;
+        self
+    }
+    /// The first `n` agents (of `agents`) really run the processes they are asked to
+    /// run, on this machine; the others only record them.
+    pub fn process_agents(mut self, n: usize) -> Self {
+        self.process_agents = n;
         self
     }
 
@@ -135,7 +143,9 @@ impl ClusterBuilder {
         settings.ca_trust = CaTrust::Pem(cluster.cluster().ca_pem());
         let fleet = SimFleet::new(settings, 2, cluster.fleet_shutdown.clone())?;
         late.attach(fleet.clone());
-        fleet.add(self.agents);
+        let with_processes = self.process_agents.min(self.agents);
+        fleet.add_with_processes(with_processes);
+        fleet.add(self.agents - with_processes);
         cluster.fleet = Some(fleet);
         Ok(cluster)
     }

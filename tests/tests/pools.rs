@@ -583,3 +583,175 @@ async fn a_failed_pool_node_is_replaced_after_the_delay_respecting_spread() -> a
     cluster.shutdown().await;
     Ok(())
 }
+
+/// A master command that exits at once: its agent restarts it with a backoff under the
+/// same epoch, it is reported `failing` with its last exit status and output, the role
+/// moves once to each candidate and then stays (the epoch does not race upward).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_keeps_failing_backs_off_and_is_reported_failing() -> anyhow::Result<()> {
+    let cluster = TestCluster::builder()
+        .groups(1)
+        .agents(2)
+        .process_agents(2)
+        .start()
+        .await?;
+    cluster.wait_all_up(2, Duration::from_secs(30)).await?;
+    let op = &cluster.api;
+    post(op, "/api/v1/tenants", json!({"name": "t"})).await?;
+    let pool = post(
+        op,
+        "/api/v1/pools",
+        json!({"name": "crash", "component": "custom:crash", "tenant": "t", "size": 2,
+               "master": {"command": ["sh", "-c", "echo boom; exit 3"]}}),
+    )
+    .await?;
+    let candidates = node_ids(&pool);
+    let mut events = op.events("/api/v1/pools/crash/events").await?;
+    let mut seen = Vec::new();
+    post(
+        op,
+        "/api/v1/pools/crash/candidates",
+        json!({"nodes": candidates}),
+    )
+    .await?;
+    // Three quick failures take about 1 + 2 s on each candidate.
+    let failing = wait_event(&mut events, Duration::from_secs(30), &mut seen, |m| {
+        m.event == "master_failing"
+    })
+    .await?;
+    assert_eq!(failing.data["epoch"], 2, "{seen:#?}");
+    let m = op.get("/api/v1/pools/crash/master").await?;
+    assert_eq!(m["process"], "failing", "{m}");
+    assert_eq!(m["epoch"], 2, "{m}");
+    assert_eq!(m["last_exit"]["code"], 3, "{m}");
+    assert!(
+        m["output"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|l| l == "boom")),
+        "{m}"
+    );
+    assert!(m["failures"].as_u64() >= Some(3), "{m}");
+    // Its agent keeps restarting it (next after a 4 s backoff) without a new election.
+    let highest_epoch = std::cell::Cell::new(0);
+    let last = std::cell::RefCell::new(Value::Null);
+    let waited = cluster
+        .wait_until(
+            "another restart of the failing master",
+            Duration::from_secs(20),
+            async |c| {
+                let Ok(m) = c.api.get("/api/v1/pools/crash/master").await else {
+                    return false;
+                };
+                highest_epoch.set(highest_epoch.get().max(m["epoch"].as_u64().unwrap_or(0)));
+                let restarted = m["restarts"].as_u64() >= Some(3);
+                *last.borrow_mut() = m;
+                restarted
+            },
+        )
+        .await;
+    waited.map_err(|e| anyhow::anyhow!("{e}; master: {}", last.borrow()))?;
+    assert_eq!(
+        highest_epoch.get(),
+        2,
+        "no election after every candidate failed"
+    );
+    let elected: Vec<u64> = seen
+        .iter()
+        .filter(|m| m.event == "master_elected")
+        .map(|m| m.data["epoch"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(elected, [1, 2], "once per candidate: {seen:#?}");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Placeholders in a master's command and environment are substituted; the process
+/// gets a clean environment (the pool's variables and the GLORY_* ones, nothing of the
+/// agent's), and is published at an address others can use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_commands_get_placeholders_and_a_clean_environment() -> anyhow::Result<()> {
+    // The agents run in this process: whatever is in its environment is in theirs.
+    std::env::set_var("GLORY_TEST_AGENT_SECRET", "must-not-leak");
+    let cluster = TestCluster::builder()
+        .groups(1)
+        .agents(1)
+        .process_agents(1)
+        .start()
+        .await?;
+    cluster.wait_all_up(1, Duration::from_secs(30)).await?;
+    let op = &cluster.api;
+    post(op, "/api/v1/tenants", json!({"name": "t"})).await?;
+    // `{port}` needs a port.
+    let refused = post(
+        op,
+        "/api/v1/pools",
+        json!({"name": "noport", "component": "fs", "tenant": "t", "size": 1,
+               "master": {"command": ["python3", "-m", "http.server", "{port}"]}}),
+    )
+    .await;
+    let message = format!("{refused:?}");
+    assert_eq!(status_of(refused), 400);
+    assert!(message.contains("{port}"), "{message}");
+
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().display().to_string();
+    let script = format!(
+        "echo {{port}} {{node}} {{pool}} {{epoch}} > {out}/args; env > {out}/env.tmp; mv {out}/env.tmp {out}/env; exec sleep 60"
+    );
+    let pool = post(
+        op,
+        "/api/v1/pools",
+        json!({"name": "echo", "component": "fs", "tenant": "t", "size": 1,
+               "master": {"command": ["sh", "-c", script], "port": 18999,
+                          "env": {"CONFIGURED": "yes", "LISTEN": ":{port}"}}}),
+    )
+    .await?;
+    let node = node_ids(&pool)[0].clone();
+    post(
+        op,
+        "/api/v1/pools/echo/candidates",
+        json!({"nodes": [node]}),
+    )
+    .await?;
+    let env_file = dir.path().join("env");
+    cluster
+        .wait_until("the master wrote its environment", SLACK * 5, async |c| {
+            env_file.exists()
+                && c.api
+                    .get("/api/v1/pools/echo/master")
+                    .await
+                    .is_ok_and(|m| m["process"] == "running")
+        })
+        .await?;
+    let args = std::fs::read_to_string(dir.path().join("args"))?;
+    assert_eq!(args.trim(), format!("18999 {node} echo 1"));
+    let env = std::fs::read_to_string(&env_file)?;
+    let vars: HashMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(vars.get("GLORY_POOL"), Some(&"echo"), "{env}");
+    assert_eq!(vars.get("GLORY_NODE"), Some(&node.as_str()), "{env}");
+    assert_eq!(vars.get("GLORY_MASTER_EPOCH"), Some(&"1"), "{env}");
+    assert_eq!(vars.get("CONFIGURED"), Some(&"yes"), "{env}");
+    assert_eq!(vars.get("LISTEN"), Some(&":18999"), "{env}");
+    assert!(!vars.contains_key("GLORY_TEST_AGENT_SECRET"), "{env}");
+    for (key, _) in std::env::vars_os() {
+        // The shell adds a few of its own; none of the agent's may be there.
+        let key = key.to_string_lossy();
+        if !["PATH", "PWD", "SHLVL", "_", "OLDPWD"].contains(&key.as_ref()) {
+            assert!(!vars.contains_key(key.as_ref()), "{key} leaked: {env}");
+        }
+    }
+    // Agents connect from 127.0.0.1, which only this machine can use: the master is
+    // published at the simulated node's inventory address instead.
+    let m = op.get("/api/v1/pools/echo/master").await?;
+    assert_eq!(m["address"], "10.0.0.1:18999", "{m}");
+    let km = cluster.cluster().keymaster();
+    let kv = km
+        .get(&glory_keymaster::schema::node_key(&node))
+        .await?
+        .expect("node record");
+    let record: glory_keymaster::schema::NodeRecord =
+        glory_keymaster::schema::decode(&kv.key, &kv.value)?;
+    assert_eq!(record.reached_from.as_deref(), Some("127.0.0.1"));
+    cluster.shutdown().await;
+    Ok(())
+}

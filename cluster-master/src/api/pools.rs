@@ -55,13 +55,28 @@ pub(super) fn visible_pool(
 }
 
 pub(super) fn master_view(cluster: &Cluster, pool: &str, m: &PoolMaster) -> Value {
-    json!({
+    let process = cluster.master_process(pool, m);
+    let mut view = json!({
         "node": m.node,
         "address": m.address,
         "epoch": m.epoch,
         "since": m.since_ms,
-        "process": cluster.master_process_state(pool, m),
-    })
+        "process": process.state,
+        "restarts": process.restarts,
+        "failures": process.failures,
+    });
+    if let Some(exit) = process.last_exit {
+        view["last_exit"] = json!({
+            "code": exit.code,
+            "signal": exit.signal,
+            "ran_ms": exit.ran_ms,
+            "detail": exit.detail,
+        });
+    }
+    if !process.output.is_empty() {
+        view["output"] = json!(process.output);
+    }
+    view
 }
 
 fn pool_view(cluster: &Cluster, p: &PoolRecord, details: bool) -> Value {
@@ -181,7 +196,7 @@ fn check_master_spec(spec: &MasterSpec) -> ApiResult<()> {
     if spec.port == Some(0) {
         return Err(ApiError::bad_request("master.port: must be 1-65535"));
     }
-    Ok(())
+    crate::pools::launch::check_placeholders(spec).map_err(ApiError::bad_request)
 }
 
 async fn create_pool(
@@ -416,7 +431,10 @@ async fn get_master(
             if pool.candidates.is_empty() {
                 format!("pool {name} has no master: register candidates first")
             } else {
-                format!("pool {name} has no master now: no candidate is up")
+                format!(
+                    "pool {name} has no master now: none of its {} candidates was up and in the pool at the last election; one is elected as soon as one is",
+                    pool.candidates.len()
+                )
             },
         )),
     }

@@ -1,15 +1,26 @@
 //! Component masters: the reconciler that keeps one live, elected master per pool with
 //! candidates, starts its process through the node's agent, and fails over with a
-//! higher epoch when the master's node goes down or its process ends.
+//! higher epoch when the master's node goes down or its process keeps failing.
+//!
+//! The epoch is a leadership term, not a process incarnation: the agent restarts a
+//! master that exits under the same epoch, with a backoff, and reports it `failing`
+//! after consecutive quick failures. Only then is the role moved, once to each
+//! candidate; when every candidate has failed with the pool's current master spec and
+//! candidate list, the master stays where it is (its agent keeps retrying at the
+//! longest backoff) instead of flapping between candidates.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use glory_keymaster::schema::{PoolMaster, PoolRecord};
-use glory_protocol::{ClusterToGroup, GroupToAgent, NodeState, ProcessSpec, ProcessState};
+use glory_keymaster::schema::{MasterSpec, PoolMaster, PoolRecord};
+use glory_protocol::{
+    ClusterToGroup, GroupToAgent, NodeState, ProcessExit, ProcessReport, ProcessSpec, ProcessState,
+};
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::alloc::elect;
+use super::launch::{format_address, publish_ip, Placeholders};
 use super::{OpError, OpResultT, Write};
 use crate::cluster::Cluster;
 
@@ -19,32 +30,100 @@ const UNREACHABLE_GRACE: Duration = Duration::from_secs(10);
 /// A start not confirmed by the agent is sent again after this long.
 const START_RETRY: Duration = Duration::from_secs(3);
 
+/// Candidates of one pool whose master process kept failing, valid for the master spec
+/// and candidate list they failed with.
+pub(crate) struct FailedCandidates {
+    spec: MasterSpec,
+    candidates: Vec<String>,
+    nodes: BTreeSet<String>,
+    /// The epoch whose "every candidate failed" was announced (once per epoch).
+    announced: Option<u64>,
+}
+
+/// Why the current master cannot go on.
+enum Trouble {
+    /// Its node is gone, down, unreachable, or no longer a candidate or member: any
+    /// live candidate may take over.
+    Node(String),
+    /// Its process keeps failing (or ended for good): another candidate that has not
+    /// failed with this spec may take over; if none, the master stays.
+    Process(String),
+}
+
+/// What the API says about a master's process.
+pub(crate) struct ProcessView {
+    /// `starting`, `running`, `restarting`, `failing`, `stopped` or `unknown`.
+    pub state: &'static str,
+    pub last_exit: Option<ProcessExit>,
+    pub output: Vec<String>,
+    /// Consecutive quick failures.
+    pub failures: u32,
+    /// Restarts of this epoch's process.
+    pub restarts: u32,
+}
+
+impl ProcessView {
+    /// The view of `report` (the newest for the master's node, process and epoch, if
+    /// any), on a node in `node_state`.
+    fn of(report: Option<&ProcessReport>, node_state: Option<NodeState>) -> ProcessView {
+        let Some(r) = report else {
+            return ProcessView {
+                state: "starting",
+                last_exit: None,
+                output: Vec::new(),
+                failures: 0,
+                restarts: 0,
+            };
+        };
+        let state = if node_state != Some(NodeState::Up) {
+            // Not heard from: whatever it last said may no longer be true.
+            "unknown"
+        } else if r.state == ProcessState::Running {
+            "running"
+        } else if r.failing {
+            "failing"
+        } else if r.restart_in_ms.is_some() {
+            "restarting"
+        } else {
+            "stopped"
+        };
+        ProcessView {
+            state,
+            last_exit: r.last_exit.clone(),
+            output: r.output.clone(),
+            failures: r.failures,
+            restarts: r.run.saturating_sub(1),
+        }
+    }
+}
+
 /// The process id of a pool's master.
 pub fn process_id(pool: &str) -> String {
     format!("pool/{pool}/master")
 }
 
 impl Cluster {
-    /// `ip` or `ip:port` of a node, for a pool master's published address.
+    /// `ip` or `ip:port` of a node, for a pool master's published address (see
+    /// [`publish_ip`]); the node's hostname when it has no usable address.
     fn master_address(&self, node: &str, port: Option<u16>) -> String {
-        let ip = self
-            .read()
-            .nodes
-            .get(node)
-            .and_then(|n| {
-                n.record
-                    .inventory
-                    .nics
-                    .iter()
-                    .flat_map(|nic| nic.addresses.iter())
-                    .map(|a| a.split('/').next().unwrap_or(a).to_string())
-                    .find(|a| a != "127.0.0.1" && a != "::1")
-            })
-            .unwrap_or_else(|| node.to_string());
-        match port {
-            Some(port) if ip.contains(':') => format!("[{ip}]:{port}"),
-            Some(port) => format!("{ip}:{port}"),
-            None => ip,
+        let reg = self.read();
+        let Some(entry) = reg.nodes.get(node) else {
+            return node.to_string();
+        };
+        let record = &entry.record;
+        match publish_ip(record.reached_from.as_deref(), &record.inventory) {
+            Some(ip) => format_address(ip, port),
+            None => {
+                let host = if record.hostname.is_empty() {
+                    node
+                } else {
+                    &record.hostname
+                };
+                match port {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_string(),
+                }
+            }
         }
     }
 
@@ -62,8 +141,23 @@ impl Cluster {
     }
 
     fn start_master_process(&self, pool: &PoolRecord, master: &PoolMaster) {
-        let mut env = pool.master_spec.env.clone();
+        let spec = &pool.master_spec;
+        let values = Placeholders {
+            port: spec.port,
+            node: &master.node,
+            pool: &pool.name,
+            epoch: master.epoch,
+        };
+        let mut env: std::collections::BTreeMap<String, String> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), values.apply(v)))
+            .collect();
         env.insert("GLORY_POOL".into(), pool.name.clone());
+        env.insert("GLORY_NODE".into(), master.node.clone());
+        if let Some(port) = spec.port {
+            env.insert("GLORY_MASTER_PORT".into(), port.to_string());
+        }
         env.insert("GLORY_TENANT".into(), pool.tenant.clone());
         env.insert("GLORY_COMPONENT".into(), pool.component.clone());
         env.insert("GLORY_MASTER_EPOCH".into(), master.epoch.to_string());
@@ -74,7 +168,7 @@ impl Cluster {
             GroupToAgent::Start(ProcessSpec {
                 id: process_id(&pool.name),
                 epoch: master.epoch,
-                command: pool.master_spec.command.clone(),
+                command: spec.command.iter().map(|w| values.apply(w)).collect(),
                 env,
             }),
         );
@@ -95,31 +189,28 @@ impl Cluster {
         );
     }
 
-    /// What the master's agent last said about its process: `starting` (not confirmed
-    /// yet), `running`, `exited` or `failed`.
-    pub(crate) fn master_process_state(&self, pool: &str, master: &PoolMaster) -> &'static str {
+    /// What the master's agent last said about its process, honestly: `running` only
+    /// when the newest report for this epoch says so and the node is heard from.
+    pub(crate) fn master_process(&self, pool: &str, master: &PoolMaster) -> ProcessView {
+        let node_state = self.read().nodes.get(&master.node).map(|n| n.status.state);
         let procs = self
             .pools
             .processes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        match procs.get(&(master.node.clone(), process_id(pool))) {
-            Some(r) if r.epoch == master.epoch => match r.state {
-                ProcessState::Running => "running",
-                ProcessState::Exited { .. } => "exited",
-                ProcessState::Failed => "failed",
-            },
-            _ => "starting",
-        }
+        let report = procs
+            .get(&(master.node.clone(), process_id(pool)))
+            .filter(|r| r.epoch == master.epoch);
+        ProcessView::of(report, node_state)
     }
 
     /// Why the pool's current master cannot go on, if it cannot.
-    fn master_failure(&self, pool: &PoolRecord, master: &PoolMaster) -> Option<String> {
+    fn master_failure(&self, pool: &PoolRecord, master: &PoolMaster) -> Option<Trouble> {
         if pool.nodes.binary_search(&master.node).is_err() {
-            return Some("node left the pool".into());
+            return Some(Trouble::Node("node left the pool".into()));
         }
         if !pool.candidates.contains(&master.node) {
-            return Some("no longer a candidate".into());
+            return Some(Trouble::Node("no longer a candidate".into()));
         }
         let now = glory_protocol::now_ms();
         match self
@@ -128,13 +219,13 @@ impl Cluster {
             .get(&master.node)
             .map(|n| (n.status.state, n.status.since_ms))
         {
-            None => return Some("node removed".into()),
-            Some((NodeState::Down, _)) => return Some("node down".into()),
-            Some((NodeState::Left, _)) => return Some("node left".into()),
+            None => return Some(Trouble::Node("node removed".into())),
+            Some((NodeState::Down, _)) => return Some(Trouble::Node("node down".into())),
+            Some((NodeState::Left, _)) => return Some(Trouble::Node("node left".into())),
             Some((NodeState::Unreachable, since))
                 if now.saturating_sub(since) > UNREACHABLE_GRACE.as_millis() as u64 =>
             {
-                return Some("node unreachable".into())
+                return Some(Trouble::Node("node unreachable".into()))
             }
             _ => {}
         }
@@ -143,27 +234,106 @@ impl Cluster {
             .processes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        match procs.get(&(master.node.clone(), process_id(&pool.name))) {
-            Some(r) if r.epoch == master.epoch && r.state != ProcessState::Running => {
-                Some(format!(
-                    "master process ended: {}",
-                    if r.detail.is_empty() {
-                        "no detail"
-                    } else {
-                        &r.detail
-                    }
-                ))
-            }
-            _ => None,
+        let r = procs
+            .get(&(master.node.clone(), process_id(&pool.name)))
+            .filter(|r| r.epoch == master.epoch && r.state != ProcessState::Running)?;
+        let why = r
+            .last_exit
+            .as_ref()
+            .map(|e| e.detail.as_str())
+            .filter(|d| !d.is_empty())
+            .unwrap_or(if r.detail.is_empty() {
+                "no detail"
+            } else {
+                &r.detail
+            });
+        if r.failing {
+            Some(Trouble::Process(format!(
+                "master process failing ({} quick failures, last: {why})",
+                r.failures
+            )))
+        } else if r.restart_in_ms.is_none() {
+            // Not restarted by its agent (an agent from before restarts, or stopped).
+            Some(Trouble::Process(format!("master process ended: {why}")))
+        } else {
+            None // its agent restarts it
         }
     }
 
-    /// Elect a new master for `name`, not `exclude`; `reason` says why. Returns the new
-    /// master (None: no live candidate; the pool is left without a master).
+    /// Nodes of `pool` whose master process failed with its current master spec and
+    /// candidate list (marks made for another spec or list are forgotten).
+    fn failed_candidates(&self, pool: &PoolRecord) -> BTreeSet<String> {
+        let mut failed = self
+            .pools
+            .failed_masters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match failed.get(&pool.name) {
+            Some(f) if f.spec == pool.master_spec && f.candidates == pool.candidates => {
+                f.nodes.clone()
+            }
+            Some(_) => {
+                failed.remove(&pool.name);
+                BTreeSet::new()
+            }
+            None => BTreeSet::new(),
+        }
+    }
+
+    /// Mark `node` as failed for `pool`'s current master spec and candidates (call
+    /// [`Self::failed_candidates`] first, which forgets marks made for others).
+    fn mark_failed(&self, pool: &PoolRecord, node: &str) {
+        self.pools
+            .failed_masters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(pool.name.clone())
+            .or_insert_with(|| FailedCandidates {
+                spec: pool.master_spec.clone(),
+                candidates: pool.candidates.clone(),
+                nodes: BTreeSet::new(),
+                announced: None,
+            })
+            .nodes
+            .insert(node.to_string());
+    }
+
+    /// Whether "every candidate failed" is still to be announced for `epoch` (true
+    /// once per epoch).
+    fn announce_stuck(&self, pool: &str, epoch: u64) -> bool {
+        let mut failed = self
+            .pools
+            .failed_masters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match failed.get_mut(pool) {
+            Some(f) if f.announced != Some(epoch) => {
+                f.announced = Some(epoch);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forget which candidates failed (a manual failover gives every one a new try;
+    /// a deleted pool needs no marks).
+    pub(crate) fn forget_failed(&self, pool: &str) {
+        self.pools
+            .failed_masters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(pool);
+    }
+
+    /// Elect a new master for `name`, neither `exclude` nor one of `avoid`; `reason`
+    /// says why. Returns the new master (None: no live candidate; the pool is left
+    /// without a master). `required`: with no live candidate, change nothing and
+    /// answer a conflict.
     async fn elect_master(
         &self,
         name: &str,
         exclude: Option<&str>,
+        avoid: &BTreeSet<String>,
         reason: &str,
         required: bool,
     ) -> OpResultT<Option<PoolMaster>> {
@@ -186,7 +356,9 @@ impl Cluster {
                 let mut p = book.cloned(name)?;
                 let up = |n: &str| facts.iter().any(|f| f.id == n && f.up);
                 let chosen = elect(&p.candidates, exclude, |n| {
-                    p.nodes.binary_search_by(|m| m.as_str().cmp(n)).is_ok() && up(n)
+                    p.nodes.binary_search_by(|m| m.as_str().cmp(n)).is_ok()
+                        && up(n)
+                        && !avoid.contains(n)
                 })
                 .map(str::to_string);
                 let old = p.master.take();
@@ -258,9 +430,17 @@ impl Cluster {
             .master
             .as_ref()
             .map(|m| m.node.clone());
-        self.elect_master(name, current.as_deref(), "manual failover", true)
-            .await?
-            .ok_or_else(|| OpError::conflict(format!("pool {name} has no other live candidate")))
+        // By hand, every candidate gets a new try.
+        self.forget_failed(name);
+        self.elect_master(
+            name,
+            current.as_deref(),
+            &BTreeSet::new(),
+            "manual failover",
+            true,
+        )
+        .await?
+        .ok_or_else(|| OpError::conflict(format!("pool {name} has no other live candidate")))
     }
 
     /// One pass over every pool: elect where needed, repeat unconfirmed starts, replace
@@ -287,21 +467,62 @@ impl Cluster {
     }
 
     async fn reconcile_master(&self, pool: &PoolRecord) {
-        let failure = match &pool.master {
-            None => Some("no master".to_string()),
+        let trouble = match &pool.master {
+            None => Some(Trouble::Node("no master".to_string())),
             Some(m) => self.master_failure(pool, m),
         };
-        if let Some(reason) = failure {
-            let exclude = pool.master.as_ref().map(|m| m.node.clone());
-            match self
-                .elect_master(&pool.name, exclude.as_deref(), &reason, false)
-                .await
-            {
-                Ok(_) => {}
-                Err(OpError::Conflict { .. }) => {} // no live candidate yet
-                Err(e) => warn!(pool = %pool.name, error = %e, "master election failed; retrying"),
+        let exclude = pool.master.as_ref().map(|m| m.node.clone());
+        let failed = self.failed_candidates(pool);
+        match trouble {
+            None => {}
+            Some(Trouble::Node(reason)) => {
+                // A candidate whose process has not failed first; else any live one.
+                let mut result = self
+                    .elect_master(&pool.name, exclude.as_deref(), &failed, &reason, true)
+                    .await;
+                if matches!(result, Err(OpError::Conflict { .. })) {
+                    let anyone = BTreeSet::new();
+                    result = self
+                        .elect_master(&pool.name, exclude.as_deref(), &anyone, &reason, false)
+                        .await;
+                }
+                match result {
+                    Ok(_) | Err(OpError::Conflict { .. }) => {} // no live candidate yet
+                    Err(e) => {
+                        warn!(pool = %pool.name, error = %e, "master election failed; retrying")
+                    }
+                }
+                return;
             }
-            return;
+            Some(Trouble::Process(reason)) => {
+                let Some(master) = &pool.master else { return };
+                self.mark_failed(pool, &master.node);
+                let mut avoid = failed;
+                avoid.insert(master.node.clone());
+                match self
+                    .elect_master(&pool.name, exclude.as_deref(), &avoid, &reason, true)
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(OpError::Conflict { .. }) => {
+                        // Every live candidate failed with this spec: moving the role
+                        // again would only flap. The master stays; its agent keeps
+                        // restarting it at the longest backoff.
+                        if self.announce_stuck(&pool.name, master.epoch) {
+                            warn!(pool = %pool.name, node_id = %master.node, epoch = master.epoch, %reason, "component master failing on every candidate; keeping it where it is");
+                            self.events.emit(
+                                "master_failing",
+                                Some((&pool.name, &pool.tenant)),
+                                json!({"node": master.node, "epoch": master.epoch, "reason": reason}),
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        warn!(pool = %pool.name, error = %e, "master election failed; retrying");
+                        return;
+                    }
+                }
+            }
         }
         // Healthy: make sure the agent confirmed the start; repeat it if not.
         let Some(master) = &pool.master else { return };
@@ -336,7 +557,8 @@ impl Cluster {
                 .unwrap_or_else(|p| p.into_inner());
             procs
                 .iter()
-                .filter(|(_, r)| r.state == ProcessState::Running)
+                // Running, or waiting for its agent to restart it.
+                .filter(|(_, r)| r.state == ProcessState::Running || r.restart_in_ms.is_some())
                 .filter_map(|((node, id), r)| {
                     let pool = id.strip_prefix("pool/")?.strip_suffix("/master")?;
                     let current = book.get(pool).and_then(|p| p.master.as_ref());

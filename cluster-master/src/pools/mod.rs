@@ -7,6 +7,7 @@
 //! Memory changes only after the store acknowledged.
 
 pub mod alloc;
+pub mod launch;
 mod master;
 
 pub use master::process_id;
@@ -88,6 +89,8 @@ pub(crate) struct PoolState {
     start_sent: Mutex<HashMap<String, (u64, Instant)>>,
     /// (pool, node) pairs whose replacement failed for lack of nodes (reported once).
     replace_blocked: Mutex<HashSet<(String, String)>>,
+    /// Per pool, the candidates whose master process kept failing.
+    failed_masters: Mutex<HashMap<String, master::FailedCandidates>>,
 }
 
 impl PoolState {
@@ -480,6 +483,7 @@ impl Cluster {
         if let Some(master) = &old.master {
             self.stop_master_process(&old.name, master);
         }
+        self.forget_failed(&old.name);
         info!(pool = %name, "pool deleted");
         self.events.emit(
             "pool_deleted",
@@ -714,26 +718,60 @@ impl Cluster {
 
     /// A node's whole set of processes (its agent's session started): forget what was
     /// known of it before, e.g. a master process that died with a restarted agent.
-    pub(crate) fn process_snapshot(&self, group: &str, node: &str, all: Vec<ProcessReport>) {
-        if self
-            .read()
-            .nodes
-            .get(node)
-            .is_none_or(|n| n.record.group != group)
+    /// `address` is where the agent connected from; a new one is stored with the node.
+    pub(crate) async fn process_snapshot(
+        &self,
+        group: &str,
+        node: &str,
+        all: Vec<ProcessReport>,
+        address: Option<std::net::IpAddr>,
+    ) {
+        let changed_record = {
+            let mut reg = self.write();
+            let Some(entry) = reg.nodes.get_mut(node) else {
+                return;
+            };
+            if entry.record.group != group {
+                return;
+            }
+            let address = address.map(|a| a.to_string());
+            match address {
+                Some(a) if entry.record.reached_from.as_ref() != Some(&a) => {
+                    entry.record.reached_from = Some(a);
+                    Some(entry.record.clone())
+                }
+                _ => None,
+            }
+        };
         {
-            return;
+            let mut procs = self
+                .pools
+                .processes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            procs.retain(|(n, _), _| n != node);
+            for report in all {
+                procs.insert((node.to_string(), report.id.clone()), report);
+            }
         }
-        let mut procs = self
-            .pools
-            .processes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        procs.retain(|(n, _), _| n != node);
-        for report in all {
-            procs.insert((node.to_string(), report.id.clone()), report);
-        }
-        drop(procs);
         self.pool_changed.notify_one();
+        if let Some(record) = changed_record {
+            // Compared with the identity's key like a label change, so a node removed
+            // meanwhile is not written back.
+            let result = self
+                .km_txn(Txn {
+                    compares: vec![Compare::value(
+                        schema::identity_key(&record.identity()),
+                        record.id.clone().into_bytes(),
+                    )],
+                    success: vec![TxnOp::put(schema::node_key(node), schema::encode(&record))],
+                    failure: vec![],
+                })
+                .await;
+            if let Err(e) = result {
+                warn!(node_id = %node, error = %e, "could not store the node's address");
+            }
+        }
     }
 
     /// Agents reported on their processes (through their group master).

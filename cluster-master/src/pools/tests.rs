@@ -35,6 +35,7 @@ async fn seed(km: &dyn KeyMaster) {
             // Records as an older version wrote them: loading migrates them.
             server_identity: String::new(),
             key_sha256: String::new(),
+            reached_from: None,
         };
         km.put(&schema::node_key(&id), schema::encode(&record), None)
             .await
@@ -139,10 +140,39 @@ async fn two_masters_on_one_etcd_never_double_allocate() {
     two_masters_never_double_allocate(km).await;
 }
 
-/// The reconciler's decisions without a network: a master whose process exits or
-/// whose node goes down is replaced by the next live candidate with a higher epoch.
+/// A report of pool `p`'s master process from its agent.
+fn report(
+    epoch: u64,
+    state: glory_protocol::ProcessState,
+    failures: u32,
+    failing: bool,
+) -> glory_protocol::ProcessReport {
+    let running = state == glory_protocol::ProcessState::Running;
+    glory_protocol::ProcessReport {
+        pid: running.then_some(42),
+        detail: "exited: exit status: 3".into(),
+        run: failures + 1,
+        failures,
+        failing,
+        restart_in_ms: (!running).then_some(1000),
+        last_exit: (failures > 0).then(|| glory_protocol::ProcessExit {
+            code: Some(3),
+            signal: None,
+            ran_ms: 10,
+            detail: "exit status: 3".into(),
+        }),
+        output: vec!["boom".into()],
+        ..glory_protocol::ProcessReport::new(crate::pools::process_id("p"), epoch, state)
+    }
+}
+
+/// The reconciler's decisions without a network: a master whose process exits is
+/// restarted by its agent under the same epoch; one that keeps failing is moved once to
+/// each candidate, then stays (no flapping); a master whose node goes down is replaced
+/// by the next live candidate with a higher epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masters_fail_over_on_process_exit_and_node_down() {
+    use glory_protocol::ProcessState::{Exited, Running};
     let km: Arc<dyn KeyMaster> = EmbeddedKeyMaster::open_in_memory().unwrap();
     seed(km.as_ref()).await;
     let cm = master(km).await;
@@ -154,35 +184,53 @@ async fn masters_fail_over_on_process_exit_and_node_down() {
         .unwrap();
     cm.reconcile_pools().await;
     let master_of = |cm: &Cluster| cm.pools.book().get("p").unwrap().master.clone().unwrap();
+    let process = |cm: &Cluster| cm.master_process("p", &master_of(cm));
     assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (a.clone(), 1));
-    assert_eq!(cm.master_process_state("p", &master_of(&cm)), "starting");
-    let report = |state| glory_protocol::ProcessReport {
-        id: crate::pools::process_id("p"),
-        epoch: 1,
-        state,
-        pid: Some(42),
-        detail: "exit status: 1".into(),
-    };
+    assert_eq!(process(&cm).state, "starting");
+    cm.process_reports(vec![(a.clone(), report(1, Running, 0, false))]);
+    cm.reconcile_pools().await;
+    assert_eq!(process(&cm).state, "running");
+    assert_eq!(master_of(&cm).epoch, 1, "a healthy master stays");
+    // The process exits; its agent restarts it after a backoff: same master, same epoch.
     cm.process_reports(vec![(
         a.clone(),
-        report(glory_protocol::ProcessState::Running),
+        report(1, Exited { code: Some(3) }, 1, false),
     )]);
     cm.reconcile_pools().await;
-    assert_eq!(cm.master_process_state("p", &master_of(&cm)), "running");
-    assert_eq!(master_of(&cm).epoch, 1, "a healthy master stays");
-    // The process exits: the next candidate takes over.
+    assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (a.clone(), 1));
+    let view = process(&cm);
+    assert_eq!(view.state, "restarting");
+    assert_eq!(view.last_exit.unwrap().code, Some(3));
+    assert_eq!(view.output, ["boom"]);
+    // It keeps failing: the next candidate takes over.
     cm.process_reports(vec![(
         a.clone(),
-        report(glory_protocol::ProcessState::Exited { code: Some(1) }),
+        report(1, Exited { code: Some(3) }, 3, true),
     )]);
+    assert_eq!(process(&cm).state, "failing");
     cm.reconcile_pools().await;
     assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (b.clone(), 2));
     let failed = cm.events.recent(10, |e| e.kind == "master_failed");
     assert!(failed[0].data["reason"]
         .as_str()
         .unwrap()
-        .contains("process ended"));
-    // Its node goes down: back to the first candidate (up again), epoch 3.
+        .contains("failing"));
+    // It fails there too: every candidate failed with this spec, so the master stays
+    // (no flapping back to the first), announced once.
+    cm.process_reports(vec![(
+        b.clone(),
+        report(2, Exited { code: Some(3) }, 3, true),
+    )]);
+    for _ in 0..3 {
+        cm.reconcile_pools().await;
+    }
+    assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (b.clone(), 2));
+    assert_eq!(process(&cm).state, "failing");
+    assert_eq!(
+        cm.events.recent(10, |e| e.kind == "master_failing").len(),
+        1
+    );
+    // Its node goes down: a live candidate is better than none, even one that failed.
     cm.write().nodes.get_mut(&b).unwrap().status.state = NodeState::Down;
     cm.reconcile_pools().await;
     assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (a.clone(), 3));
@@ -192,9 +240,37 @@ async fn masters_fail_over_on_process_exit_and_node_down() {
     assert!(cm.pools.book().get("p").unwrap().master.is_none());
     cm.write().nodes.get_mut(&b).unwrap().status.state = NodeState::Up;
     cm.reconcile_pools().await;
-    assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (b, 4));
+    assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (b.clone(), 4));
+    // By hand: every candidate gets a new try.
+    cm.write().nodes.get_mut(&a).unwrap().status.state = NodeState::Up;
+    let moved = cm.failover_master("p").await.unwrap();
+    assert_eq!((moved.node, moved.epoch), (a.clone(), 5));
+    // A process that ends without a restart pending (an older agent) counts as failed.
+    let mut ended = report(5, Exited { code: Some(3) }, 0, false);
+    ended.restart_in_ms = None;
+    cm.process_reports(vec![(a.clone(), ended)]);
+    assert_eq!(process(&cm).state, "stopped");
+    cm.reconcile_pools().await;
+    assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (b.clone(), 6));
+    cm.process_reports(vec![(
+        b.clone(),
+        report(6, Exited { code: Some(3) }, 3, true),
+    )]);
+    cm.reconcile_pools().await;
+    assert_eq!(master_of(&cm).epoch, 6, "both failed: it stays");
+    // A changed candidate list forgets the failures: a failing master moves again.
+    cm.set_candidates("p", &[b.clone(), a.clone()], true)
+        .await
+        .unwrap();
+    cm.reconcile_pools().await;
+    assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (a.clone(), 7));
+    // A report from a node not heard from is not trusted to be running.
+    cm.process_reports(vec![(a.clone(), report(7, Running, 0, false))]);
+    assert_eq!(process(&cm).state, "running");
+    cm.write().nodes.get_mut(&a).unwrap().status.state = NodeState::Suspect;
+    assert_eq!(process(&cm).state, "unknown");
     // Epochs survive in the key master.
     let kv = cm.km.get(&schema::pool_key("p")).await.unwrap().unwrap();
     let stored: PoolRecord = schema::decode(&kv.key, &kv.value).unwrap();
-    assert_eq!(stored.epoch, 4);
+    assert_eq!(stored.epoch, 7);
 }

@@ -149,6 +149,30 @@ mod tests {
     }
 
     #[test]
+    fn a_token_expires_at_its_expiry_time_not_after() {
+        // (expires_ms, now_ms, allowed)
+        let table = [
+            (Some(1000), 0, true),
+            (Some(1000), 999, true),
+            (Some(1000), 1000, false),
+            (Some(1000), 1001, false),
+            // Made with no time to live: expired from the start.
+            (Some(0), 0, false),
+            (None, u64::MAX, true),
+        ];
+        for (expires_ms, now_ms, allowed) in table {
+            let r = record("s3cret", expires_ms, false, false);
+            let got = check_bootstrap(Some(&r), "s3cret", BootstrapScope::Node, now_ms);
+            let want = if allowed {
+                Ok(())
+            } else {
+                Err(TokenError::Expired)
+            };
+            assert_eq!(got, want, "expires_ms {expires_ms:?} at {now_ms}");
+        }
+    }
+
+    #[test]
     fn token_format() {
         let (id, secret, token) = new_token("gb-");
         assert_eq!(parse_token(&token), Ok((id.as_str(), secret.as_str())));

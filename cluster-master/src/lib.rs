@@ -4,7 +4,7 @@
 //! Architecture invariants: never depends on `glory-group-master` (they share
 //! `glory-protocol`); the only JSON/HTTP code is in `api`; durable state goes through
 //! the `KeyMaster` trait and is acknowledged there before the API shows it; decision
-//! logic (`assign`, `auth`) is pure.
+//! logic (`assign`, `auth`, `leadership`) is pure.
 #![forbid(unsafe_code)]
 
 mod api;
@@ -14,6 +14,7 @@ mod cluster;
 pub mod config;
 mod enroll;
 mod events;
+mod leadership;
 mod link;
 pub mod pools;
 mod registry;
@@ -31,6 +32,8 @@ use glory_protocol::{CertRole, CertSubject, ClientAuth, LinkTiming};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
+
+use leadership::{CampaignFailure, KeepAlive, Leadership, Verdict};
 
 pub use api::ApiError;
 pub use cluster::{Cluster, SimControl};
@@ -110,14 +113,17 @@ async fn win_leadership(node: &Node, shutdown: &CancellationToken) -> Option<(Le
                 warn!(error = %e, "cannot grant a leadership lease; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = tokio::time::sleep(CampaignFailure::LeaseGrant.retry_after()) => continue,
                 }
             }
         };
         let waiting = CancellationToken::new();
         {
-            let (km, waiting, period) =
-                (km.clone(), waiting.clone(), node.settings.leader_lease / 3);
+            let (km, waiting, period) = (
+                km.clone(),
+                waiting.clone(),
+                leadership::keep_alive_every(node.settings.leader_lease),
+            );
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 loop {
@@ -148,7 +154,7 @@ async fn win_leadership(node: &Node, shutdown: &CancellationToken) -> Option<(Le
                 let _ = km.lease_revoke(lease).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(CampaignFailure::Campaign.retry_after()) => {}
                 }
             }
         }
@@ -175,7 +181,7 @@ async fn follow_leader(node: Arc<Node>, stop: CancellationToken) {
 
 /// Keep the leadership lease alive. If it lapsed (the key master was away longer than
 /// the lease), campaign again at once: we keep leading if nobody else took over, and
-/// stop otherwise.
+/// stop otherwise. What to do is [`Leadership`]'s decision.
 async fn hold_leadership(
     node: Arc<Node>,
     mut lease: LeaseId,
@@ -183,7 +189,11 @@ async fn hold_leadership(
     shutdown: CancellationToken,
 ) {
     let km = node.km.clone();
-    let mut tick = tokio::time::interval(node.settings.leader_lease / 3);
+    let mut leadership = Leadership::new(
+        node.settings.leader_lease,
+        tokio::time::Instant::now().into_std(),
+    );
+    let mut tick = tokio::time::interval(leadership.keep_alive_every());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -193,31 +203,41 @@ async fn hold_leadership(
             }
             _ = tick.tick() => {}
         }
-        match km.lease_keep_alive(lease).await {
-            Ok(_) => {}
-            Err(KeyMasterError::LeaseNotFound(_)) => {
-                warn!("leadership lease lapsed while the key master was away; campaigning again");
-                let attempt = CancellationToken::new();
-                let won = tokio::time::timeout(
-                    node.settings.leader_lease,
-                    win_leadership(&node, &attempt),
-                )
-                .await;
-                attempt.cancel();
-                match won {
-                    Ok(Some((l, k))) => {
-                        info!("leadership regained");
-                        (lease, key) = (l, k);
-                    }
-                    _ => {
-                        error!("another cluster master leads now; stopping this one");
-                        shutdown.cancel();
-                        return;
-                    }
+        let renewed = km.lease_keep_alive(lease).await;
+        let outcome = match &renewed {
+            Ok(_) => KeepAlive::Renewed,
+            Err(KeyMasterError::LeaseNotFound(_)) => KeepAlive::LeaseNotFound,
+            Err(_) => KeepAlive::Failed,
+        };
+        let mut verdict = leadership.keep_alive(outcome, tokio::time::Instant::now().into_std());
+        if let Verdict::Campaign { until } = verdict {
+            warn!("leadership lease lapsed while the key master was away; campaigning again");
+            let attempt = CancellationToken::new();
+            let won = tokio::time::timeout_at(until.into(), win_leadership(&node, &attempt)).await;
+            attempt.cancel();
+            let won = won.ok().flatten();
+            verdict =
+                leadership.campaign_ended(won.is_some(), tokio::time::Instant::now().into_std());
+            if let (Verdict::Lead, Some((l, k))) = (verdict, won) {
+                info!("leadership regained");
+                (lease, key) = (l, k);
+            }
+        }
+        match verdict {
+            // A campaign ended in one of the others above.
+            Verdict::Lead | Verdict::Campaign { .. } => {}
+            Verdict::LeadFromMemory {
+                since_renewed,
+                lease_lapsed,
+            } => {
+                if let Err(e) = renewed {
+                    warn!(error = %e, ?since_renewed, lease_lapsed, "leadership lease keep-alive failed; still serving from memory")
                 }
             }
-            Err(e) => {
-                warn!(error = %e, "leadership lease keep-alive failed; still serving from memory")
+            Verdict::StepDown => {
+                error!("another cluster master leads now; stopping this one");
+                shutdown.cancel();
+                return;
             }
         }
     }

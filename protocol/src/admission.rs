@@ -8,19 +8,25 @@
 //! ClientHello and new initial keys to derive, and between the refusal and its retry
 //! the server may sit idle. Refusal is kept for attempts that would wait longer than
 //! `max_wait` (the client would time out anyway) or find the queue full.
+//!
+//! The decision is [`Admission`] (`policy.rs`: plain data, `now` passed in); the accept
+//! loop here only feeds it arrivals, freed slots and the time, and acts on what it says.
 
-use std::collections::VecDeque;
+mod policy;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, Incoming};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::transport::serve_incoming;
+
+pub use policy::{Admission, AdmissionStats, Offer, Ready};
 
 /// How many ordinary connections are served at once and how many wait, for how long.
 #[derive(Clone, Copy, Debug)]
@@ -44,50 +50,38 @@ impl Limits {
     };
 }
 
-/// A served connection's slot; freeing it lets the oldest waiting attempt in.
-struct Slot {
-    count: Arc<AtomicUsize>,
-    freed: Arc<Notify>,
+/// Slots freed by served connections' tasks, not yet handed to the [`Admission`]
+/// (which only the accept loop touches).
+#[derive(Default)]
+struct Released {
+    slots: AtomicUsize,
+    notify: Notify,
 }
 
-impl Slot {
-    fn take(count: &Arc<AtomicUsize>, freed: &Arc<Notify>) -> Slot {
-        count.fetch_add(1, Ordering::Relaxed);
-        Slot {
-            count: count.clone(),
-            freed: freed.clone(),
-        }
+impl Released {
+    fn take(&self) -> usize {
+        self.slots.swap(0, Ordering::Relaxed)
     }
 }
+
+/// A served connection's slot; freeing it lets the oldest waiting attempt in.
+struct Slot(Arc<Released>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        self.freed.notify_one();
+        self.0.slots.fetch_add(1, Ordering::Relaxed);
+        self.0.notify.notify_one();
     }
 }
 
-/// Counts for the log, which must not get a line per refusal in a storm.
-#[derive(Default)]
-struct Counts {
-    refused: u64,
-    expired: u64,
-}
-
-impl Counts {
-    fn refuse(&mut self, who: &str, incoming: Incoming, expired: bool) {
-        incoming.refuse();
-        if expired {
-            self.expired += 1;
-        }
-        self.refused += 1;
-        if self.refused == 1 || self.refused.is_multiple_of(1000) {
-            tracing::info!(
-                refused = self.refused,
-                waited_too_long = self.expired,
-                "{who}: busy; refusing connection attempts until those in flight finish"
-            );
-        }
+/// Log refusals, which must not get a line each in a storm.
+fn log_refusal(who: &str, stats: &AdmissionStats) {
+    if stats.refused == 1 || stats.refused.is_multiple_of(1000) {
+        tracing::info!(
+            refused = stats.refused,
+            waited_too_long = stats.expired,
+            "{who}: busy; refusing connection attempts until those in flight finish"
+        );
     }
 }
 
@@ -115,11 +109,37 @@ pub async fn accept_loop_admitting<P, F, Fut>(
     F: Fn(Connection) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    accept_loop_observed(
+        endpoint, shutdown, who, limits, ordinary, privileged, serve, None,
+    )
+    .await
+}
+
+/// [`accept_loop_admitting`] that also publishes the admission's [`AdmissionStats`]
+/// after every decision (for tests, which wait on them instead of sleeping).
+#[allow(clippy::too_many_arguments)]
+async fn accept_loop_observed<P, F, Fut>(
+    endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+    who: &'static str,
+    limits: Limits,
+    ordinary: Option<Arc<quinn::ServerConfig>>,
+    privileged: P,
+    serve: F,
+    observer: Option<watch::Sender<AdmissionStats>>,
+) where
+    P: Fn(SocketAddr) -> bool,
+    F: Fn(Connection) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let tasks = tokio_util::task::TaskTracker::new();
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let freed = Arc::new(Notify::new());
-    let mut waiting: VecDeque<(Incoming, Instant)> = VecDeque::new();
-    let mut counts = Counts::default();
+    let released = Arc::new(Released::default());
+    let mut admission: Admission<Incoming> = Admission::new(limits);
+    let publish = |admission: &Admission<Incoming>| {
+        if let Some(observer) = &observer {
+            observer.send_replace(admission.stats());
+        }
+    };
     let spawn = |incoming: Incoming, slot: Option<Slot>| {
         let serve = serve.clone();
         let config = slot.as_ref().and(ordinary.clone());
@@ -137,40 +157,48 @@ pub async fn accept_loop_admitting<P, F, Fut>(
             },
         ));
     };
+    let slot = || Some(Slot(released.clone()));
     loop {
         // Let waiting attempts in while there is room; refuse those that waited too long.
-        while let Some((_, since)) = waiting.front() {
-            let expired = since.elapsed() > limits.max_wait;
-            if !expired && in_flight.load(Ordering::Relaxed) >= limits.in_flight {
-                break;
-            }
-            let (incoming, _) = waiting.pop_front().expect("front exists");
-            if expired {
-                counts.refuse(who, incoming, true);
-            } else {
-                spawn(incoming, Some(Slot::take(&in_flight, &freed)));
+        admission.release(released.take());
+        let now = Instant::now().into_std();
+        while let Some(ready) = admission.poll(now) {
+            // Published before the peer can learn the outcome.
+            publish(&admission);
+            match ready {
+                Ready::Admit(incoming) => spawn(incoming, slot()),
+                Ready::Expired(incoming) => {
+                    incoming.refuse();
+                    log_refusal(who, &admission.stats());
+                }
             }
         }
-        let deadline = waiting.front().map(|(_, since)| *since + limits.max_wait);
+        let deadline = admission.deadline().map(Instant::from_std);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = freed.notified(), if !waiting.is_empty() => {}
+            _ = released.notify.notified(), if admission.is_waiting() => {}
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 if privileged(incoming.remote_address()) {
                     spawn(incoming, None);
-                } else if waiting.is_empty() && in_flight.load(Ordering::Relaxed) < limits.in_flight {
-                    spawn(incoming, Some(Slot::take(&in_flight, &freed)));
-                } else if waiting.len() < limits.queue {
-                    waiting.push_back((incoming, Instant::now()));
-                } else {
-                    counts.refuse(who, incoming, false);
+                    continue;
+                }
+                admission.release(released.take());
+                let offer = admission.offer(incoming, Instant::now().into_std());
+                publish(&admission);
+                match offer {
+                    Offer::Admit(incoming) => spawn(incoming, slot()),
+                    Offer::Queued => {}
+                    Offer::Refuse(incoming) => {
+                        incoming.refuse();
+                        log_refusal(who, &admission.stats());
+                    }
                 }
             }
         }
     }
-    for (incoming, _) in waiting.drain(..) {
+    for incoming in admission.drain() {
         incoming.refuse();
     }
     // Refuse new handshakes from now on: peers retrying to connect would otherwise
@@ -195,6 +223,7 @@ mod tests {
         addr: SocketAddr,
         shutdown: CancellationToken,
         task: tokio::task::JoinHandle<()>,
+        stats: watch::Receiver<AdmissionStats>,
     }
 
     impl Rig {
@@ -238,7 +267,8 @@ mod tests {
             });
             let addr = server.local_addr().unwrap();
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(accept_loop_admitting(
+            let (observer, stats) = watch::channel(AdmissionStats::default());
+            let task = tokio::spawn(accept_loop_observed(
                 server,
                 shutdown.clone(),
                 "test",
@@ -248,6 +278,7 @@ mod tests {
                 |conn: Connection| async move {
                     conn.closed().await;
                 },
+                Some(observer),
             ));
             Rig {
                 client: client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap(),
@@ -265,7 +296,30 @@ mod tests {
                 addr,
                 shutdown,
                 task,
+                stats,
             }
+        }
+
+        /// Wait until the server's admission stats satisfy `what`, or fail naming it
+        /// and the stats seen.
+        async fn wait_for(
+            &self,
+            what: &str,
+            cond: impl FnMut(&AdmissionStats) -> bool,
+        ) -> AdmissionStats {
+            let mut stats = self.stats.clone();
+            let waited = tokio::time::timeout(Duration::from_secs(5), stats.wait_for(cond))
+                .await
+                .map(|seen| seen.map(|seen| *seen));
+            match waited {
+                Ok(Ok(seen)) => seen,
+                Ok(Err(_)) => panic!("the accept loop ended before {what}"),
+                Err(_) => panic!("expected {what} within 5 s; stats seen: {:?}", self.stats()),
+            }
+        }
+
+        fn stats(&self) -> AdmissionStats {
+            *self.stats.borrow()
         }
 
         async fn connect(&self) -> Result<Connection, LinkError> {
@@ -306,6 +360,8 @@ mod tests {
         let second = rig.connect().await.expect_err("the second is refused");
         assert!(second.is_busy(), "{second}");
         assert!(!LinkError::Timeout(Duration::from_secs(1)).is_busy());
+        let stats = rig.stats();
+        assert_eq!((stats.queued, stats.refused), (0, 1), "{stats:?}");
         first.close(VarInt::from_u32(0), b"done");
         rig.stop().await;
     }
@@ -313,15 +369,22 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_attempt_is_served_when_a_slot_frees() {
         let (rig, first) = Rig::one_slot_taken(4, Duration::from_secs(3)).await;
-        let closer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        let connecting = rig.connect();
+        let close_once_queued = async {
+            rig.wait_for("the second attempt to wait in the queue", |s| {
+                s.waiting == 1
+            })
+            .await;
             first.close(VarInt::from_u32(0), b"done");
-        });
-        let second = rig
-            .connect()
-            .await
-            .expect("the second waits for the first's slot, then is served");
-        closer.await.unwrap();
+        };
+        let (second, ()) = tokio::join!(connecting, close_once_queued);
+        let second = second.expect("the second waits for the first's slot, then is served");
+        let stats = rig.stats();
+        assert_eq!(
+            (stats.queued, stats.admitted_from_queue, stats.refused),
+            (1, 1, 0),
+            "{stats:?}"
+        );
         second.close(VarInt::from_u32(0), b"done");
         rig.stop().await;
     }
@@ -338,22 +401,36 @@ mod tests {
             queue: 4,
             max_wait: Duration::from_secs(3),
         };
+        let endpoint_idle = Duration::from_secs(1);
         let rig = Rig::start_idle(
             limits,
-            Some(Duration::from_secs(1)),
+            Some(endpoint_idle),
             Some(Duration::from_secs(5)),
             Some(crate::transport::STORM_INITIAL_RTT),
         );
         let first = rig.connect().await.expect("the first is admitted");
-        let closer = tokio::spawn(async move {
+        let connecting = rig.connect();
+        // The wait is what is tested: the slot frees 2.5 s after the attempt was
+        // queued, well past the endpoint's idle timeout.
+        let close_late = async {
+            rig.wait_for("the second attempt to wait in the queue", |s| {
+                s.waiting == 1
+            })
+            .await;
+            let queued = Instant::now();
             tokio::time::sleep(Duration::from_millis(2500)).await;
             first.close(VarInt::from_u32(0), b"done");
-        });
-        let second = rig
-            .connect()
-            .await
-            .expect("the attempt that waited 2.5 s for its slot is served");
-        closer.await.unwrap();
+            queued
+        };
+        let (second, queued) = tokio::join!(connecting, close_late);
+        let second = second.expect("the attempt that waited 2.5 s for its slot is served");
+        assert!(queued.elapsed() > endpoint_idle);
+        let stats = rig.stats();
+        assert_eq!(
+            (stats.queued, stats.admitted_from_queue, stats.refused),
+            (1, 1, 0),
+            "{stats:?}"
+        );
         second.close(VarInt::from_u32(0), b"done");
         rig.stop().await;
     }
@@ -363,6 +440,12 @@ mod tests {
         let (rig, first) = Rig::one_slot_taken(4, Duration::from_millis(300)).await;
         let second = rig.connect().await.expect_err("the slot never frees");
         assert!(second.is_busy(), "{second}");
+        let stats = rig.stats();
+        assert_eq!(
+            (stats.queued, stats.expired, stats.refused),
+            (1, 1, 1),
+            "the attempt waited in the queue, then was refused: {stats:?}"
+        );
         first.close(VarInt::from_u32(0), b"done");
         rig.stop().await;
     }

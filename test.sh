@@ -33,3 +33,7 @@ export GLORY_SCHEMATHESIS="$PWD/$VENV/bin/st"
 # The end-to-end tests run the real binaries as separate processes.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+
+# The code's form is checked too: formatted, and no clippy warning anywhere.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings

@@ -22,6 +22,7 @@ mod embedded;
 mod etcd;
 mod rules;
 pub mod schema;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::time::Duration;

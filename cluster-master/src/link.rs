@@ -157,7 +157,7 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
             let reply = match request.kind {
                 EnrollKind::Node { inventory } => {
                     cluster
-                        .enroll_node(&request.token, inventory, &request.csr_pem, remote)
+                        .enroll_node(&request.token, *inventory, &request.csr_pem, remote)
                         .await
                 }
                 EnrollKind::GroupMaster { group, listen } => {

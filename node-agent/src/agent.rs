@@ -332,7 +332,9 @@ async fn enroll_until_done(
         let csr_pem = csr_pem.clone();
         let request = EnrollRequest {
             token: token.clone(),
-            kind: EnrollKind::Node { inventory },
+            kind: EnrollKind::Node {
+                inventory: Box::new(inventory),
+            },
             csr_pem,
         };
         let result = enroll(

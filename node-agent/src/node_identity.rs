@@ -111,9 +111,12 @@ mod tests {
         }
     }
 
+    /// A case: what it shows, how the facts differ from [`facts`], the identity wanted.
+    type Case = (&'static str, Box<dyn Fn(&mut HardwareFacts)>, &'static str);
+
     #[test]
     fn identity_prefers_name_then_uuid_then_mac_then_machine_id() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut HardwareFacts)>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "explicit name wins",
                 Box::new(|f| f.node_name = Some(" lab-3 ".into())),

@@ -238,8 +238,9 @@ pub struct Load {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EnrollKind {
-    /// A server with a node agent.
-    Node { inventory: Inventory },
+    /// A server with a node agent (boxed: an inventory is much larger than the other
+    /// variant; the wire format is the same).
+    Node { inventory: Box<Inventory> },
     /// A group master for `group`, serving agents at `listen`.
     GroupMaster { group: String, listen: SocketAddr },
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod procs;
+pub mod wait;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -288,16 +289,15 @@ impl TestCluster {
     where
         F: AsyncFn(&Self) -> bool,
     {
-        let start = Instant::now();
-        loop {
+        let (_, waited) = wait::until(what, timeout, || async {
             if check(self).await {
-                return Ok(start.elapsed());
+                Ok(())
+            } else {
+                Err("not yet".to_string())
             }
-            if start.elapsed() > timeout {
-                bail!("timed out after {timeout:?} waiting for: {what}");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        })
+        .await?;
+        Ok(waited)
     }
 
     /// Cluster summary from the API.

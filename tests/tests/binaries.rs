@@ -2,7 +2,7 @@
 //! `glory` CLI, as an operator would deploy them.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use glory_tests::binary;
@@ -29,16 +29,7 @@ fn wait_for<T>(
     timeout: Duration,
     mut f: impl FnMut() -> Option<T>,
 ) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    glory_tests::wait::until_blocking(what, timeout, || f().ok_or_else(|| "not yet".to_string()))
 }
 
 /// A cluster master and one group master (g00) as real processes, and a bootstrap token

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use glory_keymaster::testing::EtcdCluster;
 use glory_tests::procs::{free_tcp, free_udp, Procs};
 use serde_json::Value;
@@ -42,8 +42,7 @@ impl Api {
     }
 }
 
-/// Poll until `check` returns Some, failing after `timeout`; also fail at once if any
-/// poll sees a node `down` (through `downs`).
+/// Poll until `check` returns Some, failing after `timeout`.
 async fn wait_for<T, F, Fut>(
     what: &str,
     timeout: Duration,
@@ -53,16 +52,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return Ok((v, start.elapsed()));
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    glory_tests::wait::until(what, timeout, || {
+        let poll = check();
+        async move { poll.await.ok_or_else(|| "not yet".to_string()) }
+    })
+    .await
 }
 
 fn cm_config(

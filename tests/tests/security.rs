@@ -45,7 +45,9 @@ async fn try_enroll(
     };
     let request = EnrollRequest {
         token: token.to_string(),
-        kind: EnrollKind::Node { inventory },
+        kind: EnrollKind::Node {
+            inventory: Box::new(inventory),
+        },
         csr_pem,
     };
     let trust = CaTrust::Pem(cluster.cluster().ca_pem());

@@ -2,25 +2,29 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use glory::client::ApiClient;
 use glory::up::{Up, UpOptions};
 
 async fn wait_up(api: &ApiClient, n: u64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = api.get("/api/v1/cluster").await?;
-        if c["nodes_by_state"]["up"].as_u64() == Some(n) && c["nodes"].as_u64() == Some(n) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "expected {n} nodes up, cluster says {}",
-            c["nodes_by_state"]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    glory_tests::wait::until(
+        &format!("{n} nodes up"),
+        Duration::from_secs(30),
+        || async {
+            let c = api
+                .get("/api/v1/cluster")
+                .await
+                .map_err(|e| e.to_string())?;
+            if c["nodes_by_state"]["up"].as_u64() == Some(n) && c["nodes"].as_u64() == Some(n) {
+                Ok(())
+            } else {
+                Err(c["nodes_by_state"].to_string())
+            }
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 async fn ids_by_host(api: &ApiClient) -> anyhow::Result<HashMap<String, (String, String)>> {

@@ -2,6 +2,7 @@
 //! in-memory store, the whole suite once on a file), plus what only a local store can
 //! show: the initial revision, and persistence across a reopen.
 
+#[macro_use]
 mod conformance;
 
 use std::sync::Arc;
@@ -22,28 +23,7 @@ macro_rules! in_memory {
     };
 }
 
-in_memory!(
-    kv_basics,
-    key_validation,
-    revisions,
-    txn_compares,
-    txn_failure_branch,
-    txn_rejects_conflicting_ops,
-    txn_with_missing_lease_writes_nothing,
-    cas_race,
-    watch_order,
-    watch_resume,
-    watch_handoff_under_load,
-    watch_prefix_isolation,
-    watch_slow_consumer,
-    lease_expiry,
-    lease_keep_alive,
-    lease_revoke,
-    election_handover_on_revoke,
-    election_handover_on_expiry,
-    election_lost_when_lease_ends,
-    election_recampaign_same_lease,
-);
+for_each_check!(in_memory);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_suite_on_a_file() {

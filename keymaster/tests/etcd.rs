@@ -6,6 +6,7 @@
 //! These tests need the `etcd` binary and fail without it; `./test.sh` installs Debian's
 //! `etcd-server`.
 
+#[macro_use]
 mod conformance;
 
 use std::sync::Arc;
@@ -49,28 +50,7 @@ macro_rules! on_etcd {
     };
 }
 
-on_etcd!(
-    kv_basics,
-    key_validation,
-    revisions,
-    txn_compares,
-    txn_failure_branch,
-    txn_rejects_conflicting_ops,
-    txn_with_missing_lease_writes_nothing,
-    cas_race,
-    watch_order,
-    watch_resume,
-    watch_handoff_under_load,
-    watch_prefix_isolation,
-    watch_slow_consumer,
-    lease_expiry,
-    lease_keep_alive,
-    lease_revoke,
-    election_handover_on_revoke,
-    election_handover_on_expiry,
-    election_lost_when_lease_ends,
-    election_recampaign_same_lease,
-);
+for_each_check!(on_etcd);
 
 /// The whole suite, one check after the other, on one etcd: the checks must also hold
 /// on a store that earlier checks have written to, as a shared etcd is.

@@ -1,8 +1,8 @@
 //! The KeyMaster conformance suite: backend-independent checks of the etcd v3
 //! semantics promised by the trait. Each check is an `async fn` taking an
 //! `Arc<dyn KeyMaster>` and panicking with a message that says what was expected and
-//! what was seen. A backend's test file declares `mod conformance;` and runs every
-//! check against a fresh store; see `embedded.rs`.
+//! what was seen. A backend's test file declares `#[macro_use] mod conformance;` and runs
+//! every check against a fresh store with `for_each_check!`; see `embedded.rs`.
 //!
 //! Every check works under its own random key prefix and only asserts revision
 //! *differences*, so that the checks also hold on a shared store (an etcd cluster) as
@@ -39,29 +39,46 @@ const SHORT_TTL: Duration = Duration::from_millis(300);
 /// The TTL of leases that must outlive a check.
 const LONG_TTL: Duration = Duration::from_secs(60);
 
-/// Every check, in order; for a backend that wants to run them all in one test.
-pub async fn all(km: Arc<dyn KeyMaster>) {
-    kv_basics(km.clone()).await;
-    key_validation(km.clone()).await;
-    revisions(km.clone()).await;
-    txn_compares(km.clone()).await;
-    txn_failure_branch(km.clone()).await;
-    txn_rejects_conflicting_ops(km.clone()).await;
-    txn_with_missing_lease_writes_nothing(km.clone()).await;
-    cas_race(km.clone()).await;
-    watch_order(km.clone()).await;
-    watch_resume(km.clone()).await;
-    watch_handoff_under_load(km.clone()).await;
-    watch_prefix_isolation(km.clone()).await;
-    watch_slow_consumer(km.clone()).await;
-    lease_expiry(km.clone()).await;
-    lease_keep_alive(km.clone()).await;
-    lease_revoke(km.clone()).await;
-    election_handover_on_revoke(km.clone()).await;
-    election_handover_on_expiry(km.clone()).await;
-    election_lost_when_lease_ends(km.clone()).await;
-    election_recampaign_same_lease(km.clone()).await;
+/// The one list of checks: `for_each_check!(m)` expands to `m!(check, check, ...)`, so a
+/// backend's test file (`#[macro_use] mod conformance;`) makes a test of each check with
+/// its own macro, and [`all`] runs them in order. A new check is added here only.
+macro_rules! for_each_check {
+    ($m:ident) => {
+        $m!(
+            kv_basics,
+            key_validation,
+            revisions,
+            txn_compares,
+            txn_failure_branch,
+            txn_rejects_conflicting_ops,
+            txn_with_missing_lease_writes_nothing,
+            cas_race,
+            watch_order,
+            watch_resume,
+            watch_handoff_under_load,
+            watch_prefix_isolation,
+            watch_slow_consumer,
+            lease_expiry,
+            lease_keep_alive,
+            lease_revoke,
+            election_handover_on_revoke,
+            election_handover_on_expiry,
+            election_lost_when_lease_ends,
+            election_recampaign_same_lease,
+        );
+    };
 }
+
+macro_rules! run_in_order {
+    ($($check:ident),* $(,)?) => {
+        /// Every check, in order; for a backend that wants to run them all in one test.
+        pub async fn all(km: Arc<dyn KeyMaster>) {
+            $($check(km.clone()).await;)*
+        }
+    };
+}
+
+for_each_check!(run_in_order);
 
 // ---------------------------------------------------------------------------------
 // Helpers

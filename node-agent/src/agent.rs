@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::AgentSettings;
+use crate::dialer::Dialer;
 use crate::host::Host;
 use crate::identity::{AgentIdentity, IdentityStore};
 use crate::processes::Supervisor;
@@ -441,23 +442,8 @@ async fn connect_group_master(
         .min(settings.request_timeout);
     let mut last = SessionEnd::Unreachable("no group master address known".to_string());
     // The master we just lost goes last: its standby is more likely to answer now.
-    let mut candidates: Vec<std::net::SocketAddr> = identity
-        .group_masters
-        .iter()
-        .copied()
-        .filter(|a| Some(*a) != avoid)
-        .collect();
-    candidates.extend(avoid.filter(|a| identity.group_masters.contains(a)));
-    let mut i = 0;
-    let mut standby_answered = false;
-    while i < candidates.len() && i < 8 {
-        let addr = candidates[i];
-        i += 1;
-        if Some(addr) == avoid && standby_answered {
-            // A standby is alive and about to be promoted; the master we lost is not
-            // worth a connect timeout now. Retry the standby shortly instead.
-            continue;
-        }
+    let mut dialer = Dialer::new(&identity.group_masters, avoid);
+    while let Some(addr) = dialer.next_addr() {
         AgentStats::count(&deps.stats.gm_connects);
         let conn = match connect(
             &deps.endpoint,
@@ -483,14 +469,8 @@ async fn connect_group_master(
                 RefusalCode::Removed => return Err(SessionEnd::Removed(r.message)),
                 RefusalCode::BadIdentity => return Err(SessionEnd::Reenroll(r.message)),
                 _ => {
-                    standby_answered |= r.code == RefusalCode::Unavailable;
                     // A standby names the active master: try it next.
-                    if let Some(to) = r
-                        .redirect
-                        .filter(|to| !candidates[i..].contains(to) && Some(*to) != avoid)
-                    {
-                        candidates.insert(i, to);
-                    }
+                    dialer.refused(r.code == RefusalCode::Unavailable, r.redirect);
                     last = SessionEnd::Unreachable(format!("refused by {addr}: {r}"));
                 }
             },
@@ -516,11 +496,8 @@ async fn locate(
     let config = client_config(identity.tls.client_tls().ok()?, timing).ok()?;
     // A dead cluster master must not hold us up: a live one answers in milliseconds.
     let locate_timeout = settings.request_timeout.min(Duration::from_secs(2));
-    let mut candidates = settings.cluster_masters.clone();
-    let mut i = 0;
-    while i < candidates.len() && i < 8 {
-        let addr = candidates[i];
-        i += 1;
+    let mut dialer = Dialer::new(&settings.cluster_masters, None);
+    while let Some(addr) = dialer.next_addr() {
         let Ok(conn) = connect(
             &deps.endpoint,
             config.clone(),
@@ -540,9 +517,7 @@ async fn locate(
                         .await
                 }
                 Err(LinkError::Refused(r)) => {
-                    if let Some(to) = r.redirect.filter(|to| !candidates[i..].contains(to)) {
-                        candidates.insert(i, to);
-                    }
+                    dialer.refused(false, r.redirect);
                     continue;
                 }
                 Err(_) => continue,

@@ -8,6 +8,7 @@
 
 mod agent;
 pub mod config;
+mod dialer;
 pub mod host;
 pub mod identity;
 pub mod node_identity;

@@ -1,4 +1,4 @@
-//! Pools, tenants, API tokens and component masters: the cluster master's side.
+//! Pools, tenants and component masters: the cluster master's side.
 //!
 //! The pure decisions (which nodes, which candidate) are in [`alloc`]. Here they meet
 //! the key master: every pool write is a compare-and-swap on the pool's revision, and
@@ -21,14 +21,13 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use glory_keymaster::schema::{
-    self, ApiTokenRecord, PoolRecord, TenantRecord, POOL_GENERATION_KEY, RECORD_VERSION,
+    self, PoolRecord, TenantRecord, POOL_GENERATION_KEY, RECORD_VERSION,
 };
 use glory_keymaster::{Compare, KeyMaster, KeyMasterError, OpResult, Txn, TxnOp};
 use glory_protocol::{NodeState, ProcessReport};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::auth;
 use crate::cluster::Cluster;
 use alloc::{NodeFacts, PlanError, PoolBook};
 
@@ -282,7 +281,7 @@ impl Cluster {
     }
 
     // -----------------------------------------------------------------------------
-    // Tenants and API tokens
+    // Tenants
     // -----------------------------------------------------------------------------
 
     pub async fn create_tenant(&self, name: &str, description: &str) -> OpResultT<TenantRecord> {
@@ -354,77 +353,6 @@ impl Cluster {
         self.forget_api_tokens(&tokens);
         self.events
             .emit("tenant_deleted", None, json!({"tenant": name}));
-        Ok(())
-    }
-
-    /// Create an API token; returns the token (shown once) and its record.
-    pub async fn create_api_token(
-        &self,
-        role: &str,
-        tenant: Option<&str>,
-        description: &str,
-    ) -> OpResultT<(String, ApiTokenRecord)> {
-        match (role, tenant) {
-            ("operator", None) => {}
-            ("operator", Some(_)) => {
-                return Err(OpError::Invalid(
-                    "tenant: operator tokens belong to no tenant".into(),
-                ))
-            }
-            ("tenant" | "component", Some(t)) => {
-                if !self.pools.tenants().contains_key(t) {
-                    return Err(OpError::Invalid(format!("tenant: {t} does not exist")));
-                }
-            }
-            ("tenant" | "component", None) => {
-                return Err(OpError::Invalid(format!(
-                    "tenant: a {role} token needs a tenant"
-                )))
-            }
-            (other, _) => {
-                return Err(OpError::Invalid(format!(
-                    "role: {other:?} is not one of operator, tenant, component"
-                )))
-            }
-        }
-        if description.len() > 256 {
-            return Err(OpError::Invalid(
-                "description: at most 256 characters".into(),
-            ));
-        }
-        let (id, secret, token) = auth::new_token("ga-");
-        let record = ApiTokenRecord {
-            v: RECORD_VERSION,
-            id: id.clone(),
-            secret_sha256: auth::hash_secret(&secret),
-            role: role.to_string(),
-            tenant: tenant.map(str::to_string),
-            created_ms: glory_protocol::now_ms(),
-            description: description.to_string(),
-        };
-        self.km_txn(Txn {
-            compares: vec![Compare::absent(schema::api_token_key(&id))],
-            success: vec![TxnOp::put(
-                schema::api_token_key(&id),
-                schema::encode(&record),
-            )],
-            failure: vec![],
-        })
-        .await?;
-        self.remember_api_token(record.clone());
-        Ok((token, record))
-    }
-
-    pub async fn revoke_api_token(&self, id: &str) -> OpResultT<()> {
-        if !self.api_tokens().iter().any(|t| t.id == id) {
-            return Err(OpError::NotFound(format!("token {id} does not exist")));
-        }
-        self.km_txn(Txn {
-            success: vec![TxnOp::delete(schema::api_token_key(id))],
-            ..Default::default()
-        })
-        .await?;
-        self.forget_api_tokens(&[id.to_string()]);
         Ok(())
     }
 

@@ -11,12 +11,20 @@ use std::time::Duration;
 use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::get;
+use axum::Router;
 use futures::stream::{self, Stream};
 use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::{Active, ApiResult, Caller};
 use crate::events::Event;
+use crate::role::Node;
+
+/// Every event, for operators. A pool's stream is among the pool routes.
+pub(super) fn routes() -> Router<Arc<Node>> {
+    Router::new().route("/events", get(cluster_events))
+}
 
 fn last_event_id(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -129,7 +137,7 @@ pub(super) async fn pool_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-pub(super) async fn cluster_events(
+async fn cluster_events(
     Active(cluster): Active,
     headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {

@@ -1,0 +1,100 @@
+//! What handlers take from a request: query strings and JSON bodies that fail with a
+//! 400 naming the problem, the active cluster (a standby answers 503 naming the
+//! leader), and the caller that `auth` recognised.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, Request};
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::ApiError;
+use crate::cluster::Cluster;
+use crate::role::Node;
+
+/// A query string; a bad one is a 400 naming the problem.
+pub(crate) struct Q<T>(pub(super) T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// A JSON body; a bad one is a 400 naming the problem.
+pub(crate) struct J<T>(pub(super) T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for J<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| J(v))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// Who is calling: the role and tenant of a valid bearer token.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    pub role: ApiRole,
+    pub tenant: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ApiRole {
+    Operator,
+    Tenant,
+    Component,
+}
+
+impl Caller {
+    pub fn is_operator(&self) -> bool {
+        self.role == ApiRole::Operator
+    }
+    /// Whether this caller may see objects of `tenant`.
+    pub fn sees(&self, tenant: &str) -> bool {
+        self.is_operator() || self.tenant.as_deref() == Some(tenant)
+    }
+    /// Whether this caller may see (list, revoke) an API token: operators all of them,
+    /// others those of their own tenant.
+    pub fn sees_token(&self, token: &glory_keymaster::schema::ApiTokenRecord) -> bool {
+        self.is_operator() || (token.tenant.is_some() && token.tenant == self.tenant)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "no bearer token")
+        })
+    }
+}
+
+/// The cluster, for routes that need this master to lead; a standby answers 503
+/// naming the leader.
+pub struct Active(pub Arc<Cluster>);
+
+impl axum::extract::FromRequestParts<Arc<Node>> for Active {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        _: &mut axum::http::request::Parts,
+        node: &Arc<Node>,
+    ) -> Result<Self, ApiError> {
+        node.active()
+            .cloned()
+            .map(Active)
+            .ok_or_else(|| ApiError::standby(node))
+    }
+}

@@ -1,0 +1,46 @@
+//! Simulation hooks (`glory up`, `glory sim`): cut a simulated node's power, or
+//! restart it. Real deployments have no `SimControl` and these answer 404.
+
+use std::sync::Arc;
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{Active, ApiError, ApiResult};
+use crate::cluster::Cluster;
+use crate::role::Node;
+
+pub(super) fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/sim/nodes/{id}/kill", post(sim_kill))
+        .route("/sim/nodes/{id}/restart", post(sim_restart))
+}
+
+async fn sim_action(cluster: &Cluster, id: &str, kill: bool) -> ApiResult<Json<Value>> {
+    let sim = cluster.sim.as_ref().ok_or_else(|| {
+        ApiError::not_found("simulation routes exist only in glory up / glory sim")
+    })?;
+    if !cluster.read().nodes.contains_key(id) {
+        return Err(ApiError::not_found(format!("node {id} does not exist")));
+    }
+    let result = if kill {
+        sim.kill(id).await
+    } else {
+        sim.restart(id).await
+    };
+    result.map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
+    Ok(Json(
+        json!({"node": id, "action": if kill { "killed" } else { "restarted" }}),
+    ))
+}
+
+async fn sim_kill(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    sim_action(&cluster, &id, true).await
+}
+
+async fn sim_restart(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    sim_action(&cluster, &id, false).await
+}

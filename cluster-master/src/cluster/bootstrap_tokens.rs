@@ -1,0 +1,93 @@
+//! Bootstrap tokens: created, listed and deleted in the key master (only the SHA-256
+//! of a secret is stored), and checked when a node or group master enrolls.
+
+use std::time::Duration;
+
+use glory_keymaster::schema::{self, BootstrapScope, BootstrapTokenRecord, RECORD_VERSION};
+use glory_keymaster::{Compare, KeyMasterError, Txn, TxnOp};
+use glory_protocol::{Refusal, RefusalCode};
+
+use super::{refusal, unavailable, Cluster};
+use crate::auth::{self, TokenError};
+
+impl Cluster {
+    /// Check a bootstrap token for `scope`; returns its record and the revision it was
+    /// read at.
+    pub(crate) async fn bootstrap_token(
+        &self,
+        token: &str,
+        scope: BootstrapScope,
+    ) -> Result<(BootstrapTokenRecord, i64), Refusal> {
+        let bad = |e: TokenError| {
+            refusal(
+                RefusalCode::BadToken,
+                format!("bootstrap token rejected: {e}"),
+            )
+        };
+        let (id, secret) = auth::parse_token(token).map_err(bad)?;
+        let kv = self
+            .km
+            .get(&schema::bootstrap_token_key(id))
+            .await
+            .map_err(unavailable)?;
+        let (record, rev) = match kv {
+            Some(kv) => (
+                Some(
+                    schema::decode::<BootstrapTokenRecord>(&kv.key, &kv.value)
+                        .map_err(|e| refusal(RefusalCode::Unavailable, e.to_string()))?,
+                ),
+                kv.mod_revision,
+            ),
+            None => (None, 0),
+        };
+        auth::check_bootstrap(record.as_ref(), secret, scope, glory_protocol::now_ms())
+            .map_err(bad)?;
+        Ok((record.ok_or_else(|| bad(TokenError::Invalid))?, rev))
+    }
+
+    /// Create a bootstrap token; returns the token string (shown once) and its record.
+    pub async fn create_bootstrap_token(
+        &self,
+        ttl: Option<Duration>,
+        single_use: bool,
+        scope: BootstrapScope,
+        description: &str,
+    ) -> Result<(String, BootstrapTokenRecord), KeyMasterError> {
+        let (id, secret, token) = auth::new_token("gb-");
+        let now = glory_protocol::now_ms();
+        let record = BootstrapTokenRecord {
+            v: RECORD_VERSION,
+            id: id.clone(),
+            secret_sha256: auth::hash_secret(&secret),
+            created_ms: now,
+            expires_ms: ttl.map(|t| now + t.as_millis() as u64),
+            single_use,
+            used: false,
+            scope,
+            description: description.to_string(),
+        };
+        self.km_txn(Txn {
+            compares: vec![Compare::absent(schema::bootstrap_token_key(&id))],
+            success: vec![TxnOp::put(
+                schema::bootstrap_token_key(&id),
+                schema::encode(&record),
+            )],
+            failure: vec![],
+        })
+        .await?;
+        Ok((token, record))
+    }
+
+    pub async fn list_bootstrap_tokens(&self) -> Result<Vec<BootstrapTokenRecord>, KeyMasterError> {
+        let (kvs, _) = self.km.get_prefix(schema::BOOTSTRAP_TOKENS_PREFIX).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| schema::decode(&kv.key, &kv.value).ok())
+            .collect())
+    }
+
+    pub async fn delete_bootstrap_token(&self, id: &str) -> Result<bool, KeyMasterError> {
+        let deleted = self.km.delete(&schema::bootstrap_token_key(id)).await?;
+        Ok(deleted > 0)
+    }
+}

@@ -1,0 +1,65 @@
+//! The cluster master's access to the key master: every write counted, and whether
+//! the key master answers, remembered and probed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glory_keymaster::schema;
+use glory_keymaster::{KeyMaster, KeyMasterError, Txn};
+use tracing::{info, warn};
+
+use super::Cluster;
+
+impl Cluster {
+    /// Run a transaction, counting its writes and noting whether the key master
+    /// answered.
+    pub(crate) async fn km_txn(
+        &self,
+        txn: Txn,
+    ) -> Result<glory_keymaster::TxnResponse, KeyMasterError> {
+        let writes = txn.success.len().max(txn.failure.len()) as u64;
+        let result = self.km.txn(txn).await;
+        match &result {
+            Ok(_) => {
+                self.km_writes.fetch_add(writes, Ordering::Relaxed);
+                self.km_available.store(true, Ordering::Relaxed);
+            }
+            Err(KeyMasterError::Unavailable(_)) => {
+                self.km_available.store(false, Ordering::Relaxed)
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Whether the last key master call succeeded.
+    pub fn keymaster_available(&self) -> bool {
+        self.km_available.load(Ordering::Relaxed)
+    }
+
+    /// Probe the key master (a read), remembering whether it answered.
+    pub(crate) async fn probe_keymaster(&self, timeout: Duration) -> bool {
+        let ok = matches!(
+            tokio::time::timeout(timeout, self.km.get(schema::CA_KEY)).await,
+            Ok(Ok(_))
+        );
+        let was = self.km_available.swap(ok, Ordering::Relaxed);
+        if was && !ok {
+            warn!("key master unavailable: serving from memory, refusing changes that need it");
+        } else if !was && ok {
+            info!("key master available again");
+        }
+        ok
+    }
+
+    /// Key master writes (operations) made by this master since it started.
+    pub fn keymaster_writes(&self) -> u64 {
+        self.km_writes.load(Ordering::Relaxed)
+    }
+
+    /// The key master this cluster master writes to.
+    pub fn keymaster(&self) -> Arc<dyn KeyMaster> {
+        self.km.clone()
+    }
+}

@@ -1,0 +1,250 @@
+//! The cluster master's state (`Cluster`), loaded from the key master at start, and
+//! the registry's locks. Its operations are in the submodules: durable changes go to
+//! the key master first and to memory after, so what the API shows was acknowledged by
+//! the store; state transitions are queued to a writer that coalesces and batches them.
+
+mod api_tokens;
+mod bootstrap_tokens;
+mod ca;
+mod group_links;
+mod groups;
+mod keymaster;
+mod removal;
+mod states;
+
+pub(crate) use ca::load_or_create_ca;
+pub(crate) use states::status_writer;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use glory_keymaster::schema::{
+    self, ApiTokenRecord, GroupRecord, NodeRecord, NodeStatus, RemovedRecord, RevokedRecord,
+};
+use glory_keymaster::{KeyMaster, KeyMasterError, Txn, TxnOp};
+use glory_protocol::{ClusterCa, NodeState, Refusal, RefusalCode};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::registry::{GroupEntry, NodeEntry, Registry};
+use crate::ClusterMasterSettings;
+
+/// Hooks into a simulation (only `glory up` and `glory sim` provide one): the API's
+/// `/api/v1/sim/...` routes call it. Real deployments have none and those routes 404.
+#[async_trait::async_trait]
+pub trait SimControl: Send + Sync + 'static {
+    /// Cut a simulated node's power: it stops sending anything.
+    async fn kill(&self, node: &str) -> Result<(), String>;
+    /// Power a simulated node back on with its old identity.
+    async fn restart(&self, node: &str) -> Result<(), String>;
+}
+
+pub(crate) fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
+    Refusal::new(code, message)
+}
+
+pub(crate) fn unavailable(e: KeyMasterError) -> Refusal {
+    refusal(RefusalCode::Unavailable, format!("key master: {e}"))
+}
+
+/// Keys per transaction: etcd's default limit is 128 operations.
+const TXN_CHUNK: usize = 100;
+
+/// What the active cluster master knows and does. Its operations are in the
+/// submodules, one job each; a subsystem keeps its own state in a field of its own
+/// (like `pools`) and reaches the rest through the crate-visible methods here.
+pub struct Cluster {
+    pub(crate) settings: ClusterMasterSettings,
+    pub(crate) km: Arc<dyn KeyMaster>,
+    pub(crate) ca: ClusterCa,
+    registry: RwLock<Registry>,
+    api_tokens: RwLock<HashMap<String, ApiTokenRecord>>,
+    status_tx: mpsc::UnboundedSender<(String, NodeStatus)>,
+    pub(crate) sim: Option<Arc<dyn SimControl>>,
+    pub(crate) started: Instant,
+    pub(crate) km_writes: AtomicU64,
+    pub(crate) km_available: AtomicBool,
+    next_session: AtomicU64,
+    /// Transitions into each state since start, indexed like `NodeState::ALL`.
+    transitions: [AtomicU64; 6],
+    pub(crate) pools: crate::pools::PoolState,
+    pub(crate) events: crate::events::EventBus,
+    /// Wakes the pool reconciler (a pool node changed state, a candidate changed...).
+    pub(crate) pool_changed: tokio::sync::Notify,
+    /// Addresses group master links came from (they reconnect from the same one).
+    group_master_remotes: RwLock<HashSet<SocketAddr>>,
+    /// Identity conflicts already reported to operators.
+    pub(crate) conflicts: crate::enroll::ConflictLog,
+}
+
+impl Cluster {
+    /// Load everything from the key master into memory.
+    pub(crate) async fn load(
+        settings: ClusterMasterSettings,
+        km: Arc<dyn KeyMaster>,
+        sim: Option<Arc<dyn SimControl>>,
+        ca: ClusterCa,
+    ) -> anyhow::Result<(Arc<Cluster>, mpsc::UnboundedReceiver<(String, NodeStatus)>)> {
+        use anyhow::Context;
+        let mut registry = Registry::default();
+        let (groups, _) = km
+            .get_prefix(schema::GROUPS_PREFIX)
+            .await
+            .context("load groups")?;
+        for kv in groups {
+            let record: GroupRecord = schema::decode(&kv.key, &kv.value)?;
+            registry
+                .groups
+                .insert(record.id.clone(), GroupEntry::new(record));
+        }
+        let (statuses, _) = km
+            .get_prefix(schema::NODE_STATUS_PREFIX)
+            .await
+            .context("load node status")?;
+        let mut status_by_node: HashMap<String, NodeStatus> = HashMap::new();
+        for kv in statuses {
+            let id = kv
+                .key
+                .trim_start_matches(schema::NODE_STATUS_PREFIX)
+                .to_string();
+            status_by_node.insert(id, schema::decode(&kv.key, &kv.value)?);
+        }
+        let (nodes, _) = km
+            .get_prefix(schema::NODES_PREFIX)
+            .await
+            .context("load nodes")?;
+        for kv in nodes {
+            let record: NodeRecord = schema::decode(&kv.key, &kv.value)?;
+            let status = status_by_node.remove(&record.id).unwrap_or_else(|| {
+                NodeStatus::new(
+                    NodeState::Unreachable,
+                    glory_protocol::now_ms(),
+                    "no status record",
+                )
+            });
+            registry.insert_node(NodeEntry {
+                record,
+                status,
+                load: None,
+                load_ms: 0,
+            });
+        }
+        let (revoked, _) = km
+            .get_prefix(schema::REVOKED_PREFIX)
+            .await
+            .context("load revoked serials")?;
+        for kv in revoked {
+            let record: RevokedRecord = schema::decode(&kv.key, &kv.value)?;
+            registry.revoked.insert(record.serial, record.node);
+        }
+        let (removed, _) = km
+            .get_prefix(schema::REMOVED_PREFIX)
+            .await
+            .context("load removed nodes")?;
+        for kv in removed {
+            let record: RemovedRecord = schema::decode(&kv.key, &kv.value)?;
+            registry.removed.insert(record.identity.clone(), record);
+        }
+        migrate_identities(km.as_ref(), &mut registry).await?;
+        let api_tokens = api_tokens::load(km.as_ref()).await?;
+        let book = crate::pools::load_book(km.as_ref())
+            .await
+            .context("load pools")?;
+        let tenants = crate::pools::load_tenants(km.as_ref())
+            .await
+            .context("load tenants")?;
+        // Until their group masters report, nobody knows how live nodes are.
+        let now = glory_protocol::now_ms();
+        let mut stale = Vec::new();
+        for node in registry.nodes.values_mut() {
+            if matches!(
+                node.status.state,
+                NodeState::Up | NodeState::Suspect | NodeState::Joining
+            ) && node
+                .status
+                .transition(NodeState::Unreachable, now, "cluster master restarted")
+            {
+                stale.push((node.record.id.clone(), node.status.clone()));
+            }
+        }
+        info!(
+            nodes = registry.nodes.len(),
+            groups = registry.groups.len(),
+            "registry loaded"
+        );
+        let (status_tx, status_rx) = mpsc::unbounded_channel();
+        for item in stale {
+            let _ = status_tx.send(item);
+        }
+        let cluster = Arc::new(Cluster {
+            settings,
+            km,
+            ca,
+            registry: RwLock::new(registry),
+            api_tokens: RwLock::new(api_tokens),
+            status_tx,
+            sim,
+            started: Instant::now(),
+            km_writes: AtomicU64::new(0),
+            km_available: AtomicBool::new(true),
+            next_session: AtomicU64::new(1),
+            transitions: Default::default(),
+            pools: crate::pools::PoolState::new(book, tenants),
+            events: Default::default(),
+            pool_changed: tokio::sync::Notify::new(),
+            group_master_remotes: RwLock::new(HashSet::new()),
+            conflicts: Default::default(),
+        });
+        Ok((cluster, status_rx))
+    }
+
+    /// Locks are held for memory work only, never across an await; a poisoned lock is
+    /// recovered (every critical section leaves the registry consistent).
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Node records written before server identities existed get theirs (the machine id
+/// they were enrolled by) and the identity key, once, at load.
+async fn migrate_identities(km: &dyn KeyMaster, registry: &mut Registry) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let old: Vec<String> = registry
+        .nodes
+        .values()
+        .filter(|n| n.record.server_identity.is_empty())
+        .map(|n| n.record.id.clone())
+        .collect();
+    for chunk in old.chunks(TXN_CHUNK / 2) {
+        let mut txn = Txn::default();
+        for id in chunk {
+            let Some(node) = registry.nodes.get_mut(id) else {
+                continue;
+            };
+            node.record.server_identity = node.record.identity();
+            txn.success.push(TxnOp::put(
+                schema::node_key(id),
+                schema::encode(&node.record),
+            ));
+            txn.success.push(TxnOp::put(
+                schema::identity_key(&node.record.server_identity),
+                id.clone().into_bytes(),
+            ));
+        }
+        km.txn(txn).await.context("record node identities")?;
+    }
+    if !old.is_empty() {
+        info!(
+            nodes = old.len(),
+            "recorded the identities of nodes enrolled by an older version"
+        );
+    }
+    Ok(())
+}

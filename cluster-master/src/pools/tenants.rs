@@ -1,0 +1,98 @@
+//! Tenants: created and deleted in the key master first; a tenant is deleted only
+//! without pools, and its API tokens go with it.
+
+use std::collections::BTreeMap;
+
+use glory_keymaster::schema::{self, TenantRecord, RECORD_VERSION};
+use glory_keymaster::{Compare, KeyMaster, KeyMasterError, Txn, TxnOp};
+use serde_json::json;
+
+use super::{check_name, OpError, OpResultT};
+use crate::cluster::Cluster;
+
+/// Every tenant in the key master, by name.
+pub(crate) async fn load_tenants(
+    km: &dyn KeyMaster,
+) -> Result<BTreeMap<String, TenantRecord>, KeyMasterError> {
+    let (kvs, _) = km.get_prefix(schema::TENANTS_PREFIX).await?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| schema::decode::<TenantRecord>(&kv.key, &kv.value).ok())
+        .map(|t| (t.name.clone(), t))
+        .collect())
+}
+
+impl Cluster {
+    /// Create a tenant (a name pools and tokens belong to).
+    pub async fn create_tenant(&self, name: &str, description: &str) -> OpResultT<TenantRecord> {
+        check_name("name", name)?;
+        if description.len() > 256 {
+            return Err(OpError::Invalid(
+                "description: at most 256 characters".into(),
+            ));
+        }
+        let record = TenantRecord {
+            v: RECORD_VERSION,
+            name: name.to_string(),
+            created_ms: glory_protocol::now_ms(),
+            description: description.to_string(),
+        };
+        let resp = self
+            .km_txn(Txn {
+                compares: vec![Compare::absent(schema::tenant_key(name))],
+                success: vec![TxnOp::put(
+                    schema::tenant_key(name),
+                    schema::encode(&record),
+                )],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(OpError::conflict(format!("tenant {name} already exists")));
+        }
+        self.pools
+            .tenants_mut()
+            .insert(name.to_string(), record.clone());
+        self.events
+            .emit("tenant_created", None, json!({"tenant": name}));
+        Ok(record)
+    }
+
+    /// Delete a tenant that has no pools; its API tokens are revoked with it.
+    pub async fn delete_tenant(&self, name: &str) -> OpResultT<()> {
+        // No pool of this master can be created for the tenant meanwhile.
+        let _serial = self.pools.write.lock().await;
+        if !self.pools.tenants().contains_key(name) {
+            return Err(OpError::NotFound(format!("tenant {name} does not exist")));
+        }
+        let pools = self.pools.book().tenant_pools(name);
+        if !pools.is_empty() {
+            return Err(OpError::conflict(format!(
+                "tenant {name} still has pools: {}",
+                pools.join(", ")
+            )));
+        }
+        let tokens: Vec<String> = self
+            .api_tokens()
+            .into_iter()
+            .filter(|t| t.tenant.as_deref() == Some(name))
+            .map(|t| t.id)
+            .collect();
+        let mut success = vec![TxnOp::delete(schema::tenant_key(name))];
+        success.extend(
+            tokens
+                .iter()
+                .map(|id| TxnOp::delete(schema::api_token_key(id))),
+        );
+        self.km_txn(Txn {
+            success,
+            ..Default::default()
+        })
+        .await?;
+        self.pools.tenants_mut().remove(name);
+        self.forget_api_tokens(&tokens);
+        self.events
+            .emit("tenant_deleted", None, json!({"tenant": name}));
+        Ok(())
+    }
+}

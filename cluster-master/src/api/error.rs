@@ -15,8 +15,9 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    /// A standby names the leader.
-    leader: Option<LeaderInfo>,
+    /// A standby names the leader (boxed: errors travel in every handler's `Result`,
+    /// and only a standby's carry it).
+    leader: Option<Box<LeaderInfo>>,
     /// More fields of the error object (e.g. `fit` on a 409 for too few nodes).
     extra: Option<Value>,
 }
@@ -51,7 +52,7 @@ impl ApiError {
             "standby",
             node.standby_message(),
         );
-        e.leader = node.leader();
+        e.leader = node.leader().map(Box::new);
         e
     }
 }

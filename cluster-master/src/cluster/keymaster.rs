@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glory_keymaster::schema;
-use glory_keymaster::{KeyMaster, KeyMasterError, Txn};
+use glory_keymaster::{Compare, KeyMaster, KeyMasterError, Txn, TxnOp};
 use tracing::{info, warn};
 
 use super::Cluster;
@@ -31,6 +31,28 @@ impl Cluster {
             Err(_) => {}
         }
         result
+    }
+
+    /// Write a node's record if the node still holds its identity: `false` when it was
+    /// removed or enrolled again meanwhile (a stale copy is never written back).
+    pub(crate) async fn store_node_record(
+        &self,
+        record: &glory_keymaster::schema::NodeRecord,
+    ) -> Result<bool, KeyMasterError> {
+        let resp = self
+            .km_txn(Txn {
+                compares: vec![Compare::value(
+                    schema::identity_key(&record.identity()),
+                    record.id.clone().into_bytes(),
+                )],
+                success: vec![TxnOp::put(
+                    schema::node_key(&record.id),
+                    schema::encode(record),
+                )],
+                failure: vec![],
+            })
+            .await?;
+        Ok(resp.succeeded)
     }
 
     /// Whether the last key master call succeeded.

@@ -3,9 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use glory_keymaster::schema;
-use glory_keymaster::{Compare, Txn, TxnOp};
-
 use super::{OpError, OpResultT};
 use crate::cluster::Cluster;
 
@@ -42,17 +39,7 @@ impl Cluster {
             .map(|n| n.record.clone())
             .ok_or_else(|| OpError::NotFound(format!("node {node} does not exist")))?;
         record.labels = labels;
-        let resp = self
-            .km_txn(Txn {
-                compares: vec![Compare::value(
-                    schema::identity_key(&record.identity()),
-                    record.id.clone().into_bytes(),
-                )],
-                success: vec![TxnOp::put(schema::node_key(node), schema::encode(&record))],
-                failure: vec![],
-            })
-            .await?;
-        if !resp.succeeded {
+        if !self.store_node_record(&record).await? {
             return Err(OpError::conflict(format!(
                 "node {node} was removed or enrolled again meanwhile; try again"
             )));

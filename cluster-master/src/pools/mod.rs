@@ -183,7 +183,9 @@ pub fn check_component(component: &str) -> OpResultT<()> {
     }
 }
 
-/// What a membership or master write does to one pool.
+/// What a membership or master write does to one pool. Planned and consumed at once,
+/// never stored: boxing the record would only add an allocation to every write.
+#[allow(clippy::large_enum_variant)]
 enum Write {
     Put(PoolRecord),
     Delete(String),

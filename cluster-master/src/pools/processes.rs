@@ -1,8 +1,6 @@
 //! Process reports from agents (through their group masters): the last report per
 //! node and process, which the master reconciler reads.
 
-use glory_keymaster::schema;
-use glory_keymaster::{Compare, Txn, TxnOp};
 use glory_protocol::ProcessReport;
 use tracing::warn;
 
@@ -51,17 +49,7 @@ impl Cluster {
         if let Some(record) = changed_record {
             // Compared with the identity's key like a label change, so a node removed
             // meanwhile is not written back.
-            let result = self
-                .km_txn(Txn {
-                    compares: vec![Compare::value(
-                        schema::identity_key(&record.identity()),
-                        record.id.clone().into_bytes(),
-                    )],
-                    success: vec![TxnOp::put(schema::node_key(node), schema::encode(&record))],
-                    failure: vec![],
-                })
-                .await;
-            if let Err(e) = result {
+            if let Err(e) = self.store_node_record(&record).await {
                 warn!(node_id = %node, error = %e, "could not store the node's address");
             }
         }

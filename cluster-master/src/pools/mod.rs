@@ -16,6 +16,7 @@ mod membership;
 mod node_events;
 mod processes;
 mod tenants;
+mod verdict;
 
 pub use master::process_id;
 pub(crate) use master::reconciler;

@@ -14,6 +14,7 @@ mod cluster;
 pub mod config;
 mod enroll;
 mod events;
+mod group_roles;
 mod leadership;
 mod link;
 pub mod pools;

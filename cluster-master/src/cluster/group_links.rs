@@ -13,6 +13,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::Cluster;
+use crate::group_roles::{
+    on_link_lost, registers_as_active, unreachable_when_master_lost, LinkLoss,
+};
 use crate::registry::{GroupLink, NodeEntry, Registry};
 
 impl Cluster {
@@ -28,9 +31,12 @@ impl Cluster {
     ) -> Result<(u64, Vec<ClusterToGroup>), KeyMasterError> {
         let becomes_active = {
             let reg = self.read();
-            reg.groups
-                .get(group)
-                .is_none_or(|g| g.link.as_ref().is_none_or(|l| l.listen == listen))
+            registers_as_active(
+                reg.groups
+                    .get(group)
+                    .and_then(|g| g.link.as_ref().map(|l| l.listen)),
+                listen,
+            )
         };
         let recorded = self
             .ensure_group(group, becomes_active.then_some(listen))
@@ -66,7 +72,7 @@ impl Cluster {
         };
         // A master that comes back replaces its own stale links.
         entry.standbys.retain(|s| s.listen != listen);
-        let active = entry.link.as_ref().is_none_or(|l| l.listen == listen);
+        let active = registers_as_active(entry.link.as_ref().map(|l| l.listen), listen);
         if active {
             if let Some(old) = entry.link.replace(link) {
                 old.conn.close(
@@ -130,37 +136,35 @@ impl Cluster {
         let now = glory_protocol::now_ms();
         let mut reg = self.write();
         let entry = reg.groups.get_mut(group)?;
-        if entry.standbys.iter().any(|s| s.session == session) {
-            entry.standbys.retain(|s| s.session != session);
-            info!(group = %group, "standby group master disconnected");
-            let masters = reg.group_master_addrs(group);
-            if let Some(entry) = reg.groups.get(group) {
-                entry.announce_roles(&masters);
+        let standbys: Vec<u64> = entry.standbys.iter().map(|s| s.session).collect();
+        let promote = match on_link_lost(entry.link.as_ref().map(|l| l.session), &standbys, session)
+        {
+            LinkLoss::Stale => return None, // an older link; a newer one is in place
+            LinkLoss::Active { promote } => promote,
+            LinkLoss::Standby => {
+                entry.standbys.retain(|s| s.session != session);
+                info!(group = %group, "standby group master disconnected");
+                let masters = reg.group_master_addrs(group);
+                if let Some(entry) = reg.groups.get(group) {
+                    entry.announce_roles(&masters);
+                }
+                return None;
             }
-            return None;
-        }
-        if entry.link.as_ref().is_none_or(|l| l.session != session) {
-            return None; // an older link; a newer one is in place
-        }
-        entry.link = None;
-        let promoted = if entry.standbys.is_empty() {
-            None
-        } else {
-            Some(entry.standbys.remove(0))
         };
+        entry.link = None;
+        let promoted = promote.map(|i| entry.standbys.remove(i));
         let members: Vec<String> = entry.members.iter().cloned().collect();
         let mut changed = 0;
         let mut happened = Vec::new();
         for id in members {
             if let Some(node) = reg.nodes.get_mut(&id) {
-                if matches!(
-                    node.status.state,
-                    NodeState::Up | NodeState::Suspect | NodeState::Joining
-                ) && node.status.transition(
-                    NodeState::Unreachable,
-                    now,
-                    "group master unreachable",
-                ) {
+                if unreachable_when_master_lost(node.status.state)
+                    && node.status.transition(
+                        NodeState::Unreachable,
+                        now,
+                        "group master unreachable",
+                    )
+                {
                     changed += 1;
                     if let Some(prev) = node.status.history.iter().rev().nth(1) {
                         happened.push((id.clone(), prev.state));

@@ -6,7 +6,10 @@
 pub mod agents;
 pub mod faults;
 mod flat;
+mod flat_run;
 mod hier;
+mod masters;
+mod measure;
 pub mod procstat;
 mod relay;
 pub mod report;
@@ -289,7 +292,7 @@ pub async fn run(options: SimOptions) -> anyhow::Result<Report> {
     options.validate()?;
     let report = match options.mode {
         Mode::Hierarchy => hier::run(&options).await?,
-        Mode::Flat => hier::run_flat(&options).await?,
+        Mode::Flat => flat_run::run(&options).await?,
     };
     if let Some(path) = &options.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)

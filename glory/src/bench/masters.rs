@@ -1,0 +1,262 @@
+//! The masters of a hierarchy run, in this process: the key master, the cluster master
+//! and the group masters (with standbys), started, replaced under faults and stopped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use glory_cluster_master::{ClusterMasterConfig, ClusterMasterHandle, KeyMasterConfig};
+use glory_group_master::{GroupMaster, GroupMasterConfig};
+use glory_keymaster::KeyMaster;
+use tokio_util::sync::CancellationToken;
+
+use super::relay::Relay;
+use super::{Fault, SimOptions};
+
+pub(super) struct GroupSlot {
+    pub(super) id: String,
+    pub(super) relay: Relay,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The masters of a hierarchy run, in this process.
+pub(super) struct Masters {
+    pub(super) km: Arc<dyn KeyMaster>,
+    cm_config: ClusterMasterConfig,
+    pub(super) cm: Option<ClusterMasterHandle>,
+    cm_stop: CancellationToken,
+    pub(super) groups: Vec<GroupSlot>,
+    /// Standby group masters (for the groups a fault will kill), promoted by the
+    /// cluster master when their active one stops.
+    standbys: Vec<GroupSlot>,
+    options: SimOptions,
+    shutdown: CancellationToken,
+    /// Down transitions counted by cluster master instances that were replaced.
+    past_downs: u64,
+    past_writes: u64,
+    /// Observations for the report's notes.
+    pub(super) notes: Vec<String>,
+}
+
+impl Masters {
+    pub(super) fn cm(&self) -> &ClusterMasterHandle {
+        self.cm.as_ref().expect("cluster master running")
+    }
+
+    pub(super) fn downs(&self) -> u64 {
+        let now = self.cm.as_ref().map(|cm| {
+            cm.cluster
+                .transition_counts()
+                .into_iter()
+                .find(|(s, _)| *s == glory_protocol::NodeState::Down)
+                .map(|(_, n)| n)
+                .unwrap_or(0)
+        });
+        self.past_downs + now.unwrap_or(0)
+    }
+
+    pub(super) fn km_writes(&self) -> u64 {
+        self.past_writes
+            + self
+                .cm
+                .as_ref()
+                .map(|cm| cm.cluster.keymaster_writes())
+                .unwrap_or(0)
+    }
+
+    fn start_group(&self, id: &str, listen: SocketAddr, relay: Relay) -> anyhow::Result<GroupSlot> {
+        let config = GroupMasterConfig {
+            group: id.to_string(),
+            listen,
+            cluster_master: relay.local,
+            heartbeat_interval_ms: self.options.heartbeat_ms,
+            down_after_ms: self.options.down_after_ms,
+            ..Default::default()
+        };
+        let identity = self.cm().cluster.issue_group_master_identity(id)?;
+        let gm = GroupMaster::bind(config.validate()?, identity)?;
+        let stop = self.shutdown.child_token();
+        let token = stop.clone();
+        let gid = id.to_string();
+        let task = tokio::spawn(async move {
+            if let Err(e) = gm.serve(token).await {
+                tracing::error!(group = %gid, error = %format!("{e:#}"), "group master failed");
+            }
+        });
+        Ok(GroupSlot {
+            id: id.to_string(),
+            relay,
+            stop,
+            task,
+        })
+    }
+
+    pub(super) async fn start(
+        options: &SimOptions,
+    ) -> anyhow::Result<(Masters, tempfile::TempDir)> {
+        let dir = tempfile::tempdir()?;
+        let per_group = options.nodes.div_ceil(options.groups);
+        let cm_config = ClusterMasterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().to_path_buf(),
+            keymaster: match &options.etcd {
+                Some(endpoints) => KeyMasterConfig::Etcd {
+                    endpoints: endpoints.clone(),
+                },
+                None => KeyMasterConfig::Embedded { path: None },
+            },
+            group_size_limit: per_group.max(1),
+            ..Default::default()
+        };
+        let km =
+            glory_cluster_master::open_keymaster(&cm_config, &CancellationToken::new()).await?;
+        let shutdown = CancellationToken::new();
+        let cm_stop = shutdown.child_token();
+        let cm =
+            glory_cluster_master::start(cm_config.validate()?, km.clone(), None, cm_stop.clone())
+                .await?;
+        // Restarts reuse the addresses the first instance got.
+        let cm_config = ClusterMasterConfig {
+            listen: cm.quic_addr,
+            api_listen: cm.api_addr,
+            ..cm_config
+        };
+        let mut masters = Masters {
+            km,
+            cm_config,
+            cm: Some(cm),
+            cm_stop,
+            groups: Vec::new(),
+            standbys: Vec::new(),
+            options: options.clone(),
+            shutdown,
+            past_downs: 0,
+            past_writes: 0,
+            notes: Vec::new(),
+        };
+        for g in 0..options.groups {
+            let id = format!("g{g:02}");
+            let relay = Relay::start(masters.cm().quic_addr, masters.shutdown.clone()).await?;
+            let slot = masters.start_group(&id, SocketAddr::from(([127, 0, 0, 1], 0)), relay)?;
+            masters.groups.push(slot);
+        }
+        let doomed: Vec<String> = options
+            .faults
+            .iter()
+            .filter_map(|f| match &f.fault {
+                Fault::KillGroupMaster(g) => Some(g.clone()),
+                _ => None,
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while masters.cm().cluster.connected_groups() < options.groups {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "group masters did not all register within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Standbys register after the actives, so they stand by.
+        for id in &doomed {
+            let relay = Relay::start(masters.cm().quic_addr, masters.shutdown.clone()).await?;
+            let slot = masters.start_group(id, SocketAddr::from(([127, 0, 0, 1], 0)), relay)?;
+            masters.standbys.push(slot);
+        }
+        while doomed
+            .iter()
+            .any(|g| masters.cm().cluster.group_master_count(g) < 2)
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "group masters did not all register within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok((masters, dir))
+    }
+
+    /// Stop group master `id` and start a replacement on its address at once.
+    /// Stop the active group master of `id`; its standby takes over (the cluster
+    /// master promotes it, the agents move to it).
+    pub(super) async fn replace_group(&mut self, id: &str) -> anyhow::Result<()> {
+        let idx = self
+            .groups
+            .iter()
+            .position(|g| g.id == id)
+            .context("no such group")?;
+        let standby = self
+            .standbys
+            .iter()
+            .position(|g| g.id == id)
+            .context("no standby for the group")?;
+        let old = self.groups.remove(idx);
+        let t = Instant::now();
+        old.stop.cancel();
+        let _ = old.task.await;
+        let promoted = self.standbys.remove(standby);
+        self.groups.insert(idx, promoted);
+        self.notes.push(format!(
+            "group master {id} stopped in {:.2} s; its standby (on another address) took over",
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// Stop the cluster master and start a replacement on the same key master and
+    /// addresses.
+    pub(super) async fn replace_cluster_master(&mut self) -> anyhow::Result<()> {
+        let t = Instant::now();
+        self.past_downs = self.downs();
+        self.past_writes = self.km_writes();
+        self.cm_stop.cancel();
+        if let Some(cm) = self.cm.take() {
+            cm.wait().await;
+        }
+        self.cm_stop = self.shutdown.child_token();
+        // The replacement comes up on new addresses, as a standby on another host would;
+        // the group masters' links (through their relays) are pointed at it.
+        let config = ClusterMasterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..self.cm_config.clone()
+        };
+        let cm = glory_cluster_master::start(
+            config.validate()?,
+            self.km.clone(),
+            None,
+            self.cm_stop.clone(),
+        )
+        .await?;
+        for group in self.groups.iter().chain(self.standbys.iter()) {
+            group.relay.set_target(cm.quic_addr);
+        }
+        self.cm = Some(cm);
+        let note = format!(
+            "cluster master replaced by a new one on new addresses, serving after {:.2} s; group masters were pointed at it",
+            t.elapsed().as_secs_f64()
+        );
+        if self.options.progress {
+            eprintln!("{note}");
+        }
+        self.notes.push(note);
+        Ok(())
+    }
+
+    pub(super) async fn stop(mut self) {
+        let standbys: Vec<GroupSlot> = self.standbys.drain(..).collect();
+        self.groups.extend(standbys);
+        for g in &self.groups {
+            g.stop.cancel();
+        }
+        for g in self.groups.drain(..) {
+            let _ = g.task.await;
+        }
+        self.shutdown.cancel();
+        if let Some(cm) = self.cm.take() {
+            cm.wait().await;
+        }
+    }
+}

@@ -38,7 +38,8 @@ pub(crate) async fn upstream_loop(
     let mut last_answer = Instant::now();
     while !shutdown.is_cancelled() {
         let mut established = false;
-        let result = link(
+        // Its errors name `target`.
+        let result = link_session(
             &endpoint,
             &identity,
             &shared,
@@ -48,7 +49,8 @@ pub(crate) async fn upstream_loop(
             &shutdown,
             &mut established,
         )
-        .await;
+        .await
+        .map_err(|e| e.at("link to cluster master", target));
         if established {
             // The link was up until just now: that counts as an answer.
             last_answer = Instant::now();
@@ -109,32 +111,6 @@ pub(crate) async fn upstream_loop(
 pub(crate) fn worth_logging(failures: u32) -> bool {
     const EVERY: u32 = 64;
     failures.is_power_of_two() && failures <= EVERY || failures.is_multiple_of(EVERY)
-}
-
-/// One connection's life, its errors naming `target`. `Ok` only on shutdown.
-#[allow(clippy::too_many_arguments)]
-async fn link(
-    endpoint: &quinn::Endpoint,
-    identity: &TlsIdentity,
-    shared: &Arc<Shared>,
-    settings: &GroupMasterSettings,
-    advertise: SocketAddr,
-    target: SocketAddr,
-    shutdown: &CancellationToken,
-    established: &mut bool,
-) -> Result<(), LinkError> {
-    link_session(
-        endpoint,
-        identity,
-        shared,
-        settings,
-        advertise,
-        target,
-        shutdown,
-        established,
-    )
-    .await
-    .map_err(|e| e.at("link to cluster master", target))
 }
 
 /// One connection's life. `Ok` only on shutdown.

@@ -605,19 +605,7 @@ mod tests {
         s.start(spec(3, &["sleep", "30"]));
         let pid = s.state(ID).unwrap().pid.unwrap();
         s.stop(ID, 3);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let gone = || {
-            !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z"))
-        };
-        while !gone() {
-            assert!(
-                Instant::now() < deadline,
-                "process {pid} still runs after the stop"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_gone(pid, "still runs after the stop").await;
     }
 
     #[tokio::test]
@@ -626,6 +614,11 @@ mod tests {
         s.start(spec(1, &["sleep", "30"]));
         let pid = s.state(ID).unwrap().pid.unwrap();
         drop(s);
+        wait_gone(pid, "outlived its supervisor").await;
+    }
+
+    /// Wait (up to 10 s) until process `pid` is gone or a zombie; else fail with `why`.
+    async fn wait_gone(pid: u32, why: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         let gone = || {
             !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
@@ -633,10 +626,7 @@ mod tests {
                     .is_ok_and(|s| s.contains(") Z"))
         };
         while !gone() {
-            assert!(
-                Instant::now() < deadline,
-                "process {pid} outlived its supervisor"
-            );
+            assert!(Instant::now() < deadline, "process {pid} {why}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

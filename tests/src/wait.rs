@@ -51,6 +51,34 @@ pub fn until_blocking<T>(
     }
 }
 
+/// [`until`] for a check that answers `Option` (`None`: not yet).
+pub async fn until_some<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> anyhow::Result<(T, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    until(what, timeout, || {
+        let poll = check();
+        async move { poll.await.ok_or_else(|| "not yet".to_string()) }
+    })
+    .await
+}
+
+/// [`until_blocking`] for a check that answers `Option` (`None`: not yet).
+pub fn until_some_blocking<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    until_blocking(what, timeout, || {
+        check().ok_or_else(|| "not yet".to_string())
+    })
+}
+
 /// `Some(v)` holds; `None` was not it yet, seen as `describe`.
 pub fn seen<T>(value: Option<T>, describe: impl FnOnce() -> String) -> Result<T, String> {
     value.ok_or_else(describe)

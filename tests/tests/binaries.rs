@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use glory_tests::binary;
 use glory_tests::procs::{free_tcp, free_udp, Procs};
+use glory_tests::wait::until_some_blocking;
 use serde_json::Value;
 
 fn glory(api: &str, token: &str, args: &[&str]) -> anyhow::Result<Value> {
@@ -22,14 +23,6 @@ fn glory(api: &str, token: &str, args: &[&str]) -> anyhow::Result<Value> {
         );
     }
     Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
-    glory_tests::wait::until_blocking(what, timeout, || f().ok_or_else(|| "not yet".to_string()))
 }
 
 /// A cluster master and one group master (g00) as real processes, and a bootstrap token
@@ -65,13 +58,13 @@ impl Masters {
             &d.join("cm.log"),
         )?;
         let token_file = d.join("cm").join("operator.token");
-        let op_token = wait_for("operator token file", Duration::from_secs(20), || {
+        let op_token = until_some_blocking("operator token file", Duration::from_secs(20), || {
             std::fs::read_to_string(&token_file)
                 .ok()
                 .filter(|t| !t.trim().is_empty())
         })?;
         let op_token = op_token.trim().to_string();
-        let created = wait_for("the API", Duration::from_secs(20), || {
+        let created = until_some_blocking("the API", Duration::from_secs(20), || {
             glory(
                 &api_url,
                 &op_token,
@@ -181,7 +174,7 @@ impl Masters {
         timeout: Duration,
         mut f: impl FnMut(&Masters) -> Option<T>,
     ) -> anyhow::Result<T> {
-        wait_for(what, timeout, || f(self)).map_err(|e| e.context(self.logs()))
+        until_some_blocking(what, timeout, || f(self)).map_err(|e| e.context(self.logs()))
     }
 
     /// The cluster's kept events so far (the SSE stream read for a moment).

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use glory_keymaster::testing::EtcdCluster;
 use glory_tests::procs::{free_tcp, free_udp, Procs};
+use glory_tests::wait::until_some;
 use serde_json::Value;
 
 struct Api {
@@ -40,23 +41,6 @@ impl Api {
         let status = resp.status().as_u16();
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
-}
-
-/// Poll until `check` returns Some, failing after `timeout`.
-async fn wait_for<T, F, Fut>(
-    what: &str,
-    timeout: Duration,
-    mut check: F,
-) -> anyhow::Result<(T, Duration)>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    glory_tests::wait::until(what, timeout, || {
-        let poll = check();
-        async move { poll.await.ok_or_else(|| "not yet".to_string()) }
-    })
-    .await
 }
 
 fn cm_config(
@@ -102,7 +86,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         &d.join("cm1.log"),
     )?;
     let token_file = d.join("cm1").join("operator.token");
-    let (token, _) = wait_for("cm1 active", Duration::from_secs(20), || async {
+    let (token, _) = until_some("cm1 active", Duration::from_secs(20), || async {
         std::fs::read_to_string(&token_file)
             .ok()
             .filter(|t| !t.trim().is_empty())
@@ -122,7 +106,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         &["--config".into(), c2],
         &d.join("cm2.log"),
     )?;
-    let (health, _) = wait_for("cm2 standing by", Duration::from_secs(20), || async {
+    let (health, _) = until_some("cm2 standing by", Duration::from_secs(20), || async {
         api.get(a2, "/healthz")
             .await
             .filter(|h| h["role"] == "standby" && !h["leader"].is_null())
@@ -171,7 +155,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
             &d.join(format!("{name}.log")),
         )?;
         let want_master = ga.to_string();
-        wait_for(
+        until_some(
             &format!("{name} registered"),
             Duration::from_secs(20),
             || async {
@@ -183,7 +167,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     }
 
     let want_standby = gb.to_string();
-    wait_for("gm-b standing by", Duration::from_secs(20), || async {
+    until_some("gm-b standing by", Duration::from_secs(20), || async {
         let g = api.get(a1, "/api/v1/groups/g00").await?;
         g["standbys"]
             .as_array()?
@@ -224,19 +208,19 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
             (c["nodes_by_state"]["up"] == 20 && c["groups_connected"] == 1).then_some(c)
         }
     };
-    wait_for("20 nodes up", Duration::from_secs(30), || all_up(a1)).await?;
+    until_some("20 nodes up", Duration::from_secs(30), || all_up(a1)).await?;
 
     // kill -9 the active cluster master: the standby leads within the lease (3 s) and
     // a few seconds, the group master finds it, every node stays up.
     procs.kill9("cm1")?;
-    let (_, took) = wait_for("cm2 active", Duration::from_secs(8), || async {
+    let (_, took) = until_some("cm2 active", Duration::from_secs(8), || async {
         api.get(a2, "/healthz")
             .await
             .filter(|h| h["role"] == "active")
     })
     .await?;
     eprintln!("cluster master failover: standby active after {took:?}");
-    let (_, took) = wait_for("all nodes up under cm2", Duration::from_secs(10), || {
+    let (_, took) = until_some("all nodes up under cm2", Duration::from_secs(10), || {
         all_up(a2)
     })
     .await?;
@@ -245,7 +229,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     assert_eq!(nodes["total"], 20, "nothing acknowledged was lost");
 
     // The standby group master has found the new leader too.
-    wait_for(
+    until_some(
         "gm-b standing by under cm2",
         Duration::from_secs(15),
         || async {
@@ -262,7 +246,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     // kill -9 the active group master: the standby leads, the agents move, none is down.
     procs.kill9("gm-a")?;
     let want = gb.to_string();
-    let (_, took) = wait_for(
+    let (_, took) = until_some(
         "standby group master leads with all nodes up",
         Duration::from_secs(12),
         || async {
@@ -283,7 +267,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     // (A write racing etcd's leader election, when the killed member led, may get a
     // 503 to retry for about a second; after that writes go through.)
     etcd.kill(0);
-    let (_, took) = wait_for(
+    let (_, took) = until_some(
         "a write with one etcd member down",
         Duration::from_secs(10),
         || async {
@@ -305,7 +289,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     // nobody is marked down; when etcd returns, changes resume without a restart.
     etcd.kill(1);
     etcd.kill(2);
-    wait_for(
+    until_some(
         "key master reported unavailable",
         Duration::from_secs(10),
         || async {
@@ -332,7 +316,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     etcd.restart_many(&[0, 1, 2]).await?;
-    wait_for(
+    until_some(
         "key master available again",
         Duration::from_secs(30),
         || async {
@@ -341,7 +325,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         },
     )
     .await?;
-    let (_, _) = wait_for(
+    let (_, _) = until_some(
         "changes accepted again",
         Duration::from_secs(20),
         || async {

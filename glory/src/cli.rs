@@ -546,7 +546,8 @@ mod tests {
     use serde_json::json;
 
     use crate::cli_pools::{api_tokens_table, created_text, pool_text, tenants_table};
-    use crate::table::{has_raw_epoch_ms, now_ms};
+    use crate::table::has_raw_epoch_ms;
+    use glory_protocol::now_ms;
 
     /// Answers shaped like the API's, with times around now, a week ago and far ahead.
     fn times() -> (u64, u64, u64) {

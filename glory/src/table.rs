@@ -30,14 +30,6 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// A time in milliseconds since the epoch (as the API gives them), for people: relative
 /// to `now_ms` within a week ("in 59m", "3m ago", "2d 4h ago"), else a UTC date-time.
 /// (UTC, not local time: asking the system for the local offset is not sound in a
@@ -97,7 +89,7 @@ pub fn when_value(v: &serde_json::Value, none: &str) -> String {
     match v {
         serde_json::Value::Null => none.to_string(),
         v => match v.as_u64() {
-            Some(ms) => when(ms, now_ms()),
+            Some(ms) => when(ms, glory_protocol::now_ms()),
             None => v.to_string(),
         },
     }

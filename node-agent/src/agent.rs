@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glory_protocol::enroll::enroll;
-use glory_protocol::tls::{generate_csr, CLUSTER_MASTER_NAME, GROUP_MASTER_NAME};
+use glory_protocol::tls::{csr_for_key, generate_csr, CLUSTER_MASTER_NAME, GROUP_MASTER_NAME};
 use glory_protocol::transport::{client_config, client_hello, connect};
 use glory_protocol::{
     close, frame, AgentToGroup, EnrollKind, EnrollRequest, GroupLocation, GroupToAgent, Heartbeat,
@@ -155,17 +155,24 @@ pub async fn run_agent(
     let inventory = deps.host.inventory();
     let procs = Supervisor::new(!deps.host.runs_processes());
     let mut link = LinkLog::default();
+    // The key of an identity whose certificate was refused: enrolling again with it is
+    // judged the same agent, not another server claiming its identity.
+    let mut keep_key: Option<String> = None;
     if let Some(stored) = deps.store.load()? {
         adopt_stored_identity(&deps, stored, &inventory.identity)?;
     }
     loop {
         let mut identity = match deps.store.load()? {
             Some(identity) => identity,
-            None => match enroll_until_done(&settings, &deps, &shutdown, &power_off).await? {
-                Some(identity) => identity,
-                None if power_off.is_cancelled() => return Ok(AgentExit::PoweredOff),
-                None => return Ok(AgentExit::Shutdown),
-            },
+            None => {
+                match enroll_until_done(&settings, &deps, keep_key.take(), &shutdown, &power_off)
+                    .await?
+                {
+                    Some(identity) => identity,
+                    None if power_off.is_cancelled() => return Ok(AgentExit::PoweredOff),
+                    None => return Ok(AgentExit::Shutdown),
+                }
+            }
         };
         let end = session(
             &settings,
@@ -190,7 +197,8 @@ pub async fn run_agent(
                 return Ok(AgentExit::Removed(reason));
             }
             SessionEnd::Reenroll(reason) => {
-                warn!(node_id = %identity.node_id, %reason, "certificate refused; enrolling again");
+                warn!(node_id = %identity.node_id, %reason, "certificate refused; enrolling again with the same key");
+                keep_key = Some(identity.tls.key_pem.clone());
                 deps.store.clear()?;
             }
             SessionEnd::Unreachable(reason) => {
@@ -302,6 +310,7 @@ impl LinkLog {
 async fn enroll_until_done(
     settings: &AgentSettings,
     deps: &AgentDeps,
+    key_pem: Option<String>,
     shutdown: &CancellationToken,
     power_off: &CancellationToken,
 ) -> anyhow::Result<Option<AgentIdentity>> {
@@ -325,7 +334,13 @@ async fn enroll_until_done(
         .ok_or_else(|| anyhow::anyhow!("no cluster master address configured"))?;
     // One key for every attempt: generating a key pair per retry would spend the
     // CPU of thousands of servers retrying at once.
-    let (key_pem, csr_pem) = generate_csr()?;
+    let (key_pem, csr_pem) = match key_pem {
+        Some(key_pem) => {
+            let csr_pem = csr_for_key(&key_pem)?;
+            (key_pem, csr_pem)
+        }
+        None => generate_csr()?,
+    };
     loop {
         let inventory = deps.host.inventory();
         let machine_id = inventory.machine_id.clone();

@@ -3,8 +3,9 @@
 //!
 //! Used for the group masters of a session (the master just lost goes last, and is
 //! skipped once a standby has said it is about to take over) and for the cluster
-//! masters asked where a group is led. A refusal that names the leader puts it next.
-//! At most [`MAX_TRIES`] addresses are tried in one round.
+//! masters asked where a group is led. A refusal that names a leader not already
+//! coming up in this round puts it next (one already coming up keeps its place). At
+//! most [`MAX_TRIES`] addresses are tried in one round.
 
 use std::net::SocketAddr;
 

@@ -284,6 +284,15 @@ pub fn csr_key_sha256(csr_pem: &str) -> Result<String, TlsError> {
     Ok(hex::encode(Sha256::digest(key)))
 }
 
+/// A CSR for the key pair we already hold (`key_pem`): enrolling again with the same
+/// key shows the cluster master it is the same agent.
+pub fn csr_for_key(key_pem: &str) -> Result<String, TlsError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    Ok(CertificateParams::default()
+        .serialize_request(&key)?
+        .pem()?)
+}
+
 /// A fresh key pair and a CSR for it: `(key_pem, csr_pem)`.
 pub fn generate_csr() -> Result<(String, String), TlsError> {
     let key = KeyPair::generate()?;
@@ -552,6 +561,13 @@ mod tests {
         assert_eq!(a, csr_key_sha256(&csr_a).unwrap());
         assert_ne!(a, csr_key_sha256(&csr_b).unwrap());
         assert!(csr_key_sha256("garbage").is_err());
+        // A CSR for a key we hold names that key again.
+        let (key, csr) = generate_csr().unwrap();
+        let again = csr_for_key(&key).unwrap();
+        assert_eq!(
+            csr_key_sha256(&again).unwrap(),
+            csr_key_sha256(&csr).unwrap()
+        );
     }
 
     #[test]

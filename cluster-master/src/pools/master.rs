@@ -455,10 +455,15 @@ impl Cluster {
                 self.mark_failed(pool, &master.node);
                 let mut avoid = failed;
                 avoid.insert(master.node.clone());
-                match self
-                    .elect_master(&pool.name, exclude.as_deref(), &avoid, &reason, true)
-                    .await
-                {
+                // With every candidate failed there is no one to elect: no election
+                // (a pool write over every node's facts) twice a second while stuck.
+                let result = if pool.candidates.iter().all(|c| avoid.contains(c)) {
+                    Err(OpError::conflict("every candidate failed"))
+                } else {
+                    self.elect_master(&pool.name, exclude.as_deref(), &avoid, &reason, true)
+                        .await
+                };
+                match result {
                     Ok(_) => return,
                     Err(OpError::Conflict { .. }) => {
                         // Every live candidate failed with this spec: moving the role

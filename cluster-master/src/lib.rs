@@ -271,14 +271,14 @@ pub async fn start(
     // Enrollees and agents asking where their group is may wait in the admission queue
     // for longer than a group link's idle timeout: they get one as long as an
     // enrollee's patience (see `link::ADMISSION`).
-    let ordinary = Arc::new(glory_protocol::transport::server_config(
+    let ordinary = glory_protocol::transport::server_config(
         &identity,
         ClientAuth::Optional,
         LinkTiming {
             idle_timeout: glory_protocol::enroll::ENROLL_CONNECT_PATIENCE,
             ..timing
         },
-    )?);
+    )?;
     let listener = tokio::net::TcpListener::bind(settings.api_listen)
         .await
         .with_context(|| format!("listen on {} (API)", settings.api_listen))?;
@@ -316,10 +316,7 @@ pub async fn start(
                 cluster.drop_links();
                 cluster.events.close();
             }
-            endpoint.close(
-                quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
-                b"shutdown",
-            );
+            endpoint.close(glory_protocol::close::SHUTDOWN, "shutdown");
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         });
     }

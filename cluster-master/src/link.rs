@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use glory_protocol::transport::{refuse, server_hello, welcome};
 use glory_protocol::{
-    close, frame, tls::peer_cert, CertRole, ClusterToGroup, EnrollKind, EnrollReply, EnrollRequest,
-    GroupToCluster, Refusal, RefusalCode, Role,
+    close, CertRole, ClusterToGroup, EnrollKind, EnrollReply, EnrollRequest, GroupToCluster, Link,
+    Refusal, RefusalCode, Role,
 };
-use quinn::VarInt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -17,8 +16,8 @@ use crate::cluster::Cluster;
 use crate::role::Node;
 
 pub(crate) async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    ordinary: Arc<quinn::ServerConfig>,
+    endpoint: glory_protocol::LinkEndpoint,
+    ordinary: glory_protocol::ServerLinkConfig,
     node: Arc<Node>,
     shutdown: CancellationToken,
 ) {
@@ -79,7 +78,7 @@ fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
     Refusal::new(code, message)
 }
 
-async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
+async fn serve_connection(conn: Link, node: Arc<Node>) {
     let remote = conn.remote_address();
     let settings = &node.settings;
     let (hello, mut control) =
@@ -87,7 +86,7 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
             Ok(x) => x,
             Err(e) => {
                 debug!(%remote, error = %e, "hello failed");
-                conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad hello");
+                conn.close(close::PROTOCOL_ERROR, "bad hello");
                 return;
             }
         };
@@ -97,7 +96,7 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
         refuse(&mut control, &conn, refusal).await;
         return;
     };
-    let peer = peer_cert(&conn);
+    let peer = conn.peer_cert();
     match (hello.role, peer) {
         (Role::Agent, Some(peer)) if peer.role == CertRole::Node && peer.id == hello.id => {
             // An agent that lost every group master it knew asks where its group is led.
@@ -117,7 +116,7 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
                 Some(location) => {
                     if welcome(&mut control, &settings.cluster_name).await.is_ok() {
                         let _ = control.send(&location).await;
-                        let _ = control.send.finish();
+                        control.finish();
                         let _ = tokio::time::timeout(settings.request_timeout, conn.closed()).await;
                     }
                 }
@@ -149,7 +148,7 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
                 }
                 Ok(Err(e)) => {
                     warn!(%remote, error = %e, "bad enrollment frame; closing");
-                    conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad frame");
+                    conn.close(close::PROTOCOL_ERROR, "bad frame");
                     return;
                 }
                 _ => return,
@@ -174,7 +173,7 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
                 }
             };
             let _ = control.send(&reply).await;
-            let _ = control.send.finish();
+            control.finish();
             // The enrollee closes the connection once it has the answer.
             let _ = tokio::time::timeout(settings.request_timeout, conn.closed()).await;
         }
@@ -212,29 +211,22 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
 }
 
 async fn group_link(
-    conn: quinn::Connection,
+    conn: Link,
     control: glory_protocol::ControlStream,
     cluster: Arc<Cluster>,
     group: String,
 ) {
-    let glory_protocol::ControlStream {
-        mut send,
-        mut recv,
-        max_frame,
-    } = control;
+    let (mut send, mut recv) = control.split();
     let listen = match tokio::time::timeout(
         cluster.settings.request_timeout,
-        frame::read_frame::<_, GroupToCluster>(&mut recv, max_frame),
+        recv.recv::<GroupToCluster>(),
     )
     .await
     {
         Ok(Ok(Some(GroupToCluster::Register { listen }))) => listen,
         other => {
             warn!(group = %group, result = ?other.map(|r| r.map(|_| ())), "group master did not register; closing");
-            conn.close(
-                VarInt::from_u32(close::PROTOCOL_ERROR),
-                b"expected Register",
-            );
+            conn.close(close::PROTOCOL_ERROR, "expected Register");
             return;
         }
     };
@@ -246,28 +238,25 @@ async fn group_link(
         Ok(x) => x,
         Err(e) => {
             warn!(group = %group, error = %e, "cannot record group master; closing");
-            conn.close(VarInt::from_u32(close::REFUSED), b"key master unavailable");
+            conn.close(close::REFUSED, "key master unavailable");
             return;
         }
     };
     // Outbound messages on their own task so a slow write never blocks reading.
     let writer = tokio::spawn(async move {
         for msg in &first {
-            if frame::write_frame(&mut send, msg, max_frame).await.is_err() {
+            if send.send(msg).await.is_err() {
                 return;
             }
         }
         while let Some(msg) = rx.recv().await {
-            if frame::write_frame(&mut send, &msg, max_frame)
-                .await
-                .is_err()
-            {
+            if send.send(&msg).await.is_err() {
                 return;
             }
         }
     });
     loop {
-        match frame::read_frame::<_, GroupToCluster>(&mut recv, max_frame).await {
+        match recv.recv::<GroupToCluster>().await {
             Ok(Some(GroupToCluster::StateChanges(changes))) => {
                 cluster.apply_changes(&group, changes)
             }
@@ -287,7 +276,7 @@ async fn group_link(
             Err(e) => {
                 if !matches!(e, glory_protocol::FrameError::Io(_)) {
                     warn!(group = %group, error = %e, "bad frame from group master; closing its link");
-                    conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad frame");
+                    conn.close(close::PROTOCOL_ERROR, "bad frame");
                 }
                 break;
             }

@@ -34,7 +34,7 @@ pub(crate) struct GroupLink {
     /// Where this group master serves agents.
     pub listen: SocketAddr,
     pub tx: mpsc::Sender<ClusterToGroup>,
-    pub conn: quinn::Connection,
+    pub conn: glory_protocol::Link,
     pub since_ms: u64,
 }
 

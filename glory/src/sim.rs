@@ -25,7 +25,7 @@ struct SimAgent {
 
 struct FleetInner {
     settings: AgentSettings,
-    endpoints: Vec<quinn::Endpoint>,
+    endpoints: Vec<glory_protocol::LinkEndpoint>,
     agents: Mutex<Vec<SimAgent>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -237,10 +237,7 @@ impl SimFleet {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         for endpoint in &self.inner.endpoints {
-            endpoint.close(
-                quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
-                b"shutdown",
-            );
+            endpoint.close(glory_protocol::close::SHUTDOWN, "shutdown");
         }
     }
 }

@@ -147,10 +147,7 @@ impl GroupMaster {
         }
         tasks.close();
         tasks.wait().await;
-        upstream_endpoint.close(
-            quinn::VarInt::from_u32(glory_protocol::close::SHUTDOWN),
-            b"shutdown",
-        );
+        upstream_endpoint.close(glory_protocol::close::SHUTDOWN, "shutdown");
         // The close frames are queued already; waiting for the drain is a courtesy.
         let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
             upstream_endpoint.wait_idle().await;
@@ -163,7 +160,9 @@ impl GroupMaster {
 
 /// The socket toward the cluster master (enrollment and the link), bound to
 /// `upstream_bind`.
-fn upstream_endpoint(settings: &GroupMasterSettings) -> anyhow::Result<quinn::Endpoint> {
+fn upstream_endpoint(
+    settings: &GroupMasterSettings,
+) -> anyhow::Result<glory_protocol::LinkEndpoint> {
     let bind = settings.upstream_bind;
     client_endpoint(bind).with_context(|| {
         format!("bind the socket toward the cluster master to {bind} (upstream_bind)")
@@ -280,7 +279,7 @@ async fn enroll_group_master(
 
 /// One enrollment attempt with the cluster master at `target`.
 async fn enroll_attempt(
-    endpoint: &quinn::Endpoint,
+    endpoint: &glory_protocol::LinkEndpoint,
     settings: &GroupMasterSettings,
     target: SocketAddr,
     trust: &glory_protocol::CaTrust,

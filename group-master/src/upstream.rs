@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 use glory_protocol::tls::CLUSTER_MASTER_NAME;
 use glory_protocol::transport::{client_config, client_hello, connect};
 use glory_protocol::{
-    close, frame, ClusterToGroup, GroupToCluster, Hello, LinkError, LinkTiming, Role, TlsIdentity,
+    close, ClusterToGroup, GroupToCluster, Hello, LinkError, LinkTiming, Role, TlsIdentity,
 };
-use quinn::VarInt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -18,7 +17,7 @@ use crate::state::Shared;
 use crate::GroupMasterSettings;
 
 pub(crate) async fn upstream_loop(
-    endpoint: quinn::Endpoint,
+    endpoint: glory_protocol::LinkEndpoint,
     identity: TlsIdentity,
     shared: Arc<Shared>,
     settings: Arc<GroupMasterSettings>,
@@ -88,8 +87,8 @@ pub(crate) async fn upstream_loop(
                         .collect();
                     for conn in shared.set_role(false, others) {
                         conn.close(
-                            VarInt::from_u32(close::REPLACED),
-                            b"group master lost the cluster master; use the standby",
+                            close::REPLACED,
+                            "group master lost the cluster master; use the standby",
                         );
                     }
                 }
@@ -116,7 +115,7 @@ pub(crate) fn worth_logging(failures: u32) -> bool {
 /// One connection's life. `Ok` only on shutdown.
 #[allow(clippy::too_many_arguments)]
 async fn link_session(
-    endpoint: &quinn::Endpoint,
+    endpoint: &glory_protocol::LinkEndpoint,
     identity: &TlsIdentity,
     shared: &Arc<Shared>,
     settings: &GroupMasterSettings,
@@ -142,68 +141,59 @@ async fn link_session(
     let hello = Hello::new(Role::GroupMaster, shared.group.clone());
     let control = client_hello(&conn, &hello, settings.max_frame, settings.request_timeout).await?;
     *established = true;
-    let glory_protocol::ControlStream {
-        mut send,
-        recv,
-        max_frame,
-    } = control;
-    frame::write_frame(
-        &mut send,
-        &GroupToCluster::Register { listen: advertise },
-        max_frame,
-    )
-    .await?;
+    let (mut send, recv) = control.split();
+    send.send(&GroupToCluster::Register { listen: advertise })
+        .await?;
     info!(group = %shared.group, cluster_master = %target, "connected to cluster master");
 
-    let (reader, mut msg_rx) =
-        glory_protocol::transport::spawn_frame_reader::<ClusterToGroup>(recv, max_frame);
+    let mut reader = recv.spawn_reader::<ClusterToGroup>();
     let mut report = tokio::time::interval(settings.report_interval);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = 'link: loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                let _ = send.finish();
-                conn.close(VarInt::from_u32(close::SHUTDOWN), b"group master shutting down");
+                send.finish();
+                conn.close(close::SHUTDOWN, "group master shutting down");
                 break Ok(());
             }
             _ = shared.changed.notified() => {
                 let changes = shared.take_changes();
                 if !changes.is_empty() {
                     debug!(group = %shared.group, count = changes.len(), "sending state changes");
-                    if let Err(e) = frame::write_frame(&mut send, &GroupToCluster::StateChanges(changes), max_frame).await {
+                    if let Err(e) = send.send(&GroupToCluster::StateChanges(changes)).await {
                         break Err(e.into());
                     }
                 }
                 let (snapshots, processes) = shared.take_process_reports();
                 for snap in snapshots {
                     let msg = GroupToCluster::ProcessSnapshot { node: snap.node, processes: snap.processes, address: snap.address };
-                    if let Err(e) = frame::write_frame(&mut send, &msg, max_frame).await {
+                    if let Err(e) = send.send(&msg).await {
                         break 'link Err(e.into());
                     }
                 }
                 if !processes.is_empty() {
-                    if let Err(e) = frame::write_frame(&mut send, &GroupToCluster::Processes(processes), max_frame).await {
+                    if let Err(e) = send.send(&GroupToCluster::Processes(processes)).await {
                         break Err(e.into());
                     }
                 }
             }
             _ = report.tick() => {
-                if let Err(e) = frame::write_frame(&mut send, &GroupToCluster::Report(shared.report()), max_frame).await {
+                if let Err(e) = send.send(&GroupToCluster::Report(shared.report())).await {
                     break Err(e.into());
                 }
             }
-            msg = msg_rx.recv() => match msg {
+            msg = reader.recv() => match msg {
                 Some(Ok(Some(msg))) => handle(shared, msg),
                 Some(Ok(None)) | None => break Err(LinkError::Closed),
                 Some(Err(e)) => {
-                    conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"bad frame");
+                    conn.close(close::PROTOCOL_ERROR, "bad frame");
                     break Err(LinkError::Frame(glory_protocol::FrameError::Decode(e)));
                 }
             },
             e = conn.closed() => break Err(e.into()),
         }
     };
-    reader.abort();
+    drop(reader);
     result
 }
 
@@ -218,18 +208,15 @@ fn handle(shared: &Shared, msg: ClusterToGroup) {
             }
             for conn in dropped {
                 conn.close(
-                    VarInt::from_u32(close::REPLACED),
-                    b"this group master stands by; use the active one",
+                    close::REPLACED,
+                    "this group master stands by; use the active one",
                 );
             }
         }
         ClusterToGroup::Members { members, revoked } => {
             info!(group = %shared.group, members = members.len(), "member list received");
             for conn in shared.sync_members(members, revoked, now) {
-                conn.close(
-                    VarInt::from_u32(close::REMOVED),
-                    b"node is no longer a member of this group",
-                );
+                conn.close(close::REMOVED, "node is no longer a member of this group");
             }
         }
         ClusterToGroup::MemberAdded(member) => shared.member_added(member, now),
@@ -241,10 +228,7 @@ fn handle(shared: &Shared, msg: ClusterToGroup) {
         ClusterToGroup::MemberRemoved { node, serial } => {
             info!(group = %shared.group, node_id = %node, "node removed");
             if let Some(conn) = shared.member_removed(&node, serial) {
-                conn.close(
-                    VarInt::from_u32(close::REMOVED),
-                    b"node was removed from the cluster",
-                );
+                conn.close(close::REMOVED, "node was removed from the cluster");
             }
         }
     }

@@ -12,7 +12,6 @@ use glory_protocol::{
     close, frame, AgentToGroup, EnrollKind, EnrollRequest, GroupLocation, GroupToAgent, Heartbeat,
     Hello, LinkError, LinkTiming, RefusalCode, Role, TlsIdentity, DEFAULT_MAX_FRAME,
 };
-use quinn::VarInt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -25,7 +24,7 @@ use crate::processes::Supervisor;
 /// What an agent needs besides its settings. Simulated agents share endpoints.
 #[derive(Clone)]
 pub struct AgentDeps {
-    pub endpoint: quinn::Endpoint,
+    pub endpoint: glory_protocol::LinkEndpoint,
     pub host: Arc<dyn Host>,
     pub store: Arc<dyn IdentityStore>,
     /// Counters, shared by all agents of a simulated fleet.
@@ -439,7 +438,7 @@ async fn connect_group_master(
     deps: &AgentDeps,
     identity: &AgentIdentity,
     avoid: Option<std::net::SocketAddr>,
-) -> Result<(quinn::Connection, glory_protocol::ControlStream), SessionEnd> {
+) -> Result<(glory_protocol::Link, glory_protocol::ControlStream), SessionEnd> {
     let timing = LinkTiming {
         idle_timeout: settings.idle_timeout,
         keep_alive: None,
@@ -537,7 +536,7 @@ async fn locate(
                 }
                 Err(_) => continue,
             };
-        conn.close(VarInt::from_u32(close::NORMAL), b"located");
+        conn.close(close::NORMAL, "located");
         if let Ok(Ok(Some(location))) = answer {
             if !location.masters.is_empty() {
                 return Some(location.masters);
@@ -568,35 +567,21 @@ async fn session(
     *avoid = None;
     let remote = conn.remote_address();
     AgentStats::count(&deps.stats.sessions);
-    let glory_protocol::ControlStream {
-        mut send,
-        recv,
-        max_frame,
-    } = control;
-    if let Err(e) = frame::write_frame(
-        &mut send,
-        &AgentToGroup::Inventory(Box::new(deps.host.inventory())),
-        max_frame,
-    )
-    .await
+    let (mut send, recv) = control.split();
+    if let Err(e) = send
+        .send(&AgentToGroup::Inventory(Box::new(deps.host.inventory())))
+        .await
     {
         return SessionEnd::Lost(format!("send inventory: {e}"));
     }
-    if let Err(e) = frame::write_frame(
-        &mut send,
-        &AgentToGroup::Processes(procs.snapshot()),
-        max_frame,
-    )
-    .await
-    {
+    if let Err(e) = send.send(&AgentToGroup::Processes(procs.snapshot())).await {
         return SessionEnd::Lost(format!("send process states: {e}"));
     }
     link.connected(identity, remote);
 
     // Frames are read by their own task: a read cut off mid-frame by select! would
     // desynchronise the stream.
-    let (reader, mut msg_rx) =
-        glory_protocol::transport::spawn_frame_reader::<GroupToAgent>(recv, max_frame);
+    let mut reader = recv.spawn_reader::<GroupToAgent>();
 
     let mut ticker = tokio::time::interval(settings.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -614,10 +599,9 @@ async fn session(
                 return SessionEnd::PoweredOff;
             }
             _ = shutdown.cancelled() => {
-                let _ = frame::write_frame(&mut send, &AgentToGroup::Leaving, max_frame).await;
-                let _ = send.finish();
-                let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
-                conn.close(VarInt::from_u32(close::LEAVING), b"agent shutting down");
+                let _ = send.send(&AgentToGroup::Leaving).await;
+                send.finish_and_wait(Duration::from_millis(500)).await;
+                conn.close(close::LEAVING, "agent shutting down");
                 break SessionEnd::Shutdown;
             }
             _ = ticker.tick() => {
@@ -635,12 +619,12 @@ async fn session(
             }
             _ = procs.changed.notified() => {
                 for report in procs.take_unsent() {
-                    if let Err(e) = frame::write_frame(&mut send, &AgentToGroup::Process(report), max_frame).await {
+                    if let Err(e) = send.send(&AgentToGroup::Process(report)).await {
                         break 'session SessionEnd::Lost(format!("send process state: {e}"));
                     }
                 }
             }
-            msg = msg_rx.recv() => match msg {
+            msg = reader.recv() => match msg {
                 Some(Ok(Some(GroupToAgent::Start(spec)))) => procs.start(spec),
                 Some(Ok(Some(GroupToAgent::Stop { id, epoch }))) => procs.stop(&id, epoch),
                 Some(Ok(Some(GroupToAgent::GroupMasters(addrs)))) => {
@@ -657,15 +641,13 @@ async fn session(
             },
             reason = conn.closed() => {
                 break match reason {
-                    quinn::ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close::REMOVED) => {
-                        SessionEnd::Removed(String::from_utf8_lossy(&c.reason).into_owned())
-                    }
+                    glory_protocol::LinkEnd::ByPeer { code: close::REMOVED, reason } => SessionEnd::Removed(reason),
                     other => SessionEnd::Lost(other.to_string()),
                 };
             }
         }
     };
-    reader.abort();
+    drop(reader);
     if matches!(end, SessionEnd::Lost(_)) {
         *avoid = Some(remote);
     }

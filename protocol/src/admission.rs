@@ -19,11 +19,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, Incoming};
+use quinn::Incoming;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::link::{Link, LinkEndpoint, ServerLinkConfig};
 use crate::transport::serve_incoming;
 
 pub use policy::{Admission, AdmissionStats, Offer, Ready};
@@ -97,16 +98,16 @@ fn log_refusal(who: &str, stats: &AdmissionStats) {
 /// when the endpoint's own (for long-lived links that must notice a dead peer
 /// quickly) is shorter.
 pub async fn accept_loop_admitting<P, F, Fut>(
-    endpoint: quinn::Endpoint,
+    endpoint: LinkEndpoint,
     shutdown: CancellationToken,
     who: &'static str,
     limits: Limits,
-    ordinary: Option<Arc<quinn::ServerConfig>>,
+    ordinary: Option<ServerLinkConfig>,
     privileged: P,
     serve: F,
 ) where
     P: Fn(SocketAddr) -> bool,
-    F: Fn(Connection) -> Fut + Clone + Send + 'static,
+    F: Fn(Link) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     accept_loop_observed(
@@ -119,17 +120,17 @@ pub async fn accept_loop_admitting<P, F, Fut>(
 /// after every decision (for tests, which wait on them instead of sleeping).
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop_observed<P, F, Fut>(
-    endpoint: quinn::Endpoint,
+    endpoint: LinkEndpoint,
     shutdown: CancellationToken,
     who: &'static str,
     limits: Limits,
-    ordinary: Option<Arc<quinn::ServerConfig>>,
+    ordinary: Option<ServerLinkConfig>,
     privileged: P,
     serve: F,
     observer: Option<watch::Sender<AdmissionStats>>,
 ) where
     P: Fn(SocketAddr) -> bool,
-    F: Fn(Connection) -> Fut + Clone + Send + 'static,
+    F: Fn(Link) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let tasks = tokio_util::task::TaskTracker::new();
@@ -178,7 +179,7 @@ async fn accept_loop_observed<P, F, Fut>(
             _ = shutdown.cancelled() => break,
             _ = released.notify.notified(), if admission.is_waiting() => {}
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
-            incoming = endpoint.accept() => {
+            incoming = endpoint.0.accept() => {
                 let Some(incoming) = incoming else { break };
                 if privileged(incoming.remote_address()) {
                     spawn(incoming, None);
@@ -203,7 +204,7 @@ async fn accept_loop_observed<P, F, Fut>(
     }
     // Refuse new handshakes from now on: peers retrying to connect would otherwise
     // keep the endpoint (and its address) alive while it shuts down.
-    endpoint.set_server_config(None);
+    endpoint.stop_accepting();
     tasks.close();
     tasks.wait().await;
 }
@@ -214,11 +215,10 @@ mod tests {
     use crate::tls::ClientAuth;
     use crate::transport::{client_config, client_endpoint, connect, server_endpoint, LinkTiming};
     use crate::LinkError;
-    use quinn::VarInt;
 
     struct Rig {
-        client: quinn::Endpoint,
-        config: quinn::ClientConfig,
+        client: LinkEndpoint,
+        config: crate::link::ClientLinkConfig,
         server_name: &'static str,
         addr: SocketAddr,
         shutdown: CancellationToken,
@@ -253,17 +253,15 @@ mod tests {
             )
             .unwrap();
             let ordinary = ordinary_idle.map(|idle_timeout| {
-                Arc::new(
-                    crate::transport::server_config(
-                        &ids.server,
-                        ClientAuth::Required,
-                        LinkTiming {
-                            idle_timeout,
-                            ..timing
-                        },
-                    )
-                    .unwrap(),
+                crate::transport::server_config(
+                    &ids.server,
+                    ClientAuth::Required,
+                    LinkTiming {
+                        idle_timeout,
+                        ..timing
+                    },
                 )
+                .unwrap()
             });
             let addr = server.local_addr().unwrap();
             let shutdown = CancellationToken::new();
@@ -275,7 +273,7 @@ mod tests {
                 limits,
                 ordinary,
                 |_| false,
-                |conn: Connection| async move {
+                |conn: Link| async move {
                     conn.closed().await;
                 },
                 Some(observer),
@@ -322,7 +320,7 @@ mod tests {
             *self.stats.borrow()
         }
 
-        async fn connect(&self) -> Result<Connection, LinkError> {
+        async fn connect(&self) -> Result<Link, LinkError> {
             connect(
                 &self.client,
                 self.config.clone(),
@@ -335,7 +333,7 @@ mod tests {
 
         /// A server with one slot and `queue`/`max_wait` as given, its slot taken by a
         /// first connection (returned).
-        async fn one_slot_taken(queue: usize, max_wait: Duration) -> (Rig, Connection) {
+        async fn one_slot_taken(queue: usize, max_wait: Duration) -> (Rig, Link) {
             let rig = Rig::start(Limits {
                 in_flight: 1,
                 queue,
@@ -362,7 +360,7 @@ mod tests {
         assert!(!LinkError::Timeout(Duration::from_secs(1)).is_busy());
         let stats = rig.stats();
         assert_eq!((stats.queued, stats.refused), (0, 1), "{stats:?}");
-        first.close(VarInt::from_u32(0), b"done");
+        first.close(0, "done");
         rig.stop().await;
     }
 
@@ -375,7 +373,7 @@ mod tests {
                 s.waiting == 1
             })
             .await;
-            first.close(VarInt::from_u32(0), b"done");
+            first.close(0, "done");
         };
         let (second, ()) = tokio::join!(connecting, close_once_queued);
         let second = second.expect("the second waits for the first's slot, then is served");
@@ -385,7 +383,7 @@ mod tests {
             (1, 1, 0),
             "{stats:?}"
         );
-        second.close(VarInt::from_u32(0), b"done");
+        second.close(0, "done");
         rig.stop().await;
     }
 
@@ -419,7 +417,7 @@ mod tests {
             .await;
             let queued = Instant::now();
             tokio::time::sleep(Duration::from_millis(2500)).await;
-            first.close(VarInt::from_u32(0), b"done");
+            first.close(0, "done");
             queued
         };
         let (second, queued) = tokio::join!(connecting, close_late);
@@ -431,7 +429,7 @@ mod tests {
             (1, 1, 0),
             "{stats:?}"
         );
-        second.close(VarInt::from_u32(0), b"done");
+        second.close(0, "done");
         rig.stop().await;
     }
 
@@ -446,7 +444,7 @@ mod tests {
             (1, 1, 1),
             "the attempt waited in the queue, then was refused: {stats:?}"
         );
-        first.close(VarInt::from_u32(0), b"done");
+        first.close(0, "done");
         rig.stop().await;
     }
 }

@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use quinn::VarInt;
-
 use crate::frame::DEFAULT_MAX_FRAME;
 use crate::messages::{EnrollReply, EnrollRequest, Enrolled, Hello, Role};
 use crate::tls::{enroll_client_tls, CaTrust, CLUSTER_MASTER_NAME};
@@ -21,7 +19,7 @@ pub const ENROLL_ACTION: &str = "enroll with cluster master";
 /// Ask the cluster master at `cluster_master` to enroll us. Every error but the
 /// cluster master's refusal names the address and the action ([`ENROLL_ACTION`]).
 pub async fn enroll(
-    endpoint: &quinn::Endpoint,
+    endpoint: &crate::link::LinkEndpoint,
     cluster_master: SocketAddr,
     trust: &CaTrust,
     machine_id: &str,
@@ -47,7 +45,7 @@ pub async fn enroll(
 /// [`enroll`], waiting `patience` (not at least [`ENROLL_CONNECT_PATIENCE`]) for the
 /// cluster master to take up the connection.
 pub async fn enroll_within(
-    endpoint: &quinn::Endpoint,
+    endpoint: &crate::link::LinkEndpoint,
     cluster_master: SocketAddr,
     trust: &CaTrust,
     machine_id: &str,
@@ -69,7 +67,7 @@ pub async fn enroll_within(
 }
 
 async fn exchange(
-    endpoint: &quinn::Endpoint,
+    endpoint: &crate::link::LinkEndpoint,
     cluster_master: SocketAddr,
     trust: &CaTrust,
     machine_id: &str,
@@ -110,7 +108,7 @@ async fn exchange(
         }
     }
     .await;
-    conn.close(VarInt::from_u32(close::NORMAL), b"enrolled");
+    conn.close(close::NORMAL, "enrolled");
     result
 }
 

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod enroll;
 pub mod frame;
 pub mod lean;
+pub mod link;
 pub mod messages;
 pub mod process;
 #[cfg(test)]
@@ -18,9 +19,12 @@ pub mod transport;
 mod verified;
 
 pub use frame::{FrameError, DEFAULT_MAX_FRAME};
+pub use link::{ClientLinkConfig, Link, LinkEnd, LinkEndpoint, RawStream, ServerLinkConfig};
 pub use messages::*;
 pub use tls::{CaTrust, CertRole, CertSubject, ClientAuth, ClusterCa, PeerCert, TlsIdentity};
-pub use transport::{close, ControlStream, LinkError, LinkTiming};
+pub use transport::{
+    close, ControlReceiver, ControlSender, ControlStream, FrameReader, LinkError, LinkTiming,
+};
 
 /// Wall clock in milliseconds since the Unix epoch (for timestamps on the wire and in
 /// records; durations are measured with `Instant`).

@@ -350,7 +350,7 @@ pub fn parse_peer_cert(der: &[u8]) -> Option<PeerCert> {
 }
 
 /// The verified client certificate of a connection, if the client presented one.
-pub fn peer_cert(conn: &quinn::Connection) -> Option<PeerCert> {
+pub(crate) fn peer_cert(conn: &quinn::Connection) -> Option<PeerCert> {
     peer_cert_of(conn.peer_identity())
 }
 

@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream, TransportConfig, VarInt};
+use quinn::{RecvStream, SendStream, TransportConfig, VarInt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::frame::{read_frame, write_frame, FrameError};
+use crate::link::{ClientLinkConfig, Link, LinkEnd, LinkEndpoint, ServerLinkConfig};
 use crate::messages::{Hello, HelloReply, Refusal, RefusalCode, PROTOCOL_VERSION};
 use crate::tls::{ClientAuth, TlsError, TlsIdentity};
 
@@ -99,7 +100,11 @@ pub enum LinkError {
     #[error("connect: {0}")]
     Connect(#[from] quinn::ConnectError),
     #[error("connection: {0}")]
-    Connection(#[from] quinn::ConnectionError),
+    Connection(LinkEnd),
+    #[error("datagram: {0}")]
+    Datagram(String),
+    #[error("stream: {0}")]
+    Stream(String),
     #[error("frame: {0}")]
     Frame(#[from] FrameError),
     #[error("refused by peer: {0}")]
@@ -120,6 +125,18 @@ pub enum LinkError {
         addr: SocketAddr,
         cause: Box<LinkError>,
     },
+}
+
+impl From<quinn::ConnectionError> for LinkError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        LinkError::Connection(LinkEnd::from(e))
+    }
+}
+
+impl From<LinkEnd> for LinkError {
+    fn from(end: LinkEnd) -> Self {
+        LinkError::Connection(end)
+    }
 }
 
 impl LinkError {
@@ -163,11 +180,7 @@ impl LinkError {
     /// The peer refused the connection before its handshake because it is busy
     /// (admission control): retry soon, it is not down.
     pub fn is_busy(&self) -> bool {
-        matches!(
-            self.cause(),
-            LinkError::Connection(quinn::ConnectionError::ConnectionClosed(c))
-                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
-        )
+        matches!(self.cause(), LinkError::Connection(LinkEnd::Busy))
     }
 }
 
@@ -190,8 +203,22 @@ pub(crate) fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocke
     Ok(socket.into())
 }
 
-/// quinn server configuration with our identity.
+/// How accepted links are set up: our identity, whether clients must present a
+/// certificate, and the links' timing.
 pub fn server_config(
+    identity: &TlsIdentity,
+    client_auth: ClientAuth,
+    timing: LinkTiming,
+) -> Result<ServerLinkConfig, LinkError> {
+    Ok(ServerLinkConfig(Arc::new(quinn_server_config(
+        identity,
+        client_auth,
+        timing,
+    )?)))
+}
+
+/// quinn server configuration with our identity.
+pub(crate) fn quinn_server_config(
     identity: &TlsIdentity,
     client_auth: ClientAuth,
     timing: LinkTiming,
@@ -222,8 +249,8 @@ pub fn server_endpoint(
     identity: &TlsIdentity,
     client_auth: ClientAuth,
     timing: LinkTiming,
-) -> Result<quinn::Endpoint, LinkError> {
-    let server = server_config(identity, client_auth, timing)?;
+) -> Result<LinkEndpoint, LinkError> {
+    let server = quinn_server_config(identity, client_auth, timing)?;
     // Keep the handshake cheap: address validation (Retry) costs a round trip and we
     // only listen on networks we manage.
     let endpoint = quinn::Endpoint::new(
@@ -232,29 +259,31 @@ pub fn server_endpoint(
         udp_socket(bind)?,
         Arc::new(quinn::TokioRuntime),
     )?;
-    Ok(endpoint)
+    Ok(LinkEndpoint(endpoint))
 }
 
 /// A client-only endpoint.
-pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, LinkError> {
-    Ok(quinn::Endpoint::new(
+pub fn client_endpoint(bind: SocketAddr) -> Result<LinkEndpoint, LinkError> {
+    Ok(LinkEndpoint(quinn::Endpoint::new(
         endpoint_config(),
         None,
         udp_socket(bind)?,
         Arc::new(quinn::TokioRuntime),
-    )?)
+    )?))
 }
 
-/// quinn client configuration from a rustls one.
+/// How dialled links are set up, from a TLS client configuration
+/// ([`TlsIdentity::client_tls`], or [`crate::tls::enroll_client_tls`] without a
+/// certificate) and the links' timing.
 pub fn client_config(
     tls: rustls::ClientConfig,
     timing: LinkTiming,
-) -> Result<quinn::ClientConfig, LinkError> {
+) -> Result<ClientLinkConfig, LinkError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport_config(timing));
-    Ok(config)
+    Ok(ClientLinkConfig(config))
 }
 
 /// Dial `addr` expecting a server certificate for `server_name`, within `timeout`.
@@ -262,12 +291,12 @@ pub fn client_config(
 /// 10.0.0.9:7401: no answer within 3s ..."); callers replace the action with
 /// [`LinkError::at`] when they know better what the link is for.
 pub async fn connect(
-    endpoint: &quinn::Endpoint,
-    config: quinn::ClientConfig,
+    endpoint: &LinkEndpoint,
+    config: ClientLinkConfig,
     addr: SocketAddr,
     server_name: &str,
     timeout: Duration,
-) -> Result<Connection, LinkError> {
+) -> Result<Link, LinkError> {
     let peer = peer_kind(server_name);
     let action = match peer {
         "cluster master" => "connect to cluster master",
@@ -275,9 +304,9 @@ pub async fn connect(
         _ => "connect to",
     };
     let dial = async {
-        let connecting = endpoint.connect_with(config, addr, server_name)?;
+        let connecting = endpoint.0.connect_with(config.0, addr, server_name)?;
         match tokio::time::timeout(timeout, connecting).await {
-            Ok(conn) => Ok(conn?),
+            Ok(conn) => Ok(Link(conn?)),
             Err(_) => Err(LinkError::NoAnswer {
                 after: timeout,
                 peer,
@@ -289,36 +318,146 @@ pub async fn connect(
 
 /// The control stream of a link: typed frames in both directions.
 pub struct ControlStream {
-    pub send: SendStream,
-    pub recv: RecvStream,
-    pub max_frame: usize,
+    sender: ControlSender,
+    receiver: ControlReceiver,
 }
 
 impl ControlStream {
+    fn new(send: SendStream, recv: RecvStream, max_frame: usize) -> Self {
+        ControlStream {
+            sender: ControlSender { send, max_frame },
+            receiver: ControlReceiver { recv, max_frame },
+        }
+    }
+
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), FrameError> {
-        write_frame(&mut self.send, msg, self.max_frame).await
+        self.sender.send(msg).await
     }
 
     /// Next frame; `Ok(None)` when the peer finished the stream.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        self.receiver.recv().await
+    }
+
+    /// Say we will send no more.
+    pub fn finish(&mut self) {
+        self.sender.finish()
+    }
+
+    /// Write bytes that are not a frame (tests of what a peer does with garbage).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        self.sender.write_raw(bytes).await
+    }
+
+    /// The sending and the receiving half, to use from different places.
+    pub fn split(self) -> (ControlSender, ControlReceiver) {
+        (self.sender, self.receiver)
+    }
+}
+
+/// The sending half of a [`ControlStream`].
+pub struct ControlSender {
+    send: SendStream,
+    max_frame: usize,
+}
+
+impl ControlSender {
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), FrameError> {
+        write_frame(&mut self.send, msg, self.max_frame).await
+    }
+
+    /// Say we will send no more.
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+
+    /// Say we will send no more and wait, at most `within`, until the peer has read
+    /// everything (so a close that follows does not overtake the last frames).
+    pub async fn finish_and_wait(&mut self, within: Duration) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(within, self.send.stopped()).await;
+    }
+
+    /// Write bytes that are not a frame (tests of what a peer does with garbage).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| LinkError::Stream(e.to_string()))
+    }
+}
+
+/// The receiving half of a [`ControlStream`].
+pub struct ControlReceiver {
+    recv: RecvStream,
+    max_frame: usize,
+}
+
+impl ControlReceiver {
+    /// Next frame; `Ok(None)` when the peer finished the stream. Not cancel-safe: a
+    /// read cut off mid-frame desynchronises the stream (use [`Self::spawn_reader`]
+    /// under `select!`).
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         read_frame(&mut self.recv, self.max_frame).await
+    }
+
+    /// Read frames on their own task into a channel, so a `select!` can wait on them
+    /// without cutting a read off mid-frame.
+    pub fn spawn_reader<T>(self) -> FrameReader<T>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let ControlReceiver {
+            mut recv,
+            max_frame,
+        } = self;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let task = tokio::spawn(async move {
+            loop {
+                let item = read_frame::<_, T>(&mut recv, max_frame)
+                    .await
+                    .map_err(|e| e.to_string());
+                let end = !matches!(item, Ok(Some(_)));
+                if tx.send(item).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        FrameReader { task, rx }
+    }
+}
+
+/// Frames read by their own task ([`ControlReceiver::spawn_reader`]). Dropping it stops
+/// the task.
+pub struct FrameReader<T> {
+    task: tokio::task::JoinHandle<()>,
+    rx: tokio::sync::mpsc::Receiver<Result<Option<T>, String>>,
+}
+
+impl<T> FrameReader<T> {
+    /// `Some(Ok(Some(msg)))` per frame, then one final `Some(Ok(None))` (clean end) or
+    /// `Some(Err)` (bad frame, lost stream); `None` after that. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Result<Option<T>, String>> {
+        self.rx.recv().await
+    }
+}
+
+impl<T> Drop for FrameReader<T> {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
 /// Client side: open the control stream, send `Hello`, wait for the answer.
 pub async fn client_hello(
-    conn: &Connection,
+    conn: &Link,
     hello: &Hello,
     max_frame: usize,
     timeout: Duration,
 ) -> Result<ControlStream, LinkError> {
     let exchange = async {
-        let (send, recv) = conn.open_bi().await?;
-        let mut control = ControlStream {
-            send,
-            recv,
-            max_frame,
-        };
+        let (send, recv) = conn.0.open_bi().await?;
+        let mut control = ControlStream::new(send, recv, max_frame);
         control.send(hello).await?;
         match control.recv::<HelloReply>().await? {
             Some(HelloReply::Welcome { .. }) => Ok(control),
@@ -334,17 +473,13 @@ pub async fn client_hello(
 /// Server side: accept the control stream and read `Hello`. A version mismatch is
 /// answered with a refusal here; identity checks are the caller's (see [`accept_hello`]).
 pub async fn server_hello(
-    conn: &Connection,
+    conn: &Link,
     max_frame: usize,
     timeout: Duration,
 ) -> Result<(Hello, ControlStream), LinkError> {
     let exchange = async {
-        let (send, recv) = conn.accept_bi().await?;
-        let mut control = ControlStream {
-            send,
-            recv,
-            max_frame,
-        };
+        let (send, recv) = conn.0.accept_bi().await?;
+        let mut control = ControlStream::new(send, recv, max_frame);
         let hello: Hello = control.recv().await?.ok_or(LinkError::Closed)?;
         if let Some(refusal) = version_refusal(&hello) {
             refuse(&mut control, conn, refusal.clone()).await;
@@ -381,52 +516,26 @@ pub async fn welcome(control: &mut ControlStream, server_id: &str) -> Result<(),
 }
 
 /// Refuse the peer with a reason it can log, then close the connection.
-pub async fn refuse(control: &mut ControlStream, conn: &Connection, refusal: Refusal) {
+pub async fn refuse(control: &mut ControlStream, conn: &Link, refusal: Refusal) {
     let _ = control.send(&HelloReply::Refused(refusal.clone())).await;
-    let _ = control.send.finish();
     // Give the refusal a moment to reach the peer before the close overtakes it.
-    let _ = tokio::time::timeout(Duration::from_millis(200), control.send.stopped()).await;
-    conn.close(VarInt::from_u32(close::REFUSED), refusal.message.as_bytes());
-}
-
-/// Frames read by their own task into a channel, so a `select!` can wait on them
-/// without cutting a read off mid-frame. The channel yields `Ok(Some(msg))` per frame,
-/// then one final `Ok(None)` (clean end) or `Err` (bad frame, lost stream).
-pub fn spawn_frame_reader<T>(
-    mut recv: RecvStream,
-    max_frame: usize,
-) -> (
-    tokio::task::JoinHandle<()>,
-    tokio::sync::mpsc::Receiver<Result<Option<T>, String>>,
-)
-where
-    T: DeserializeOwned + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let task = tokio::spawn(async move {
-        loop {
-            let item = read_frame::<_, T>(&mut recv, max_frame)
-                .await
-                .map_err(|e| e.to_string());
-            let end = !matches!(item, Ok(Some(_)));
-            if tx.send(item).await.is_err() || end {
-                break;
-            }
-        }
-    });
-    (task, rx)
+    control
+        .sender
+        .finish_and_wait(Duration::from_millis(200))
+        .await;
+    conn.close(close::REFUSED, &refusal.message);
 }
 
 /// Accept connections until `shutdown`, serving each with `serve` on its own task.
 /// On shutdown every open connection is closed with `SHUTDOWN` and the call returns
 /// once every task has ended.
 pub async fn accept_loop<F, Fut>(
-    endpoint: quinn::Endpoint,
+    endpoint: LinkEndpoint,
     shutdown: tokio_util::sync::CancellationToken,
     who: &'static str,
     serve: F,
 ) where
-    F: Fn(Connection) -> Fut + Clone + Send + 'static,
+    F: Fn(Link) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     crate::admission::accept_loop_admitting(
@@ -446,24 +555,24 @@ pub async fn accept_loop<F, Fut>(
 /// `SHUTDOWN`).
 pub(crate) async fn serve_incoming<F, Fut>(
     incoming: quinn::Incoming,
-    config: Option<Arc<quinn::ServerConfig>>,
+    config: Option<ServerLinkConfig>,
     shutdown: tokio_util::sync::CancellationToken,
     who: &'static str,
     serve: F,
 ) where
-    F: FnOnce(Connection) -> Fut,
+    F: FnOnce(Link) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let remote = incoming.remote_address();
     let connecting = match config {
-        Some(config) => incoming.accept_with(config),
+        Some(config) => incoming.accept_with(config.0),
         None => incoming.accept(),
     };
     let handshake = async move { connecting?.await };
     let conn = tokio::select! {
         _ = shutdown.cancelled() => return,
         conn = handshake => match conn {
-            Ok(conn) => conn,
+            Ok(conn) => Link(conn),
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "{who}: handshake failed");
                 return;
@@ -472,7 +581,7 @@ pub(crate) async fn serve_incoming<F, Fut>(
     };
     tokio::select! {
         _ = shutdown.cancelled() => {
-            conn.close(VarInt::from_u32(close::SHUTDOWN), format!("{who} shutting down").as_bytes());
+            conn.close(close::SHUTDOWN, &format!("{who} shutting down"));
         }
         _ = serve(conn.clone()) => {}
     }

@@ -25,7 +25,7 @@ fn timing() -> LinkTiming {
     }
 }
 
-fn endpoint() -> quinn::Endpoint {
+fn endpoint() -> glory_protocol::LinkEndpoint {
     client_endpoint(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap()
 }
 
@@ -277,11 +277,11 @@ async fn garbage_frames_close_one_stream_and_the_servers_keep_serving() -> anyho
             TIMEOUT,
         )
         .await?;
-        let (mut send, mut recv) = conn.open_bi().await?;
-        send.write_all(&garbage).await?;
-        let _ = send.finish();
+        let mut stream = conn.open_raw_stream().await?;
+        stream.write_all(&garbage).await?;
+        stream.finish();
         // The server answers by closing: reading ends (error or end of stream) promptly.
-        let read = tokio::time::timeout(TIMEOUT, recv.read_to_end(1024)).await;
+        let read = tokio::time::timeout(TIMEOUT, stream.read_to_end(1024)).await;
         assert!(
             read.is_ok(),
             "server neither answered nor closed after garbage"
@@ -322,8 +322,7 @@ async fn garbage_frames_close_one_stream_and_the_servers_keep_serving() -> anyho
     .await?;
     conn.send_datagram(vec![0xde, 0xad, 0xbe, 0xef].into())?;
     control
-        .send
-        .write_all(&[0x00, 0x00, 0x00, 0x03, 0xc1, 0xc1, 0xc1])
+        .write_raw(&[0x00, 0x00, 0x00, 0x03, 0xc1, 0xc1, 0xc1])
         .await?;
     let closed = tokio::time::timeout(TIMEOUT, conn.closed()).await;
     assert!(

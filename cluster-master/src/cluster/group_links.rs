@@ -26,7 +26,7 @@ impl Cluster {
         &self,
         group: &str,
         listen: SocketAddr,
-        conn: quinn::Connection,
+        conn: glory_protocol::Link,
         tx: mpsc::Sender<ClusterToGroup>,
     ) -> Result<(u64, Vec<ClusterToGroup>), KeyMasterError> {
         let becomes_active = {
@@ -76,8 +76,8 @@ impl Cluster {
         if active {
             if let Some(old) = entry.link.replace(link) {
                 old.conn.close(
-                    quinn::VarInt::from_u32(glory_protocol::close::REPLACED),
-                    b"replaced by a newer connection",
+                    glory_protocol::close::REPLACED,
+                    "replaced by a newer connection",
                 );
             }
         } else {

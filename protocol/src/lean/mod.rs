@@ -39,7 +39,7 @@ use tracing::warn;
 use crate::frame::encode_frame;
 use crate::messages::{Hello, Refusal};
 use crate::tls::{ClientAuth, PeerCert, TlsIdentity};
-use crate::transport::{endpoint_config, server_config, LinkError, LinkTiming};
+use crate::transport::{endpoint_config, quinn_server_config, LinkError, LinkTiming};
 
 use driver::{sleep_until, Conns, Driver, Wake, SWEEP_INTERVAL};
 use udp::{Udp, MAX_DATAGRAM};
@@ -87,13 +87,13 @@ pub struct LinkHandle {
 }
 
 impl LinkHandle {
-    /// Close the connection with an application error code and reason (like
-    /// `quinn::Connection::close`).
-    pub fn close(&self, code: quinn_proto::VarInt, reason: &[u8]) {
+    /// Close the connection with an application error code ([`crate::close`]) and
+    /// reason (like [`crate::Link::close`]).
+    pub fn close(&self, code: u32, reason: &str) {
         let _ = self.remote.tx.send(Request::Close {
             link: self.id,
-            code: code.into_inner() as u32,
-            reason: Bytes::copy_from_slice(reason),
+            code,
+            reason: Bytes::copy_from_slice(reason.as_bytes()),
         });
     }
 
@@ -207,7 +207,7 @@ impl LeanEndpoint {
         timing: LinkTiming,
         settings: LeanSettings,
     ) -> Result<Self, LinkError> {
-        let mut server = server_config(identity, client_auth, timing)?;
+        let mut server = quinn_server_config(identity, client_auth, timing)?;
         // A peer opens one control stream and no other: quinn-proto keeps state for
         // every stream a peer may open, so allow just that (and one spare).
         let mut transport = crate::transport::transport(timing);

@@ -1,11 +1,11 @@
 use super::*;
 use crate::frame::decode_body;
+use crate::link::{Link, LinkEndpoint};
 use crate::messages::{RefusalCode, Role};
 use crate::test_identities::Identities;
 use crate::transport::close;
 use crate::transport::{client_config, client_endpoint, client_hello, connect};
 use crate::ControlStream;
-use quinn::{Connection, ConnectionError};
 
 /// Admits every `Hello` except from "refuse-me"; answers frames and datagrams with a
 /// frame saying what it got; tells the test about closed sessions.
@@ -61,7 +61,7 @@ impl Service for Echo {
 
 struct Rig {
     ids: Identities,
-    client: quinn::Endpoint,
+    client: LinkEndpoint,
     addr: SocketAddr,
     remote: Remote,
     closed: mpsc::UnboundedReceiver<String>,
@@ -110,14 +110,14 @@ impl Rig {
         }
     }
 
-    async fn connect(&self) -> Connection {
+    async fn connect(&self) -> Link {
         let config = client_config(self.ids.client.client_tls().unwrap(), self.ids.timing).unwrap();
         connect(&self.client, config, self.addr, self.ids.server_name, WAIT)
             .await
             .expect("handshake")
     }
 
-    async fn link(&self, id: &str) -> (Connection, Result<ControlStream, LinkError>) {
+    async fn link(&self, id: &str) -> (Link, Result<ControlStream, LinkError>) {
         let conn = self.connect().await;
         let hello = client_hello(&conn, &Hello::new(Role::Agent, id), 1024, WAIT).await;
         (conn, hello)
@@ -137,14 +137,11 @@ async fn next(control: &mut ControlStream) -> String {
         .expect("the stream is open")
 }
 
-async fn close_code(conn: &Connection) -> Option<u64> {
-    match tokio::time::timeout(WAIT, conn.closed())
+async fn close_code(conn: &Link) -> Option<u32> {
+    tokio::time::timeout(WAIT, conn.closed())
         .await
         .expect("closed in time")
-    {
-        ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
-        _ => None,
-    }
+        .peer_code()
 }
 
 #[tokio::test]
@@ -166,7 +163,7 @@ async fn an_admitted_link_carries_frames_datagrams_and_wakes_both_ways() {
     assert_eq!(next(&mut control).await, "woken");
     rig.remote.broadcast(&"to all".to_string());
     assert_eq!(next(&mut control).await, "to all");
-    conn.close(0u32.into(), b"done");
+    conn.close(0, "done");
     let closed = tokio::time::timeout(WAIT, rig.closed.recv()).await.unwrap();
     assert_eq!(
         closed.as_deref(),
@@ -186,7 +183,7 @@ async fn a_refused_hello_gets_its_reason_then_the_link_closes_as_refused() {
         .expect("refused");
     assert_eq!(refusal.code, RefusalCode::BadIdentity);
     assert_eq!(refusal.message, "you asked for it");
-    assert_eq!(close_code(&conn).await, Some(close::REFUSED as u64));
+    assert_eq!(close_code(&conn).await, Some(close::REFUSED));
     rig.stop().await;
 }
 
@@ -196,8 +193,8 @@ async fn a_link_is_closed_from_another_task_with_its_code() {
     let (conn, control) = rig.link("n1").await;
     let _control = control.expect("welcomed");
     let handle = rig.handles.recv().await.unwrap();
-    handle.close(close::REMOVED.into(), b"removed");
-    assert_eq!(close_code(&conn).await, Some(close::REMOVED as u64));
+    handle.close(close::REMOVED, "removed");
+    assert_eq!(close_code(&conn).await, Some(close::REMOVED));
     assert!(
         rig.closed.recv().await.is_some(),
         "the service hears the end"
@@ -216,22 +213,18 @@ async fn a_bad_frame_or_silence_closes_that_link_only_and_others_go_on() {
     let (bad, control) = rig.link("bad").await;
     let mut bad_control = control.expect("welcomed");
     bad_control
-        .send
-        .write_all(&(1u32 << 20).to_be_bytes())
+        .write_raw(&(1u32 << 20).to_be_bytes())
         .await
         .unwrap();
-    assert_eq!(close_code(&bad).await, Some(close::PROTOCOL_ERROR as u64));
+    assert_eq!(close_code(&bad).await, Some(close::PROTOCOL_ERROR));
 
     // No hello at all within the hello timeout.
     let silent = rig.connect().await;
-    assert_eq!(
-        close_code(&silent).await,
-        Some(close::PROTOCOL_ERROR as u64)
-    );
+    assert_eq!(close_code(&silent).await, Some(close::PROTOCOL_ERROR));
 
     good_control.send(&"still here".to_string()).await.unwrap();
     assert_eq!(next(&mut good_control).await, "frame still here");
-    good.close(0u32.into(), b"done");
+    good.close(0, "done");
     rig.stop().await;
 }
 
@@ -242,6 +235,6 @@ async fn shutdown_closes_every_link_as_shutdown() {
     let (b, cb) = rig.link("b").await;
     let (_ca, _cb) = (ca.expect("welcomed"), cb.expect("welcomed"));
     rig.stop().await;
-    assert_eq!(close_code(&a).await, Some(close::SHUTDOWN as u64));
-    assert_eq!(close_code(&b).await, Some(close::SHUTDOWN as u64));
+    assert_eq!(close_code(&a).await, Some(close::SHUTDOWN));
+    assert_eq!(close_code(&b).await, Some(close::SHUTDOWN));
 }

@@ -26,6 +26,10 @@
 //! its view at, so two cluster masters can never hand out the same node, whatever the
 //! pool size (a per-node claim key would need one compare per node, and etcd limits a
 //! transaction to 128 operations).
+//!
+//! Records hold a few wire types (a node's [`Inventory`], its [`NodeState`]) but store
+//! them through their own types in [`stored`], so a change to a wire message never
+//! silently changes the stored format.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +37,8 @@ use std::net::SocketAddr;
 use glory_protocol::{Inventory, NodeState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+pub mod stored;
 
 /// Version written into every record by this build.
 pub const RECORD_VERSION: u32 = 1;
@@ -126,6 +132,7 @@ pub struct NodeRecord {
     /// Serial of the node's current certificate.
     pub serial: String,
     pub enrolled_ms: u64,
+    #[serde(with = "stored::inventory")]
     pub inventory: Inventory,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -171,6 +178,7 @@ pub struct RemovedRecord {
 /// One entry of a node's state history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateEntry {
+    #[serde(with = "stored::node_state")]
     pub state: NodeState,
     pub at_ms: u64,
     #[serde(default)]
@@ -184,6 +192,7 @@ pub const STATE_HISTORY_LEN: usize = 20;
 pub struct NodeStatus {
     #[serde(default = "v1")]
     pub v: u32,
+    #[serde(with = "stored::node_state")]
     pub state: NodeState,
     pub since_ms: u64,
     /// Newest last, at most [`STATE_HISTORY_LEN`] entries.
@@ -397,6 +406,24 @@ mod tests {
         let json = br#"{"state":"up","since_ms":1}"#;
         let status: NodeStatus = decode("k", json).unwrap();
         assert_eq!((status.v, status.history.len()), (RECORD_VERSION, 0));
+    }
+
+    /// The stored format, pinned: records written by earlier builds must read the
+    /// same, and this build must write them the same, whatever the wire types do.
+    #[test]
+    fn stored_records_keep_their_format() {
+        let node = r#"{"v":1,"id":"n-1","hostname":"h1","machine_id":"m1","group":"g00","serial":"ab","enrolled_ms":7,"inventory":{"hostname":"h1","identity":"uuid:1","machine_id":"m1","cpus":8,"cpu_model":"x","memory_bytes":1024,"disks":[{"name":"sda","mount_point":"/","file_system":"ext4","total_bytes":10,"available_bytes":5}],"nics":[{"name":"eth0","mac":"aa","addresses":["10.0.0.1/24"]}],"kernel":"6.1","os":"debian","product":null,"serial":null,"agent_version":"0.1","simulated":true},"labels":{"rack":"r1"},"identity":"uuid:1","key_sha256":"cd","reached_from":"10.0.0.1"}"#;
+        let record: NodeRecord = decode("k", node.as_bytes()).unwrap();
+        assert_eq!(record.inventory.nics[0].addresses, ["10.0.0.1/24"]);
+        assert_eq!(String::from_utf8(encode(&record)).unwrap(), node);
+        let status = r#"{"v":1,"state":"unreachable","since_ms":3,"history":[{"state":"up","at_ms":1,"reason":"a"},{"state":"unreachable","at_ms":3,"reason":"b"}]}"#;
+        let record: NodeStatus = decode("k", status.as_bytes()).unwrap();
+        assert_eq!(record.state, NodeState::Unreachable);
+        assert_eq!(String::from_utf8(encode(&record)).unwrap(), status);
+        for state in NodeState::ALL {
+            let stored = serde_json::to_value(stored::StoredNodeState::from(state)).unwrap();
+            assert_eq!(stored.as_str(), Some(state.as_str()));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::events::{ConflictClaimant, ConflictHolder, EventData};
 use glory_keymaster::schema::{
     self, BootstrapScope, BootstrapTokenRecord, NodeRecord, NodeStatus, RECORD_VERSION,
 };
@@ -15,7 +16,6 @@ use glory_keymaster::{Compare, Txn, TxnOp};
 use glory_protocol::{
     CertRole, CertSubject, ClusterToGroup, Enrolled, Inventory, NodeState, Refusal, RefusalCode,
 };
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
@@ -156,14 +156,19 @@ impl Cluster {
         {
             warn!(node_id = %holder.id, %identity, claimant = %remote, "{message}");
             self.events.emit(
-                "node_identity_conflict",
                 None,
-                json!({
-                    "node": holder.id,
-                    "identity": identity,
-                    "holder": {"hostname": holder.hostname, "addresses": addresses_of(&holder.inventory)},
-                    "claimant": {"hostname": inventory.hostname, "address": remote.to_string()},
-                }),
+                EventData::NodeIdentityConflict {
+                    node: holder.id.clone(),
+                    identity: identity.to_string(),
+                    holder: ConflictHolder {
+                        hostname: holder.hostname.clone(),
+                        addresses: addresses_of(&holder.inventory),
+                    },
+                    claimant: ConflictClaimant {
+                        hostname: inventory.hostname.clone(),
+                        address: remote.to_string(),
+                    },
+                },
             );
         }
         refusal(RefusalCode::IdentityConflict, message)

@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use glory_protocol::NodeState;
 use serde::Serialize;
-use serde_json::Value;
 use tokio::sync::broadcast;
 
 /// How many past events are kept for reconnecting subscribers and pool details.
@@ -18,15 +18,147 @@ const KEPT: usize = 4096;
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
     pub id: u64,
-    pub kind: &'static str,
     pub at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
-    /// Kind-specific fields (node, epoch, reason...).
+    /// What happened: `kind` and its fields (node, epoch, reason...).
     #[serde(flatten)]
-    pub data: serde_json::Map<String, Value>,
+    pub data: EventData,
+}
+
+impl Event {
+    /// The event's kind, as the SSE `event:` line and the JSON `kind` field name it.
+    pub fn kind(&self) -> &'static str {
+        self.data.kind()
+    }
+}
+
+/// Every kind of event and its fields. Subsystems emit these typed values; they
+/// become JSON only at the API edge (`api/events.rs`), where serde writes them as
+/// `{"kind": "<kind>", <fields>}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventData {
+    /// Any node changed state.
+    NodeState {
+        node: String,
+        from: NodeState,
+        to: NodeState,
+    },
+    /// A pool's node came up (on the pool's stream).
+    NodeUp {
+        node: String,
+        state: NodeState,
+    },
+    /// A pool's node went down or left.
+    NodeDown {
+        node: String,
+        state: NodeState,
+    },
+    /// A pool's node's group master is unreachable.
+    NodeUnreachable {
+        node: String,
+        state: NodeState,
+    },
+    /// A second server claimed a live node's identity with another key.
+    NodeIdentityConflict {
+        node: String,
+        identity: String,
+        holder: ConflictHolder,
+        claimant: ConflictClaimant,
+    },
+    TenantCreated {
+        tenant: String,
+    },
+    TenantDeleted {
+        tenant: String,
+    },
+    PoolCreated {
+        component: String,
+        nodes: usize,
+    },
+    PoolDeleted {
+        nodes: usize,
+    },
+    /// A node joined a pool; `replaces` names the failed node it stands in for.
+    NodeAdded {
+        node: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
+    },
+    NodeRemoved {
+        node: String,
+        reason: String,
+    },
+    CandidatesChanged {
+        candidates: Vec<String>,
+    },
+    MasterElected {
+        node: String,
+        address: String,
+        epoch: u64,
+        since_ms: u64,
+        reason: String,
+    },
+    MasterFailed {
+        node: String,
+        epoch: u64,
+        reason: String,
+    },
+    /// The pool's master fails on every candidate; it is kept where it is.
+    MasterFailing {
+        node: String,
+        epoch: u64,
+        reason: String,
+    },
+    MasterNone {
+        reason: String,
+    },
+    /// A failed pool node could not be replaced.
+    ReplaceBlocked {
+        node: String,
+        reason: String,
+    },
+}
+
+/// The node that holds an identity, in [`EventData::NodeIdentityConflict`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConflictHolder {
+    pub hostname: String,
+    pub addresses: String,
+}
+
+/// The server that claimed it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConflictClaimant {
+    pub hostname: String,
+    pub address: String,
+}
+
+impl EventData {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventData::NodeState { .. } => "node_state",
+            EventData::NodeUp { .. } => "node_up",
+            EventData::NodeDown { .. } => "node_down",
+            EventData::NodeUnreachable { .. } => "node_unreachable",
+            EventData::NodeIdentityConflict { .. } => "node_identity_conflict",
+            EventData::TenantCreated { .. } => "tenant_created",
+            EventData::TenantDeleted { .. } => "tenant_deleted",
+            EventData::PoolCreated { .. } => "pool_created",
+            EventData::PoolDeleted { .. } => "pool_deleted",
+            EventData::NodeAdded { .. } => "node_added",
+            EventData::NodeRemoved { .. } => "node_removed",
+            EventData::CandidatesChanged { .. } => "candidates_changed",
+            EventData::MasterElected { .. } => "master_elected",
+            EventData::MasterFailed { .. } => "master_failed",
+            EventData::MasterFailing { .. } => "master_failing",
+            EventData::MasterNone { .. } => "master_none",
+            EventData::ReplaceBlocked { .. } => "replace_blocked",
+        }
+    }
 }
 
 pub struct EventBus {
@@ -50,17 +182,11 @@ impl Default for EventBus {
 
 impl EventBus {
     /// Publish an event. `pool` is `(pool, tenant)` for pool events.
-    pub fn emit(&self, kind: &'static str, pool: Option<(&str, &str)>, data: Value) {
-        let data = match data {
-            Value::Object(map) => map,
-            Value::Null => Default::default(),
-            other => [("value".to_string(), other)].into_iter().collect(),
-        };
+    pub fn emit(&self, pool: Option<(&str, &str)>, data: EventData) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         // Ids are taken under the lock so the kept list and the stream agree on order.
         let event = Arc::new(Event {
             id: self.next.fetch_add(1, Ordering::Relaxed),
-            kind,
             at_ms: glory_protocol::now_ms(),
             pool: pool.map(|p| p.0.to_string()),
             tenant: pool.map(|p| p.1.to_string()),
@@ -116,21 +242,104 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn tenant(name: &str) -> EventData {
+        EventData::TenantCreated {
+            tenant: name.into(),
+        }
+    }
 
     #[tokio::test]
     async fn resume_after_an_id_replays_what_followed() {
         let bus = EventBus::default();
-        bus.emit("a", None, json!({"n": 1}));
+        bus.emit(None, tenant("a"));
         let first = bus.recent(10, |_| true)[0].id;
-        bus.emit("b", Some(("p", "t")), json!({"n": 2}));
+        bus.emit(Some(("p", "t")), EventData::PoolDeleted { nodes: 2 });
         let (past, mut rx) = bus.subscribe(Some(first));
         assert_eq!(past.len(), 1);
-        assert_eq!(past[0].kind, "b");
-        bus.emit("c", None, Value::Null);
-        assert_eq!(rx.recv().await.unwrap().kind, "c");
+        assert_eq!(past[0].kind(), "pool_deleted");
+        bus.emit(None, tenant("c"));
+        assert_eq!(rx.recv().await.unwrap().kind(), "tenant_created");
         let line = serde_json::to_value(&*past[0]).unwrap();
         assert_eq!(line["pool"], "p");
-        assert_eq!(line["n"], 2);
+        assert_eq!(line["nodes"], 2);
+        assert_eq!(line["kind"], "pool_deleted");
+    }
+
+    #[test]
+    fn every_kind_is_the_name_serde_writes() {
+        let all = [
+            EventData::NodeState {
+                node: "n".into(),
+                from: NodeState::Up,
+                to: NodeState::Down,
+            },
+            EventData::NodeUp {
+                node: "n".into(),
+                state: NodeState::Up,
+            },
+            EventData::NodeDown {
+                node: "n".into(),
+                state: NodeState::Down,
+            },
+            EventData::NodeUnreachable {
+                node: "n".into(),
+                state: NodeState::Unreachable,
+            },
+            EventData::NodeIdentityConflict {
+                node: "n".into(),
+                identity: "uuid:1".into(),
+                holder: ConflictHolder {
+                    hostname: "a".into(),
+                    addresses: "10.0.0.1".into(),
+                },
+                claimant: ConflictClaimant {
+                    hostname: "b".into(),
+                    address: "10.0.0.2:1".into(),
+                },
+            },
+            tenant("t"),
+            EventData::TenantDeleted { tenant: "t".into() },
+            EventData::PoolCreated {
+                component: "c".into(),
+                nodes: 1,
+            },
+            EventData::PoolDeleted { nodes: 1 },
+            EventData::NodeAdded {
+                node: "n".into(),
+                replaces: None,
+            },
+            EventData::NodeRemoved {
+                node: "n".into(),
+                reason: "r".into(),
+            },
+            EventData::CandidatesChanged { candidates: vec![] },
+            EventData::MasterElected {
+                node: "n".into(),
+                address: "a".into(),
+                epoch: 1,
+                since_ms: 1,
+                reason: "r".into(),
+            },
+            EventData::MasterFailed {
+                node: "n".into(),
+                epoch: 1,
+                reason: "r".into(),
+            },
+            EventData::MasterFailing {
+                node: "n".into(),
+                epoch: 1,
+                reason: "r".into(),
+            },
+            EventData::MasterNone { reason: "r".into() },
+            EventData::ReplaceBlocked {
+                node: "n".into(),
+                reason: "r".into(),
+            },
+        ];
+        for data in all {
+            let json = serde_json::to_value(&data).unwrap();
+            assert_eq!(json["kind"], data.kind(), "{json}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::{Active, ApiResult, Caller};
-use crate::events::Event;
+use crate::events::{Event, EventData};
 use crate::role::Node;
 
 /// Every event, for operators. A pool's stream is among the pool routes.
@@ -35,7 +35,7 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
 
 fn to_sse(e: &Event) -> SseEvent {
     SseEvent::default()
-        .event(e.kind)
+        .event(e.kind())
         .id(e.id.to_string())
         .data(serde_json::to_string(e).unwrap_or_default())
 }
@@ -132,7 +132,9 @@ pub(super) async fn pool_events(
         past,
         rx,
         Box::new(move |e: &Event| e.pool.as_deref() == Some(&n1)),
-        Box::new(move |e: &Event| e.kind == "pool_deleted" && e.pool.as_deref() == Some(&n2)),
+        Box::new(move |e: &Event| {
+            matches!(e.data, EventData::PoolDeleted { .. }) && e.pool.as_deref() == Some(&n2)
+        }),
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

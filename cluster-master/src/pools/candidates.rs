@@ -1,8 +1,8 @@
 //! Master candidates: the pool nodes, in election order, that may run the pool's
 //! component master.
 
+use crate::events::EventData;
 use glory_keymaster::schema::PoolRecord;
-use serde_json::json;
 
 use super::{OpError, OpResultT, Write};
 use crate::cluster::Cluster;
@@ -65,9 +65,10 @@ impl Cluster {
             .await?;
         let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
         self.events.emit(
-            "candidates_changed",
             Some((&pool.name, &pool.tenant)),
-            json!({"candidates": pool.candidates}),
+            EventData::CandidatesChanged {
+                candidates: pool.candidates.clone(),
+            },
         );
         self.pool_changed.notify_one();
         Ok(pool)

@@ -12,11 +12,11 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::events::EventData;
 use glory_keymaster::schema::{MasterSpec, PoolMaster, PoolRecord};
 use glory_protocol::{
     ClusterToGroup, GroupToAgent, NodeState, ProcessExit, ProcessReport, ProcessSpec, ProcessState,
 };
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::alloc::elect;
@@ -352,9 +352,12 @@ impl Cluster {
         if let Some(old) = &old {
             warn!(pool = %pool.name, node_id = %old.node, epoch = old.epoch, %reason, "component master failed");
             self.events.emit(
-                "master_failed",
                 at,
-                json!({"node": old.node, "epoch": old.epoch, "reason": reason}),
+                EventData::MasterFailed {
+                    node: old.node.clone(),
+                    epoch: old.epoch,
+                    reason: reason.to_string(),
+                },
             );
             self.stop_master_process(&pool.name, old);
         }
@@ -362,15 +365,24 @@ impl Cluster {
             Some(m) => {
                 info!(pool = %pool.name, node_id = %m.node, epoch = m.epoch, "component master elected");
                 self.events.emit(
-                    "master_elected",
                     at,
-                    json!({"node": m.node, "address": m.address, "epoch": m.epoch, "since_ms": m.since_ms, "reason": reason}),
+                    EventData::MasterElected {
+                        node: m.node.clone(),
+                        address: m.address.clone(),
+                        epoch: m.epoch,
+                        since_ms: m.since_ms,
+                        reason: reason.to_string(),
+                    },
                 );
                 self.start_master_process(&pool, m);
             }
             None => {
-                self.events
-                    .emit("master_none", at, json!({"reason": "no live candidate"}));
+                self.events.emit(
+                    at,
+                    EventData::MasterNone {
+                        reason: "no live candidate".into(),
+                    },
+                );
             }
         }
         Ok(pool.master)
@@ -472,9 +484,12 @@ impl Cluster {
                         if self.announce_stuck(&pool.name, master.epoch) {
                             warn!(pool = %pool.name, node_id = %master.node, epoch = master.epoch, %reason, "component master failing on every candidate; keeping it where it is");
                             self.events.emit(
-                                "master_failing",
                                 Some((&pool.name, &pool.tenant)),
-                                json!({"node": master.node, "epoch": master.epoch, "reason": reason}),
+                                EventData::MasterFailing {
+                                    node: master.node.clone(),
+                                    epoch: master.epoch,
+                                    reason: reason.to_string(),
+                                },
                             );
                         }
                     }
@@ -570,12 +585,19 @@ impl Cluster {
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&(pool.name.clone(), old.clone()));
                     self.events.emit(
-                        "node_removed",
                         at,
-                        json!({"node": old, "reason": "failed; replaced"}),
+                        EventData::NodeRemoved {
+                            node: old.clone(),
+                            reason: "failed; replaced".into(),
+                        },
                     );
-                    self.events
-                        .emit("node_added", at, json!({"node": new, "replaces": old}));
+                    self.events.emit(
+                        at,
+                        EventData::NodeAdded {
+                            node: new.clone(),
+                            replaces: Some(old.clone()),
+                        },
+                    );
                 }
                 Err(OpError::Conflict { fit: Some(_), .. }) => {
                     let first = self
@@ -587,9 +609,11 @@ impl Cluster {
                     if first {
                         warn!(pool = %pool.name, node_id = %old, "no free node fits to replace a failed pool node");
                         self.events.emit(
-                            "replace_blocked",
                             at,
-                            json!({"node": old, "reason": "no free node fits"}),
+                            EventData::ReplaceBlocked {
+                                node: old.clone(),
+                                reason: "no free node fits".into(),
+                            },
                         );
                     }
                 }

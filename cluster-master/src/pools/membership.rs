@@ -2,8 +2,8 @@
 //! nodes. Every change is a `write_pool` with the generation checked, and each one
 //! tells the pool's watchers.
 
+use crate::events::EventData;
 use glory_keymaster::schema::PoolRecord;
-use serde_json::json;
 use tracing::info;
 
 use super::{check_component, check_name, OpError, OpResultT, Write};
@@ -43,9 +43,11 @@ impl Cluster {
         info!(pool = %pool.name, tenant = %pool.tenant, nodes = pool.nodes.len(), "pool created");
         let at = Some((pool.name.as_str(), pool.tenant.as_str()));
         self.events.emit(
-            "pool_created",
             at,
-            json!({"component": pool.component, "nodes": pool.nodes.len()}),
+            EventData::PoolCreated {
+                component: pool.component.clone(),
+                nodes: pool.nodes.len(),
+            },
         );
         self.announce_added(&pool, &pool.nodes);
         Ok(pool)
@@ -64,9 +66,10 @@ impl Cluster {
         self.forget_failed(&old.name);
         info!(pool = %name, "pool deleted");
         self.events.emit(
-            "pool_deleted",
             Some((&old.name, &old.tenant)),
-            json!({"nodes": old.nodes.len()}),
+            EventData::PoolDeleted {
+                nodes: old.nodes.len(),
+            },
         );
         Ok(old)
     }
@@ -74,9 +77,11 @@ impl Cluster {
     fn announce_added(&self, pool: &PoolRecord, added: &[String]) {
         for node in added {
             self.events.emit(
-                "node_added",
                 Some((&pool.name, &pool.tenant)),
-                json!({"node": node}),
+                EventData::NodeAdded {
+                    node: node.clone(),
+                    replaces: None,
+                },
             );
         }
     }
@@ -131,9 +136,11 @@ impl Cluster {
             .await?;
         let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
         self.events.emit(
-            "node_removed",
             Some((&pool.name, &pool.tenant)),
-            json!({"node": node, "reason": "released"}),
+            EventData::NodeRemoved {
+                node: node.to_string(),
+                reason: "released".into(),
+            },
         );
         Ok(pool)
     }

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::events::EventData;
 use glory_keymaster::schema::{self, TenantRecord, RECORD_VERSION};
 use glory_keymaster::{Compare, KeyMaster, KeyMasterError, Txn, TxnOp};
-use serde_json::json;
 
 use super::{check_name, OpError, OpResultT};
 use crate::cluster::Cluster;
@@ -53,8 +53,12 @@ impl Cluster {
         self.pools
             .tenants_mut()
             .insert(name.to_string(), record.clone());
-        self.events
-            .emit("tenant_created", None, json!({"tenant": name}));
+        self.events.emit(
+            None,
+            EventData::TenantCreated {
+                tenant: name.to_string(),
+            },
+        );
         Ok(record)
     }
 
@@ -91,8 +95,12 @@ impl Cluster {
         .await?;
         self.pools.tenants_mut().remove(name);
         self.forget_api_tokens(&tokens);
-        self.events
-            .emit("tenant_deleted", None, json!({"tenant": name}));
+        self.events.emit(
+            None,
+            EventData::TenantDeleted {
+                tenant: name.to_string(),
+            },
+        );
         Ok(())
     }
 }

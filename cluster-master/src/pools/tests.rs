@@ -210,11 +210,12 @@ async fn masters_fail_over_on_process_exit_and_node_down() {
     assert_eq!(process(&cm).state, "failing");
     cm.reconcile_pools().await;
     assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (b.clone(), 2));
-    let failed = cm.events.recent(10, |e| e.kind == "master_failed");
-    assert!(failed[0].data["reason"]
-        .as_str()
-        .unwrap()
-        .contains("failing"));
+    let failed = cm.events.recent(10, |e| e.kind() == "master_failed");
+    assert!(
+        matches!(&failed[0].data, crate::events::EventData::MasterFailed { reason, .. } if reason.contains("failing")),
+        "{:?}",
+        failed[0].data
+    );
     // It fails there too: every candidate failed with this spec, so the master stays
     // (no flapping back to the first), announced once.
     cm.process_reports(vec![(
@@ -227,7 +228,7 @@ async fn masters_fail_over_on_process_exit_and_node_down() {
     assert_eq!((master_of(&cm).node, master_of(&cm).epoch), (b.clone(), 2));
     assert_eq!(process(&cm).state, "failing");
     assert_eq!(
-        cm.events.recent(10, |e| e.kind == "master_failing").len(),
+        cm.events.recent(10, |e| e.kind() == "master_failing").len(),
         1
     );
     // Its node goes down: a live candidate is better than none, even one that failed.

@@ -33,6 +33,27 @@ impl ApiClient {
         &self.base
     }
 
+    /// The same client with requests given up after `timeout` (30 s by default).
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> anyhow::Result<Self> {
+        self.http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .context("build HTTP client")?;
+        Ok(self)
+    }
+
+    /// Send a request; the answer's status and body (JSON, or the text as a string),
+    /// whatever the status (for callers that check refusals themselves).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let (status, text) = self.send(method, path, body).await?;
+        Ok((status.as_u16(), parse_body(text)))
+    }
+
     /// Send a request; the answer's status and body.
     async fn send(
         &self,
@@ -65,11 +86,7 @@ impl ApiClient {
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
         let (status, text) = self.send(method, path, body).await?;
-        let value: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let value = parse_body(text);
         if status.is_success() {
             Ok(value)
         } else {
@@ -139,6 +156,15 @@ fn api_error(status: reqwest::StatusCode, value: &Value) -> anyhow::Error {
 }
 
 /// Percent-encode a query value.
+/// A response body: JSON, nothing (`null`), or the text as a JSON string.
+fn parse_body(text: String) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    }
+}
+
 pub fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

@@ -8,39 +8,29 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use glory::client::ApiClient;
 use glory_keymaster::testing::EtcdCluster;
 use glory_tests::procs::{free_tcp, free_udp, Procs};
 use glory_tests::wait::until_some;
+use reqwest::Method;
 use serde_json::Value;
 
-struct Api {
-    http: reqwest::Client,
-    token: String,
+/// `GET path`'s body whatever its status; `None` when nothing answered.
+async fn get(api: &ApiClient, path: &str) -> Option<Value> {
+    api.request(Method::GET, path, None)
+        .await
+        .ok()
+        .map(|(_, v)| v)
 }
 
-impl Api {
-    async fn get(&self, api: SocketAddr, path: &str) -> Option<Value> {
-        let resp = self
-            .http
-            .get(format!("http://{api}{path}"))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .ok()?;
-        resp.json().await.ok()
-    }
-
-    async fn post_token(&self, api: SocketAddr) -> anyhow::Result<(u16, Value)> {
-        let resp = self
-            .http
-            .post(format!("http://{api}/api/v1/bootstrap-tokens"))
-            .bearer_auth(&self.token)
-            .json(&serde_json::json!({"scope": "any", "ttl_seconds": 3600}))
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.json().await.unwrap_or(Value::Null)))
-    }
+/// Ask for a bootstrap token: a write that needs the key master.
+async fn post_token(api: &ApiClient) -> anyhow::Result<(u16, Value)> {
+    api.request(
+        Method::POST,
+        "/api/v1/bootstrap-tokens",
+        Some(serde_json::json!({"scope": "any", "ttl_seconds": 3600})),
+    )
+    .await
 }
 
 fn cm_config(
@@ -93,12 +83,9 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
             .map(|t| t.trim().to_string())
     })
     .await?;
-    let api = Api {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?,
-        token,
-    };
+    // Short timeouts: the checks below poll, and a hung request must not stall them.
+    let cm1 = ApiClient::new(&a1.to_string(), &token)?.with_timeout(Duration::from_secs(5))?;
+    let cm2 = ApiClient::new(&a2.to_string(), &token)?.with_timeout(Duration::from_secs(5))?;
     let c2 = cm_config(d, "cm2", q2, a2, &endpoints)?;
     procs.spawn(
         "cm2",
@@ -107,7 +94,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         &d.join("cm2.log"),
     )?;
     let (health, _) = until_some("cm2 standing by", Duration::from_secs(20), || async {
-        api.get(a2, "/healthz")
+        get(&cm2, "/healthz")
             .await
             .filter(|h| h["role"] == "standby" && !h["leader"].is_null())
     })
@@ -117,18 +104,12 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         a1.to_string(),
         "the standby names the leader"
     );
-    let standby_answer = api
-        .http
-        .get(format!("http://{a2}/api/v1/cluster"))
-        .bearer_auth(&api.token)
-        .send()
-        .await?;
-    assert_eq!(standby_answer.status(), 503);
-    let body: Value = standby_answer.json().await?;
+    let (status, body) = cm2.request(Method::GET, "/api/v1/cluster", None).await?;
+    assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "standby");
     assert_eq!(body["error"]["leader"]["quic"], q1.to_string());
 
-    let (status, created) = api.post_token(a1).await?;
+    let (status, created) = post_token(&cm1).await?;
     assert_eq!(status, 201, "{created}");
     let bootstrap = created["token"].as_str().context("token")?.to_string();
     let ca_hash = created["ca_cert_hash"]
@@ -159,7 +140,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
             &format!("{name} registered"),
             Duration::from_secs(20),
             || async {
-                let g = api.get(a1, "/api/v1/groups/g00").await?;
+                let g = get(&cm1, "/api/v1/groups/g00").await?;
                 (g["connected"] == true && g["master"] == want_master.as_str()).then_some(())
             },
         )
@@ -168,7 +149,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
 
     let want_standby = gb.to_string();
     until_some("gm-b standing by", Duration::from_secs(20), || async {
-        let g = api.get(a1, "/api/v1/groups/g00").await?;
+        let g = get(&cm1, "/api/v1/groups/g00").await?;
         g["standbys"]
             .as_array()?
             .iter()
@@ -196,10 +177,10 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         ],
         &d.join("agents.log"),
     )?;
-    let all_up = |api_addr: SocketAddr| {
-        let api = &api;
+    let all_up = |api: &ApiClient| {
+        let api = api.clone();
         async move {
-            let c = api.get(api_addr, "/api/v1/cluster").await?;
+            let c = get(&api, "/api/v1/cluster").await?;
             assert_eq!(
                 c["nodes_by_state"]["down"].as_u64().unwrap_or(0),
                 0,
@@ -208,24 +189,24 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
             (c["nodes_by_state"]["up"] == 20 && c["groups_connected"] == 1).then_some(c)
         }
     };
-    until_some("20 nodes up", Duration::from_secs(30), || all_up(a1)).await?;
+    until_some("20 nodes up", Duration::from_secs(30), || all_up(&cm1)).await?;
 
     // kill -9 the active cluster master: the standby leads within the lease (3 s) and
     // a few seconds, the group master finds it, every node stays up.
     procs.kill9("cm1")?;
     let (_, took) = until_some("cm2 active", Duration::from_secs(8), || async {
-        api.get(a2, "/healthz")
+        get(&cm2, "/healthz")
             .await
             .filter(|h| h["role"] == "active")
     })
     .await?;
     eprintln!("cluster master failover: standby active after {took:?}");
     let (_, took) = until_some("all nodes up under cm2", Duration::from_secs(10), || {
-        all_up(a2)
+        all_up(&cm2)
     })
     .await?;
     eprintln!("cluster master failover: everything up again {took:?} later");
-    let nodes = api.get(a2, "/api/v1/nodes").await.context("list nodes")?;
+    let nodes = get(&cm2, "/api/v1/nodes").await.context("list nodes")?;
     assert_eq!(nodes["total"], 20, "nothing acknowledged was lost");
 
     // The standby group master has found the new leader too.
@@ -233,7 +214,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         "gm-b standing by under cm2",
         Duration::from_secs(15),
         || async {
-            let g = api.get(a2, "/api/v1/groups/g00").await?;
+            let g = get(&cm2, "/api/v1/groups/g00").await?;
             g["standbys"]
                 .as_array()?
                 .iter()
@@ -250,14 +231,14 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         "standby group master leads with all nodes up",
         Duration::from_secs(12),
         || async {
-            let g = api.get(a2, "/api/v1/groups/g00").await?;
-            let c = all_up(a2).await?;
+            let g = get(&cm2, "/api/v1/groups/g00").await?;
+            let c = all_up(&cm2).await?;
             (g["master"] == want.as_str() && g["connected"] == true).then_some(c)
         },
     )
     .await?;
     eprintln!("group master failover: all nodes up under the standby after {took:?}");
-    let transitions = api.get(a2, "/api/v1/cluster").await.context("cluster")?;
+    let transitions = get(&cm2, "/api/v1/cluster").await.context("cluster")?;
     assert_eq!(
         transitions["transitions"]["down"], 0,
         "no node was ever down: {transitions}"
@@ -271,14 +252,14 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         "a write with one etcd member down",
         Duration::from_secs(10),
         || async {
-            let (status, _) = api.post_token(a2).await.ok()?;
+            let (status, _) = post_token(&cm2).await.ok()?;
             (status == 201).then_some(())
         },
     )
     .await?;
     eprintln!("one etcd member down: writes succeed (first success after {took:?})");
     for _ in 0..5 {
-        let (status, body) = api.post_token(a2).await?;
+        let (status, body) = post_token(&cm2).await?;
         assert_eq!(
             status, 201,
             "writes keep succeeding with one member down: {body}"
@@ -293,20 +274,19 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         "key master reported unavailable",
         Duration::from_secs(10),
         || async {
-            let c = api.get(a2, "/api/v1/cluster").await?;
+            let c = get(&cm2, "/api/v1/cluster").await?;
             (c["keymaster"]["available"] == false).then_some(())
         },
     )
     .await?;
-    let (status, body) = api.post_token(a2).await?;
+    let (status, body) = post_token(&cm2).await?;
     assert_eq!(
         status, 503,
         "a change needing the key master is refused: {body}"
     );
     let hold = Instant::now();
     while hold.elapsed() < Duration::from_secs(5) {
-        let c = api
-            .get(a2, "/api/v1/cluster")
+        let c = get(&cm2, "/api/v1/cluster")
             .await
             .context("API answers from memory")?;
         assert_eq!(
@@ -320,7 +300,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         "key master available again",
         Duration::from_secs(30),
         || async {
-            let c = api.get(a2, "/api/v1/cluster").await?;
+            let c = get(&cm2, "/api/v1/cluster").await?;
             (c["keymaster"]["available"] == true).then_some(())
         },
     )
@@ -329,12 +309,12 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         "changes accepted again",
         Duration::from_secs(20),
         || async {
-            let (status, _) = api.post_token(a2).await.ok()?;
+            let (status, _) = post_token(&cm2).await.ok()?;
             (status == 201).then_some(())
         },
     )
     .await?;
-    let c = api.get(a2, "/api/v1/cluster").await.context("cluster")?;
+    let c = get(&cm2, "/api/v1/cluster").await.context("cluster")?;
     assert_eq!(c["nodes_by_state"]["up"], 20, "{c}");
     assert_eq!(c["transitions"]["down"], 0, "{c}");
     Ok(())

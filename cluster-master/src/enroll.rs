@@ -99,12 +99,10 @@ pub(crate) fn claimed_identity(inventory: &Inventory) -> String {
 
 /// A node's addresses for messages to operators (not loopback).
 fn addresses_of(inventory: &Inventory) -> String {
-    let addrs: Vec<&str> = inventory
-        .nics
-        .iter()
-        .flat_map(|nic| nic.addresses.iter())
-        .map(|a| a.split('/').next().unwrap_or(a))
-        .filter(|a| *a != "127.0.0.1" && *a != "::1")
+    let addrs: Vec<String> = inventory
+        .ip_addresses()
+        .filter(|ip| !ip.is_loopback())
+        .map(|ip| ip.to_string())
         .collect();
     if addrs.is_empty() {
         "no address reported".to_string()

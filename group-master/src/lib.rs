@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use glory_protocol::lean::{LeanEndpoint, LeanSettings};
+use glory_protocol::targets::Targets;
 use glory_protocol::transport::client_endpoint;
 use glory_protocol::{ClientAuth, EnrollKind, EnrollRequest, LinkTiming, TlsIdentity};
 use tokio_util::sync::CancellationToken;
@@ -228,16 +229,13 @@ async fn enroll_group_master(
         },
         csr_pem,
     };
-    let candidates = &settings.cluster_masters;
-    let mut target = candidates
-        .first()
-        .copied()
-        .context("no cluster master address configured")?;
-    let mut next = 0usize;
+    let mut targets =
+        Targets::new(&settings.cluster_masters).context("no cluster master address configured")?;
     let mut failures = 0u32;
     let mut delay = std::time::Duration::from_millis(200);
-    info!(group = %config.group, cluster_master = %target, "enrolling with the cluster master");
+    info!(group = %config.group, cluster_master = %targets.current(), "enrolling with the cluster master");
     loop {
+        let target = targets.current();
         match enroll_attempt(&endpoint, settings, target, &trust, &request).await {
             Ok(enrolled) => {
                 return Ok(TlsIdentity {
@@ -258,17 +256,9 @@ async fn enroll_group_master(
                 } else {
                     debug!(group = %config.group, cluster_master = %target, failures, error = %e, "group master enrollment failed; retrying");
                 }
-                match e
-                    .refusal()
-                    .and_then(|r| r.redirect)
-                    .filter(|to| *to != target)
-                {
-                    // A standby named the leader: go there next.
-                    Some(to) => target = to,
-                    None => {
-                        next = (next + 1) % candidates.len();
-                        target = candidates[next];
-                    }
+                // A standby named the leader: go there next.
+                if !targets.redirect(e.refusal().and_then(|r| r.redirect)) {
+                    targets.failed();
                 }
             }
         }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use glory_protocol::targets::Targets;
 use glory_protocol::tls::CLUSTER_MASTER_NAME;
 use glory_protocol::transport::{client_config, client_hello, connect};
 use glory_protocol::{
@@ -24,18 +25,16 @@ pub(crate) async fn upstream_loop(
     advertise: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let candidates = settings.cluster_masters.clone();
-    let Some(&first) = candidates.first() else {
+    let Some(mut targets) = Targets::new(&settings.cluster_masters) else {
         warn!(group = %shared.group, "no cluster master address configured");
         return;
     };
-    let mut target = first;
-    let mut next = 0usize;
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
     // When a cluster master last answered us (a link, or a standby's refusal).
     let mut last_answer = Instant::now();
     while !shutdown.is_cancelled() {
+        let target = targets.current();
         let mut established = false;
         // Its errors name `target`.
         let result = link_session(
@@ -56,10 +55,9 @@ pub(crate) async fn upstream_loop(
         }
         match result {
             Ok(()) => return,
-            Err(LinkError::Refused(r)) if r.redirect.is_some_and(|to| to != target) => {
+            Err(LinkError::Refused(r)) if targets.redirect(r.redirect) => {
                 // A standby named the leader: go there at once.
                 debug!(group = %shared.group, from = %target, to = ?r.redirect, "redirected to the leading cluster master");
-                target = r.redirect.unwrap_or(target);
                 continue;
             }
             Err(e) => {
@@ -92,8 +90,7 @@ pub(crate) async fn upstream_loop(
                         );
                     }
                 }
-                next = (next + 1) % candidates.len().max(1);
-                target = candidates.get(next).copied().unwrap_or(target);
+                targets.failed();
             }
         }
         tokio::select! {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glory_protocol::enroll::enroll;
+use glory_protocol::targets::Targets;
 use glory_protocol::tls::{csr_for_key, generate_csr, CLUSTER_MASTER_NAME, GROUP_MASTER_NAME};
 use glory_protocol::transport::{client_config, client_hello, connect};
 use glory_protocol::{
@@ -325,11 +326,7 @@ async fn enroll_until_done(
     // the full backoff would leave it idle at the end of a storm.
     let mut busy_backoff = Backoff::new(BUSY_MAX_BACKOFF.min(settings.max_backoff));
     let mut attempts = 0u32;
-    let mut target_index = 0usize;
-    let mut target = settings
-        .cluster_masters
-        .first()
-        .copied()
+    let mut targets = Targets::new(&settings.cluster_masters)
         .ok_or_else(|| anyhow::anyhow!("no cluster master address configured"))?;
     // One key for every attempt: generating a key pair per retry would spend the
     // CPU of thousands of servers retrying at once.
@@ -341,6 +338,7 @@ async fn enroll_until_done(
         None => generate_csr()?,
     };
     loop {
+        let target = targets.current();
         let inventory = deps.host.inventory();
         let machine_id = inventory.machine_id.clone();
         let claim = inventory.identity.clone();
@@ -381,9 +379,8 @@ async fn enroll_until_done(
                 info!(node_id = %identity.node_id, group = %identity.group, identity = %identity.claim, cluster_master = %target, "enrolled");
                 return Ok(Some(identity));
             }
-            Err(LinkError::Refused(refusal)) if refusal.redirect.is_some_and(|to| to != target) => {
+            Err(LinkError::Refused(refusal)) if targets.redirect(refusal.redirect) => {
                 // A standby named the leader: ask it at once.
-                target = refusal.redirect.unwrap_or(target);
                 continue;
             }
             Err(LinkError::Refused(refusal)) => {
@@ -419,12 +416,7 @@ async fn enroll_until_done(
                 if attempts % 10 == 1 {
                     warn!(cluster_master = %target, attempts, "enrolling with cluster master {target} failed: {e}; retrying with backoff");
                 }
-                target_index = (target_index + 1) % settings.cluster_masters.len().max(1);
-                target = settings
-                    .cluster_masters
-                    .get(target_index)
-                    .copied()
-                    .unwrap_or(target);
+                targets.failed();
             }
         }
         if !sleep_or(shutdown, power_off, backoff.step()).await {

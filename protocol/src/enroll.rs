@@ -53,63 +53,46 @@ pub async fn enroll_within(
     timeout: Duration,
     patience: Duration,
 ) -> Result<Enrolled, LinkError> {
-    exchange(
-        endpoint,
-        cluster_master,
-        trust,
-        machine_id,
-        request,
-        timeout,
-        patience,
-    )
-    .await
-    .map_err(|e| e.at(ENROLL_ACTION, cluster_master))
-}
-
-async fn exchange(
-    endpoint: &crate::link::LinkEndpoint,
-    cluster_master: SocketAddr,
-    trust: &CaTrust,
-    machine_id: &str,
-    request: &EnrollRequest,
-    timeout: Duration,
-    patience: Duration,
-) -> Result<Enrolled, LinkError> {
-    let timing = LinkTiming {
-        idle_timeout: patience,
-        keep_alive: None,
-        initial_rtt: crate::transport::STORM_INITIAL_RTT,
-    };
-    let config = client_config(enroll_client_tls(trust)?, timing)?;
-    let conn = connect(
-        endpoint,
-        config,
-        cluster_master,
-        CLUSTER_MASTER_NAME,
-        patience,
-    )
-    .await?;
-    let result = async {
-        let mut control = client_hello(
-            &conn,
-            &Hello::new(Role::Enrollee, machine_id),
-            DEFAULT_MAX_FRAME,
-            timeout,
+    let exchange = async {
+        let timing = LinkTiming {
+            idle_timeout: patience,
+            keep_alive: None,
+            initial_rtt: crate::transport::STORM_INITIAL_RTT,
+        };
+        let config = client_config(enroll_client_tls(trust)?, timing)?;
+        let conn = connect(
+            endpoint,
+            config,
+            cluster_master,
+            CLUSTER_MASTER_NAME,
+            patience,
         )
         .await?;
-        control.send(request).await?;
-        let reply = tokio::time::timeout(timeout, control.recv::<EnrollReply>())
-            .await
-            .map_err(|_| LinkError::Timeout(timeout))??;
-        match reply {
-            Some(EnrollReply::Accepted(enrolled)) => Ok(enrolled),
-            Some(EnrollReply::Refused(refusal)) => Err(LinkError::Refused(refusal)),
-            None => Err(LinkError::Closed),
+        let result = async {
+            let mut control = client_hello(
+                &conn,
+                &Hello::new(Role::Enrollee, machine_id),
+                DEFAULT_MAX_FRAME,
+                timeout,
+            )
+            .await?;
+            control.send(request).await?;
+            let reply = tokio::time::timeout(timeout, control.recv::<EnrollReply>())
+                .await
+                .map_err(|_| LinkError::Timeout(timeout))??;
+            match reply {
+                Some(EnrollReply::Accepted(enrolled)) => Ok(enrolled),
+                Some(EnrollReply::Refused(refusal)) => Err(LinkError::Refused(refusal)),
+                None => Err(LinkError::Closed),
+            }
         }
-    }
-    .await;
-    conn.close(close::NORMAL, "enrolled");
-    result
+        .await;
+        conn.close(close::NORMAL, "enrolled");
+        result
+    };
+    exchange
+        .await
+        .map_err(|e| e.at(ENROLL_ACTION, cluster_master))
 }
 
 #[cfg(test)]

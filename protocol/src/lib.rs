@@ -12,6 +12,7 @@ pub mod lean;
 pub mod link;
 pub mod messages;
 pub mod process;
+pub mod targets;
 #[cfg(test)]
 mod test_identities;
 pub mod tls;

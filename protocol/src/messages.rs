@@ -218,6 +218,17 @@ pub struct Inventory {
     pub simulated: bool,
 }
 
+impl Inventory {
+    /// Every IP address on the node's interfaces (their prefix lengths dropped;
+    /// entries that are not addresses skipped), in the order reported.
+    pub fn ip_addresses(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.nics
+            .iter()
+            .flat_map(|nic| nic.addresses.iter())
+            .filter_map(|a| a.split('/').next()?.parse().ok())
+    }
+}
+
 /// A compact load sample carried by every heartbeat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Load {

@@ -93,12 +93,7 @@ pub fn publish_ip(reached_from: Option<&str>, inventory: &Inventory) -> Option<I
     if let Some(ip) = reached.filter(reachable) {
         return Some(ip);
     }
-    let listed = inventory
-        .nics
-        .iter()
-        .flat_map(|nic| nic.addresses.iter())
-        .filter_map(|a| a.split('/').next()?.parse::<IpAddr>().ok())
-        .find(reachable);
+    let listed = inventory.ip_addresses().find(reachable);
     listed.or(reached.filter(|ip| ip.is_loopback()))
 }
 

@@ -178,15 +178,25 @@ impl Cluster {
     /// when the newest report for this epoch says so and the node is heard from.
     pub(crate) fn master_process(&self, pool: &str, master: &PoolMaster) -> ProcessView {
         let node_state = self.read().nodes.get(&master.node).map(|n| n.status.state);
+        self.with_master_report(pool, master, |report| ProcessView::of(report, node_state))
+    }
+
+    /// `f` of the newest report of `master`'s process for its epoch, under the reports'
+    /// lock (take the registry's first, never while holding it).
+    fn with_master_report<R>(
+        &self,
+        pool: &str,
+        master: &PoolMaster,
+        f: impl FnOnce(Option<&ProcessReport>) -> R,
+    ) -> R {
         let procs = self
             .pools
             .processes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let report = procs
+        f(procs
             .get(&(master.node.clone(), process_id(pool)))
-            .filter(|r| r.epoch == master.epoch);
-        ProcessView::of(report, node_state)
+            .filter(|r| r.epoch == master.epoch))
     }
 
     /// Why the pool's current master cannot go on, if it cannot: the facts gathered
@@ -197,23 +207,17 @@ impl Cluster {
             .nodes
             .get(&master.node)
             .map(|n| (n.status.state, n.status.since_ms));
-        let procs = self
-            .pools
-            .processes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let report = procs
-            .get(&(master.node.clone(), process_id(&pool.name)))
-            .filter(|r| r.epoch == master.epoch);
-        master_verdict(
-            MasterFacts {
-                in_pool: pool.nodes.binary_search(&master.node).is_ok(),
-                candidate: pool.candidates.contains(&master.node),
-                node,
-                process: report,
-            },
-            glory_protocol::now_ms(),
-        )
+        self.with_master_report(&pool.name, master, |report| {
+            master_verdict(
+                MasterFacts {
+                    in_pool: pool.nodes.binary_search(&master.node).is_ok(),
+                    candidate: pool.candidates.contains(&master.node),
+                    node,
+                    process: report,
+                },
+                glory_protocol::now_ms(),
+            )
+        })
     }
 
     /// Nodes of `pool` whose master process failed with its current master spec and
@@ -444,11 +448,18 @@ impl Cluster {
         match trouble {
             None => {}
             Some(Trouble::Node(reason)) => {
-                // A candidate whose process has not failed first; else any live one.
+                // A candidate whose process has not failed first; else any live one
+                // (one election when none has failed).
                 let mut result = self
-                    .elect_master(&pool.name, exclude.as_deref(), &failed, &reason, true)
+                    .elect_master(
+                        &pool.name,
+                        exclude.as_deref(),
+                        &failed,
+                        &reason,
+                        !failed.is_empty(),
+                    )
                     .await;
-                if matches!(result, Err(OpError::Conflict { .. })) {
+                if !failed.is_empty() && matches!(result, Err(OpError::Conflict { .. })) {
                     let anyone = BTreeSet::new();
                     result = self
                         .elect_master(&pool.name, exclude.as_deref(), &anyone, &reason, false)

@@ -108,154 +108,48 @@ pub struct StoredNic {
     pub addresses: Vec<String>,
 }
 
-impl From<&Inventory> for StoredInventory {
-    fn from(inventory: &Inventory) -> Self {
-        let Inventory {
-            hostname,
-            identity,
-            machine_id,
-            cpus,
-            cpu_model,
-            memory_bytes,
-            disks,
-            nics,
-            kernel,
-            os,
-            product,
-            serial,
-            agent_version,
-            simulated,
-        } = inventory.clone();
-        StoredInventory {
-            hostname,
-            identity,
-            machine_id,
-            cpus,
-            cpu_model,
-            memory_bytes,
-            disks: disks.into_iter().map(StoredDisk::from).collect(),
-            nics: nics.into_iter().map(StoredNic::from).collect(),
-            kernel,
-            os,
-            product,
-            serial,
-            agent_version,
-            simulated,
+/// Both conversions between a wire struct and its stored mirror. The patterns name
+/// every field with no `..`, so a field added on either side fails to compile until
+/// it is listed here. Fields in the second list are vectors of mirrored items.
+macro_rules! mirror {
+    ($wire:ident <-> $stored:ident { $($field:ident),* } vec { $($items:ident),* }) => {
+        impl From<$wire> for $stored {
+            fn from(value: $wire) -> Self {
+                let $wire { $($field,)* $($items,)* } = value;
+                $stored {
+                    $($field,)*
+                    $($items: $items.into_iter().map(Into::into).collect(),)*
+                }
+            }
         }
-    }
+
+        impl From<$stored> for $wire {
+            fn from(value: $stored) -> Self {
+                let $stored { $($field,)* $($items,)* } = value;
+                $wire {
+                    $($field,)*
+                    $($items: $items.into_iter().map(Into::into).collect(),)*
+                }
+            }
+        }
+    };
 }
 
-impl From<StoredInventory> for Inventory {
-    fn from(stored: StoredInventory) -> Self {
-        let StoredInventory {
-            hostname,
-            identity,
-            machine_id,
-            cpus,
-            cpu_model,
-            memory_bytes,
-            disks,
-            nics,
-            kernel,
-            os,
-            product,
-            serial,
-            agent_version,
-            simulated,
-        } = stored;
-        Inventory {
-            hostname,
-            identity,
-            machine_id,
-            cpus,
-            cpu_model,
-            memory_bytes,
-            disks: disks.into_iter().map(Disk::from).collect(),
-            nics: nics.into_iter().map(Nic::from).collect(),
-            kernel,
-            os,
-            product,
-            serial,
-            agent_version,
-            simulated,
-        }
-    }
-}
-
-impl From<Disk> for StoredDisk {
-    fn from(disk: Disk) -> Self {
-        let Disk {
-            name,
-            mount_point,
-            file_system,
-            total_bytes,
-            available_bytes,
-        } = disk;
-        StoredDisk {
-            name,
-            mount_point,
-            file_system,
-            total_bytes,
-            available_bytes,
-        }
-    }
-}
-
-impl From<StoredDisk> for Disk {
-    fn from(disk: StoredDisk) -> Self {
-        let StoredDisk {
-            name,
-            mount_point,
-            file_system,
-            total_bytes,
-            available_bytes,
-        } = disk;
-        Disk {
-            name,
-            mount_point,
-            file_system,
-            total_bytes,
-            available_bytes,
-        }
-    }
-}
-
-impl From<Nic> for StoredNic {
-    fn from(nic: Nic) -> Self {
-        let Nic {
-            name,
-            mac,
-            addresses,
-        } = nic;
-        StoredNic {
-            name,
-            mac,
-            addresses,
-        }
-    }
-}
-
-impl From<StoredNic> for Nic {
-    fn from(nic: StoredNic) -> Self {
-        let StoredNic {
-            name,
-            mac,
-            addresses,
-        } = nic;
-        Nic {
-            name,
-            mac,
-            addresses,
-        }
-    }
-}
+mirror!(Inventory <-> StoredInventory {
+    hostname, identity, machine_id, cpus, cpu_model, memory_bytes, kernel, os, product,
+    serial, agent_version, simulated
+} vec { disks, nics });
+mirror!(Disk <-> StoredDisk {
+    name, mount_point, file_system, total_bytes, available_bytes
+} vec {});
+mirror!(Nic <-> StoredNic { name, mac, addresses } vec {});
 
 /// `#[serde(with = "stored::inventory")]` for an [`Inventory`] field of a record.
 pub mod inventory {
     use super::*;
 
     pub fn serialize<S: Serializer>(inventory: &Inventory, s: S) -> Result<S::Ok, S::Error> {
-        StoredInventory::from(inventory).serialize(s)
+        StoredInventory::from(inventory.clone()).serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Inventory, D::Error> {

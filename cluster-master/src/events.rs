@@ -121,6 +121,24 @@ pub enum EventData {
         node: String,
         reason: String,
     },
+    /// An alert started firing (`node` is None for a group rule).
+    AlertFiring {
+        id: String,
+        monitor: String,
+        node: Option<String>,
+        group: String,
+        level: String,
+        value: f64,
+    },
+    /// A firing alert resolved.
+    AlertResolved {
+        id: String,
+        monitor: String,
+        node: Option<String>,
+        group: String,
+        level: String,
+        value: f64,
+    },
 }
 
 /// The node that holds an identity, in [`EventData::NodeIdentityConflict`].
@@ -157,6 +175,8 @@ impl EventData {
             EventData::MasterFailing { .. } => "master_failing",
             EventData::MasterNone { .. } => "master_none",
             EventData::ReplaceBlocked { .. } => "replace_blocked",
+            EventData::AlertFiring { .. } => "alert_firing",
+            EventData::AlertResolved { .. } => "alert_resolved",
         }
     }
 }
@@ -335,6 +355,22 @@ mod tests {
             EventData::ReplaceBlocked {
                 node: "n".into(),
                 reason: "r".into(),
+            },
+            EventData::AlertFiring {
+                id: "a".into(),
+                monitor: "m".into(),
+                node: None,
+                group: "g".into(),
+                level: "critical".into(),
+                value: 1.0,
+            },
+            EventData::AlertResolved {
+                id: "a".into(),
+                monitor: "m".into(),
+                node: Some("n".into()),
+                group: "g".into(),
+                level: "critical".into(),
+                value: 1.0,
             },
         ];
         for data in all {

@@ -17,6 +17,7 @@ mod events;
 mod group_roles;
 mod leadership;
 mod link;
+mod monitoring;
 pub mod pools;
 mod registry;
 mod role;
@@ -355,6 +356,20 @@ pub async fn start(
         shutdown.clone(),
     ));
     tasks.spawn(pools::reconciler(cluster.clone(), shutdown.clone()));
+    {
+        // Pools and labels move nodes in and out of monitors' scopes: resend what
+        // changed (monitor changes themselves are sent at once).
+        let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => cluster.push_monitors(),
+                }
+            }
+        });
+    }
     {
         let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -263,6 +263,9 @@ async fn group_link(
             Ok(Some(GroupToCluster::Report(report))) => cluster.apply_report(&group, report).await,
             Ok(Some(GroupToCluster::Register { .. })) => {}
             Ok(Some(GroupToCluster::Processes(reports))) => cluster.process_reports(reports),
+            Ok(Some(GroupToCluster::Alerts(changes))) => cluster.alerts_changed(&group, changes),
+            Ok(Some(GroupToCluster::AlertSnapshot(all))) => cluster.alert_snapshot(&group, all),
+            Ok(Some(GroupToCluster::MetricsAnswer(answer))) => cluster.metrics_answered(answer),
             Ok(Some(GroupToCluster::ProcessSnapshot {
                 node,
                 processes,

@@ -48,6 +48,9 @@ pub(crate) struct GroupEntry {
     pub subnets: HashMap<String, usize>,
     pub heartbeats_received: u64,
     pub heartbeats_lost: u64,
+    /// Monitoring samples the group master stored, and batches it dropped.
+    pub samples_ingested: u64,
+    pub samples_dropped: u64,
     pub last_report_ms: u64,
 }
 
@@ -61,6 +64,8 @@ impl GroupEntry {
             subnets: HashMap::new(),
             heartbeats_received: 0,
             heartbeats_lost: 0,
+            samples_ingested: 0,
+            samples_dropped: 0,
             last_report_ms: 0,
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cli_monitoring;
 pub mod cli_pools;
 pub mod client;
 pub mod sim;

@@ -104,6 +104,22 @@ enum Command {
         #[command(subcommand)]
         action: glory::cli_pools::PoolsAction,
     },
+    /// Monitors: what group masters watch and alert on, changed at run time.
+    Monitors {
+        #[command(subcommand)]
+        action: glory::cli_monitoring::MonitorsAction,
+    },
+    /// Alerts (`--watch` to follow them); `glory alerts ack ID`.
+    Alerts(glory::cli_monitoring::AlertsArgs),
+    /// Silences: alerts they match are not forwarded until they end.
+    Silences {
+        #[command(subcommand)]
+        action: glory::cli_monitoring::SilencesAction,
+    },
+    /// A node's history of one item: min/avg/max and a sparkline.
+    Metrics(glory::cli_monitoring::MetricsArgs),
+    /// The busiest nodes by CPU, refreshing (`--once` for scripts).
+    Top(glory::cli_monitoring::TopArgs),
     /// Bootstrap tokens: what servers and group masters enroll with (not API tokens).
     /// `glory token` is the old name.
     #[command(alias = "token", alias = "bootstrap-token")]
@@ -316,6 +332,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenants { action } => glory::cli_pools::tenants(&client, action, cli.json).await,
         Command::Tokens { action } => glory::cli_pools::tokens(&client, action, cli.json).await,
         Command::Pools { action } => glory::cli_pools::pools(&client, action, cli.json).await,
+        Command::Monitors { action } => {
+            glory::cli_monitoring::monitors(&client, action, cli.json).await
+        }
+        Command::Alerts(args) => glory::cli_monitoring::alerts(&client, args, cli.json).await,
+        Command::Silences { action } => {
+            glory::cli_monitoring::silences(&client, action, cli.json).await
+        }
+        Command::Metrics(args) => glory::cli_monitoring::metrics(&client, args, cli.json).await,
+        Command::Top(args) => glory::cli_monitoring::top(&client, args, cli.json).await,
         Command::Nodes {
             action: None,
             state,

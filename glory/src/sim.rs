@@ -265,6 +265,18 @@ impl glory_cluster_master::SimControl for SimFleet {
             Err(format!("node {node} is already running"))
         }
     }
+
+    async fn load(&self, node: &str, cpu_percent: f64, seconds: u64) -> Result<(), String> {
+        let index = self
+            .index_of(node)
+            .ok_or_else(|| format!("node {node} is not a simulated agent here"))?;
+        let host = self.agents()[index].host.clone();
+        host.force_cpu(
+            cpu_percent,
+            glory_protocol::now_ms().saturating_add(seconds.saturating_mul(1000)),
+        );
+        Ok(())
+    }
 }
 
 /// A [`SimControl`](glory_cluster_master::SimControl) whose fleet is attached after the
@@ -292,5 +304,8 @@ impl glory_cluster_master::SimControl for LateFleet {
     }
     async fn restart(&self, node: &str) -> Result<(), String> {
         glory_cluster_master::SimControl::restart(self.get()?, node).await
+    }
+    async fn load(&self, node: &str, cpu_percent: f64, seconds: u64) -> Result<(), String> {
+        glory_cluster_master::SimControl::load(self.get()?, node, cpu_percent, seconds).await
     }
 }

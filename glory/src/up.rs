@@ -114,6 +114,7 @@ impl Up {
                 cluster_master: cm.quic_addr,
                 heartbeat_interval_ms: options.heartbeat_interval_ms,
                 down_after_ms: options.down_after_ms,
+                stats_db: Some(options.data_dir.join("stats").join(format!("{id}.db"))),
                 ..Default::default()
             };
             let identity = cluster.issue_group_master_identity(&id)?;

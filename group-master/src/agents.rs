@@ -14,6 +14,7 @@ use glory_protocol::{
 };
 use tracing::{debug, info, warn};
 
+use crate::monitoring::Input;
 use crate::state::Shared;
 
 pub(crate) struct Agents {
@@ -153,6 +154,11 @@ impl Service for Agents {
                 self.shared
                     .process_snapshot(node, all, Some(session.remote))
             }
+            Ok(AgentToGroup::Samples(batch)) => self.shared.monitor(Input::Batch {
+                node: node.clone(),
+                session: session.id,
+                batch,
+            }),
             Ok(AgentToGroup::Leaving) => {
                 info!(node_id = %node, "agent leaving");
                 self.shared.left(node);

@@ -34,6 +34,10 @@ pub struct GroupMasterConfig {
     pub ca_cert_hash: Option<String>,
     /// Where the group master keeps its certificate and key.
     pub data_dir: PathBuf,
+    /// The statistics store (SQLite). Unset: `<data_dir>/stats.db` for the
+    /// `glory-group-master` binary, memory for group masters embedded in other
+    /// processes.
+    pub stats_db: Option<PathBuf>,
     /// The agents' heartbeat period, milliseconds (must match the agents').
     pub heartbeat_interval_ms: u64,
     /// Silence after which a node is `suspect`, milliseconds (default: 2 heartbeats).
@@ -76,6 +80,7 @@ impl Default for GroupMasterConfig {
             ca_cert: None,
             ca_cert_hash: None,
             data_dir: PathBuf::from("/var/lib/glory-group-master"),
+            stats_db: None,
             heartbeat_interval_ms: 1000,
             suspect_after_ms: None,
             down_after_ms: 3000,
@@ -110,6 +115,8 @@ pub struct GroupMasterSettings {
     pub upstream_bind: SocketAddr,
     /// How long one enrollment attempt waits for the cluster master.
     pub enroll_timeout: Duration,
+    /// The statistics store; None: in memory.
+    pub stats_db: Option<PathBuf>,
 }
 
 impl GroupMasterConfig {
@@ -212,6 +219,7 @@ impl GroupMasterConfig {
             request_timeout: Duration::from_secs(5),
             upstream_bind,
             enroll_timeout: Duration::from_millis(self.enroll_timeout_ms),
+            stats_db: self.stats_db.clone(),
         })
     }
 }

@@ -11,6 +11,7 @@
 mod agents;
 pub mod config;
 pub mod detector;
+mod monitoring;
 mod state;
 mod upstream;
 
@@ -92,6 +93,13 @@ impl GroupMaster {
             advertise,
         ));
         info!(group = %settings.group, listen = %advertise, "group master serving");
+        let (monitoring, monitoring_task) = monitoring::Monitoring::start(
+            shared.clone(),
+            settings.stats_db.clone(),
+            shutdown.clone(),
+        )
+        .context("open the statistics store")?;
+        shared.set_monitoring(monitoring);
         let upstream_endpoint = upstream_endpoint(&settings)?;
         let tasks = tokio_util::task::TaskTracker::new();
         {
@@ -148,6 +156,7 @@ impl GroupMaster {
         }
         tasks.close();
         tasks.wait().await;
+        let _ = monitoring_task.await;
         upstream_endpoint.close(glory_protocol::close::SHUTDOWN, "shutdown");
         // The close frames are queued already; waiting for the drain is a courtesy.
         let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
@@ -289,7 +298,10 @@ async fn enroll_attempt(
 
 /// Run a group master from its configuration until `shutdown`.
 pub async fn run(config: GroupMasterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let settings = config.validate()?;
+    let mut settings = config.validate()?;
+    settings
+        .stats_db
+        .get_or_insert_with(|| config.data_dir.join("stats.db"));
     let identity = match load_identity(&config.data_dir)? {
         Some(identity) => identity,
         None => {

@@ -4,16 +4,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use glory_protocol::lean::LinkHandle;
+use glory_protocol::monitoring::{AlertChange, MetricsAnswer};
 use glory_protocol::{
-    GroupReport, GroupToAgent, Inventory, Load, Member, NodeLoad, ProcessReport, StateChange,
+    GroupReport, GroupToAgent, Inventory, Load, Member, NodeLoad, NodeState, ProcessReport,
+    StateChange,
 };
 use tokio::sync::Notify;
 
 use crate::detector::{DetectorConfig, FailureDetector, Transition};
+use crate::monitoring::{Input, Monitoring};
 
 pub(crate) struct Session {
     pub id: u64,
@@ -47,7 +50,19 @@ pub(crate) struct Inner {
     pub commands: HashMap<String, Vec<GroupToAgent>>,
     /// Agents' whole process sets (session starts) waiting to go up.
     pub process_snapshots: Vec<ProcessSnapshot>,
+    /// Alert changes and history answers waiting to go up.
+    pub alerts: Vec<AlertChange>,
+    /// Every active alert, for a cluster master that just connected.
+    pub alert_snapshot: Option<Vec<AlertChange>>,
+    pub answers: Vec<MetricsAnswer>,
     next_session: u64,
+}
+
+/// What monitoring has to send up ([`Shared::take_monitoring`]).
+pub(crate) struct MonitoringOut {
+    pub snapshot: Option<Vec<AlertChange>>,
+    pub alerts: Vec<AlertChange>,
+    pub answers: Vec<MetricsAnswer>,
 }
 
 pub(crate) struct Shared {
@@ -60,6 +75,8 @@ pub(crate) struct Shared {
     masters: tokio::sync::watch::Sender<Vec<std::net::SocketAddr>>,
     /// Wakes the upstream task when state changes are pending.
     pub changed: Notify,
+    /// The monitoring task, once started.
+    monitoring: std::sync::OnceLock<Arc<Monitoring>>,
 }
 
 fn to_change(t: Transition) -> StateChange {
@@ -90,9 +107,13 @@ impl Shared {
                 processes: Vec::new(),
                 process_snapshots: Vec::new(),
                 commands: HashMap::new(),
+                alerts: Vec::new(),
+                alert_snapshot: None,
+                answers: Vec::new(),
                 next_session: 1,
             }),
             changed: Notify::new(),
+            monitoring: std::sync::OnceLock::new(),
         }
     }
 
@@ -108,7 +129,59 @@ impl Shared {
         let before = inner.pending.len();
         inner.pending.extend(transitions.into_iter().map(to_change));
         if inner.pending.len() > before {
+            for change in &inner.pending[before..] {
+                if matches!(change.to, NodeState::Down | NodeState::Left) {
+                    self.monitor(Input::Down(change.node.clone()));
+                }
+            }
             self.changed.notify_one();
+        }
+    }
+
+    /// Attach the monitoring task (once).
+    pub fn set_monitoring(&self, monitoring: Arc<Monitoring>) {
+        let _ = self.monitoring.set(monitoring);
+    }
+
+    /// Hand `input` to the monitoring task, if there is one (never waits).
+    pub fn monitor(&self, input: Input) {
+        if let Some(m) = self.monitoring.get() {
+            m.offer(input);
+        }
+    }
+
+    /// Alert changes to send up.
+    pub fn queue_alerts(&self, changes: Vec<AlertChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.lock().alerts.extend(changes);
+        self.changed.notify_one();
+    }
+
+    /// Every active alert, to send up before any later change.
+    pub fn queue_alert_snapshot(&self, all: Vec<AlertChange>) {
+        let mut inner = self.lock();
+        inner.alerts.clear();
+        inner.alert_snapshot = Some(all);
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    /// A history answer to send up.
+    pub fn queue_answer(&self, answer: MetricsAnswer) {
+        self.lock().answers.push(answer);
+        self.changed.notify_one();
+    }
+
+    /// What monitoring has to send up: a snapshot of every active alert (after a
+    /// reconnect), the changes since, and history answers.
+    pub fn take_monitoring(&self) -> MonitoringOut {
+        let mut inner = self.lock();
+        MonitoringOut {
+            snapshot: inner.alert_snapshot.take(),
+            alerts: std::mem::take(&mut inner.alerts),
+            answers: std::mem::take(&mut inner.answers),
         }
     }
 
@@ -250,6 +323,14 @@ impl Shared {
             heartbeats_lost: lost,
             loads,
             inventories: std::mem::take(&mut inner.inventories),
+            samples_ingested: self
+                .monitoring
+                .get()
+                .map_or(0, |m| m.ingested.load(std::sync::atomic::Ordering::Relaxed)),
+            samples_dropped: self
+                .monitoring
+                .get()
+                .map_or(0, |m| m.dropped.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 

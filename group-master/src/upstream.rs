@@ -14,6 +14,7 @@ use glory_protocol::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::monitoring::Input;
 use crate::state::Shared;
 use crate::GroupMasterSettings;
 
@@ -141,6 +142,8 @@ async fn link_session(
     let (mut send, recv) = control.split();
     send.send(&GroupToCluster::Register { listen: advertise })
         .await?;
+    // A cluster master that (re)connects learns every active alert, not only changes.
+    shared.monitor(Input::Resync);
     info!(group = %shared.group, cluster_master = %target, "connected to cluster master");
 
     let mut reader = recv.spawn_reader::<ClusterToGroup>();
@@ -165,6 +168,22 @@ async fn link_session(
                 for snap in snapshots {
                     let msg = GroupToCluster::ProcessSnapshot { node: snap.node, processes: snap.processes, address: snap.address };
                     if let Err(e) = send.send(&msg).await {
+                        break 'link Err(e.into());
+                    }
+                }
+                let out = shared.take_monitoring();
+                if let Some(all) = out.snapshot {
+                    if let Err(e) = send.send(&GroupToCluster::AlertSnapshot(all)).await {
+                        break 'link Err(e.into());
+                    }
+                }
+                if !out.alerts.is_empty() {
+                    if let Err(e) = send.send(&GroupToCluster::Alerts(out.alerts)).await {
+                        break 'link Err(e.into());
+                    }
+                }
+                for answer in out.answers {
+                    if let Err(e) = send.send(&GroupToCluster::MetricsAnswer(answer)).await {
                         break 'link Err(e.into());
                     }
                 }
@@ -217,6 +236,8 @@ fn handle(shared: &Shared, msg: ClusterToGroup) {
             }
         }
         ClusterToGroup::MemberAdded(member) => shared.member_added(member, now),
+        ClusterToGroup::Monitors(monitors) => shared.monitor(Input::Monitors(monitors)),
+        ClusterToGroup::Metrics(query) => shared.monitor(Input::Query(query)),
         ClusterToGroup::ToAgent { node, msg } => {
             if !shared.to_agent(&node, msg) {
                 debug!(group = %shared.group, node_id = %node, "agent not connected; message dropped");

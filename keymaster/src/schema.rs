@@ -20,6 +20,8 @@
 //! | `/glory/tenants/{name}` | [`TenantRecord`] |
 //! | `/glory/pools/{name}` | [`PoolRecord`] (spec, member nodes, candidates, elected master) |
 //! | `/glory/pool-generation` | a counter; every change of pool membership compares and bumps it |
+//! | `/glory/monitors/{name}` | [`MonitorRecord`] (what group masters evaluate) |
+//! | `/glory/silences/{id}` | [`SilenceRecord`] |
 //!
 //! Pool membership is guarded by one key, `/glory/pool-generation`: a transaction that
 //! adds or removes pool nodes succeeds only if the generation is the one the writer read
@@ -38,7 +40,12 @@ use glory_protocol::{Inventory, NodeState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod monitoring;
 pub mod stored;
+
+pub use monitoring::{
+    AggregateRecord, MonitorRecord, MonitorScope, RuleRecord, SilenceMatchers, SilenceRecord,
+};
 
 /// Version written into every record by this build.
 pub const RECORD_VERSION: u32 = 1;
@@ -57,6 +64,8 @@ pub const CLUSTER_MASTER_ELECTION: &str = "/glory/election/cluster-master";
 pub const TENANTS_PREFIX: &str = "/glory/tenants/";
 pub const POOLS_PREFIX: &str = "/glory/pools/";
 pub const POOL_GENERATION_KEY: &str = "/glory/pool-generation";
+pub const MONITORS_PREFIX: &str = "/glory/monitors/";
+pub const SILENCES_PREFIX: &str = "/glory/silences/";
 
 pub fn node_key(node: &str) -> String {
     format!("{NODES_PREFIX}{node}")
@@ -87,6 +96,12 @@ pub fn tenant_key(name: &str) -> String {
 }
 pub fn pool_key(name: &str) -> String {
     format!("{POOLS_PREFIX}{name}")
+}
+pub fn monitor_key(name: &str) -> String {
+    format!("{MONITORS_PREFIX}{name}")
+}
+pub fn silence_key(id: &str) -> String {
+    format!("{SILENCES_PREFIX}{id}")
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use glory_monitor::batch::BatchWriter;
 use glory_protocol::enroll::enroll;
+use glory_protocol::monitoring::SampleBatch;
 use glory_protocol::targets::Targets;
 use glory_protocol::tls::{csr_for_key, generate_csr, CLUSTER_MASTER_NAME, GROUP_MASTER_NAME};
 use glory_protocol::transport::{client_config, client_hello, connect};
@@ -577,6 +579,16 @@ async fn session(
 
     let mut ticker = tokio::time::interval(settings.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Metrics: one batch per interval, series named once per session. The first
+    // sample waits one interval (rates need a previous reading), spread over agents
+    // by where in the second each one connected.
+    let metrics_every = settings
+        .metrics_interval
+        .unwrap_or(Duration::from_secs(3600));
+    let mut metrics =
+        tokio::time::interval_at(tokio::time::Instant::now() + metrics_every, metrics_every);
+    metrics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batches = BatchWriter::default();
     let end = 'session: loop {
         tokio::select! {
             biased;
@@ -607,6 +619,14 @@ async fn session(
                         AgentStats::count(&deps.stats.heartbeats_sent);
                     }
                     Err(e) => break SessionEnd::Lost(format!("encode heartbeat: {e}")),
+                }
+            }
+            _ = metrics.tick(), if settings.metrics_interval.is_some() => {
+                let now = glory_protocol::now_ms();
+                let mut batch = SampleBatch { at_ms: now, ..SampleBatch::default() };
+                deps.host.sample(now, &mut |key, value| batches.add(&mut batch, key, value));
+                if let Err(e) = send.send(&AgentToGroup::Samples(batch)).await {
+                    break SessionEnd::Lost(format!("send metrics: {e}"));
                 }
             }
             _ = procs.changed.notified() => {

@@ -35,6 +35,9 @@ pub struct AgentConfig {
     pub bind: SocketAddr,
     /// Heartbeat period, milliseconds.
     pub heartbeat_interval_ms: u64,
+    /// How often node metrics are sampled and sent to the group master, milliseconds
+    /// (0: never).
+    pub metrics_interval_ms: u64,
     /// Largest wait between enrollment or connection retries, milliseconds.
     pub max_backoff_ms: u64,
     /// Timeout of one connection attempt or request, milliseconds.
@@ -56,6 +59,7 @@ impl Default for AgentConfig {
             node_name: None,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             heartbeat_interval_ms: 1000,
+            metrics_interval_ms: 5000,
             max_backoff_ms: 10_000,
             request_timeout_ms: 5_000,
             idle_timeout_ms: 3_000,
@@ -71,6 +75,8 @@ pub struct AgentSettings {
     pub token: Option<String>,
     pub ca_trust: CaTrust,
     pub heartbeat_interval: Duration,
+    /// None: metrics are not sent.
+    pub metrics_interval: Option<Duration>,
     pub max_backoff: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
@@ -86,6 +92,12 @@ impl AgentConfig {
             bail!(
                 "heartbeat_interval_ms must be at least 50 (got {})",
                 self.heartbeat_interval_ms
+            );
+        }
+        if self.metrics_interval_ms != 0 && self.metrics_interval_ms < 500 {
+            bail!(
+                "metrics_interval_ms must be 0 (off) or at least 500 (got {})",
+                self.metrics_interval_ms
             );
         }
         if self.idle_timeout_ms <= self.heartbeat_interval_ms * 2 {
@@ -125,6 +137,8 @@ impl AgentConfig {
             token: self.token.clone(),
             ca_trust,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            metrics_interval: (self.metrics_interval_ms > 0)
+                .then(|| Duration::from_millis(self.metrics_interval_ms)),
             max_backoff: Duration::from_millis(self.max_backoff_ms.max(100)),
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(100)),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),

@@ -3,6 +3,9 @@
 
 use std::sync::Mutex;
 
+use glory_monitor::collect::Collector;
+use glory_monitor::simulated::SimSeries;
+use glory_protocol::monitoring::SeriesKey;
 use glory_protocol::{Disk, Inventory, Load, Nic};
 
 use crate::node_identity::{boot_mac_from_cmdline, node_identity, HardwareFacts};
@@ -12,6 +15,8 @@ use sysinfo::{Disks, Networks, ProcessRefreshKind, ProcessesToUpdate, System};
 pub trait Host: Send + Sync + 'static {
     fn inventory(&self) -> Inventory;
     fn load(&self) -> Load;
+    /// Node metrics now (one call per monitoring interval), each given to `out`.
+    fn sample(&self, now_ms: u64, out: &mut dyn FnMut(&SeriesKey, f64));
     /// Whether processes the cluster master asks for are really run here (simulated
     /// hosts only record them).
     fn runs_processes(&self) -> bool {
@@ -34,6 +39,7 @@ pub struct RealHost {
     /// When the process table was last scanned: a full /proc walk every heartbeat
     /// would cost more than the heartbeat itself on a busy server.
     procs_scanned: Mutex<Option<std::time::Instant>>,
+    collector: Mutex<Option<Collector>>,
 }
 
 /// How often the process count in the load is refreshed.
@@ -62,6 +68,7 @@ impl RealHost {
             system: Mutex::new(system),
             identity,
             procs_scanned: Mutex::new(None),
+            collector: Mutex::new(None),
         }
     }
 
@@ -180,6 +187,15 @@ impl Host for RealHost {
             procs: sys.processes().len() as u32,
         }
     }
+
+    fn sample(&self, _now_ms: u64, out: &mut dyn FnMut(&SeriesKey, f64)) {
+        let Ok(mut collector) = self.collector.lock() else {
+            return;
+        };
+        for (key, value) in collector.get_or_insert_with(Collector::default).sample() {
+            out(&key, value);
+        }
+    }
 }
 
 /// A simulated server: a stable identity derived from its index and a plausible,
@@ -191,6 +207,9 @@ pub struct SimHost {
     /// Run the processes the cluster master asks for on this machine (tests of
     /// component masters), instead of only recording them.
     run_processes: bool,
+    series: SimSeries,
+    /// CPU forced by a simulation hook, and until when (ms since the epoch).
+    forced_cpu: Mutex<Option<(f64, u64)>>,
 }
 
 impl SimHost {
@@ -234,11 +253,37 @@ impl SimHost {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             simulated: true,
         };
+        let series = SimSeries::new(
+            &inventory.hostname,
+            inventory.cpus,
+            inventory.memory_bytes,
+            // Booted at a host-specific time in the last 30 days.
+            glory_protocol::now_ms().saturating_sub((index as u64 * 7_919_000) % (30 * 86_400_000)),
+            &["/"],
+            &["eth0"],
+        );
         SimHost {
             index,
             inventory,
             run_processes: false,
+            series,
+            forced_cpu: Mutex::new(None),
         }
+    }
+
+    /// Hold the CPU at `cpu_percent` until `until_ms` (a simulation hook: load spikes
+    /// that alerts must catch).
+    pub fn force_cpu(&self, cpu_percent: f64, until_ms: u64) {
+        if let Ok(mut forced) = self.forced_cpu.lock() {
+            *forced = Some((cpu_percent, until_ms));
+        }
+    }
+
+    fn forced(&self, now_ms: u64) -> Option<f64> {
+        let forced = self.forced_cpu.lock().ok()?;
+        forced
+            .filter(|(_, until)| now_ms < *until)
+            .map(|(cpu, _)| cpu)
     }
 
     /// A simulated server that really runs the processes it is asked to run, on this
@@ -261,16 +306,23 @@ impl Host for SimHost {
     }
 
     fn load(&self) -> Load {
-        // A slow wave per host, phase-shifted by index: varied but deterministic-ish.
-        let t = glory_protocol::now_ms() / 1000;
-        let phase = (t + self.index as u64 * 7) % 60;
-        let cpu = 10.0 + (phase as f32) * 1.2;
+        // The same CPU as the metrics say.
+        let now = glory_protocol::now_ms();
+        let cpu = self.series.cpu(now, self.forced(now));
+        let memory = self.inventory.memory_bytes;
         Load {
-            cpu,
-            load1: cpu / 100.0 * self.inventory.cpus as f32,
-            mem_used: (16u64 << 30) + phase * (128 << 20),
-            mem_total: self.inventory.memory_bytes,
-            procs: 200 + (phase as u32),
+            cpu: cpu as f32,
+            load1: (cpu / 100.0 * self.inventory.cpus as f64) as f32,
+            mem_used: (memory as f64 * (0.3 + 0.3 * cpu / 100.0)) as u64,
+            mem_total: memory,
+            procs: 200 + (self.index % 50),
+        }
+    }
+
+    fn sample(&self, now_ms: u64, out: &mut dyn FnMut(&SeriesKey, f64)) {
+        let values = self.series.values(now_ms, self.forced(now_ms));
+        for (key, value) in self.series.keys().iter().zip(values) {
+            out(key, value);
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod lean;
 pub mod link;
 pub mod messages;
+pub mod monitoring;
 pub mod process;
 pub mod targets;
 #[cfg(test)]

@@ -312,6 +312,8 @@ pub enum AgentToGroup {
     /// Every supervised process, first thing in each session (empty after a restart):
     /// what the cluster master knew of this node's processes before is replaced.
     Processes(Vec<ProcessReport>),
+    /// One interval's monitoring samples.
+    Samples(crate::monitoring::SampleBatch),
 }
 
 /// Group master -> agent, on the control stream.
@@ -459,6 +461,12 @@ pub struct GroupReport {
     /// Inventories that changed since the previous report.
     #[serde(default)]
     pub inventories: Vec<(String, Inventory)>,
+    /// Monitoring samples stored since the group master started, and sample batches
+    /// dropped because its monitoring fell behind.
+    #[serde(default)]
+    pub samples_ingested: u64,
+    #[serde(default)]
+    pub samples_dropped: u64,
 }
 
 /// Group master -> cluster master, on the control stream after `Hello`.
@@ -471,6 +479,13 @@ pub enum GroupToCluster {
     },
     StateChanges(Vec<StateChange>),
     Report(GroupReport),
+    /// Alerts that changed state (pending, firing, resolved).
+    Alerts(Vec<crate::monitoring::AlertChange>),
+    /// Every alert pending or firing now, sent when the link (re)starts: the cluster
+    /// master resolves those of the group it knew that are not in it.
+    AlertSnapshot(Vec<crate::monitoring::AlertChange>),
+    /// The answer to a [`ClusterToGroup::Metrics`] query.
+    MetricsAnswer(crate::monitoring::MetricsAnswer),
     /// Agents' process reports, forwarded at once: `(node, report)`.
     Processes(Vec<(String, ProcessReport)>),
     /// A node's whole set of processes, at the start of its session.
@@ -495,7 +510,7 @@ pub struct Member {
 }
 
 /// Cluster master -> group master, on the control stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterToGroup {
     /// Whether this group master leads its group (the first to register does; the
@@ -522,6 +537,10 @@ pub enum ClusterToGroup {
         node: String,
         msg: GroupToAgent,
     },
+    /// Every monitor that applies to the group (replaces the previous set).
+    Monitors(Vec<crate::monitoring::MonitorSpec>),
+    /// A history query; answered with [`GroupToCluster::MetricsAnswer`].
+    Metrics(crate::monitoring::MetricsQuery),
 }
 
 // ---------------------------------------------------------------------------------------

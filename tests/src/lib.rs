@@ -39,6 +39,7 @@ pub struct ClusterBuilder {
     down_after_ms: u64,
     group_size_limit: usize,
     process_agents: usize,
+    metrics_ms: u64,
 }
 
 impl Default for ClusterBuilder {
@@ -50,6 +51,7 @@ impl Default for ClusterBuilder {
             down_after_ms: 750,
             group_size_limit: 250,
             process_agents: 0,
+            metrics_ms: 5000,
         }
     }
 }
@@ -69,6 +71,11 @@ impl ClusterBuilder {
     }
     pub fn down_after_ms(mut self, ms: u64) -> Self {
         self.down_after_ms = ms;
+        self
+    }
+    /// How often agents send metrics (0: never).
+    pub fn metrics_ms(mut self, ms: u64) -> Self {
+        self.metrics_ms = ms;
         self
     }
     pub fn group_size_limit(mut self, n: usize) -> Self {
@@ -136,6 +143,7 @@ impl ClusterBuilder {
             cluster_master: cluster.cm_quic_addr(),
             token: Some(token),
             heartbeat_interval_ms: self.heartbeat_ms,
+            metrics_interval_ms: self.metrics_ms,
             max_backoff_ms: 500,
             idle_timeout_ms: 5000,
             ..Default::default()

@@ -35,7 +35,8 @@ const OWNED: &[(&str, &[&str])] = &[
     ("quinn", &["glory-protocol"]),
     ("quinn-proto", &["glory-protocol"]),
     ("quinn-udp", &["glory-protocol"]),
-    ("rusqlite", &["glory-keymaster"]),
+    // The embedded key master's store, and the group masters' statistics store.
+    ("rusqlite", &["glory-keymaster", "glory-monitor"]),
     ("etcd-client", &["glory-keymaster"]),
     ("tonic", &["glory-keymaster"]),
 ];

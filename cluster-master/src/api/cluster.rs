@@ -49,6 +49,7 @@ async fn get_cluster(Active(cluster): Active) -> Json<Value> {
         "groups_connected": connected,
         "group_size_limit": cluster.settings.group_size_limit,
         "heartbeats": {"received": received, "lost": lost},
+        "alerts_firing": cluster.monitoring.alerts().count_firing(),
         "transitions": cluster
             .transition_counts()
             .into_iter()

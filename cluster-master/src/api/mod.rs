@@ -20,6 +20,7 @@ mod error;
 mod events;
 mod extract;
 mod groups;
+mod monitoring;
 mod nodes;
 mod openapi;
 mod pools;
@@ -40,6 +41,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(bootstrap_tokens::routes())
         .merge(sim::routes())
         .merge(events::routes())
+        .merge(monitoring::routes())
         .route_layer(axum::middleware::from_fn(auth::operator_only));
     // Families that decide per caller (tenant, role) what it may see and do.
     let api = operator

@@ -17,6 +17,45 @@ pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/sim/nodes/{id}/kill", post(sim_kill))
         .route("/sim/nodes/{id}/restart", post(sim_restart))
+        .route("/sim/nodes/{id}/load", post(sim_load))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadBody {
+    cpu_percent: f64,
+    #[serde(default = "sixty")]
+    seconds: u64,
+}
+
+fn sixty() -> u64 {
+    60
+}
+
+/// Hold a simulated node's CPU at `cpu_percent` for `seconds`.
+async fn sim_load(
+    Active(cluster): Active,
+    Path(id): Path<String>,
+    super::J(body): super::J<LoadBody>,
+) -> ApiResult<Json<Value>> {
+    let sim = cluster.sim.as_ref().ok_or_else(|| {
+        ApiError::not_found("simulation routes exist only in glory up / glory sim")
+    })?;
+    if !(0.0..=100.0).contains(&body.cpu_percent) {
+        return Err(ApiError::bad_request("cpu_percent: between 0 and 100"));
+    }
+    if !(1..=86_400).contains(&body.seconds) {
+        return Err(ApiError::bad_request("seconds: between 1 and 86400"));
+    }
+    if !cluster.read().nodes.contains_key(&id) {
+        return Err(ApiError::not_found(format!("node {id} does not exist")));
+    }
+    sim.load(&id, body.cpu_percent, body.seconds)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
+    Ok(Json(
+        json!({"node": id, "cpu_percent": body.cpu_percent, "seconds": body.seconds}),
+    ))
 }
 
 async fn sim_action(cluster: &Cluster, id: &str, kill: bool) -> ApiResult<Json<Value>> {

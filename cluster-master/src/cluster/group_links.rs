@@ -91,6 +91,11 @@ impl Cluster {
         if active {
             first.push(self.members_message(&reg, group));
         }
+        drop(reg);
+        if active {
+            first.push(self.monitors_for_new_link(group));
+        }
+        let reg = self.read();
         if let Some(entry) = reg.groups.get(group) {
             // Everyone else of the group learns the new list of masters.
             for other in entry

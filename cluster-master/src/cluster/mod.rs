@@ -40,6 +40,9 @@ pub trait SimControl: Send + Sync + 'static {
     async fn kill(&self, node: &str) -> Result<(), String>;
     /// Power a simulated node back on with its old identity.
     async fn restart(&self, node: &str) -> Result<(), String>;
+    /// Hold a simulated node's CPU at `cpu_percent` for `seconds` (its metrics and
+    /// heartbeat load say so).
+    async fn load(&self, node: &str, cpu_percent: f64, seconds: u64) -> Result<(), String>;
 }
 
 pub(crate) fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
@@ -71,6 +74,7 @@ pub struct Cluster {
     /// Transitions into each state since start, indexed like `NodeState::ALL`.
     transitions: [AtomicU64; 6],
     pub(crate) pools: crate::pools::PoolState,
+    pub(crate) monitoring: crate::monitoring::MonitoringState,
     pub(crate) events: crate::events::EventBus,
     /// Wakes the pool reconciler (a pool node changed state, a candidate changed...).
     pub(crate) pool_changed: tokio::sync::Notify,
@@ -156,6 +160,9 @@ impl Cluster {
         let tenants = crate::pools::load_tenants(km.as_ref())
             .await
             .context("load tenants")?;
+        let monitoring = crate::monitoring::MonitoringState::load(km.as_ref())
+            .await
+            .context("load monitors")?;
         // Until their group masters report, nobody knows how live nodes are.
         let now = glory_protocol::now_ms();
         let mut stale = Vec::new();
@@ -193,6 +200,7 @@ impl Cluster {
             next_session: AtomicU64::new(1),
             transitions: Default::default(),
             pools: crate::pools::PoolState::new(book, tenants),
+            monitoring,
             events: Default::default(),
             pool_changed: tokio::sync::Notify::new(),
             group_master_remotes: RwLock::new(HashSet::new()),

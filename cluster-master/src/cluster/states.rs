@@ -62,6 +62,8 @@ impl Cluster {
             if let Some(entry) = reg.groups.get_mut(group) {
                 entry.heartbeats_received = report.heartbeats_received;
                 entry.heartbeats_lost = report.heartbeats_lost;
+                entry.samples_ingested = report.samples_ingested;
+                entry.samples_dropped = report.samples_dropped;
                 entry.last_report_ms = now;
             }
             for load in report.loads {

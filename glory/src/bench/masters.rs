@@ -21,6 +21,9 @@ pub(super) struct GroupSlot {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Numbers the group masters' statistics files (a standby has its own).
+static STATS_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The masters of a hierarchy run, in this process.
 pub(super) struct Masters {
     pub(super) km: Arc<dyn KeyMaster>,
@@ -73,6 +76,12 @@ impl Masters {
             cluster_master: relay.local,
             heartbeat_interval_ms: self.options.heartbeat_ms,
             down_after_ms: self.options.down_after_ms,
+            // On disk, as a real group master's: in memory, history would count as
+            // the masters' memory.
+            stats_db: Some(self.cm_config.data_dir.join(format!(
+                "stats-{id}-{}.db",
+                STATS_FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ))),
             ..Default::default()
         };
         let identity = self.cm().cluster.issue_group_master_identity(id)?;

@@ -1,0 +1,370 @@
+//! Monitors: checked, written to the key master, then pushed to the active master of
+//! every group they apply to. A group master gets the monitors in force for its group,
+//! with pool, label and node scopes resolved to its nodes (it knows neither pools nor
+//! labels); the set is sent again whenever it changes.
+
+use std::collections::BTreeSet;
+
+use glory_keymaster::schema::{self, MonitorRecord, MonitorScope, RuleRecord, RECORD_VERSION};
+use glory_keymaster::{Compare, Txn, TxnOp};
+use glory_protocol::monitoring::{Aggregate, Level, MonitorSpec, Op, Rule};
+use glory_protocol::ClusterToGroup;
+use tracing::info;
+
+use crate::cluster::Cluster;
+use crate::pools::{check_name, OpError, OpResultT};
+use crate::registry::Registry;
+
+fn invalid(message: String) -> OpError {
+    OpError::Invalid(message)
+}
+
+fn level_of(text: &str) -> Option<Level> {
+    match text {
+        "info" => Some(Level::Info),
+        "warning" => Some(Level::Warning),
+        "critical" => Some(Level::Critical),
+        _ => None,
+    }
+}
+
+fn op_of(text: &str) -> Option<Op> {
+    match text {
+        ">" => Some(Op::Gt),
+        ">=" => Some(Op::Ge),
+        "<" => Some(Op::Lt),
+        "<=" => Some(Op::Le),
+        _ => None,
+    }
+}
+
+fn aggregate_of(record: &schema::AggregateRecord) -> Result<Aggregate, String> {
+    match (record.function.as_str(), record.threshold) {
+        ("avg", _) => Ok(Aggregate::Avg),
+        ("max", _) => Ok(Aggregate::Max),
+        ("fraction_over", Some(threshold)) if threshold.is_finite() => {
+            Ok(Aggregate::FractionOver { threshold })
+        }
+        ("fraction_over", _) => Err("fraction_over needs a numeric threshold".into()),
+        (other, _) => Err(format!(
+            "{other:?} is not an aggregate (avg, max, fraction_over)"
+        )),
+    }
+}
+
+/// The rule as group masters evaluate it (the record was validated).
+fn rule_of(r: &RuleRecord) -> Rule {
+    Rule {
+        level: level_of(&r.level).unwrap_or_default(),
+        op: op_of(&r.op).unwrap_or_default(),
+        threshold: r.threshold,
+        for_seconds: r.for_seconds,
+        recover_threshold: r.recover_threshold,
+        keep_firing_seconds: r.keep_firing_seconds,
+        aggregate: r.aggregate.as_ref().and_then(|a| aggregate_of(a).ok()),
+    }
+}
+
+/// Check a monitor before anything is written; every message names the field.
+pub(crate) fn validate_monitor(m: &MonitorRecord) -> OpResultT<()> {
+    check_name("name", &m.name)?;
+    if m.kind != "metric" {
+        return Err(invalid(format!(
+            "kind: {:?} is not supported (metric; process and check monitors are not built yet)",
+            m.kind
+        )));
+    }
+    if !glory_monitor::items::is_known(&m.item) {
+        return Err(invalid(format!(
+            "item: unknown item {:?} (known: {})",
+            m.item,
+            glory_monitor::items::NODE_ITEMS.join(", ")
+        )));
+    }
+    if !(1..=3600).contains(&m.interval_seconds) {
+        return Err(invalid(format!(
+            "interval_seconds: {} is not between 1 and 3600",
+            m.interval_seconds
+        )));
+    }
+    if let MonitorScope::All(false) = m.scope {
+        return Err(invalid("scope: all must be true".into()));
+    }
+    if m.rules.is_empty() || m.rules.len() > 8 {
+        return Err(invalid("rules: between 1 and 8 rules".into()));
+    }
+    let mut levels = BTreeSet::new();
+    for (i, r) in m.rules.iter().enumerate() {
+        let field = |name: &str| format!("rules[{i}].{name}");
+        if level_of(&r.level).is_none() {
+            return Err(invalid(format!(
+                "{}: {:?} is not a level (info, warning, critical)",
+                field("level"),
+                r.level
+            )));
+        }
+        if !levels.insert((r.level.clone(), r.aggregate.is_some())) {
+            return Err(invalid(format!(
+                "{}: two rules of level {} (one per level, and one group rule per level)",
+                field("level"),
+                r.level
+            )));
+        }
+        if op_of(&r.op).is_none() {
+            return Err(invalid(format!(
+                "{}: {:?} is not an operator (>, >=, <, <=)",
+                field("op"),
+                r.op
+            )));
+        }
+        if !r.threshold.is_finite() {
+            return Err(invalid(format!("{}: not a number", field("threshold"))));
+        }
+        if r.recover_threshold.is_some_and(|t| !t.is_finite()) {
+            return Err(invalid(format!(
+                "{}: not a number",
+                field("recover_threshold")
+            )));
+        }
+        if let Some(agg) = &r.aggregate {
+            aggregate_of(agg).map_err(|e| invalid(format!("{}: {e}", field("aggregate"))))?;
+        }
+        if r.for_seconds > 86_400 || r.keep_firing_seconds > 86_400 {
+            return Err(invalid(format!(
+                "{}: for_seconds and keep_firing_seconds are at most a day",
+                field("for_seconds")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The nodes of `group` that `scope` names: None for the whole group, Some(empty) for
+/// none of them.
+fn scope_nodes(
+    scope: &MonitorScope,
+    group: &str,
+    reg: &Registry,
+    pool_nodes: &dyn Fn(&str) -> Vec<String>,
+) -> Option<Vec<String>> {
+    let in_group = |n: &String| reg.nodes.get(n).is_some_and(|e| e.record.group == group);
+    match scope {
+        MonitorScope::All(_) => None,
+        MonitorScope::Group(g) if g == group => None,
+        MonitorScope::Group(_) => Some(Vec::new()),
+        MonitorScope::Node(n) => Some(std::iter::once(n.clone()).filter(in_group).collect()),
+        MonitorScope::Pool(p) => Some(pool_nodes(p).into_iter().filter(in_group).collect()),
+        MonitorScope::Labels(want) => Some(
+            reg.groups
+                .get(group)
+                .map(|g| {
+                    g.members
+                        .iter()
+                        .filter(|n| {
+                            reg.nodes.get(*n).is_some_and(|e| {
+                                want.iter().all(|(k, v)| e.record.labels.get(k) == Some(v))
+                            })
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+impl Cluster {
+    /// Create (`create`) or replace a monitor.
+    pub(crate) async fn put_monitor(
+        &self,
+        mut record: MonitorRecord,
+        create: bool,
+    ) -> OpResultT<MonitorRecord> {
+        validate_monitor(&record)?;
+        self.check_scope(&record.scope)?;
+        let _serial = self.monitoring.write.lock().await;
+        let now = glory_protocol::now_ms();
+        let old = self.monitoring.monitors().get(&record.name).cloned();
+        match (&old, create) {
+            (Some(_), true) => {
+                return Err(OpError::Conflict {
+                    message: format!("monitor {} already exists", record.name),
+                    fit: None,
+                })
+            }
+            (None, false) => {
+                return Err(OpError::NotFound(format!(
+                    "monitor {} does not exist",
+                    record.name
+                )))
+            }
+            _ => {}
+        }
+        record.v = RECORD_VERSION;
+        record.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
+        record.updated_ms = now;
+        let key = schema::monitor_key(&record.name);
+        // Creation must not overwrite a monitor another master wrote meanwhile; a
+        // replacement replaces whatever is there.
+        let compares = if create {
+            vec![Compare::absent(key.clone())]
+        } else {
+            Vec::new()
+        };
+        let resp = self
+            .km_txn(Txn {
+                compares,
+                success: vec![TxnOp::put(key, schema::encode(&record))],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(OpError::Conflict {
+                message: format!("monitor {} changed meanwhile; try again", record.name),
+                fit: None,
+            });
+        }
+        info!(monitor = %record.name, "monitor {}", if create { "created" } else { "replaced" });
+        self.monitoring
+            .monitors_mut()
+            .insert(record.name.clone(), record.clone());
+        self.push_monitors();
+        Ok(record)
+    }
+
+    pub(crate) async fn delete_monitor(&self, name: &str) -> OpResultT<()> {
+        let _serial = self.monitoring.write.lock().await;
+        if !self.monitoring.monitors().contains_key(name) {
+            return Err(OpError::NotFound(format!("monitor {name} does not exist")));
+        }
+        self.km_txn(Txn {
+            success: vec![TxnOp::delete(schema::monitor_key(name))],
+            ..Default::default()
+        })
+        .await?;
+        info!(monitor = %name, "monitor deleted");
+        self.monitoring.monitors_mut().remove(name);
+        self.push_monitors();
+        Ok(())
+    }
+
+    /// A scope must name things that exist.
+    fn check_scope(&self, scope: &MonitorScope) -> OpResultT<()> {
+        let missing = |what: &str, name: &str| {
+            Err(invalid(format!(
+                "scope.{what}: {what} {name} does not exist"
+            )))
+        };
+        match scope {
+            MonitorScope::Pool(p) if self.pools.book().get(p).is_none() => missing("pool", p),
+            MonitorScope::Group(g) if !self.read().groups.contains_key(g) => missing("group", g),
+            MonitorScope::Node(n) if !self.read().nodes.contains_key(n) => missing("node", n),
+            MonitorScope::Labels(l) if l.is_empty() => {
+                Err(invalid("scope.labels: at least one label".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The monitors in force for `group`, scopes resolved to its nodes.
+    pub(crate) fn monitor_specs(&self, group: &str) -> Vec<MonitorSpec> {
+        let pool_nodes = |p: &str| {
+            self.pools
+                .book()
+                .get(p)
+                .map(|p| p.nodes.clone())
+                .unwrap_or_default()
+        };
+        let monitors = self.monitoring.monitors();
+        let reg = self.read();
+        monitors
+            .values()
+            .filter_map(|m| {
+                let nodes = scope_nodes(&m.scope, group, &reg, &pool_nodes);
+                if nodes.as_ref().is_some_and(Vec::is_empty) {
+                    return None;
+                }
+                Some(MonitorSpec {
+                    name: m.name.clone(),
+                    item: m.item.clone(),
+                    labels: m.labels.clone(),
+                    nodes,
+                    rules: m.rules.iter().map(rule_of).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Send each group's active master its monitors, where they changed since last
+    /// sent (monitor changes, and pools or labels that moved nodes in or out of scope).
+    pub(crate) fn push_monitors(&self) {
+        let groups: Vec<String> = self.read().groups.keys().cloned().collect();
+        for group in groups {
+            let specs = self.monitor_specs(&group);
+            let mut sent = super::guard(self.monitoring.sent.lock());
+            if sent.get(&group) == Some(&specs) {
+                continue;
+            }
+            let reg = self.read();
+            let Some(entry) = reg.groups.get(&group) else {
+                continue;
+            };
+            if entry.link.is_some() {
+                entry.notify(ClusterToGroup::Monitors(specs.clone()));
+                sent.insert(group, specs);
+            }
+        }
+    }
+
+    /// A group's active master (re)connected: it gets its monitors in its first
+    /// messages.
+    pub(crate) fn monitors_for_new_link(&self, group: &str) -> ClusterToGroup {
+        let specs = self.monitor_specs(group);
+        super::guard(self.monitoring.sent.lock()).insert(group.to_string(), specs.clone());
+        ClusterToGroup::Monitors(specs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn good() -> Value {
+        json!({"name": "cpu", "scope": {"all": true}, "kind": "metric", "item": "cpu.percent",
+        "interval_seconds": 5, "created_ms": 0, "updated_ms": 0,
+        "rules": [
+            {"level": "warning", "op": ">", "threshold": 90, "for_seconds": 60, "recover_threshold": 80},
+            {"level": "critical", "threshold": 30, "aggregate": {"fn": "fraction_over", "threshold": 90}}
+        ]})
+    }
+
+    #[test]
+    fn bad_monitors_are_refused_naming_the_field() {
+        let record = |v: Value| serde_json::from_value::<MonitorRecord>(v).unwrap();
+        validate_monitor(&record(good())).unwrap();
+        type Edit = fn(&mut Value);
+        let cases: [(&str, Edit); 8] = [
+            ("item", |v| v["item"] = "cpu.percentage".into()),
+            ("kind", |v| v["kind"] = "process".into()),
+            ("interval_seconds", |v| v["interval_seconds"] = 0.into()),
+            ("rules[0].level", |v| {
+                v["rules"][0]["level"] = "fatal".into()
+            }),
+            ("rules[0].op", |v| v["rules"][0]["op"] = "=".into()),
+            ("name", |v| v["name"] = "CPU".into()),
+            ("rules[1].aggregate", |v| {
+                v["rules"][1]["aggregate"]["fn"] = "median".into()
+            }),
+            ("rules[1].level", |v| {
+                v["rules"][1] = json!({"level": "warning", "threshold": 1})
+            }),
+        ];
+        for (field, edit) in cases {
+            let mut v = good();
+            edit(&mut v);
+            let err = validate_monitor(&record(v)).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+    }
+}

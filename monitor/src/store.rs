@@ -1,0 +1,507 @@
+//! The statistics store a group master keeps for its nodes (SQLite): raw samples for
+//! 6 hours, 1-minute rollups for 7 days, 1-hour rollups for 90 days.
+//!
+//! One row per node and interval, not per value: an agent's batch of about 40 values is
+//! one row of packed `(series, value)` pairs, and a minute's or an hour's rollups of a
+//! node are one row too. A group master of 250 nodes sampled every 5 s writes 50 rows a
+//! second, in one transaction per interval ([`Store::commit`]), where a row per value
+//! would be 2,000. Series names are numbered once in `series`.
+//!
+//! Queries pick the finest resolution that still holds the range, then fold its points
+//! into buckets of the asked step.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use glory_protocol::monitoring::{Point, SeriesKey};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::rollup::{bucket, Rollup};
+
+pub const MINUTE_MS: u64 = 60_000;
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// How long each resolution is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub raw_ms: u64,
+    pub minute_ms: u64,
+    pub hour_ms: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            raw_ms: 6 * HOUR_MS,
+            minute_ms: 7 * 24 * HOUR_MS,
+            hour_ms: 90 * 24 * HOUR_MS,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("statistics store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("no history for node {0}")]
+    UnknownNode(String),
+}
+
+/// The resolutions, finest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    Raw,
+    Minute,
+    Hour,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Raw => "raw",
+            Table::Minute => "m1",
+            Table::Hour => "h1",
+        }
+    }
+}
+
+/// Rollups of one node in the bucket being filled.
+#[derive(Default)]
+struct Open {
+    start: u64,
+    series: HashMap<u32, Rollup>,
+}
+
+impl Open {
+    /// Add `values` at `t` into the bucket of `width`; returns the previous bucket when
+    /// `t` starts a new one.
+    fn add(&mut self, t: u64, width: u64, values: &[(u32, Rollup)]) -> Option<Open> {
+        let start = bucket(t, width);
+        let done = (start != self.start && !self.series.is_empty()).then(|| Open {
+            start: self.start,
+            series: std::mem::take(&mut self.series),
+        });
+        self.start = start;
+        for (sid, r) in values {
+            self.series
+                .entry(*sid)
+                .and_modify(|x| x.merge(r))
+                .or_insert(*r);
+        }
+        done
+    }
+}
+
+struct NodeState {
+    id: i64,
+    minute: Open,
+    hour: Open,
+}
+
+pub struct Store {
+    conn: Connection,
+    retention: Retention,
+    series: HashMap<SeriesKey, u32>,
+    nodes: HashMap<String, NodeState>,
+    /// Rows waiting for the next commit: (table, node id, t, data).
+    pending: Vec<(Table, i64, u64, Vec<u8>)>,
+    last_retention_ms: u64,
+    rows_written: u64,
+}
+
+impl Store {
+    /// Open (or create) the store at `path`.
+    pub fn open(path: &Path, retention: Retention) -> Result<Self, StoreError> {
+        Self::with(Connection::open(path)?, retention)
+    }
+
+    /// A store in memory (tests, simulations that keep no files).
+    pub fn in_memory(retention: Retention) -> Result<Self, StoreError> {
+        Self::with(Connection::open_in_memory()?, retention)
+    }
+
+    fn with(conn: Connection, retention: Retention) -> Result<Self, StoreError> {
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
+             PRAGMA cache_size=-512;
+             CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+             CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+             CREATE TABLE IF NOT EXISTS raw (node INTEGER, t INTEGER, data BLOB, PRIMARY KEY (node, t)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS m1 (node INTEGER, t INTEGER, data BLOB, PRIMARY KEY (node, t)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS h1 (node INTEGER, t INTEGER, data BLOB, PRIMARY KEY (node, t)) WITHOUT ROWID;",
+        )?;
+        let mut series = HashMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT id, key FROM series")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, key) = row?;
+                series.insert(parse_key(&key), id);
+            }
+        }
+        Ok(Store {
+            conn,
+            retention,
+            series,
+            nodes: HashMap::new(),
+            pending: Vec::new(),
+            last_retention_ms: 0,
+            rows_written: 0,
+        })
+    }
+
+    fn series_id(&mut self, key: &SeriesKey) -> Result<u32, StoreError> {
+        if let Some(id) = self.series.get(key) {
+            return Ok(*id);
+        }
+        self.conn.execute(
+            "INSERT OR IGNORE INTO series (key) VALUES (?1)",
+            params![key.to_string()],
+        )?;
+        let id: u32 = self.conn.query_row(
+            "SELECT id FROM series WHERE key = ?1",
+            params![key.to_string()],
+            |r| r.get(0),
+        )?;
+        self.series.insert(key.clone(), id);
+        Ok(id)
+    }
+
+    fn node(&mut self, name: &str) -> Result<&mut NodeState, StoreError> {
+        if !self.nodes.contains_key(name) {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO nodes (name) VALUES (?1)",
+                params![name],
+            )?;
+            let id: i64 = self.conn.query_row(
+                "SELECT id FROM nodes WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )?;
+            self.nodes.insert(
+                name.to_string(),
+                NodeState {
+                    id,
+                    minute: Open::default(),
+                    hour: Open::default(),
+                },
+            );
+        }
+        Ok(self.nodes.get_mut(name).expect("inserted above"))
+    }
+
+    /// A node's samples taken at `t_ms`; written at the next [`Store::commit`].
+    pub fn ingest(
+        &mut self,
+        node: &str,
+        t_ms: u64,
+        values: &[(&SeriesKey, f64)],
+    ) -> Result<(), StoreError> {
+        let mut ids = Vec::with_capacity(values.len());
+        for (key, value) in values {
+            if value.is_finite() {
+                ids.push((self.series_id(key)?, *value));
+            }
+        }
+        let raw = encode_values(&ids);
+        let rollups: Vec<(u32, Rollup)> = ids.iter().map(|(s, v)| (*s, Rollup::of(*v))).collect();
+        let state = self.node(node)?;
+        let id = state.id;
+        let minute_done = state.minute.add(t_ms, MINUTE_MS, &rollups);
+        let mut done = Vec::new();
+        if let Some(minute) = minute_done {
+            let series: Vec<(u32, Rollup)> = minute.series.into_iter().collect();
+            if let Some(hour) = state.hour.add(minute.start, HOUR_MS, &series) {
+                done.push((Table::Hour, hour.start, encode_rollups(hour.series)));
+            }
+            done.push((
+                Table::Minute,
+                minute.start,
+                encode_rollups(series.into_iter().collect()),
+            ));
+        }
+        self.pending.push((Table::Raw, id, t_ms, raw));
+        for (table, t, data) in done {
+            self.pending.push((table, id, t, data));
+        }
+        Ok(())
+    }
+
+    /// Write what was ingested since the last commit in one transaction, and drop what
+    /// is past retention (once a minute).
+    pub fn commit(&mut self, now_ms: u64) -> Result<usize, StoreError> {
+        let rows = std::mem::take(&mut self.pending);
+        let tx = self.conn.transaction()?;
+        for (table, node, t, data) in &rows {
+            let sql = match table {
+                Table::Raw => "INSERT OR REPLACE INTO raw (node, t, data) VALUES (?1, ?2, ?3)",
+                Table::Minute => "INSERT OR REPLACE INTO m1 (node, t, data) VALUES (?1, ?2, ?3)",
+                Table::Hour => "INSERT OR REPLACE INTO h1 (node, t, data) VALUES (?1, ?2, ?3)",
+            };
+            tx.prepare_cached(sql)?
+                .execute(params![node, *t as i64, data])?;
+        }
+        if now_ms.saturating_sub(self.last_retention_ms) >= MINUTE_MS {
+            self.last_retention_ms = now_ms;
+            for (table, keep) in [
+                (Table::Raw, self.retention.raw_ms),
+                (Table::Minute, self.retention.minute_ms),
+                (Table::Hour, self.retention.hour_ms),
+            ] {
+                let cut = now_ms.saturating_sub(keep) as i64;
+                tx.execute(
+                    &format!("DELETE FROM {} WHERE t < ?1", table.name()),
+                    params![cut],
+                )?;
+            }
+        }
+        tx.commit()?;
+        self.rows_written += rows.len() as u64;
+        Ok(rows.len())
+    }
+
+    /// Rows written since the store was opened.
+    pub fn rows_written(&self) -> u64 {
+        self.rows_written
+    }
+
+    /// Bytes the database takes on disk (or in memory).
+    pub fn size_bytes(&self) -> u64 {
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap_or(0);
+        let size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap_or(0);
+        (pages * size) as u64
+    }
+
+    /// `node`'s history of `key` from `from_ms` to `to_ms`, as points of `step_ms`
+    /// (0: the resolution's own). Returns the step used and the points, oldest first.
+    pub fn query(
+        &self,
+        node: &str,
+        key: &SeriesKey,
+        from_ms: u64,
+        to_ms: u64,
+        step_ms: u64,
+        now_ms: u64,
+    ) -> Result<(u64, Vec<Point>), StoreError> {
+        let node_id: i64 = self
+            .conn
+            .query_row("SELECT id FROM nodes WHERE name = ?1", params![node], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownNode(node.to_string()))?;
+        let Some(&sid) = self.series.get(key) else {
+            return Ok((step_ms.max(1000), Vec::new()));
+        };
+        let table = resolution(from_ms, step_ms, now_ms, &self.retention);
+        let own = match table {
+            Table::Raw => 0,
+            Table::Minute => MINUTE_MS,
+            Table::Hour => HOUR_MS,
+        };
+        let step = step_ms.max(own).max(1000);
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT t, data FROM {} WHERE node = ?1 AND t >= ?2 AND t <= ?3 ORDER BY t",
+            table.name()
+        ))?;
+        let rows = stmt.query_map(
+            params![node_id, bucket(from_ms, own.max(1)) as i64, to_ms as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+        )?;
+        let mut buckets: Vec<(u64, Rollup)> = Vec::new();
+        for row in rows {
+            let (t, data) = row?;
+            let found = match table {
+                Table::Raw => decode_values(&data)
+                    .find(|(s, _)| *s == sid)
+                    .map(|(_, v)| Rollup::of(v)),
+                _ => decode_rollups(&data)
+                    .find(|(s, _)| *s == sid)
+                    .map(|(_, r)| r),
+            };
+            let Some(r) = found else { continue };
+            let b = bucket(t, step);
+            match buckets.last_mut() {
+                Some((start, acc)) if *start == b => acc.merge(&r),
+                _ => buckets.push((b, r)),
+            }
+        }
+        Ok((
+            step,
+            buckets
+                .into_iter()
+                .map(|(t, r)| (t, r.avg(), r.min, r.max))
+                .collect(),
+        ))
+    }
+}
+
+/// The finest resolution that holds `from_ms` and is no finer than asked.
+fn resolution(from_ms: u64, step_ms: u64, now_ms: u64, retention: &Retention) -> Table {
+    let age = now_ms.saturating_sub(from_ms);
+    if age <= retention.raw_ms && step_ms < MINUTE_MS {
+        Table::Raw
+    } else if age <= retention.minute_ms && step_ms < HOUR_MS {
+        Table::Minute
+    } else {
+        Table::Hour
+    }
+}
+
+/// `item{a=b,c=d}` back into a key (the form `SeriesKey`'s `Display` writes).
+fn parse_key(text: &str) -> SeriesKey {
+    match text.split_once('{') {
+        None => SeriesKey::new(text),
+        Some((item, rest)) => {
+            let mut key = SeriesKey::new(item);
+            for pair in rest.trim_end_matches('}').split(',') {
+                if let Some((n, v)) = pair.split_once('=') {
+                    key = key.label(n, v);
+                }
+            }
+            key
+        }
+    }
+}
+
+fn encode_values(values: &[(u32, f64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 12);
+    for (s, v) in values {
+        out.extend_from_slice(&s.to_le_bytes());
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn decode_values(data: &[u8]) -> impl Iterator<Item = (u32, f64)> + '_ {
+    data.chunks_exact(12).map(|c| {
+        (
+            u32::from_le_bytes(c[0..4].try_into().unwrap_or_default()),
+            f64::from_le_bytes(c[4..12].try_into().unwrap_or_default()),
+        )
+    })
+}
+
+fn encode_rollups(series: HashMap<u32, Rollup>) -> Vec<u8> {
+    let mut sorted: Vec<(u32, Rollup)> = series.into_iter().collect();
+    sorted.sort_by_key(|(s, _)| *s);
+    let mut out = Vec::with_capacity(sorted.len() * 32);
+    for (s, r) in sorted {
+        out.extend_from_slice(&s.to_le_bytes());
+        out.extend_from_slice(&(r.min as f32).to_le_bytes());
+        out.extend_from_slice(&(r.max as f32).to_le_bytes());
+        out.extend_from_slice(&r.sum.to_le_bytes());
+        out.extend_from_slice(&r.count.to_le_bytes());
+    }
+    out
+}
+
+fn decode_rollups(data: &[u8]) -> impl Iterator<Item = (u32, Rollup)> + '_ {
+    data.chunks_exact(24).map(|c| {
+        let f32_at = |i: usize| f32::from_le_bytes(c[i..i + 4].try_into().unwrap_or_default());
+        (
+            u32::from_le_bytes(c[0..4].try_into().unwrap_or_default()),
+            Rollup {
+                min: f32_at(4) as f64,
+                max: f32_at(8) as f64,
+                sum: f64::from_le_bytes(c[12..20].try_into().unwrap_or_default()),
+                count: u32::from_le_bytes(c[20..24].try_into().unwrap_or_default()),
+            },
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS;
+
+    fn cpu() -> SeriesKey {
+        SeriesKey::new("cpu.percent")
+    }
+
+    /// Samples every 5 s for `minutes`, value = minute index (so rollups are easy).
+    fn fill(store: &mut Store, node: &str, minutes: u64) {
+        let disk = SeriesKey::new("disk.used_percent").label("mount", "/");
+        for i in 0..minutes * 12 {
+            let t = T0 + i * 5000;
+            let v = (i / 12) as f64;
+            store
+                .ingest(node, t, &[(&cpu(), v), (&disk, 50.0)])
+                .unwrap();
+            store.commit(t).unwrap();
+        }
+    }
+
+    #[test]
+    fn queries_read_raw_minute_and_hour_resolutions() {
+        let mut store = Store::in_memory(Retention::default()).unwrap();
+        fill(&mut store, "n1", 130);
+        let now = T0 + 130 * MINUTE_MS;
+        // Raw, 5 s points.
+        let (step, points) = store.query("n1", &cpu(), T0, T0 + 60_000, 0, now).unwrap();
+        assert_eq!(step, 1000);
+        assert_eq!(points.len(), 13);
+        assert_eq!(points[12], (T0 + 60_000, 1.0, 1.0, 1.0));
+        // Minute rollups, folded into 10-minute points.
+        let (step, points) = store
+            .query("n1", &cpu(), T0, T0 + 30 * MINUTE_MS - 1, 600_000, now)
+            .unwrap();
+        assert_eq!(step, 600_000);
+        assert_eq!(points[0], (T0, 4.5, 0.0, 9.0));
+        assert_eq!(points.len(), 3);
+        // Hour rollups: the first two hours are complete.
+        let (step, points) = store.query("n1", &cpu(), T0, now, HOUR_MS, now).unwrap();
+        assert_eq!(step, HOUR_MS);
+        assert_eq!(points[0], (T0, 29.5, 0.0, 59.0));
+        assert_eq!(points[1], (T0 + HOUR_MS, 89.5, 60.0, 119.0));
+        // Labels tell series apart.
+        let disk = SeriesKey::new("disk.used_percent").label("mount", "/");
+        let (_, points) = store.query("n1", &disk, T0, T0 + 5000, 0, now).unwrap();
+        assert_eq!(
+            points,
+            vec![(T0, 50.0, 50.0, 50.0), (T0 + 5000, 50.0, 50.0, 50.0)]
+        );
+        assert!(matches!(
+            store.query("n2", &cpu(), T0, now, 0, now),
+            Err(StoreError::UnknownNode(_))
+        ));
+    }
+
+    #[test]
+    fn retention_drops_old_rows_and_the_store_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.db");
+        let retention = Retention {
+            raw_ms: 10 * MINUTE_MS,
+            ..Retention::default()
+        };
+        let mut store = Store::open(&path, retention).unwrap();
+        fill(&mut store, "n1", 30);
+        let now = T0 + 30 * MINUTE_MS;
+        store.commit(now + MINUTE_MS).unwrap();
+        let (_, old) = store
+            .query("n1", &cpu(), T0, T0 + MINUTE_MS, 0, T0 + 5 * MINUTE_MS)
+            .unwrap();
+        assert!(old.is_empty(), "raw rows past retention are gone: {old:?}");
+        drop(store);
+        let store = Store::open(&path, retention).unwrap();
+        let (_, minutes) = store.query("n1", &cpu(), T0, now, MINUTE_MS, now).unwrap();
+        assert_eq!(minutes.len(), 29, "minute rollups survive a reopen");
+    }
+
+    #[test]
+    fn keys_round_trip_through_text() {
+        let key = SeriesKey::new("net.rx_bytes").label("iface", "eth0");
+        assert_eq!(parse_key(&key.to_string()), key);
+        assert_eq!(parse_key("load.1"), SeriesKey::new("load.1"));
+    }
+}

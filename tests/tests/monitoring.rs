@@ -1,0 +1,194 @@
+//! Monitoring end to end, in-process: monitors changed through the API reach the group
+//! masters, a load spike on a simulated node fires an alert within a few sampling
+//! intervals and resolves after it, silences and acknowledgements show, history comes
+//! back through the node's group master, and bad monitors are refused whole.
+
+use std::time::Duration;
+
+use glory_tests::wait::until_some;
+use glory_tests::TestCluster;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Sampling interval of the test's agents.
+const METRICS_MS: u64 = 500;
+
+async fn alerts_of(cluster: &TestCluster, node: &str) -> Vec<Value> {
+    cluster
+        .api
+        .get(&format!("/api/v1/alerts?node={node}"))
+        .await
+        .ok()
+        .and_then(|r| r["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_spike_fires_an_alert_that_resolves_and_history_is_kept() -> anyhow::Result<()> {
+    let cluster = TestCluster::builder()
+        .groups(1)
+        .agents(3)
+        .metrics_ms(METRICS_MS)
+        .start()
+        .await?;
+    cluster.wait_all_up(3, Duration::from_secs(20)).await?;
+    let node = cluster.node_id(0)?;
+    let api = &cluster.api;
+
+    // Bad monitors: 400 naming the field, and nothing is written.
+    let good = json!({"name": "cpu-spike", "scope": {"all": true}, "item": "cpu.percent",
+        "rules": [{"level": "critical", "op": ">", "threshold": 90}]});
+    let bad = |edit: fn(&mut Value)| {
+        let mut v = good.clone();
+        edit(&mut v);
+        v
+    };
+    for (body, field) in [
+        (bad(|v| v["item"] = "cpu.percentage".into()), "item"),
+        (
+            bad(|v| v["rules"][0]["level"] = "fatal".into()),
+            "rules[0].level",
+        ),
+        (
+            bad(|v| v["rules"][0]["threshold"] = "high".into()),
+            "threshold",
+        ),
+        (bad(|v| v["scope"] = json!({"pool": "nope"})), "scope.pool"),
+    ] {
+        let err = api
+            .call(Method::POST, "/api/v1/monitors", Some(body))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("400") && err.contains(field),
+            "{field}: {err}"
+        );
+    }
+    assert_eq!(api.get("/api/v1/monitors").await?["total"], 0);
+
+    let mut events = api.events("/api/v1/events").await?;
+    api.call(Method::POST, "/api/v1/monitors", Some(good))
+        .await?;
+    // The monitor reaches the group master (it is pushed at once); then the spike.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.call(
+        Method::POST,
+        &format!("/api/v1/sim/nodes/{node}/load"),
+        Some(json!({"cpu_percent": 97, "seconds": 4})),
+    )
+    .await?;
+    let (alert, took) = until_some(
+        "a critical alert firing",
+        Duration::from_secs(10),
+        || async {
+            alerts_of(&cluster, &node)
+                .await
+                .into_iter()
+                .find(|a| a["state"] == "firing" && a["level"] == "critical")
+        },
+    )
+    .await?;
+    eprintln!("alert firing {took:?} after the spike began");
+    assert_eq!(alert["monitor"], "cpu-spike");
+    assert_eq!(alert["group"], "g00");
+    assert!(alert["value"].as_f64().unwrap_or(0.0) >= 97.0, "{alert}");
+    let id = alert["id"].as_str().unwrap_or_default().to_string();
+    // The stream announced it.
+    let fired = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(msg) = events.next().await? {
+            if msg.event == "alert_firing" && msg.data["node"] == node.as_str() {
+                return anyhow::Ok(msg.data);
+            }
+        }
+        anyhow::bail!("event stream ended")
+    })
+    .await??;
+    assert_eq!(fired["id"], id.as_str());
+
+    // Acknowledged and silenced, it says so.
+    let acked = api
+        .call(Method::POST, &format!("/api/v1/alerts/{id}/ack"), None)
+        .await?;
+    assert_eq!(acked["acked"], true);
+    let silence = api
+        .call(
+            Method::POST,
+            "/api/v1/silences",
+            Some(
+                json!({"matchers": {"node": node}, "ends_at": glory_protocol::now_ms() + 60_000,
+                "comment": "test"}),
+            ),
+        )
+        .await?;
+    let listed = alerts_of(&cluster, &node).await;
+    let now = listed.iter().find(|a| a["id"] == id.as_str()).cloned();
+    assert_eq!(
+        now.as_ref().map(|a| &a["silenced"]),
+        Some(&json!(true)),
+        "{listed:?}"
+    );
+
+    // The spike ends: resolved.
+    until_some("the alert resolved", Duration::from_secs(15), || async {
+        alerts_of(&cluster, &node)
+            .await
+            .into_iter()
+            .find(|a| a["id"] == id.as_str() && a["state"] == "resolved")
+    })
+    .await?;
+
+    // History, from the group master: the spike is in it.
+    let to = glory_protocol::now_ms();
+    let history = api
+        .get(&format!(
+            "/api/v1/nodes/{node}/metrics?item=cpu.percent&from={}&to={to}&step=1",
+            to - 60_000
+        ))
+        .await?;
+    let points = history["points"].as_array().cloned().unwrap_or_default();
+    assert!(points.len() >= 3, "{history}");
+    let max = points
+        .iter()
+        .filter_map(|p| p[3].as_f64())
+        .fold(f64::MIN, f64::max);
+    assert!(max >= 97.0, "the spike is in the history: {history}");
+    let err = api
+        .get(&format!("/api/v1/nodes/{node}/metrics?item=nope"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("400") && err.contains("item"), "{err}");
+
+    // Deleted, the monitor stops: another spike fires nothing.
+    api.call(Method::DELETE, "/api/v1/monitors/cpu-spike", None)
+        .await?;
+    api.call(
+        Method::DELETE,
+        &format!(
+            "/api/v1/silences/{}",
+            silence["id"].as_str().unwrap_or_default()
+        ),
+        None,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.call(
+        Method::POST,
+        &format!("/api/v1/sim/nodes/{node}/load"),
+        Some(json!({"cpu_percent": 99, "seconds": 3})),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(METRICS_MS * 6)).await;
+    let firing: Vec<Value> = alerts_of(&cluster, &node)
+        .await
+        .into_iter()
+        .filter(|a| a["state"] == "firing")
+        .collect();
+    assert!(
+        firing.is_empty(),
+        "a deleted monitor still fires: {firing:?}"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

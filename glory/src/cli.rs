@@ -519,6 +519,33 @@ pub async fn sim(client: &ApiClient, id: &str, action: &str, as_json: bool) -> a
     Ok(())
 }
 
+/// `glory sim load ID --cpu 95 --for 60s`.
+pub async fn sim_load(
+    client: &ApiClient,
+    id: &str,
+    cpu: f64,
+    duration: &str,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let seconds = crate::bench::faults::parse_duration(duration)
+        .map_err(anyhow::Error::msg)?
+        .as_secs()
+        .max(1);
+    let r = client
+        .call(
+            Method::POST,
+            &format!("/api/v1/sim/nodes/{}/load", urlencode(id)),
+            Some(serde_json::json!({"cpu_percent": cpu, "seconds": seconds})),
+        )
+        .await?;
+    if as_json {
+        print_json(&r);
+    } else {
+        println!("node {id}: CPU held at {cpu}% for {seconds} s");
+    }
+    Ok(())
+}
+
 /// `glory sim --nodes ...`: run the benchmark, print the summary table.
 pub async fn bench(options: crate::bench::SimOptions) -> anyhow::Result<()> {
     eprintln!(

@@ -219,6 +219,16 @@ enum SimAction {
     Kill { id: String },
     /// Power a simulated node back on.
     Restart { id: String },
+    /// Hold a simulated node's CPU at a level for a while (alerts must catch it).
+    Load {
+        id: String,
+        /// CPU percent, 0-100.
+        #[arg(long, default_value_t = 95.0)]
+        cpu: f64,
+        /// How long, e.g. 60s, 5m.
+        #[arg(long = "for", default_value = "60s")]
+        duration: String,
+    },
 }
 
 /// `glory nodes | head` closes our stdout early: end quietly, as Unix tools do, instead
@@ -381,6 +391,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: Some(SimAction::Restart { id }),
             ..
         } => c::sim(&client, &id, "restart", cli.json).await,
+        Command::Sim {
+            action: Some(SimAction::Load { id, cpu, duration }),
+            ..
+        } => c::sim_load(&client, &id, cpu, &duration, cli.json).await,
     }
 }
 

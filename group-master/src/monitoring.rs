@@ -17,6 +17,7 @@ use glory_monitor::evaluate::Evaluator;
 use glory_monitor::store::{Retention, Store};
 use glory_protocol::monitoring::{
     AlertChange, AlertKey, AlertState, MetricsAnswer, MetricsQuery, MonitorSpec, SampleBatch,
+    SeriesKey,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -95,7 +96,8 @@ impl Monitoring {
 struct Task {
     store: Store,
     evaluator: Evaluator,
-    readers: HashMap<String, (u64, BatchReader)>,
+    /// Per node: its session, and what the session's series numbers are in the store.
+    readers: HashMap<String, (u64, BatchReader<u32>)>,
     /// Alerts pending or firing now, as last reported.
     active: HashMap<AlertKey, AlertChange>,
     shared: Arc<Shared>,
@@ -149,7 +151,8 @@ impl Task {
                         &mut self.readers.get_mut(&node).expect("inserted").1
                     }
                 };
-                let samples = match reader.read(&batch) {
+                let store = &mut self.store;
+                let samples = match reader.read(&batch, |key| store.series_id(key)) {
                     Ok(samples) => samples,
                     Err(e) => {
                         debug!(node_id = %node, error = %e, "sample batch dropped");
@@ -162,8 +165,14 @@ impl Task {
                 }
                 self.ingested
                     .fetch_add(samples.len() as u64, Ordering::Relaxed);
-                let changes = self.evaluator.samples(&node, &samples, now);
-                self.publish(changes);
+                if !self.evaluator.monitors().is_empty() {
+                    let keyed: Vec<(&SeriesKey, f64)> = samples
+                        .iter()
+                        .filter_map(|(id, v)| Some((self.store.key(*id)?, *v)))
+                        .collect();
+                    let changes = self.evaluator.samples(&node, &keyed, now);
+                    self.publish(changes);
+                }
             }
             Input::Down(node) => {
                 self.readers.remove(&node);

@@ -47,32 +47,49 @@ impl BatchWriter {
 /// master's tables without bound.
 pub const MAX_SERIES_PER_SESSION: usize = 4096;
 
-/// The group master's side of one session: what the numbers stand for.
-#[derive(Debug, Default)]
-pub struct BatchReader {
-    keys: HashMap<u32, SeriesKey>,
+/// The group master's side of one session: what each number stands for, resolved once
+/// when the session defines it (`T`: e.g. the statistics store's series id), so a
+/// batch costs no name lookups. Numbers index a vector: they must stay below
+/// [`MAX_SERIES_PER_SESSION`].
+#[derive(Debug)]
+pub struct BatchReader<T> {
+    resolved: Vec<Option<T>>,
 }
 
-impl BatchReader {
-    /// The samples of `batch` by series; numbers the session never defined are an error.
-    pub fn read<'a>(
-        &'a mut self,
+impl<T> Default for BatchReader<T> {
+    fn default() -> Self {
+        BatchReader {
+            resolved: Vec::new(),
+        }
+    }
+}
+
+impl<T: Copy> BatchReader<T> {
+    /// The samples of `batch`, each series resolved with `resolve` the first time the
+    /// session defines it. Numbers the session never defined are an error.
+    pub fn read<E: std::fmt::Display>(
+        &mut self,
         batch: &SampleBatch,
-    ) -> Result<Vec<(&'a SeriesKey, f64)>, String> {
+        mut resolve: impl FnMut(&SeriesKey) -> Result<T, E>,
+    ) -> Result<Vec<(T, f64)>, String> {
         for (id, key) in &batch.defs {
-            if self.keys.len() >= MAX_SERIES_PER_SESSION && !self.keys.contains_key(id) {
+            let id = *id as usize;
+            if id >= MAX_SERIES_PER_SESSION {
                 return Err(format!(
-                    "more than {MAX_SERIES_PER_SESSION} series in one session"
+                    "series number {id}: at most {MAX_SERIES_PER_SESSION} series in one session"
                 ));
             }
-            self.keys.insert(*id, key.clone());
+            if self.resolved.len() <= id {
+                self.resolved.resize(id + 1, None);
+            }
+            self.resolved[id] = Some(resolve(key).map_err(|e| e.to_string())?);
         }
         batch
             .values
             .iter()
-            .map(|(id, value)| match self.keys.get(id) {
-                Some(key) => Ok((key, *value)),
-                None => Err(format!("series {id} was never defined")),
+            .map(|(id, value)| match self.resolved.get(*id as usize) {
+                Some(Some(t)) => Ok((*t, *value)),
+                _ => Err(format!("series {id} was never defined")),
             })
             .collect()
     }
@@ -87,20 +104,37 @@ mod tests {
         let (cpu, load) = (SeriesKey::new("cpu.percent"), SeriesKey::new("load.1"));
         let mut writer = BatchWriter::default();
         let mut reader = BatchReader::default();
+        let mut names: Vec<SeriesKey> = Vec::new();
+        let mut resolve = |key: &SeriesKey| -> Result<usize, String> {
+            names.push(key.clone());
+            Ok(names.len() - 1)
+        };
         let first = writer.batch(1, [(&cpu, 10.0), (&load, 0.5)]);
         assert_eq!(first.defs.len(), 2);
         let second = writer.batch(2, [(&cpu, 11.0), (&load, 0.6)]);
         assert!(second.defs.is_empty());
         assert_eq!(
-            reader.read(&first).unwrap(),
-            vec![(&cpu, 10.0), (&load, 0.5)]
+            reader.read(&first, &mut resolve).unwrap(),
+            vec![(0, 10.0), (1, 0.5)]
         );
         assert_eq!(
-            reader.read(&second).unwrap(),
-            vec![(&cpu, 11.0), (&load, 0.6)]
+            reader.read(&second, &mut resolve).unwrap(),
+            vec![(0, 11.0), (1, 0.6)]
         );
+        assert_eq!(names, vec![cpu, load], "each name resolved once");
         // A new session on the group master's side knows no numbers.
-        let err = BatchReader::default().read(&second).unwrap_err();
+        let err = BatchReader::<usize>::default()
+            .read(&second, |_| Ok::<_, String>(0))
+            .unwrap_err();
         assert!(err.contains("never defined"), "{err}");
+        // Numbers past the limit are refused, not allocated.
+        let huge = SampleBatch {
+            at_ms: 0,
+            defs: vec![(u32::MAX, SeriesKey::new("x"))],
+            values: vec![],
+        };
+        assert!(BatchReader::<usize>::default()
+            .read(&huge, |_| Ok::<_, String>(0))
+            .is_err());
     }
 }

@@ -65,28 +65,29 @@ impl Table {
     }
 }
 
-/// Rollups of one node in the bucket being filled.
+/// Rollups of one node's series in the minute being filled, sorted by series id
+/// (a vector, not a map: a node's few dozen series cost about 1.5 KiB).
 #[derive(Default)]
 struct Open {
     start: u64,
-    series: HashMap<u32, Rollup>,
+    series: Vec<(u32, Rollup)>,
 }
 
 impl Open {
     /// Add `values` at `t` into the bucket of `width`; returns the previous bucket when
     /// `t` starts a new one.
-    fn add(&mut self, t: u64, width: u64, values: &[(u32, Rollup)]) -> Option<Open> {
+    fn add(&mut self, t: u64, width: u64, values: &[(u32, f64)]) -> Option<Open> {
         let start = bucket(t, width);
         let done = (start != self.start && !self.series.is_empty()).then(|| Open {
             start: self.start,
             series: std::mem::take(&mut self.series),
         });
         self.start = start;
-        for (sid, r) in values {
-            self.series
-                .entry(*sid)
-                .and_modify(|x| x.merge(r))
-                .or_insert(*r);
+        for (sid, v) in values {
+            match self.series.binary_search_by_key(sid, |(s, _)| *s) {
+                Ok(i) => self.series[i].1.add(*v),
+                Err(i) => self.series.insert(i, (*sid, Rollup::of(*v))),
+            }
         }
         done
     }
@@ -95,16 +96,20 @@ impl Open {
 struct NodeState {
     id: i64,
     minute: Open,
-    hour: Open,
 }
 
 pub struct Store {
     conn: Connection,
     retention: Retention,
     series: HashMap<SeriesKey, u32>,
+    /// Series keys by id.
+    keys: Vec<Option<SeriesKey>>,
     nodes: HashMap<String, NodeState>,
     /// Rows waiting for the next commit: (table, node id, t, data).
     pending: Vec<(Table, i64, u64, Vec<u8>)>,
+    /// Hours whose last minute was just written: (node id, hour start), rolled up from
+    /// their minutes at the next commit.
+    hours_due: Vec<(i64, u64)>,
     last_retention_ms: u64,
     rows_written: u64,
 }
@@ -131,27 +136,44 @@ impl Store {
              CREATE TABLE IF NOT EXISTS m1 (node INTEGER, t INTEGER, data BLOB, PRIMARY KEY (node, t)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS h1 (node INTEGER, t INTEGER, data BLOB, PRIMARY KEY (node, t)) WITHOUT ROWID;",
         )?;
-        let mut series = HashMap::new();
-        {
-            let mut stmt = conn.prepare("SELECT id, key FROM series")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
-            for row in rows {
-                let (id, key) = row?;
-                series.insert(parse_key(&key), id);
-            }
-        }
-        Ok(Store {
+        let mut store = Store {
             conn,
             retention,
-            series,
+            series: HashMap::new(),
+            keys: Vec::new(),
             nodes: HashMap::new(),
             pending: Vec::new(),
+            hours_due: Vec::new(),
             last_retention_ms: 0,
             rows_written: 0,
-        })
+        };
+        let known: Vec<(u32, String)> = {
+            let mut stmt = store.conn.prepare("SELECT id, key FROM series")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (id, key) in known {
+            store.remember(id, parse_key(&key));
+        }
+        Ok(store)
     }
 
-    fn series_id(&mut self, key: &SeriesKey) -> Result<u32, StoreError> {
+    fn remember(&mut self, id: u32, key: SeriesKey) {
+        let at = id as usize;
+        if self.keys.len() <= at {
+            self.keys.resize(at + 1, None);
+        }
+        self.keys[at] = Some(key.clone());
+        self.series.insert(key, id);
+    }
+
+    /// The series named by `id`.
+    pub fn key(&self, id: u32) -> Option<&SeriesKey> {
+        self.keys.get(id as usize)?.as_ref()
+    }
+
+    /// The id of series `key` (numbered the first time it is seen).
+    pub fn series_id(&mut self, key: &SeriesKey) -> Result<u32, StoreError> {
         if let Some(id) = self.series.get(key) {
             return Ok(*id);
         }
@@ -164,7 +186,7 @@ impl Store {
             params![key.to_string()],
             |r| r.get(0),
         )?;
-        self.series.insert(key.clone(), id);
+        self.remember(id, key.clone());
         Ok(id)
     }
 
@@ -184,46 +206,41 @@ impl Store {
                 NodeState {
                     id,
                     minute: Open::default(),
-                    hour: Open::default(),
                 },
             );
         }
         Ok(self.nodes.get_mut(name).expect("inserted above"))
     }
 
-    /// A node's samples taken at `t_ms`; written at the next [`Store::commit`].
+    /// A node's samples taken at `t_ms`, by series id ([`Store::series_id`]); written
+    /// at the next [`Store::commit`].
     pub fn ingest(
         &mut self,
         node: &str,
         t_ms: u64,
-        values: &[(&SeriesKey, f64)],
+        values: &[(u32, f64)],
     ) -> Result<(), StoreError> {
-        let mut ids = Vec::with_capacity(values.len());
-        for (key, value) in values {
-            if value.is_finite() {
-                ids.push((self.series_id(key)?, *value));
-            }
-        }
-        let raw = encode_values(&ids);
-        let rollups: Vec<(u32, Rollup)> = ids.iter().map(|(s, v)| (*s, Rollup::of(*v))).collect();
+        let finite: Vec<(u32, f64)> = values
+            .iter()
+            .copied()
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        let raw = encode_values(&finite);
         let state = self.node(node)?;
         let id = state.id;
-        let minute_done = state.minute.add(t_ms, MINUTE_MS, &rollups);
-        let mut done = Vec::new();
-        if let Some(minute) = minute_done {
-            let series: Vec<(u32, Rollup)> = minute.series.into_iter().collect();
-            if let Some(hour) = state.hour.add(minute.start, HOUR_MS, &series) {
-                done.push((Table::Hour, hour.start, encode_rollups(hour.series)));
-            }
-            done.push((
-                Table::Minute,
-                minute.start,
-                encode_rollups(series.into_iter().collect()),
-            ));
-        }
+        let minute_done = state.minute.add(t_ms, MINUTE_MS, &finite);
         self.pending.push((Table::Raw, id, t_ms, raw));
-        for (table, t, data) in done {
-            self.pending.push((table, id, t, data));
+        if let Some(minute) = minute_done {
+            // The minute that ends an hour: roll the hour up at the next commit.
+            if bucket(minute.start, HOUR_MS) != bucket(t_ms, HOUR_MS) {
+                self.hours_due.push((id, bucket(minute.start, HOUR_MS)));
+            }
+            self.pending.push((
+                Table::Minute,
+                id,
+                minute.start,
+                encode_rollups(&minute.series),
+            ));
         }
         Ok(())
     }
@@ -242,6 +259,29 @@ impl Store {
             tx.prepare_cached(sql)?
                 .execute(params![node, *t as i64, data])?;
         }
+        // Hours from their minutes (read back in the same transaction).
+        let hours = std::mem::take(&mut self.hours_due);
+        for (node, hour) in &hours {
+            let mut merged: Vec<(u32, Rollup)> = Vec::new();
+            {
+                let mut stmt = tx
+                    .prepare_cached("SELECT data FROM m1 WHERE node = ?1 AND t >= ?2 AND t < ?3")?;
+                let rows = stmt
+                    .query_map(params![node, *hour as i64, (*hour + HOUR_MS) as i64], |r| {
+                        r.get::<_, Vec<u8>>(0)
+                    })?;
+                for data in rows {
+                    for (sid, r) in decode_rollups(&data?) {
+                        match merged.binary_search_by_key(&sid, |(s, _)| *s) {
+                            Ok(i) => merged[i].1.merge(&r),
+                            Err(i) => merged.insert(i, (sid, r)),
+                        }
+                    }
+                }
+            }
+            tx.prepare_cached("INSERT OR REPLACE INTO h1 (node, t, data) VALUES (?1, ?2, ?3)")?
+                .execute(params![node, *hour as i64, encode_rollups(&merged)])?;
+        }
         if now_ms.saturating_sub(self.last_retention_ms) >= MINUTE_MS {
             self.last_retention_ms = now_ms;
             for (table, keep) in [
@@ -257,8 +297,9 @@ impl Store {
             }
         }
         tx.commit()?;
-        self.rows_written += rows.len() as u64;
-        Ok(rows.len())
+        let written = rows.len() + hours.len();
+        self.rows_written += written as u64;
+        Ok(written)
     }
 
     /// Rows written since the store was opened.
@@ -389,11 +430,10 @@ fn decode_values(data: &[u8]) -> impl Iterator<Item = (u32, f64)> + '_ {
     })
 }
 
-fn encode_rollups(series: HashMap<u32, Rollup>) -> Vec<u8> {
-    let mut sorted: Vec<(u32, Rollup)> = series.into_iter().collect();
-    sorted.sort_by_key(|(s, _)| *s);
-    let mut out = Vec::with_capacity(sorted.len() * 32);
-    for (s, r) in sorted {
+/// Rollups sorted by series id.
+fn encode_rollups(series: &[(u32, Rollup)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(series.len() * 24);
+    for (s, r) in series {
         out.extend_from_slice(&s.to_le_bytes());
         out.extend_from_slice(&(r.min as f32).to_le_bytes());
         out.extend_from_slice(&(r.max as f32).to_le_bytes());
@@ -431,12 +471,14 @@ mod tests {
     /// Samples every 5 s for `minutes`, value = minute index (so rollups are easy).
     fn fill(store: &mut Store, node: &str, minutes: u64) {
         let disk = SeriesKey::new("disk.used_percent").label("mount", "/");
+        let (c, d) = (
+            store.series_id(&cpu()).unwrap(),
+            store.series_id(&disk).unwrap(),
+        );
         for i in 0..minutes * 12 {
             let t = T0 + i * 5000;
             let v = (i / 12) as f64;
-            store
-                .ingest(node, t, &[(&cpu(), v), (&disk, 50.0)])
-                .unwrap();
+            store.ingest(node, t, &[(c, v), (d, 50.0)]).unwrap();
             store.commit(t).unwrap();
         }
     }
@@ -496,6 +538,8 @@ mod tests {
         let store = Store::open(&path, retention).unwrap();
         let (_, minutes) = store.query("n1", &cpu(), T0, now, MINUTE_MS, now).unwrap();
         assert_eq!(minutes.len(), 29, "minute rollups survive a reopen");
+        let id = store.series.get(&cpu()).copied().unwrap();
+        assert_eq!(store.key(id), Some(&cpu()), "series names survive a reopen");
     }
 
     #[test]

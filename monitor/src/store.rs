@@ -65,37 +65,12 @@ impl Table {
     }
 }
 
-/// Rollups of one node's series in the minute being filled, sorted by series id
-/// (a vector, not a map: a node's few dozen series cost about 1.5 KiB).
-#[derive(Default)]
-struct Open {
-    start: u64,
-    series: Vec<(u32, Rollup)>,
-}
-
-impl Open {
-    /// Add `values` at `t` into the bucket of `width`; returns the previous bucket when
-    /// `t` starts a new one.
-    fn add(&mut self, t: u64, width: u64, values: &[(u32, f64)]) -> Option<Open> {
-        let start = bucket(t, width);
-        let done = (start != self.start && !self.series.is_empty()).then(|| Open {
-            start: self.start,
-            series: std::mem::take(&mut self.series),
-        });
-        self.start = start;
-        for (sid, v) in values {
-            match self.series.binary_search_by_key(sid, |(s, _)| *s) {
-                Ok(i) => self.series[i].1.add(*v),
-                Err(i) => self.series.insert(i, (*sid, Rollup::of(*v))),
-            }
-        }
-        done
-    }
-}
-
+/// What the store keeps in memory per node: its id and the minute its samples are in
+/// (rollups are computed in SQL from the rows when a minute or an hour ends, so a node
+/// costs a few dozen bytes here, not its series' running sums).
 struct NodeState {
     id: i64,
-    minute: Open,
+    minute: u64,
 }
 
 pub struct Store {
@@ -107,8 +82,9 @@ pub struct Store {
     nodes: HashMap<String, NodeState>,
     /// Rows waiting for the next commit: (table, node id, t, data).
     pending: Vec<(Table, i64, u64, Vec<u8>)>,
-    /// Hours whose last minute was just written: (node id, hour start), rolled up from
-    /// their minutes at the next commit.
+    /// Minutes and hours that ended: (node id, start), rolled up from their rows at
+    /// the next commit.
+    minutes_due: Vec<(i64, u64)>,
     hours_due: Vec<(i64, u64)>,
     last_retention_ms: u64,
     rows_written: u64,
@@ -129,7 +105,7 @@ impl Store {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
-             PRAGMA cache_size=-512;
+             PRAGMA cache_size=-128;
              CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
              CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
              CREATE TABLE IF NOT EXISTS raw (node INTEGER, t INTEGER, data BLOB, PRIMARY KEY (node, t)) WITHOUT ROWID;
@@ -143,6 +119,7 @@ impl Store {
             keys: Vec::new(),
             nodes: HashMap::new(),
             pending: Vec::new(),
+            minutes_due: Vec::new(),
             hours_due: Vec::new(),
             last_retention_ms: 0,
             rows_written: 0,
@@ -201,13 +178,8 @@ impl Store {
                 params![name],
                 |r| r.get(0),
             )?;
-            self.nodes.insert(
-                name.to_string(),
-                NodeState {
-                    id,
-                    minute: Open::default(),
-                },
-            );
+            self.nodes
+                .insert(name.to_string(), NodeState { id, minute: 0 });
         }
         Ok(self.nodes.get_mut(name).expect("inserted above"))
     }
@@ -227,21 +199,18 @@ impl Store {
             .collect();
         let raw = encode_values(&finite);
         let state = self.node(node)?;
-        let id = state.id;
-        let minute_done = state.minute.add(t_ms, MINUTE_MS, &finite);
-        self.pending.push((Table::Raw, id, t_ms, raw));
-        if let Some(minute) = minute_done {
-            // The minute that ends an hour: roll the hour up at the next commit.
-            if bucket(minute.start, HOUR_MS) != bucket(t_ms, HOUR_MS) {
-                self.hours_due.push((id, bucket(minute.start, HOUR_MS)));
+        let (id, ended) = (state.id, state.minute);
+        let minute = bucket(t_ms, MINUTE_MS);
+        if minute > ended {
+            state.minute = minute;
+            if ended != 0 {
+                self.minutes_due.push((id, ended));
+                if bucket(ended, HOUR_MS) != bucket(t_ms, HOUR_MS) {
+                    self.hours_due.push((id, bucket(ended, HOUR_MS)));
+                }
             }
-            self.pending.push((
-                Table::Minute,
-                id,
-                minute.start,
-                encode_rollups(&minute.series),
-            ));
         }
+        self.pending.push((Table::Raw, id, t_ms, raw));
         Ok(())
     }
 
@@ -259,28 +228,49 @@ impl Store {
             tx.prepare_cached(sql)?
                 .execute(params![node, *t as i64, data])?;
         }
-        // Hours from their minutes (read back in the same transaction).
+        // Minutes from their samples, then hours from their minutes (read back in the
+        // same transaction).
+        let minutes = std::mem::take(&mut self.minutes_due);
         let hours = std::mem::take(&mut self.hours_due);
-        for (node, hour) in &hours {
-            let mut merged: Vec<(u32, Rollup)> = Vec::new();
-            {
-                let mut stmt = tx
-                    .prepare_cached("SELECT data FROM m1 WHERE node = ?1 AND t >= ?2 AND t < ?3")?;
+        for (from, to, due, width) in [
+            (Table::Raw, Table::Minute, &minutes, MINUTE_MS),
+            (Table::Minute, Table::Hour, &hours, HOUR_MS),
+        ] {
+            for (node, start) in due {
+                let mut merged: Vec<(u32, Rollup)> = Vec::new();
+                let mut add =
+                    |sid: u32, r: Rollup| match merged.binary_search_by_key(&sid, |(s, _)| *s) {
+                        Ok(i) => merged[i].1.merge(&r),
+                        Err(i) => merged.insert(i, (sid, r)),
+                    };
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT data FROM {} WHERE node = ?1 AND t >= ?2 AND t < ?3",
+                    from.name()
+                ))?;
                 let rows = stmt
-                    .query_map(params![node, *hour as i64, (*hour + HOUR_MS) as i64], |r| {
+                    .query_map(params![node, *start as i64, (*start + width) as i64], |r| {
                         r.get::<_, Vec<u8>>(0)
                     })?;
                 for data in rows {
-                    for (sid, r) in decode_rollups(&data?) {
-                        match merged.binary_search_by_key(&sid, |(s, _)| *s) {
-                            Ok(i) => merged[i].1.merge(&r),
-                            Err(i) => merged.insert(i, (sid, r)),
-                        }
+                    let data = data?;
+                    if from == Table::Raw {
+                        decode_values(&data).for_each(|(sid, v)| add(sid, Rollup::of(v)));
+                    } else {
+                        decode_rollups(&data).for_each(|(sid, r)| add(sid, r));
                     }
                 }
+                if !merged.is_empty() {
+                    tx.prepare_cached(&format!(
+                        "INSERT OR REPLACE INTO {} (node, t, data) VALUES (?1, ?2, ?3)",
+                        to.name()
+                    ))?
+                    .execute(params![
+                        node,
+                        *start as i64,
+                        encode_rollups(&merged)
+                    ])?;
+                }
             }
-            tx.prepare_cached("INSERT OR REPLACE INTO h1 (node, t, data) VALUES (?1, ?2, ?3)")?
-                .execute(params![node, *hour as i64, encode_rollups(&merged)])?;
         }
         if now_ms.saturating_sub(self.last_retention_ms) >= MINUTE_MS {
             self.last_retention_ms = now_ms;
@@ -297,7 +287,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        let written = rows.len() + hours.len();
+        let written = rows.len() + minutes.len() + hours.len();
         self.rows_written += written as u64;
         Ok(written)
     }

@@ -167,6 +167,9 @@ struct BenchArgs {
     report: Option<PathBuf>,
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
+    /// How often agents send metrics to their group master (0: monitoring off).
+    #[arg(long, default_value_t = 5000)]
+    metrics_ms: u64,
     #[arg(long, default_value_t = 3000)]
     down_after_ms: u64,
     /// QUIC client endpoints the simulated agents share.
@@ -419,6 +422,7 @@ fn bench_options(b: BenchArgs) -> anyhow::Result<glory::bench::SimOptions> {
         faults_spec: b.faults,
         report: b.report,
         heartbeat_ms: b.heartbeat_ms,
+        metrics_ms: b.metrics_ms,
         down_after_ms: b.down_after_ms,
         agent_endpoints: b.agent_endpoints,
         progress: true,

@@ -75,6 +75,14 @@ impl Cluster {
         ok
     }
 
+    /// Monitoring samples the group masters stored and sample batches they dropped,
+    /// as they last reported (each counts from its own start).
+    pub fn monitoring_samples(&self) -> (u64, u64) {
+        self.read().groups.values().fold((0, 0), |(i, d), g| {
+            (i + g.samples_ingested, d + g.samples_dropped)
+        })
+    }
+
     /// Key master writes (operations) made by this master since it started.
     pub fn keymaster_writes(&self) -> u64 {
         self.km_writes.load(Ordering::Relaxed)

@@ -38,6 +38,9 @@ pub struct AgentsArgs {
     pub nodes: usize,
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// Metrics interval (0: none).
+    #[arg(long, default_value_t = 5000)]
+    pub metrics_ms: u64,
     /// Client endpoints to spread the agents over.
     #[arg(long, default_value_t = 8)]
     pub endpoints: usize,
@@ -175,6 +178,7 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
                 cluster_masters: args.cluster_masters.clone(),
                 token: Some(args.token.clone().context("--token is required")?),
                 heartbeat_interval_ms: args.heartbeat_ms,
+                metrics_interval_ms: args.metrics_ms,
                 max_backoff_ms: 2000,
                 request_timeout_ms: 10_000,
                 ..Default::default()

@@ -107,6 +107,8 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         o.nodes.to_string(),
         "--heartbeat-ms".into(),
         o.heartbeat_ms.to_string(),
+        "--metrics-ms".into(),
+        o.metrics_ms.to_string(),
         "--endpoints".into(),
         o.agent_endpoints.to_string(),
         "--ramp-per-sec".into(),
@@ -139,6 +141,8 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut group_of: HashMap<String, String> = HashMap::new();
     let mut pending: Vec<super::Scheduled> = o.faults.clone();
     let mut steady = SteadyWindow::new(o, baseline.rss_bytes);
+    // Samples stored when every node was up: the run's sample rate is counted from there.
+    let mut samples_at_up: Option<(Instant, u64)> = None;
     let mut fault_start: Option<Snapshot> = None;
     let mut latencies: Vec<f64> = Vec::new();
     let mut last_progress = Instant::now() - Duration::from_secs(10);
@@ -171,6 +175,10 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             && summary["nodes"].as_u64() == Some(o.nodes as u64)
         {
             report.enroll_seconds = Some(elapsed.as_secs_f64());
+            samples_at_up = masters
+                .cm
+                .as_ref()
+                .map(|cm| (Instant::now(), cm.cluster.monitoring_samples().0));
             at_start.finish(&mut report);
             map_hosts(&api, &mut host_ids, &mut group_of).await?;
             if o.progress {
@@ -369,6 +377,20 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         tracker.detections.unexplained.remove(id);
     }
     let end = snapshot(agents.pid, masters.km_writes());
+    if o.metrics_ms > 0 {
+        let (ingested, dropped) = masters
+            .cm
+            .as_ref()
+            .map(|cm| cm.cluster.monitoring_samples())
+            .unwrap_or_default();
+        report.monitoring = Some(super::report::MonitoringReport {
+            metrics_interval_ms: o.metrics_ms,
+            samples_per_sec: samples_at_up.map(|(at, before)| {
+                ingested.saturating_sub(before) as f64 / at.elapsed().as_secs_f64().max(1e-9)
+            }),
+            batches_dropped: dropped,
+        });
+    }
     if let Some(a) = fault_start {
         let wall = end.at.duration_since(a.at).as_secs_f64().max(1e-9);
         report.keymaster_writes_per_sec.faults =

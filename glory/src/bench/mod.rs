@@ -47,6 +47,8 @@ pub struct SimOptions {
     pub faults_spec: String,
     pub report: Option<PathBuf>,
     pub heartbeat_ms: u64,
+    /// Agents' metrics interval (0: monitoring off).
+    pub metrics_ms: u64,
     pub down_after_ms: u64,
     /// Client endpoints the agents' process spreads its agents over.
     pub agent_endpoints: usize,

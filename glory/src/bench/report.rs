@@ -51,6 +51,16 @@ pub struct EnrollCpu {
     pub agents: Option<f64>,
 }
 
+/// What monitoring did in a run (agents sending metrics).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MonitoringReport {
+    pub metrics_interval_ms: u64,
+    /// Samples the group masters stored per second, from all nodes up to the end.
+    pub samples_per_sec: Option<f64>,
+    /// Sample batches the group masters dropped because they fell behind.
+    pub batches_dropped: u64,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WritesPerSec {
     pub steady: Option<f64>,
@@ -111,6 +121,7 @@ pub struct Report {
     pub agents_rss_bytes: Option<u64>,
     pub master_bytes_per_node: Option<f64>,
     pub keymaster_writes_per_sec: WritesPerSec,
+    pub monitoring: Option<MonitoringReport>,
     pub api_list_nodes_ms: ApiLatency,
     /// Nodes the cluster master lists at the end (nothing acknowledged may be lost).
     pub nodes_at_end: Option<u64>,

@@ -121,24 +121,22 @@ pub enum EventData {
         node: String,
         reason: String,
     },
-    /// An alert started firing (`node` is None for a group rule).
-    AlertFiring {
-        id: String,
-        monitor: String,
-        node: Option<String>,
-        group: String,
-        level: String,
-        value: f64,
-    },
+    /// An alert started firing.
+    AlertFiring(AlertEvent),
     /// A firing alert resolved.
-    AlertResolved {
-        id: String,
-        monitor: String,
-        node: Option<String>,
-        group: String,
-        level: String,
-        value: f64,
-    },
+    AlertResolved(AlertEvent),
+}
+
+/// What an alert event says: which alert, and the value that fired or resolved it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AlertEvent {
+    pub id: String,
+    pub monitor: String,
+    /// None for a group rule.
+    pub node: Option<String>,
+    pub group: String,
+    pub level: String,
+    pub value: f64,
 }
 
 /// The node that holds an identity, in [`EventData::NodeIdentityConflict`].
@@ -175,8 +173,8 @@ impl EventData {
             EventData::MasterFailing { .. } => "master_failing",
             EventData::MasterNone { .. } => "master_none",
             EventData::ReplaceBlocked { .. } => "replace_blocked",
-            EventData::AlertFiring { .. } => "alert_firing",
-            EventData::AlertResolved { .. } => "alert_resolved",
+            EventData::AlertFiring(_) => "alert_firing",
+            EventData::AlertResolved(_) => "alert_resolved",
         }
     }
 }
@@ -286,6 +284,17 @@ mod tests {
         assert_eq!(line["kind"], "pool_deleted");
     }
 
+    fn alert_event() -> AlertEvent {
+        AlertEvent {
+            id: "a".into(),
+            monitor: "m".into(),
+            node: None,
+            group: "g".into(),
+            level: "critical".into(),
+            value: 1.0,
+        }
+    }
+
     #[test]
     fn every_kind_is_the_name_serde_writes() {
         let all = [
@@ -356,22 +365,8 @@ mod tests {
                 node: "n".into(),
                 reason: "r".into(),
             },
-            EventData::AlertFiring {
-                id: "a".into(),
-                monitor: "m".into(),
-                node: None,
-                group: "g".into(),
-                level: "critical".into(),
-                value: 1.0,
-            },
-            EventData::AlertResolved {
-                id: "a".into(),
-                monitor: "m".into(),
-                node: Some("n".into()),
-                group: "g".into(),
-                level: "critical".into(),
-                value: 1.0,
-            },
+            EventData::AlertFiring(alert_event()),
+            EventData::AlertResolved(alert_event()),
         ];
         for data in all {
             let json = serde_json::to_value(&data).unwrap();

@@ -212,30 +212,20 @@ pub async fn monitors(
         }
         MonitorsAction::List => {
             let r = client.get("/api/v1/monitors").await?;
-            if as_json {
-                print_json(&r["items"]);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = r["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|m| {
-                    vec![
-                        crate::cli::s(&m["name"]),
-                        crate::cli::s(&m["item"]),
-                        m["scope"].to_string(),
-                        m["rules"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(rule_text)
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    ]
-                })
-                .collect();
-            print!("{}", render(&["NAME", "ITEM", "SCOPE", "RULES"], &rows));
+            print_items(&r, as_json, &["NAME", "ITEM", "SCOPE", "RULES"], |m| {
+                vec![
+                    crate::cli::s(&m["name"]),
+                    crate::cli::s(&m["item"]),
+                    m["scope"].to_string(),
+                    m["rules"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(rule_text)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ]
+            });
         }
         MonitorsAction::Show { name } => {
             let r = client
@@ -317,17 +307,7 @@ pub async fn alerts(client: &ApiClient, args: AlertsArgs, as_json: bool) -> anyh
     let r = client
         .get(&format!("/api/v1/alerts?limit=1000&{}", query.join("&")))
         .await?;
-    if as_json {
-        print_json(&r["items"]);
-    } else {
-        let rows: Vec<Vec<String>> = r["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(alert_row)
-            .collect();
-        print!("{}", render(&ALERT_HEADERS, &rows));
-    }
+    print_items(&r, as_json, &ALERT_HEADERS, alert_row);
     if !args.watch {
         return Ok(());
     }
@@ -390,15 +370,11 @@ pub async fn silences(
         }
         SilencesAction::List => {
             let r = client.get("/api/v1/silences").await?;
-            if as_json {
-                print_json(&r["items"]);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = r["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
+            print_items(
+                &r,
+                as_json,
+                &["ID", "MATCHERS", "ENDS", "", "COMMENT"],
+                |s| {
                     vec![
                         crate::cli::s(&s["id"]),
                         s["matchers"].to_string(),
@@ -411,11 +387,7 @@ pub async fn silences(
                         .to_string(),
                         crate::cli::s(&s["comment"]),
                     ]
-                })
-                .collect();
-            print!(
-                "{}",
-                render(&["ID", "MATCHERS", "ENDS", "", "COMMENT"], &rows)
+                },
             );
         }
         SilencesAction::Rm { id } => {
@@ -432,6 +404,21 @@ pub async fn silences(
         }
     }
     Ok(())
+}
+
+/// A list answer (`{"items": [...]}`) as JSON or as a table of `row`s.
+fn print_items(r: &Value, as_json: bool, headers: &[&str], row: impl Fn(&Value) -> Vec<String>) {
+    if as_json {
+        print_json(&r["items"]);
+    } else {
+        let rows: Vec<Vec<String>> = r["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(row)
+            .collect();
+        print!("{}", render(headers, &rows));
+    }
 }
 
 const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];

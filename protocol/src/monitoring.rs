@@ -152,19 +152,9 @@ pub struct Rule {
     pub aggregate: Option<Aggregate>,
 }
 
-/// Where a monitor applies.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    All(bool),
-    Group(String),
-    Pool(String),
-    Labels(BTreeMap<String, String>),
-    Node(String),
-}
-
-/// A monitor as group masters evaluate it. Metric monitors only for now: the item's
-/// series (every label combination) on each node in scope.
+/// A monitor as group masters evaluate it, its scope resolved by the cluster master to
+/// the group's nodes (group masters know neither pools nor labels). Metric monitors
+/// only for now.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MonitorSpec {
     pub name: String,

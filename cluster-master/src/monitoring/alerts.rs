@@ -9,7 +9,7 @@ use glory_keymaster::{Txn, TxnOp};
 use glory_protocol::monitoring::{AlertChange, AlertKey, AlertState};
 
 use crate::cluster::Cluster;
-use crate::events::EventData;
+use crate::events::{AlertEvent, EventData};
 use crate::pools::{OpError, OpResultT};
 
 /// Resolved alerts kept for the API.
@@ -160,31 +160,17 @@ pub(crate) fn silences(silence: &SilenceRecord, alert: &Alert, now_ms: u64) -> b
 }
 
 fn event(alert: &Alert) -> EventData {
-    let fields = (
-        alert.id.clone(),
-        alert.key.monitor.clone(),
-        alert.key.node.clone(),
-        alert.group.clone(),
-        alert.key.level.as_str().to_string(),
-        alert.value,
-    );
+    let fields = AlertEvent {
+        id: alert.id.clone(),
+        monitor: alert.key.monitor.clone(),
+        node: alert.key.node.clone(),
+        group: alert.group.clone(),
+        level: alert.key.level.as_str().to_string(),
+        value: alert.value,
+    };
     match alert.state {
-        AlertState::Resolved => EventData::AlertResolved {
-            id: fields.0,
-            monitor: fields.1,
-            node: fields.2,
-            group: fields.3,
-            level: fields.4,
-            value: fields.5,
-        },
-        _ => EventData::AlertFiring {
-            id: fields.0,
-            monitor: fields.1,
-            node: fields.2,
-            group: fields.3,
-            level: fields.4,
-            value: fields.5,
-        },
+        AlertState::Resolved => EventData::AlertResolved(fields),
+        _ => EventData::AlertFiring(fields),
     }
 }
 

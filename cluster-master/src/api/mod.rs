@@ -20,6 +20,7 @@ mod error;
 mod events;
 mod extract;
 mod groups;
+mod metrics;
 mod monitoring;
 mod nodes;
 mod openapi;
@@ -53,8 +54,17 @@ pub fn router(node: Arc<Node>) -> Router {
         ))
         .route("/openapi.json", get(openapi::spec))
         .fallback(|| async { ApiError::not_found("no such API route") });
+    // Prometheus scrapes with an operator token, beside the API.
+    let metrics = Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .route_layer(axum::middleware::from_fn(auth::operator_only))
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(cluster::healthz))
+        .merge(metrics)
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(node)

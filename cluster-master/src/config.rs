@@ -61,6 +61,9 @@ pub struct ClusterMasterConfig {
     pub leader_lease_ms: u64,
     /// Largest accepted frame, bytes.
     pub max_frame_bytes: usize,
+    /// Webhooks (http:// or https:// URLs) that get a JSON POST when an alert fires or
+    /// resolves, unless a silence matches it; retried with backoff.
+    pub alert_webhooks: Vec<String>,
 }
 
 impl Default for ClusterMasterConfig {
@@ -80,6 +83,7 @@ impl Default for ClusterMasterConfig {
             group_idle_timeout_ms: 3000,
             leader_lease_ms: 5000,
             max_frame_bytes: glory_protocol::DEFAULT_MAX_FRAME,
+            alert_webhooks: Vec::new(),
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct ClusterMasterSettings {
     pub leader_lease: Duration,
     pub max_frame: usize,
     pub request_timeout: Duration,
+    pub alert_webhooks: Vec<String>,
 }
 
 impl ClusterMasterConfig {
@@ -132,7 +137,13 @@ impl ClusterMasterConfig {
         if self.max_frame_bytes < 1024 {
             bail!("max_frame_bytes must be at least 1024");
         }
+        for url in &self.alert_webhooks {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("alert_webhooks: {url:?} is not an http:// or https:// URL");
+            }
+        }
         Ok(ClusterMasterSettings {
+            alert_webhooks: self.alert_webhooks.clone(),
             cluster_name: self.cluster_name.clone(),
             listen: self.listen,
             api_listen: self.api_listen,

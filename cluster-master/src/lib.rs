@@ -356,6 +356,10 @@ pub async fn start(
         shutdown.clone(),
     ));
     tasks.spawn(pools::reconciler(cluster.clone(), shutdown.clone()));
+    tasks.spawn(monitoring::forward_alerts(
+        cluster.clone(),
+        shutdown.clone(),
+    ));
     {
         // Pools and labels move nodes in and out of monitors' scopes: resend what
         // changed (monitor changes themselves are sent at once).

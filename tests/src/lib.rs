@@ -40,6 +40,7 @@ pub struct ClusterBuilder {
     group_size_limit: usize,
     process_agents: usize,
     metrics_ms: u64,
+    alert_webhooks: Vec<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -52,6 +53,7 @@ impl Default for ClusterBuilder {
             group_size_limit: 250,
             process_agents: 0,
             metrics_ms: 5000,
+            alert_webhooks: Vec::new(),
         }
     }
 }
@@ -71,6 +73,11 @@ impl ClusterBuilder {
     }
     pub fn down_after_ms(mut self, ms: u64) -> Self {
         self.down_after_ms = ms;
+        self
+    }
+    /// A webhook the cluster master forwards alerts to.
+    pub fn alert_webhook(mut self, url: &str) -> Self {
+        self.alert_webhooks.push(url.to_string());
         self
     }
     /// How often agents send metrics (0: never).
@@ -99,6 +106,7 @@ impl ClusterBuilder {
             keymaster: KeyMasterConfig::Embedded { path: None },
             group_size_limit: self.group_size_limit,
             group_idle_timeout_ms: 1500,
+            alert_webhooks: self.alert_webhooks.clone(),
             ..Default::default()
         };
         let km =

@@ -3,6 +3,7 @@
 //! intervals and resolves after it, silences and acknowledgements show, history comes
 //! back through the node's group master, and bad monitors are refused whole.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use glory_tests::wait::until_some;
@@ -23,12 +24,41 @@ async fn alerts_of(cluster: &TestCluster, node: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// A webhook receiver on a free loopback port: what it was sent, in order.
+async fn webhook() -> anyhow::Result<(String, Arc<Mutex<Vec<Value>>>)> {
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, got))
+}
+
+fn delivered(got: &Mutex<Vec<Value>>, kind: &str, id: &str) -> bool {
+    got.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|d| d["kind"] == kind && d["alert"]["id"] == id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_spike_fires_an_alert_that_resolves_and_history_is_kept() -> anyhow::Result<()> {
+    let (hook, got) = webhook().await?;
     let cluster = TestCluster::builder()
         .groups(1)
         .agents(3)
         .metrics_ms(METRICS_MS)
+        .alert_webhook(&hook)
         .start()
         .await?;
     cluster.wait_all_up(3, Duration::from_secs(20)).await?;
@@ -105,6 +135,13 @@ async fn a_load_spike_fires_an_alert_that_resolves_and_history_is_kept() -> anyh
     })
     .await??;
     assert_eq!(fired["id"], id.as_str());
+    // And the webhook was told.
+    until_some(
+        "the webhook told of the firing",
+        Duration::from_secs(5),
+        || async { delivered(&got, "alert_firing", &id).then_some(()) },
+    )
+    .await?;
 
     // Acknowledged and silenced, it says so.
     let acked = api
@@ -137,6 +174,13 @@ async fn a_load_spike_fires_an_alert_that_resolves_and_history_is_kept() -> anyh
             .find(|a| a["id"] == id.as_str() && a["state"] == "resolved")
     })
     .await?;
+
+    // The resolution was silenced: not forwarded (deliveries take milliseconds).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !delivered(&got, "alert_resolved", &id),
+        "a silenced alert was forwarded"
+    );
 
     // History, from the group master: the spike is in it.
     let to = glory_protocol::now_ms();

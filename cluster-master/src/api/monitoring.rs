@@ -211,7 +211,7 @@ async fn list_alerts(Active(cluster): Active, Q(q): Q<AlertQuery>) -> ApiResult<
         .iter()
         .skip(q.after)
         .take(q.limit)
-        .map(|a| alert_view(a, cluster.is_silenced(a, now)))
+        .map(|a| alert_view(a, cluster.is_silenced(&a.event(), now)))
         .collect();
     let end = q.after + items.len();
     let next = (end < total).then(|| end.to_string());
@@ -224,7 +224,7 @@ async fn ack_alert(Active(cluster): Active, Path(id): Path<String>) -> ApiResult
         .alerts()
         .ack(&id)
         .ok_or_else(|| ApiError::not_found(format!("no active alert {id}")))?;
-    let silenced = cluster.is_silenced(&alert, glory_protocol::now_ms());
+    let silenced = cluster.is_silenced(&alert.event(), glory_protocol::now_ms());
     Ok(Json(alert_view(&alert, silenced)))
 }
 

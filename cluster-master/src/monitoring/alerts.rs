@@ -145,29 +145,34 @@ impl AlertBook {
     }
 }
 
-/// Whether `silence` (in force at `now_ms`) matches `alert`.
-pub(crate) fn silences(silence: &SilenceRecord, alert: &Alert, now_ms: u64) -> bool {
+/// Whether `silence` (in force at `now_ms`) matches the alert described by `event`.
+pub(crate) fn silences(silence: &SilenceRecord, event: &AlertEvent, now_ms: u64) -> bool {
     let m = &silence.matchers;
     now_ms < silence.ends_at_ms
-        && m.monitor.as_ref().is_none_or(|x| *x == alert.key.monitor)
+        && m.monitor.as_ref().is_none_or(|x| *x == event.monitor)
         && m.node
             .as_ref()
-            .is_none_or(|x| Some(x.as_str()) == alert.key.node.as_deref())
-        && m.group.as_ref().is_none_or(|x| *x == alert.group)
-        && m.level
-            .as_ref()
-            .is_none_or(|x| x == alert.key.level.as_str())
+            .is_none_or(|x| Some(x.as_str()) == event.node.as_deref())
+        && m.group.as_ref().is_none_or(|x| *x == event.group)
+        && m.level.as_ref().is_none_or(|x| *x == event.level)
+}
+
+impl Alert {
+    /// What events and silences see of the alert.
+    pub(crate) fn event(&self) -> AlertEvent {
+        AlertEvent {
+            id: self.id.clone(),
+            monitor: self.key.monitor.clone(),
+            node: self.key.node.clone(),
+            group: self.group.clone(),
+            level: self.key.level.as_str().to_string(),
+            value: self.value,
+        }
+    }
 }
 
 fn event(alert: &Alert) -> EventData {
-    let fields = AlertEvent {
-        id: alert.id.clone(),
-        monitor: alert.key.monitor.clone(),
-        node: alert.key.node.clone(),
-        group: alert.group.clone(),
-        level: alert.key.level.as_str().to_string(),
-        value: alert.value,
-    };
+    let fields = alert.event();
     match alert.state {
         AlertState::Resolved => EventData::AlertResolved(fields),
         _ => EventData::AlertFiring(fields),
@@ -198,12 +203,12 @@ impl Cluster {
         }
     }
 
-    /// Whether a silence in force matches `alert`.
-    pub(crate) fn is_silenced(&self, alert: &Alert, now_ms: u64) -> bool {
+    /// Whether a silence in force matches the alert `event` describes.
+    pub(crate) fn is_silenced(&self, event: &AlertEvent, now_ms: u64) -> bool {
         self.monitoring
             .silences()
             .values()
-            .any(|s| silences(s, alert, now_ms))
+            .any(|s| silences(s, event, now_ms))
     }
 
     pub(crate) async fn add_silence(
@@ -374,6 +379,7 @@ mod tests {
             node: Some("n1".into()),
             ..Default::default()
         };
+        let alert = alert.event();
         assert!(silences(&silence(by_node.clone(), 10), &alert, 5));
         assert!(!silences(&silence(by_node, 10), &alert, 10), "ended");
         let other_level = SilenceMatchers {

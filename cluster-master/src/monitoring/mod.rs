@@ -4,6 +4,7 @@
 //! group master. No sample passes through here.
 
 mod alerts;
+mod forward;
 mod monitors;
 mod queries;
 
@@ -17,6 +18,7 @@ use glory_protocol::monitoring::{MetricsAnswer, MonitorSpec};
 use tokio::sync::oneshot;
 
 pub(crate) use alerts::{Alert, AlertBook};
+pub(crate) use forward::forward_alerts;
 
 #[derive(Default)]
 pub(crate) struct MonitoringState {

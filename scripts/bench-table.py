@@ -48,6 +48,12 @@ ROWS = [
     ("masters RSS", lambda r: fmt(r["masters_rss_bytes"] and r["masters_rss_bytes"] / 2**20, " MiB", 0)),
     ("master memory per node", lambda r: fmt(r["master_bytes_per_node"] and r["master_bytes_per_node"] / 1024, " KiB", 1)),
     ("key master writes/s, steady", lambda r: fmt(r["keymaster_writes_per_sec"]["steady"], "", 1)),
+    ("monitoring: samples stored/s",
+     lambda r: fmt((r.get("monitoring") or {}).get("samples_per_sec"), "", 0)),
+    ("monitoring: spiked nodes alerted / p50 / p99 latency",
+     lambda r: "n/a" if not (r.get("monitoring") or {}).get("spiked_nodes") else
+     f'{r["monitoring"]["alerted_nodes"]} of {r["monitoring"]["spiked_nodes"]} / '
+     f'{pct(r["monitoring"]["alert_latency_seconds"], "p50")} / {pct(r["monitoring"]["alert_latency_seconds"], "p99")}'),
     ("key master writes/s, during faults", lambda r: fmt(r["keymaster_writes_per_sec"]["faults"], "", 1)),
     ("GET all nodes p50 / p99",
      lambda r: f'{fmt(r["api_list_nodes_ms"]["p50"], " ms", 0)} / {fmt(r["api_list_nodes_ms"]["p99"], " ms", 0)}'),

@@ -181,6 +181,19 @@ impl SimFleet {
         true
     }
 
+    /// Hold agent `index`'s CPU at `cpu_percent` for `seconds`. False when there is
+    /// no such agent.
+    pub fn load_index(&self, index: usize, cpu_percent: f64, seconds: u64) -> bool {
+        let Some(host) = self.agents().get(index).map(|a| a.host.clone()) else {
+            return false;
+        };
+        host.force_cpu(
+            cpu_percent,
+            glory_protocol::now_ms().saturating_add(seconds.saturating_mul(1000)),
+        );
+        true
+    }
+
     /// Cut agent `index`'s power.
     pub fn kill_index(&self, index: usize) -> bool {
         let mut agents = self.agents();
@@ -270,11 +283,7 @@ impl glory_cluster_master::SimControl for SimFleet {
         let index = self
             .index_of(node)
             .ok_or_else(|| format!("node {node} is not a simulated agent here"))?;
-        let host = self.agents()[index].host.clone();
-        host.force_cpu(
-            cpu_percent,
-            glory_protocol::now_ms().saturating_add(seconds.saturating_mul(1000)),
-        );
+        self.load_index(index, cpu_percent, seconds);
         Ok(())
     }
 }

@@ -220,6 +220,20 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
                     }
                 }
             }
+            Some("load") => {
+                let (i, cpu, secs) = (
+                    index(words.next()),
+                    words.next().and_then(|w| w.parse::<f64>().ok()),
+                    words.next().and_then(|w| w.parse::<u64>().ok()),
+                );
+                if let (Some(i), Some(cpu), Some(secs), Fleet::Hierarchy(f)) =
+                    (i, cpu, secs, &fleet)
+                {
+                    if f.load_index(i, cpu, secs) {
+                        println!("loaded {i} {}", now_ms());
+                    }
+                }
+            }
             Some("stats") => {
                 let (sent, enrolled, sessions) = fleet.stats();
                 println!("stats {sent} {enrolled} {sessions}");

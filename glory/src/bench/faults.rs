@@ -9,6 +9,9 @@ use std::time::Duration;
 pub enum Fault {
     /// Cut the power of this many running agents, chosen at random.
     KillAgents(usize),
+    /// Hold this many running agents' CPU at 95 % for 30 s; a monitor (`sim-spike`,
+    /// critical over 90, no `for`) must alert for each (hierarchy only).
+    SpikeLoad(usize),
     /// Power this many killed agents on again.
     RestartAgents(usize),
     /// Stop a group master; a replacement takes over its address.
@@ -73,6 +76,7 @@ fn parse_one(item: &str) -> Result<Scheduled, String> {
     let (at, fault) = match kind {
         "kill-agents" => (parse_duration(when)?, Fault::KillAgents(count(arg)?)),
         "restart-agents" => (parse_duration(when)?, Fault::RestartAgents(count(arg)?)),
+        "spike-load" => (parse_duration(when)?, Fault::SpikeLoad(count(arg)?)),
         "kill-group-master" => (parse_duration(when)?, Fault::KillGroupMaster(group(arg)?)),
         "kill-cluster-master" => {
             if arg.is_some() {
@@ -90,7 +94,7 @@ fn parse_one(item: &str) -> Result<Scheduled, String> {
         }
         other => {
             return Err(format!(
-                "unknown fault {other:?} (kill-agents, restart-agents, kill-group-master, kill-cluster-master, partition-group)"
+                "unknown fault {other:?} (kill-agents, restart-agents, spike-load, kill-group-master, kill-cluster-master, partition-group)"
             ))
         }
     };

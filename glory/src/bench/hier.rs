@@ -16,6 +16,9 @@ use super::report::{percentiles, ApiLatency, Heartbeats, PartitionReport, Report
 use super::{sim_index, AgentsProcess, Detections, Fault, SimOptions};
 use crate::client::ApiClient;
 
+/// The monitor `spike-load` faults are caught by.
+const SPIKE_MONITOR: &str = "sim-spike";
+
 struct Tracker {
     detections: Detections,
     /// node id -> (restart time ms, up time ms)
@@ -157,6 +160,26 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut partition_healed: Option<Instant> = None;
     let mut partition_wrong: HashSet<String> = HashSet::new();
     let mut summary = Value::Null;
+    // spike-load: node -> when its load began (agents' clock, ms), and the latency of
+    // its alert once the API shows it.
+    let mut spiked: HashMap<String, u64> = HashMap::new();
+    let mut alerted: HashMap<String, f64> = HashMap::new();
+    let mut last_alert_poll = Instant::now();
+    if o.faults
+        .iter()
+        .any(|f| matches!(f.fault, Fault::SpikeLoad(_)))
+    {
+        api.call(
+            reqwest::Method::POST,
+            "/api/v1/monitors",
+            Some(serde_json::json!({
+                "name": SPIKE_MONITOR, "scope": {"all": true}, "item": "cpu.percent",
+                "rules": [{"level": "critical", "op": ">", "threshold": 90, "for_seconds": 0}]
+            })),
+        )
+        .await
+        .map_err(|e| e.context("create the spike-load monitor"))?;
+    }
 
     while t0.elapsed() < o.duration {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -296,6 +319,26 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                 partition_healed = Some(Instant::now());
             }
         }
+        if spiked.len() > alerted.len() && last_alert_poll.elapsed() >= Duration::from_millis(200) {
+            last_alert_poll = Instant::now();
+            if let Ok(firing) = api
+                .get("/api/v1/alerts?state=firing&level=critical&limit=1000")
+                .await
+            {
+                let now = glory_protocol::now_ms();
+                for a in firing["items"].as_array().into_iter().flatten() {
+                    let Some(node) = a["node"].as_str() else {
+                        continue;
+                    };
+                    if a["monitor"] != SPIKE_MONITOR || alerted.contains_key(node) {
+                        continue;
+                    }
+                    if let Some(at) = spiked.get(node) {
+                        alerted.insert(node.to_string(), now.saturating_sub(*at) as f64 / 1000.0);
+                    }
+                }
+            }
+        }
         // Faults that are due.
         while pending.first().is_some_and(|f| elapsed >= f.at) {
             let fault = pending.remove(0);
@@ -323,6 +366,24 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                             tracker.dead.insert(id.clone());
                             tracker.killed_indices.push(i);
                             tracker.ever_killed.insert(i);
+                        }
+                    }
+                }
+                Fault::SpikeLoad(n) => {
+                    if host_ids.len() < o.nodes {
+                        map_hosts(&api, &mut host_ids, &mut group_of).await?;
+                    }
+                    let mut candidates: Vec<usize> = host_ids
+                        .iter()
+                        .filter(|(_, id)| !tracker.dead.contains(*id) && !spiked.contains_key(*id))
+                        .map(|(i, _)| *i)
+                        .collect();
+                    candidates.shuffle(&mut rand::rng());
+                    for i in candidates.into_iter().take(n) {
+                        if let (Some(at), Some(id)) =
+                            (agents.load(i, 95.0, 30).await?, host_ids.get(&i))
+                        {
+                            spiked.insert(id.clone(), at);
                         }
                     }
                 }
@@ -389,6 +450,9 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                 ingested.saturating_sub(before) as f64 / at.elapsed().as_secs_f64().max(1e-9)
             }),
             batches_dropped: dropped,
+            spiked_nodes: spiked.len(),
+            alerted_nodes: alerted.len(),
+            alert_latency_seconds: percentiles(&alerted.values().copied().collect::<Vec<_>>()),
         });
     }
     if let Some(a) = fault_start {

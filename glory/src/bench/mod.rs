@@ -91,8 +91,13 @@ impl SimOptions {
                         );
                     }
                 }
-                Fault::KillAgents(n) | Fault::RestartAgents(n) if *n > self.nodes => {
+                Fault::KillAgents(n) | Fault::RestartAgents(n) | Fault::SpikeLoad(n)
+                    if *n > self.nodes =>
+                {
                     bail!("fault {:?} names more agents than --nodes", f.fault)
+                }
+                Fault::SpikeLoad(_) if self.mode != Mode::Hierarchy || self.metrics_ms == 0 => {
+                    bail!("spike-load needs the hierarchy with monitoring on (--metrics-ms > 0)")
                 }
                 _ => {}
             }
@@ -179,6 +184,18 @@ impl AgentsProcess {
     pub(crate) async fn kill(&mut self, index: usize) -> anyhow::Result<Option<u64>> {
         self.send(&format!("kill {index}")).await?;
         self.ack("killed", index).await
+    }
+
+    /// Hold agent `index`'s CPU at `cpu` % for `seconds`; returns the agents' wall
+    /// clock (ms) when it took effect.
+    pub(crate) async fn load(
+        &mut self,
+        index: usize,
+        cpu: f64,
+        seconds: u64,
+    ) -> anyhow::Result<Option<u64>> {
+        self.send(&format!("load {index} {cpu} {seconds}")).await?;
+        self.ack("loaded", index).await
     }
 
     pub(crate) async fn start(&mut self, index: usize) -> anyhow::Result<Option<u64>> {

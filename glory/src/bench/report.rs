@@ -59,6 +59,11 @@ pub struct MonitoringReport {
     pub samples_per_sec: Option<f64>,
     /// Sample batches the group masters dropped because they fell behind.
     pub batches_dropped: u64,
+    /// `spike-load`: nodes loaded, nodes whose critical alert the API showed, and how
+    /// long after the load each one showed (polled every 200 ms).
+    pub spiked_nodes: usize,
+    pub alerted_nodes: usize,
+    pub alert_latency_seconds: Option<Percentiles>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

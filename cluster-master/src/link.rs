@@ -276,6 +276,9 @@ async fn group_link(
                     .await
             }
             Ok(None) => break,
+            Err(e) if e.is_skippable() => {
+                debug!(group = %group, error = %e, "message from a newer group master skipped");
+            }
             Err(e) => {
                 if !matches!(e, glory_protocol::FrameError::Io(_)) {
                     warn!(group = %group, error = %e, "bad frame from group master; closing its link");

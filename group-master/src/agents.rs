@@ -163,6 +163,9 @@ impl Service for Agents {
                 info!(node_id = %node, "agent leaving");
                 self.shared.left(node);
             }
+            Err(e) if e.is_skippable() => {
+                debug!(node_id = %node, error = %e, "message from a newer agent skipped");
+            }
             Err(e) => {
                 warn!(node_id = %node, error = %e, "bad frame from agent; closing its connection");
                 out.close(link, close::PROTOCOL_ERROR, &b"bad frame"[..]);

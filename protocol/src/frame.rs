@@ -16,6 +16,10 @@ pub enum FrameError {
     TooLarge { len: usize, max: usize },
     #[error("undecodable frame: {0}")]
     Decode(String),
+    /// A well-formed frame of a message kind this build does not know (a newer peer's):
+    /// receivers skip it and read on, so peers can be upgraded one at a time.
+    #[error("message of a kind this version does not know: {0}")]
+    UnknownKind(String),
     #[error("cannot encode frame: {0}")]
     Encode(String),
     #[error("stream ended inside a frame")]
@@ -46,7 +50,23 @@ pub fn encode_body<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 
 /// Decode a message body (a datagram, or a frame without its prefix).
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    rmp_serde::from_slice(body).map_err(|e| FrameError::Decode(e.to_string()))
+    rmp_serde::from_slice(body).map_err(|e| {
+        let message = e.to_string();
+        // The frame's length was right and its body is MessagePack: only the enum
+        // variant is unknown, so the stream is still in step.
+        if message.starts_with("unknown variant") {
+            FrameError::UnknownKind(message)
+        } else {
+            FrameError::Decode(message)
+        }
+    })
+}
+
+impl FrameError {
+    /// Whether the receiver may skip this frame and read on.
+    pub fn is_skippable(&self) -> bool {
+        matches!(self, FrameError::UnknownKind(_))
+    }
 }
 
 /// Write one frame.
@@ -102,6 +122,26 @@ where
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_newer_peers_message_kind_is_skippable_not_garbage() {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Newer {
+            Brand { x: u32 },
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Older {
+            #[allow(dead_code)]
+            Known { x: u32 },
+        }
+        let body = encode_body(&Newer::Brand { x: 1 }).unwrap();
+        let err = decode_body::<Older>(&body).unwrap_err();
+        assert!(err.is_skippable(), "{err}");
+        let garbage = decode_body::<Older>(&[0xc1, 0xc1]).unwrap_err();
+        assert!(!garbage.is_skippable(), "{garbage}");
+    }
     use super::*;
     use crate::messages::{Hello, Role};
 

@@ -414,9 +414,14 @@ impl ControlReceiver {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let task = tokio::spawn(async move {
             loop {
-                let item = read_frame::<_, T>(&mut recv, max_frame)
-                    .await
-                    .map_err(|e| e.to_string());
+                let item = match read_frame::<_, T>(&mut recv, max_frame).await {
+                    // A newer peer's message: skip it, the stream is in step.
+                    Err(e) if e.is_skippable() => {
+                        tracing::debug!(error = %e, "message skipped");
+                        continue;
+                    }
+                    other => other.map_err(|e| e.to_string()),
+                };
                 let end = !matches!(item, Ok(Some(_)));
                 if tx.send(item).await.is_err() || end {
                     break;

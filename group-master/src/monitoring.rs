@@ -204,7 +204,9 @@ impl Task {
                 q.step_seconds * 1000,
                 now,
             ),
-            None => Ok((q.step_seconds * 1000, Vec::new())),
+            None => self
+                .store
+                .query_all(&q.series, q.from_ms, q.to_ms, q.step_seconds * 1000, now),
         };
         match result {
             Ok((step, points)) => MetricsAnswer {

@@ -310,6 +310,31 @@ impl Store {
         (pages * size) as u64
     }
 
+    /// The history of `key` over every node of the store: per point, the mean of the
+    /// nodes' averages, the least minimum and the greatest maximum.
+    pub fn query_all(
+        &self,
+        key: &SeriesKey,
+        from_ms: u64,
+        to_ms: u64,
+        step_ms: u64,
+        now_ms: u64,
+    ) -> Result<(u64, Vec<Point>), StoreError> {
+        let names: Vec<String> = {
+            let mut stmt = self.conn.prepare_cached("SELECT name FROM nodes")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut step = step_ms.max(1000);
+        let mut parts = Vec::new();
+        for name in &names {
+            let (s, points) = self.query(name, key, from_ms, to_ms, step_ms, now_ms)?;
+            step = s;
+            parts.push(points);
+        }
+        Ok((step, merge_points(parts)))
+    }
+
     /// `node`'s history of `key` from `from_ms` to `to_ms`, as points of `step_ms`
     /// (0: the resolution's own). Returns the step used and the points, oldest first.
     pub fn query(
@@ -372,6 +397,25 @@ impl Store {
                 .collect(),
         ))
     }
+}
+
+/// Points of several series of the same step merged per time: the mean of their
+/// averages, the least minimum, the greatest maximum.
+pub fn merge_points(parts: impl IntoIterator<Item = Vec<Point>>) -> Vec<Point> {
+    let mut by_time: std::collections::BTreeMap<u64, (f64, u32, f64, f64)> = Default::default();
+    for points in parts {
+        for (t, avg, min, max) in points {
+            let e = by_time.entry(t).or_insert((0.0, 0, f64::MAX, f64::MIN));
+            e.0 += avg;
+            e.1 += 1;
+            e.2 = e.2.min(min);
+            e.3 = e.3.max(max);
+        }
+    }
+    by_time
+        .into_iter()
+        .map(|(t, (sum, n, min, max))| (t, sum / n as f64, min, max))
+        .collect()
 }
 
 /// The finest resolution that holds `from_ms` and is no finer than asked.
@@ -530,6 +574,23 @@ mod tests {
         assert_eq!(minutes.len(), 29, "minute rollups survive a reopen");
         let id = store.series.get(&cpu()).copied().unwrap();
         assert_eq!(store.key(id), Some(&cpu()), "series names survive a reopen");
+    }
+
+    #[test]
+    fn a_group_query_merges_its_nodes() {
+        let mut store = Store::in_memory(Retention::default()).unwrap();
+        let c = store.series_id(&cpu()).unwrap();
+        store.ingest("n1", T0, &[(c, 10.0)]).unwrap();
+        store.ingest("n2", T0, &[(c, 30.0)]).unwrap();
+        store.ingest("n2", T0 + 5000, &[(c, 50.0)]).unwrap();
+        store.commit(T0 + 5000).unwrap();
+        let (_, points) = store
+            .query_all(&cpu(), T0, T0 + 5000, 0, T0 + 5000)
+            .unwrap();
+        assert_eq!(
+            points,
+            vec![(T0, 20.0, 10.0, 30.0), (T0 + 5000, 50.0, 50.0, 50.0)]
+        );
     }
 
     #[test]

@@ -197,6 +197,22 @@ async fn a_load_spike_fires_an_alert_that_resolves_and_history_is_kept() -> anyh
         .filter_map(|p| p[3].as_f64())
         .fold(f64::MIN, f64::max);
     assert!(max >= 97.0, "the spike is in the history: {history}");
+    // The group's and the cluster's history: the spike shows in their maxima.
+    for path in ["/api/v1/groups/g00/metrics", "/api/v1/cluster/metrics"] {
+        let history = api
+            .get(&format!(
+                "{path}?item=cpu.percent&from={}&to={to}&step=1",
+                to - 60_000
+            ))
+            .await?;
+        let max = history["points"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p[3].as_f64())
+            .fold(f64::MIN, f64::max);
+        assert!(max >= 97.0, "{path}: {history}");
+    }
     let err = api
         .get(&format!("/api/v1/nodes/{node}/metrics?item=nope"))
         .await

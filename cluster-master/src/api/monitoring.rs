@@ -29,6 +29,8 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/silences", get(list_silences).post(create_silence))
         .route("/silences/{id}", axum::routing::delete(delete_silence))
         .route("/nodes/{id}/metrics", get(node_metrics))
+        .route("/groups/{id}/metrics", get(group_metrics))
+        .route("/cluster/metrics", get(cluster_metrics))
 }
 
 fn monitor_view(m: &MonitorRecord) -> Value {
@@ -290,11 +292,8 @@ struct MetricsParams {
     step: u64,
 }
 
-async fn node_metrics(
-    Active(cluster): Active,
-    Path(id): Path<String>,
-    Q(p): Q<MetricsParams>,
-) -> ApiResult<Json<Value>> {
+/// The series and the time range a history query asks for; a bad one is a 400.
+fn series_and_range(p: &MetricsParams) -> ApiResult<(SeriesKey, u64, u64)> {
     if !glory_monitor::items::is_known(&p.item) {
         return Err(ApiError::bad_request(format!(
             "item: unknown item {:?}",
@@ -318,17 +317,59 @@ async fn node_metrics(
     if from > to {
         return Err(ApiError::bad_request("from: after to"));
     }
-    let answer = cluster.node_metrics(&id, series, from, to, p.step).await?;
-    let points: Vec<Value> = answer
-        .points
+    Ok((series, from, to))
+}
+
+fn points_view(points: &[glory_protocol::monitoring::Point]) -> Vec<Value> {
+    points
         .iter()
         .map(|(t, avg, min, max)| json!([t, avg, min, max]))
-        .collect();
+        .collect()
+}
+
+async fn node_metrics(
+    Active(cluster): Active,
+    Path(id): Path<String>,
+    Q(p): Q<MetricsParams>,
+) -> ApiResult<Json<Value>> {
+    let (series, from, to) = series_and_range(&p)?;
+    let answer = cluster.node_metrics(&id, series, from, to, p.step).await?;
     Ok(Json(json!({
         "node": id,
         "item": p.item,
         "labels": p.labels,
         "step": answer.step_seconds,
-        "points": points,
+        "points": points_view(&answer.points),
+    })))
+}
+
+async fn group_metrics(
+    Active(cluster): Active,
+    Path(id): Path<String>,
+    Q(p): Q<MetricsParams>,
+) -> ApiResult<Json<Value>> {
+    let (series, from, to) = series_and_range(&p)?;
+    let answer = cluster.group_metrics(&id, series, from, to, p.step).await?;
+    Ok(Json(json!({
+        "group": id,
+        "item": p.item,
+        "labels": p.labels,
+        "step": answer.step_seconds,
+        "points": points_view(&answer.points),
+    })))
+}
+
+async fn cluster_metrics(
+    Active(cluster): Active,
+    Q(p): Q<MetricsParams>,
+) -> ApiResult<Json<Value>> {
+    let (series, from, to) = series_and_range(&p)?;
+    let (answer, missing) = cluster.cluster_metrics(series, from, to, p.step).await;
+    Ok(Json(json!({
+        "item": p.item,
+        "labels": p.labels,
+        "step": answer.step_seconds,
+        "points": points_view(&answer.points),
+        "groups_missing": missing,
     })))
 }

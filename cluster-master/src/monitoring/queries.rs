@@ -23,18 +23,93 @@ impl Cluster {
         to_ms: u64,
         step_seconds: u64,
     ) -> OpResultT<MetricsAnswer> {
+        let group = self
+            .read()
+            .nodes
+            .get(node)
+            .map(|n| n.record.group.clone())
+            .ok_or_else(|| OpError::NotFound(format!("node {node} does not exist")))?;
+        let query = MetricsQuery {
+            id: 0,
+            node: Some(node.to_string()),
+            series,
+            from_ms,
+            to_ms,
+            step_seconds,
+        };
+        self.ask_group(&group, query).await
+    }
+
+    /// The history of `series` over `group`'s nodes (mean of averages, least minimum,
+    /// greatest maximum per point), from its group master.
+    pub(crate) async fn group_metrics(
+        &self,
+        group: &str,
+        series: SeriesKey,
+        from_ms: u64,
+        to_ms: u64,
+        step_seconds: u64,
+    ) -> OpResultT<MetricsAnswer> {
+        if !self.read().groups.contains_key(group) {
+            return Err(OpError::NotFound(format!("group {group} does not exist")));
+        }
+        let query = MetricsQuery {
+            id: 0,
+            node: None,
+            series,
+            from_ms,
+            to_ms,
+            step_seconds,
+        };
+        self.ask_group(group, query).await
+    }
+
+    /// The history of `series` over every node: each connected group master asked at
+    /// once, their points merged. Groups that cannot answer are left out and named.
+    pub(crate) async fn cluster_metrics(
+        &self,
+        series: SeriesKey,
+        from_ms: u64,
+        to_ms: u64,
+        step_seconds: u64,
+    ) -> (MetricsAnswer, Vec<String>) {
+        let groups: Vec<String> = self.read().groups.keys().cloned().collect();
+        let asks = groups
+            .iter()
+            .map(|g| self.group_metrics(g, series.clone(), from_ms, to_ms, step_seconds));
+        let answers = futures::future::join_all(asks).await;
+        let mut step = step_seconds;
+        let mut parts = Vec::new();
+        let mut missing = Vec::new();
+        for (group, answer) in groups.into_iter().zip(answers) {
+            match answer {
+                Ok(a) => {
+                    step = a.step_seconds;
+                    parts.push(a.points);
+                }
+                Err(_) => missing.push(group),
+            }
+        }
+        let answer = MetricsAnswer {
+            id: 0,
+            step_seconds: step,
+            points: glory_monitor::store::merge_points(parts),
+            error: None,
+        };
+        (answer, missing)
+    }
+
+    /// Ask `group`'s active master `query` (its id assigned here) and wait for the
+    /// answer.
+    async fn ask_group(&self, group: &str, mut query: MetricsQuery) -> OpResultT<MetricsAnswer> {
         let id = self.monitoring.next_query.fetch_add(1, Ordering::Relaxed);
+        query.id = id;
         let (tx, rx) = oneshot::channel();
         {
             let reg = self.read();
-            let group = reg
-                .nodes
-                .get(node)
-                .map(|n| n.record.group.clone())
-                .ok_or_else(|| OpError::NotFound(format!("node {node} does not exist")))?;
             let entry = reg
                 .groups
-                .get(&group)
+                .get(group)
                 .filter(|g| g.link.is_some())
                 .ok_or_else(|| OpError::Conflict {
                     message: format!(
@@ -43,14 +118,7 @@ impl Cluster {
                     fit: None,
                 })?;
             super::guard(self.monitoring.queries.lock()).insert(id, tx);
-            entry.notify(ClusterToGroup::Metrics(MetricsQuery {
-                id,
-                node: Some(node.to_string()),
-                series,
-                from_ms,
-                to_ms,
-                step_seconds,
-            }));
+            entry.notify(ClusterToGroup::Metrics(query));
         }
         let answer = tokio::time::timeout(ANSWER_TIMEOUT, rx).await;
         super::guard(self.monitoring.queries.lock()).remove(&id);
@@ -61,7 +129,7 @@ impl Cluster {
             },
             _ => Err(OpError::Conflict {
                 message: format!(
-                    "the group master did not answer within {}s",
+                    "the group master of {group} did not answer within {}s",
                     ANSWER_TIMEOUT.as_secs()
                 ),
                 fit: None,

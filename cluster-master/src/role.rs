@@ -39,6 +39,8 @@ pub struct Node {
     pub(crate) me: LeaderInfo,
     active: OnceLock<Arc<Cluster>>,
     leader: RwLock<Option<LeaderInfo>>,
+    /// The API's latency per route, whether this master leads or stands by.
+    pub(crate) api_latency: crate::api::ApiLatency,
 }
 
 impl Node {
@@ -53,6 +55,7 @@ impl Node {
             me,
             active: OnceLock::new(),
             leader: RwLock::new(None),
+            api_latency: Default::default(),
         })
     }
 

@@ -40,6 +40,11 @@ async fn prometheus_scrapes_the_cluster_and_answers_with_its_figures() -> anyhow
     assert_eq!(resp.status(), 200);
     let text = resp.text().await?;
     assert!(text.contains("glory_nodes{state=\"up\"} 3"), "{text}");
+    // The API's latency, per route pattern (the test's own requests are in it).
+    assert!(
+        text.contains("glory_api_request_duration_seconds_count{route=\"/api/v1/cluster\",method=\"GET\"}"),
+        "{text}"
+    );
     // promtool finds nothing to complain about.
     let mut check = tokio::process::Command::new(&promtool)
         .args(["check", "metrics"])

@@ -5,11 +5,15 @@
 
 use std::fmt::Write;
 
+use std::sync::Arc;
+
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use glory_protocol::NodeState;
 
 use super::Active;
+use crate::role::Node;
 
 /// One metric family: its help, its type and its samples (`labels`, value).
 struct Family<'a> {
@@ -46,8 +50,27 @@ fn labels(pairs: &[(&str, &str)]) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
-pub(super) async fn scrape(Active(cluster): Active) -> impl IntoResponse {
+pub(super) async fn scrape(
+    State(node): State<Arc<Node>>,
+    Active(cluster): Active,
+) -> impl IntoResponse {
     let mut families = Vec::new();
+    let mut latency = Vec::new();
+    for ((route, method), h) in node.api_latency.snapshot() {
+        for (le, n) in h.cumulative() {
+            let l = labels(&[("route", &route), ("method", &method), ("le", &le)]);
+            latency.push((format!("_bucket{l}"), n as f64));
+        }
+        let l = labels(&[("route", &route), ("method", &method)]);
+        latency.push((format!("_sum{l}"), h.sum));
+        latency.push((format!("_count{l}"), h.count as f64));
+    }
+    families.push(Family {
+        name: "glory_api_request_duration_seconds",
+        help: "REST API request latency by route and method, until the response's headers.",
+        kind: "histogram",
+        samples: latency,
+    });
     {
         let reg = cluster.read();
         let counts = reg.counts();

@@ -20,6 +20,7 @@ mod error;
 mod events;
 mod extract;
 mod groups;
+mod latency;
 mod metrics;
 mod monitoring;
 mod nodes;
@@ -32,6 +33,7 @@ pub use error::ApiError;
 use error::ApiResult;
 pub use extract::Active;
 use extract::{ApiRole, Caller, J, Q};
+pub(crate) use latency::ApiLatency;
 
 pub fn router(node: Arc<Node>) -> Router {
     // Families for operators only.
@@ -66,6 +68,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(cluster::healthz))
         .merge(metrics)
         .nest("/api/v1", api)
+        // Every route timed, by its pattern (`/api/v1/nodes/{id}`), for `/metrics`.
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            latency::timed,
+        ))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(node)
 }

@@ -42,7 +42,9 @@ async fn prometheus_scrapes_the_cluster_and_answers_with_its_figures() -> anyhow
     assert!(text.contains("glory_nodes{state=\"up\"} 3"), "{text}");
     // The API's latency, per route pattern (the test's own requests are in it).
     assert!(
-        text.contains("glory_api_request_duration_seconds_count{route=\"/api/v1/cluster\",method=\"GET\"}"),
+        text.contains(
+            "glory_api_request_duration_seconds_count{route=\"/api/v1/cluster\",method=\"GET\"}"
+        ),
         "{text}"
     );
     // promtool finds nothing to complain about.

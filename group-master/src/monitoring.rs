@@ -168,6 +168,7 @@ impl Task {
                 if !self.evaluator.monitors().is_empty() {
                     let keyed: Vec<(&SeriesKey, f64)> = samples
                         .iter()
+                        .filter(|(_, v)| v.is_finite())
                         .filter_map(|(id, v)| Some((self.store.key(*id)?, *v)))
                         .collect();
                     let changes = self.evaluator.samples(&node, &keyed, now);

@@ -198,17 +198,9 @@ impl Evaluator {
         out
     }
 
-    /// The latest value of `series` on each node that has one.
-    pub fn latest(&self, series: &SeriesKey) -> Vec<(&str, f64)> {
-        self.latest
-            .iter()
-            .filter_map(|(node, s)| s.get(series).map(|v| (node.as_str(), *v)))
-            .collect()
-    }
-
-    /// Every alert that is pending or firing now (for a cluster master that connects:
-    /// it learns the whole set, not only what changes afterwards).
-    pub fn active(&self) -> Vec<(AlertKey, AlertState)> {
+    /// Every alert that is pending or firing now.
+    #[cfg(test)]
+    fn active(&self) -> Vec<(AlertKey, AlertState)> {
         self.tracked
             .iter()
             .filter_map(|(k, t)| match t {

@@ -34,7 +34,7 @@ fn unit(seed: u64, salt: u64) -> f64 {
 }
 
 /// The seed of a host name (FNV-1a).
-pub fn seed_of(name: &str) -> u64 {
+fn seed_of(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })

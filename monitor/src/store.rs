@@ -87,7 +87,6 @@ pub struct Store {
     minutes_due: Vec<(i64, u64)>,
     hours_due: Vec<(i64, u64)>,
     last_retention_ms: u64,
-    rows_written: u64,
 }
 
 impl Store {
@@ -122,7 +121,6 @@ impl Store {
             minutes_due: Vec::new(),
             hours_due: Vec::new(),
             last_retention_ms: 0,
-            rows_written: 0,
         };
         let known: Vec<(u32, String)> = {
             let mut stmt = store.conn.prepare("SELECT id, key FROM series")?;
@@ -192,12 +190,7 @@ impl Store {
         t_ms: u64,
         values: &[(u32, f64)],
     ) -> Result<(), StoreError> {
-        let finite: Vec<(u32, f64)> = values
-            .iter()
-            .copied()
-            .filter(|(_, v)| v.is_finite())
-            .collect();
-        let raw = encode_values(&finite);
+        let raw = encode_values(values);
         let state = self.node(node)?;
         let (id, ended) = (state.id, state.minute);
         let minute = bucket(t_ms, MINUTE_MS);
@@ -287,27 +280,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        let written = rows.len() + minutes.len() + hours.len();
-        self.rows_written += written as u64;
-        Ok(written)
-    }
-
-    /// Rows written since the store was opened.
-    pub fn rows_written(&self) -> u64 {
-        self.rows_written
-    }
-
-    /// Bytes the database takes on disk (or in memory).
-    pub fn size_bytes(&self) -> u64 {
-        let pages: i64 = self
-            .conn
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
-            .unwrap_or(0);
-        let size: i64 = self
-            .conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap_or(0);
-        (pages * size) as u64
+        Ok(rows.len() + minutes.len() + hours.len())
     }
 
     /// The history of `key` over every node of the store: per point, the mean of the
@@ -446,9 +419,11 @@ fn parse_key(text: &str) -> SeriesKey {
     }
 }
 
+/// Packed `(series, value)` pairs; values that are not finite (NaN, infinities) are
+/// left out: they would poison every rollup they entered.
 fn encode_values(values: &[(u32, f64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 12);
-    for (s, v) in values {
+    for (s, v) in values.iter().filter(|(_, v)| v.is_finite()) {
         out.extend_from_slice(&s.to_le_bytes());
         out.extend_from_slice(&v.to_le_bytes());
     }

@@ -77,11 +77,6 @@ impl Link {
             .map_err(|e| LinkError::Datagram(e.to_string()))
     }
 
-    /// The next datagram from the peer, or why the link ended.
-    pub async fn read_datagram(&self) -> Result<Bytes, LinkEnd> {
-        self.0.read_datagram().await.map_err(LinkEnd::from)
-    }
-
     /// Close the link with `code` (see [`crate::close`]) and a reason the peer logs.
     pub fn close(&self, code: u32, reason: &str) {
         self.0.close(VarInt::from_u32(code), reason.as_bytes());
@@ -90,11 +85,6 @@ impl Link {
     /// Wait until the link ends, and say why.
     pub async fn closed(&self) -> LinkEnd {
         LinkEnd::from(self.0.closed().await)
-    }
-
-    /// Why the link ended, if it has.
-    pub fn end(&self) -> Option<LinkEnd> {
-        self.0.close_reason().map(LinkEnd::from)
     }
 
     /// A raw bidirectional stream beside the control stream (for tests that speak

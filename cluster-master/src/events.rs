@@ -137,6 +137,9 @@ pub struct AlertEvent {
     pub group: String,
     pub level: String,
     pub value: f64,
+    /// What else the node said (a check's output).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The node that holds an identity, in [`EventData::NodeIdentityConflict`].
@@ -292,6 +295,7 @@ mod tests {
             group: "g".into(),
             level: "critical".into(),
             value: 1.0,
+            detail: None,
         }
     }
 

@@ -519,6 +519,33 @@ pub async fn sim(client: &ApiClient, id: &str, action: &str, as_json: bool) -> a
     Ok(())
 }
 
+/// `glory sim kill-process ID NAME`, `glory sim start-process ID NAME`.
+pub async fn sim_process(
+    client: &ApiClient,
+    id: &str,
+    name: &str,
+    action: &str,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let r = client
+        .call(
+            Method::POST,
+            &format!(
+                "/api/v1/sim/nodes/{}/processes/{}/{action}",
+                urlencode(id),
+                urlencode(name)
+            ),
+            None,
+        )
+        .await?;
+    if as_json {
+        print_json(&r);
+    } else {
+        println!("node {id}: {name} {}", s(&r["action"]));
+    }
+    Ok(())
+}
+
 /// `glory sim load ID --cpu 95 --for 60s`.
 pub async fn sim_load(
     client: &ApiClient,

@@ -232,6 +232,10 @@ enum SimAction {
         #[arg(long = "for", default_value = "60s")]
         duration: String,
     },
+    /// Kill one of a simulated node's daemons (sshd, chronyd, glory-node-agent).
+    KillProcess { id: String, name: String },
+    /// Start one of a simulated node's daemons again.
+    StartProcess { id: String, name: String },
 }
 
 /// `glory nodes | head` closes our stdout early: end quietly, as Unix tools do, instead
@@ -398,6 +402,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: Some(SimAction::Load { id, cpu, duration }),
             ..
         } => c::sim_load(&client, &id, cpu, &duration, cli.json).await,
+        Command::Sim {
+            action: Some(SimAction::KillProcess { id, name }),
+            ..
+        } => c::sim_process(&client, &id, &name, "kill", cli.json).await,
+        Command::Sim {
+            action: Some(SimAction::StartProcess { id, name }),
+            ..
+        } => c::sim_process(&client, &id, &name, "start", cli.json).await,
     }
 }
 

@@ -286,6 +286,18 @@ impl glory_cluster_master::SimControl for SimFleet {
         self.load_index(index, cpu_percent, seconds);
         Ok(())
     }
+
+    async fn process(&self, node: &str, name: &str, start: bool) -> Result<(), String> {
+        let index = self
+            .index_of(node)
+            .ok_or_else(|| format!("node {node} is not a simulated agent here"))?;
+        let host = self
+            .agents()
+            .get(index)
+            .map(|a| a.host.clone())
+            .ok_or_else(|| format!("node {node} is not a simulated agent here"))?;
+        host.set_process(name, start)
+    }
 }
 
 /// A [`SimControl`](glory_cluster_master::SimControl) whose fleet is attached after the
@@ -316,5 +328,8 @@ impl glory_cluster_master::SimControl for LateFleet {
     }
     async fn load(&self, node: &str, cpu_percent: f64, seconds: u64) -> Result<(), String> {
         glory_cluster_master::SimControl::load(self.get()?, node, cpu_percent, seconds).await
+    }
+    async fn process(&self, node: &str, name: &str, start: bool) -> Result<(), String> {
+        glory_cluster_master::SimControl::process(self.get()?, node, name, start).await
     }
 }

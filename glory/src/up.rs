@@ -156,6 +156,9 @@ impl Up {
             token: Some(token),
             heartbeat_interval_ms: options.heartbeat_interval_ms,
             max_backoff_ms: 2000,
+            // Ten minutes of samples per simulated node (a real agent keeps an hour):
+            // enough to refill a group master that failed over.
+            metrics_buffer_seconds: 600,
             ..Default::default()
         };
         let mut settings = agent_config.validate()?;

@@ -142,6 +142,11 @@ impl Service for Agents {
         for msg in self.shared.take_commands(&session.node) {
             out.send(id, &msg);
         }
+        // The monitoring task tells the agent which samples it holds and which probes
+        // to run.
+        self.shared.monitor(Input::Opened {
+            node: session.node.clone(),
+        });
         debug!(node_id = %session.node, ?id, "agent connected");
     }
 
@@ -158,6 +163,13 @@ impl Service for Agents {
                 node: node.clone(),
                 session: session.id,
                 batch,
+                live: true,
+            }),
+            Ok(AgentToGroup::Backfill(batch)) => self.shared.monitor(Input::Batch {
+                node: node.clone(),
+                session: session.id,
+                batch,
+                live: false,
             }),
             Ok(AgentToGroup::Leaving) => {
                 info!(node_id = %node, "agent leaving");

@@ -16,9 +16,10 @@ use glory_monitor::batch::BatchReader;
 use glory_monitor::evaluate::Evaluator;
 use glory_monitor::store::{Retention, Store};
 use glory_protocol::monitoring::{
-    AlertChange, AlertKey, AlertState, MetricsAnswer, MetricsQuery, MonitorSpec, SampleBatch,
-    SeriesKey,
+    AlertChange, AlertKey, AlertState, MetricsAnswer, MetricsQuery, MonitorSpec, ProbeSpec,
+    SampleBatch, SeriesKey,
 };
+use glory_protocol::GroupToAgent;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -31,6 +32,12 @@ pub(crate) enum Input {
         node: String,
         session: u64,
         batch: SampleBatch,
+        /// False for a backfill of older samples: stored, not evaluated.
+        live: bool,
+    },
+    /// A node's agent connected: tell it what the store holds and which probes to run.
+    Opened {
+        node: String,
     },
     /// The node went down or left: its alerts are inhibited.
     Down(String),
@@ -100,6 +107,12 @@ struct Task {
     readers: HashMap<String, (u64, BatchReader<u32>)>,
     /// Alerts pending or firing now, as last reported.
     active: HashMap<AlertKey, AlertChange>,
+    /// The monitors with a probe (process, check), to hand to agents.
+    probing: Vec<MonitorSpec>,
+    /// The probes each agent was last sent.
+    probes_sent: HashMap<String, Vec<ProbeSpec>>,
+    /// The last text (a check's output) per node and monitor.
+    texts: HashMap<(String, String), String>,
     shared: Arc<Shared>,
     ingested: Arc<AtomicU64>,
 }
@@ -116,6 +129,9 @@ async fn run(
         evaluator: Evaluator::default(),
         readers: HashMap::new(),
         active: HashMap::new(),
+        probing: Vec::new(),
+        probes_sent: HashMap::new(),
+        texts: HashMap::new(),
         shared,
         ingested,
     };
@@ -142,6 +158,7 @@ impl Task {
                 node,
                 session,
                 batch,
+                live,
             } => {
                 let reader = match self.readers.get_mut(&node) {
                     Some((s, reader)) if *s == session => reader,
@@ -165,7 +182,17 @@ impl Task {
                 }
                 self.ingested
                     .fetch_add(samples.len() as u64, Ordering::Relaxed);
-                if !self.evaluator.monitors().is_empty() {
+                for (id, text) in &batch.texts {
+                    let monitor = reader
+                        .get(*id)
+                        .and_then(|sid| self.store.key(sid))
+                        .and_then(|key| key.get("monitor"));
+                    if let Some(monitor) = monitor {
+                        self.texts
+                            .insert((node.clone(), monitor.to_string()), text.clone());
+                    }
+                }
+                if live && !self.evaluator.monitors().is_empty() {
                     let keyed: Vec<(&SeriesKey, f64)> = samples
                         .iter()
                         .filter(|(_, v)| v.is_finite())
@@ -181,8 +208,27 @@ impl Task {
                 self.publish(changes);
             }
             Input::Monitors(monitors) => {
+                self.probing = monitors
+                    .iter()
+                    .filter(|m| m.probe.is_some())
+                    .cloned()
+                    .collect();
                 let changes = self.evaluator.set_monitors(monitors, now);
                 self.publish(changes);
+                self.send_probes(None);
+            }
+            Input::Opened { node } => {
+                self.probes_sent.remove(&node);
+                let through_ms = match self.store.latest(&node) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(node_id = %node, error = %e, "cannot read the statistics store");
+                        None
+                    }
+                };
+                self.shared
+                    .to_agent(&node, GroupToAgent::SamplesHeld { through_ms });
+                self.send_probes(Some(node));
             }
             Input::Query(query) => {
                 let answer = self.answer(&query, now);
@@ -225,6 +271,47 @@ impl Task {
         }
     }
 
+    /// The probes `node` runs: those of the monitors with a probe whose scope holds it.
+    fn probes_for(&self, node: &str) -> Vec<ProbeSpec> {
+        self.probing
+            .iter()
+            .filter(|m| m.nodes.as_ref().is_none_or(|n| n.iter().any(|n| n == node)))
+            .filter_map(|m| {
+                Some(ProbeSpec {
+                    monitor: m.name.clone(),
+                    interval_seconds: m.interval_seconds,
+                    probe: m.probe.clone()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Send each connected agent (or only `only`) its probes when they changed.
+    fn send_probes(&mut self, only: Option<String>) {
+        let nodes: Vec<String> = match only {
+            Some(node) => vec![node],
+            None if self.probing.is_empty() && self.probes_sent.is_empty() => return,
+            None => self.shared.connected_nodes(),
+        };
+        for node in nodes {
+            let probes = self.probes_for(&node);
+            let before = self.probes_sent.get(&node);
+            if before.map_or(probes.is_empty(), |b| *b == probes) {
+                continue;
+            }
+            if self
+                .shared
+                .to_agent(&node, GroupToAgent::Probes(probes.clone()))
+            {
+                if probes.is_empty() {
+                    self.probes_sent.remove(&node);
+                } else {
+                    self.probes_sent.insert(node, probes);
+                }
+            }
+        }
+    }
+
     fn tick(&mut self) {
         let now = glory_protocol::now_ms();
         let changes = self.evaluator.group_rules(now);
@@ -237,6 +324,15 @@ impl Task {
     fn publish(&mut self, changes: Vec<AlertChange>) {
         if changes.is_empty() {
             return;
+        }
+        let mut changes = changes;
+        for c in &mut changes {
+            if let Some(node) = &c.key.node {
+                c.detail = self
+                    .texts
+                    .get(&(node.clone(), c.key.monitor.clone()))
+                    .cloned();
+            }
         }
         for c in &changes {
             match c.state {

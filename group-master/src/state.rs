@@ -298,6 +298,11 @@ impl Shared {
         true
     }
 
+    /// The nodes whose agents are connected now.
+    pub fn connected_nodes(&self) -> Vec<String> {
+        self.lock().sessions.keys().cloned().collect()
+    }
+
     /// Messages queued for `node`'s agent.
     pub fn take_commands(&self, node: &str) -> Vec<GroupToAgent> {
         self.lock().commands.remove(node).unwrap_or_default()

@@ -44,7 +44,8 @@ mod monitoring;
 pub mod stored;
 
 pub use monitoring::{
-    AggregateRecord, MonitorRecord, MonitorScope, RuleRecord, SilenceMatchers, SilenceRecord,
+    AggregateRecord, MonitorRecord, MonitorScope, ProcessMatchRecord, RuleRecord, SilenceMatchers,
+    SilenceRecord,
 };
 
 /// Version written into every record by this build.

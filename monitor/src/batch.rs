@@ -30,7 +30,19 @@ impl BatchWriter {
 
     /// Add one sample to `batch`.
     pub fn add(&mut self, batch: &mut SampleBatch, key: &SeriesKey, value: f64) {
-        let id = match self.ids.get(key) {
+        let id = self.number(batch, key);
+        batch.values.push((id, value));
+    }
+
+    /// Add text that goes with a series (a check's output) to `batch`.
+    pub fn add_text(&mut self, batch: &mut SampleBatch, key: &SeriesKey, text: String) {
+        let id = self.number(batch, key);
+        batch.texts.push((id, text));
+    }
+
+    /// The series' number, defined in `batch` if it is new to the session.
+    fn number(&mut self, batch: &mut SampleBatch, key: &SeriesKey) -> u32 {
+        match self.ids.get(key) {
             Some(id) => *id,
             None => {
                 let id = self.ids.len() as u32;
@@ -38,8 +50,7 @@ impl BatchWriter {
                 batch.defs.push((id, key.clone()));
                 id
             }
-        };
-        batch.values.push((id, value));
+        }
     }
 }
 
@@ -65,6 +76,11 @@ impl<T> Default for BatchReader<T> {
 }
 
 impl<T: Copy> BatchReader<T> {
+    /// What number `id` was resolved to (after a [`BatchReader::read`] that defined it).
+    pub fn get(&self, id: u32) -> Option<T> {
+        self.resolved.get(id as usize).copied().flatten()
+    }
+
     /// The samples of `batch`, each series resolved with `resolve` the first time the
     /// session defines it. Numbers the session never defined are an error.
     pub fn read<E: std::fmt::Display>(
@@ -132,6 +148,7 @@ mod tests {
             at_ms: 0,
             defs: vec![(u32::MAX, SeriesKey::new("x"))],
             values: vec![],
+            texts: vec![],
         };
         assert!(BatchReader::<usize>::default()
             .read(&huge, |_| Ok::<_, String>(0))

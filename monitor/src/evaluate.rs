@@ -23,6 +23,7 @@ fn change(key: AlertKey, t: Transition) -> AlertChange {
         state: t.state,
         value: t.value,
         since_ms: t.at_ms,
+        detail: None,
     }
 }
 
@@ -74,6 +75,7 @@ impl Evaluator {
                     state: AlertState::Resolved,
                     value: f64::NAN,
                     since_ms: now_ms,
+                    detail: None,
                 });
             }
             same
@@ -224,6 +226,8 @@ mod tests {
             labels: Default::default(),
             nodes: None,
             rules,
+            probe: None,
+            interval_seconds: 5,
         }
     }
 
@@ -346,6 +350,8 @@ mod tests {
                 labels: [("mount".to_string(), "/".to_string())].into(),
                 nodes: Some(vec!["n1".into()]),
                 rules: vec![over(90.0, Level::Critical)],
+                probe: None,
+                interval_seconds: 5,
             }],
             0,
         );

@@ -21,3 +21,12 @@ pub const NODE_ITEMS: &[&str] = &[
 pub fn is_known(item: &str) -> bool {
     NODE_ITEMS.contains(&item)
 }
+
+/// The item of checks: the exit code (0 ok, 1 warning, 2 critical, 3 unknown).
+pub const CHECK_ITEM: &str = "check.status";
+
+/// Whether `item` has history: a node metric or an item of process monitors and
+/// checks (those carry the label `monitor=<name>`).
+pub fn has_history(item: &str) -> bool {
+    is_known(item) || crate::procs::PROCESS_ITEMS.contains(&item) || item == CHECK_ITEM
+}

@@ -4,6 +4,8 @@
 //! - [`collect`]: node metrics of a real host (sysinfo and /proc).
 //! - [`simulated`]: seeded, realistic series for simulated hosts.
 //! - [`batch`]: numbering series once per session for compact sample batches.
+//! - [`buffer`]: the agent's recent samples, for backfilling a group master.
+//! - [`procs`]: process monitors: matching, usage from /proc, restarts.
 //! - [`rules`]: one alert's life under one rule (pending, firing, hysteresis,
 //!   keep-firing, inhibition), pure, time passed in; group aggregates.
 //! - [`evaluate`]: a group master's monitors over its nodes' samples.
@@ -16,9 +18,11 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod buffer;
 pub mod collect;
 pub mod evaluate;
 pub mod items;
+pub mod procs;
 pub mod rollup;
 pub mod rules;
 pub mod simulated;

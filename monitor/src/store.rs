@@ -194,7 +194,13 @@ impl Store {
         let state = self.node(node)?;
         let (id, ended) = (state.id, state.minute);
         let minute = bucket(t_ms, MINUTE_MS);
-        if minute > ended {
+        if minute < ended {
+            // Backfill of a minute already closed: roll it (and its hour) up again.
+            self.minutes_due.push((id, minute));
+            if bucket(t_ms, HOUR_MS) < bucket(ended, HOUR_MS) {
+                self.hours_due.push((id, bucket(t_ms, HOUR_MS)));
+            }
+        } else if minute > ended {
             state.minute = minute;
             if ended != 0 {
                 self.minutes_due.push((id, ended));
@@ -205,6 +211,39 @@ impl Store {
         }
         self.pending.push((Table::Raw, id, t_ms, raw));
         Ok(())
+    }
+
+    /// When the newest sample of `node` was taken (None: the store has none).
+    pub fn latest(&mut self, node: &str) -> Result<Option<u64>, StoreError> {
+        let Some(state) = self.nodes.get(node) else {
+            let id: Option<i64> = self
+                .conn
+                .query_row("SELECT id FROM nodes WHERE name = ?1", params![node], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            return match id {
+                Some(id) => self.stored_latest(id),
+                None => Ok(None),
+            };
+        };
+        let id = state.id;
+        let pending = self
+            .pending
+            .iter()
+            .filter(|(table, n, _, _)| *table == Table::Raw && *n == id)
+            .map(|(_, _, t, _)| *t)
+            .max();
+        Ok(pending.max(self.stored_latest(id)?))
+    }
+
+    fn stored_latest(&self, id: i64) -> Result<Option<u64>, StoreError> {
+        let t: Option<i64> =
+            self.conn
+                .query_row("SELECT MAX(t) FROM raw WHERE node = ?1", params![id], |r| {
+                    r.get(0)
+                })?;
+        Ok(t.map(|t| t as u64))
     }
 
     /// Write what was ingested since the last commit in one transaction, and drop what
@@ -223,8 +262,12 @@ impl Store {
         }
         // Minutes from their samples, then hours from their minutes (read back in the
         // same transaction).
-        let minutes = std::mem::take(&mut self.minutes_due);
-        let hours = std::mem::take(&mut self.hours_due);
+        let mut minutes = std::mem::take(&mut self.minutes_due);
+        let mut hours = std::mem::take(&mut self.hours_due);
+        for due in [&mut minutes, &mut hours] {
+            due.sort_unstable();
+            due.dedup();
+        }
         for (from, to, due, width) in [
             (Table::Raw, Table::Minute, &minutes, MINUTE_MS),
             (Table::Minute, Table::Hour, &hours, HOUR_MS),
@@ -490,6 +533,38 @@ mod tests {
             store.ingest(node, t, &[(c, v), (d, 50.0)]).unwrap();
             store.commit(t).unwrap();
         }
+    }
+
+    #[test]
+    fn backfilled_samples_are_rolled_up_into_closed_minutes_and_hours() {
+        let mut store = Store::in_memory(Retention::default()).unwrap();
+        let c = store.series_id(&cpu()).unwrap();
+        assert_eq!(store.latest("n1").unwrap(), None);
+        // Live samples from minute 70 on (a new master), then the agent's backfill of
+        // minutes 0..70, in order, as it sends it.
+        let live = T0 + 70 * MINUTE_MS;
+        for i in 0..24 {
+            store.ingest("n1", live + i * 5000, &[(c, 70.0)]).unwrap();
+        }
+        store.commit(live + 120_000).unwrap();
+        assert_eq!(store.latest("n1").unwrap(), Some(live + 23 * 5000));
+        for i in 0..70 * 12 {
+            let v = (i / 12) as f64;
+            store.ingest("n1", T0 + i * 5000, &[(c, v)]).unwrap();
+            if i % 100 == 0 {
+                store.commit(live + 120_000).unwrap();
+            }
+        }
+        store.commit(live + 120_000).unwrap();
+        let now = live + 120_000;
+        let (_, minutes) = store
+            .query("n1", &cpu(), T0, live - 1, MINUTE_MS, now)
+            .unwrap();
+        assert_eq!(minutes.len(), 70, "every backfilled minute is rolled up");
+        assert_eq!(minutes[69], (T0 + 69 * MINUTE_MS, 69.0, 69.0, 69.0));
+        let (_, hours) = store.query("n1", &cpu(), T0, now, HOUR_MS, now).unwrap();
+        assert_eq!(hours[0], (T0, 29.5, 0.0, 59.0), "the closed hour too");
+        assert_eq!(store.latest("n1").unwrap(), Some(live + 23 * 5000));
     }
 
     #[test]

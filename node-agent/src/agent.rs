@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glory_monitor::batch::BatchWriter;
+use glory_monitor::buffer::SampleBuffer;
 use glory_protocol::enroll::enroll;
-use glory_protocol::monitoring::SampleBatch;
+use glory_protocol::monitoring::{SampleBatch, SeriesKey};
 use glory_protocol::targets::Targets;
 use glory_protocol::tls::{csr_for_key, generate_csr, CLUSTER_MASTER_NAME, GROUP_MASTER_NAME};
 use glory_protocol::transport::{client_config, client_hello, connect};
@@ -22,6 +23,7 @@ use crate::config::AgentSettings;
 use crate::dialer::Dialer;
 use crate::host::Host;
 use crate::identity::{AgentIdentity, IdentityStore};
+use crate::probes::Probes;
 use crate::processes::Supervisor;
 
 /// What an agent needs besides its settings. Simulated agents share endpoints.
@@ -156,6 +158,11 @@ pub async fn run_agent(
     // Processes live as long as this run (a simulated power-off ends them too).
     let inventory = deps.host.inventory();
     let procs = Supervisor::new(!deps.host.runs_processes());
+    // Probes and recent samples outlive sessions: a new group master gets both.
+    let mut monitoring = Monitoring {
+        probes: Probes::default(),
+        buffer: SampleBuffer::new(settings.metrics_buffer.as_millis() as u64),
+    };
     let mut link = LinkLog::default();
     // The key of an identity whose certificate was refused: enrolling again with it is
     // judged the same agent, not another server claiming its identity.
@@ -186,6 +193,7 @@ pub async fn run_agent(
             &mut backoff,
             &mut avoid,
             &procs,
+            &mut monitoring,
             &mut link,
         )
         .await;
@@ -551,6 +559,7 @@ async fn session(
     backoff: &mut Backoff,
     avoid: &mut Option<std::net::SocketAddr>,
     procs: &Arc<Supervisor>,
+    monitoring: &mut Monitoring,
     link: &mut LinkLog,
 ) -> SessionEnd {
     let (conn, control) = match connect_group_master(settings, deps, identity, *avoid).await {
@@ -589,6 +598,10 @@ async fn session(
         tokio::time::interval_at(tokio::time::Instant::now() + metrics_every, metrics_every);
     metrics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batches = BatchWriter::default();
+    // What the group master lacks of the buffer: after `.0`, before `.1` (this
+    // session's first sample), sent a minute's worth per interval.
+    let mut backfill: Option<(Option<u64>, u64)> = None;
+    let session_start = glory_protocol::now_ms();
     let end = 'session: loop {
         tokio::select! {
             biased;
@@ -622,11 +635,12 @@ async fn session(
                 }
             }
             _ = metrics.tick(), if settings.metrics_interval.is_some() => {
-                let now = glory_protocol::now_ms();
-                let mut batch = SampleBatch { at_ms: now, ..SampleBatch::default() };
-                deps.host.sample(now, &mut |key, value| batches.add(&mut batch, key, value));
+                let batch = monitoring.sample(deps.host.as_ref(), &mut batches);
                 if let Err(e) = send.send(&AgentToGroup::Samples(batch)).await {
                     break SessionEnd::Lost(format!("send metrics: {e}"));
+                }
+                if let Err(e) = monitoring.backfill(&mut backfill, &mut batches, &mut send).await {
+                    break SessionEnd::Lost(format!("send backfill: {e}"));
                 }
             }
             _ = procs.changed.notified() => {
@@ -647,6 +661,10 @@ async fn session(
                         }
                     }
                 }
+                Some(Ok(Some(GroupToAgent::Probes(specs)))) => monitoring.probes.set(specs),
+                Some(Ok(Some(GroupToAgent::SamplesHeld { through_ms }))) => {
+                    backfill = Some((through_ms, session_start));
+                }
                 Some(Ok(Some(GroupToAgent::Removed { reason }))) => break SessionEnd::Removed(reason),
                 Some(Ok(None)) | None => break SessionEnd::Lost("group master closed the control stream".into()),
                 Some(Err(e)) => break SessionEnd::Lost(format!("control stream: {e}")),
@@ -664,4 +682,73 @@ async fn session(
         *avoid = Some(remote);
     }
     end
+}
+
+/// The agent's monitoring between sessions: its probes and its recent samples.
+struct Monitoring {
+    probes: Probes,
+    buffer: SampleBuffer,
+}
+
+/// Batches of the buffer sent per metrics interval while backfilling (a minute's
+/// worth at the default interval): a new group master is not flooded.
+const BACKFILL_PER_INTERVAL: usize = 12;
+
+impl Monitoring {
+    /// One interval's batch: node metrics and what the probes found, kept in the
+    /// buffer too.
+    fn sample(&mut self, host: &dyn Host, batches: &mut BatchWriter) -> SampleBatch {
+        let now = glory_protocol::now_ms();
+        let mut batch = SampleBatch {
+            at_ms: now,
+            ..SampleBatch::default()
+        };
+        let buffer = &mut self.buffer;
+        buffer.start(now);
+        {
+            let mut add = |key: &SeriesKey, value: f64| {
+                batches.add(&mut batch, key, value);
+                buffer.add(key, value);
+            };
+            host.sample(now, &mut add);
+            if !self.probes.is_empty() {
+                let mut texts = Vec::new();
+                self.probes.run(host, now, &mut add, &mut |key, text| {
+                    texts.push((key.clone(), text))
+                });
+                for (key, text) in texts {
+                    batches.add_text(&mut batch, &key, text);
+                }
+            }
+        }
+        buffer.finish();
+        batch
+    }
+
+    /// Send the next part of what the group master lacks (`pending`: after, before),
+    /// clearing `pending` when all is sent.
+    async fn backfill(
+        &self,
+        pending: &mut Option<(Option<u64>, u64)>,
+        batches: &mut BatchWriter,
+        send: &mut glory_protocol::transport::ControlSender,
+    ) -> Result<(), glory_protocol::FrameError> {
+        let Some((after, before)) = *pending else {
+            return Ok(());
+        };
+        let mut last = after;
+        let mut sent = 0;
+        for (at_ms, samples) in self
+            .buffer
+            .between(after, before)
+            .take(BACKFILL_PER_INTERVAL)
+        {
+            let batch = batches.batch(at_ms, samples);
+            send.send(&AgentToGroup::Backfill(batch)).await?;
+            last = Some(at_ms);
+            sent += 1;
+        }
+        *pending = (sent == BACKFILL_PER_INTERVAL).then_some((last, before));
+        Ok(())
+    }
 }

@@ -38,6 +38,10 @@ pub struct AgentConfig {
     /// How often node metrics are sampled and sent to the group master, milliseconds
     /// (0: never).
     pub metrics_interval_ms: u64,
+    /// How far back the agent keeps the samples it sent, seconds (0: not at all): a
+    /// group master that lacks them (a standby that took over, a master restarted
+    /// without its store) gets them back, so its history has no gap.
+    pub metrics_buffer_seconds: u64,
     /// Largest wait between enrollment or connection retries, milliseconds.
     pub max_backoff_ms: u64,
     /// Timeout of one connection attempt or request, milliseconds.
@@ -60,6 +64,7 @@ impl Default for AgentConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             heartbeat_interval_ms: 1000,
             metrics_interval_ms: 5000,
+            metrics_buffer_seconds: 3600,
             max_backoff_ms: 10_000,
             request_timeout_ms: 5_000,
             idle_timeout_ms: 3_000,
@@ -77,6 +82,7 @@ pub struct AgentSettings {
     pub heartbeat_interval: Duration,
     /// None: metrics are not sent.
     pub metrics_interval: Option<Duration>,
+    pub metrics_buffer: Duration,
     pub max_backoff: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
@@ -98,6 +104,12 @@ impl AgentConfig {
             bail!(
                 "metrics_interval_ms must be 0 (off) or at least 500 (got {})",
                 self.metrics_interval_ms
+            );
+        }
+        if self.metrics_buffer_seconds > 86_400 {
+            bail!(
+                "metrics_buffer_seconds must be at most 86400 (got {})",
+                self.metrics_buffer_seconds
             );
         }
         if self.idle_timeout_ms <= self.heartbeat_interval_ms * 2 {
@@ -139,6 +151,7 @@ impl AgentConfig {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
             metrics_interval: (self.metrics_interval_ms > 0)
                 .then(|| Duration::from_millis(self.metrics_interval_ms)),
+            metrics_buffer: Duration::from_secs(self.metrics_buffer_seconds),
             max_backoff: Duration::from_millis(self.max_backoff_ms.max(100)),
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(100)),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 use glory_monitor::collect::Collector;
+use glory_monitor::procs::{Candidate, Matcher, ProcInfo};
 use glory_monitor::simulated::SimSeries;
 use glory_protocol::monitoring::SeriesKey;
 use glory_protocol::{Disk, Inventory, Load, Nic};
@@ -17,6 +18,8 @@ pub trait Host: Send + Sync + 'static {
     fn load(&self) -> Load;
     /// Node metrics now (one call per monitoring interval), each given to `out`.
     fn sample(&self, now_ms: u64, out: &mut dyn FnMut(&SeriesKey, f64));
+    /// The processes `matcher` watches, with what they use (process monitors).
+    fn processes(&self, matcher: &Matcher, now_ms: u64) -> Vec<ProcInfo>;
     /// Whether processes the cluster master asks for are really run here (simulated
     /// hosts only record them).
     fn runs_processes(&self) -> bool {
@@ -196,6 +199,69 @@ impl Host for RealHost {
             out(&key, value);
         }
     }
+
+    fn processes(&self, matcher: &Matcher, _now_ms: u64) -> Vec<ProcInfo> {
+        glory_monitor::procs::scan(matcher)
+    }
+}
+
+/// A process a simulated host pretends to run: the daemons every server has.
+struct SimProcess {
+    name: &'static str,
+    cmdline: &'static str,
+    unit: &'static str,
+    /// CPU it uses (fraction of one core), resident bytes, threads, open files.
+    cpu: f64,
+    rss: u64,
+    threads: u64,
+    fds: u64,
+    pid: u32,
+    /// When it started (ms); None while it is dead.
+    started_ms: Option<u64>,
+}
+
+/// The daemons of a simulated host, each `(name, command line, unit, CPU, RSS MiB,
+/// threads, open files)`.
+const SIM_PROCESSES: [(&str, &str, &str, f64, u64, u64, u64); 3] = [
+    ("sshd", "/usr/sbin/sshd -D", "ssh.service", 0.001, 8, 1, 9),
+    (
+        "chronyd",
+        "/usr/sbin/chronyd -F 1",
+        "chrony.service",
+        0.002,
+        4,
+        1,
+        6,
+    ),
+    (
+        "glory-node-agent",
+        "/usr/bin/glory-node-agent --config /etc/glory/agent.toml",
+        "glory-node-agent.service",
+        0.01,
+        24,
+        4,
+        21,
+    ),
+];
+
+fn sim_processes(index: u32, boot_ms: u64) -> Vec<SimProcess> {
+    SIM_PROCESSES
+        .iter()
+        .enumerate()
+        .map(
+            |(i, &(name, cmdline, unit, cpu, rss_mib, threads, fds))| SimProcess {
+                name,
+                cmdline,
+                unit,
+                cpu,
+                rss: rss_mib << 20,
+                threads,
+                fds,
+                pid: 400 + (index % 97) * 3 + i as u32,
+                started_ms: Some(boot_ms),
+            },
+        )
+        .collect()
 }
 
 /// A simulated server: a stable identity derived from its index and a plausible,
@@ -210,6 +276,8 @@ pub struct SimHost {
     series: SimSeries,
     /// CPU forced by a simulation hook, and until when (ms since the epoch).
     forced_cpu: Mutex<Option<(f64, u64)>>,
+    /// The daemons it runs, which simulation hooks kill and start.
+    processes: Mutex<Vec<SimProcess>>,
 }
 
 impl SimHost {
@@ -253,12 +321,14 @@ impl SimHost {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             simulated: true,
         };
+        // Booted at a host-specific time in the last 30 days.
+        let boot_ms =
+            glory_protocol::now_ms().saturating_sub((index as u64 * 7_919_000) % (30 * 86_400_000));
         let series = SimSeries::new(
             &inventory.hostname,
             inventory.cpus,
             inventory.memory_bytes,
-            // Booted at a host-specific time in the last 30 days.
-            glory_protocol::now_ms().saturating_sub((index as u64 * 7_919_000) % (30 * 86_400_000)),
+            boot_ms,
             &["/"],
             &["eth0"],
         );
@@ -268,6 +338,38 @@ impl SimHost {
             run_processes: false,
             series,
             forced_cpu: Mutex::new(None),
+            processes: Mutex::new(sim_processes(index, boot_ms)),
+        }
+    }
+
+    /// Kill (`start` false) or start one of the host's daemons (a simulation hook).
+    /// Errors when there is no such daemon or it already is in that state.
+    pub fn set_process(&self, name: &str, start: bool) -> Result<(), String> {
+        let mut procs = self.processes.lock().map_err(|_| "poisoned".to_string())?;
+        let known = || {
+            SIM_PROCESSES
+                .iter()
+                .map(|p| p.0)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let p = procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| format!("no process {name} on this host (it runs {})", known()))?;
+        match (p.started_ms.is_some(), start) {
+            (true, true) => Err(format!("{name} is already running")),
+            (false, false) => Err(format!("{name} is not running")),
+            (_, true) => {
+                // A new process: a new pid.
+                p.pid += 1000;
+                p.started_ms = Some(glory_protocol::now_ms());
+                Ok(())
+            }
+            (_, false) => {
+                p.started_ms = None;
+                Ok(())
+            }
         }
     }
 
@@ -324,6 +426,36 @@ impl Host for SimHost {
         for (key, value) in self.series.keys().iter().zip(values) {
             out(key, value);
         }
+    }
+
+    fn processes(&self, matcher: &Matcher, now_ms: u64) -> Vec<ProcInfo> {
+        let Ok(procs) = self.processes.lock() else {
+            return Vec::new();
+        };
+        let pidfile = matcher.spec().pidfile.as_deref();
+        procs
+            .iter()
+            .filter_map(|p| {
+                let started = p.started_ms?;
+                let cgroup = format!("0::/system.slice/{}", p.unit);
+                let candidate = Candidate {
+                    pid: p.pid,
+                    name: p.name,
+                    cmdline: p.cmdline,
+                    cgroup: &cgroup,
+                };
+                // Each daemon writes /run/<name>.pid.
+                let pidfile_pid =
+                    (pidfile == Some(format!("/run/{}.pid", p.name).as_str())).then_some(p.pid);
+                matcher.matches(&candidate, pidfile_pid).then(|| ProcInfo {
+                    pid: p.pid,
+                    cpu_seconds: now_ms.saturating_sub(started) as f64 / 1000.0 * p.cpu,
+                    rss_bytes: p.rss,
+                    threads: p.threads,
+                    fds: p.fds,
+                })
+            })
+            .collect()
     }
 }
 

@@ -12,6 +12,7 @@ mod dialer;
 pub mod host;
 pub mod identity;
 pub mod node_identity;
+pub mod probes;
 pub mod processes;
 pub mod restart;
 

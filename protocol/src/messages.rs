@@ -314,6 +314,9 @@ pub enum AgentToGroup {
     Processes(Vec<ProcessReport>),
     /// One interval's monitoring samples.
     Samples(crate::monitoring::SampleBatch),
+    /// Samples taken earlier that the group master does not hold (after
+    /// [`GroupToAgent::SamplesHeld`]): stored, not evaluated.
+    Backfill(crate::monitoring::SampleBatch),
 }
 
 /// Group master -> agent, on the control stream.
@@ -329,6 +332,11 @@ pub enum GroupToAgent {
     Start(ProcessSpec),
     /// Stop the process `id` if its epoch is at most `epoch`.
     Stop { id: String, epoch: u64 },
+    /// The probes (process monitors, checks) this node runs; replaces the previous set.
+    Probes(Vec<crate::monitoring::ProbeSpec>),
+    /// The newest sample of this node the group master holds (None: none), sent when a
+    /// session opens: the agent backfills what it buffered after it.
+    SamplesHeld { through_ms: Option<u64> },
 }
 
 /// A process the cluster master wants running on a node (a component master).

@@ -68,6 +68,58 @@ pub struct SampleBatch {
     #[serde(default)]
     pub defs: Vec<(u32, SeriesKey)>,
     pub values: Vec<(u32, f64)>,
+    /// Text that goes with a series' value, e.g. a check's output (at most
+    /// [`MAX_CHECK_OUTPUT`] bytes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub texts: Vec<(u32, String)>,
+}
+
+/// How much of a check's output is kept.
+pub const MAX_CHECK_OUTPUT: usize = 4096;
+
+/// Which processes a process monitor watches. Every given criterion must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessMatch {
+    /// The process name (`/proc/PID/comm`), exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A regular expression over the command line (arguments joined by spaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// A file holding the process id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pidfile: Option<String>,
+    /// A systemd unit (`ssh.service`): processes in its control group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+/// A custom check: a command whose exit code follows the Nagios plugin convention
+/// (0 ok, 1 warning, 2 critical, 3 unknown).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    /// Program and arguments (no shell unless the program is one).
+    pub command: Vec<String>,
+    pub timeout_seconds: u64,
+}
+
+/// What an agent runs for a monitor besides its node metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    Process(ProcessMatch),
+    Check(CheckSpec),
+}
+
+/// A probe as an agent gets it. Its samples are labelled `monitor=<name>`:
+/// `proc.alive`, `proc.count`, `proc.cpu_percent`, `proc.rss_bytes`, `proc.threads`,
+/// `proc.fds`, `proc.restarts` for processes; `check.status` (the exit code, 3 when
+/// the check could not run or timed out) and its output as text for checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    pub monitor: String,
+    pub interval_seconds: u64,
+    pub probe: Probe,
 }
 
 /// How bad an alert is.
@@ -104,6 +156,10 @@ pub enum Op {
     Lt,
     #[serde(rename = "<=")]
     Le,
+    #[serde(rename = "==")]
+    Eq,
+    #[serde(rename = "!=")]
+    Ne,
 }
 
 impl Op {
@@ -113,6 +169,8 @@ impl Op {
             Op::Ge => value >= threshold,
             Op::Lt => value < threshold,
             Op::Le => value <= threshold,
+            Op::Eq => value == threshold,
+            Op::Ne => value != threshold,
         }
     }
 }
@@ -153,8 +211,8 @@ pub struct Rule {
 }
 
 /// A monitor as group masters evaluate it, its scope resolved by the cluster master to
-/// the group's nodes (group masters know neither pools nor labels). Metric monitors
-/// only for now.
+/// the group's nodes (group masters know neither pools nor labels). Process and check
+/// monitors carry their probe, which the group master hands to the agents in scope.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MonitorSpec {
     pub name: String,
@@ -168,6 +226,16 @@ pub struct MonitorSpec {
     #[serde(default)]
     pub nodes: Option<Vec<String>>,
     pub rules: Vec<Rule>,
+    /// What agents run for this monitor (None: node metrics, which they always take).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+    /// How often the probe runs.
+    #[serde(default = "default_interval")]
+    pub interval_seconds: u64,
+}
+
+fn default_interval() -> u64 {
+    5
 }
 
 /// What an alert is about: a monitor on a node's series, or on the whole group.
@@ -209,6 +277,9 @@ pub struct AlertChange {
     pub value: f64,
     /// When the alert entered `state` (ms since the epoch).
     pub since_ms: u64,
+    /// What else the node said, e.g. a check's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// A history query, cluster master -> group master.

@@ -8,7 +8,9 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use glory_keymaster::schema::{MonitorRecord, MonitorScope, RuleRecord, SilenceMatchers};
+use glory_keymaster::schema::{
+    MonitorRecord, MonitorScope, ProcessMatchRecord, RuleRecord, SilenceMatchers,
+};
 use glory_protocol::monitoring::SeriesKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -42,6 +44,9 @@ fn monitor_view(m: &MonitorRecord) -> Value {
         "labels": m.labels,
         "interval_seconds": m.interval_seconds,
         "rules": m.rules,
+        "match": m.process_match,
+        "command": m.command,
+        "timeout_seconds": m.timeout_seconds,
         "created_ms": m.created_ms,
         "updated_ms": m.updated_ms,
     })
@@ -56,12 +61,39 @@ struct MonitorBody {
     scope: MonitorScope,
     #[serde(default = "metric")]
     kind: String,
+    /// Required for metric monitors; process monitors and checks have a default.
+    #[serde(default)]
     item: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default = "five")]
     interval_seconds: u64,
+    /// Required for metric monitors; process monitors and checks have defaults.
+    #[serde(default)]
     rules: Vec<RuleRecord>,
+    #[serde(default, rename = "match")]
+    process_match: Option<ProcessMatchRecord>,
+    #[serde(default)]
+    command: Option<CommandBody>,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+}
+
+/// A check's command: arguments, or one string run by `sh -c`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CommandBody {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+impl CommandBody {
+    fn argv(self) -> Vec<String> {
+        match self {
+            CommandBody::Argv(argv) => argv,
+            CommandBody::Shell(line) => vec!["sh".into(), "-c".into(), line],
+        }
+    }
 }
 
 fn metric() -> String {
@@ -83,6 +115,9 @@ impl MonitorBody {
             labels: self.labels,
             interval_seconds: self.interval_seconds,
             rules: self.rules,
+            process_match: self.process_match,
+            command: self.command.map(CommandBody::argv),
+            timeout_seconds: self.timeout_seconds,
             created_ms: 0,
             updated_ms: 0,
         }
@@ -153,6 +188,7 @@ fn alert_view(a: &Alert, silenced: bool) -> Value {
         "value": if a.value.is_finite() { json!(a.value) } else { Value::Null },
         "since": a.since_ms,
         "acked": a.acked,
+        "detail": a.detail,
         "silenced": silenced,
     })
 }
@@ -294,7 +330,7 @@ struct MetricsParams {
 
 /// The series and the time range a history query asks for; a bad one is a 400.
 fn series_and_range(p: &MetricsParams) -> ApiResult<(SeriesKey, u64, u64)> {
-    if !glory_monitor::items::is_known(&p.item) {
+    if !glory_monitor::items::has_history(&p.item) {
         return Err(ApiError::bad_request(format!(
             "item: unknown item {:?}",
             p.item

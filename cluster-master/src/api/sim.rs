@@ -18,6 +18,40 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/sim/nodes/{id}/kill", post(sim_kill))
         .route("/sim/nodes/{id}/restart", post(sim_restart))
         .route("/sim/nodes/{id}/load", post(sim_load))
+        .route(
+            "/sim/nodes/{id}/processes/{name}/{action}",
+            post(sim_process),
+        )
+}
+
+/// Kill or start one of a simulated node's daemons (`action`: kill | start).
+async fn sim_process(
+    Active(cluster): Active,
+    Path((id, name, action)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let sim = cluster.sim.as_ref().ok_or_else(|| {
+        ApiError::not_found("simulation routes exist only in glory up / glory sim")
+    })?;
+    let start = match action.as_str() {
+        "kill" => false,
+        "start" => true,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "{other:?} is not a process action (kill, start)"
+            )))
+        }
+    };
+    if !cluster.read().nodes.contains_key(&id) {
+        return Err(ApiError::not_found(format!("node {id} does not exist")));
+    }
+    sim.process(&id, &name, start)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
+    Ok(Json(json!({
+        "node": id,
+        "process": name,
+        "action": if start { "started" } else { "killed" },
+    })))
 }
 
 #[derive(serde::Deserialize)]

@@ -43,6 +43,8 @@ pub trait SimControl: Send + Sync + 'static {
     /// Hold a simulated node's CPU at `cpu_percent` for `seconds` (its metrics and
     /// heartbeat load say so).
     async fn load(&self, node: &str, cpu_percent: f64, seconds: u64) -> Result<(), String>;
+    /// Kill (`start` false) or start one of a simulated node's daemons.
+    async fn process(&self, node: &str, name: &str, start: bool) -> Result<(), String>;
 }
 
 pub(crate) fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {

@@ -24,6 +24,8 @@ pub(crate) struct Alert {
     pub value: f64,
     pub since_ms: u64,
     pub acked: bool,
+    /// What else the node said (a check's output).
+    pub detail: Option<String>,
 }
 
 /// A stable id per alert key: the same alert firing again has the same id.
@@ -65,6 +67,9 @@ impl AlertBook {
                         if c.value.is_finite() {
                             alert.value = c.value;
                         }
+                        if c.detail.is_some() {
+                            alert.detail = c.detail;
+                        }
                         if self.resolved.len() == RESOLVED_KEPT {
                             self.resolved.pop_back();
                         }
@@ -84,6 +89,7 @@ impl AlertBook {
                         value: c.value,
                         since_ms: c.since_ms,
                         acked: self.active.get(&id).is_some_and(|a| a.acked),
+                        detail: c.detail,
                     };
                     self.active.insert(id, alert.clone());
                     if state == AlertState::Firing && was != Some(AlertState::Firing) {
@@ -109,6 +115,7 @@ impl AlertBook {
                 state: AlertState::Resolved,
                 value: f64::NAN,
                 since_ms: now_ms,
+                detail: None,
             })
             .collect();
         let mut out = self.apply(group, gone);
@@ -167,6 +174,7 @@ impl Alert {
             group: self.group.clone(),
             level: self.key.level.as_str().to_string(),
             value: self.value,
+            detail: self.detail.clone(),
         }
     }
 }
@@ -290,6 +298,7 @@ mod tests {
             state,
             value: 95.0,
             since_ms: at,
+            detail: None,
         }
     }
 

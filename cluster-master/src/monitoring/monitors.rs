@@ -5,9 +5,13 @@
 
 use std::collections::BTreeSet;
 
-use glory_keymaster::schema::{self, MonitorRecord, MonitorScope, RuleRecord, RECORD_VERSION};
+use glory_keymaster::schema::{
+    self, MonitorRecord, MonitorScope, ProcessMatchRecord, RuleRecord, RECORD_VERSION,
+};
 use glory_keymaster::{Compare, Txn, TxnOp};
-use glory_protocol::monitoring::{Aggregate, Level, MonitorSpec, Op, Rule};
+use glory_protocol::monitoring::{
+    Aggregate, CheckSpec, Level, MonitorSpec, Op, Probe, ProcessMatch, Rule,
+};
 use glory_protocol::ClusterToGroup;
 use tracing::info;
 
@@ -34,6 +38,8 @@ fn op_of(text: &str) -> Option<Op> {
         ">=" => Some(Op::Ge),
         "<" => Some(Op::Lt),
         "<=" => Some(Op::Le),
+        "==" => Some(Op::Eq),
+        "!=" => Some(Op::Ne),
         _ => None,
     }
 }
@@ -65,22 +71,150 @@ fn rule_of(r: &RuleRecord) -> Rule {
     }
 }
 
-/// Check a monitor before anything is written; every message names the field.
-pub(crate) fn validate_monitor(m: &MonitorRecord) -> OpResultT<()> {
-    check_name("name", &m.name)?;
-    if m.kind != "metric" {
-        return Err(invalid(format!(
-            "kind: {:?} is not supported (metric; process and check monitors are not built yet)",
+fn rule(level: &str, op: &str, threshold: f64) -> RuleRecord {
+    RuleRecord {
+        level: level.to_string(),
+        op: op.to_string(),
+        threshold,
+        for_seconds: 0,
+        recover_threshold: None,
+        keep_firing_seconds: 0,
+        aggregate: None,
+    }
+}
+
+/// Longest timeout of a check.
+const MAX_CHECK_TIMEOUT: u64 = 300;
+
+/// Fill in what a process or check monitor may leave out: the item its rules look at
+/// (`proc.alive`, `check.status`), its rules (a dead process is critical; a check's
+/// warning is a warning, critical and unknown are critical) and a check's timeout.
+pub(crate) fn complete_monitor(m: &mut MonitorRecord) {
+    match m.kind.as_str() {
+        "process" => {
+            if m.item.is_empty() {
+                m.item = "proc.alive".into();
+            }
+            if m.rules.is_empty() && m.item == "proc.alive" {
+                m.rules = vec![rule("critical", "<", 1.0)];
+            }
+        }
+        "check" => {
+            if m.item.is_empty() {
+                m.item = glory_monitor::items::CHECK_ITEM.into();
+            }
+            if m.rules.is_empty() {
+                m.rules = vec![rule("warning", "==", 1.0), rule("critical", ">=", 2.0)];
+            }
+            m.timeout_seconds.get_or_insert(10);
+        }
+        _ => {}
+    }
+}
+
+/// The wire form of a process monitor's match.
+fn process_match(r: &ProcessMatchRecord) -> ProcessMatch {
+    ProcessMatch {
+        name: r.name.clone(),
+        cmdline: r.cmdline.clone(),
+        pidfile: r.pidfile.clone(),
+        unit: r.unit.clone(),
+    }
+}
+
+/// What agents run for `m` (validated): None for metric monitors.
+fn probe_of(m: &MonitorRecord) -> Option<Probe> {
+    match m.kind.as_str() {
+        "process" => Some(Probe::Process(process_match(m.process_match.as_ref()?))),
+        "check" => Some(Probe::Check(CheckSpec {
+            command: m.command.clone()?,
+            timeout_seconds: m.timeout_seconds.unwrap_or(10),
+        })),
+        _ => None,
+    }
+}
+
+/// The kind-specific fields of a monitor.
+fn validate_kind(m: &MonitorRecord) -> OpResultT<()> {
+    let only = |field: &str, kind: &str| {
+        Err(invalid(format!(
+            "{field}: only for {kind} monitors (this one is a {})",
             m.kind
+        )))
+    };
+    if m.kind != "process" && m.process_match.is_some() {
+        return only("match", "process");
+    }
+    if m.kind != "check" && (m.command.is_some() || m.timeout_seconds.is_some()) {
+        return only("command and timeout_seconds", "check");
+    }
+    if m.kind != "metric" && !m.labels.is_empty() {
+        return Err(invalid(format!(
+            "labels: not for {} monitors (their series carry monitor={})",
+            m.kind, m.name
         )));
     }
-    if !glory_monitor::items::is_known(&m.item) {
-        return Err(invalid(format!(
+    match m.kind.as_str() {
+        "metric" if !glory_monitor::items::is_known(&m.item) => Err(invalid(format!(
             "item: unknown item {:?} (known: {})",
             m.item,
             glory_monitor::items::NODE_ITEMS.join(", ")
-        )));
+        ))),
+        "metric" => Ok(()),
+        "process" => {
+            let spec = m
+                .process_match
+                .as_ref()
+                .ok_or_else(|| invalid("match: required for a process monitor".into()))?;
+            glory_monitor::procs::Matcher::new(&process_match(spec)).map_err(invalid)?;
+            if !glory_monitor::procs::PROCESS_ITEMS.contains(&m.item.as_str()) {
+                return Err(invalid(format!(
+                    "item: {:?} is not an item of process monitors (known: {})",
+                    m.item,
+                    glory_monitor::procs::PROCESS_ITEMS.join(", ")
+                )));
+            }
+            Ok(())
+        }
+        "check" => {
+            let command = m
+                .command
+                .as_ref()
+                .ok_or_else(|| invalid("command: required for a check".into()))?;
+            if command.is_empty() || command[0].is_empty() {
+                return Err(invalid("command: empty".into()));
+            }
+            if command.len() > 64 || command.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
+                return Err(invalid(
+                    "command: at most 64 arguments of 4096 bytes, without NUL".into(),
+                ));
+            }
+            if !m
+                .timeout_seconds
+                .is_some_and(|t| (1..=MAX_CHECK_TIMEOUT).contains(&t))
+            {
+                return Err(invalid(format!(
+                    "timeout_seconds: between 1 and {MAX_CHECK_TIMEOUT}"
+                )));
+            }
+            if m.item != glory_monitor::items::CHECK_ITEM {
+                return Err(invalid(format!(
+                    "item: {:?} is not an item of checks (check.status)",
+                    m.item
+                )));
+            }
+            Ok(())
+        }
+        other => Err(invalid(format!(
+            "kind: {other:?} is not a kind of monitor (metric, process, check)"
+        ))),
     }
+}
+
+/// Check a monitor before anything is written; every message names the field.
+pub(crate) fn validate_monitor(m: &MonitorRecord) -> OpResultT<()> {
+    check_name("name", &m.name)?;
+    validate_kind(m)?;
     if !(1..=3600).contains(&m.interval_seconds) {
         return Err(invalid(format!(
             "interval_seconds: {} is not between 1 and 3600",
@@ -112,7 +246,7 @@ pub(crate) fn validate_monitor(m: &MonitorRecord) -> OpResultT<()> {
         }
         if op_of(&r.op).is_none() {
             return Err(invalid(format!(
-                "{}: {:?} is not an operator (>, >=, <, <=)",
+                "{}: {:?} is not an operator (>, >=, <, <=, ==, !=)",
                 field("op"),
                 r.op
             )));
@@ -180,6 +314,7 @@ impl Cluster {
         mut record: MonitorRecord,
         create: bool,
     ) -> OpResultT<MonitorRecord> {
+        complete_monitor(&mut record);
         validate_monitor(&record)?;
         self.check_scope(&record.scope)?;
         let _serial = self.monitoring.write.lock().await;
@@ -284,12 +419,19 @@ impl Cluster {
                 if nodes.as_ref().is_some_and(Vec::is_empty) {
                     return None;
                 }
+                let probe = probe_of(m);
+                let labels = match probe {
+                    Some(_) => [("monitor".to_string(), m.name.clone())].into(),
+                    None => m.labels.clone(),
+                };
                 Some(MonitorSpec {
                     name: m.name.clone(),
                     item: m.item.clone(),
-                    labels: m.labels.clone(),
+                    labels,
                     nodes,
                     rules: m.rules.iter().map(rule_of).collect(),
+                    probe,
+                    interval_seconds: m.interval_seconds,
                 })
             })
             .collect()

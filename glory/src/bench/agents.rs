@@ -179,6 +179,8 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
                 token: Some(args.token.clone().context("--token is required")?),
                 heartbeat_interval_ms: args.heartbeat_ms,
                 metrics_interval_ms: args.metrics_ms,
+                // Two minutes per simulated node: 10,000 of them share this process.
+                metrics_buffer_seconds: 120,
                 max_backoff_ms: 2000,
                 request_timeout_ms: 10_000,
                 ..Default::default()

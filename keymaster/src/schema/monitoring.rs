@@ -55,6 +55,22 @@ fn greater() -> String {
     ">".to_string()
 }
 
+/// Which processes a process monitor watches (every given field must hold).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessMatchRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A regular expression over the command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pidfile: Option<String>,
+    /// A systemd unit, e.g. `ssh.service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
 /// `/glory/monitors/{name}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MonitorRecord {
@@ -62,7 +78,7 @@ pub struct MonitorRecord {
     pub v: u32,
     pub name: String,
     pub scope: MonitorScope,
-    /// `metric` (the only kind so far).
+    /// `metric`, `process` or `check`.
     pub kind: String,
     /// The item its rules look at, e.g. `cpu.percent`.
     pub item: String,
@@ -71,6 +87,15 @@ pub struct MonitorRecord {
     pub labels: BTreeMap<String, String>,
     pub interval_seconds: u64,
     pub rules: Vec<RuleRecord>,
+    /// Process monitors: which processes.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub process_match: Option<ProcessMatchRecord>,
+    /// Checks: program and arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Checks: killed (and `unknown`) after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }

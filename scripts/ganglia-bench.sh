@@ -131,6 +131,10 @@ cleanup() {
     [ $alive = 0 ] && break; sleep 0.1
   done
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  if [ -n "$GMOND_PID" ]; then
+    local st=0; wait "$GMOND_PID" 2>/dev/null || st=$?
+    [ "$st" -gt 128 ] && log "note: gmond ended with signal $((st - 128)) after SIGTERM (shutdown), status $st"
+  fi
   if [ "$KEEP" = 1 ]; then log "kept $TMPD"; else rm -rf "$TMPD"; fi
   exit $rc
 }

@@ -64,6 +64,14 @@ pub struct ClusterMasterConfig {
     /// Webhooks (http:// or https:// URLs) that get a JSON POST when an alert fires or
     /// resolves, unless a silence matches it; retried with backoff.
     pub alert_webhooks: Vec<String>,
+    /// Prometheus Alertmanagers (base URLs, e.g. `http://am:9093`) that get firing and
+    /// resolved alerts on their `/api/v2/alerts`, grouped and repeated.
+    pub alertmanagers: Vec<String>,
+    /// Changes within this long go to the Alertmanagers in one request, ms.
+    pub alert_group_wait_ms: u64,
+    /// Firing alerts are sent again this often (an Alertmanager resolves alerts that
+    /// stop being sent), seconds.
+    pub alert_repeat_interval_seconds: u64,
 }
 
 impl Default for ClusterMasterConfig {
@@ -84,6 +92,9 @@ impl Default for ClusterMasterConfig {
             leader_lease_ms: 5000,
             max_frame_bytes: glory_protocol::DEFAULT_MAX_FRAME,
             alert_webhooks: Vec::new(),
+            alertmanagers: Vec::new(),
+            alert_group_wait_ms: 1000,
+            alert_repeat_interval_seconds: 60,
         }
     }
 }
@@ -105,6 +116,9 @@ pub struct ClusterMasterSettings {
     pub max_frame: usize,
     pub request_timeout: Duration,
     pub alert_webhooks: Vec<String>,
+    pub alertmanagers: Vec<String>,
+    pub alert_group_wait: Duration,
+    pub alert_repeat_interval: Duration,
 }
 
 impl ClusterMasterConfig {
@@ -137,6 +151,17 @@ impl ClusterMasterConfig {
         if self.max_frame_bytes < 1024 {
             bail!("max_frame_bytes must be at least 1024");
         }
+        for url in &self.alertmanagers {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("alertmanagers: {url:?} is not an http:// or https:// URL");
+            }
+        }
+        if !(100..=60_000).contains(&self.alert_group_wait_ms) {
+            bail!("alert_group_wait_ms must be between 100 and 60000");
+        }
+        if !(5..=86_400).contains(&self.alert_repeat_interval_seconds) {
+            bail!("alert_repeat_interval_seconds must be between 5 and 86400");
+        }
         for url in &self.alert_webhooks {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 bail!("alert_webhooks: {url:?} is not an http:// or https:// URL");
@@ -144,6 +169,13 @@ impl ClusterMasterConfig {
         }
         Ok(ClusterMasterSettings {
             alert_webhooks: self.alert_webhooks.clone(),
+            alertmanagers: self
+                .alertmanagers
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect(),
+            alert_group_wait: Duration::from_millis(self.alert_group_wait_ms),
+            alert_repeat_interval: Duration::from_secs(self.alert_repeat_interval_seconds),
             cluster_name: self.cluster_name.clone(),
             listen: self.listen,
             api_listen: self.api_listen,

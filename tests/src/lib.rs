@@ -41,6 +41,7 @@ pub struct ClusterBuilder {
     process_agents: usize,
     metrics_ms: u64,
     alert_webhooks: Vec<String>,
+    alertmanagers: Vec<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -54,6 +55,7 @@ impl Default for ClusterBuilder {
             process_agents: 0,
             metrics_ms: 5000,
             alert_webhooks: Vec::new(),
+            alertmanagers: Vec::new(),
         }
     }
 }
@@ -78,6 +80,12 @@ impl ClusterBuilder {
     /// A webhook the cluster master forwards alerts to.
     pub fn alert_webhook(mut self, url: &str) -> Self {
         self.alert_webhooks.push(url.to_string());
+        self
+    }
+    /// An Alertmanager (base URL) the cluster master forwards alerts to, grouped for
+    /// 200 ms and repeated every 5 s.
+    pub fn alertmanager(mut self, url: &str) -> Self {
+        self.alertmanagers.push(url.to_string());
         self
     }
     /// How often agents send metrics (0: never).
@@ -107,6 +115,9 @@ impl ClusterBuilder {
             group_size_limit: self.group_size_limit,
             group_idle_timeout_ms: 1500,
             alert_webhooks: self.alert_webhooks.clone(),
+            alertmanagers: self.alertmanagers.clone(),
+            alert_group_wait_ms: 200,
+            alert_repeat_interval_seconds: 5,
             ..Default::default()
         };
         let km =

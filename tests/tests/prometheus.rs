@@ -1,6 +1,7 @@
 //! A real Prometheus (Debian's) scrapes the cluster master's `/metrics` with an operator
 //! token, and a value read back through Prometheus' query API is the cluster's.
-//! `promtool` checks the exposition itself.
+//! `promtool` checks the exposition itself. A real Alertmanager receives the alerts the
+//! cluster master forwards, and lists them until they resolve.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -14,10 +15,126 @@ fn tool(name: &str) -> std::path::PathBuf {
     let path = std::path::Path::new("/usr/bin").join(name);
     assert!(
         path.exists(),
-        "{} is missing: ./test.sh installs Debian's prometheus package",
+        "{} is missing: ./test.sh installs Debian's prometheus and prometheus-alertmanager",
         path.display()
     );
     path
+}
+
+/// The alerts an Alertmanager holds now (active ones).
+async fn am_alerts(http: &reqwest::Client, am: &str) -> Option<Vec<serde_json::Value>> {
+    let r: serde_json::Value = http
+        .get(format!(
+            "{am}/api/v2/alerts?active=true&silenced=true&inhibited=true"
+        ))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    r.as_array().cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_receives_forwarded_alerts_until_they_resolve() -> anyhow::Result<()> {
+    let binary = tool("prometheus-alertmanager");
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        "route:\n  receiver: nowhere\n  group_wait: 1s\nreceivers:\n  - name: nowhere\n",
+    )?;
+    let listen = free_tcp();
+    let log_path = dir.path().join("alertmanager.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut server = tokio::process::Command::new(&binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={listen}"))
+        // No gossip: a lone Alertmanager on loopback.
+        .arg("--cluster.listen-address=")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let am = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    let up = until_some("Alertmanager answers", Duration::from_secs(30), || {
+        am_alerts(&http, &am)
+    })
+    .await;
+    if let Err(e) = up {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        anyhow::bail!("{e}\nalertmanager log:\n{log}");
+    }
+
+    let cluster = TestCluster::builder()
+        .groups(1)
+        .agents(2)
+        .metrics_ms(500)
+        .alertmanager(&am)
+        .start()
+        .await?;
+    cluster.wait_all_up(2, Duration::from_secs(20)).await?;
+    let node = cluster.node_id(0)?;
+    cluster
+        .api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/monitors",
+            Some(
+                serde_json::json!({"name": "cpu-hot", "scope": {"all": true},
+                "item": "cpu.percent", "rules": [{"level": "critical", "threshold": 90}]}),
+            ),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster
+        .api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/sim/nodes/{node}/load"),
+            Some(serde_json::json!({"cpu_percent": 97, "seconds": 8})),
+        )
+        .await?;
+    let (alert, took) = until_some(
+        "Alertmanager lists the alert",
+        Duration::from_secs(15),
+        || async {
+            am_alerts(&http, &am).await?.into_iter().find(|a| {
+                a["labels"]["alertname"] == "cpu-hot" && a["labels"]["node"] == node.as_str()
+            })
+        },
+    )
+    .await?;
+    eprintln!("Alertmanager had the alert {took:?} after the spike began");
+    assert_eq!(alert["labels"]["severity"], "critical", "{alert}");
+    assert_eq!(alert["labels"]["group"], "g00", "{alert}");
+    assert_eq!(alert["status"]["state"], "active", "{alert}");
+    assert!(
+        alert["annotations"]["value"]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v >= 97.0),
+        "{alert}"
+    );
+    // The spike ends: the resolution reaches it, and it no longer lists the alert.
+    until_some(
+        "the alert resolved in Alertmanager",
+        Duration::from_secs(20),
+        || async {
+            let alerts = am_alerts(&http, &am).await?;
+            (!alerts.iter().any(|a| a["labels"]["alertname"] == "cpu-hot")).then_some(())
+        },
+    )
+    .await?;
+    server.kill().await?;
+    cluster.shutdown().await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,10 +28,11 @@ struct Delivery<'a> {
     alert: &'a AlertEvent,
 }
 
-/// Forward alert events to the configured webhooks until `shutdown`.
+/// Forward alert events to the configured webhooks and Alertmanagers until
+/// `shutdown`.
 pub(crate) async fn forward_alerts(cluster: Arc<Cluster>, shutdown: CancellationToken) {
     let webhooks = cluster.settings.alert_webhooks.clone();
-    if webhooks.is_empty() {
+    if webhooks.is_empty() && cluster.settings.alertmanagers.is_empty() {
         return;
     }
     let http = match reqwest::Client::builder()
@@ -44,6 +45,16 @@ pub(crate) async fn forward_alerts(cluster: Arc<Cluster>, shutdown: Cancellation
             return;
         }
     };
+    if !cluster.settings.alertmanagers.is_empty() {
+        tokio::spawn(super::alertmanager::forward(
+            cluster.clone(),
+            http.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if webhooks.is_empty() {
+        return;
+    }
     let queues: Vec<(String, mpsc::Sender<Vec<u8>>)> = webhooks
         .into_iter()
         .map(|url| {

@@ -3,6 +3,7 @@
 //! memory), silences (in the key master), and history queries answered by the node's
 //! group master. No sample passes through here.
 
+mod alertmanager;
 mod alerts;
 mod forward;
 mod monitors;

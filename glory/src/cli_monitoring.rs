@@ -14,12 +14,34 @@ use crate::table::{render, when_value};
 
 #[derive(Subcommand)]
 pub enum MonitorsAction {
-    /// Add a monitor: `glory monitors add cpu-hot --item cpu.percent --rule 'warning > 90 for=60 recover=80'`.
+    /// Add a monitor: `glory monitors add cpu-hot --item cpu.percent --rule 'warning > 90 for=60 recover=80'`;
+    /// a process monitor: `glory monitors add ssh --unit ssh.service`; a check:
+    /// `glory monitors add raid --check '/usr/lib/nagios/plugins/check_raid'`.
     Add {
         name: String,
-        /// The item watched (cpu.percent, mem.used_bytes, disk.used_percent, ...).
-        #[arg(long)]
+        /// The item watched (cpu.percent, mem.used_bytes, disk.used_percent, ...;
+        /// proc.alive by default for process monitors, check.status for checks).
+        #[arg(long, default_value = "")]
         item: String,
+        /// Process monitor: the process name, exactly.
+        #[arg(long)]
+        process: Option<String>,
+        /// Process monitor: a regular expression over the command line.
+        #[arg(long)]
+        cmdline: Option<String>,
+        /// Process monitor: a file holding the pid.
+        #[arg(long)]
+        pidfile: Option<String>,
+        /// Process monitor: a systemd unit.
+        #[arg(long)]
+        unit: Option<String>,
+        /// Check: a command run by `sh -c`, Nagios exit codes (0 ok, 1 warning,
+        /// 2 critical, 3 unknown).
+        #[arg(long)]
+        check: Option<String>,
+        /// Check: its timeout in seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
         /// all, group=G, pool=P, node=N or labels=k=v[,k=v].
         #[arg(long, default_value = "all")]
         scope: String,
@@ -27,8 +49,8 @@ pub enum MonitorsAction {
         #[arg(long)]
         labels: Option<String>,
         /// `LEVEL OP THRESHOLD [for=S] [recover=V] [keep=S] [agg=avg|max|fraction_over:T]`;
-        /// repeat for more levels.
-        #[arg(long = "rule", required = true)]
+        /// repeat for more levels (required for metric monitors).
+        #[arg(long = "rule")]
         rules: Vec<String>,
         #[arg(long, default_value_t = 5)]
         interval: u64,
@@ -187,12 +209,18 @@ pub async fn monitors(
         MonitorsAction::Add {
             name,
             item,
+            process,
+            cmdline,
+            pidfile,
+            unit,
+            check,
+            timeout,
             scope: scope_text,
             labels,
             rules,
             interval,
         } => {
-            let body = json!({
+            let mut body = json!({
                 "name": name,
                 "scope": scope(&scope_text)?,
                 "kind": "metric",
@@ -201,6 +229,26 @@ pub async fn monitors(
                 "interval_seconds": interval,
                 "rules": rules.iter().map(|r| rule(r)).collect::<anyhow::Result<Vec<_>>>()?,
             });
+            let matcher =
+                json!({"name": process, "cmdline": cmdline, "pidfile": pidfile, "unit": unit});
+            let matcher: serde_json::Map<String, Value> = matcher
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !matcher.is_empty() {
+                body["kind"] = "process".into();
+                body["match"] = Value::Object(matcher);
+            }
+            if let Some(command) = check {
+                body["kind"] = "check".into();
+                body["command"] = command.into();
+                if let Some(t) = timeout {
+                    body["timeout_seconds"] = t.into();
+                }
+            }
             let r = client
                 .call(Method::POST, "/api/v1/monitors", Some(body))
                 .await?;

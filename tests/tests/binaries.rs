@@ -388,3 +388,100 @@ fn a_removed_node_stays_out_until_admitted() -> anyhow::Result<()> {
     assert!(status.success(), "agent exit: {status}");
     m.stop()
 }
+
+/// A real agent watches a real process: `sleep`, found by name and command line. The
+/// test kills it: a critical alert within about one interval; a new one starts: the
+/// alert resolves and a restart is counted.
+#[test]
+fn a_real_agent_watches_a_real_process_that_dies() -> anyhow::Result<()> {
+    let mut m = Masters::start()?;
+    m.agent_config("agent", "metrics_interval_ms = 1000\n")?;
+    m.spawn_agent("agent", "agent.log")?;
+    let node = m.wait_api("the real node up", Duration::from_secs(30), |m| {
+        let nodes = m.glory(&["nodes"]).ok()?;
+        let n = nodes.as_array()?.iter().find(|n| n["state"] == "up")?;
+        n["id"].as_str().map(str::to_string)
+    })?;
+    // A command line no other process has.
+    let marker = format!("86399.{}", std::process::id());
+    let spawn_sleep = || Command::new("sleep").arg(&marker).spawn();
+    let mut sleeper = spawn_sleep()?;
+    let pattern = format!("^sleep {}$", marker.replace('.', "\\."));
+    m.glory(&[
+        "monitors",
+        "add",
+        "sleeper",
+        "--process",
+        "sleep",
+        "--cmdline",
+        &pattern,
+        "--scope",
+        &format!("node={node}"),
+        "--interval",
+        "1",
+    ])?;
+    let alert = |m: &Masters, state: &str| -> Option<Value> {
+        let alerts = m.glory(&["alerts", "--node", &node]).ok()?;
+        let items = alerts.get("items").cloned().unwrap_or(alerts);
+        items
+            .as_array()?
+            .iter()
+            .find(|a| a["monitor"] == "sleeper" && a["state"] == state)
+            .cloned()
+    };
+    // Alive: its values are in the node's history, and nothing fires.
+    m.wait_api("the process seen alive", Duration::from_secs(20), |m| {
+        let h = m
+            .glory(&[
+                "metrics",
+                &node,
+                "proc.alive",
+                "--labels",
+                "monitor=sleeper",
+                "--since",
+                "5m",
+            ])
+            .ok()?;
+        h["points"]
+            .as_array()?
+            .iter()
+            .any(|p| p[3] == 1.0)
+            .then_some(())
+    })?;
+    assert!(alert(&m, "firing").is_none());
+    sleeper.kill()?;
+    sleeper.wait()?;
+    let killed = std::time::Instant::now();
+    let fired = m.wait_api("the dead process alert", Duration::from_secs(10), |m| {
+        alert(m, "firing")
+    })?;
+    eprintln!("real process death alerted after {:?}", killed.elapsed());
+    assert_eq!(fired["level"], "critical", "{fired}");
+    let mut sleeper = spawn_sleep()?;
+    m.wait_api("the alert resolved", Duration::from_secs(10), |m| {
+        alert(m, "resolved")
+    })?;
+    m.wait_api("a restart counted", Duration::from_secs(10), |m| {
+        let h = m
+            .glory(&[
+                "metrics",
+                &node,
+                "proc.restarts",
+                "--labels",
+                "monitor=sleeper",
+                "--since",
+                "5m",
+            ])
+            .ok()?;
+        h["points"]
+            .as_array()?
+            .iter()
+            .any(|p| p[3] == 1.0)
+            .then_some(())
+    })?;
+    sleeper.kill()?;
+    sleeper.wait()?;
+    let status = m.procs.terminate("agent")?;
+    assert!(status.success(), "agent exit: {status}");
+    m.stop()
+}

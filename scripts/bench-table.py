@@ -50,6 +50,9 @@ ROWS = [
     ("key master writes/s, steady", lambda r: fmt(r["keymaster_writes_per_sec"]["steady"], "", 1)),
     ("monitoring: samples stored/s",
      lambda r: fmt((r.get("monitoring") or {}).get("samples_per_sec"), "", 0)),
+    ("monitoring: store growth per node-day",
+     lambda r: fmt((r.get("monitoring") or {}).get("store_bytes_per_node_day") and
+                   r["monitoring"]["store_bytes_per_node_day"] / 2**20, " MiB", 2)),
     ("monitoring: spiked nodes alerted / p50 / p99 latency",
      lambda r: "n/a" if not (r.get("monitoring") or {}).get("spiked_nodes") else
      f'{r["monitoring"]["alerted_nodes"]} of {r["monitoring"]["spiked_nodes"]} / '

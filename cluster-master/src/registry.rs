@@ -51,6 +51,8 @@ pub(crate) struct GroupEntry {
     /// Monitoring samples the group master stored, and batches it dropped.
     pub samples_ingested: u64,
     pub samples_dropped: u64,
+    /// Bytes its statistics store holds.
+    pub stats_store_bytes: u64,
     pub last_report_ms: u64,
 }
 
@@ -66,6 +68,7 @@ impl GroupEntry {
             heartbeats_lost: 0,
             samples_ingested: 0,
             samples_dropped: 0,
+            stats_store_bytes: 0,
             last_report_ms: 0,
         }
     }

@@ -57,7 +57,12 @@ pub(crate) struct Monitoring {
     tx: mpsc::Sender<Input>,
     pub dropped: AtomicU64,
     pub ingested: Arc<AtomicU64>,
+    /// What the statistics store holds, in bytes (updated every [`SIZE_EVERY`] ticks).
+    pub store_bytes: Arc<AtomicU64>,
 }
+
+/// The store's size is read this many ticks apart.
+const SIZE_EVERY: u64 = 5;
 
 impl Monitoring {
     /// Start the task; its store is at `path` (None: in memory).
@@ -77,12 +82,21 @@ impl Monitoring {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let ingested = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run(store, rx, shared, shutdown, ingested.clone()));
+        let store_bytes = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(
+            store,
+            rx,
+            shared,
+            shutdown,
+            ingested.clone(),
+            store_bytes.clone(),
+        ));
         Ok((
             Arc::new(Monitoring {
                 tx,
                 dropped: AtomicU64::new(0),
                 ingested,
+                store_bytes,
             }),
             task,
         ))
@@ -115,6 +129,8 @@ struct Task {
     texts: HashMap<(String, String), String>,
     shared: Arc<Shared>,
     ingested: Arc<AtomicU64>,
+    store_bytes: Arc<AtomicU64>,
+    ticks: u64,
 }
 
 async fn run(
@@ -123,6 +139,7 @@ async fn run(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     ingested: Arc<AtomicU64>,
+    store_bytes: Arc<AtomicU64>,
 ) {
     let mut task = Task {
         store,
@@ -134,6 +151,8 @@ async fn run(
         texts: HashMap::new(),
         shared,
         ingested,
+        store_bytes,
+        ticks: 0,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -319,6 +338,12 @@ impl Task {
         if let Err(e) = self.store.commit(now) {
             warn!(error = %e, "cannot write the statistics store");
         }
+        if self.ticks.is_multiple_of(SIZE_EVERY) {
+            if let Ok(bytes) = self.store.size_bytes() {
+                self.store_bytes.store(bytes, Ordering::Relaxed);
+            }
+        }
+        self.ticks += 1;
     }
 
     fn publish(&mut self, changes: Vec<AlertChange>) {

@@ -336,6 +336,9 @@ impl Shared {
                 .monitoring
                 .get()
                 .map_or(0, |m| m.dropped.load(std::sync::atomic::Ordering::Relaxed)),
+            stats_store_bytes: self.monitoring.get().map_or(0, |m| {
+                m.store_bytes.load(std::sync::atomic::Ordering::Relaxed)
+            }),
         }
     }
 

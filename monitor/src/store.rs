@@ -213,6 +213,18 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes the store's tables hold: SQLite pages in use (the file, less its free
+    /// pages, with what the write-ahead log adds).
+    pub fn size_bytes(&self) -> Result<u64, StoreError> {
+        let pragma = |name: &str| -> Result<u64, StoreError> {
+            Ok(self
+                .conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))?
+                .max(0) as u64)
+        };
+        Ok((pragma("page_count")? - pragma("freelist_count")?) * pragma("page_size")?)
+    }
+
     /// When the newest sample of `node` was taken (None: the store has none).
     pub fn latest(&mut self, node: &str) -> Result<Option<u64>, StoreError> {
         let Some(state) = self.nodes.get(node) else {

@@ -475,6 +475,9 @@ pub struct GroupReport {
     pub samples_ingested: u64,
     #[serde(default)]
     pub samples_dropped: u64,
+    /// Bytes the group master's statistics store holds (its SQLite pages in use).
+    #[serde(default)]
+    pub stats_store_bytes: u64,
 }
 
 /// Group master -> cluster master, on the control stream after `Hello`.

@@ -174,9 +174,14 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
             ca_hash.clone(),
             "--nodes".into(),
             "20".into(),
+            // Samples every second: the history across the group master failover below
+            // is checked point by point.
+            "--metrics-ms".into(),
+            "1000".into(),
         ],
         &d.join("agents.log"),
     )?;
+    let agents_started = glory_protocol::now_ms();
     let all_up = |api: &ApiClient| {
         let api = api.clone();
         async move {
@@ -225,6 +230,7 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     .await?;
 
     // kill -9 the active group master: the standby leads, the agents move, none is down.
+    let killed = glory_protocol::now_ms();
     procs.kill9("gm-a")?;
     let want = gb.to_string();
     let (_, took) = until_some(
@@ -238,6 +244,42 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     )
     .await?;
     eprintln!("group master failover: all nodes up under the standby after {took:?}");
+    // The standby had no history of its own: the agents backfill it. A node's history
+    // from before the failover is there again, with no gap longer than the failover.
+    let node = get(&cm2, "/api/v1/nodes")
+        .await
+        .and_then(|n| n["items"][0]["id"].as_str().map(str::to_string))
+        .context("a node id")?;
+    let failover_ms = took.as_millis() as u64;
+    let (gap, _) = until_some(
+        "the node's history backfilled into the standby",
+        Duration::from_secs(30),
+        || async {
+            let to = glory_protocol::now_ms();
+            let h = get(
+                &cm2,
+                &format!(
+                    "/api/v1/nodes/{node}/metrics?item=cpu.percent&from={agents_started}&to={to}&step=1"
+                ),
+            )
+            .await?;
+            let times: Vec<u64> = h["points"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| p[0].as_u64())
+                .collect();
+            // Points from the first minute of the agents (before the failover) and after.
+            let before = times.iter().filter(|t| **t < killed).count();
+            (before >= 10 && times.last().is_some_and(|t| *t > killed + failover_ms))
+                .then(|| times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0))
+        },
+    )
+    .await?;
+    eprintln!("group master failover: largest gap in a node's history {gap} ms");
+    assert!(
+        gap <= failover_ms + 2_000,
+        "a gap of {gap} ms in the history, the failover took {failover_ms} ms"
+    );
     let transitions = get(&cm2, "/api/v1/cluster").await.context("cluster")?;
     assert_eq!(
         transitions["transitions"]["down"], 0,

@@ -28,7 +28,8 @@ fn group_view(reg: &Registry, group: &GroupEntry) -> Value {
         "nodes": group.members.len(),
         "nodes_by_state": counts_json(&reg.group_counts(group)),
         "heartbeats": {"received": group.heartbeats_received, "lost": group.heartbeats_lost},
-        "samples": {"ingested": group.samples_ingested, "dropped": group.samples_dropped},
+        "samples": {"ingested": group.samples_ingested, "dropped": group.samples_dropped,
+                    "store_bytes": group.stats_store_bytes},
         "last_report_ms": group.last_report_ms,
         "created_ms": group.record.created_ms,
     })

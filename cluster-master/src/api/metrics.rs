@@ -124,6 +124,12 @@ pub(super) async fn scrape(
             samples: per_group(&|g| g.samples_ingested as f64),
         });
         families.push(Family {
+            name: "glory_group_stats_store_bytes",
+            help: "Bytes the group master's statistics store holds.",
+            kind: "gauge",
+            samples: per_group(&|g| g.stats_store_bytes as f64),
+        });
+        families.push(Family {
             name: "glory_group_sample_batches_dropped_total",
             help: "Sample batches the group master dropped because it fell behind.",
             kind: "counter",

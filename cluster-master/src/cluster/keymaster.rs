@@ -83,6 +83,15 @@ impl Cluster {
         })
     }
 
+    /// Bytes the group masters' statistics stores hold, as they last reported.
+    pub fn stats_store_bytes(&self) -> u64 {
+        self.read()
+            .groups
+            .values()
+            .map(|g| g.stats_store_bytes)
+            .sum()
+    }
+
     /// Key master writes (operations) made by this master since it started.
     pub fn keymaster_writes(&self) -> u64 {
         self.km_writes.load(Ordering::Relaxed)

@@ -64,6 +64,7 @@ impl Cluster {
                 entry.heartbeats_lost = report.heartbeats_lost;
                 entry.samples_ingested = report.samples_ingested;
                 entry.samples_dropped = report.samples_dropped;
+                entry.stats_store_bytes = report.stats_store_bytes;
                 entry.last_report_ms = now;
             }
             for load in report.loads {

@@ -145,7 +145,8 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut pending: Vec<super::Scheduled> = o.faults.clone();
     let mut steady = SteadyWindow::new(o, baseline.rss_bytes);
     // Samples stored when every node was up: the run's sample rate is counted from there.
-    let mut samples_at_up: Option<(Instant, u64)> = None;
+    // When all nodes were up: samples stored and bytes the statistics stores held.
+    let mut samples_at_up: Option<(Instant, u64, u64)> = None;
     let mut fault_start: Option<Snapshot> = None;
     let mut latencies: Vec<f64> = Vec::new();
     let mut last_progress = Instant::now() - Duration::from_secs(10);
@@ -198,10 +199,13 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             && summary["nodes"].as_u64() == Some(o.nodes as u64)
         {
             report.enroll_seconds = Some(elapsed.as_secs_f64());
-            samples_at_up = masters
-                .cm
-                .as_ref()
-                .map(|cm| (Instant::now(), cm.cluster.monitoring_samples().0));
+            samples_at_up = masters.cm.as_ref().map(|cm| {
+                (
+                    Instant::now(),
+                    cm.cluster.monitoring_samples().0,
+                    cm.cluster.stats_store_bytes(),
+                )
+            });
             at_start.finish(&mut report);
             map_hosts(&api, &mut host_ids, &mut group_of).await?;
             if o.progress {
@@ -444,10 +448,23 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             .as_ref()
             .map(|cm| cm.cluster.monitoring_samples())
             .unwrap_or_default();
+        let store_bytes_now = masters
+            .cm
+            .as_ref()
+            .map(|cm| cm.cluster.stats_store_bytes())
+            .unwrap_or_default();
         report.monitoring = Some(super::report::MonitoringReport {
             metrics_interval_ms: o.metrics_ms,
-            samples_per_sec: samples_at_up.map(|(at, before)| {
+            samples_per_sec: samples_at_up.map(|(at, before, _)| {
                 ingested.saturating_sub(before) as f64 / at.elapsed().as_secs_f64().max(1e-9)
+            }),
+            store_bytes: store_bytes_now,
+            // What the stores grew by from all-up to the end, per node, for a day.
+            store_bytes_per_node_day: samples_at_up.map(|(at, _, before)| {
+                store_bytes_now.saturating_sub(before) as f64
+                    / o.nodes.max(1) as f64
+                    / at.elapsed().as_secs_f64().max(1e-9)
+                    * 86_400.0
             }),
             batches_dropped: dropped,
             spiked_nodes: spiked.len(),

@@ -59,6 +59,11 @@ pub struct MonitoringReport {
     pub samples_per_sec: Option<f64>,
     /// Sample batches the group masters dropped because they fell behind.
     pub batches_dropped: u64,
+    /// Bytes the group masters' statistics stores held at the end.
+    pub store_bytes: u64,
+    /// How fast the stores grew from all nodes up to the end, per node and day (the
+    /// group masters report their size every 5 s, so a minute's run is within ~10 %).
+    pub store_bytes_per_node_day: Option<f64>,
     /// `spike-load`: nodes loaded, nodes whose critical alert the API showed, and how
     /// long after the load each one showed (polled every 200 ms).
     pub spiked_nodes: usize,

@@ -12,6 +12,8 @@ use crate::cli::print_json;
 use crate::client::{urlencode, ApiClient};
 use crate::table::{render, when_value};
 
+// Parsed once per command line: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum MonitorsAction {
     /// Add a monitor: `glory monitors add cpu-hot --item cpu.percent --rule 'warning > 90 for=60 recover=80'`;

@@ -429,13 +429,13 @@ fn a_real_agent_watches_a_real_process_that_dies() -> anyhow::Result<()> {
             .find(|a| a["monitor"] == "sleeper" && a["state"] == state)
             .cloned()
     };
-    // Alive: its values are in the node's history, and nothing fires.
-    m.wait_api("the process seen alive", Duration::from_secs(20), |m| {
+    // Whether `item`'s history has reached 1 (its maximum, over the last minutes).
+    let reached_one = |m: &Masters, item: &str| -> Option<()> {
         let h = m
             .glory(&[
                 "metrics",
                 &node,
-                "proc.alive",
+                item,
                 "--labels",
                 "monitor=sleeper",
                 "--since",
@@ -447,6 +447,10 @@ fn a_real_agent_watches_a_real_process_that_dies() -> anyhow::Result<()> {
             .iter()
             .any(|p| p[3] == 1.0)
             .then_some(())
+    };
+    // Alive: its values are in the node's history, and nothing fires.
+    m.wait_api("the process seen alive", Duration::from_secs(20), |m| {
+        reached_one(m, "proc.alive")
     })?;
     assert!(alert(&m, "firing").is_none());
     sleeper.kill()?;
@@ -462,22 +466,7 @@ fn a_real_agent_watches_a_real_process_that_dies() -> anyhow::Result<()> {
         alert(m, "resolved")
     })?;
     m.wait_api("a restart counted", Duration::from_secs(10), |m| {
-        let h = m
-            .glory(&[
-                "metrics",
-                &node,
-                "proc.restarts",
-                "--labels",
-                "monitor=sleeper",
-                "--since",
-                "5m",
-            ])
-            .ok()?;
-        h["points"]
-            .as_array()?
-            .iter()
-            .any(|p| p[3] == 1.0)
-            .then_some(())
+        reached_one(m, "proc.restarts")
     })?;
     sleeper.kill()?;
     sleeper.wait()?;

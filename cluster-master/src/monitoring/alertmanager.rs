@@ -18,9 +18,10 @@ use glory_protocol::monitoring::AlertState;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::alerts::Alert;
+use super::forward::{deliver, Retry};
 use crate::cluster::Cluster;
 use crate::events::EventData;
 
@@ -115,7 +116,18 @@ pub(crate) async fn forward(
         .map(|base| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let url = format!("{base}/api/v2/alerts");
-            tokio::spawn(deliver(url.clone(), rx, http.clone(), shutdown.clone()));
+            let retry = Retry {
+                attempts: ATTEMPTS,
+                max_backoff: Duration::from_secs(10),
+            };
+            tokio::spawn(deliver(
+                url.clone(),
+                rx,
+                http.clone(),
+                retry,
+                "alertmanager",
+                shutdown.clone(),
+            ));
             (url, tx)
         })
         .collect();
@@ -190,44 +202,6 @@ pub(crate) async fn forward(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-        }
-    }
-}
-
-/// POST each body to `url`, in order, retrying with backoff.
-async fn deliver(
-    url: String,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-) {
-    while let Some(body) = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        body = rx.recv() => body,
-    } {
-        let mut backoff = Duration::from_millis(500);
-        for attempt in 1..=ATTEMPTS {
-            let sent = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await;
-            let why = match sent {
-                Ok(r) if r.status().is_success() => break,
-                Ok(r) => format!("answered {}", r.status()),
-                Err(e) => e.to_string(),
-            };
-            if attempt == ATTEMPTS {
-                warn!(alertmanager = %url, %why, "alerts not delivered; giving up on them (firing ones are repeated)");
-                break;
-            }
-            info!(alertmanager = %url, attempt, %why, retry_in = ?backoff, "Alertmanager delivery failed; retrying");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 }

@@ -59,7 +59,18 @@ pub(crate) async fn forward_alerts(cluster: Arc<Cluster>, shutdown: Cancellation
         .into_iter()
         .map(|url| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(deliver(url.clone(), rx, http.clone(), shutdown.clone()));
+            let retry = Retry {
+                attempts: ATTEMPTS,
+                max_backoff: Duration::from_secs(30),
+            };
+            tokio::spawn(deliver(
+                url.clone(),
+                rx,
+                http.clone(),
+                retry,
+                "webhook",
+                shutdown.clone(),
+            ));
             (url, tx)
         })
         .collect();
@@ -99,10 +110,22 @@ pub(crate) async fn forward_alerts(cluster: Arc<Cluster>, shutdown: Cancellation
     }
 }
 
-async fn deliver(
+/// How a receiver's queue is delivered: attempts and the longest wait between them.
+#[derive(Clone, Copy)]
+pub(super) struct Retry {
+    pub attempts: u32,
+    pub max_backoff: Duration,
+}
+
+/// POST each body `rx` gives to `url`, in order, each retried with backoff (0.5 s
+/// doubling) until it is taken or `retry.attempts` failed; `what` names the receiver in
+/// logs.
+pub(super) async fn deliver(
     url: String,
     mut rx: mpsc::Receiver<Vec<u8>>,
     http: reqwest::Client,
+    retry: Retry,
+    what: &'static str,
     shutdown: CancellationToken,
 ) {
     while let Some(body) = tokio::select! {
@@ -110,32 +133,28 @@ async fn deliver(
         body = rx.recv() => body,
     } {
         let mut backoff = Duration::from_millis(500);
-        for attempt in 1..=ATTEMPTS {
+        for attempt in 1..=retry.attempts {
             let sent = http
                 .post(&url)
                 .header("content-type", "application/json")
                 .body(body.clone())
                 .send()
                 .await;
-            match sent {
+            let why = match sent {
                 Ok(r) if r.status().is_success() => break,
-                outcome => {
-                    let why = match outcome {
-                        Ok(r) => format!("answered {}", r.status()),
-                        Err(e) => e.to_string(),
-                    };
-                    if attempt == ATTEMPTS {
-                        warn!(webhook = %url, attempts = attempt, %why, "alert not delivered; giving up on it");
-                        break;
-                    }
-                    info!(webhook = %url, attempt, %why, retry_in = ?backoff, "alert delivery failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
+                Ok(r) => format!("answered {}", r.status()),
+                Err(e) => e.to_string(),
+            };
+            if attempt == retry.attempts {
+                warn!(receiver = what, %url, attempts = attempt, %why, "alerts not delivered; giving up on them");
+                break;
             }
+            info!(receiver = what, %url, attempt, %why, retry_in = ?backoff, "alert delivery failed; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(retry.max_backoff);
         }
     }
 }

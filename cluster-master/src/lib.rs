@@ -12,6 +12,7 @@ pub mod assign;
 pub mod auth;
 mod cluster;
 pub mod config;
+mod console;
 mod enroll;
 mod events;
 mod group_roles;
@@ -21,6 +22,7 @@ mod monitoring;
 pub mod pools;
 mod registry;
 mod role;
+mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

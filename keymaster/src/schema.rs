@@ -22,6 +22,7 @@
 //! | `/glory/pool-generation` | a counter; every change of pool membership compares and bumps it |
 //! | `/glory/monitors/{name}` | [`MonitorRecord`] (what group masters evaluate) |
 //! | `/glory/silences/{id}` | [`SilenceRecord`] |
+//! | `/glory/users/{name}` | [`UserRecord`] (console users; an Argon2id password hash) |
 //!
 //! Pool membership is guarded by one key, `/glory/pool-generation`: a transaction that
 //! adds or removes pool nodes succeeds only if the generation is the one the writer read
@@ -61,6 +62,7 @@ pub const GROUPS_PREFIX: &str = "/glory/groups/";
 pub const REVOKED_PREFIX: &str = "/glory/revoked/";
 pub const BOOTSTRAP_TOKENS_PREFIX: &str = "/glory/tokens/bootstrap/";
 pub const API_TOKENS_PREFIX: &str = "/glory/tokens/api/";
+pub const USERS_PREFIX: &str = "/glory/users/";
 pub const CLUSTER_MASTER_ELECTION: &str = "/glory/election/cluster-master";
 pub const TENANTS_PREFIX: &str = "/glory/tenants/";
 pub const POOLS_PREFIX: &str = "/glory/pools/";
@@ -91,6 +93,9 @@ pub fn bootstrap_token_key(id: &str) -> String {
 }
 pub fn api_token_key(id: &str) -> String {
     format!("{API_TOKENS_PREFIX}{id}")
+}
+pub fn user_key(name: &str) -> String {
+    format!("{USERS_PREFIX}{name}")
 }
 pub fn tenant_key(name: &str) -> String {
     format!("{TENANTS_PREFIX}{name}")
@@ -309,6 +314,22 @@ pub struct ApiTokenRecord {
     pub created_ms: u64,
     #[serde(default)]
     pub description: String,
+}
+
+/// A console user: signs in with a name and password and acts with a role, like an
+/// API token of that role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub name: String,
+    /// `operator`, `tenant` or `component`.
+    pub role: String,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Argon2id, in PHC string form (algorithm, parameters, salt and hash).
+    pub password_hash: String,
+    pub created_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, ApiRole, Caller};
+use super::{session, ApiError, ApiRole, Caller};
 use crate::role::Node;
 
 /// Let only operators through.
@@ -19,7 +19,16 @@ pub(super) async fn operator_only(req: Request, next: Next) -> Response {
     }
 }
 
-/// Check the bearer token and remember the caller for the handlers.
+fn role_of(role: &str) -> ApiRole {
+    match role {
+        "operator" => ApiRole::Operator,
+        "tenant" => ApiRole::Tenant,
+        _ => ApiRole::Component,
+    }
+}
+
+/// Check the bearer token, or else the console's session cookie (with its CSRF token
+/// on every change), and remember the caller for the handlers.
 pub(super) async fn authenticate(
     State(node): State<Arc<Node>>,
     mut req: Request,
@@ -34,23 +43,43 @@ pub(super) async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token.and_then(|t| cluster.check_api_token(t)) {
-        Some(record) => {
-            let role = match record.role.as_str() {
-                "operator" => ApiRole::Operator,
-                "tenant" => ApiRole::Tenant,
-                _ => ApiRole::Component,
-            };
-            req.extensions_mut().insert(Caller {
-                role,
-                tenant: record.tenant,
-            });
+    let caller = match token {
+        Some(token) => cluster.check_api_token(token).map(|record| Caller {
+            role: role_of(&record.role),
+            tenant: record.tenant,
+        }),
+        None => match session::current(&cluster, req.headers()) {
+            Some((_, s)) => {
+                let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+                let csrf = req
+                    .headers()
+                    .get(session::CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok());
+                if !safe && csrf != Some(s.csrf.as_str()) {
+                    return ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "csrf",
+                        "a change made with the session cookie needs its X-CSRF-Token",
+                    )
+                    .into_response();
+                }
+                Some(Caller {
+                    role: role_of(&s.role),
+                    tenant: s.tenant,
+                })
+            }
+            None => None,
+        },
+    };
+    match caller {
+        Some(caller) => {
+            req.extensions_mut().insert(caller);
             next.run(req).await
         }
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing or invalid bearer token (Authorization: Bearer <token>)",
+            "missing or invalid bearer token (Authorization: Bearer <token>) or session",
         )
         .into_response(),
     }

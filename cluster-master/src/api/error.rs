@@ -35,6 +35,10 @@ impl ApiError {
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
+    /// What went wrong, as the body's `message` says it.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }

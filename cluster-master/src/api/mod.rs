@@ -1,4 +1,5 @@
-//! The REST API (JSON over HTTP). Every route but `/healthz` needs a bearer token.
+//! The REST API (JSON over HTTP). Every route but `/healthz`, the spec, the console's
+//! files and sign-in needs a bearer token or a console session.
 //! Errors are `{"error": {"code", "message"}}` with a fitting status.
 //!
 //! This file only assembles the router. Each family of routes is a module with a
@@ -23,11 +24,14 @@ mod groups;
 mod latency;
 mod metrics;
 mod monitoring;
+mod node_filter;
 mod nodes;
 mod openapi;
 mod pools;
+mod session;
 mod sim;
 mod tenants;
+mod users;
 
 pub use error::ApiError;
 use error::ApiResult;
@@ -45,6 +49,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(sim::routes())
         .merge(events::routes())
         .merge(monitoring::routes())
+        .merge(users::routes())
         .route_layer(axum::middleware::from_fn(auth::operator_only));
     // Families that decide per caller (tenant, role) what it may see and do.
     let api = operator
@@ -55,6 +60,8 @@ pub fn router(node: Arc<Node>) -> Router {
             auth::authenticate,
         ))
         .route("/openapi.json", get(openapi::spec))
+        // Signing in needs no token; the session routes check the cookie themselves.
+        .merge(session::routes())
         .fallback(|| async { ApiError::not_found("no such API route") });
     // Prometheus scrapes with an operator token, beside the API.
     let metrics = Router::new()
@@ -67,6 +74,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(cluster::healthz))
         .merge(metrics)
+        .merge(crate::console::routes())
         .nest("/api/v1", api)
         // Every route timed, by its pattern (`/api/v1/nodes/{id}`), for `/metrics`.
         .route_layer(axum::middleware::from_fn_with_state(

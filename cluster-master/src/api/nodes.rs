@@ -13,13 +13,15 @@ use glory_protocol::NodeState;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{Active, ApiError, ApiResult, J, Q};
+use super::node_filter::NodeFilter;
+use super::{Active, ApiError, ApiResult, Caller, J, Q};
 use crate::registry::NodeEntry;
 use crate::role::Node;
 
 pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/nodes", get(list_nodes))
+        .route("/nodes/bulk", post(bulk))
         .route("/nodes/{id}", get(get_node).delete(remove_node))
         .route("/nodes/{id}/labels", put(put_labels))
         .route("/nodes/{id}/admit", post(admit_node))
@@ -75,6 +77,12 @@ struct NodeQuery {
     cursor: Option<String>,
     /// `full` (default) or `summary` (without inventories: a tenth of the bytes).
     view: Option<String>,
+    /// The filter grammar of `node_filter` (`state:down group:g03 cpu>80 ...`).
+    filter: Option<String>,
+    /// `id` (default), `hostname`, `group`, `state` or `cpu` (busiest first); with
+    /// `offset` instead of `cursor`.
+    sort: Option<String>,
+    offset: Option<usize>,
 }
 
 /// One page of nodes, serialised straight from the registry.
@@ -110,6 +118,22 @@ async fn list_nodes(Active(cluster): Active, Q(query): Q<NodeQuery>) -> ApiResul
         return Err(ApiError::bad_request("limit: must be between 1 and 10000"));
     }
     let needle = query.q.as_deref().unwrap_or("").to_lowercase();
+    let filter =
+        NodeFilter::parse(query.filter.as_deref().unwrap_or("")).map_err(ApiError::bad_request)?;
+    let sort = match query.sort.as_deref() {
+        None | Some("") => None,
+        Some(s @ ("id" | "hostname" | "group" | "state" | "cpu")) => Some(s),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "sort: {other:?} is not one of id, hostname, group, state, cpu"
+            )))
+        }
+    };
+    if query.cursor.is_some() && (sort.is_some() || query.offset.is_some()) {
+        return Err(ApiError::bad_request(
+            "cursor: pages by cursor are in id order; with sort or offset, page by offset",
+        ));
+    }
     let reg = cluster.read();
     if let Some(group) = &query.group {
         if !reg.groups.contains_key(group) {
@@ -122,7 +146,37 @@ async fn list_nodes(Active(cluster): Active, Q(query): Q<NodeQuery>) -> ApiResul
             && (needle.is_empty()
                 || n.record.id.to_lowercase().contains(&needle)
                 || n.record.hostname.to_lowercase().contains(&needle))
+            && filter.matches(n)
     };
+    if sort.is_some() || query.offset.is_some() {
+        let mut all: Vec<&NodeEntry> = reg.nodes.values().filter(matches).collect();
+        let total = all.len();
+        match sort.unwrap_or("id") {
+            "hostname" => all.sort_by(|a, b| a.record.hostname.cmp(&b.record.hostname)),
+            "group" => all.sort_by(|a, b| a.record.group.cmp(&b.record.group)),
+            "state" => all.sort_by_key(|n| n.status.state.as_str()),
+            "cpu" => all.sort_by(|a, b| {
+                let cpu = |n: &NodeEntry| n.load.as_ref().map_or(-1.0, |l| l.cpu);
+                cpu(b).total_cmp(&cpu(a))
+            }),
+            _ => {}
+        }
+        let offset = query.offset.unwrap_or(0);
+        let items = all
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|n| node_view(n, false, with_inventory))
+            .collect();
+        let body = serde_json::to_vec(&NodePage {
+            items,
+            total,
+            next: None,
+        })
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        drop(reg);
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
     let total = reg.nodes.values().filter(matches).count();
     let start = query.cursor.as_deref().unwrap_or("");
     let mut items = Vec::with_capacity(limit.min(total));
@@ -193,4 +247,115 @@ async fn admit_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResul
             "no removed node {id} (nodes that were never removed need no admission)"
         ))),
     }
+}
+
+/// A bulk action: on the nodes named, or on every node a filter matches.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Bulk {
+    #[serde(default)]
+    nodes: Option<Vec<String>>,
+    #[serde(default)]
+    filter: Option<String>,
+    /// `label` (add `labels`), `unlabel` (remove `keys`) or `remove` (the nodes).
+    action: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    /// Only say how many nodes it would touch.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Most nodes one bulk action touches.
+const BULK_MAX: usize = 10_000;
+
+/// `POST /api/v1/nodes/bulk`: `{matched, dry_run, results: [{node, ok, error?}]}`.
+async fn bulk(
+    Active(cluster): Active,
+    _caller: Caller,
+    J(body): J<Bulk>,
+) -> ApiResult<Json<Value>> {
+    match body.action.as_str() {
+        "label" if body.labels.is_empty() => {
+            return Err(ApiError::bad_request(
+                "labels: give at least one name=value",
+            ))
+        }
+        "unlabel" if body.keys.is_empty() => {
+            return Err(ApiError::bad_request("keys: give at least one label name"))
+        }
+        "label" | "unlabel" | "remove" => {}
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "action: {other:?} is not one of label, unlabel, remove"
+            )))
+        }
+    }
+    let targets: Vec<String> = match (&body.nodes, &body.filter) {
+        (Some(nodes), None) => nodes.clone(),
+        (None, Some(text)) => {
+            let filter = NodeFilter::parse(text).map_err(ApiError::bad_request)?;
+            let reg = cluster.read();
+            reg.nodes
+                .values()
+                .filter(|n| filter.matches(n))
+                .map(|n| n.record.id.clone())
+                .collect()
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give either nodes (a list of ids) or filter",
+            ))
+        }
+    };
+    if targets.len() > BULK_MAX {
+        return Err(ApiError::bad_request(format!(
+            "nodes: {} nodes; at most {BULK_MAX} in one bulk action",
+            targets.len()
+        )));
+    }
+    if body.dry_run {
+        return Ok(Json(
+            json!({"matched": targets.len(), "dry_run": true, "results": []}),
+        ));
+    }
+    let mut results = Vec::with_capacity(targets.len());
+    for node in &targets {
+        let outcome: Result<(), ApiError> = async {
+            match body.action.as_str() {
+                "remove" => match cluster.remove_node(node).await? {
+                    Some(_) => Ok(()),
+                    None => Err(ApiError::not_found(format!("node {node} does not exist"))),
+                },
+                action => {
+                    let current = cluster
+                        .read()
+                        .nodes
+                        .get(node)
+                        .map(|n| n.record.labels.clone())
+                        .ok_or_else(|| {
+                            ApiError::not_found(format!("node {node} does not exist"))
+                        })?;
+                    let mut labels = current;
+                    if action == "label" {
+                        labels.extend(body.labels.clone());
+                    } else {
+                        labels.retain(|k, _| !body.keys.contains(k));
+                    }
+                    cluster.set_labels(node, labels).await?;
+                    Ok(())
+                }
+            }
+        }
+        .await;
+        results.push(match outcome {
+            Ok(()) => json!({"node": node, "ok": true}),
+            Err(e) => json!({"node": node, "ok": false, "error": e.message()}),
+        });
+    }
+    Ok(Json(
+        json!({"matched": targets.len(), "dry_run": false, "results": results}),
+    ))
 }

@@ -82,18 +82,13 @@ impl Cluster {
         auth::secret_matches(&record.secret_sha256, secret).then(|| record.clone())
     }
 
-    /// Create an API token; returns the token (shown once) and its record.
-    pub async fn create_api_token(
-        &self,
-        role: &str,
-        tenant: Option<&str>,
-        description: &str,
-    ) -> OpResultT<(String, ApiTokenRecord)> {
+    /// Whether `role` (with `tenant`) is one an API token or a user may have.
+    pub(crate) fn check_role(&self, role: &str, tenant: Option<&str>) -> OpResultT<()> {
         match (role, tenant) {
             ("operator", None) => {}
             ("operator", Some(_)) => {
                 return Err(OpError::Invalid(
-                    "tenant: operator tokens belong to no tenant".into(),
+                    "tenant: the operator role belongs to no tenant".into(),
                 ))
             }
             ("tenant" | "component", Some(t)) => {
@@ -103,7 +98,7 @@ impl Cluster {
             }
             ("tenant" | "component", None) => {
                 return Err(OpError::Invalid(format!(
-                    "tenant: a {role} token needs a tenant"
+                    "tenant: the {role} role needs a tenant"
                 )))
             }
             (other, _) => {
@@ -112,6 +107,17 @@ impl Cluster {
                 )))
             }
         }
+        Ok(())
+    }
+
+    /// Create an API token; returns the token (shown once) and its record.
+    pub async fn create_api_token(
+        &self,
+        role: &str,
+        tenant: Option<&str>,
+        description: &str,
+    ) -> OpResultT<(String, ApiTokenRecord)> {
+        self.check_role(role, tenant)?;
         if description.len() > 256 {
             return Err(OpError::Invalid(
                 "description: at most 256 characters".into(),

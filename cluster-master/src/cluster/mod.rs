@@ -11,6 +11,7 @@ mod groups;
 mod keymaster;
 mod removal;
 mod states;
+mod users;
 
 pub(crate) use ca::load_or_create_ca;
 pub(crate) use states::status_writer;
@@ -67,6 +68,8 @@ pub struct Cluster {
     pub(crate) ca: ClusterCa,
     registry: RwLock<Registry>,
     api_tokens: RwLock<HashMap<String, ApiTokenRecord>>,
+    /// Console sessions (signed in with a token or a user's password).
+    pub(crate) sessions: crate::sessions::Sessions,
     status_tx: mpsc::UnboundedSender<(String, NodeStatus)>,
     pub(crate) sim: Option<Arc<dyn SimControl>>,
     pub(crate) started: Instant,
@@ -194,6 +197,7 @@ impl Cluster {
             ca,
             registry: RwLock::new(registry),
             api_tokens: RwLock::new(api_tokens),
+            sessions: Default::default(),
             status_tx,
             sim,
             started: Instant::now(),

@@ -7,9 +7,10 @@ cd "$(dirname "$0")"
 # System packages the suite needs: etcd (the key master's etcd backend is tested against
 # real members), protoc (the etcd-client crate compiles etcd's protobuf definitions),
 # Python's venv (schemathesis checks the live API against its OpenAPI spec) and
-# Prometheus (a real one scrapes the cluster master's /metrics in a test) and its
-# Alertmanager (a real one receives forwarded alerts).
-APT_PACKAGES=(etcd-server protobuf-compiler python3-venv prometheus prometheus-alertmanager)
+# Prometheus (a real one scrapes the cluster master's /metrics in a test), its
+# Alertmanager (a real one receives forwarded alerts) and Chromium with its WebDriver
+# (the console is tested in a real headless browser).
+APT_PACKAGES=(etcd-server protobuf-compiler python3-venv prometheus prometheus-alertmanager chromium chromium-driver)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

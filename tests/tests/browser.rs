@@ -1,0 +1,314 @@
+//! The console in a real browser: Debian's headless Chromium driven over WebDriver
+//! (chromedriver) against a 1,000-node `glory up`. Sign in; the heat map has a cell per
+//! node; a node killed through the simulation API turns down within seconds; a filter
+//! narrows the node list; a bulk label on a filter applies to every match; a tenant's
+//! session does not see another tenant's pool; a change without the CSRF token is
+//! refused. Screenshots of each page are saved under `target/console-screenshots/`.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fantoccini::{Client, ClientBuilder, Locator};
+use glory::client::ApiClient;
+use glory::up::{Up, UpOptions};
+use glory_tests::procs::free_tcp;
+use glory_tests::wait::until_some;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const NODES: u64 = 1000;
+
+/// chromedriver on a free port, killed with this value.
+struct Driver {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tool(path: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        std::path::Path::new(path).exists(),
+        "{path} is missing: ./test.sh installs Debian's chromium and chromium-driver"
+    );
+    Ok(())
+}
+
+async fn browser() -> anyhow::Result<(Driver, Client)> {
+    tool("/usr/bin/chromium")?;
+    tool("/usr/bin/chromedriver")?;
+    let port = free_tcp().port();
+    let child = Command::new("/usr/bin/chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let profile = tempfile::tempdir()?;
+    let driver = Driver {
+        child,
+        port,
+        _profile: profile,
+    };
+    let caps: serde_json::Map<String, Value> = serde_json::from_value(json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--window-size=1400,1000",
+                     format!("--user-data-dir={}", driver._profile.path().display())],
+        }
+    }))?;
+    let url = format!("http://127.0.0.1:{}", driver.port);
+    let started = Instant::now();
+    let client = loop {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector)
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("chromedriver: {e}")),
+        }
+    };
+    Ok((driver, client))
+}
+
+/// Evaluate `script` (a function body that returns a value) in the page.
+async fn js(c: &Client, script: &str) -> anyhow::Result<Value> {
+    Ok(c.execute(script, vec![]).await?)
+}
+
+async fn wait_js(c: &Client, what: &str, timeout: Duration, script: &str) -> anyhow::Result<Value> {
+    let (v, took) = until_some(what, timeout, || async {
+        js(c, script)
+            .await
+            .ok()
+            .filter(|v| !v.is_null() && *v != json!(false))
+    })
+    .await?;
+    eprintln!("{what}: after {took:?}");
+    Ok(v)
+}
+
+async fn screenshot(c: &Client, name: &str) -> anyhow::Result<()> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("{name}.png")), c.screenshot().await?)?;
+    Ok(())
+}
+
+async fn sign_in(c: &Client, base: &str, token: &str) -> anyhow::Result<()> {
+    c.goto(&format!("{base}/")).await?;
+    let input = c
+        .wait()
+        .for_element(Locator::Css("input[name=token]"))
+        .await?;
+    input.send_keys(token).await?;
+    c.find(Locator::Css("#signin-form button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_chromium_against_a_thousand_nodes() -> anyhow::Result<()> {
+    glory_tests::init_logging();
+    let dir = tempfile::tempdir()?;
+    let up = Up::start(UpOptions {
+        data_dir: dir.path().to_path_buf(),
+        nodes: NODES as usize,
+        groups: 4,
+        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Default::default()
+    })
+    .await?;
+    let base = format!("http://{}", up.api_addr);
+    let api = ApiClient::new(&up.api_addr.to_string(), &up.operator_token)?;
+    until_some("1,000 nodes up", Duration::from_secs(180), || async {
+        let c = api.get("/api/v1/cluster").await.ok()?;
+        (c["nodes_by_state"]["up"].as_u64() == Some(NODES)).then_some(())
+    })
+    .await?;
+    let (_driver, c) = browser().await?;
+
+    // Sign in with the operator token: the overview has a cell per node.
+    sign_in(&c, &base, up.operator_token.trim()).await?;
+    wait_js(
+        &c,
+        "overview ready",
+        Duration::from_secs(30),
+        "return document.body.dataset.overview === 'ready'",
+    )
+    .await?;
+    let cells = js(
+        &c,
+        "return document.querySelectorAll('#node-cells li[data-node-id][data-state]').length",
+    )
+    .await?;
+    assert_eq!(cells, json!(NODES));
+    screenshot(&c, "overview").await?;
+
+    // A node killed through the simulation API turns down, live.
+    let victim = api.get("/api/v1/nodes?limit=1&filter=group:g01").await?["items"][0]["id"]
+        .as_str()
+        .context("a node of g01")?
+        .to_string();
+    api.call(
+        Method::POST,
+        &format!("/api/v1/sim/nodes/{victim}/kill"),
+        None,
+    )
+    .await?;
+    wait_js(&c, "the killed node shown down", Duration::from_secs(15),
+        &format!("return document.querySelector('li[data-node-id=\"{victim}\"]').dataset.state === 'down'")).await?;
+    screenshot(&c, "overview-node-down").await?;
+
+    // A filter narrows the list, server side.
+    let in_g02 = api.get("/api/v1/nodes?limit=1&filter=group:g02").await?["total"].clone();
+    c.goto(&format!("{base}/#/nodes")).await?;
+    let filter = c.wait().for_element(Locator::Css("#filter")).await?;
+    filter.send_keys("group:g02").await?;
+    c.find(Locator::Css("#filter-form button"))
+        .await?
+        .click()
+        .await?;
+    wait_js(
+        &c,
+        "the filtered list",
+        Duration::from_secs(10),
+        &format!(
+            "return document.querySelector('#nodes-total').textContent === '{in_g02} nodes match'"
+        ),
+    )
+    .await?;
+    let rows = js(&c, "return [...document.querySelectorAll('#nodes-table tbody tr')].every(r => r.children[3].textContent === 'g02')").await?;
+    assert_eq!(rows, json!(true));
+    screenshot(&c, "nodes-filtered").await?;
+
+    // A bulk label on the whole filter, confirmed: every match gets it.
+    c.find(Locator::Css("#bulk-label"))
+        .await?
+        .send_keys("rack=r12")
+        .await?;
+    c.find(Locator::Css("#bulk-all")).await?.click().await?;
+    let (_, _) = until_some("the confirmation", Duration::from_secs(10), || async {
+        c.get_alert_text().await.ok()
+    })
+    .await
+    .and_then(|(text, took)| {
+        assert!(text.contains(&format!("{in_g02} servers")), "{text}");
+        Ok((text, took))
+    })?;
+    c.accept_alert().await?;
+    wait_js(
+        &c,
+        "the bulk label done",
+        Duration::from_secs(60),
+        "const d = document.querySelector('[data-bulk=done]'); return d && d.textContent",
+    )
+    .await?;
+    let labelled = api
+        .get("/api/v1/nodes?limit=1&filter=label:rack=r12")
+        .await?;
+    assert_eq!(labelled["total"], in_g02, "every match labelled");
+    screenshot(&c, "nodes-bulk-labelled").await?;
+
+    // A change without the CSRF token is refused (the page's own fetch, no header).
+    let status = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/v1/nodes/bulk', {method: 'POST', credentials: 'same-origin',
+               headers: {'content-type': 'application/json'},
+               body: JSON.stringify({filter: 'group:g02', action: 'label', labels: {x: 'y'}})})
+             .then(r => done(r.status));",
+            vec![],
+        )
+        .await?;
+    assert_eq!(status, json!(403));
+
+    // The other pages render.
+    for page in ["groups", "alerts", "pools"] {
+        c.goto(&format!("{base}/#/{page}")).await?;
+        wait_js(&c, &format!("the {page} page"), Duration::from_secs(10),
+            &format!("return !document.querySelector('#page-{page}').hidden && document.querySelectorAll('#page-{page} tbody tr').length >= 0")).await?;
+        screenshot(&c, page).await?;
+    }
+    c.goto(&format!("{base}/#/node/{victim}")).await?;
+    wait_js(
+        &c,
+        "the node page",
+        Duration::from_secs(10),
+        &format!("return document.querySelector('#node-title').textContent.includes('{victim}')"),
+    )
+    .await?;
+    screenshot(&c, "node").await?;
+
+    // Tenants: beta's pool is not shown to alpha's session.
+    for t in ["alpha", "beta"] {
+        api.call(Method::POST, "/api/v1/tenants", Some(json!({"name": t})))
+            .await?;
+    }
+    let beta = api
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"role": "tenant", "tenant": "beta"})),
+        )
+        .await?;
+    ApiClient::new(
+        &up.api_addr.to_string(),
+        beta["token"].as_str().unwrap_or(""),
+    )?
+    .call(
+        Method::POST,
+        "/api/v1/pools",
+        Some(json!({"name": "db-b", "component": "db", "size": 2})),
+    )
+    .await?;
+    let alpha = api
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"role": "tenant", "tenant": "alpha"})),
+        )
+        .await?;
+    c.find(Locator::Css("#signout")).await?.click().await?;
+    c.wait()
+        .for_element(Locator::Css("#signin:not([hidden])"))
+        .await?;
+    sign_in(&c, &base, alpha["token"].as_str().unwrap_or("")).await?;
+    wait_js(
+        &c,
+        "alpha's pools page",
+        Duration::from_secs(10),
+        "return location.hash === '#/pools' && !document.querySelector('#page-pools').hidden",
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = js(
+        &c,
+        "return document.querySelectorAll('#pools-table tr[data-pool]').length",
+    )
+    .await?;
+    assert_eq!(seen, json!(0), "alpha sees no pool of beta's");
+    screenshot(&c, "tenant-pools").await?;
+
+    c.close().await?;
+    up.shutdown().await;
+    Ok(())
+}

@@ -141,10 +141,16 @@ pub async fn nodes(
     state: Option<&str>,
     group: Option<&str>,
     q: Option<&str>,
+    filter: Option<&str>,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let mut query = Vec::new();
-    for (k, v) in [("state", state), ("group", group), ("q", q)] {
+    for (k, v) in [
+        ("state", state),
+        ("group", group),
+        ("q", q),
+        ("filter", filter),
+    ] {
         if let Some(v) = v {
             query.push(format!("{k}={}", urlencode(v)));
         }
@@ -707,4 +713,116 @@ mod tests {
                           "candidates": [{"node": "n-1"}], "master": null});
         assert!(!created_text(&with).contains("note"));
     }
+}
+
+/// `glory nodes bulk-label FILTER k=v...`: per-node results.
+pub async fn bulk_label(
+    client: &ApiClient,
+    filter: &str,
+    labels: &[String],
+    dry_run: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .ok_or_else(|| anyhow::anyhow!("label {l:?}: write it as name=value"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let r = client
+        .call(
+            Method::POST,
+            "/api/v1/nodes/bulk",
+            Some(serde_json::json!({"filter": filter, "action": "label",
+                "labels": labels, "dry_run": dry_run})),
+        )
+        .await?;
+    if as_json {
+        print_json(&r);
+        return Ok(());
+    }
+    let results = r["results"].as_array().cloned().unwrap_or_default();
+    if dry_run {
+        println!("{} nodes match", r["matched"]);
+        return Ok(());
+    }
+    let failed: Vec<&Value> = results.iter().filter(|x| x["ok"] != true).collect();
+    println!(
+        "{} of {} nodes labelled",
+        results.len() - failed.len(),
+        r["matched"]
+    );
+    for f in failed {
+        println!("{}: {}", s(&f["node"]), s(&f["error"]));
+    }
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum UsersAction {
+    /// Add a user; the password is read from GLORY_PASSWORD or asked on the terminal.
+    Add {
+        name: String,
+        /// operator, tenant or component.
+        #[arg(long, default_value = "operator")]
+        role: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List users (never their passwords).
+    List,
+    /// Remove a user.
+    Rm { name: String },
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("GLORY_PASSWORD") {
+        return Ok(p);
+    }
+    eprint!("password: ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+pub async fn users(client: &ApiClient, action: UsersAction, as_json: bool) -> anyhow::Result<()> {
+    match action {
+        UsersAction::Add { name, role, tenant } => {
+            let password = read_password()?;
+            let r = client
+                .call(
+                    Method::POST,
+                    "/api/v1/users",
+                    Some(serde_json::json!({"name": name, "password": password,
+                        "role": role, "tenant": tenant})),
+                )
+                .await?;
+            if as_json {
+                print_json(&r);
+            } else {
+                println!("user {} added ({})", s(&r["name"]), s(&r["role"]));
+            }
+        }
+        UsersAction::List => {
+            let r = client.get("/api/v1/users").await?;
+            if as_json {
+                print_json(&r);
+            } else {
+                let rows: Vec<Vec<String>> = r["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|u| vec![s(&u["name"]), s(&u["role"]), s(&u["tenant"])])
+                    .collect();
+                print!("{}", render(&["NAME", "ROLE", "TENANT"], &rows));
+            }
+        }
+        UsersAction::Rm { name } => {
+            let path = format!("/api/v1/users/{}", urlencode(&name));
+            delete(client, &path, as_json, &format!("user {name} removed")).await?;
+        }
+    }
+    Ok(())
 }

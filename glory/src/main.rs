@@ -83,9 +83,17 @@ enum Command {
         /// Substring of hostname or id.
         #[arg(long, short)]
         q: Option<String>,
+        /// The console's filter grammar: `state:down group:g03 label:rack=r12 q:web cpu>80`.
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// One node in detail: inventory, load, state history.
     Node { id: String },
+    /// Console users (name and password, with a role like API tokens).
+    Users {
+        #[command(subcommand)]
+        action: glory::cli::UsersAction,
+    },
     /// Groups: the active group master, its standbys, nodes by state.
     Groups,
     /// Tenants: the owners of pools.
@@ -191,6 +199,14 @@ enum NodesAction {
     Removed,
     /// Set a node's labels (replaces them): `glory nodes label ID zone=a rack=r12`.
     Label { id: String, labels: Vec<String> },
+    /// Add labels to every node a filter matches: `glory nodes bulk-label 'group:g03' rack=r12`.
+    BulkLabel {
+        filter: String,
+        labels: Vec<String>,
+        /// Only say how many nodes it would touch.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -363,16 +379,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state,
             group,
             q,
+            filter,
         } => {
             c::nodes(
                 &client,
                 state.as_deref(),
                 group.as_deref(),
                 q.as_deref(),
+                filter.as_deref(),
                 cli.json,
             )
             .await
         }
+        Command::Nodes {
+            action:
+                Some(NodesAction::BulkLabel {
+                    filter,
+                    labels,
+                    dry_run,
+                }),
+            ..
+        } => c::bulk_label(&client, &filter, &labels, dry_run, cli.json).await,
+        Command::Users { action } => c::users(&client, action, cli.json).await,
         Command::Node { id } => c::node(&client, &id, cli.json).await,
         Command::Groups => c::groups(&client, cli.json).await,
         Command::BootstrapTokens {

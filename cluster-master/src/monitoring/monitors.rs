@@ -486,9 +486,16 @@ mod tests {
         let record = |v: Value| serde_json::from_value::<MonitorRecord>(v).unwrap();
         validate_monitor(&record(good())).unwrap();
         type Edit = fn(&mut Value);
-        let cases: [(&str, Edit); 8] = [
+        let cases: [(&str, Edit); 11] = [
             ("item", |v| v["item"] = "cpu.percentage".into()),
-            ("kind", |v| v["kind"] = "process".into()),
+            ("kind", |v| v["kind"] = "probe".into()),
+            ("match", |v| v["kind"] = "process".into()),
+            ("match.cmdline", |v| {
+                v["kind"] = "process".into();
+                v["item"] = "proc.alive".into();
+                v["match"] = json!({"cmdline": "(unclosed"});
+            }),
+            ("command", |v| v["command"] = json!(["true"])),
             ("interval_seconds", |v| v["interval_seconds"] = 0.into()),
             ("rules[0].level", |v| {
                 v["rules"][0]["level"] = "fatal".into()

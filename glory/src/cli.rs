@@ -73,6 +73,10 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     let data_dir = options.data_dir.clone();
     let up = Up::start(options).await?;
     println!("GLORY-CL all-in-one cluster is running ({nodes} simulated nodes).");
+    println!(
+        "  web console:     http://{}/  (sign in with the operator token)",
+        up.api_addr
+    );
     println!("  REST API:        http://{}", up.api_addr);
     println!("  cluster master:  {} (QUIC)", up.quic_addr);
     println!(

@@ -312,3 +312,109 @@ async fn the_console_in_chromium_against_a_thousand_nodes() -> anyhow::Result<()
     up.shutdown().await;
     Ok(())
 }
+
+/// The console's figures at full scale (docs/BENCHMARKS.md, "The console"), measured in
+/// Chromium against a `glory up` of `GLORY_CONSOLE_NODES` nodes (default 10,000): the
+/// overview's time from sign-in to complete, its requests for nodes, the page's weight,
+/// frame times while 100 nodes a second change state, and the filter's answer time.
+/// A benchmark, not a test: run it in release,
+/// `cargo nextest run --release -p glory-tests --test browser --run-ignored only`;
+/// it writes `target/console-bench.json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn console_figures_at_full_scale() -> anyhow::Result<()> {
+    let nodes: u64 = std::env::var("GLORY_CONSOLE_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir()?;
+    let up = Up::start(UpOptions {
+        data_dir: dir.path().to_path_buf(),
+        nodes: nodes as usize,
+        groups: (nodes as usize).div_ceil(250),
+        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Default::default()
+    })
+    .await?;
+    let base = format!("http://{}", up.api_addr);
+    let api = ApiClient::new(&up.api_addr.to_string(), &up.operator_token)?;
+    until_some("every node up", Duration::from_secs(600), || async {
+        let c = api.get("/api/v1/cluster").await.ok()?;
+        (c["nodes_by_state"]["up"].as_u64() == Some(nodes)).then_some(())
+    })
+    .await?;
+    let (_driver, c) = browser().await?;
+    sign_in(&c, &base, up.operator_token.trim()).await?;
+    wait_js(&c, "overview ready", Duration::from_secs(60),
+        "return document.body.dataset.overview === 'ready'").await?;
+    let load = js(&c, "
+        const m = performance.measure('overview', 'glory-signin', 'glory-overview');
+        const res = performance.getEntriesByType('resource');
+        const nav = performance.getEntriesByType('navigation')[0];
+        const assets = res.filter(e => !e.name.includes('/api/'));
+        const nodes = res.filter(e => e.name.includes('/api/v1/nodes'));
+        return {
+          overview_ms: m.duration,
+          node_requests: nodes.length,
+          nodes_transfer_bytes: nodes.reduce((a, e) => a + e.transferSize, 0),
+          page_transfer_bytes: nav.transferSize + assets.reduce((a, e) => a + e.transferSize, 0),
+          cells: document.querySelectorAll('#node-cells li[data-node-id]').length,
+        };").await?;
+    eprintln!("load: {load}");
+
+    // Frame times while 100 nodes a second lose power (each goes suspect, then down).
+    js(&c, "
+        window.__frames = []; let last = performance.now();
+        const f = (t) => { window.__frames.push(t - last); last = t; if (!window.__stop) requestAnimationFrame(f); };
+        requestAnimationFrame(f); return true;").await?;
+    let ids: Vec<String> = api
+        .get(&format!("/api/v1/nodes?view=summary&limit={}", 500))
+        .await?["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["id"].as_str().map(str::to_string))
+        .collect();
+    let started = Instant::now();
+    for chunk in ids.chunks(10) {
+        for id in chunk {
+            api.call(Method::POST, &format!("/api/v1/sim/nodes/{id}/kill"), None).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killing = started.elapsed();
+    wait_js(&c, "every killed node shown down", Duration::from_secs(60),
+        &format!("return [...document.querySelectorAll('#node-cells li[data-state=down]')].length >= {}", ids.len())).await?;
+    let frames = js(&c, "
+        window.__stop = true;
+        const f = window.__frames.slice(1).sort((a, b) => a - b);
+        return {count: f.length, p50: f[Math.floor(f.length * 0.5)], p99: f[Math.floor(f.length * 0.99)], max: f[f.length - 1]};").await?;
+    eprintln!("frames while {} nodes went down over {killing:?}: {frames}", ids.len());
+
+    // The filter's answer time, from the page.
+    let filter = c
+        .execute_async("
+            const done = arguments[arguments.length - 1];
+            (async () => {
+              const t = [];
+              for (let i = 0; i < 20; i++) {
+                const s = performance.now();
+                const r = await fetch('/api/v1/nodes?view=summary&limit=50&sort=hostname&filter=' +
+                  encodeURIComponent('state:up cpu>10 group:g07'), {credentials: 'same-origin'});
+                await r.json();
+                t.push(performance.now() - s);
+              }
+              t.sort((a, b) => a - b);
+              done({p50: t[10], max: t[19]});
+            })();", vec![])
+        .await?;
+    eprintln!("filter answer: {filter}");
+    let report = json!({"nodes": nodes, "load": load, "state_changes": {
+        "nodes_killed": ids.len(), "over_seconds": killing.as_secs_f64(), "frames_ms": frames},
+        "filter_ms": filter});
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-bench.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    c.close().await?;
+    up.shutdown().await;
+    Ok(())
+}

@@ -60,8 +60,9 @@ function signedIn(session) {
   for (const a of document.querySelectorAll('#nav a[data-page]')) {
     a.hidden = S.role !== 'operator' && a.dataset.page !== 'pools';
   }
+  const home = S.role === 'operator' ? '#/overview' : '#/pools';
   if (!location.hash || (S.role !== 'operator' && !location.hash.startsWith('#/pools'))) {
-    location.hash = S.role === 'operator' ? '#/overview' : '#/pools';
+    if (location.hash !== home) { location.hash = home; return; }  // hashchange routes
   }
   route();
 }
@@ -71,6 +72,7 @@ $('#signin-form').addEventListener('submit', async (ev) => {
   const f = ev.target;
   const body = f.token.value ? { token: f.token.value } : { user: f.user.value, password: f.password.value };
   try {
+    performance.mark('glory-signin');
     signedIn(await api('POST', '/api/v1/session', body));
     f.reset(); $('#signin-error').textContent = '';
   } catch (e) { $('#signin-error').textContent = e.message; }
@@ -116,6 +118,7 @@ async function overview() {
   if (!alerts.items.length) firing.append(el('li', { text: 'none' }));
   listen();
   document.body.dataset.overview = 'ready';
+  performance.mark('glory-overview');
   return cluster;
 }
 

@@ -345,9 +345,16 @@ async fn console_figures_at_full_scale() -> anyhow::Result<()> {
     .await?;
     let (_driver, c) = browser().await?;
     sign_in(&c, &base, up.operator_token.trim()).await?;
-    wait_js(&c, "overview ready", Duration::from_secs(60),
-        "return document.body.dataset.overview === 'ready'").await?;
-    let load = js(&c, "
+    wait_js(
+        &c,
+        "overview ready",
+        Duration::from_secs(60),
+        "return document.body.dataset.overview === 'ready'",
+    )
+    .await?;
+    let load = js(
+        &c,
+        "
         const m = performance.measure('overview', 'glory-signin', 'glory-overview');
         const res = performance.getEntriesByType('resource');
         const nav = performance.getEntriesByType('navigation')[0];
@@ -359,7 +366,9 @@ async fn console_figures_at_full_scale() -> anyhow::Result<()> {
           nodes_transfer_bytes: nodes.reduce((a, e) => a + e.transferSize, 0),
           page_transfer_bytes: nav.transferSize + assets.reduce((a, e) => a + e.transferSize, 0),
           cells: document.querySelectorAll('#node-cells li[data-node-id]').length,
-        };").await?;
+        };",
+    )
+    .await?;
     eprintln!("load: {load}");
 
     // Frame times while 100 nodes a second lose power (each goes suspect, then down).
@@ -378,22 +387,35 @@ async fn console_figures_at_full_scale() -> anyhow::Result<()> {
     let started = Instant::now();
     for chunk in ids.chunks(10) {
         for id in chunk {
-            api.call(Method::POST, &format!("/api/v1/sim/nodes/{id}/kill"), None).await?;
+            api.call(Method::POST, &format!("/api/v1/sim/nodes/{id}/kill"), None)
+                .await?;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let killing = started.elapsed();
-    wait_js(&c, "every killed node shown down", Duration::from_secs(60),
-        &format!("return [...document.querySelectorAll('#node-cells li[data-state=down]')].length >= {}", ids.len())).await?;
+    wait_js(
+        &c,
+        "every killed node shown down",
+        Duration::from_secs(60),
+        &format!(
+            "return [...document.querySelectorAll('#node-cells li[data-state=down]')].length >= {}",
+            ids.len()
+        ),
+    )
+    .await?;
     let frames = js(&c, "
         window.__stop = true;
         const f = window.__frames.slice(1).sort((a, b) => a - b);
         return {count: f.length, p50: f[Math.floor(f.length * 0.5)], p99: f[Math.floor(f.length * 0.99)], max: f[f.length - 1]};").await?;
-    eprintln!("frames while {} nodes went down over {killing:?}: {frames}", ids.len());
+    eprintln!(
+        "frames while {} nodes went down over {killing:?}: {frames}",
+        ids.len()
+    );
 
     // The filter's answer time, from the page.
     let filter = c
-        .execute_async("
+        .execute_async(
+            "
             const done = arguments[arguments.length - 1];
             (async () => {
               const t = [];
@@ -406,7 +428,9 @@ async fn console_figures_at_full_scale() -> anyhow::Result<()> {
               }
               t.sort((a, b) => a - b);
               done({p50: t[10], max: t[19]});
-            })();", vec![])
+            })();",
+            vec![],
+        )
         .await?;
     eprintln!("filter answer: {filter}");
     let report = json!({"nodes": nodes, "load": load, "state_changes": {

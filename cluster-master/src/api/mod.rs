@@ -82,5 +82,8 @@ pub fn router(node: Arc<Node>) -> Router {
             latency::timed,
         ))
         .fallback(|| async { ApiError::not_found("no such route") })
+        // gzip when the client asks (browsers do; the CLI does not). Its default
+        // predicate leaves event streams and small bodies alone.
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(node)
 }

@@ -159,13 +159,37 @@ function draw() {
   ctx.clearRect(0, 0, ctx.canvas.width, ctx.canvas.height);
   ctx.font = '11px system-ui, sans-serif'; ctx.fillStyle = '#333';
   for (const b of S.layout) ctx.fillText(b.group, b.x, b.y + 11);
-  for (const [id, c] of S.cells) paint(ctx, c, S.nodes.get(id).state);
+  for (const [id, c] of S.cells) { const n = S.nodes.get(id); paint(ctx, c, n.state, n); }
 }
 
-function paint(ctx, c, state) {
-  ctx.fillStyle = COLOR[state] || '#bbbbbb';
+// Colour by state, or by a metric from the nodes' last heartbeat (viridis-like ramp,
+// readable by colour-blind people); grey when a node has not reported one.
+const RAMP = ['#440154', '#3b528b', '#21918c', '#5ec962', '#fde725'];
+function metricOf(n) {
+  const l = n.load;
+  if (!l) return null;
+  if (S.colourBy === 'cpu') return l.cpu;
+  if (S.colourBy === 'mem') return l.mem_total ? 100 * l.mem_used / l.mem_total : null;
+  return null;
+}
+function paint(ctx, c, state, n) {
+  if (S.colourBy && S.colourBy !== 'state' && n) {
+    const v = metricOf(n);
+    ctx.fillStyle = v === null ? '#cccccc' : RAMP[Math.min(4, Math.floor(v / 20))];
+  } else {
+    ctx.fillStyle = COLOR[state] || '#bbbbbb';
+  }
   ctx.fillRect(c.x, c.y, CELL - 1, CELL - 1);
 }
+$('#colour-by').addEventListener('change', async (ev) => {
+  S.colourBy = ev.target.value;
+  $('#legend').textContent = S.colourBy === 'state' ? '' : '0-20 % darkest ... 80-100 % brightest; grey: no report';
+  if (S.colourBy !== 'state') {
+    const page = await api('GET', '/api/v1/nodes?view=summary&limit=10000');
+    for (const n of page.items) S.nodes.set(n.id, n);
+  }
+  draw();
+});
 
 function counts() {
   const by = {};
@@ -228,7 +252,7 @@ function schedule() {
     for (const [id, state] of pending) {
       const c = S.cells.get(id);
       if (!c) continue;
-      paint(ctx, c, state);
+      paint(ctx, c, state, S.nodes.get(id));
       c.li.dataset.state = state;
       const n = S.nodes.get(id);
       c.li.textContent = `${n.hostname} (${n.group}): ${state}`;
@@ -296,6 +320,28 @@ async function bulk(target) {
     await loadNodes();
   } catch (e) { out.replaceChildren(el('p', { class: 'error', role: 'alert', text: e.message })); }
 }
+const selected = () => [...document.querySelectorAll('.pick:checked')].map((c) => c.value);
+$('#bulk-remove').addEventListener('click', async () => {
+  const nodes = selected();
+  const out = $('#bulk-results');
+  if (!nodes.length) { out.replaceChildren(el('p', { class: 'error', text: 'select nodes first' })); return; }
+  if (!confirm(`This removes ${nodes.length} servers from the cluster (they may not enroll again until admitted). Go on?`)) return;
+  try {
+    const done = await api('POST', '/api/v1/nodes/bulk', { action: 'remove', nodes });
+    out.replaceChildren(...done.results.map((r) => el('p', { class: r.ok ? '' : 'error', text: `${r.node}: ${r.ok ? 'removed' : r.error}` })));
+    await loadNodes();
+  } catch (e) { out.replaceChildren(el('p', { class: 'error', role: 'alert', text: e.message })); }
+});
+$('#bulk-pool-add').addEventListener('click', async () => {
+  const nodes = selected(), pool = $('#bulk-pool').value.trim();
+  const out = $('#bulk-results');
+  if (!nodes.length || !pool) { out.replaceChildren(el('p', { class: 'error', text: 'select nodes and name a pool' })); return; }
+  if (!confirm(`This adds ${nodes.length} servers to pool ${pool}. Go on?`)) return;
+  try {
+    await api('POST', `/api/v1/pools/${encodeURIComponent(pool)}/nodes`, { nodes });
+    out.replaceChildren(el('p', { role: 'status', text: `${nodes.length} nodes added to ${pool}` }));
+  } catch (e) { out.replaceChildren(el('p', { class: 'error', role: 'alert', text: e.message })); }
+});
 $('#bulk-selected').addEventListener('click', () =>
   bulk({ nodes: [...document.querySelectorAll('.pick:checked')].map((c) => c.value) }));
 $('#bulk-all').addEventListener('click', () => bulk({ filter: S.filter }));
@@ -339,10 +385,39 @@ async function groupsPage() {
 
 async function poolsPage() {
   const p = await api('GET', '/api/v1/pools');
+  const button = (text, action) => {
+    const b = el('button', { text });
+    b.addEventListener('click', async () => {
+      try { await action(); await poolsPage(); } catch (e) { $('#pool-error').textContent = e.message; }
+    });
+    return b;
+  };
   $('#pools-table tbody').replaceChildren(...p.items.map((x) => el('tr', { 'data-pool': x.name },
     el('td', { text: x.name }), el('td', { text: x.tenant || '-' }), el('td', { text: (x.nodes || []).length }),
-    el('td', { text: x.master ? x.master.node || '-' : '-' }), el('td', { text: x.master ? x.master.epoch ?? '-' : '-' }))));
+    el('td', { text: x.master ? x.master.node || '-' : '-' }), el('td', { text: x.epoch ?? '-' }),
+    el('td', { text: (x.candidates || []).map((c) => c.node + (c.master ? ' (master)' : '')).join(', ') }),
+    el('td', {},
+      button('Fail over', () => confirm(`Fail ${x.name}'s master over to its next candidate?`) &&
+        api('POST', `/api/v1/pools/${encodeURIComponent(x.name)}/master/failover`)),
+      button('Grow by 1', () => api('POST', `/api/v1/pools/${encodeURIComponent(x.name)}/nodes`, { count: 1 })),
+      button('Delete', () => confirm(`Delete pool ${x.name} and release its ${(x.nodes || []).length} nodes?`) &&
+        api('DELETE', `/api/v1/pools/${encodeURIComponent(x.name)}`))))));
+  const names = p.items.map((x) => x.name);
+  const events = [];
+  for (const name of names.slice(0, 5)) {
+    const d = await api('GET', `/api/v1/pools/${encodeURIComponent(name)}`);
+    for (const e of d.events || []) events.push(e);
+  }
+  events.sort((a, b) => b.at_ms - a.at_ms);
+  $('#pool-events').replaceChildren(...events.slice(0, 30).map((e) => el('li', { text: `${when(e.at_ms)} ${e.kind} ${e.pool || ''} ${e.node || ''}` })));
 }
+$('#pool-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const f = ev.target;
+  const body = { name: f.name.value.trim(), component: f.component.value.trim(), size: Number(f.size.value), spread: f.spread.value };
+  if (f.tenant.value.trim()) body.tenant = f.tenant.value.trim();
+  try { await api('POST', '/api/v1/pools', body); f.reset(); $('#pool-error').textContent = ''; await poolsPage(); } catch (e) { $('#pool-error').textContent = e.message; }
+});
 
 async function alertsPage() {
   const a = await api('GET', '/api/v1/alerts');
@@ -352,9 +427,35 @@ async function alertsPage() {
     ack.addEventListener('click', async () => { await api('POST', `/api/v1/alerts/${x.id}/ack`); alertsPage(); });
     return el('tr', {}, el('td', { text: x.level }), el('td', { text: x.state }), el('td', { text: x.monitor }),
       el('td', { text: x.node || '-' }), el('td', { text: x.group }), el('td', { text: x.value ?? '-' }),
-      el('td', { text: when(x.since) }), el('td', {}, ack));
+      el('td', { text: when(x.since) }), el('td', { text: x.detail || '' }), el('td', {}, ack));
   }));
+  const del = (path, then) => {
+    const b = el('button', { text: 'remove' });
+    b.addEventListener('click', async () => { await api('DELETE', path); then(); });
+    return b;
+  };
+  const s = await api('GET', '/api/v1/silences');
+  $('#silences-table tbody').replaceChildren(...s.items.map((x) => el('tr', {},
+    el('td', { text: Object.entries(x.matchers || {}).map(([k, v]) => `${k}=${v}`).join(' ') }),
+    el('td', { text: when(x.ends_at) }), el('td', { text: x.comment || '' }),
+    el('td', {}, del(`/api/v1/silences/${encodeURIComponent(x.id)}`, alertsPage)))));
+  const m = await api('GET', '/api/v1/monitors');
+  $('#monitors-table tbody').replaceChildren(...m.items.map((x) => el('tr', {},
+    el('td', { text: x.name }), el('td', { text: x.kind }), el('td', { text: x.item }), el('td', { text: JSON.stringify(x.scope) }),
+    el('td', { text: (x.rules || []).map((r) => `${r.level} ${r.op} ${r.threshold}`).join('; ') }),
+    el('td', {}, del(`/api/v1/monitors/${encodeURIComponent(x.name)}`, alertsPage)))));
 }
+$('#silence-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const f = ev.target;
+  const matchers = {};
+  if (f.node.value.trim()) matchers.node = f.node.value.trim();
+  if (f.monitor.value.trim()) matchers.monitor = f.monitor.value.trim();
+  try {
+    await api('POST', '/api/v1/silences', { matchers, ends_at: Date.now() + Number(f.hours.value) * 3600e3, comment: f.comment.value });
+    f.reset(); $('#silence-error').textContent = ''; await alertsPage();
+  } catch (e) { $('#silence-error').textContent = e.message; }
+});
 
 // Start: an existing session (cookie) or the sign-in form.
 api('GET', '/api/v1/session').then(signedIn, showSignin);

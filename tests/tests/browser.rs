@@ -312,6 +312,37 @@ async fn the_console_in_chromium_against_a_thousand_nodes() -> anyhow::Result<()
     .await?;
     assert_eq!(api.get("/api/v1/silences").await?["total"], 1);
 
+    // A monitor from the same page.
+    let form = c.find(Locator::Css("#monitor-form")).await?;
+    form.find(Locator::Css("input[name=name]"))
+        .await?
+        .send_keys("cpu-hot")
+        .await?;
+    form.find(Locator::Css("button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    wait_js(&c, "the monitor listed", Duration::from_secs(10),
+        "return [...document.querySelectorAll('#monitors-table tbody td')].some(td => td.textContent === 'cpu-hot')").await?;
+    assert_eq!(
+        api.get("/api/v1/monitors/cpu-hot").await?["rules"][0]["threshold"],
+        90.0
+    );
+
+    // A pool node's page names its pool.
+    let member = api.get("/api/v1/pools/db-b").await?["nodes"][0]["id"]
+        .as_str()
+        .context("a node of db-b")?
+        .to_string();
+    c.goto(&format!("{base}/#/node/{member}")).await?;
+    wait_js(
+        &c,
+        "the node's pool",
+        Duration::from_secs(10),
+        "return document.querySelector('#node-pools').textContent.includes('db-b')",
+    )
+    .await?;
+
     // The other pages render.
     for page in ["groups", "alerts", "pools"] {
         c.goto(&format!("{base}/#/{page}")).await?;

@@ -112,6 +112,7 @@ async function overview() {
   for (const n of page.items) S.nodes.set(n.id, n);
   layout();
   draw();
+  recount();
   counts();
   const firing = $('#firing');
   firing.replaceChildren(...alerts.items.map(alertItem));
@@ -191,9 +192,13 @@ $('#colour-by').addEventListener('change', async (ev) => {
   draw();
 });
 
+// Counts by state: computed once per load, then kept by each change.
+function recount() {
+  S.byState = {};
+  for (const n of S.nodes.values()) S.byState[n.state] = (S.byState[n.state] || 0) + 1;
+}
 function counts() {
-  const by = {};
-  for (const n of S.nodes.values()) by[n.state] = (by[n.state] || 0) + 1;
+  const by = S.byState;
   $('#counts').replaceChildren(`${S.nodes.size} nodes: `,
     ...Object.keys(by).sort().flatMap((s) => [stateBadge(s), ` ${by[s]}  `]));
 }
@@ -225,14 +230,19 @@ function listen() {
   const es = new EventSource('/api/v1/events');
   S.events = es;
   const feed = (kind, d) => {
-    const list = $('#feed');
-    list.prepend(el('li', { text: `${when(d.at_ms)} ${kind} ${d.node || d.pool || d.monitor || ''} ${d.to || d.level || ''}` }));
-    while (list.children.length > 100) list.lastChild.remove();
+    feedQueue.push(`${when(d.at_ms)} ${kind} ${d.node || d.pool || d.monitor || ''} ${d.to || d.level || ''}`);
+    if (feedQueue.length > 100) feedQueue.shift();
+    schedule();
   };
   es.addEventListener('node_state', (m) => {
     const d = JSON.parse(m.data);
     const n = S.nodes.get(d.node);
-    if (n) { n.state = d.to; pending.set(d.node, d.to); schedule(); }
+    if (n && n.state !== d.to) {
+      S.byState[n.state] = (S.byState[n.state] || 1) - 1;
+      if (!S.byState[n.state]) delete S.byState[n.state];
+      S.byState[d.to] = (S.byState[d.to] || 0) + 1;
+      n.state = d.to; pending.set(d.node, d.to);
+    }
     feed('node_state', d);
   });
   for (const kind of ['alert_firing', 'alert_resolved', 'pool_created', 'pool_deleted', 'node_removed', 'group_master_changed']) {
@@ -244,10 +254,19 @@ function listen() {
   }
 }
 let frame = 0;
+const feedQueue = [];
 function schedule() {
   if (frame) return;
   frame = requestAnimationFrame(() => {
     frame = 0;
+    if (feedQueue.length) {
+      const list = $('#feed');
+      const items = document.createDocumentFragment();
+      for (const text of feedQueue.reverse()) items.append(el('li', { text }));
+      feedQueue.length = 0;
+      list.prepend(items);
+      while (list.children.length > 100) list.lastChild.remove();
+    }
     const ctx = $('#heatmap').getContext('2d');
     for (const [id, state] of pending) {
       const c = S.cells.get(id);
@@ -359,6 +378,13 @@ async function nodePage(id) {
   }
   const hist = el('ol', {}, ...(n.history || []).slice(-10).map((h) => el('li', { text: `${when(h.at_ms)} ${h.state}` })));
   $('#node-detail').replaceChildren(dl, el('h2', { text: 'State history' }), hist);
+  const pools = await api('GET', '/api/v1/pools');
+  const mine = pools.items.filter((p) => (p.nodes || []).some((m) => m.id === id));
+  $('#node-pools').replaceChildren(...(mine.length ? mine.map((p) => {
+    const master = p.master && p.master.node === id;
+    return el('li', { text: `${p.name} (${p.component}, tenant ${p.tenant})` +
+      (master ? `: its master runs here, process ${p.master.process}, ${p.master.restarts} restarts, epoch ${p.master.epoch}` : '') });
+  }) : [el('li', { text: 'in no pool; runs no component master' })]));
   await Promise.all([chart(id, 'cpu.percent', '#node-chart-cpu', '%'), chart(id, 'mem.used_bytes', '#node-chart-mem', 'bytes')]);
 }
 async function chart(id, item, sel, unit) {
@@ -400,6 +426,13 @@ async function poolsPage() {
       button('Fail over', () => confirm(`Fail ${x.name}'s master over to its next candidate?`) &&
         api('POST', `/api/v1/pools/${encodeURIComponent(x.name)}/master/failover`)),
       button('Grow by 1', () => api('POST', `/api/v1/pools/${encodeURIComponent(x.name)}/nodes`, { count: 1 })),
+      button('Set candidates', () => {
+        const text = prompt(`${x.name}: master candidates in order (node ids, comma-separated)`,
+          (x.candidates || []).map((c) => c.node).join(', '));
+        if (text === null) return null;
+        const nodes = text.split(',').map((t) => t.trim()).filter(Boolean);
+        return api('POST', `/api/v1/pools/${encodeURIComponent(x.name)}/candidates`, { nodes, replace: true });
+      }),
       button('Delete', () => confirm(`Delete pool ${x.name} and release its ${(x.nodes || []).length} nodes?`) &&
         api('DELETE', `/api/v1/pools/${encodeURIComponent(x.name)}`))))));
   const names = p.items.map((x) => x.name);
@@ -445,6 +478,15 @@ async function alertsPage() {
     el('td', { text: (x.rules || []).map((r) => `${r.level} ${r.op} ${r.threshold}`).join('; ') }),
     el('td', {}, del(`/api/v1/monitors/${encodeURIComponent(x.name)}`, alertsPage)))));
 }
+$('#monitor-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const f = ev.target;
+  const rule = { level: f.level.value, op: f.op.value, threshold: Number(f.threshold.value), for_seconds: Number(f.for_seconds.value) };
+  try {
+    await api('POST', '/api/v1/monitors', { name: f.name.value.trim(), scope: { all: true }, item: f.item.value, rules: [rule] });
+    f.reset(); $('#monitor-error').textContent = ''; await alertsPage();
+  } catch (e) { $('#monitor-error').textContent = e.message; }
+});
 $('#silence-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
   const f = ev.target;

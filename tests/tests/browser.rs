@@ -125,36 +125,66 @@ async fn sign_in(c: &Client, base: &str, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_in_chromium_against_a_thousand_nodes() -> anyhow::Result<()> {
+/// A `glory up` of `nodes` nodes in `groups` groups, every node up, and a browser signed
+/// in as the operator with the overview complete. The temporary directory and the driver
+/// must outlive the test.
+struct Console {
+    _dir: tempfile::TempDir,
+    up: Up,
+    api: ApiClient,
+    base: String,
+    _driver: Driver,
+    c: Client,
+}
+
+async fn console(nodes: u64, groups: usize, up_within: Duration) -> anyhow::Result<Console> {
     glory_tests::init_logging();
     let dir = tempfile::tempdir()?;
     let up = Up::start(UpOptions {
         data_dir: dir.path().to_path_buf(),
-        nodes: NODES as usize,
-        groups: 4,
+        nodes: nodes as usize,
+        groups,
         api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..Default::default()
     })
     .await?;
     let base = format!("http://{}", up.api_addr);
     let api = ApiClient::new(&up.api_addr.to_string(), &up.operator_token)?;
-    until_some("1,000 nodes up", Duration::from_secs(180), || async {
+    until_some(&format!("{nodes} nodes up"), up_within, || async {
         let c = api.get("/api/v1/cluster").await.ok()?;
-        (c["nodes_by_state"]["up"].as_u64() == Some(NODES)).then_some(())
+        (c["nodes_by_state"]["up"].as_u64() == Some(nodes)).then_some(())
     })
     .await?;
-    let (_driver, c) = browser().await?;
-
-    // Sign in with the operator token: the overview has a cell per node.
+    let (driver, c) = browser().await?;
     sign_in(&c, &base, up.operator_token.trim()).await?;
     wait_js(
         &c,
         "overview ready",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "return document.body.dataset.overview === 'ready'",
     )
     .await?;
+    Ok(Console {
+        _dir: dir,
+        up,
+        api,
+        base,
+        _driver: driver,
+        c,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_chromium_against_a_thousand_nodes() -> anyhow::Result<()> {
+    // Signed in with the operator token: the overview has a cell per node.
+    let Console {
+        _dir,
+        up,
+        api,
+        base,
+        _driver,
+        c,
+    } = console(NODES, 4, Duration::from_secs(180)).await?;
     let cells = js(
         &c,
         "return document.querySelectorAll('#node-cells li[data-node-id][data-state]').length",
@@ -408,29 +438,17 @@ async fn console_figures_at_full_scale() -> anyhow::Result<()> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(10_000);
-    let dir = tempfile::tempdir()?;
-    let up = Up::start(UpOptions {
-        data_dir: dir.path().to_path_buf(),
-        nodes: nodes as usize,
-        groups: (nodes as usize).div_ceil(250),
-        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..Default::default()
-    })
-    .await?;
-    let base = format!("http://{}", up.api_addr);
-    let api = ApiClient::new(&up.api_addr.to_string(), &up.operator_token)?;
-    until_some("every node up", Duration::from_secs(600), || async {
-        let c = api.get("/api/v1/cluster").await.ok()?;
-        (c["nodes_by_state"]["up"].as_u64() == Some(nodes)).then_some(())
-    })
-    .await?;
-    let (_driver, c) = browser().await?;
-    sign_in(&c, &base, up.operator_token.trim()).await?;
-    wait_js(
-        &c,
-        "overview ready",
-        Duration::from_secs(60),
-        "return document.body.dataset.overview === 'ready'",
+    let Console {
+        _dir,
+        up,
+        api,
+        base: _,
+        _driver,
+        c,
+    } = console(
+        nodes,
+        (nodes as usize).div_ceil(250),
+        Duration::from_secs(600),
     )
     .await?;
     let load = js(

@@ -48,7 +48,7 @@ pub(super) async fn authenticate(
             role: role_of(&record.role),
             tenant: record.tenant,
         }),
-        None => match session::current(&cluster, req.headers()) {
+        None => match session::current(cluster, req.headers()) {
             Some((_, s)) => {
                 let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
                 let csrf = req

@@ -134,6 +134,11 @@ async fn sessions_csrf_users_filters_and_bulk_actions() -> anyhow::Result<()> {
         .await?;
     assert_eq!(status, 200);
 
+    // Groups carry their load (the console's Groups page).
+    let groups = api.get("/api/v1/groups").await?;
+    let load = &groups["items"][0]["load"];
+    assert!(load["nodes_reporting"].as_u64().is_some(), "{groups}");
+
     // The filter grammar.
     let (_, g0, _) = op
         .send(

@@ -18,8 +18,31 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/groups/{id}", get(get_group))
 }
 
+/// The group's load from its nodes' last heartbeats: mean and highest CPU %, mean
+/// memory use %, and how many nodes reported one.
+fn group_load(reg: &Registry, group: &GroupEntry) -> Value {
+    let loads: Vec<&glory_protocol::Load> = group
+        .members
+        .iter()
+        .filter_map(|id| reg.nodes.get(id)?.load.as_ref())
+        .collect();
+    if loads.is_empty() {
+        return json!({"nodes_reporting": 0, "cpu_avg": null, "cpu_max": null, "mem_avg": null});
+    }
+    let n = loads.len() as f64;
+    let cpu_avg = loads.iter().map(|l| l.cpu as f64).sum::<f64>() / n;
+    let cpu_max = loads.iter().map(|l| l.cpu as f64).fold(0.0, f64::max);
+    let mem_avg = loads
+        .iter()
+        .map(|l| l.mem_used as f64 * 100.0 / l.mem_total.max(1) as f64)
+        .sum::<f64>()
+        / n;
+    json!({"nodes_reporting": loads.len(), "cpu_avg": cpu_avg, "cpu_max": cpu_max, "mem_avg": mem_avg})
+}
+
 fn group_view(reg: &Registry, group: &GroupEntry) -> Value {
     json!({
+        "load": group_load(reg, group),
         "id": group.record.id,
         "master": group.record.master_addr,
         "connected": group.link.is_some(),

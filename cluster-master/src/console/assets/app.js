@@ -406,7 +406,9 @@ async function groupsPage() {
   $('#groups-table tbody').replaceChildren(...g.items.map((x) => el('tr', {},
     el('td', { text: x.id }), el('td', { text: x.master || '-' }), el('td', { text: (x.standbys || []).join(' ') }),
     el('td', { text: x.nodes }), el('td', { text: (x.nodes_by_state || {}).up || 0 }),
-    el('td', { text: (x.nodes_by_state || {}).down || 0 }), el('td', { text: x.samples ? x.samples.ingested : '-' }))));
+    el('td', { text: (x.nodes_by_state || {}).down || 0 }),
+    el('td', { text: x.load && x.load.cpu_avg !== null ? `${x.load.cpu_avg.toFixed(0)} % (max ${x.load.cpu_max.toFixed(0)} %)` : '-' }),
+    el('td', { text: x.samples ? x.samples.ingested : '-' }))));
 }
 
 async function poolsPage() {

@@ -185,6 +185,12 @@ async fn the_console_in_chromium_against_a_thousand_nodes() -> anyhow::Result<()
         _driver,
         c,
     } = console(NODES, 4, Duration::from_secs(180)).await?;
+    let groups = js(
+        &c,
+        "return document.querySelectorAll('#overview-groups li').length",
+    )
+    .await?;
+    assert_eq!(groups, json!(4), "the groups with their masters");
     let cells = js(
         &c,
         "return document.querySelectorAll('#node-cells li[data-node-id][data-state]').length",
@@ -367,6 +373,13 @@ async fn the_console_in_chromium_against_a_thousand_nodes() -> anyhow::Result<()
         "the node's pool",
         Duration::from_secs(10),
         "return document.querySelector('#node-pools').textContent.includes('db-b')",
+    )
+    .await?;
+    wait_js(
+        &c,
+        "the node's four charts",
+        Duration::from_secs(10),
+        "return document.querySelectorAll('#page-node .uplot').length === 4",
     )
     .await?;
 

@@ -103,11 +103,14 @@ window.addEventListener('hashchange', route);
 
 // Overview: every node in one request, then live from the event stream.
 async function overview() {
-  const [page, cluster, alerts] = await Promise.all([
+  const [page, cluster, alerts, groups] = await Promise.all([
     api('GET', '/api/v1/nodes?view=summary&limit=10000'),
     api('GET', '/api/v1/cluster'),
     api('GET', '/api/v1/alerts?state=firing'),
+    api('GET', '/api/v1/groups'),
   ]);
+  $('#overview-groups').replaceChildren(...groups.items.map((g) => el('li', {
+    text: `${g.id}: master ${g.master || 'none'}${g.connected ? '' : ' (not connected)'}, ${(g.standbys || []).length} standby, ${g.nodes} nodes` })));
   S.nodes.clear();
   for (const n of page.items) S.nodes.set(n.id, n);
   layout();
@@ -146,10 +149,11 @@ function layout() {
     S.layout.push({ group: g, x: x0, y: y0 });
     ids.forEach((id, j) => {
       const n = S.nodes.get(id);
-      const li = el('li', { 'data-node-id': id, 'data-state': n.state,
-        text: `${n.hostname} (${g}): ${n.state}` });
+      // A link per node: the keyboard's way to what a click on the heat map opens.
+      const a = el('a', { href: '#/node/' + encodeURIComponent(id), text: `${n.hostname} (${g}): ${n.state}` });
+      const li = el('li', { 'data-node-id': id, 'data-state': n.state }, a);
       items.push(li);
-      S.cells.set(id, { x: x0 + (j % side) * CELL, y: y0 + LABEL + Math.floor(j / side) * CELL, li });
+      S.cells.set(id, { x: x0 + (j % side) * CELL, y: y0 + LABEL + Math.floor(j / side) * CELL, li, a });
     });
   });
   list.replaceChildren(...items);
@@ -274,7 +278,7 @@ function schedule() {
       paint(ctx, c, state, S.nodes.get(id));
       c.li.dataset.state = state;
       const n = S.nodes.get(id);
-      c.li.textContent = `${n.hostname} (${n.group}): ${state}`;
+      c.a.textContent = `${n.hostname} (${n.group}): ${state}`;
     }
     pending.clear();
     counts();
@@ -385,17 +389,32 @@ async function nodePage(id) {
     return el('li', { text: `${p.name} (${p.component}, tenant ${p.tenant})` +
       (master ? `: its master runs here, process ${p.master.process}, ${p.master.restarts} restarts, epoch ${p.master.epoch}` : '') });
   }) : [el('li', { text: 'in no pool; runs no component master' })]));
-  await Promise.all([chart(id, 'cpu.percent', '#node-chart-cpu', '%'), chart(id, 'mem.used_bytes', '#node-chart-mem', 'bytes')]);
+  // Live: the charts are drawn again every 15 s while the page is shown.
+  const nic = (inv.nics || [])[0], disk = (inv.disks || [])[0];
+  const charts = () => Promise.all([
+    chart(id, 'cpu.percent', '', '#node-chart-cpu', '%'),
+    chart(id, 'mem.used_bytes', '', '#node-chart-mem', 'bytes'),
+    nic ? chart(id, 'net.rx_bytes', 'iface=' + nic.name, '#node-chart-net', 'bytes/s') : null,
+    disk ? chart(id, 'disk.used_percent', 'mount=' + disk.mount_point, '#node-chart-disk', '%') : null,
+  ]);
+  await charts();
+  clearInterval(S.chartTimer);
+  S.chartTimer = setInterval(() => {
+    if ($('#page-node').hidden) { clearInterval(S.chartTimer); return; }
+    charts();
+  }, 15000);
 }
-async function chart(id, item, sel, unit) {
+async function chart(id, item, labels, sel, unit) {
   const to = Date.now(), from = to - 3600e3;
   const box = $(sel);
   try {
-    const h = await api('GET', `/api/v1/nodes/${encodeURIComponent(id)}/metrics?item=${item}&from=${from}&to=${to}&step=30`);
+    const q = labels ? '&labels=' + encodeURIComponent(labels) : '';
+    const h = await api('GET', `/api/v1/nodes/${encodeURIComponent(id)}/metrics?item=${item}${q}&from=${from}&to=${to}&step=30`);
     const pts = h.points;
     const data = [pts.map((p) => p[0] / 1000), pts.map((p) => p[1]), pts.map((p) => p[2]), pts.map((p) => p[3])];
     box.replaceChildren();
     new uPlot({ width: Math.min(900, box.clientWidth || 900), height: 220,
+      scales: { x: { time: true, range: [from / 1000, to / 1000] } },
       series: [{}, { label: 'avg ' + unit, stroke: '#0072B2' }, { label: 'min', stroke: '#999' }, { label: 'max', stroke: '#D55E00' }] },
     data, box);
   } catch (e) { box.replaceChildren(el('p', { class: 'error', text: e.message })); }

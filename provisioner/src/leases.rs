@@ -68,6 +68,8 @@ impl std::fmt::Display for LeaseError {
 pub struct Leases {
     config: LeaseConfig,
     by_mac: BTreeMap<Mac, Lease>,
+    /// Bumped when a lease is bound or freed (what must be saved; offers need not be).
+    generation: u64,
 }
 
 impl Leases {
@@ -75,6 +77,7 @@ impl Leases {
         Leases {
             config,
             by_mac: BTreeMap::new(),
+            generation: 0,
         }
     }
 
@@ -94,6 +97,11 @@ impl Leases {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(&self.by_mac.values().collect::<Vec<_>>())
             .unwrap_or_else(|_| "[]".into())
+    }
+
+    /// Changes when a lease is bound or freed: the leases must be saved again.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn get(&self, mac: &Mac) -> Option<&Lease> {
@@ -182,19 +190,26 @@ impl Leases {
             bound: true,
         };
         self.by_mac.insert(mac, lease.clone());
+        self.generation += 1;
         Ok(lease)
     }
 
     /// The client gave its address back.
     pub fn release(&mut self, mac: &Mac) {
-        self.by_mac.remove(mac);
+        if self.by_mac.remove(mac).is_some() {
+            self.generation += 1;
+        }
     }
 
     /// Forget what expired before `now_ms` (their addresses are free again).
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let before = self.by_mac.len();
         self.by_mac.retain(|_, l| l.expires_ms > now_ms);
-        before - self.by_mac.len()
+        let gone = before - self.by_mac.len();
+        if gone > 0 {
+            self.generation += 1;
+        }
+        gone
     }
 }
 

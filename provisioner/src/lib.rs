@@ -3,9 +3,10 @@
 //! - [`leases`]: leases of the boot network, pure (time passed in), persisted as JSON.
 //! - [`dhcp`]: a packet in, the answer out: full and proxy modes, the boot program by
 //!   firmware (BIOS `undionly.kpxe`, UEFI `ipxe.efi`, iPXE its script's URL).
+//! - [`server`]: that on a UDP socket, leases saved on every bind and release.
 //!
-//! Not built yet: the sockets (DHCP, TFTP, HTTP boot), the enrollment initramfs, the
-//! link to the cluster master, boot status and power control (docs/PROVISIONING.md).
+//! Not built yet: TFTP and HTTP boot, the enrollment initramfs, the binary, the link to
+//! the cluster master, boot status and power control (docs/PROVISIONING.md).
 //!
 //! Architecture invariant: depends on `protocol` at most (and on no master crate); the
 //! logic here does no I/O, so the servers around it stay thin.
@@ -13,3 +14,4 @@
 
 pub mod dhcp;
 pub mod leases;
+pub mod server;

@@ -89,6 +89,11 @@ enum Command {
     },
     /// One node in detail: inventory, load, state history.
     Node { id: String },
+    /// Provisioning tools.
+    Provision {
+        #[command(subcommand)]
+        action: ProvisionAction,
+    },
     /// Console users (name and password, with a role like API tokens).
     Users {
         #[command(subcommand)]
@@ -233,6 +238,16 @@ enum TokenAction {
 }
 
 #[derive(Subcommand)]
+enum ProvisionAction {
+    /// A DHCP storm against the provisioner's DHCP server on loopback: DISCOVERs from
+    /// N MACs, then their REQUESTs; offers and acks per second, latency, duplicates.
+    DhcpBench {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+    },
+}
+
+#[derive(Subcommand)]
 enum SimAction {
     /// Cut a simulated node's power: it stops sending anything.
     Kill { id: String },
@@ -328,6 +343,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         return c::up(options).await;
     }
+    if let Command::Provision {
+        action: ProvisionAction::DhcpBench { clients },
+    } = cli.command
+    {
+        let report = glory::bench::dhcp::run(clients).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     if let Command::SimAgents(args) = cli.command {
         glory_protocol::process::init_tracing("error");
         return glory::bench::agents::run(args).await;
@@ -342,7 +365,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let client = c::client(&cli.api, cli.token.as_deref(), &cli.data_dir)?;
     match cli.command {
-        Command::Up { .. } | Command::SimAgents(_) | Command::Sim { action: None, .. } => {
+        Command::Up { .. }
+        | Command::SimAgents(_)
+        | Command::Provision { .. }
+        | Command::Sim { action: None, .. } => {
             unreachable!("handled above")
         }
         Command::Cluster => c::cluster(&client, cli.json).await,

@@ -146,10 +146,24 @@ impl Leases {
         {
             ip
         } else {
+            // What others hold, gathered once: the scan is then linear in the range.
+            let taken: std::collections::HashSet<Ipv4Addr> = self
+                .config
+                .reservations
+                .iter()
+                .filter(|(m, _)| **m != mac)
+                .map(|(_, ip)| *ip)
+                .chain(
+                    self.by_mac
+                        .iter()
+                        .filter(|(m, l)| **m != mac && l.expires_ms > now_ms)
+                        .map(|(_, l)| l.ip),
+                )
+                .collect();
             let (first, last) = (u32::from(self.config.first), u32::from(self.config.last));
             (first..=last)
                 .map(Ipv4Addr::from)
-                .find(|ip| !self.taken_by_other(*ip, &mac, now_ms))
+                .find(|ip| !taken.contains(ip))
                 .ok_or(LeaseError::Exhausted)?
         };
         let bound = self

@@ -4,6 +4,7 @@
 //! scheduled; figures are measured at the cluster master's API and from /proc.
 
 pub mod agents;
+pub mod dhcp;
 pub mod faults;
 mod flat;
 mod flat_run;

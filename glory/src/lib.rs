@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod cli_monitoring;
 pub mod cli_pools;
+pub mod cli_users;
 pub mod client;
 pub mod sim;
 pub mod table;

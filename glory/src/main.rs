@@ -97,7 +97,7 @@ enum Command {
     /// Console users (name and password, with a role like API tokens).
     Users {
         #[command(subcommand)]
-        action: glory::cli::UsersAction,
+        action: glory::cli_users::UsersAction,
     },
     /// Groups: the active group master, its standbys, nodes by state.
     Groups,
@@ -426,7 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
             ..
         } => c::bulk_label(&client, &filter, &labels, dry_run, cli.json).await,
-        Command::Users { action } => c::users(&client, action, cli.json).await,
+        Command::Users { action } => glory::cli_users::users(&client, action, cli.json).await,
         Command::Node { id } => c::node(&client, &id, cli.json).await,
         Command::Groups => c::groups(&client, cli.json).await,
         Command::BootstrapTokens {

@@ -605,6 +605,51 @@ pub async fn bench(options: crate::bench::SimOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `glory nodes bulk-label FILTER k=v...`: per-node results.
+pub async fn bulk_label(
+    client: &ApiClient,
+    filter: &str,
+    labels: &[String],
+    dry_run: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .ok_or_else(|| anyhow::anyhow!("label {l:?}: write it as name=value"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let r = client
+        .call(
+            Method::POST,
+            "/api/v1/nodes/bulk",
+            Some(serde_json::json!({"filter": filter, "action": "label",
+                "labels": labels, "dry_run": dry_run})),
+        )
+        .await?;
+    if as_json {
+        print_json(&r);
+        return Ok(());
+    }
+    let results = r["results"].as_array().cloned().unwrap_or_default();
+    if dry_run {
+        println!("{} nodes match", r["matched"]);
+        return Ok(());
+    }
+    let failed: Vec<&Value> = results.iter().filter(|x| x["ok"] != true).collect();
+    println!(
+        "{} of {} nodes labelled",
+        results.len() - failed.len(),
+        r["matched"]
+    );
+    for f in failed {
+        println!("{}: {}", s(&f["node"]), s(&f["error"]));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -717,49 +762,4 @@ mod tests {
                           "candidates": [{"node": "n-1"}], "master": null});
         assert!(!created_text(&with).contains("note"));
     }
-}
-
-/// `glory nodes bulk-label FILTER k=v...`: per-node results.
-pub async fn bulk_label(
-    client: &ApiClient,
-    filter: &str,
-    labels: &[String],
-    dry_run: bool,
-    as_json: bool,
-) -> anyhow::Result<()> {
-    let labels: serde_json::Map<String, Value> = labels
-        .iter()
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-                .ok_or_else(|| anyhow::anyhow!("label {l:?}: write it as name=value"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let r = client
-        .call(
-            Method::POST,
-            "/api/v1/nodes/bulk",
-            Some(serde_json::json!({"filter": filter, "action": "label",
-                "labels": labels, "dry_run": dry_run})),
-        )
-        .await?;
-    if as_json {
-        print_json(&r);
-        return Ok(());
-    }
-    let results = r["results"].as_array().cloned().unwrap_or_default();
-    if dry_run {
-        println!("{} nodes match", r["matched"]);
-        return Ok(());
-    }
-    let failed: Vec<&Value> = results.iter().filter(|x| x["ok"] != true).collect();
-    println!(
-        "{} of {} nodes labelled",
-        results.len() - failed.len(),
-        r["matched"]
-    );
-    for f in failed {
-        println!("{}: {}", s(&f["node"]), s(&f["error"]));
-    }
-    Ok(())
 }

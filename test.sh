@@ -10,7 +10,12 @@ cd "$(dirname "$0")"
 # Prometheus (a real one scrapes the cluster master's /metrics in a test), its
 # Alertmanager (a real one receives forwarded alerts) and Chromium with its WebDriver
 # (the console is tested in a real headless browser).
-APT_PACKAGES=(etcd-server protobuf-compiler python3-venv prometheus prometheus-alertmanager chromium chromium-driver)
+# The provisioning lab boots real QEMU VMs (TCG) from our DHCP/TFTP/HTTP: QEMU, the
+# iPXE boot programs and NIC ROMs, OVMF (UEFI), Debian's kernel and busybox (the
+# enrollment environment is built from them); power drivers are tested against
+# OpenIPMI's ipmi_sim with ipmitool, and sushy-tools' Redfish emulator (PyPI, below).
+APT_PACKAGES=(etcd-server protobuf-compiler python3-venv prometheus prometheus-alertmanager chromium chromium-driver
+    ipxe ovmf linux-image-amd64 busybox-static openipmi ipmitool iproute2)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -20,6 +25,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+
+# QEMU: bookworm's qemu-system-x86 7.2 refuses to install beside the newer qemu-utils
+# these machines carry from bookworm-backports, so it comes from there too (FACTS.md).
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! dpkg -s ipxe-qemu >/dev/null 2>&1; then
+    echo "test.sh: installing qemu-system-x86 and ipxe-qemu from bookworm-backports"
+    if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "deb http://deb.debian.org/debian bookworm-backports main" > /etc/apt/sources.list.d/bookworm-backports.list
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 ipxe-qemu
+fi
+
+# sushy-tools (a Redfish BMC emulator) for the redfish power driver's test, pinned.
+SUSHY_VERSION=2.2.0
+SUSHY_VENV=target/sushy-venv
+if [ ! -x "$SUSHY_VENV/bin/sushy-emulator" ] || ! "$SUSHY_VENV/bin/pip" show sushy-tools 2>/dev/null | grep -q "^Version: $SUSHY_VERSION\$"; then
+    echo "test.sh: installing sushy-tools $SUSHY_VERSION into $SUSHY_VENV"
+    mkdir -p target
+    /usr/bin/python3 -m venv "$SUSHY_VENV"
+    "$SUSHY_VENV/bin/pip" install -q --disable-pip-version-check "sushy-tools==$SUSHY_VERSION"
+fi
+export GLORY_SUSHY_VENV="$PWD/$SUSHY_VENV"
 
 # schemathesis, pinned (its checks change between releases), in a virtualenv under
 # target/ (Debian's pip refuses system-wide installs).

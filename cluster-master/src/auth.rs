@@ -74,7 +74,9 @@ pub fn check_bootstrap(
     if record.single_use && record.used {
         return Err(TokenError::Used);
     }
-    if record.scope != BootstrapScope::Any && record.scope != scope {
+    let covered = record.scope == scope
+        || (record.scope == BootstrapScope::Any && scope != BootstrapScope::Provisioner);
+    if !covered {
         return Err(TokenError::WrongScope);
     }
     Ok(())
@@ -100,6 +102,7 @@ mod tests {
             used,
             scope: BootstrapScope::Node,
             description: String::new(),
+            boot_mac: None,
         }
     }
 

@@ -72,6 +72,20 @@ pub struct ClusterMasterConfig {
     /// Firing alerts are sent again this often (an Alertmanager resolves alerts that
     /// stop being sent), seconds.
     pub alert_repeat_interval_seconds: u64,
+    /// Lifetime of the bootstrap token minted for each PXE boot, seconds.
+    pub boot_token_ttl_seconds: u64,
+    /// A boot that does not move on for this long is `failed`, seconds.
+    pub boot_timeout_seconds: u64,
+    /// More cluster master QUIC addresses put on booting machines' kernel command line
+    /// (`glory.cm=`) after this master's own: the standbys.
+    pub boot_cluster_masters: Vec<SocketAddr>,
+    /// 32-byte key (64 hex digits) that seals BMC passwords in the key master; every
+    /// cluster master of the cluster needs the same file. Created on first start when
+    /// missing. Default: `<data_dir>/secrets.key`.
+    pub secrets_key_file: Option<PathBuf>,
+    /// Most power actions started per group per second by bulk requests (inrush
+    /// current).
+    pub power_actions_per_group_per_second: u32,
 }
 
 impl Default for ClusterMasterConfig {
@@ -95,6 +109,11 @@ impl Default for ClusterMasterConfig {
             alertmanagers: Vec::new(),
             alert_group_wait_ms: 1000,
             alert_repeat_interval_seconds: 60,
+            boot_token_ttl_seconds: 600,
+            boot_timeout_seconds: 300,
+            boot_cluster_masters: Vec::new(),
+            secrets_key_file: None,
+            power_actions_per_group_per_second: 10,
         }
     }
 }
@@ -119,6 +138,11 @@ pub struct ClusterMasterSettings {
     pub alertmanagers: Vec<String>,
     pub alert_group_wait: Duration,
     pub alert_repeat_interval: Duration,
+    pub boot_token_ttl: Duration,
+    pub boot_timeout: Duration,
+    pub boot_cluster_masters: Vec<SocketAddr>,
+    pub secrets_key_file: PathBuf,
+    pub power_per_group_per_second: u32,
 }
 
 impl ClusterMasterConfig {
@@ -167,7 +191,24 @@ impl ClusterMasterConfig {
                 bail!("alert_webhooks: {url:?} is not an http:// or https:// URL");
             }
         }
+        if !(1..=86_400).contains(&self.boot_token_ttl_seconds) {
+            bail!("boot_token_ttl_seconds must be between 1 and 86400");
+        }
+        if !(10..=86_400).contains(&self.boot_timeout_seconds) {
+            bail!("boot_timeout_seconds must be between 10 and 86400");
+        }
+        if !(1..=10_000).contains(&self.power_actions_per_group_per_second) {
+            bail!("power_actions_per_group_per_second must be between 1 and 10000");
+        }
         Ok(ClusterMasterSettings {
+            boot_token_ttl: Duration::from_secs(self.boot_token_ttl_seconds),
+            boot_timeout: Duration::from_secs(self.boot_timeout_seconds),
+            boot_cluster_masters: self.boot_cluster_masters.clone(),
+            secrets_key_file: self
+                .secrets_key_file
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("secrets.key")),
+            power_per_group_per_second: self.power_actions_per_group_per_second,
             alert_webhooks: self.alert_webhooks.clone(),
             alertmanagers: self
                 .alertmanagers

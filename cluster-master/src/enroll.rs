@@ -348,11 +348,14 @@ impl Cluster {
             Ok(resp) if resp.succeeded => {}
             Ok(_) => {
                 rollback(&previous);
-                return Err(refusal(
+                let refused = refusal(
                     RefusalCode::BadToken,
                     "bootstrap token rejected: single-use token was already used (or the node was \
                      removed meanwhile)",
-                ));
+                );
+                self.boot_token_used(token_record.boot_mac.as_deref(), Err(&refused.message))
+                    .await;
+                return Err(refused);
             }
             Err(e) => {
                 rollback(&previous);
@@ -375,6 +378,8 @@ impl Cluster {
             reg.group_master_addrs(&group)
         };
         debug!(node_id = %id, group = %group, reenrolled = previous.is_some(), "node enrolled");
+        self.boot_token_used(token_record.boot_mac.as_deref(), Ok(&id))
+            .await;
         Ok(Enrolled {
             id,
             group: Some(group),

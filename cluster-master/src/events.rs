@@ -117,6 +117,23 @@ pub enum EventData {
         reason: String,
     },
     /// A failed pool node could not be replaced.
+    /// A machine on a boot network moved on its way from power-on to enrolled.
+    BootChanged {
+        mac: String,
+        state: glory_protocol::BootState,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ip: Option<String>,
+        detail: String,
+    },
+    /// A power action was carried out (or failed) on a node or a MAC.
+    PowerChanged {
+        target: String,
+        action: String,
+        ok: bool,
+        detail: String,
+    },
     ReplaceBlocked {
         node: String,
         reason: String,
@@ -178,6 +195,8 @@ impl EventData {
             EventData::ReplaceBlocked { .. } => "replace_blocked",
             EventData::AlertFiring(_) => "alert_firing",
             EventData::AlertResolved(_) => "alert_resolved",
+            EventData::BootChanged { .. } => "boot_changed",
+            EventData::PowerChanged { .. } => "power_changed",
         }
     }
 }

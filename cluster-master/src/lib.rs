@@ -20,6 +20,7 @@ mod leadership;
 mod link;
 mod monitoring;
 pub mod pools;
+mod provisioning;
 mod registry;
 mod role;
 mod sessions;
@@ -334,7 +335,11 @@ pub async fn start(
     // Anything failing from here on gives leadership back at once, so a retry (or a
     // standby) does not wait for the lease to expire.
     let prepared = async {
-        let (cluster, status_rx) = Cluster::load(settings.clone(), km.clone(), sim, ca).await?;
+        // The cluster knows the QUIC address it is reached at (put on booting
+        // machines' kernel command line), even when `listen` asked for port 0.
+        let mut cluster_settings = settings.clone();
+        cluster_settings.advertise = Some(node.me.quic);
+        let (cluster, status_rx) = Cluster::load(cluster_settings, km.clone(), sim, ca).await?;
         let op_token = operator_token(&cluster, settings.operator_token_file.as_deref()).await?;
         anyhow::Ok((cluster, status_rx, op_token))
     }
@@ -358,6 +363,15 @@ pub async fn start(
         shutdown.clone(),
     ));
     tasks.spawn(pools::reconciler(cluster.clone(), shutdown.clone()));
+    {
+        let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = cluster.boot_sweeper() => {}
+            }
+        });
+    }
     tasks.spawn(monitoring::forward_alerts(
         cluster.clone(),
         shutdown.clone(),

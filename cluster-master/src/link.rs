@@ -164,6 +164,11 @@ async fn serve_connection(conn: Link, node: Arc<Node>) {
                         .enroll_group_master(&request.token, &group, listen, &request.csr_pem)
                         .await
                 }
+                EnrollKind::Provisioner { name, http } => {
+                    cluster
+                        .enroll_provisioner(&request.token, &name, &http, &request.csr_pem)
+                        .await
+                }
             };
             let reply = match reply {
                 Ok(enrolled) => EnrollReply::Accepted(enrolled),
@@ -193,6 +198,23 @@ async fn serve_connection(conn: Link, node: Arc<Node>) {
                 return;
             }
             group_link(conn, control, cluster, peer.id).await;
+        }
+        (Role::Provisioner, Some(peer))
+            if peer.role == CertRole::Provisioner && peer.id == hello.id =>
+        {
+            if cluster.is_revoked(&peer.serial) {
+                refuse(
+                    &mut control,
+                    &conn,
+                    refusal(RefusalCode::Removed, "certificate revoked"),
+                )
+                .await;
+                return;
+            }
+            if welcome(&mut control, &settings.cluster_name).await.is_err() {
+                return;
+            }
+            crate::provisioning::link::provisioner_link(conn, control, cluster, peer.id).await;
         }
         (role, peer) => {
             let why = match peer {

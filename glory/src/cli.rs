@@ -426,8 +426,8 @@ pub async fn token_create(
     description: &str,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    if !["node", "group_master", "any"].contains(&scope) {
-        bail!("--scope must be node, group_master or any");
+    if !["node", "group_master", "any", "provisioner"].contains(&scope) {
+        bail!("--scope must be node, group_master, provisioner or any");
     }
     let mut body = json!({"single_use": single_use, "scope": scope, "description": description});
     if let Some(ttl) = ttl {

@@ -67,6 +67,19 @@ enum Command {
         /// embedded store.
         #[arg(long, value_delimiter = ',')]
         etcd: Vec<String>,
+        /// Also create a lab: a boot network in a network namespace of its own, the
+        /// provisioner on it and this many QEMU VMs that PXE-boot and enroll (root).
+        #[arg(long, default_value_t = 0)]
+        lab_vms: usize,
+        /// How many of the lab VMs boot by UEFI (OVMF); the others by BIOS.
+        #[arg(long, default_value_t = 0)]
+        lab_uefi: usize,
+        /// Memory of each lab VM, MiB.
+        #[arg(long, default_value_t = 512)]
+        lab_memory: u32,
+        /// Lifetime of the bootstrap token minted for each PXE boot, seconds.
+        #[arg(long, default_value_t = 600)]
+        boot_token_ttl: u64,
     },
     /// Cluster summary: nodes by state, groups, key master.
     Cluster,
@@ -89,6 +102,16 @@ enum Command {
     },
     /// One node in detail: inventory, load, state history.
     Node { id: String },
+    /// Boot status: each MAC's way from power-on to enrolled.
+    Boot(glory::cli_provision::BootArgs),
+    /// Remote power control: `glory power NODE on|off|cycle|reset|pxe|status`,
+    /// `glory power --filter group=g03 cycle`.
+    Power(glory::cli_provision::PowerArgs),
+    /// BMC settings of a node (or `mac:...`): `glory bmc set NODE --driver redfish ...`.
+    Bmc {
+        #[command(subcommand)]
+        action: glory::cli_provision::BmcAction,
+    },
     /// Provisioning tools.
     Provision {
         #[command(subcommand)]
@@ -245,6 +268,16 @@ enum ProvisionAction {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
     },
+    /// Build the enrollment environment (kernel and initramfs with the node agent) into
+    /// a directory, reproducibly.
+    BuildInitramfs {
+        /// Output directory (vmlinuz, initrd.img).
+        #[arg(long, default_value = "boot")]
+        out: std::path::PathBuf,
+        /// The agent binary (default: glory-node-agent beside this binary).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -327,6 +360,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         down_after_ms,
         group_size_limit,
         etcd,
+        lab_vms,
+        lab_uefi,
+        lab_memory,
+        boot_token_ttl,
     } = cli.command
     {
         glory_protocol::process::init_tracing("info,glory_node_agent=error");
@@ -340,8 +377,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             down_after_ms,
             group_size_limit,
             etcd: (!etcd.is_empty()).then_some(etcd),
+            lab_vms,
+            lab_uefi,
+            lab_memory_mib: lab_memory,
+            boot_token_ttl_seconds: boot_token_ttl,
+            lab_agent_binary: None,
         };
         return c::up(options).await;
+    }
+    if let Command::Provision {
+        action: ProvisionAction::BuildInitramfs { out, agent },
+    } = &cli.command
+    {
+        let config = glory_provisioner::config::ProvisionerConfig {
+            agent_binary: agent.clone(),
+            ..Default::default()
+        };
+        let agent = glory_provisioner::run::agent_binary(&config)?;
+        let spec = glory_provisioner::initramfs::BuildSpec::detect(agent)?;
+        let built = glory_provisioner::initramfs::build(&spec, out)?;
+        println!(
+            "kernel     {} ({})",
+            built.kernel.display(),
+            built.kernel_version
+        );
+        println!("           sha256 {}", built.kernel_sha256);
+        println!(
+            "initramfs  {} ({} bytes)",
+            built.initrd.display(),
+            built.bytes
+        );
+        println!("           sha256 {}", built.initrd_sha256);
+        return Ok(());
     }
     if let Command::Provision {
         action: ProvisionAction::DhcpBench { clients },
@@ -427,6 +494,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => c::bulk_label(&client, &filter, &labels, dry_run, cli.json).await,
         Command::Users { action } => glory::cli_users::users(&client, action, cli.json).await,
+        Command::Boot(args) => glory::cli_provision::boot(&client, args, cli.json).await,
+        Command::Power(args) => glory::cli_provision::power(&client, args, cli.json).await,
+        Command::Bmc { action } => glory::cli_provision::bmc(&client, action, cli.json).await,
         Command::Node { id } => c::node(&client, &id, cli.json).await,
         Command::Groups => c::groups(&client, cli.json).await,
         Command::BootstrapTokens {

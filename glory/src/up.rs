@@ -32,6 +32,15 @@ pub struct UpOptions {
     pub group_size_limit: usize,
     /// etcd endpoints for the key master; `None`: the embedded store in `data_dir`.
     pub etcd: Option<Vec<String>>,
+    /// QEMU virtual machines that PXE-boot from a provisioner and enroll (the lab).
+    pub lab_vms: usize,
+    /// How many of them boot by UEFI (OVMF, `ipxe.efi` over TFTP); the rest by BIOS.
+    pub lab_uefi: usize,
+    pub lab_memory_mib: u32,
+    /// Lifetime of the token minted for each PXE boot, seconds.
+    pub boot_token_ttl_seconds: u64,
+    /// The agent put into the enrollment environment (default: beside this binary).
+    pub lab_agent_binary: Option<PathBuf>,
 }
 
 impl Default for UpOptions {
@@ -46,6 +55,11 @@ impl Default for UpOptions {
             down_after_ms: 3000,
             group_size_limit: 250,
             etcd: None,
+            lab_vms: 0,
+            lab_uefi: 0,
+            lab_memory_mib: 512,
+            boot_token_ttl_seconds: 600,
+            lab_agent_binary: None,
         }
     }
 }
@@ -61,6 +75,11 @@ pub struct Up {
     cm_shutdown: CancellationToken,
     groups: TaskTracker,
     cm: glory_cluster_master::ClusterMasterHandle,
+    /// The lab's network and VMs (dropped last: stops the VMs, removes the namespace).
+    pub lab: Option<crate::lab::Lab>,
+    /// The lab's provisioner: its HTTP boot address.
+    pub provisioner_http: Option<SocketAddr>,
+    provisioner_shutdown: CancellationToken,
 }
 
 impl Up {
@@ -78,8 +97,29 @@ impl Up {
         }
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("create data dir {}", options.data_dir.display()))?;
+        let lab = match options.lab_vms {
+            0 => None,
+            n => Some(crate::lab::Lab::create(
+                n,
+                options.lab_uefi,
+                options.lab_memory_mib,
+                &options.data_dir.join("lab"),
+            )?),
+        };
+        // Lab VMs reach the masters at the host's address on the boot network.
+        let master_ip: std::net::IpAddr = match &lab {
+            Some(lab) => lab.host_ip.into(),
+            None => [127, 0, 0, 1].into(),
+        };
+        let quic_listen = match &lab {
+            Some(lab) if options.quic_listen.ip().is_loopback() => {
+                SocketAddr::new(lab.host_ip.into(), options.quic_listen.port())
+            }
+            _ => options.quic_listen,
+        };
         let cm_config = ClusterMasterConfig {
-            listen: options.quic_listen,
+            boot_token_ttl_seconds: options.boot_token_ttl_seconds,
+            listen: quic_listen,
             api_listen: options.api_listen,
             data_dir: options.data_dir.clone(),
             keymaster: match &options.etcd {
@@ -110,7 +150,7 @@ impl Up {
             let id = format!("g{g:02}");
             let config = GroupMasterConfig {
                 group: id.clone(),
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                listen: SocketAddr::new(master_ip, 0),
                 cluster_master: cm.quic_addr,
                 heartbeat_interval_ms: options.heartbeat_interval_ms,
                 down_after_ms: options.down_after_ms,
@@ -173,7 +213,27 @@ impl Up {
             groups = options.groups,
             "simulated fleet started"
         );
+        let provisioner_shutdown = CancellationToken::new();
+        let mut lab = lab;
+        let provisioner_http = match &mut lab {
+            Some(lab) => Some(
+                start_lab(
+                    lab,
+                    &options,
+                    &cluster,
+                    cm.quic_addr,
+                    cm.api_addr,
+                    &cm.operator_token,
+                    &provisioner_shutdown,
+                )
+                .await?,
+            ),
+            None => None,
+        };
         Ok(Up {
+            lab,
+            provisioner_http,
+            provisioner_shutdown,
             api_addr: cm.api_addr,
             quic_addr: cm.quic_addr,
             operator_token: cm.operator_token.clone(),
@@ -188,7 +248,10 @@ impl Up {
 
     /// Stop in order: agents leave cleanly, group masters pass that on, the cluster
     /// master writes it down. Returns after every task has ended.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        // Lab VMs first: they are the slowest to notice the masters going.
+        drop(self.lab.take());
+        self.provisioner_shutdown.cancel();
         self.fleet_shutdown.cancel();
         self.fleet.wait().await;
         // Let the last `left` transitions travel up before the group masters go.
@@ -198,4 +261,80 @@ impl Up {
         self.cm_shutdown.cancel();
         self.cm.wait().await;
     }
+}
+
+/// The lab's provisioner (in this process, enrolled over QUIC with a token of scope
+/// `provisioner`), the VMs registered with the `qemu` power driver and powered on one
+/// after another. Returns the provisioner's HTTP address.
+async fn start_lab(
+    lab: &mut crate::lab::Lab,
+    options: &UpOptions,
+    cluster: &glory_cluster_master::Cluster,
+    quic: SocketAddr,
+    api: SocketAddr,
+    operator_token: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let dir = options.data_dir.join("lab");
+    let (token, _) = cluster
+        .create_bootstrap_token(
+            Some(Duration::from_secs(3600)),
+            true,
+            BootstrapScope::Provisioner,
+            "glory up --lab-vms: the lab's provisioner",
+        )
+        .await?;
+    let ca_sha256 = glory_protocol::tls::cert_sha256_hex(
+        glory_protocol::tls::pem_to_der(&cluster.ca_pem())?.as_ref(),
+    );
+    let config = glory_provisioner::config::ProvisionerConfig {
+        name: "lab".into(),
+        cluster_master: quic,
+        token: Some(token),
+        ca_cert_hash: Some(ca_sha256),
+        state_dir: options.data_dir.join("provisioner"),
+        server_ip: lab.host_ip,
+        interface: Some(lab.host_if.clone()),
+        range_first: Some(std::net::Ipv4Addr::from(u32::from(lab.host_ip) + 99)),
+        range_last: Some(std::net::Ipv4Addr::from(u32::from(lab.host_ip) + 199)),
+        lease_seconds: 600,
+        agent_binary: options.lab_agent_binary.clone(),
+        ..Default::default()
+    };
+    let running = glory_provisioner::run::start(config, shutdown.clone()).await?;
+    lab.start_vms(&dir)?;
+    let client = crate::client::ApiClient::new(&format!("http://{api}"), operator_token)?;
+    for vm in &lab.vms {
+        let body =
+            serde_json::json!({"driver": "qemu", "address": format!("unix:{}", vm.qmp.display())});
+        let (status, answer) = client
+            .request(
+                reqwest::Method::PUT,
+                &format!("/api/v1/boot/{}/bmc", vm.mac),
+                Some(body),
+            )
+            .await?;
+        if status >= 300 {
+            bail!(
+                "register {} with the qemu power driver: {status} {answer}",
+                vm.name
+            );
+        }
+    }
+    for vm in &lab.vms {
+        let (status, answer) = client
+            .request(
+                reqwest::Method::POST,
+                &format!("/api/v1/boot/{}/power", vm.mac),
+                Some(serde_json::json!({"action": "on"})),
+            )
+            .await?;
+        if status >= 300 {
+            bail!("power on {}: {status} {answer}", vm.name);
+        }
+        info!(vm = %vm.name, mac = %vm.mac, uefi = vm.uefi, "lab VM powered on");
+        // One after another, as an operator racking servers would.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(running.http)
 }

@@ -23,6 +23,9 @@
 //! | `/glory/monitors/{name}` | [`MonitorRecord`] (what group masters evaluate) |
 //! | `/glory/silences/{id}` | [`SilenceRecord`] |
 //! | `/glory/users/{name}` | [`UserRecord`] (console users; an Argon2id password hash) |
+//! | `/glory/boot/{mac}` | [`BootRecord`] (a machine's way from power-on to enrolled) |
+//! | `/glory/bmc/{target}` | [`BmcRecord`] (power control of a node id or `mac:<mac>`; the password encrypted) |
+//! | `/glory/provisioners/{name}` | [`ProvisionerRecord`] |
 //!
 //! Pool membership is guarded by one key, `/glory/pool-generation`: a transaction that
 //! adds or removes pool nodes succeeds only if the generation is the one the writer read
@@ -69,6 +72,9 @@ pub const POOLS_PREFIX: &str = "/glory/pools/";
 pub const POOL_GENERATION_KEY: &str = "/glory/pool-generation";
 pub const MONITORS_PREFIX: &str = "/glory/monitors/";
 pub const SILENCES_PREFIX: &str = "/glory/silences/";
+pub const BOOT_PREFIX: &str = "/glory/boot/";
+pub const BMC_PREFIX: &str = "/glory/bmc/";
+pub const PROVISIONERS_PREFIX: &str = "/glory/provisioners/";
 
 pub fn node_key(node: &str) -> String {
     format!("{NODES_PREFIX}{node}")
@@ -108,6 +114,15 @@ pub fn monitor_key(name: &str) -> String {
 }
 pub fn silence_key(id: &str) -> String {
     format!("{SILENCES_PREFIX}{id}")
+}
+pub fn boot_key(mac: &str) -> String {
+    format!("{BOOT_PREFIX}{mac}")
+}
+pub fn bmc_key(target: &str) -> String {
+    format!("{BMC_PREFIX}{target}")
+}
+pub fn provisioner_key(name: &str) -> String {
+    format!("{PROVISIONERS_PREFIX}{name}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,7 +295,9 @@ pub struct RevokedRecord {
 pub enum BootstrapScope {
     Node,
     GroupMaster,
+    /// Nodes and group masters (never provisioners).
     Any,
+    Provisioner,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,6 +316,64 @@ pub struct BootstrapTokenRecord {
     pub scope: BootstrapScope,
     #[serde(default)]
     pub description: String,
+    /// Minted for one boot of this MAC by a provisioner: the enrollment that uses it
+    /// (or is refused with it) ends that boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_mac: Option<String>,
+}
+
+/// A machine's way from power-on to enrolled, per MAC (`/glory/boot/{mac}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub mac: String,
+    /// `discovered`, `booting`, `enrolling`, `enrolled` or `failed`.
+    pub state: String,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// When it entered `state`, ms.
+    pub since_ms: u64,
+    #[serde(default)]
+    pub detail: String,
+    /// The provisioner whose boot network it is on.
+    #[serde(default)]
+    pub provisioner: String,
+}
+
+/// How a node (or a MAC not enrolled yet) is powered on and off (`/glory/bmc/{target}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// `ipmi`, `redfish` or `qemu`.
+    pub driver: String,
+    pub address: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The password sealed with the cluster masters' secrets key (never the clear text).
+    #[serde(default)]
+    pub password_sealed: Option<String>,
+    #[serde(default)]
+    pub system_id: Option<String>,
+    #[serde(default)]
+    pub insecure_tls: bool,
+    pub updated_ms: u64,
+}
+
+/// A provisioner that enrolled (`/glory/provisioners/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionerRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub name: String,
+    /// Base URL of its boot files.
+    pub http: String,
+    pub enrolled_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -168,9 +168,75 @@ pub fn token_from_cmdline(cmdline: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// What a PXE-booted server's kernel command line tells its agent: `glory.token=`,
+/// `glory.cm=` (cluster master QUIC addresses, comma-separated) and `glory.ca=` (the
+/// cluster CA's SHA-256). Fills only what the configuration left unset.
+pub fn apply_cmdline(config: &mut AgentConfig, cmdline: &str) -> anyhow::Result<()> {
+    let arg = |name: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|a| a.strip_prefix(name))
+            .map(str::to_string)
+    };
+    if config.token.is_none() {
+        config.token = token_from_cmdline(cmdline);
+    }
+    if let Some(list) = arg("glory.cm=") {
+        let addrs = list
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .with_context(|| format!("glory.cm=: {a:?} is not an address:port"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if let Some((first, rest)) = addrs.split_first() {
+            if config.cluster_master == AgentConfig::default().cluster_master
+                && config.cluster_masters.is_empty()
+            {
+                config.cluster_master = *first;
+                config.cluster_masters = rest.to_vec();
+            }
+        }
+    }
+    if config.ca_cert.is_none() && config.ca_cert_hash.is_none() {
+        config.ca_cert_hash = arg("glory.ca=");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_cmdline_gives_token_masters_and_ca() {
+        let mut config = AgentConfig::default();
+        let ca = "ab".repeat(32);
+        let line = format!(
+            "console=ttyS0 glory.cm=10.0.0.1:7401,10.0.0.2:7401 glory.ca={ca} glory.token=a.b"
+        );
+        apply_cmdline(&mut config, &line).unwrap();
+        assert_eq!(config.cluster_master, "10.0.0.1:7401".parse().unwrap());
+        assert_eq!(
+            config.cluster_masters,
+            vec!["10.0.0.2:7401".parse().unwrap()]
+        );
+        assert_eq!(config.ca_cert_hash.as_deref(), Some(ca.as_str()));
+        assert_eq!(config.token.as_deref(), Some("a.b"));
+        config.validate().unwrap();
+        // What the configuration says wins.
+        let mut config = AgentConfig {
+            cluster_master: "10.9.9.9:7401".parse().unwrap(),
+            token: Some("x.y".into()),
+            ..Default::default()
+        };
+        apply_cmdline(&mut config, &line).unwrap();
+        assert_eq!(config.cluster_master, "10.9.9.9:7401".parse().unwrap());
+        assert_eq!(config.token.as_deref(), Some("x.y"));
+        let mut config = AgentConfig::default();
+        assert!(apply_cmdline(&mut config, "glory.cm=nonsense").is_err());
+    }
 
     #[test]
     fn kernel_cmdline_token() {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use glory_node_agent::{config::token_from_cmdline, AgentConfig};
+use glory_node_agent::{config::apply_cmdline, AgentConfig};
 
 #[derive(Parser)]
 #[command(version, about = "GLORY-CL node agent")]
@@ -35,17 +35,15 @@ fn load_config(args: &Args) -> anyhow::Result<AgentConfig> {
         )?,
         None => AgentConfig::default(),
     };
-    if config.token.is_none() {
-        config.token = std::fs::read_to_string("/proc/cmdline")
-            .ok()
-            .as_deref()
-            .and_then(token_from_cmdline);
-    }
     if let Some(token) = &args.token {
         config.token = Some(token.clone());
     }
     if let Some(addr) = args.cluster_master {
         config.cluster_master = addr;
+    }
+    // A PXE-booted server learns the rest from its kernel command line.
+    if let Ok(cmdline) = std::fs::read_to_string("/proc/cmdline") {
+        apply_cmdline(&mut config, &cmdline).context("kernel command line")?;
     }
     if let Some(dir) = &args.state_dir {
         config.state_dir = dir.clone();

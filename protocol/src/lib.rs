@@ -13,6 +13,7 @@ pub mod link;
 pub mod messages;
 pub mod monitoring;
 pub mod process;
+pub mod provisioning;
 pub mod targets;
 #[cfg(test)]
 mod test_identities;
@@ -23,6 +24,9 @@ mod verified;
 pub use frame::{FrameError, DEFAULT_MAX_FRAME};
 pub use link::{ClientLinkConfig, Link, LinkEnd, LinkEndpoint, RawStream, ServerLinkConfig};
 pub use messages::*;
+pub use provisioning::{
+    BootPlan, BootProgress, BootState, ClusterToProvisioner, ProvisionerToCluster,
+};
 pub use tls::{CaTrust, CertRole, CertSubject, ClientAuth, ClusterCa, PeerCert, TlsIdentity};
 pub use transport::{
     close, ControlReceiver, ControlSender, ControlStream, FrameReader, LinkError, LinkTiming,

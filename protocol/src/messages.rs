@@ -21,6 +21,8 @@ pub enum Role {
     GroupMaster,
     /// A machine without a certificate yet, asking to enroll.
     Enrollee,
+    /// A provisioner (to the cluster master), with its provisioner certificate.
+    Provisioner,
 }
 
 /// First frame on the control stream of every connection.
@@ -254,6 +256,8 @@ pub enum EnrollKind {
     Node { inventory: Box<Inventory> },
     /// A group master for `group`, serving agents at `listen`.
     GroupMaster { group: String, listen: SocketAddr },
+    /// A provisioner named `name`, serving boot files at `http` (its base URL).
+    Provisioner { name: String, http: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

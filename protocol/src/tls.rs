@@ -35,6 +35,8 @@ pub enum CertRole {
     Node,
     GroupMaster,
     ClusterMaster,
+    /// A provisioner serving a boot network (DHCP, TFTP, HTTP boot).
+    Provisioner,
 }
 
 impl CertRole {
@@ -43,6 +45,7 @@ impl CertRole {
             CertRole::Node => "node",
             CertRole::GroupMaster => "group-master",
             CertRole::ClusterMaster => "cluster-master",
+            CertRole::Provisioner => "provisioner",
         }
     }
     fn parse(s: &str) -> Option<CertRole> {
@@ -50,6 +53,7 @@ impl CertRole {
             CertRole::Node,
             CertRole::GroupMaster,
             CertRole::ClusterMaster,
+            CertRole::Provisioner,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -209,7 +213,7 @@ impl ClusterCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let dns = match subject.role {
-            CertRole::Node => None,
+            CertRole::Node | CertRole::Provisioner => None,
             CertRole::GroupMaster => Some(GROUP_MASTER_NAME),
             CertRole::ClusterMaster => Some(CLUSTER_MASTER_NAME),
         };

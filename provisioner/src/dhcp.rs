@@ -129,10 +129,17 @@ fn add_boot(m: &mut Message, cfg: &BootConfig, fw: Option<Firmware>, mac: &Mac) 
     m.set_siaddr(cfg.server).set_fname_str(&file);
     m.opts_mut()
         .insert(DhcpOption::BootfileName(file.into_bytes()));
-    if fw != Firmware::Ipxe {
-        // PXE firmware wants the vendor class echoed to treat the answer as PXE's.
+    if fw != Firmware::Ipxe && cfg.mode == Mode::Proxy {
+        // A proxyDHCP offer is known by the vendor class echoed back, and option 43's
+        // discovery control bit 3 says "boot the file named here" (no boot server
+        // discovery on port 4011). In full mode neither is sent: an address with a
+        // boot file is an offer every PXE firmware takes as it is, where UEFI's PXE
+        // (EDK2) takes "PXEClient" without option 43 as an offer that needs a boot
+        // server and refuses it ("PXE-E16: No valid offer received").
         m.opts_mut()
             .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        m.opts_mut()
+            .insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
     }
 }
 

@@ -40,6 +40,50 @@ pub struct DhcpServer {
     leases_file: Option<PathBuf>,
     reply_to: ReplyTo,
     pub stats: Arc<DhcpStats>,
+    observer: Option<tokio::sync::mpsc::UnboundedSender<DhcpSeen>>,
+}
+
+/// An answer this server gave a PXE client (one whose answer names a boot program).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpSeen {
+    pub mac: String,
+    /// `offer` or `ack`.
+    pub kind: &'static str,
+    /// The address offered or acknowledged (none in proxy mode).
+    pub ip: Option<Ipv4Addr>,
+    /// The boot program or script URL it was told.
+    pub boot_file: String,
+}
+
+/// What an answer tells about a PXE client, read back from our own encoded answer.
+fn seen(answer: &[u8]) -> Option<DhcpSeen> {
+    use dhcproto::v4::{Message, MessageType};
+    use dhcproto::{Decodable, Decoder};
+    let m = Message::decode(&mut Decoder::new(answer)).ok()?;
+    let boot_file = String::from_utf8_lossy(m.fname().unwrap_or_default())
+        .trim_end_matches('\0')
+        .to_string();
+    if boot_file.is_empty() {
+        return None;
+    }
+    let kind = match m.opts().msg_type()? {
+        MessageType::Offer => "offer",
+        MessageType::Ack => "ack",
+        _ => return None,
+    };
+    let ip = (!m.yiaddr().is_unspecified()).then(|| m.yiaddr());
+    let hw = m.chaddr();
+    if hw.len() < 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&hw[..6]);
+    Some(DhcpSeen {
+        mac: crate::leases::mac_text(&mac),
+        kind,
+        ip,
+        boot_file,
+    })
 }
 
 fn now_ms() -> u64 {
@@ -66,8 +110,44 @@ impl DhcpServer {
             _ => Leases::new(lease_config),
         };
         let socket = UdpSocket::bind(listen).await?;
+        Self::with_socket(socket, boot, leases, leases_file, reply_to)
+    }
+
+    /// Serve on a socket bound by the caller (to a device, with SO_REUSEADDR...).
+    pub fn from_std(
+        socket: std::net::UdpSocket,
+        boot: BootConfig,
+        lease_config: LeaseConfig,
+        leases_file: Option<PathBuf>,
+        reply_to: ReplyTo,
+    ) -> anyhow::Result<Self> {
+        let leases = match &leases_file {
+            Some(path) if path.exists() => {
+                let text = std::fs::read_to_string(path)?;
+                Leases::restore(lease_config, &text).map_err(anyhow::Error::msg)?
+            }
+            _ => Leases::new(lease_config),
+        };
+        socket.set_nonblocking(true)?;
+        Self::with_socket(
+            UdpSocket::from_std(socket)?,
+            boot,
+            leases,
+            leases_file,
+            reply_to,
+        )
+    }
+
+    fn with_socket(
+        socket: UdpSocket,
+        boot: BootConfig,
+        leases: Leases,
+        leases_file: Option<PathBuf>,
+        reply_to: ReplyTo,
+    ) -> anyhow::Result<Self> {
         socket.set_broadcast(reply_to == ReplyTo::Broadcast)?;
         Ok(DhcpServer {
+            observer: None,
             socket,
             boot,
             leases,
@@ -75,6 +155,11 @@ impl DhcpServer {
             reply_to,
             stats: Arc::default(),
         })
+    }
+
+    /// Tell `observer` about every answer given to a PXE client.
+    pub fn observe(&mut self, observer: tokio::sync::mpsc::UnboundedSender<DhcpSeen>) {
+        self.observer = Some(observer);
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -109,6 +194,11 @@ impl DhcpServer {
                         self.save();
                     }
                     let Some(bytes) = answer else { continue };
+                    if let Some(observer) = &self.observer {
+                        if let Some(seen) = seen(&bytes) {
+                            let _ = observer.send(seen);
+                        }
+                    }
                     let to = match self.reply_to {
                         ReplyTo::Broadcast => {
                             SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))

@@ -62,9 +62,12 @@ async fn the_live_api_matches_its_openapi_spec() -> anyhow::Result<()> {
             &format!("Authorization: Bearer {}", token.trim()),
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-            // The cluster-wide event stream never ends on its own.
+            // The cluster-wide event stream never ends on its own; power actions and
+            // states go to whatever BMC address a generated request stored (traffic
+            // off this machine), so they are tested against real emulators in
+            // power.rs instead.
             "--exclude-path-regex",
-            "^/events$",
+            "^/events$|/power$",
             "--phases",
             "examples,coverage,fuzzing",
             "--max-examples",

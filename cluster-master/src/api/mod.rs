@@ -15,6 +15,7 @@ use axum::Router;
 use crate::role::Node;
 
 mod auth;
+mod boot;
 mod bootstrap_tokens;
 mod cluster;
 mod error;
@@ -28,6 +29,7 @@ mod node_filter;
 mod nodes;
 mod openapi;
 mod pools;
+mod power;
 mod session;
 mod sim;
 mod tenants;
@@ -50,6 +52,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(events::routes())
         .merge(monitoring::routes())
         .merge(users::routes())
+        .merge(boot::routes())
+        .merge(power::routes())
         .route_layer(axum::middleware::from_fn(auth::operator_only));
     // Families that decide per caller (tenant, role) what it may see and do.
     let api = operator

@@ -40,8 +40,20 @@ impl Cluster {
             ),
             None => (None, 0),
         };
-        auth::check_bootstrap(record.as_ref(), secret, scope, glory_protocol::now_ms())
-            .map_err(bad)?;
+        if let Err(e) =
+            auth::check_bootstrap(record.as_ref(), secret, scope, glory_protocol::now_ms())
+        {
+            let secret_known = e != TokenError::Invalid;
+            let refused = bad(e);
+            // A token minted for one boot, shown by the machine it was minted for (it
+            // knows the secret): that boot ends here, and says why.
+            let boot_mac = record
+                .as_ref()
+                .filter(|_| secret_known)
+                .and_then(|r| r.boot_mac.as_deref());
+            self.boot_token_used(boot_mac, Err(&refused.message)).await;
+            return Err(refused);
+        }
         Ok((record.ok_or_else(|| bad(TokenError::Invalid))?, rev))
     }
 
@@ -52,6 +64,19 @@ impl Cluster {
         single_use: bool,
         scope: BootstrapScope,
         description: &str,
+    ) -> Result<(String, BootstrapTokenRecord), KeyMasterError> {
+        self.create_bootstrap_token_for(ttl, single_use, scope, description, None)
+            .await
+    }
+
+    /// [`Self::create_bootstrap_token`], for one boot of `boot_mac` when given.
+    pub(crate) async fn create_bootstrap_token_for(
+        &self,
+        ttl: Option<Duration>,
+        single_use: bool,
+        scope: BootstrapScope,
+        description: &str,
+        boot_mac: Option<String>,
     ) -> Result<(String, BootstrapTokenRecord), KeyMasterError> {
         let (id, secret, token) = auth::new_token("gb-");
         let now = glory_protocol::now_ms();
@@ -65,6 +90,7 @@ impl Cluster {
             used: false,
             scope,
             description: description.to_string(),
+            boot_mac,
         };
         self.km_txn(Txn {
             compares: vec![Compare::absent(schema::bootstrap_token_key(&id))],

@@ -57,7 +57,7 @@ pub(crate) fn unavailable(e: KeyMasterError) -> Refusal {
 }
 
 /// Keys per transaction: etcd's default limit is 128 operations.
-const TXN_CHUNK: usize = 100;
+pub(crate) const TXN_CHUNK: usize = 100;
 
 /// What the active cluster master knows and does. Its operations are in the
 /// submodules, one job each; a subsystem keeps its own state in a field of its own
@@ -87,6 +87,12 @@ pub struct Cluster {
     group_master_remotes: RwLock<HashSet<SocketAddr>>,
     /// Identity conflicts already reported to operators.
     pub(crate) conflicts: crate::enroll::ConflictLog,
+    /// Boot table and provisioners.
+    pub(crate) provisioning: crate::provisioning::ProvisioningState,
+    /// Seals BMC passwords in the key master.
+    pub(crate) secrets: crate::provisioning::SecretsKey,
+    /// Last power state seen per target.
+    pub(crate) power: crate::provisioning::power::PowerStates,
 }
 
 impl Cluster {
@@ -168,6 +174,11 @@ impl Cluster {
         let monitoring = crate::monitoring::MonitoringState::load(km.as_ref())
             .await
             .context("load monitors")?;
+        let provisioning = crate::provisioning::ProvisioningState::load(km.as_ref())
+            .await
+            .context("load boot records")?;
+        let secrets = crate::provisioning::SecretsKey::load_or_create(&settings.secrets_key_file)
+            .context("secrets key")?;
         // Until their group masters report, nobody knows how live nodes are.
         let now = glory_protocol::now_ms();
         let mut stale = Vec::new();
@@ -211,6 +222,9 @@ impl Cluster {
             pool_changed: tokio::sync::Notify::new(),
             group_master_remotes: RwLock::new(HashSet::new()),
             conflicts: Default::default(),
+            provisioning,
+            secrets,
+            power: Default::default(),
         });
         Ok((cluster, status_rx))
     }

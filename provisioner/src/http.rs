@@ -1,0 +1,340 @@
+//! HTTP boot: one iPXE script per MAC (a boot plan from the cluster master: a token
+//! minted for this boot), the enrollment environment's kernel and initramfs (with
+//! Range support and their SHA-256), the boot programs, and the call-back the
+//! enrollment environment makes (`POST /boot/{mac}/progress`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Form, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use glory_protocol::{BootPlan, BootProgress, BootState};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::{debug, info};
+
+use crate::uplink::Uplink;
+
+/// A file served over HTTP, with its digest computed once.
+#[derive(Clone, Debug)]
+pub struct ServedFile {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+pub struct BootHttp {
+    /// `http://ip:port`, as booted machines reach us.
+    pub base: String,
+    pub kernel: ServedFile,
+    pub initrd: ServedFile,
+    /// Other files by name (undionly.kpxe, ipxe.efi).
+    pub files: Vec<(String, ServedFile)>,
+    pub kernel_args: String,
+    pub uplink: Uplink,
+}
+
+pub fn router(state: Arc<BootHttp>) -> Router {
+    Router::new()
+        .route("/boot/{script}", get(script))
+        .route("/boot/{mac}/progress", post(progress))
+        .route("/boot/{mac}/{file}", get(boot_file))
+        .route("/files/{name}", get(named_file))
+        .with_state(state)
+}
+
+fn mac_of(text: &str) -> Option<String> {
+    crate::leases::parse_mac(text).map(|m| crate::leases::mac_text(&m))
+}
+
+/// The iPXE script for one boot. Pure.
+pub fn render_script(base: &str, mac: &str, plan: &BootPlan, extra: &str) -> String {
+    let masters: Vec<String> = plan.cluster_masters.iter().map(|a| a.to_string()).collect();
+    let bootif = format!("01-{}", mac.replace(':', "-"));
+    let node = plan.node.as_deref().unwrap_or("a new node");
+    format!(
+        "#!ipxe\n\
+         echo GLORY-CL: {mac} boots the enrollment environment ({node})\n\
+         kernel {base}/boot/{mac}/vmlinuz initrd=initrd.img console=tty0 console=ttyS0,115200 \
+         BOOTIF={bootif} glory.boot={base}/boot/{mac} glory.cm={cms} glory.ca={ca} \
+         glory.token={token} {extra}\n\
+         initrd {base}/boot/{mac}/initrd.img\n\
+         boot\n",
+        cms = masters.join(","),
+        ca = plan.ca_sha256,
+        token = plan.token,
+    )
+}
+
+/// A script that says why the machine may not boot, and tries again later.
+fn refusal_script(base: &str, mac: &str, why: &str) -> String {
+    let why: String = why.chars().filter(|c| !c.is_control()).collect();
+    format!(
+        "#!ipxe\necho GLORY-CL: {mac} cannot boot now: {why}\necho retrying in 30 s\nsleep 30\nchain {base}/boot/{mac}.ipxe\n"
+    )
+}
+
+async fn script(State(s): State<Arc<BootHttp>>, Path(script): Path<String>) -> Response {
+    let Some(mac) = script.strip_suffix(".ipxe").and_then(mac_of) else {
+        return (StatusCode::NOT_FOUND, "expected /boot/<mac>.ipxe\n").into_response();
+    };
+    let body = match s.uplink.plan(&mac, None).await {
+        Ok(plan) => {
+            info!(%mac, node = ?plan.node, "boot planned");
+            render_script(&s.base, &mac, &plan, &s.kernel_args)
+        }
+        Err(why) => {
+            s.uplink.report(BootProgress {
+                mac: mac.clone(),
+                state: BootState::Failed,
+                ip: None,
+                detail: format!("no boot plan: {why}"),
+                at_ms: glory_protocol::now_ms(),
+            });
+            refusal_script(&s.base, &mac, &why)
+        }
+    };
+    ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+#[derive(Deserialize)]
+struct ProgressForm {
+    state: String,
+    #[serde(default)]
+    detail: String,
+    #[serde(default)]
+    ip: Option<String>,
+}
+
+async fn progress(
+    State(s): State<Arc<BootHttp>>,
+    Path(mac): Path<String>,
+    Form(form): Form<ProgressForm>,
+) -> Response {
+    let Some(mac) = mac_of(&mac) else {
+        return (StatusCode::BAD_REQUEST, "not a MAC address\n").into_response();
+    };
+    let state = match form.state.as_str() {
+        "enrolling" => BootState::Enrolling,
+        "failed" => BootState::Failed,
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("state {other:?}: enrolling or failed\n"),
+            )
+                .into_response()
+        }
+    };
+    debug!(%mac, state = form.state, detail = form.detail, "call-back");
+    s.uplink.report(BootProgress {
+        mac,
+        state,
+        ip: form.ip.filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()),
+        detail: form.detail.chars().take(1024).collect(),
+        at_ms: glory_protocol::now_ms(),
+    });
+    (StatusCode::NO_CONTENT, "").into_response()
+}
+
+async fn boot_file(
+    State(s): State<Arc<BootHttp>>,
+    Path((mac, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(mac) = mac_of(&mac) else {
+        return (StatusCode::NOT_FOUND, "not a MAC address\n").into_response();
+    };
+    let served = match file.as_str() {
+        "vmlinuz" => &s.kernel,
+        "initrd.img" => &s.initrd,
+        _ => return (StatusCode::NOT_FOUND, "vmlinuz or initrd.img\n").into_response(),
+    };
+    let response = serve_file(served, &headers).await;
+    // A whole-file fetch (not a resumed range) moves the boot on.
+    if response.status() == StatusCode::OK {
+        s.uplink.report(BootProgress {
+            mac,
+            state: BootState::Booting,
+            ip: None,
+            detail: format!("fetching {file}"),
+            at_ms: glory_protocol::now_ms(),
+        });
+    }
+    response
+}
+
+async fn named_file(
+    State(s): State<Arc<BootHttp>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (name, digest_only) = match name.strip_suffix(".sha256") {
+        Some(n) => (n.to_string(), true),
+        None => (name, false),
+    };
+    let served = match name.as_str() {
+        "vmlinuz" => Some(&s.kernel),
+        "initrd.img" => Some(&s.initrd),
+        _ => s.files.iter().find(|(n, _)| *n == name).map(|(_, f)| f),
+    };
+    let Some(served) = served else {
+        return (StatusCode::NOT_FOUND, format!("no file {name}\n")).into_response();
+    };
+    if digest_only {
+        return format!("{}  {name}\n", served.sha256).into_response();
+    }
+    serve_file(served, &headers).await
+}
+
+/// What a `Range` header asks of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    Whole,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// The byte range a `Range` header asks of a file of `len` bytes. One range only (what
+/// boot loaders send); anything else is unsatisfiable.
+pub fn parse_range(value: Option<&str>, len: u64) -> ByteRange {
+    match range_of(value, len) {
+        Ok(None) => ByteRange::Whole,
+        Ok(Some((a, b))) => ByteRange::Part(a, b),
+        Err(()) => ByteRange::Unsatisfiable,
+    }
+}
+
+fn range_of(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(value) = value else { return Ok(None) };
+    let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            if n == 0 || len == 0 {
+                return Err(());
+            }
+            (len.saturating_sub(n), len - 1)
+        }
+        (a, "") => (a.parse().map_err(|_| ())?, len.saturating_sub(1)),
+        (a, b) => {
+            let (a, b): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
+            (a, b.min(len.saturating_sub(1)))
+        }
+    };
+    if start >= len || start > end {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn serve_file(f: &ServedFile, headers: &HeaderMap) -> Response {
+    let mut file = match tokio::fs::File::open(&f.path).await {
+        Ok(file) => file,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot open {}: {e}\n", f.path.display()),
+            )
+                .into_response()
+        }
+    };
+    let len = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    let range = parse_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        len,
+    );
+    let (status, start, count) = match range {
+        ByteRange::Whole => (StatusCode::OK, 0, len),
+        ByteRange::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        ByteRange::Unsatisfiable => {
+            let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+    };
+    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 64 * 1024);
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if let Ok(v) = HeaderValue::from_str(&f.sha256) {
+        h.insert("x-checksum-sha256", v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
+        {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use ByteRange::*;
+        assert_eq!(parse_range(None, 100), Whole);
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), Part(90, 99));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), Part(90, 99));
+        assert_eq!(parse_range(Some("bytes=50-500"), 100), Part(50, 99));
+        for bad in [
+            "bytes=100-",
+            "bytes=9-3",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=x-1",
+            "bytes=-0",
+        ] {
+            assert_eq!(parse_range(Some(bad), 100), Unsatisfiable, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_script_carries_the_plan() {
+        let plan = BootPlan {
+            token: "gb-1.secret".into(),
+            expires_ms: 0,
+            cluster_masters: vec![
+                "10.0.0.1:7401".parse().unwrap(),
+                "10.0.0.2:7401".parse().unwrap(),
+            ],
+            ca_sha256: "ab".repeat(32),
+            node: None,
+            profile: "enroll".into(),
+        };
+        let s = render_script("http://10.0.0.1:7480", "52:54:00:00:00:01", &plan, "quiet");
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains("kernel http://10.0.0.1:7480/boot/52:54:00:00:00:01/vmlinuz "));
+        assert!(s.contains(" BOOTIF=01-52-54-00-00-00-01 "));
+        assert!(s.contains(" glory.cm=10.0.0.1:7401,10.0.0.2:7401 "));
+        assert!(s.contains(" glory.token=gb-1.secret quiet\n"));
+        assert!(s.contains("initrd http://10.0.0.1:7480/boot/52:54:00:00:00:01/initrd.img\n"));
+        let r = refusal_script("http://h", "52:54:00:00:00:01", "removed\nby x");
+        assert!(r.contains("cannot boot now: removedby x"));
+    }
+}

@@ -104,7 +104,7 @@ async fn ipmi_and_redfish_bmcs_obey_the_api() -> anyhow::Result<()> {
         Method::PUT,
         &format!("/api/v1/nodes/{redfish_node}/bmc"),
         Some(
-            json!({"driver": "redfish", "address": format!("http://127.0.0.1:{redfish_port}"),
+            json!({"driver": "redfish", "address": "http://127.0.0.1", "port": redfish_port,
                     "user": "admin", "password": PASSWORD, "system_id": "glory-fake-0001"}),
         ),
     )
@@ -136,7 +136,7 @@ async fn ipmi_and_redfish_bmcs_obey_the_api() -> anyhow::Result<()> {
     .await;
     assert_eq!(status, 409, "{body}");
     assert!(
-        body["message"]
+        body["error"]["message"]
             .as_str()
             .unwrap_or("")
             .contains("no BMC settings"),
@@ -242,7 +242,10 @@ async fn ipmi_and_redfish_bmcs_obey_the_api() -> anyhow::Result<()> {
     assert_eq!(status, 502, "{body}");
     assert!(!body.to_string().contains("wrong-secret"), "{body}");
     assert!(
-        body["message"].as_str().unwrap_or("").contains("127.0.0.1"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("127.0.0.1"),
         "{body}"
     );
     up.shutdown().await;

@@ -247,8 +247,8 @@ enum TokenAction {
         /// The token works for one enrollment only.
         #[arg(long)]
         single_use: bool,
-        /// What it may enroll: node (servers), group_master, or any (either: one
-        /// token for a whole small or test setup).
+        /// What it may enroll: node (servers), group_master, provisioner, or any (a
+        /// node or a group master: one token for a whole small or test setup).
         #[arg(long, default_value = "node")]
         scope: String,
         #[arg(long, default_value = "")]

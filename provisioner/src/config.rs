@@ -17,7 +17,7 @@ pub struct ProvisionerConfig {
     /// Cluster master QUIC address, then standbys.
     pub cluster_master: SocketAddr,
     pub cluster_masters: Vec<SocketAddr>,
-    /// Bootstrap token of scope `provisioner` (`glory tokens create --scope
+    /// Bootstrap token of scope `provisioner` (`glory bootstrap-tokens create --scope
     /// provisioner`); only needed until it has enrolled.
     pub token: Option<String>,
     /// SHA-256 of the cluster CA certificate (`glory ca-hash`); or `ca_cert`.

@@ -89,7 +89,7 @@ pub async fn identity(
     let Some(token) = token else {
         bail!(
             "provisioner {name} has no identity in {} and no bootstrap token to enroll with \
-             (glory tokens create --scope provisioner)",
+             (glory bootstrap-tokens create --scope provisioner)",
             state_dir.display()
         );
     };

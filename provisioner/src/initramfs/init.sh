@@ -98,12 +98,13 @@ until dhcp_once; do
     report "state=failed&detail=$(urlencode "no interface got an address")"
     sleep 5
 done
-log "network up on $NET_IF: $(ip -4 -o addr show dev "$NET_IF" | awk '{print $4}')"
+NET_ADDR=$(ip -4 -o addr show dev "$NET_IF" | awk '{print $4}')
+log "network up on $NET_IF: $NET_ADDR"
 
 mkdir -p /var/lib/glory-agent
 while :; do
     log "starting glory-node-agent at $(uptime_s) s since boot"
-    report "state=enrolling"
+    report "state=enrolling&ip=${NET_ADDR%%/*}&detail=$(urlencode "network up on $NET_IF ($NET_ADDR); agent starting")"
     /sbin/glory-node-agent --state-dir /var/lib/glory-agent
     code=$?
     log "glory-node-agent exited with code $code; restarting in 5 s"

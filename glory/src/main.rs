@@ -268,6 +268,32 @@ enum ProvisionAction {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
     },
+    /// A boot storm: N simulated servers ask the provisioner (linked to a real cluster
+    /// master in this process) for their iPXE script and kernel within a window.
+    BootStorm {
+        #[arg(long, default_value_t = 10_000)]
+        servers: usize,
+        /// The window they arrive in, seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Most servers fetching at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// The agent for the enrollment environment (default: beside this binary).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
+    /// Power-on to `up` at the API for a lab VM (root; QEMU under TCG), phase by phase,
+    /// over several power cycles.
+    LabBench {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Boot by UEFI (OVMF) instead of BIOS.
+        #[arg(long)]
+        uefi: bool,
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
     /// Build the enrollment environment (kernel and initramfs with the node agent) into
     /// a directory, reproducibly.
     BuildInitramfs {
@@ -408,6 +434,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             built.bytes
         );
         println!("           sha256 {}", built.initrd_sha256);
+        return Ok(());
+    }
+    if let Command::Provision {
+        action:
+            ProvisionAction::BootStorm {
+                servers,
+                seconds,
+                concurrency,
+                agent,
+            },
+    } = &cli.command
+    {
+        glory_protocol::process::init_tracing("warn");
+        let report = glory::bench::boot_storm::run(
+            *servers,
+            std::time::Duration::from_secs(*seconds),
+            (*concurrency).max(1),
+            agent.clone(),
+        )
+        .await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if let Command::Provision {
+        action:
+            ProvisionAction::LabBench {
+                rounds,
+                uefi,
+                agent,
+            },
+    } = &cli.command
+    {
+        glory_protocol::process::init_tracing("warn");
+        let report = glory::bench::lab::run((*rounds).max(1), *uefi, agent.clone()).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     if let Command::Provision {

@@ -79,10 +79,17 @@ pub struct Up {
     pub lab: Option<crate::lab::Lab>,
     /// The lab's provisioner: its HTTP boot address.
     pub provisioner_http: Option<SocketAddr>,
+    /// When each lab VM was powered on (ms since the epoch), in `lab.vms` order.
+    pub lab_powered_on_ms: Vec<u64>,
     provisioner_shutdown: CancellationToken,
 }
 
 impl Up {
+    /// The active cluster (benchmarks mint tokens with it).
+    pub fn cluster(&self) -> std::sync::Arc<glory_cluster_master::Cluster> {
+        self.cm.cluster.clone()
+    }
+
     pub async fn start(options: UpOptions) -> anyhow::Result<Up> {
         if options.groups == 0 {
             bail!("--groups must be at least 1");
@@ -215,9 +222,11 @@ impl Up {
         );
         let provisioner_shutdown = CancellationToken::new();
         let mut lab = lab;
+        let mut lab_powered_on_ms = Vec::new();
         let provisioner_http = match &mut lab {
             Some(lab) => Some(
                 start_lab(
+                    &mut lab_powered_on_ms,
                     lab,
                     &options,
                     &cluster,
@@ -232,6 +241,7 @@ impl Up {
         };
         Ok(Up {
             lab,
+            lab_powered_on_ms,
             provisioner_http,
             provisioner_shutdown,
             api_addr: cm.api_addr,
@@ -266,7 +276,9 @@ impl Up {
 /// The lab's provisioner (in this process, enrolled over QUIC with a token of scope
 /// `provisioner`), the VMs registered with the `qemu` power driver and powered on one
 /// after another. Returns the provisioner's HTTP address.
+#[allow(clippy::too_many_arguments)]
 async fn start_lab(
+    powered_on_ms: &mut Vec<u64>,
     lab: &mut crate::lab::Lab,
     options: &UpOptions,
     cluster: &glory_cluster_master::Cluster,
@@ -322,6 +334,7 @@ async fn start_lab(
         }
     }
     for vm in &lab.vms {
+        powered_on_ms.push(glory_protocol::now_ms());
         let (status, answer) = client
             .request(
                 reqwest::Method::POST,

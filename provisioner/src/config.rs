@@ -32,7 +32,9 @@ pub struct ProvisionerConfig {
     pub interface: Option<String>,
     /// `full` (addresses from `range_*`) or `proxy` (beside an existing DHCP server).
     pub mode: String,
+    /// 0: no DHCP server (another one points machines at us, or a benchmark).
     pub dhcp_port: u16,
+    /// 0: no TFTP server (every machine's firmware is iPXE already).
     pub tftp_port: u16,
     pub http_port: u16,
     pub range_first: Option<Ipv4Addr>,

@@ -19,11 +19,46 @@ use tracing::{debug, info};
 
 use crate::uplink::Uplink;
 
-/// A file served over HTTP, with its digest computed once.
+/// A file served over HTTP, with its digest computed once. Files up to
+/// [`IN_MEMORY_LIMIT`] are held in memory: a boot storm's thousands of kernel fetches
+/// are then slices of one buffer, not thousands of reads.
 #[derive(Clone, Debug)]
 pub struct ServedFile {
     pub path: PathBuf,
     pub sha256: String,
+    pub data: Option<bytes::Bytes>,
+}
+
+/// Largest file kept in memory.
+pub const IN_MEMORY_LIMIT: u64 = 256 << 20;
+
+impl ServedFile {
+    /// Read `path`: its digest, and its bytes when small enough.
+    pub fn load(path: PathBuf) -> anyhow::Result<ServedFile> {
+        use anyhow::Context;
+        use sha2::{Digest, Sha256};
+        let len = std::fs::metadata(&path)
+            .with_context(|| format!("stat {}", path.display()))?
+            .len();
+        if len <= IN_MEMORY_LIMIT {
+            let data = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            let sha256 = hex::encode(Sha256::digest(&data));
+            return Ok(ServedFile {
+                path,
+                sha256,
+                data: Some(data.into()),
+            });
+        }
+        let mut file =
+            std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        Ok(ServedFile {
+            path,
+            sha256: hex::encode(hasher.finalize()),
+            data: None,
+        })
+    }
 }
 
 pub struct BootHttp {
@@ -235,41 +270,14 @@ fn range_of(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some((start, end)))
 }
 
-async fn serve_file(f: &ServedFile, headers: &HeaderMap) -> Response {
-    let mut file = match tokio::fs::File::open(&f.path).await {
-        Ok(file) => file,
-        Err(e) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot open {}: {e}\n", f.path.display()),
-            )
-                .into_response()
-        }
-    };
-    let len = match file.metadata().await {
-        Ok(m) => m.len(),
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-    };
-    let range = parse_range(
-        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
-        len,
-    );
-    let (status, start, count) = match range {
-        ByteRange::Whole => (StatusCode::OK, 0, len),
-        ByteRange::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-        ByteRange::Unsatisfiable => {
-            let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                r.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return r;
-        }
-    };
-    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 64 * 1024);
-    let mut response = Response::new(Body::from_stream(stream));
+fn partial_headers(
+    mut response: Response,
+    f: &ServedFile,
+    status: StatusCode,
+    start: u64,
+    count: u64,
+    len: u64,
+) -> Response {
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(
@@ -288,6 +296,59 @@ async fn serve_file(f: &ServedFile, headers: &HeaderMap) -> Response {
         }
     }
     response
+}
+
+fn unsatisfiable(len: u64) -> Response {
+    let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+        r.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    r
+}
+
+async fn serve_file(f: &ServedFile, headers: &HeaderMap) -> Response {
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    if let Some(data) = &f.data {
+        let len = data.len() as u64;
+        let (status, start, count) = match parse_range(range_header, len) {
+            ByteRange::Whole => (StatusCode::OK, 0, len),
+            ByteRange::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+            ByteRange::Unsatisfiable => return unsatisfiable(len),
+        };
+        let body = Body::from(data.slice(start as usize..(start + count) as usize));
+        return partial_headers(Response::new(body), f, status, start, count, len);
+    }
+    let mut file = match tokio::fs::File::open(&f.path).await {
+        Ok(file) => file,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot open {}: {e}\n", f.path.display()),
+            )
+                .into_response()
+        }
+    };
+    let len = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    let (status, start, count) = match parse_range(range_header, len) {
+        ByteRange::Whole => (StatusCode::OK, 0, len),
+        ByteRange::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        ByteRange::Unsatisfiable => return unsatisfiable(len),
+    };
+    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 64 * 1024);
+    partial_headers(
+        Response::new(Body::from_stream(stream)),
+        f,
+        status,
+        start,
+        count,
+        len,
+    )
 }
 
 #[cfg(test)]

@@ -3,12 +3,11 @@
 //! network; the enrollment environment built on first start when missing.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use glory_protocol::{BootProgress, BootState, CaTrust};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -23,13 +22,6 @@ use crate::server::{DhcpServer, DhcpStats, ReplyTo};
 pub struct Running {
     pub http: SocketAddr,
     pub dhcp_stats: Arc<DhcpStats>,
-}
-
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// The agent binary put into the enrollment environment.
@@ -61,16 +53,7 @@ pub fn ensure_boot_files(config: &ProvisionerConfig) -> anyhow::Result<(ServedFi
         let built = initramfs::build(&spec, &dir)?;
         info!(kernel = %built.kernel_version, bytes = built.bytes, "enrollment environment built");
     }
-    Ok((
-        ServedFile {
-            sha256: sha256_file(&kernel)?,
-            path: kernel,
-        },
-        ServedFile {
-            sha256: sha256_file(&initrd)?,
-            path: initrd,
-        },
-    ))
+    Ok((ServedFile::load(kernel)?, ServedFile::load(initrd)?))
 }
 
 fn dhcp_socket(config: &ProvisionerConfig) -> anyhow::Result<std::net::UdpSocket> {
@@ -142,33 +125,29 @@ pub async fn start(
     ] {
         let dest = tftp_dir.join(name);
         match std::fs::copy(src, &dest) {
-            Ok(_) => files.push((
-                name.to_string(),
-                ServedFile {
-                    sha256: sha256_file(&dest)?,
-                    path: dest,
-                },
-            )),
+            Ok(_) => files.push((name.to_string(), ServedFile::load(dest)?)),
             Err(e) => {
                 warn!(file = %src.display(), error = %e, "boot program missing (install Debian's ipxe)")
             }
         }
     }
     let tftp_addr = SocketAddr::from((config.server_ip, config.tftp_port));
-    let tftp = async_tftp::server::TftpServerBuilder::with_dir_ro(&tftp_dir)
-        .map_err(|e| anyhow::anyhow!("TFTP directory {}: {e}", tftp_dir.display()))?
-        .bind(tftp_addr)
-        .build()
-        .await
-        .map_err(|e| anyhow::anyhow!("bind TFTP on {tftp_addr}: {e}"))?;
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                r = tftp.serve() => if let Err(e) = r { warn!(error = %e, "TFTP server stopped") },
-            }
-        });
+    if config.tftp_port != 0 {
+        let tftp = async_tftp::server::TftpServerBuilder::with_dir_ro(&tftp_dir)
+            .map_err(|e| anyhow::anyhow!("TFTP directory {}: {e}", tftp_dir.display()))?
+            .bind(tftp_addr)
+            .build()
+            .await
+            .map_err(|e| anyhow::anyhow!("bind TFTP on {tftp_addr}: {e}"))?;
+        {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    r = tftp.serve() => if let Err(e) = r { warn!(error = %e, "TFTP server stopped") },
+                }
+            });
+        }
     }
 
     // HTTP boot.
@@ -219,50 +198,57 @@ pub async fn start(
             .filter_map(|(mac, ip)| Some((parse_mac(mac)?, *ip)))
             .collect(),
     };
-    let mut dhcp = DhcpServer::from_std(
-        dhcp_socket(&config)?,
-        boot,
-        leases,
-        Some(config.state_dir.join("leases.json")),
-        ReplyTo::Broadcast,
-    )?;
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
-    dhcp.observe(seen_tx);
-    let dhcp_stats = dhcp.stats.clone();
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = dhcp.serve(shutdown).await {
-                warn!(error = %e, "DHCP server stopped");
-            }
-        });
-    }
-    {
-        let uplink = uplink.clone();
-        tokio::spawn(async move {
-            while let Some(seen) = seen_rx.recv().await {
-                let ip = seen.ip.map(|ip| ip.to_string());
-                let detail = match &ip {
-                    Some(ip) => format!("DHCP {} {ip}, boot program {}", seen.kind, seen.boot_file),
-                    None => format!(
-                        "DHCP {} (proxy), boot program {}",
-                        seen.kind, seen.boot_file
-                    ),
-                };
-                // iPXE asking for its script is past discovery: the script fetch says so.
-                if seen.boot_file.starts_with("http") {
-                    continue;
+    let dhcp_stats = if config.dhcp_port == 0 {
+        Arc::default()
+    } else {
+        let mut dhcp = DhcpServer::from_std(
+            dhcp_socket(&config)?,
+            boot,
+            leases,
+            Some(config.state_dir.join("leases.json")),
+            ReplyTo::Broadcast,
+        )?;
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        dhcp.observe(seen_tx);
+        let dhcp_stats = dhcp.stats.clone();
+        {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = dhcp.serve(shutdown).await {
+                    warn!(error = %e, "DHCP server stopped");
                 }
-                uplink.report(BootProgress {
-                    mac: seen.mac,
-                    state: BootState::Discovered,
-                    ip,
-                    detail,
-                    at_ms: glory_protocol::now_ms(),
-                });
-            }
-        });
-    }
+            });
+        }
+        {
+            let uplink = uplink.clone();
+            tokio::spawn(async move {
+                while let Some(seen) = seen_rx.recv().await {
+                    let ip = seen.ip.map(|ip| ip.to_string());
+                    let detail = match &ip {
+                        Some(ip) => {
+                            format!("DHCP {} {ip}, boot program {}", seen.kind, seen.boot_file)
+                        }
+                        None => format!(
+                            "DHCP {} (proxy), boot program {}",
+                            seen.kind, seen.boot_file
+                        ),
+                    };
+                    // iPXE asking for its script is past discovery: the script fetch says so.
+                    if seen.boot_file.starts_with("http") {
+                        continue;
+                    }
+                    uplink.report(BootProgress {
+                        mac: seen.mac,
+                        state: BootState::Discovered,
+                        ip,
+                        detail,
+                        at_ms: glory_protocol::now_ms(),
+                    });
+                }
+            });
+        }
+        dhcp_stats
+    };
     if config.router_advertisements {
         if let Some(dev) = &config.interface {
             crate::ra::spawn(dev.clone(), shutdown.clone());

@@ -4,11 +4,13 @@
 //! scheduled; figures are measured at the cluster master's API and from /proc.
 
 pub mod agents;
+pub mod boot_storm;
 pub mod dhcp;
 pub mod faults;
 mod flat;
 mod flat_run;
 mod hier;
+pub mod lab;
 mod masters;
 mod measure;
 pub mod procstat;

@@ -185,36 +185,32 @@ async fn serve_connection(conn: Link, node: Arc<Node>) {
         (Role::GroupMaster, Some(peer))
             if peer.role == CertRole::GroupMaster && peer.id == hello.id =>
         {
-            if cluster.is_revoked(&peer.serial) {
-                refuse(
-                    &mut control,
-                    &conn,
-                    refusal(RefusalCode::Removed, "certificate revoked"),
-                )
-                .await;
-                return;
+            if admit_link(
+                &cluster,
+                &peer.serial,
+                &mut control,
+                &conn,
+                &settings.cluster_name,
+            )
+            .await
+            {
+                group_link(conn, control, cluster, peer.id).await;
             }
-            if welcome(&mut control, &settings.cluster_name).await.is_err() {
-                return;
-            }
-            group_link(conn, control, cluster, peer.id).await;
         }
         (Role::Provisioner, Some(peer))
             if peer.role == CertRole::Provisioner && peer.id == hello.id =>
         {
-            if cluster.is_revoked(&peer.serial) {
-                refuse(
-                    &mut control,
-                    &conn,
-                    refusal(RefusalCode::Removed, "certificate revoked"),
-                )
-                .await;
-                return;
+            if admit_link(
+                &cluster,
+                &peer.serial,
+                &mut control,
+                &conn,
+                &settings.cluster_name,
+            )
+            .await
+            {
+                crate::provisioning::link::provisioner_link(conn, control, cluster, peer.id).await;
             }
-            if welcome(&mut control, &settings.cluster_name).await.is_err() {
-                return;
-            }
-            crate::provisioning::link::provisioner_link(conn, control, cluster, peer.id).await;
         }
         (role, peer) => {
             let why = match peer {
@@ -230,6 +226,27 @@ async fn serve_connection(conn: Link, node: Arc<Node>) {
             refuse(&mut control, &conn, refusal(RefusalCode::BadIdentity, why)).await;
         }
     }
+}
+
+/// A certified peer's link: refused when its certificate was revoked, else welcomed.
+/// Whether to go on.
+async fn admit_link(
+    cluster: &Cluster,
+    serial: &str,
+    control: &mut glory_protocol::ControlStream,
+    conn: &Link,
+    cluster_name: &str,
+) -> bool {
+    if cluster.is_revoked(serial) {
+        refuse(
+            control,
+            conn,
+            refusal(RefusalCode::Removed, "certificate revoked"),
+        )
+        .await;
+        return false;
+    }
+    welcome(control, cluster_name).await.is_ok()
 }
 
 async fn group_link(

@@ -93,6 +93,17 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Leases from `file` when it exists, else none yet.
+fn load_leases(config: LeaseConfig, file: Option<&std::path::Path>) -> anyhow::Result<Leases> {
+    match file {
+        Some(path) if path.exists() => {
+            let text = std::fs::read_to_string(path)?;
+            Leases::restore(config, &text).map_err(anyhow::Error::msg)
+        }
+        _ => Ok(Leases::new(config)),
+    }
+}
+
 impl DhcpServer {
     /// Bind `listen`; leases come from `leases_file` when it exists.
     pub async fn bind(
@@ -102,14 +113,8 @@ impl DhcpServer {
         leases_file: Option<PathBuf>,
         reply_to: ReplyTo,
     ) -> anyhow::Result<Self> {
-        let leases = match &leases_file {
-            Some(path) if path.exists() => {
-                let text = std::fs::read_to_string(path)?;
-                Leases::restore(lease_config, &text).map_err(anyhow::Error::msg)?
-            }
-            _ => Leases::new(lease_config),
-        };
         let socket = UdpSocket::bind(listen).await?;
+        let leases = load_leases(lease_config, leases_file.as_deref())?;
         Self::with_socket(socket, boot, leases, leases_file, reply_to)
     }
 
@@ -121,13 +126,7 @@ impl DhcpServer {
         leases_file: Option<PathBuf>,
         reply_to: ReplyTo,
     ) -> anyhow::Result<Self> {
-        let leases = match &leases_file {
-            Some(path) if path.exists() => {
-                let text = std::fs::read_to_string(path)?;
-                Leases::restore(lease_config, &text).map_err(anyhow::Error::msg)?
-            }
-            _ => Leases::new(lease_config),
-        };
+        let leases = load_leases(lease_config, leases_file.as_deref())?;
         socket.set_nonblocking(true)?;
         Self::with_socket(
             UdpSocket::from_std(socket)?,

@@ -16,8 +16,9 @@ use super::boot::mac_param;
 use super::node_filter::NodeFilter;
 use super::{Active, ApiError, ApiResult, J};
 use crate::cluster::Cluster;
-use crate::provisioning::power::{bmc_view, BmcInput, PowerFailure, PowerView};
+use crate::provisioning::power::{BmcInput, PowerFailure, PowerView};
 use crate::role::Node;
+use glory_keymaster::schema::BmcRecord;
 
 pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
@@ -48,6 +49,20 @@ impl From<PowerFailure> for ApiError {
 #[serde(deny_unknown_fields)]
 struct ActionBody {
     action: PowerAction,
+}
+
+/// The BMC settings as the API shows them: never the password, only whether one is set.
+fn bmc_view(record: &BmcRecord) -> Value {
+    json!({
+        "driver": record.driver,
+        "address": record.address,
+        "port": record.port,
+        "user": record.user,
+        "password_set": record.password_sealed.is_some(),
+        "system_id": record.system_id,
+        "insecure_tls": record.insecure_tls,
+        "updated_ms": record.updated_ms,
+    })
 }
 
 fn known_node(cluster: &Cluster, id: &str) -> ApiResult<String> {

@@ -95,20 +95,6 @@ pub(crate) fn action_name(a: PowerAction) -> &'static str {
     }
 }
 
-/// The BMC settings as the API shows them: never the password, only whether one is set.
-pub(crate) fn bmc_view(record: &BmcRecord) -> serde_json::Value {
-    serde_json::json!({
-        "driver": record.driver,
-        "address": record.address,
-        "port": record.port,
-        "user": record.user,
-        "password_set": record.password_sealed.is_some(),
-        "system_id": record.system_id,
-        "insecure_tls": record.insecure_tls,
-        "updated_ms": record.updated_ms,
-    })
-}
-
 impl Cluster {
     /// Store BMC settings for `target` (a node id or `mac:<mac>`). A missing password
     /// keeps the one stored before.

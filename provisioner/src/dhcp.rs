@@ -129,6 +129,13 @@ fn add_boot(m: &mut Message, cfg: &BootConfig, fw: Option<Firmware>, mac: &Mac) 
     m.set_siaddr(cfg.server).set_fname_str(&file);
     m.opts_mut()
         .insert(DhcpOption::BootfileName(file.into_bytes()));
+    // iPXE's own option, sub-option 176 (no_pxedhcp) = 1: no proxyDHCP server to wait
+    // for (iPXE otherwise waits about 2 s for one; FACTS "QEMU and PXE").
+    m.opts_mut()
+        .insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(
+            OptionCode::Unknown(IPXE_OPTION),
+            vec![176, 1, 1],
+        )));
     if fw != Firmware::Ipxe && cfg.mode == Mode::Proxy {
         // A proxyDHCP offer is known by the vendor class echoed back, and option 43's
         // discovery control bit 3 says "boot the file named here" (no boot server
@@ -348,6 +355,15 @@ mod tests {
         );
         // The same client keeps the address it was offered.
         assert_eq!(ipxe.yiaddr(), bios.yiaddr());
+        // iPXE is told not to wait for a proxyDHCP server; in full mode no PXEClient
+        // vendor class (UEFI's PXE would wait for a boot server).
+        for m in [&bios, &uefi, &ipxe] {
+            match m.opts().get(OptionCode::Unknown(IPXE_OPTION)) {
+                Some(DhcpOption::Unknown(o)) => assert_eq!(o.data(), [176, 1, 1]),
+                other => panic!("option 175: {other:?}"),
+            }
+            assert!(m.opts().get(OptionCode::ClassIdentifier).is_none());
+        }
     }
 
     #[test]

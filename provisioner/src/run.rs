@@ -233,10 +233,6 @@ pub async fn start(
                             seen.kind, seen.boot_file
                         ),
                     };
-                    // iPXE asking for its script is past discovery: the script fetch says so.
-                    if seen.boot_file.starts_with("http") {
-                        continue;
-                    }
                     uplink.report(BootProgress {
                         mac: seen.mac,
                         state: BootState::Discovered,

@@ -97,6 +97,7 @@ pub(crate) enum Source {
 /// - a provisioner's `enrolling` or `failed` never undoes `enrolled` (the agent
 ///   enrolled before the call-back arrived, or stopped after it enrolled: the node's
 ///   own state says the rest), and a second failure keeps the first reason;
+/// - a provisioner's report made before the current state began changes nothing;
 /// - the cluster's word (enrolled, refused, timed out) always counts.
 pub(crate) fn advance(
     current: Option<&BootRecord>,
@@ -114,6 +115,11 @@ pub(crate) fn advance(
             return None;
         }
         if source == Source::Provisioner {
+            // Reports travel in batches: one made before the current state began (a
+            // DHCP answer that arrives after the script fetch it led to) is history.
+            if progress.at_ms < cur.since_ms {
+                return None;
+            }
             match (cur.state.as_str(), progress.state) {
                 ("enrolled", BootState::Enrolling | BootState::Failed) => return None,
                 ("failed", BootState::Failed) => return None,

@@ -119,3 +119,22 @@ fn macs_are_normalized() {
     assert_eq!(normalize_mac("52:54:00:aa:bb"), None);
     assert_eq!(normalize_mac("zz:54:00:aa:bb:0c"), None);
 }
+
+#[test]
+fn a_report_older_than_the_current_state_is_history() {
+    let booting = advance(
+        None,
+        &progress(BootState::Booting, "script", 1_000),
+        Source::Cluster,
+        "p1",
+        None,
+    )
+    .unwrap();
+    // The DHCP answer that led to the script fetch arrives after it (batched).
+    let late = progress(BootState::Discovered, "dhcp ack", 990);
+    assert!(advance(Some(&booting), &late, Source::Provisioner, "p1", None).is_none());
+    // A new DHCP exchange after it is a new boot.
+    let reboot = progress(BootState::Discovered, "dhcp", 5_000);
+    let next = advance(Some(&booting), &reboot, Source::Provisioner, "p1", None).unwrap();
+    assert_eq!(next.state, "discovered");
+}

@@ -86,6 +86,27 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     );
     println!("  try:             glory cluster    glory nodes --state down    glory groups");
     println!("  pools:           glory tenants create t    glory pools create p --tenant t --component fs --size 10 --spread groups");
+    if let Some(lab) = &up.lab {
+        println!(
+            "  lab:             namespace {} (boot network {}/24 on {}), provisioner http://{}",
+            lab.netns,
+            lab.host_ip,
+            lab.host_if,
+            up.provisioner_http
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        for vm in &lab.vms {
+            println!(
+                "    {}  {}  {}  console {}",
+                vm.name,
+                vm.mac,
+                if vm.uefi { "UEFI" } else { "BIOS" },
+                vm.console.display()
+            );
+        }
+        println!("  watch them boot: glory boot --watch    power: glory power mac:<MAC> off|on");
+    }
     println!("Ctrl-C stops it.");
     let shutdown = glory_protocol::process::shutdown_on_signal();
     shutdown.cancelled().await;

@@ -9,11 +9,16 @@
 //!   up at once, down only to the highest recommendation of the window, a rate limit
 //!   per minute, never outside min..max; each decision with its inputs and reason.
 //!
+//! - [`balancer`]: L4 balancer drivers; `haproxy` changes a running HAProxy through
+//!   its runtime API (add, weight, drain, remove; no reload), the plan pure.
+//!
 //! Not built yet: the reconcile loop in the active cluster master, the agents' side of
-//! instances, health checks, the API and CLI, and the balancer drivers.
+//! instances, health checks, the API and CLI, and the nftables, IPVS and keepalived
+//! drivers.
 //!
 //! Architecture invariant: depends on no workspace crate yet; decisions are pure.
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
+pub mod balancer;
 pub mod spec;

@@ -14,9 +14,10 @@ cd "$(dirname "$0")"
 # iPXE boot programs and NIC ROMs, OVMF (UEFI), Debian's kernel and busybox (the
 # enrollment environment is built from them); power drivers are tested against
 # OpenIPMI's ipmi_sim with ipmitool, and sushy-tools' Redfish emulator (PyPI, below).
-# Services' haproxy balancer driver changes a real HAProxy through its runtime API.
+# Services' balancer drivers: a real HAProxy changed through its runtime API, and
+# keepalived's own configuration check.
 APT_PACKAGES=(etcd-server protobuf-compiler python3-venv prometheus prometheus-alertmanager chromium chromium-driver
-    ipxe ovmf linux-image-amd64 busybox-static openipmi ipmitool iproute2 haproxy)
+    ipxe ovmf linux-image-amd64 busybox-static openipmi ipmitool iproute2 haproxy keepalived)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

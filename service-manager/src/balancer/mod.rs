@@ -2,10 +2,13 @@
 //! balancer's backends equal a wanted set; removals drain first.
 //!
 //! - [`haproxy`]: a running HAProxy changed through its runtime API (no reload).
+//! - [`keepalived`]: keepalived's LVS configuration, validated by `keepalived -t`,
+//!   then a reload.
 //!
-//! To come (issue 18): nftables, IPVS (generic netlink) and keepalived.
+//! To come (issue 18): nftables and IPVS (generic netlink).
 
 pub mod haproxy;
+pub mod keepalived;
 
 use std::net::SocketAddr;
 

@@ -196,18 +196,10 @@ fn load_identity(data_dir: &Path) -> anyhow::Result<Option<TlsIdentity>> {
 }
 
 fn save_identity(data_dir: &Path, identity: &TlsIdentity) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
-    let path = identity_path(data_dir);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("create {}", path.display()))?;
-    file.write_all(&serde_json::to_vec_pretty(identity)?)?;
+    glory_protocol::process::write_private(
+        &identity_path(data_dir),
+        &serde_json::to_vec_pretty(identity)?,
+    )?;
     Ok(())
 }
 

@@ -59,24 +59,7 @@ impl IdentityStore for FileStore {
     }
 
     fn save(&self, identity: &AgentIdentity) -> anyhow::Result<()> {
-        use anyhow::Context;
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("create {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec_pretty(identity)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("write {}", self.path.display()))?;
+        glory_protocol::process::write_private(&self.path, &serde_json::to_vec_pretty(identity)?)?;
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! Process plumbing shared by the thin binaries: logging setup, signals, exit codes.
+//! Process plumbing shared by the thin binaries: logging setup, signals, exit codes,
+//! private files (identities, keys).
 
 use std::process::ExitCode;
 
@@ -46,5 +47,51 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Write `bytes` to `path` readable by the owner only (mode 0600), atomically: a
+/// temporary file beside it, synced, then renamed; the directory is created if needed.
+/// For identities and keys.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let annotate = |what: &str, p: &std::path::Path, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| annotate("create", dir, e))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| annotate("create", &tmp, e))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).map_err(|e| annotate("write", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn private_files_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("key.json");
+        super::write_private(&path, b"one").unwrap();
+        super::write_private(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 }

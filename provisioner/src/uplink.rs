@@ -128,8 +128,10 @@ pub async fn identity(
                     key_pem,
                     ca_pem: enrolled.ca_pem,
                 };
-                std::fs::create_dir_all(state_dir)?;
-                write_private(&path, &serde_json::to_vec_pretty(&identity)?)?;
+                glory_protocol::process::write_private(
+                    &path,
+                    &serde_json::to_vec_pretty(&identity)?,
+                )?;
                 info!(provisioner = %name, "enrolled with the cluster master");
                 return Ok(identity);
             }
@@ -148,20 +150,6 @@ pub async fn identity(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
-    file.write_all(bytes)?;
-    Ok(())
 }
 
 /// Start the link; it runs until `shutdown`.

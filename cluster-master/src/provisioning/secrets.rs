@@ -3,7 +3,6 @@
 //! A key master dump or backup then holds no password in clear; the API never returns
 //! one and nothing logs one.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -35,7 +34,8 @@ impl SecretsKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = vec![0u8; 32];
                 rand::rng().fill_bytes(&mut bytes);
-                write_private(path, &hex::encode(&bytes))?;
+                glory_protocol::process::write_private(path, hex::encode(&bytes).as_bytes())
+                    .with_context(|| format!("write {}", path.display()))?;
                 bytes
             }
             Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
@@ -77,25 +77,6 @@ impl SecretsKey {
             })?;
         String::from_utf8(plain).map_err(|_| "the stored password is not UTF-8".to_string())
     }
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("create {}", tmp.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

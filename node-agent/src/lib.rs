@@ -11,6 +11,7 @@ pub mod config;
 mod dialer;
 pub mod host;
 pub mod identity;
+pub mod instances;
 pub mod node_identity;
 pub mod probes;
 pub mod processes;

@@ -12,6 +12,11 @@
 //!
 //! On a simulated host nothing is executed: the process is recorded as running until it
 //! is stopped or the simulated server loses power.
+//!
+//! A service instance (a spec with [`glory_protocol::InstanceSpec`]) also has a port
+//! (picked here when the service says 0), health checks ([`crate::instances`]) and a
+//! graceful stop: it runs in its own process group, which gets SIGTERM, then SIGKILL
+//! after the stop timeout. A simulated instance is healthy at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
@@ -23,6 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn};
 
+use crate::instances::{check_once, pick_port, simulated_port, with_port, HealthTracker};
 use crate::restart::{RestartDecision, RestartPolicy, Restarts};
 
 /// `PATH` of a process whose spec does not set one.
@@ -68,6 +74,8 @@ struct Entry {
     /// Ends what is under way for this entry: the running process's waiter (which
     /// kills it) or a pending restart. Dropping it does the same.
     cancel: Option<oneshot::Sender<()>>,
+    /// A service instance's port, fixed for the epoch (restarts keep it).
+    port: Option<u16>,
 }
 
 impl Entry {
@@ -162,9 +170,30 @@ impl Supervisor {
             restarts: Restarts::new(self.policy),
             output: Arc::default(),
             cancel: None,
+            port: None,
         };
+        if let Some(instance) = &entry.spec.instance {
+            let port = match instance.port {
+                0 if self.simulated => Ok(simulated_port(&id)),
+                0 => pick_port(),
+                port => Ok(port),
+            };
+            match port {
+                Ok(port) => entry.port = Some(port),
+                Err(e) => warn!(process = %id, error = %e, "no free port for the instance"),
+            }
+            entry.report.port = entry.port;
+        }
         if self.simulated || entry.spec.command.is_empty() {
             entry.report.run = 1;
+            if entry.spec.instance.is_some() {
+                entry.report.health = Some(glory_protocol::HealthStatus {
+                    healthy: true,
+                    failures: 0,
+                    detail: "simulated host: healthy".into(),
+                    since_ms: glory_protocol::now_ms(),
+                });
+            }
             entry.report.detail = if self.simulated {
                 "simulated host: recorded as running".into()
             } else {
@@ -186,16 +215,31 @@ impl Supervisor {
     fn launch(self: &Arc<Self>, entry: &mut Entry) {
         let spec = &entry.spec;
         entry.report.run += 1;
-        let mut command = tokio::process::Command::new(&spec.command[0]);
+        entry.report.health = None;
+        let port = entry.port;
+        let word = |w: &String| match port {
+            Some(p) => with_port(w, p),
+            None => w.clone(),
+        };
+        let env: std::collections::BTreeMap<String, String> =
+            spec.env.iter().map(|(k, v)| (k.clone(), word(v))).collect();
+        let mut command = tokio::process::Command::new(word(&spec.command[0]));
         command
-            .args(&spec.command[1..])
+            .args(spec.command[1..].iter().map(word))
             .env_clear()
             .env("PATH", DEFAULT_PATH)
-            .envs(&spec.env)
+            .envs(&env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(p) = port {
+            command.env("PORT", p.to_string());
+        }
+        if spec.instance.is_some() {
+            // Its own process group, so a stop reaches whatever it started.
+            command.process_group(0);
+        }
         let now = Instant::now();
         match command.spawn() {
             Ok(mut child) => {
@@ -225,13 +269,26 @@ impl Supervisor {
                 entry.report.restart_in_ms = None;
                 entry.report.output = entry.output_lines();
                 info!(process = %spec.id, epoch = spec.epoch, run = entry.report.run, pid = ?entry.report.pid, "process started");
+                let instance = spec.instance.as_ref();
+                let stop_timeout = instance.map(|i| Duration::from_millis(i.stop_timeout_ms));
+                if let (Some(check), Some(port)) = (instance.and_then(|i| i.health.clone()), port) {
+                    tokio::spawn(health_loop(
+                        Arc::downgrade(self),
+                        spec.id.clone(),
+                        spec.epoch,
+                        entry.report.run,
+                        port,
+                        check,
+                        env,
+                    ));
+                }
                 tokio::spawn(wait(
                     Arc::downgrade(self),
                     spec.id.clone(),
                     spec.epoch,
                     entry.report.run,
                     child,
-                    rx,
+                    (rx, stop_timeout),
                     readers,
                 ));
             }
@@ -315,6 +372,7 @@ impl Supervisor {
         };
         entry.report.state = ProcessState::Exited { code };
         entry.report.pid = None;
+        entry.report.health = None;
         entry.report.last_exit = Some(ProcessExit {
             code,
             signal,
@@ -325,6 +383,33 @@ impl Supervisor {
         self.schedule_restart(entry, decision);
         let report = entry.report.clone();
         self.record(&mut inner, report);
+    }
+
+    /// A health check of run `run` of `id` at `epoch` changed the instance's health.
+    fn health_changed(&self, id: &str, epoch: u64, run: u32, status: glory_protocol::HealthStatus) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.procs.get_mut(id) else {
+            return;
+        };
+        if entry.spec.epoch != epoch || entry.report.run != run {
+            return;
+        }
+        if status.healthy {
+            info!(process = %id, epoch, detail = %status.detail, "instance healthy");
+        } else {
+            warn!(process = %id, epoch, failures = status.failures, detail = %status.detail, "instance unhealthy");
+        }
+        entry.report.health = Some(status);
+        entry.report.output = entry.output_lines();
+        let report = entry.report.clone();
+        self.record(&mut inner, report);
+    }
+
+    /// Whether run `run` of `id` at `epoch` is the one running now.
+    fn is_running(&self, id: &str, epoch: u64, run: u32) -> bool {
+        self.lock().procs.get(id).is_some_and(|e| {
+            e.spec.epoch == epoch && e.report.run == run && e.report.state == ProcessState::Running
+        })
     }
 
     /// Stop process `id` if its epoch is at most `epoch`.
@@ -342,6 +427,7 @@ impl Supervisor {
             entry.report.pid = None;
             entry.report.restart_in_ms = None;
             entry.report.failing = false;
+            entry.report.health = None;
             entry.report.output = entry.output_lines();
             entry.report.detail = "stopped by the cluster master".into();
             let report = entry.report;
@@ -360,21 +446,73 @@ impl Drop for Supervisor {
     }
 }
 
-/// Wait for a run to end (or to be told to kill it), then report the exit.
+/// Check an instance's health while run `run` is the one running; report changes.
+async fn health_loop(
+    supervisor: Weak<Supervisor>,
+    id: String,
+    epoch: u64,
+    run: u32,
+    port: u16,
+    check: glory_protocol::HealthCheck,
+    env: std::collections::BTreeMap<String, String>,
+) {
+    let timeout = Duration::from_millis(check.timeout_ms.max(1));
+    let kind = check.kind.clone();
+    let mut tracker = HealthTracker::new(check, Instant::now());
+    loop {
+        tokio::time::sleep(tracker.next_check_in()).await;
+        if !supervisor
+            .upgrade()
+            .is_some_and(|s| s.is_running(&id, epoch, run))
+        {
+            return;
+        }
+        let (ok, detail) = match check_once(&kind, port, timeout, &env).await {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        let now_ms = glory_protocol::now_ms();
+        if let Some(status) = tracker.observe(ok, detail, Instant::now(), now_ms) {
+            match supervisor.upgrade() {
+                Some(s) => s.health_changed(&id, epoch, run, status),
+                None => return,
+            }
+        }
+    }
+}
+
+/// Wait for a run to end (or to be told to kill it), then report the exit. A service
+/// instance (a stop timeout given) is stopped gracefully: SIGTERM to its process
+/// group, SIGKILL to the group after the timeout.
 async fn wait(
     supervisor: Weak<Supervisor>,
     id: String,
     epoch: u64,
     run: u32,
     mut child: tokio::process::Child,
-    kill: oneshot::Receiver<()>,
+    (kill, stop_timeout): (oneshot::Receiver<()>, Option<Duration>),
     readers: Vec<tokio::task::JoinHandle<()>>,
 ) {
     let status = tokio::select! {
         status = child.wait() => status,
         // Stopped, replaced, or the supervisor is gone (the sender was dropped).
         _ = kill => {
-            let _ = child.kill().await;
+            match (stop_timeout, child.id()) {
+                (Some(grace), Some(pid)) => {
+                    use nix::sys::signal::{killpg, Signal};
+                    let group = nix::unistd::Pid::from_raw(pid as i32);
+                    let _ = killpg(group, Signal::SIGTERM);
+                    let ended = tokio::time::timeout(grace, child.wait()).await.is_ok();
+                    if !ended {
+                        warn!(process = %id, epoch, ?grace, "instance ignored SIGTERM; killing it");
+                    }
+                    let _ = killpg(group, Signal::SIGKILL);
+                    let _ = child.kill().await;
+                }
+                _ => {
+                    let _ = child.kill().await;
+                }
+            }
             return;
         }
     };
@@ -432,216 +570,4 @@ async fn capture(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ID: &str = "pool/p/master";
-
-    fn spec(epoch: u64, command: &[&str]) -> ProcessSpec {
-        ProcessSpec {
-            id: ID.into(),
-            epoch,
-            command: command.iter().map(|s| s.to_string()).collect(),
-            env: [("GLORY_EPOCH".to_string(), epoch.to_string())].into(),
-        }
-    }
-
-    /// Restarts fast enough for tests: 50 ms, 100 ms, 200 ms ...
-    fn quick() -> RestartPolicy {
-        RestartPolicy {
-            first_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(400),
-            stable_after: Duration::from_secs(30),
-            failing_after: 3,
-        }
-    }
-
-    /// Wait until the supervised process satisfies `check`, or fail saying what it was.
-    async fn wait_for(
-        s: &Supervisor,
-        what: &str,
-        check: impl Fn(&ProcessReport) -> bool,
-    ) -> ProcessReport {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let state = s.state(ID);
-            if let Some(r) = state.as_ref().filter(|r| check(r)) {
-                return r.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; state: {state:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn simulated_processes_are_recorded_and_epochs_fence() {
-        let s = Supervisor::new(true);
-        s.start(spec(2, &["fs-master"]));
-        assert_eq!(s.state(ID).unwrap().state, ProcessState::Running);
-        s.start(spec(1, &["fs-master"])); // older epoch: ignored
-        assert_eq!(s.state(ID).unwrap().epoch, 2);
-        s.stop(ID, 1); // older epoch: ignored
-        assert!(s.state(ID).is_some());
-        s.stop(ID, 2);
-        assert!(s.state(ID).is_none());
-        let reports = s.take_unsent();
-        assert_eq!(reports.len(), 2);
-        assert_eq!(reports[1].state, ProcessState::Exited { code: None });
-    }
-
-    #[tokio::test]
-    async fn an_exiting_process_is_restarted_with_backoff_and_reported_failing() {
-        let s = Supervisor::with_policy(false, quick());
-        s.start(spec(
-            1,
-            &[
-                "sh",
-                "-c",
-                "echo boom; echo oops >&2; test \"$GLORY_EPOCH\" = 1 && exit 7",
-            ],
-        ));
-        let first = s.take_unsent();
-        assert_eq!(first[0].state, ProcessState::Running);
-        assert!(first[0].pid.is_some());
-        assert_eq!(first[0].run, 1);
-        // Every exit and every restart is reported, in order, with growing delays; the
-        // reports are read as they come so a slow machine cannot skip one.
-        let mut reports = first;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !reports.iter().any(|r| r.failing) {
-            assert!(Instant::now() < deadline, "never failing: {reports:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            reports.extend(s.take_unsent());
-        }
-        let failing = reports.iter().find(|r| r.failing).unwrap().clone();
-        assert_eq!(failing.state, ProcessState::Exited { code: Some(7) });
-        assert_eq!(failing.epoch, 1, "restarts keep the epoch");
-        assert_eq!((failing.run, failing.failures), (3, 3));
-        assert_eq!(failing.restart_in_ms, Some(200));
-        assert_eq!(failing.last_exit.as_ref().and_then(|e| e.code), Some(7));
-        assert!(
-            failing.output.contains(&"boom".to_string()),
-            "{:?}",
-            failing.output
-        );
-        assert!(
-            failing.output.contains(&"oops".to_string()),
-            "{:?}",
-            failing.output
-        );
-        let delays: Vec<u64> = reports.iter().filter_map(|r| r.restart_in_ms).collect();
-        assert_eq!(delays, [50, 100, 200]);
-        let runs: Vec<u32> = reports.iter().map(|r| r.run).collect();
-        assert_eq!(
-            runs,
-            [1, 1, 2, 2, 3, 3],
-            "start, exit, restart, exit, restart, exit"
-        );
-        s.take_unsent();
-        // A repeated start of the same epoch only confirms; a stop ends the restarts.
-        s.start(spec(1, &["sh", "-c", "exit 7"]));
-        let confirmed = s.take_unsent();
-        assert!(
-            !confirmed.is_empty() && confirmed.iter().all(|r| r.epoch == 1 && r.failures >= 3),
-            "a confirmation, not a fresh start: {confirmed:?}"
-        );
-        s.stop(ID, 1);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(s.state(ID).is_none());
-        assert!(
-            s.take_unsent()
-                .iter()
-                .all(|r| r.state != ProcessState::Running),
-            "nothing restarted after the stop"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_program_that_cannot_start_is_retried_and_fails() {
-        let s = Supervisor::with_policy(false, quick());
-        s.start(spec(2, &["/nonexistent/program"]));
-        let r = s.state(ID).unwrap();
-        assert_eq!(r.state, ProcessState::Failed);
-        assert_eq!(r.restart_in_ms, Some(50));
-        assert!(r.last_exit.unwrap().detail.contains("cannot start"));
-        let r = wait_for(&s, "failing", |r| r.failing).await;
-        assert_eq!((r.state, r.run), (ProcessState::Failed, 3));
-    }
-
-    #[tokio::test]
-    async fn processes_get_a_clean_environment() {
-        std::env::set_var("GLORY_TOKEN_AGENT_UNIT_TEST", "secret");
-        let s = Supervisor::with_policy(false, quick());
-        let mut with_env = spec(1, &["sh", "-c", "env; exit 3"]);
-        with_env.env.insert("CONFIGURED".into(), "yes".into());
-        s.start(with_env);
-        let r = wait_for(&s, "the first exit", |r| r.last_exit.is_some()).await;
-        let mut env = r.output.clone();
-        env.sort();
-        env.retain(|l| {
-            l != "PWD="
-                && !l.starts_with("PWD=")
-                && !l.starts_with("SHLVL=")
-                && l != "_=/usr/bin/env"
-        });
-        assert_eq!(
-            env,
-            [
-                "CONFIGURED=yes".to_string(),
-                "GLORY_EPOCH=1".to_string(),
-                format!("PATH={DEFAULT_PATH}"),
-            ],
-            "only the spec's variables and a default PATH (sh adds PWD, SHLVL and _)"
-        );
-        s.stop(ID, 1);
-    }
-
-    #[tokio::test]
-    async fn a_stopped_process_is_killed() {
-        let s = Supervisor::new(false);
-        s.start(spec(3, &["sleep", "30"]));
-        let pid = s.state(ID).unwrap().pid.unwrap();
-        s.stop(ID, 3);
-        wait_gone(pid, "still runs after the stop").await;
-    }
-
-    #[tokio::test]
-    async fn dropping_the_supervisor_kills_its_processes() {
-        let s = Supervisor::new(false);
-        s.start(spec(1, &["sleep", "30"]));
-        let pid = s.state(ID).unwrap().pid.unwrap();
-        drop(s);
-        wait_gone(pid, "outlived its supervisor").await;
-    }
-
-    /// Wait (up to 10 s) until process `pid` is gone or a zombie; else fail with `why`.
-    async fn wait_gone(pid: u32, why: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let gone = || {
-            !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z"))
-        };
-        while !gone() {
-            assert!(Instant::now() < deadline, "process {pid} {why}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    #[test]
-    fn output_keeps_the_last_lines_within_bounds() {
-        let mut out = Output::default();
-        for i in 0..100 {
-            out.push(format!("line {i}"));
-        }
-        assert_eq!(out.lines().len(), OUTPUT_LINES);
-        assert_eq!(out.lines().last().unwrap(), "line 99");
-        for _ in 0..30 {
-            out.push("x".repeat(OUTPUT_LINE_BYTES));
-        }
-        assert!(out.bytes <= OUTPUT_BYTES && out.lines().len() == OUTPUT_BYTES / OUTPUT_LINE_BYTES);
-    }
-}
+mod tests;

@@ -353,6 +353,55 @@ pub struct ProcessSpec {
     /// Program and arguments; empty: nothing to run, the node only holds the role.
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// A service instance's port, health check and graceful stop (absent for component
+    /// masters, which are killed at once when stopped).
+    #[serde(default)]
+    pub instance: Option<InstanceSpec>,
+}
+
+/// What makes a supervised process a service instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// The port it listens on; 0: the agent picks a free one. `{port}` in the command
+    /// and the environment's values is replaced by it, and `PORT` set to it.
+    pub port: u16,
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+    /// A stop sends SIGTERM to the process group, then SIGKILL after this long.
+    pub stop_timeout_ms: u64,
+}
+
+/// How the agent checks an instance's health, every `interval_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Failed checks in a row before the instance is unhealthy.
+    pub failures: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// A TCP connection to the instance's port on the loopback address.
+    Tcp,
+    /// `GET path` answered with a 2xx or 3xx status.
+    Http { path: String },
+    /// The command exits 0 (run with the instance's environment).
+    Exec { command: Vec<String> },
+}
+
+/// An instance's health as its agent last checked it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    pub healthy: bool,
+    /// Consecutive failed checks.
+    pub failures: u32,
+    /// The last check's result, for people.
+    pub detail: String,
+    /// When `healthy` last changed, ms since the Unix epoch.
+    pub since_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,6 +448,13 @@ pub struct ProcessReport {
     /// The last lines the process wrote to stdout and stderr (bounded by the agent).
     #[serde(default)]
     pub output: Vec<String>,
+    /// A service instance's port (the one the agent picked when the spec said 0).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// A service instance's health; `None` until its first check ended (or when it has
+    /// no health check).
+    #[serde(default)]
+    pub health: Option<HealthStatus>,
 }
 
 impl ProcessReport {
@@ -416,6 +472,8 @@ impl ProcessReport {
             restart_in_ms: None,
             last_exit: None,
             output: Vec::new(),
+            port: None,
+            health: None,
         }
     }
 }

@@ -155,6 +155,7 @@ impl Cluster {
                 epoch: master.epoch,
                 command: spec.command.iter().map(|w| values.apply(w)).collect(),
                 env,
+                instance: None,
             }),
         );
         self.pools

@@ -21,4 +21,6 @@
 
 pub mod autoscale;
 pub mod balancer;
+pub mod model;
+pub mod reconcile;
 pub mod spec;

@@ -14,10 +14,10 @@ cd "$(dirname "$0")"
 # iPXE boot programs and NIC ROMs, OVMF (UEFI), Debian's kernel and busybox (the
 # enrollment environment is built from them); power drivers are tested against
 # OpenIPMI's ipmi_sim with ipmitool, and sushy-tools' Redfish emulator (PyPI, below).
-# Services' balancer drivers: a real HAProxy changed through its runtime API, and
-# keepalived's own configuration check.
+# Services' balancer drivers: a real HAProxy changed through its runtime API,
+# keepalived's own configuration check, and nft for the nftables driver's kernel rules.
 APT_PACKAGES=(etcd-server protobuf-compiler python3-venv prometheus prometheus-alertmanager chromium chromium-driver
-    ipxe ovmf linux-image-amd64 busybox-static openipmi ipmitool iproute2 haproxy keepalived)
+    ipxe ovmf linux-image-amd64 busybox-static openipmi ipmitool iproute2 haproxy keepalived nftables)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -143,6 +143,8 @@ pub struct ClusterMasterSettings {
     pub boot_cluster_masters: Vec<SocketAddr>,
     pub secrets_key_file: PathBuf,
     pub power_per_group_per_second: u32,
+    /// Where the balancers the master owns keep their files: `<data_dir>/balancers`.
+    pub balancer_dir: PathBuf,
 }
 
 impl ClusterMasterConfig {
@@ -209,6 +211,7 @@ impl ClusterMasterConfig {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("secrets.key")),
             power_per_group_per_second: self.power_actions_per_group_per_second,
+            balancer_dir: self.data_dir.join("balancers"),
             alert_webhooks: self.alert_webhooks.clone(),
             alertmanagers: self
                 .alertmanagers

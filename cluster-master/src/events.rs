@@ -138,6 +138,36 @@ pub enum EventData {
         node: String,
         reason: String,
     },
+    ServiceCreated {
+        service: String,
+    },
+    ServiceDeleted {
+        service: String,
+    },
+    /// Changed by an operator: `updated`, `start`, `stop`, `restart` or `scale`.
+    ServiceChanged {
+        service: String,
+        change: String,
+        desired: u32,
+    },
+    /// The reconciler acted on an instance: `placed`, `failed`, `draining`,
+    /// `removed`, `stopped`, `restarted`, `unplaced` or `restart_done`.
+    ServiceInstance {
+        service: String,
+        action: String,
+        instance: String,
+        node: String,
+        reason: String,
+    },
+    /// The autoscaler changed the instance count.
+    ServiceScaled {
+        service: String,
+        from: u32,
+        to: u32,
+        metric: String,
+        value: Option<f64>,
+        reason: String,
+    },
     /// An alert started firing.
     AlertFiring(AlertEvent),
     /// A firing alert resolved.
@@ -197,6 +227,11 @@ impl EventData {
             EventData::AlertResolved(_) => "alert_resolved",
             EventData::BootChanged { .. } => "boot_changed",
             EventData::PowerChanged { .. } => "power_changed",
+            EventData::ServiceCreated { .. } => "service_created",
+            EventData::ServiceDeleted { .. } => "service_deleted",
+            EventData::ServiceChanged { .. } => "service_changed",
+            EventData::ServiceInstance { .. } => "service_instance",
+            EventData::ServiceScaled { .. } => "service_scaled",
         }
     }
 }

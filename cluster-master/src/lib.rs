@@ -23,6 +23,7 @@ pub mod pools;
 mod provisioning;
 mod registry;
 mod role;
+mod services;
 mod sessions;
 
 use std::net::SocketAddr;
@@ -363,6 +364,8 @@ pub async fn start(
         shutdown.clone(),
     ));
     tasks.spawn(pools::reconciler(cluster.clone(), shutdown.clone()));
+    tasks.spawn(services::reconciler(cluster.clone(), shutdown.clone()));
+    tasks.spawn(services::autoscaler(cluster.clone(), shutdown.clone()));
     {
         let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -75,6 +75,12 @@ pub const SILENCES_PREFIX: &str = "/glory/silences/";
 pub const BOOT_PREFIX: &str = "/glory/boot/";
 pub const BMC_PREFIX: &str = "/glory/bmc/";
 pub const PROVISIONERS_PREFIX: &str = "/glory/provisioners/";
+/// Services (`glory_service_manager::model::ServiceRecord`, JSON), by name.
+pub const SERVICES_PREFIX: &str = "/glory/services/";
+
+pub fn service_key(name: &str) -> String {
+    format!("{SERVICES_PREFIX}{name}")
+}
 
 pub fn node_key(node: &str) -> String {
     format!("{NODES_PREFIX}{node}")

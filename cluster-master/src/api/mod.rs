@@ -30,6 +30,7 @@ mod nodes;
 mod openapi;
 mod pools;
 mod power;
+mod services;
 mod session;
 mod sim;
 mod tenants;
@@ -59,6 +60,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let api = operator
         .merge(tenants::routes())
         .merge(pools::routes())
+        .merge(services::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
             auth::authenticate,

@@ -93,6 +93,8 @@ pub struct Cluster {
     pub(crate) secrets: crate::provisioning::SecretsKey,
     /// Last power state seen per target.
     pub(crate) power: crate::provisioning::power::PowerStates,
+    /// Services, their balancers and autoscalers.
+    pub(crate) services: crate::services::ServiceState,
 }
 
 impl Cluster {
@@ -179,6 +181,10 @@ impl Cluster {
             .context("load boot records")?;
         let secrets = crate::provisioning::SecretsKey::load_or_create(&settings.secrets_key_file)
             .context("secrets key")?;
+        let services =
+            crate::services::ServiceState::load(km.as_ref(), settings.balancer_dir.clone())
+                .await
+                .context("load services")?;
         // Until their group masters report, nobody knows how live nodes are.
         let now = glory_protocol::now_ms();
         let mut stale = Vec::new();
@@ -225,6 +231,7 @@ impl Cluster {
             provisioning,
             secrets,
             power: Default::default(),
+            services,
         });
         Ok((cluster, status_rx))
     }

@@ -112,7 +112,7 @@ impl Cluster {
         }
     }
 
-    fn send_to_agent(&self, node: &str, msg: GroupToAgent) {
+    pub(crate) fn send_to_agent(&self, node: &str, msg: GroupToAgent) {
         let reg = self.read();
         let Some(group) = reg.nodes.get(node).map(|n| n.record.group.clone()) else {
             return;

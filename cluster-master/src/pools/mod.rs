@@ -89,7 +89,7 @@ pub(crate) struct PoolState {
     /// Serialises this master's pool writes (the key master serialises masters).
     write: tokio::sync::Mutex<()>,
     /// Last process report per (node, process id).
-    processes: Mutex<HashMap<(String, String), ProcessReport>>,
+    pub(crate) processes: Mutex<HashMap<(String, String), ProcessReport>>,
     /// When a master's start was last sent, per pool.
     start_sent: Mutex<HashMap<String, (u64, Instant)>>,
     /// (pool, node) pairs whose replacement failed for lack of nodes (reported once).

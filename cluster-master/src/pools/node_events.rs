@@ -30,6 +30,7 @@ impl Cluster {
                 pool_event(node.to_string(), to),
             );
             self.pool_changed.notify_one();
+            self.services.changed.notify_one();
         }
     }
 }

@@ -46,6 +46,7 @@ impl Cluster {
             }
         }
         self.pool_changed.notify_one();
+        self.services.changed.notify_one();
         if let Some(record) = changed_record {
             // Compared with the identity's key like a label change, so a node removed
             // meanwhile is not written back.
@@ -67,5 +68,6 @@ impl Cluster {
         }
         drop(procs);
         self.pool_changed.notify_one();
+        self.services.changed.notify_one();
     }
 }

@@ -4,11 +4,15 @@
 //! - [`haproxy`]: a running HAProxy changed through its runtime API (no reload).
 //! - [`keepalived`]: keepalived's LVS configuration, validated by `keepalived -t`,
 //!   then a reload.
-//!
-//! To come (issue 18): nftables and IPVS (generic netlink).
+//! - [`nftables`]: a kernel L4 balancer of nftables DNAT rules (`numgen`/`jhash` maps),
+//!   the whole table replaced in one `nft -j` transaction.
+//! - [`ipvs`]: the kernel's IPVS programmed over generic netlink, as `ipvsadm` does;
+//!   removed destinations drain at weight 0 until idle.
 
 pub mod haproxy;
+pub mod ipvs;
 pub mod keepalived;
+pub mod nftables;
 
 use std::net::SocketAddr;
 

@@ -237,6 +237,12 @@ impl ServiceSpec {
             if b.listen.port() == 0 {
                 bad("balancer.listen", "a fixed port (clients connect to it)")?;
             }
+            if b.driver == BalancerDriver::Nftables && b.algorithm == Algorithm::Leastconn {
+                bad(
+                    "balancer.algorithm",
+                    "the nftables driver cannot count connections: roundrobin or source, or the haproxy driver",
+                )?;
+            }
         }
         Ok(())
     }

@@ -515,3 +515,58 @@ async fn bad_services_are_refused_naming_the_field_and_tenants_see_their_own() -
     cluster.shutdown().await;
     Ok(())
 }
+
+/// The same service behind the kernel's own balancer: nftables DNAT rules on the
+/// master's host (here loopback), changed in one transaction, removed with the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nftables_driver_balances_in_the_kernel() -> anyhow::Result<()> {
+    let (cluster, dir) = setup(2).await?;
+    let api = &cluster.api;
+    let listen = free_tcp();
+    let mut spec = web(&dir, listen, 2, 2, 2);
+    spec["name"] = "web".into();
+    spec["balancer"]["driver"] = "nftables".into();
+    post(api, "/api/v1/services", spec).await?;
+    let (_, items) = wait_service(
+        api,
+        "2 healthy in the kernel balancer",
+        Duration::from_secs(30),
+        |s, i| {
+            healthy_ids(i).len() == 2
+                && s["balancer"]["serving"] == 2
+                && s["balancer"]["error"].is_null()
+        },
+    )
+    .await?;
+    let want = healthy_ids(&items);
+    let seen = wait_until_answering(listen, &want).await?;
+    assert_eq!(seen, want, "both instances answer through the DNAT rules");
+    let table = format!("glory_{}", "web");
+    let listed = std::process::Command::new("nft")
+        .args(["list", "table", "ip", &table])
+        .output()?;
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let (status, _) = api
+        .request(Method::DELETE, "/api/v1/services/web", None)
+        .await?;
+    assert_eq!(status, 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::process::Command::new("nft")
+        .args(["list", "table", "ip", &table])
+        .output()?
+        .status
+        .success()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "table {table} outlived the service"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}

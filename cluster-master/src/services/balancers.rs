@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use glory_service_manager::balancer::haproxy::Haproxy;
+use glory_service_manager::balancer::ipvs::{self, Ipvs};
 use glory_service_manager::balancer::keepalived::{self, Keepalived};
+use glory_service_manager::balancer::nftables::{self, NftBalancer};
 use glory_service_manager::balancer::Backend;
 use glory_service_manager::spec::{Balancer, BalancerDriver};
 use tokio::sync::watch;
@@ -163,6 +165,8 @@ impl Balancers {
 enum Driver {
     Haproxy(Haproxy),
     Keepalived(Keepalived),
+    Nftables(NftBalancer),
+    Ipvs(Box<Ipvs>, ipvs::Service),
 }
 
 async fn start(spec: &Balancer, dir: &std::path::Path) -> anyhow::Result<Driver> {
@@ -177,17 +181,34 @@ async fn start(spec: &Balancer, dir: &std::path::Path) -> anyhow::Result<Driver>
                 dir.join("keepalived.pid"),
             )?))
         }
-        other => {
-            anyhow::bail!("the {other:?} driver cannot run here yet; use haproxy or keepalived")
-        }
+        BalancerDriver::Nftables => Ok(Driver::Nftables(NftBalancer::new(
+            &service_name(dir),
+            spec.listen,
+            spec.algorithm,
+            nftables::Options::default(),
+        )?)),
+        BalancerDriver::Ipvs => Ok(Driver::Ipvs(
+            Box::new(Ipvs::connect().await?),
+            ipvs::Service {
+                listen: spec.listen,
+                algorithm: spec.algorithm,
+            },
+        )),
     }
+}
+
+/// The service a balancer directory belongs to (its last component).
+fn service_name(dir: &std::path::Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Sync `driver` to `wanted`; the backends it has afterwards.
 async fn sync(
     service: &str,
     spec: &Balancer,
-    driver: &Driver,
+    driver: &mut Driver,
     wanted: &[Backend],
 ) -> anyhow::Result<BTreeSet<String>> {
     match driver {
@@ -217,6 +238,25 @@ async fn sync(
             }
             Ok(wanted.iter().map(|b| b.name.clone()).collect())
         }
+        // Kernel balancers: a removed backend gets no new connection at once, and
+        // conntrack (IPVS: its own table) keeps the open ones going.
+        Driver::Nftables(n) => {
+            n.sync(wanted).await?;
+            Ok(wanted.iter().map(|b| b.name.clone()).collect())
+        }
+        Driver::Ipvs(i, svc) => {
+            let report = i.sync(svc, wanted, DRAIN_TIMEOUT).await?;
+            if report != Default::default() {
+                info!(
+                    service,
+                    added = report.added,
+                    removed = report.removed,
+                    cut = report.cut,
+                    "IPVS updated"
+                );
+            }
+            Ok(wanted.iter().map(|b| b.name.clone()).collect())
+        }
     }
 }
 
@@ -242,7 +282,7 @@ async fn run(
 ) {
     let set =
         |f: &dyn Fn(&mut BalancerStatus)| f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
-    let driver = loop {
+    let mut driver = loop {
         match start(&spec, &dir).await {
             Ok(d) => {
                 info!(service = %service, listen = %spec.listen, driver = ?spec.driver, "balancer started");
@@ -282,7 +322,7 @@ async fn run(
             }
         }
         let backends = wanted.borrow_and_update().clone();
-        match sync(&service, &spec, &driver, &backends).await {
+        match sync(&service, &spec, &mut driver, &backends).await {
             Ok(present) => set(&|s| {
                 s.present = Some(present.clone());
                 s.error = None;
@@ -299,8 +339,19 @@ async fn run(
             changed = wanted.changed() => if changed.is_err() { break },
         }
     }
-    if let Driver::Haproxy(h) = driver {
-        h.stop().await;
+    match driver {
+        Driver::Haproxy(h) => h.stop().await,
+        Driver::Nftables(n) => {
+            if let Err(e) = n.stop().await {
+                warn!(service = %service, error = %e, "cannot remove the nftables table");
+            }
+        }
+        Driver::Ipvs(mut i, svc) => {
+            if let Err(e) = i.remove_service(&svc).await {
+                warn!(service = %service, error = %e, "cannot remove the IPVS service");
+            }
+        }
+        Driver::Keepalived(_) => {}
     }
     info!(service = %service, "balancer closed");
 }

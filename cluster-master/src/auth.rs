@@ -103,6 +103,7 @@ mod tests {
             scope: BootstrapScope::Node,
             description: String::new(),
             boot_mac: None,
+            group: None,
         }
     }
 

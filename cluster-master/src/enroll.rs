@@ -239,13 +239,31 @@ impl Cluster {
                 }
                 _ => {
                     let subnets = crate::assign::node_subnets(&inventory);
-                    let group =
-                        assign_group(&reg.group_loads(), &subnets, self.settings.group_size_limit)
+                    let loads = reg.group_loads();
+                    let group = match &token_record.group {
+                        // The token says where its nodes go.
+                        Some(g) => match loads.iter().find(|l| &l.id == g) {
+                            None => {
+                                return Err(refusal(
+                                    RefusalCode::BadRequest,
+                                    format!("the bootstrap token is bound to group {g}, which does not exist"),
+                                ))
+                            }
+                            Some(l) if l.members >= self.settings.group_size_limit => {
+                                return Err(refusal(
+                                    RefusalCode::NoCapacity,
+                                    format!("group {g} (the token's) is full: {} nodes", l.members),
+                                ))
+                            }
+                            Some(_) => g.clone(),
+                        },
+                        None => assign_group(&loads, &subnets, self.settings.group_size_limit)
                             .map_err(|e| match e {
                                 AssignError::NoGroups | AssignError::NoCapacity { .. } => {
                                     refusal(RefusalCode::NoCapacity, e.to_string())
                                 }
-                            })?;
+                            })?,
+                    };
                     let id = Self::node_id_for(&reg, &identity);
                     let record = NodeRecord {
                         v: RECORD_VERSION,

@@ -41,6 +41,9 @@ pub struct UpOptions {
     pub boot_token_ttl_seconds: u64,
     /// The agent put into the enrollment environment (default: beside this binary).
     pub lab_agent_binary: Option<PathBuf>,
+    /// Real agents on this machine (real process supervision, each with its own
+    /// state directory), in a group of their own, for services with real processes.
+    pub real_agents: usize,
 }
 
 impl Default for UpOptions {
@@ -60,6 +63,7 @@ impl Default for UpOptions {
             lab_memory_mib: 512,
             boot_token_ttl_seconds: 600,
             lab_agent_binary: None,
+            real_agents: 0,
         }
     }
 }
@@ -82,6 +86,11 @@ pub struct Up {
     /// When each lab VM was powered on (ms since the epoch), in `lab.vms` order.
     pub lab_powered_on_ms: Vec<u64>,
     provisioner_shutdown: CancellationToken,
+    /// The real agents' group and their node names.
+    pub real_group: Option<String>,
+    pub real_agents: Vec<String>,
+    agents: TaskTracker,
+    agents_shutdown: CancellationToken,
 }
 
 impl Up {
@@ -220,6 +229,28 @@ impl Up {
             groups = options.groups,
             "simulated fleet started"
         );
+        let agents = TaskTracker::new();
+        let agents_shutdown = CancellationToken::new();
+        let (real_group, real_agents) = match options.real_agents {
+            0 => (None, Vec::new()),
+            n => {
+                let group = format!("g{:02}", options.groups);
+                start_real_agents(
+                    &options,
+                    n,
+                    &group,
+                    &cluster,
+                    cm.quic_addr,
+                    master_ip,
+                    &groups,
+                    &groups_shutdown,
+                    &agents,
+                    &agents_shutdown,
+                )
+                .await
+                .map(|names| (Some(group), names))?
+            }
+        };
         let provisioner_shutdown = CancellationToken::new();
         let mut lab = lab;
         let mut lab_powered_on_ms = Vec::new();
@@ -253,6 +284,10 @@ impl Up {
             cm_shutdown,
             groups,
             cm,
+            real_group,
+            real_agents,
+            agents,
+            agents_shutdown,
         })
     }
 
@@ -263,7 +298,10 @@ impl Up {
         drop(self.lab.take());
         self.provisioner_shutdown.cancel();
         self.fleet_shutdown.cancel();
+        self.agents_shutdown.cancel();
+        self.agents.close();
         self.fleet.wait().await;
+        self.agents.wait().await;
         // Let the last `left` transitions travel up before the group masters go.
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.groups_shutdown.cancel();
@@ -271,6 +309,82 @@ impl Up {
         self.cm_shutdown.cancel();
         self.cm.wait().await;
     }
+}
+
+/// `n` real agents (`real-0`...) on this machine, each with its own state directory
+/// under `<data_dir>/agents/`, enrolled with a token bound to a group master of their
+/// own. Their node names.
+#[allow(clippy::too_many_arguments)]
+async fn start_real_agents(
+    options: &UpOptions,
+    n: usize,
+    group: &str,
+    cluster: &glory_cluster_master::Cluster,
+    quic: SocketAddr,
+    master_ip: std::net::IpAddr,
+    groups: &TaskTracker,
+    groups_shutdown: &CancellationToken,
+    agents: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let config = GroupMasterConfig {
+        group: group.to_string(),
+        listen: SocketAddr::new(master_ip, 0),
+        cluster_master: quic,
+        heartbeat_interval_ms: options.heartbeat_interval_ms,
+        down_after_ms: options.down_after_ms,
+        stats_db: Some(options.data_dir.join("stats").join(format!("{group}.db"))),
+        ..Default::default()
+    };
+    let identity = cluster.issue_group_master_identity(group)?;
+    let gm = GroupMaster::bind(config.validate()?, identity)?;
+    let (id, stop) = (group.to_string(), groups_shutdown.clone());
+    groups.spawn(async move {
+        if let Err(e) = gm.serve(stop).await {
+            tracing::error!(group = %id, error = %format!("{e:#}"), "group master failed");
+        }
+    });
+    let wanted = options.groups + 1;
+    while cluster.connected_groups() < wanted {
+        if Instant::now() > deadline {
+            bail!("the real agents' group master {group} did not register");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ca = options.data_dir.join("ca.pem");
+    std::fs::write(&ca, cluster.ca_pem()).with_context(|| format!("write {}", ca.display()))?;
+    let token = cluster
+        .create_group_bootstrap_token(
+            Some(Duration::from_secs(600)),
+            "glory up --real-agents",
+            group,
+        )
+        .await?;
+    let mut names = Vec::new();
+    for i in 0..n {
+        let name = format!("real-{i}");
+        let config = AgentConfig {
+            cluster_master: quic,
+            token: Some(token.clone()),
+            ca_cert: Some(ca.clone()),
+            state_dir: options.data_dir.join("agents").join(&name),
+            node_name: Some(name.clone()),
+            heartbeat_interval_ms: options.heartbeat_interval_ms,
+            max_backoff_ms: 2000,
+            ..Default::default()
+        };
+        let stop = shutdown.clone();
+        let who = name.clone();
+        agents.spawn(async move {
+            if let Err(e) = glory_node_agent::run(config, stop).await {
+                tracing::error!(agent = %who, error = %format!("{e:#}"), "real agent failed");
+            }
+        });
+        names.push(name);
+    }
+    info!(agents = n, group, "real agents started");
+    Ok(names)
 }
 
 /// The lab's provisioner (in this process, enrolled over QUIC with a token of scope

@@ -326,6 +326,10 @@ pub struct BootstrapTokenRecord {
     /// (or is refused with it) ends that boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_mac: Option<String>,
+    /// Nodes that enroll with it join this group (e.g. one per rack, or `glory up
+    /// --real-agents`' own group) instead of the one assignment would choose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// A machine's way from power-on to enrolled, per MAC (`/glory/boot/{mac}`).

@@ -69,15 +69,40 @@ impl Cluster {
             .await
     }
 
-    /// [`Self::create_bootstrap_token`], for one boot of `boot_mac` when given.
+    /// A node token whose nodes join `group` (which must exist when they enroll).
+    pub async fn create_group_bootstrap_token(
+        &self,
+        ttl: Option<Duration>,
+        description: &str,
+        group: &str,
+    ) -> Result<String, KeyMasterError> {
+        let binding = TokenBinding {
+            boot_mac: None,
+            group: Some(group.to_string()),
+        };
+        let (token, _) = self
+            .create_bootstrap_token_for(
+                ttl,
+                false,
+                BootstrapScope::Node,
+                description,
+                Some(binding),
+            )
+            .await?;
+        Ok(token)
+    }
+
+    /// [`Self::create_bootstrap_token`], bound to one boot of a MAC or to a group
+    /// when given.
     pub(crate) async fn create_bootstrap_token_for(
         &self,
         ttl: Option<Duration>,
         single_use: bool,
         scope: BootstrapScope,
         description: &str,
-        boot_mac: Option<String>,
+        binding: Option<TokenBinding>,
     ) -> Result<(String, BootstrapTokenRecord), KeyMasterError> {
+        let binding = binding.unwrap_or_default();
         let (id, secret, token) = auth::new_token("gb-");
         let now = glory_protocol::now_ms();
         let record = BootstrapTokenRecord {
@@ -90,7 +115,8 @@ impl Cluster {
             used: false,
             scope,
             description: description.to_string(),
-            boot_mac,
+            boot_mac: binding.boot_mac,
+            group: binding.group,
         };
         self.km_txn(Txn {
             compares: vec![Compare::absent(schema::bootstrap_token_key(&id))],
@@ -116,4 +142,13 @@ impl Cluster {
         let deleted = self.km.delete(&schema::bootstrap_token_key(id)).await?;
         Ok(deleted > 0)
     }
+}
+
+/// What a bootstrap token is bound to, beyond its scope.
+#[derive(Default)]
+pub(crate) struct TokenBinding {
+    /// One boot of this MAC (minted for a provisioner).
+    pub boot_mac: Option<String>,
+    /// The group its nodes join.
+    pub group: Option<String>,
 }

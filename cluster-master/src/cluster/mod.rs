@@ -4,7 +4,7 @@
 //! the store; state transitions are queued to a writer that coalesces and batches them.
 
 mod api_tokens;
-mod bootstrap_tokens;
+pub(crate) mod bootstrap_tokens;
 mod ca;
 mod group_links;
 mod groups;

@@ -452,7 +452,10 @@ impl Cluster {
             true,
             BootstrapScope::Node,
             &format!("boot of {mac} via provisioner {provisioner}"),
-            Some(mac.to_string()),
+            Some(crate::cluster::bootstrap_tokens::TokenBinding {
+                boot_mac: Some(mac.to_string()),
+                group: None,
+            }),
         )
         .await
     }

@@ -86,6 +86,13 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     );
     println!("  try:             glory cluster    glory nodes --state down    glory groups");
     println!("  pools:           glory tenants create t    glory pools create p --tenant t --component fs --size 10 --spread groups");
+    if let Some(group) = &up.real_group {
+        println!(
+            "  real agents:     {} in group {group}: glory pools create web --tenant t --component custom:web --size {} --groups {group}",
+            up.real_agents.join(" "),
+            up.real_agents.len()
+        );
+    }
     if let Some(lab) = &up.lab {
         println!(
             "  lab:             namespace {} (boot network {}/24 on {}), provisioner http://{}",

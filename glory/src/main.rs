@@ -80,6 +80,11 @@ enum Command {
         /// Lifetime of the bootstrap token minted for each PXE boot, seconds.
         #[arg(long, default_value_t = 600)]
         boot_token_ttl: u64,
+        /// Also start this many real agents on this machine (real processes, each
+        /// with its own state directory), in a group of their own: services with
+        /// real processes run on them.
+        #[arg(long, default_value_t = 0)]
+        real_agents: usize,
     },
     /// Cluster summary: nodes by state, groups, key master.
     Cluster,
@@ -140,6 +145,12 @@ enum Command {
         #[command(subcommand)]
         action: glory::cli_pools::PoolsAction,
     },
+    /// Services: supervised processes on a pool's nodes, health-checked, healed, scaled
+    /// and balanced (`glory services create web --pool p1 -- PROGRAM ARGS`).
+    Services {
+        #[command(subcommand)]
+        action: glory::cli_services::ServicesAction,
+    },
     /// Monitors: what group masters watch and alert on, changed at run time.
     Monitors {
         #[command(subcommand)]
@@ -175,6 +186,10 @@ enum Command {
     /// The agents' process of `glory sim` (spawned by it).
     #[command(hide = true)]
     SimAgents(glory::bench::agents::AgentsArgs),
+    /// Measure the service manager: an instance killed under load, scale-up and
+    /// scale-down reaction (real agents, HAProxy), the reconcile loop's CPU with
+    /// 1,000 services on 10,000 simulated nodes. Prints JSON (docs/BENCHMARKS.md).
+    ServicesBench(glory::bench::services::ServicesBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -390,6 +405,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         lab_uefi,
         lab_memory,
         boot_token_ttl,
+        real_agents,
     } = cli.command
     {
         glory_protocol::process::init_tracing("info,glory_node_agent=error");
@@ -408,6 +424,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lab_memory_mib: lab_memory,
             boot_token_ttl_seconds: boot_token_ttl,
             lab_agent_binary: None,
+            real_agents,
         };
         return c::up(options).await;
     }
@@ -479,6 +496,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    if let Command::ServicesBench(args) = cli.command {
+        glory_protocol::process::init_tracing("warn,glory_node_agent=error");
+        let report = glory::bench::services::run(args).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     if let Command::SimAgents(args) = cli.command {
         glory_protocol::process::init_tracing("error");
         return glory::bench::agents::run(args).await;
@@ -495,6 +518,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { .. }
         | Command::SimAgents(_)
+        | Command::ServicesBench(_)
         | Command::Provision { .. }
         | Command::Sim { action: None, .. } => {
             unreachable!("handled above")
@@ -519,6 +543,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenants { action } => glory::cli_pools::tenants(&client, action, cli.json).await,
         Command::Tokens { action } => glory::cli_pools::tokens(&client, action, cli.json).await,
         Command::Pools { action } => glory::cli_pools::pools(&client, action, cli.json).await,
+        Command::Services { action } => {
+            glory::cli_services::services(&client, action, cli.json).await
+        }
         Command::Monitors { action } => {
             glory::cli_monitoring::monitors(&client, action, cli.json).await
         }

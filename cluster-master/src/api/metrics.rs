@@ -136,6 +136,41 @@ pub(super) async fn scrape(
             samples: per_group(&|g| g.samples_dropped as f64),
         });
     }
+    {
+        use std::sync::atomic::Ordering;
+        let s = &cluster.services;
+        let services = s.all();
+        families.push(Family {
+            name: "glory_services",
+            help: "Services defined.",
+            kind: "gauge",
+            samples: vec![(String::new(), services.len() as f64)],
+        });
+        families.push(Family {
+            name: "glory_service_instances",
+            help: "Instances placed (running, starting, draining or stopped).",
+            kind: "gauge",
+            samples: vec![(
+                String::new(),
+                services.iter().map(|r| r.instances.len()).sum::<usize>() as f64,
+            )],
+        });
+        families.push(Family {
+            name: "glory_services_reconcile_passes_total",
+            help: "Passes of the services reconciler.",
+            kind: "counter",
+            samples: vec![(String::new(), s.passes.load(Ordering::Relaxed) as f64)],
+        });
+        families.push(Family {
+            name: "glory_services_reconcile_cpu_seconds_total",
+            help: "CPU time the services reconciler's passes used.",
+            kind: "counter",
+            samples: vec![(
+                String::new(),
+                s.pass_cpu_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            )],
+        });
+    }
     let alerts = cluster.monitoring.alerts().list();
     let mut by_level = std::collections::BTreeMap::new();
     for a in alerts

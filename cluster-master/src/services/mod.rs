@@ -48,6 +48,9 @@ pub(crate) struct ServiceState {
     pub(crate) balancers: Balancers,
     /// Wakes the reconciler (a service, a process or a node changed).
     pub(crate) changed: tokio::sync::Notify,
+    /// Reconcile passes made, and the CPU time they took (ns; `/metrics`).
+    pub(crate) passes: std::sync::atomic::AtomicU64,
+    pub(crate) pass_cpu_ns: std::sync::atomic::AtomicU64,
 }
 
 impl ServiceState {

@@ -437,6 +437,19 @@ fn process_spec(
     }
 }
 
+/// This thread and the CPU time it used so far.
+fn thread_cpu() -> Option<(std::thread::ThreadId, Duration)> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_THREAD).ok()?;
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    Some((
+        std::thread::current().id(),
+        tv(usage.user_time()) + tv(usage.system_time()),
+    ))
+}
+
 /// Reconcile services on every change and twice a second, until `shutdown`; then
 /// close the balancers (a standby must not keep serving a service's address).
 pub(crate) async fn reconciler(
@@ -451,7 +464,21 @@ pub(crate) async fn reconciler(
             _ = tick.tick() => {}
             _ = cluster.services.changed.notified() => {}
         }
+        let before = thread_cpu();
+        let started = Instant::now();
         cluster.reconcile_services().await;
+        // The pass's CPU time when it stayed on one thread (the usual case: it awaits
+        // only to store a changed record); its wall time otherwise.
+        let spent = match (before, thread_cpu()) {
+            (Some((t0, c0)), Some((t1, c1))) if t0 == t1 => c1.saturating_sub(c0),
+            _ => started.elapsed(),
+        };
+        let s = &cluster.services;
+        s.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.pass_cpu_ns.fetch_add(
+            spent.as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
     cluster.services.balancers.close_all().await;
 }

@@ -16,6 +16,7 @@ mod measure;
 pub mod procstat;
 mod relay;
 pub mod report;
+pub mod services;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! compare-and-swap, the changes become events, unconfirmed starts are repeated, the
 //! balancer gets the healthy instances, and processes nothing wants are stopped.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -174,12 +174,16 @@ impl Cluster {
     /// One pass over every service.
     pub(crate) async fn reconcile_services(&self) {
         let now = glory_protocol::now_ms();
+        // Each pool's nodes once per pass (many services share a pool).
+        let mut pools: HashMap<String, Vec<PoolNode>> = HashMap::new();
         for record in self.services.all() {
             let observed = self.observe(&record);
-            let nodes = self.pool_nodes(&record.spec.pool);
+            let nodes = pools
+                .entry(record.spec.pool.clone())
+                .or_insert_with(|| self.pool_nodes(&record.spec.pool));
             let drained = self.drained(&record);
             let (next, changes) =
-                reconcile(&record, &observed, &nodes, &drained, now, Timing::default());
+                reconcile(&record, &observed, nodes, &drained, now, Timing::default());
             let current = if next != record {
                 let rev = self.services.revision(&record.spec.name);
                 match self.store_service(&next, rev).await {
@@ -199,7 +203,13 @@ impl Cluster {
             };
             self.announce(&current, changes);
             self.drive_processes(&current);
-            self.feed_balancer(&current);
+            // Without a balancer there is nothing to feed, unless one must be closed
+            // (the spec dropped it).
+            if current.spec.balancer.is_some()
+                || self.services.balancers.status(&current.spec.name).is_some()
+            {
+                self.feed_balancer(&current);
+            }
         }
         self.stop_unwanted_instances();
     }

@@ -425,6 +425,32 @@ mod tests {
             },
             EventData::AlertFiring(alert_event()),
             EventData::AlertResolved(alert_event()),
+            EventData::ServiceCreated {
+                service: "s".into(),
+            },
+            EventData::ServiceDeleted {
+                service: "s".into(),
+            },
+            EventData::ServiceChanged {
+                service: "s".into(),
+                change: "scale".into(),
+                desired: 2,
+            },
+            EventData::ServiceInstance {
+                service: "s".into(),
+                action: "placed".into(),
+                instance: "s-1".into(),
+                node: "n".into(),
+                reason: "r".into(),
+            },
+            EventData::ServiceScaled {
+                service: "s".into(),
+                from: 1,
+                to: 2,
+                metric: "cpu.percent".into(),
+                value: Some(90.0),
+                reason: "r".into(),
+            },
         ];
         for data in all {
             let json = serde_json::to_value(&data).unwrap();

@@ -132,7 +132,9 @@ pub fn config(listen: SocketAddr, algorithm: Algorithm, socket: &Path) -> String
     format!(
         "# Written by glory; servers are added and removed through the runtime API.\n\
          global\n    stats socket {socket} mode 600 level admin\n    maxconn 4000\n\n\
-         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\n\
+         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\
+         \x20   # A connection refused by a dying instance is tried on another one.\n\
+         \x20   retries 2\n    option redispatch 1\n\n\
          frontend service\n    bind {listen}\n    default_backend {BACKEND}\n\n\
          backend {BACKEND}\n    balance {balance}\n",
         socket = socket.display(),

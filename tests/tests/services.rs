@@ -18,22 +18,13 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The instance program: answers `GET` with its instance id, says where it serves.
-const SERVER: &str = r#"
-import http.server, os, sys
-name = os.environ["GLORY_INSTANCE"].encode()
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(name)))
-        self.end_headers()
-        self.wfile.write(name)
-    def log_message(self, *a):
-        pass
-print("serving", name.decode(), "on", sys.argv[1], flush=True)
-http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
-"#;
+/// The benchmark's instance program, saying where it serves first.
+fn server_program() -> String {
+    glory::bench::services::SERVER.replace(
+        "http.server.ThreadingHTTPServer(",
+        "print(\"serving\", name.decode(), \"on\", sys.argv[1], flush=True)\nhttp.server.ThreadingHTTPServer(",
+    )
+}
 
 async fn post(api: &ApiClient, path: &str, body: Value) -> anyhow::Result<Value> {
     api.call(Method::POST, path, Some(body)).await
@@ -59,7 +50,7 @@ async fn setup(n: usize) -> anyhow::Result<(TestCluster, tempfile::TempDir)> {
     )
     .await?;
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("server.py"), SERVER)?;
+    std::fs::write(dir.path().join("server.py"), server_program())?;
     Ok((cluster, dir))
 }
 

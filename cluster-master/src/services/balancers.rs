@@ -213,16 +213,7 @@ async fn sync(
 ) -> anyhow::Result<BTreeSet<String>> {
     match driver {
         Driver::Haproxy(h) => {
-            let report = h.sync(wanted, DRAIN_TIMEOUT).await?;
-            if report != Default::default() {
-                info!(
-                    service,
-                    added = report.added,
-                    removed = report.removed,
-                    cut = report.cut,
-                    "balancer updated"
-                );
-            }
+            log_sync(service, "HAProxy", &h.sync(wanted, DRAIN_TIMEOUT).await?);
             Ok(h.servers().await?.into_iter().map(|s| s.name).collect())
         }
         Driver::Keepalived(k) => {
@@ -245,18 +236,22 @@ async fn sync(
             Ok(wanted.iter().map(|b| b.name.clone()).collect())
         }
         Driver::Ipvs(i, svc) => {
-            let report = i.sync(svc, wanted, DRAIN_TIMEOUT).await?;
-            if report != Default::default() {
-                info!(
-                    service,
-                    added = report.added,
-                    removed = report.removed,
-                    cut = report.cut,
-                    "IPVS updated"
-                );
-            }
+            log_sync(service, "IPVS", &i.sync(svc, wanted, DRAIN_TIMEOUT).await?);
             Ok(wanted.iter().map(|b| b.name.clone()).collect())
         }
+    }
+}
+
+fn log_sync(service: &str, what: &str, report: &glory_service_manager::balancer::SyncReport) {
+    if *report != Default::default() {
+        info!(
+            service,
+            added = report.added,
+            removed = report.removed,
+            reweighted = report.reweighted,
+            cut = report.cut,
+            "{what} updated"
+        );
     }
 }
 

@@ -45,8 +45,9 @@ pub struct ServicesBenchArgs {
     pub seconds: u64,
 }
 
-/// The instance program: answers `GET` with its instance id.
-const SERVER: &str = r#"
+/// The instance program of the benchmark and the tests: answers `GET` with its
+/// instance id (`$GLORY_INSTANCE`), serving on the port given as its argument.
+pub const SERVER: &str = r#"
 import http.server, os, sys
 name = os.environ["GLORY_INSTANCE"].encode()
 class H(http.server.BaseHTTPRequestHandler):

@@ -148,14 +148,7 @@ pub struct Haproxy {
     child: Option<tokio::process::Child>,
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SyncReport {
-    pub added: usize,
-    pub removed: usize,
-    pub reweighted: usize,
-    /// Removed servers that still had sessions at the drain timeout.
-    pub cut: usize,
-}
+pub use super::SyncReport;
 
 impl Haproxy {
     /// Write the configuration under `dir` and start HAProxy in the foreground.

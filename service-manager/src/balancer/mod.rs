@@ -16,6 +16,16 @@ pub mod nftables;
 
 use std::net::SocketAddr;
 
+/// What a draining driver's `sync` did (haproxy, ipvs).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub added: usize,
+    pub removed: usize,
+    pub reweighted: usize,
+    /// Removed backends that still had connections at the drain timeout.
+    pub cut: usize,
+}
+
 /// One backend the balancer should send to: an instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backend {

@@ -243,16 +243,9 @@ pub fn refused(what: &str, cmd: u8, reply: &wire::ErrorReply, scheduler: &str) -
     }
 }
 
-/// What `sync` did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SyncReport {
-    pub added: usize,
-    pub removed: usize,
-    pub reweighted: usize,
-    /// Removed destinations that still had active connections at the drain timeout
-    /// (whether those go on then depends on `net.ipv4.vs.expire_nodest_conn`).
-    pub cut: usize,
-}
+/// What `sync` did (`cut`: whether cut connections go on then depends on
+/// `net.ipv4.vs.expire_nodest_conn`).
+pub use super::SyncReport;
 
 /// A generic netlink socket with the IPVS family resolved.
 pub struct Ipvs {

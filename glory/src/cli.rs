@@ -682,7 +682,8 @@ pub async fn bulk_label(
 mod tests {
     use serde_json::json;
 
-    use crate::cli_pools::{api_tokens_table, created_text, pool_text, tenants_table};
+    use crate::cli_pools::{api_tokens_table, created_text, pool_text};
+    use crate::cli_tenants::tenants_table;
     use crate::table::has_raw_epoch_ms;
     use glory_protocol::now_ms;
 

@@ -1,4 +1,4 @@
-//! `glory tenants`, `glory tokens` (API tokens), `glory pools` and `glory nodes label`.
+//! `glory tokens` (API tokens), `glory pools` and `glory nodes label`.
 
 use std::collections::BTreeMap;
 
@@ -10,20 +10,6 @@ use serde_json::{json, Value};
 use crate::cli::{delete, print_json, s};
 use crate::client::{urlencode, ApiClient};
 use crate::table::{render, when_value};
-
-#[derive(Subcommand)]
-pub enum TenantsAction {
-    /// Create a tenant.
-    Create {
-        name: String,
-        #[arg(long, default_value = "")]
-        description: String,
-    },
-    /// List tenants.
-    List,
-    /// Delete a tenant without pools (its API tokens are revoked).
-    Delete { name: String },
-}
 
 #[derive(Subcommand)]
 pub enum TokensAction {
@@ -142,65 +128,6 @@ fn items(v: &Value) -> &[Value] {
 
 fn pool_path(name: &str, rest: &str) -> String {
     format!("/api/v1/pools/{}{rest}", urlencode(name))
-}
-
-pub async fn tenants(
-    client: &ApiClient,
-    action: TenantsAction,
-    as_json: bool,
-) -> anyhow::Result<()> {
-    let r = match action {
-        TenantsAction::Create { name, description } => {
-            client
-                .call(
-                    Method::POST,
-                    "/api/v1/tenants",
-                    Some(json!({"name": name, "description": description})),
-                )
-                .await?
-        }
-        TenantsAction::Delete { name } => {
-            client
-                .call(
-                    Method::DELETE,
-                    &format!("/api/v1/tenants/{}", urlencode(&name)),
-                    None,
-                )
-                .await?
-        }
-        TenantsAction::List => {
-            let r = client.get("/api/v1/tenants").await?;
-            if as_json {
-                print_json(&r["items"]);
-            } else {
-                print!("{}", tenants_table(&r));
-            }
-            return Ok(());
-        }
-    };
-    if as_json {
-        print_json(&r);
-    } else if let Some(d) = r["deleted"].as_str() {
-        println!("tenant {d} deleted");
-    } else {
-        println!("tenant {} created", s(&r["name"]));
-    }
-    Ok(())
-}
-
-/// The table of `glory tenants list`.
-pub fn tenants_table(r: &Value) -> String {
-    let rows: Vec<Vec<String>> = items(r)
-        .iter()
-        .map(|t| {
-            vec![
-                s(&t["name"]),
-                when_value(&t["created_ms"], "-"),
-                s(&t["description"]),
-            ]
-        })
-        .collect();
-    render(&["TENANT", "CREATED", "DESCRIPTION"], &rows)
 }
 
 /// The table of `glory tokens list` (API tokens).

@@ -8,6 +8,7 @@ pub mod cli_monitoring;
 pub mod cli_pools;
 pub mod cli_provision;
 pub mod cli_services;
+pub mod cli_tenants;
 pub mod cli_users;
 pub mod client;
 pub mod lab;

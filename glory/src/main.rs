@@ -132,7 +132,7 @@ enum Command {
     /// Tenants: the owners of pools.
     Tenants {
         #[command(subcommand)]
-        action: glory::cli_pools::TenantsAction,
+        action: glory::cli_tenants::TenantsAction,
     },
     /// API tokens: what people and programs present to the REST API, with a role
     /// (operator, tenant, component). For enrolling machines see `bootstrap-tokens`.
@@ -540,7 +540,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: Some(NodesAction::Label { id, labels }),
             ..
         } => glory::cli_pools::label(&client, &id, &labels, cli.json).await,
-        Command::Tenants { action } => glory::cli_pools::tenants(&client, action, cli.json).await,
+        Command::Tenants { action } => glory::cli_tenants::tenants(&client, action, cli.json).await,
         Command::Tokens { action } => glory::cli_pools::tokens(&client, action, cli.json).await,
         Command::Pools { action } => glory::cli_pools::pools(&client, action, cli.json).await,
         Command::Services { action } => {

@@ -425,6 +425,25 @@ pub struct TenantRecord {
     pub created_ms: u64,
     #[serde(default)]
     pub description: String,
+    /// Its share of the cluster; none: no limit and no guarantee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+}
+
+/// A tenant's guarantee and limits (`PUT /api/v1/tenants/{name}/quota`). A limit that
+/// is absent does not restrict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Nodes the tenant is sure to get (the sum over tenants fits the cluster).
+    #[serde(default)]
+    pub guaranteed_nodes: u64,
+    #[serde(default)]
+    pub max_nodes: Option<u64>,
+    #[serde(default)]
+    pub max_cpus: Option<u64>,
+    #[serde(default)]
+    pub max_memory_gib: Option<u64>,
 }
 
 /// Which nodes may join a pool. Empty fields do not restrict.

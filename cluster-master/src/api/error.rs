@@ -75,6 +75,17 @@ impl From<crate::pools::OpError> for ApiError {
                 }
                 err
             }
+            OpError::Quota(q) => {
+                let mut err = Self::conflict(q.to_string());
+                err.code = "quota_exceeded";
+                err.extra = Some(json!({
+                    "quota": q.limit_name,
+                    "limit": q.limit,
+                    "used": q.used,
+                    "requested": q.requested,
+                }));
+                err
+            }
             OpError::KeyMaster(e) => e.into(),
         }
     }

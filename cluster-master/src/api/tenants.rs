@@ -8,7 +8,7 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use glory_keymaster::schema::{ApiTokenRecord, TenantRecord};
+use glory_keymaster::schema::{ApiTokenRecord, Quota, TenantRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -19,12 +19,57 @@ pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/tenants", get(list_tenants).post(create_tenant))
         .route("/tenants/{name}", get(get_tenant).delete(delete_tenant))
+        .route("/tenants/{name}/quota", get(get_quota).put(put_quota))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", delete(revoke_token))
 }
 
 fn tenant_view(t: &TenantRecord) -> Value {
     json!({"name": t.name, "description": t.description, "created_ms": t.created_ms})
+}
+
+/// A tenant's quota and what it holds.
+fn quota_view(cluster: &crate::cluster::Cluster, t: &TenantRecord) -> Value {
+    let usage = cluster.tenant_usage(&t.name);
+    let q = t.quota.clone().unwrap_or_default();
+    json!({
+        "tenant": t.name,
+        "guaranteed_nodes": q.guaranteed_nodes,
+        "max_nodes": q.max_nodes,
+        "max_cpus": q.max_cpus,
+        "max_memory_gib": q.max_memory_gib,
+        "used": {"nodes": usage.nodes, "cpus": usage.cpus, "memory_gib": usage.memory_gib},
+    })
+}
+
+async fn get_quota(
+    Active(cluster): Active,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if !caller.is_operator() {
+        return Err(ApiError::forbidden("only operators see and set quotas"));
+    }
+    let t = cluster
+        .pools
+        .tenants()
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("tenant {name} does not exist")))?;
+    Ok(Json(quota_view(&cluster, &t)))
+}
+
+async fn put_quota(
+    Active(cluster): Active,
+    caller: Caller,
+    Path(name): Path<String>,
+    J(quota): J<Quota>,
+) -> ApiResult<Json<Value>> {
+    if !caller.is_operator() {
+        return Err(ApiError::forbidden("only operators see and set quotas"));
+    }
+    let t = cluster.set_quota(&name, quota).await?;
+    Ok(Json(quota_view(&cluster, &t)))
 }
 
 fn token_view(t: &ApiTokenRecord) -> Value {

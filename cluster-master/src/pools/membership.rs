@@ -33,10 +33,9 @@ impl Cluster {
         }
         let (pool, ()) = self
             .write_pool(true, |book, facts| {
-                Ok((
-                    Write::Put(book.plan_create(record.clone(), count, facts)?),
-                    (),
-                ))
+                let planned = book.plan_create(record.clone(), count, facts)?;
+                self.within_quota(book, facts, &planned)?;
+                Ok((Write::Put(planned), ()))
             })
             .await?;
         let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
@@ -95,6 +94,7 @@ impl Cluster {
         let (pool, added) = self
             .write_pool(true, |book, facts| {
                 let (p, added) = book.plan_grow(name, count, facts)?;
+                self.within_quota(book, facts, &p)?;
                 Ok((Write::Put(p), added))
             })
             .await?;
@@ -113,6 +113,7 @@ impl Cluster {
             .write_pool(true, |book, facts| {
                 let before = book.get(name).map(|p| p.nodes.clone()).unwrap_or_default();
                 let p = book.plan_add_named(name, nodes, facts)?;
+                self.within_quota(book, facts, &p)?;
                 let mut added: Vec<String> = Vec::new();
                 for n in nodes {
                     if !before.contains(n) && !added.contains(n) {

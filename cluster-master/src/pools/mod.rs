@@ -15,6 +15,7 @@ mod master;
 mod membership;
 mod node_events;
 mod processes;
+pub mod quota;
 mod tenants;
 mod verdict;
 
@@ -49,6 +50,9 @@ pub enum OpError {
     /// there were not enough.
     #[error("{message}")]
     Conflict { message: String, fit: Option<usize> },
+    /// A tenant's quota would be passed.
+    #[error("{0}")]
+    Quota(quota::Exceeded),
     #[error(transparent)]
     KeyMaster(#[from] KeyMasterError),
 }
@@ -208,6 +212,27 @@ impl Cluster {
                 up: n.status.state == NodeState::Up,
             })
             .collect()
+    }
+
+    /// Whether `planned` (a pool after a change) keeps its tenant within its quota.
+    /// Called inside a pool write, so the quota and the book do not move meanwhile.
+    fn within_quota(
+        &self,
+        book: &PoolBook,
+        facts: &[NodeFacts],
+        planned: &PoolRecord,
+    ) -> OpResultT<()> {
+        let Some(q) = self
+            .pools
+            .tenants()
+            .get(&planned.tenant)
+            .and_then(|t| t.quota.clone())
+        else {
+            return Ok(());
+        };
+        let before = quota::usage(book, facts, &planned.tenant, None);
+        let after = quota::usage(book, facts, &planned.tenant, Some(planned));
+        quota::check(&q, before, after).map_err(OpError::Quota)
     }
 
     /// Plan on the current view and write with compare-and-swap; on a conflict (another

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use crate::events::EventData;
-use glory_keymaster::schema::{self, TenantRecord, RECORD_VERSION};
+use glory_keymaster::schema::{self, Quota, TenantRecord, RECORD_VERSION};
 use glory_keymaster::{Compare, KeyMaster, KeyMasterError, Txn, TxnOp};
 
-use super::{check_name, OpError, OpResultT};
+use super::{check_name, quota, OpError, OpResultT};
 use crate::cluster::Cluster;
 
 /// Every tenant in the key master, by name.
@@ -36,6 +36,7 @@ impl Cluster {
             name: name.to_string(),
             created_ms: glory_protocol::now_ms(),
             description: description.to_string(),
+            quota: None,
         };
         let resp = self
             .km_txn(Txn {
@@ -60,6 +61,41 @@ impl Cluster {
             },
         );
         Ok(record)
+    }
+
+    /// Set a tenant's quota: valid on its own, and every tenant's guarantee still fits
+    /// the cluster's nodes. Serialized with pool writes, so no pool grows past a limit
+    /// that is being set.
+    pub async fn set_quota(&self, name: &str, quota: Quota) -> OpResultT<TenantRecord> {
+        quota::validate(&quota).map_err(OpError::Invalid)?;
+        let _serial = self.pools.write.lock().await;
+        let cluster_nodes = self.read().nodes.len() as u64;
+        let mut record = {
+            let tenants = self.pools.tenants();
+            let record = tenants
+                .get(name)
+                .cloned()
+                .ok_or_else(|| OpError::NotFound(format!("tenant {name} does not exist")))?;
+            quota::check_guarantees(&tenants, name, &quota, cluster_nodes)
+                .map_err(OpError::conflict)?;
+            record
+        };
+        record.quota = Some(quota);
+        self.km_txn(Txn::alone(TxnOp::put(
+            schema::tenant_key(name),
+            schema::encode(&record),
+        )))
+        .await?;
+        self.pools
+            .tenants_mut()
+            .insert(name.to_string(), record.clone());
+        Ok(record)
+    }
+
+    /// What `name`'s pools hold now.
+    pub fn tenant_usage(&self, name: &str) -> quota::Usage {
+        let facts = self.node_facts();
+        quota::usage(&self.pools.book(), &facts, name, None)
     }
 
     /// Delete a tenant that has no pools; its API tokens are revoked with it.

@@ -1,0 +1,178 @@
+//! `glory tenants`: create, list, delete, and quotas (guarantee and limits, with what
+//! the tenant holds).
+
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::cli::{print_json, s};
+use crate::client::{urlencode, ApiClient};
+use crate::table::{render, when_value};
+
+#[derive(Subcommand)]
+pub enum TenantsAction {
+    /// Create a tenant.
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tenants.
+    List,
+    /// Delete a tenant without pools (its API tokens are revoked).
+    Delete { name: String },
+    /// Show a tenant's quota and use, or set it (operators): `glory tenants quota a
+    /// --guaranteed 100 --max-nodes 400 --max-cpus 6400`.
+    Quota {
+        name: String,
+        /// Nodes the tenant is sure to get.
+        #[arg(long)]
+        guaranteed: Option<u64>,
+        #[arg(long)]
+        max_nodes: Option<u64>,
+        #[arg(long)]
+        max_cpus: Option<u64>,
+        #[arg(long)]
+        max_memory_gib: Option<u64>,
+    },
+}
+
+pub async fn tenants(
+    client: &ApiClient,
+    action: TenantsAction,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let r = match action {
+        TenantsAction::Create { name, description } => {
+            client
+                .call(
+                    Method::POST,
+                    "/api/v1/tenants",
+                    Some(json!({"name": name, "description": description})),
+                )
+                .await?
+        }
+        TenantsAction::Delete { name } => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/api/v1/tenants/{}", urlencode(&name)),
+                    None,
+                )
+                .await?
+        }
+        TenantsAction::Quota {
+            name,
+            guaranteed,
+            max_nodes,
+            max_cpus,
+            max_memory_gib,
+        } => {
+            let path = format!("/api/v1/tenants/{}/quota", urlencode(&name));
+            let setting = guaranteed.is_some()
+                || max_nodes.is_some()
+                || max_cpus.is_some()
+                || max_memory_gib.is_some();
+            let r = if setting {
+                let body = json!({
+                    "guaranteed_nodes": guaranteed.unwrap_or(0),
+                    "max_nodes": max_nodes,
+                    "max_cpus": max_cpus,
+                    "max_memory_gib": max_memory_gib,
+                });
+                client.call(Method::PUT, &path, Some(body)).await?
+            } else {
+                client.get(&path).await?
+            };
+            if as_json {
+                print_json(&r);
+            } else {
+                print!("{}", quota_text(&r));
+            }
+            return Ok(());
+        }
+        TenantsAction::List => {
+            let r = client.get("/api/v1/tenants").await?;
+            if as_json {
+                print_json(&r["items"]);
+            } else {
+                print!("{}", tenants_table(&r));
+            }
+            return Ok(());
+        }
+    };
+    if as_json {
+        print_json(&r);
+    } else if let Some(d) = r["deleted"].as_str() {
+        println!("tenant {d} deleted");
+    } else {
+        println!("tenant {} created", s(&r["name"]));
+    }
+    Ok(())
+}
+
+/// The table of `glory tenants list`.
+pub fn tenants_table(r: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(r)
+        .iter()
+        .map(|t| {
+            vec![
+                s(&t["name"]),
+                when_value(&t["created_ms"], "-"),
+                s(&t["description"]),
+            ]
+        })
+        .collect();
+    render(&["TENANT", "CREATED", "DESCRIPTION"], &rows)
+}
+
+/// `glory tenants quota NAME`: each limit beside what the tenant holds.
+pub fn quota_text(r: &Value) -> String {
+    let limit = |v: &Value| v.as_u64().map_or("none".to_string(), |n| n.to_string());
+    let rows = vec![
+        vec![
+            "guaranteed nodes".into(),
+            s(&r["guaranteed_nodes"]),
+            String::new(),
+        ],
+        vec![
+            "nodes".into(),
+            limit(&r["max_nodes"]),
+            s(&r["used"]["nodes"]),
+        ],
+        vec!["cpus".into(), limit(&r["max_cpus"]), s(&r["used"]["cpus"])],
+        vec![
+            "memory GiB".into(),
+            limit(&r["max_memory_gib"]),
+            s(&r["used"]["memory_gib"]),
+        ],
+    ];
+    format!(
+        "tenant {}\n{}",
+        s(&r["tenant"]),
+        render(&["", "LIMIT", "USED"], &rows)
+    )
+}
+
+fn items(v: &Value) -> &[Value] {
+    v["items"].as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quota_shows_limits_beside_use() {
+        let text = quota_text(&json!({
+            "tenant": "a", "guaranteed_nodes": 10, "max_nodes": 40, "max_cpus": null,
+            "max_memory_gib": null, "used": {"nodes": 12, "cpus": 192, "memory_gib": 768}
+        }));
+        assert!(text.starts_with("tenant a\n"), "{text}");
+        assert!(
+            text.contains("nodes") && text.contains("40") && text.contains("12"),
+            "{text}"
+        );
+        assert!(text.contains("none") && text.contains("192"), "{text}");
+    }
+}

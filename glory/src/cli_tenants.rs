@@ -1,5 +1,5 @@
 //! `glory tenants`: create, list, delete, and quotas (guarantee and limits, with what
-//! the tenant holds).
+//! the tenant holds); `glory sharing`.
 
 use clap::Subcommand;
 use reqwest::Method;
@@ -154,6 +154,63 @@ pub fn quota_text(r: &Value) -> String {
     )
 }
 
+/// `glory sharing`: how the tenants share the cluster.
+pub async fn sharing(client: &ApiClient, as_json: bool) -> anyhow::Result<()> {
+    let r = client.get("/api/v1/sharing").await?;
+    if as_json {
+        print_json(&r);
+    } else {
+        print!("{}", sharing_text(&r));
+    }
+    Ok(())
+}
+
+/// The table of `glory sharing`.
+pub fn sharing_text(r: &Value) -> String {
+    let pct = |v: &Value| {
+        v.as_f64()
+            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0))
+    };
+    let rows: Vec<Vec<String>> = items(r)
+        .iter()
+        .map(|t| {
+            vec![
+                s(&t["tenant"]),
+                s(&t["guaranteed_nodes"]),
+                s(&t["used"]["nodes"]),
+                s(&t["borrowed_nodes"]),
+                s(&t["used"]["cpus"]),
+                s(&t["used"]["memory_gib"]),
+                pct(&t["dominant_share"]),
+                s(&t["drf_rank"]),
+            ]
+        })
+        .collect();
+    let c = &r["capacity"];
+    format!(
+        "cluster: {} nodes, {} CPUs, {} GiB; fairness (Jain, weighted shares): {}\n{}",
+        s(&c["nodes"]),
+        s(&c["cpus"]),
+        s(&c["memory_gib"]),
+        r["fairness"]
+            .as_f64()
+            .map_or("-".to_string(), |f| format!("{f:.3}")),
+        render(
+            &[
+                "TENANT",
+                "GUARANTEED",
+                "NODES",
+                "BORROWED",
+                "CPUS",
+                "MEMORY GIB",
+                "DOMINANT",
+                "DRF"
+            ],
+            &rows
+        )
+    )
+}
+
 fn items(v: &Value) -> &[Value] {
     v["items"].as_array().map(Vec::as_slice).unwrap_or(&[])
 }
@@ -161,6 +218,25 @@ fn items(v: &Value) -> &[Value] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sharing_is_a_table_with_the_totals() {
+        let text = sharing_text(&json!({
+            "capacity": {"nodes": 10, "cpus": 160, "memory_gib": 640}, "fairness": 0.9,
+            "items": [{"tenant": "a", "guaranteed_nodes": 4, "used": {"nodes": 5, "cpus": 80, "memory_gib": 100},
+                       "borrowed_nodes": 1, "dominant_share": 0.5, "weighted_share": 0.125, "drf_rank": 1}]
+        }));
+        assert!(
+            text.starts_with(
+                "cluster: 10 nodes, 160 CPUs, 640 GiB; fairness (Jain, weighted shares): 0.900\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("50.0%") && text.contains("BORROWED"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_quota_shows_limits_beside_use() {

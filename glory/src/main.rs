@@ -145,6 +145,8 @@ enum Command {
         #[command(subcommand)]
         action: glory::cli_pools::PoolsAction,
     },
+    /// How the tenants share the cluster: guarantee, use, borrowed nodes, dominant share.
+    Sharing,
     /// Services: supervised processes on a pool's nodes, health-checked, healed, scaled
     /// and balanced (`glory services create web --pool p1 -- PROGRAM ARGS`).
     Services {
@@ -543,6 +545,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenants { action } => glory::cli_tenants::tenants(&client, action, cli.json).await,
         Command::Tokens { action } => glory::cli_pools::tokens(&client, action, cli.json).await,
         Command::Pools { action } => glory::cli_pools::pools(&client, action, cli.json).await,
+        Command::Sharing => glory::cli_tenants::sharing(&client, cli.json).await,
         Command::Services { action } => {
             glory::cli_services::services(&client, action, cli.json).await
         }

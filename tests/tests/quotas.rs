@@ -131,6 +131,34 @@ async fn quotas_bound_what_a_tenant_can_take() -> anyhow::Result<()> {
     .await;
     assert_eq!(status, 200, "{e}");
 
+    // The sharing view: a holds 5 nodes with a guarantee of 4 (1 borrowed), b none.
+    let sharing = op.get("/api/v1/sharing").await?;
+    assert_eq!(sharing["capacity"]["nodes"], 10, "{sharing}");
+    let row = |t: &str| {
+        sharing["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["tenant"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t}: {sharing}"))
+    };
+    assert_eq!(
+        (
+            row("a")["used"]["nodes"].as_u64(),
+            row("a")["borrowed_nodes"].as_u64()
+        ),
+        (Some(5), Some(1)),
+        "{sharing}"
+    );
+    assert!(row("a")["dominant_share"].as_f64() > Some(0.0), "{sharing}");
+    assert_eq!(
+        row("b")["drf_rank"],
+        1,
+        "b holds nothing: served first: {sharing}"
+    );
+    assert_eq!(row("a")["drf_rank"], 2, "{sharing}");
+
     // Bad input names the field; unknown tenants are 404; only operators.
     for (body, field) in [
         (json!({"max_nodes": -1}), "max_nodes"),
@@ -167,6 +195,9 @@ async fn quotas_bound_what_a_tenant_can_take() -> anyhow::Result<()> {
     )
     .await;
     assert_eq!(status, 403);
+    let own = tenant.get("/api/v1/sharing").await?;
+    assert_eq!(own["total"], 1, "a tenant sees its own row: {own}");
+    assert_eq!(own["items"][0]["tenant"], "a");
     cluster.shutdown().await;
     Ok(())
 }

@@ -20,6 +20,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/tenants", get(list_tenants).post(create_tenant))
         .route("/tenants/{name}", get(get_tenant).delete(delete_tenant))
         .route("/tenants/{name}/quota", get(get_quota).put(put_quota))
+        .route("/sharing", get(sharing))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", delete(revoke_token))
 }
@@ -70,6 +71,35 @@ async fn put_quota(
     }
     let t = cluster.set_quota(&name, quota).await?;
     Ok(Json(quota_view(&cluster, &t)))
+}
+
+/// Per tenant: guarantee, use, borrowed nodes, dominant share and DRF rank, with the
+/// cluster's capacity and Jain's index of the weighted shares. A tenant token sees
+/// its own tenant's row (and the totals).
+async fn sharing(Active(cluster): Active, caller: Caller) -> Json<Value> {
+    let (shares, capacity) = cluster.sharing();
+    let weighted: Vec<f64> = shares.iter().map(|s| s.weighted_share).collect();
+    let items: Vec<Value> = shares
+        .iter()
+        .filter(|s| caller.sees(&s.tenant))
+        .map(|s| {
+            json!({
+                "tenant": s.tenant,
+                "guaranteed_nodes": s.guaranteed_nodes,
+                "used": {"nodes": s.used.nodes, "cpus": s.used.cpus, "memory_gib": s.used.memory_gib},
+                "borrowed_nodes": s.borrowed_nodes,
+                "dominant_share": s.dominant_share,
+                "weighted_share": s.weighted_share,
+                "drf_rank": s.drf_rank,
+            })
+        })
+        .collect();
+    Json(json!({
+        "capacity": {"nodes": capacity.nodes, "cpus": capacity.cpus, "memory_gib": capacity.memory_gib},
+        "fairness": crate::pools::sharing::jain(&weighted),
+        "items": items,
+        "total": items.len(),
+    }))
 }
 
 fn token_view(t: &ApiTokenRecord) -> Value {

@@ -16,6 +16,7 @@ mod membership;
 mod node_events;
 mod processes;
 pub mod quota;
+pub mod sharing;
 mod tenants;
 mod verdict;
 

@@ -7,7 +7,7 @@ use crate::events::EventData;
 use glory_keymaster::schema::{self, Quota, TenantRecord, RECORD_VERSION};
 use glory_keymaster::{Compare, KeyMaster, KeyMasterError, Txn, TxnOp};
 
-use super::{check_name, quota, OpError, OpResultT};
+use super::{check_name, quota, sharing, OpError, OpResultT};
 use crate::cluster::Cluster;
 
 /// Every tenant in the key master, by name.
@@ -90,6 +90,26 @@ impl Cluster {
             .tenants_mut()
             .insert(name.to_string(), record.clone());
         Ok(record)
+    }
+
+    /// How the tenants share the cluster now, and the cluster's capacity (every
+    /// enrolled node).
+    pub fn sharing(&self) -> (Vec<sharing::TenantShare>, sharing::Capacity) {
+        let facts = self.node_facts();
+        let capacity = sharing::Capacity {
+            nodes: facts.len() as u64,
+            cpus: facts.iter().map(|n| u64::from(n.cpus)).sum(),
+            memory_gib: facts.iter().map(|n| n.memory_bytes >> 30).sum(),
+        };
+        let tenants = self.pools.tenants().clone();
+        let usage = {
+            let book = self.pools.book();
+            tenants
+                .keys()
+                .map(|t| (t.clone(), quota::usage(&book, &facts, t, None)))
+                .collect()
+        };
+        (sharing::shares(&tenants, &usage, capacity), capacity)
     }
 
     /// What `name`'s pools hold now.

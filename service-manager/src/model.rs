@@ -124,6 +124,9 @@ impl InstanceState {
 pub struct Observed {
     /// The node is up (heard from).
     pub node_up: bool,
+    /// Nobody knows how the node is (its group master is unreachable, a new cluster
+    /// master has not heard yet, it is suspect): not a failure, not yet.
+    pub node_unknown: bool,
     /// The newest report for this placement's epoch, if any.
     pub report: Option<Report>,
 }

@@ -32,6 +32,10 @@ pub struct Timing {
     pub start_timeout_ms: u64,
     /// A drain ends after this long even if connections remain.
     pub drain_timeout_ms: u64,
+    /// When the deciding master began observing (ms since the epoch): a placement
+    /// older than that is timed from then, since the reports it had died with the
+    /// previous master.
+    pub observing_since_ms: u64,
 }
 
 impl Default for Timing {
@@ -39,6 +43,7 @@ impl Default for Timing {
         Timing {
             start_timeout_ms: 120_000,
             drain_timeout_ms: 30_000,
+            observing_since_ms: 0,
         }
     }
 }
@@ -103,14 +108,22 @@ pub fn state_of(
     // Nothing observed yet: nothing known against it.
     let unknown = Observed {
         node_up: true,
+        node_unknown: false,
         report: None,
     };
     let o = o.unwrap_or(&unknown);
-    if !o.node_up {
+    if !o.node_up && !o.node_unknown {
         return (InstanceState::Failed, format!("node {} is not up", p.node));
     }
+    let placed = p.created_ms.max(t.observing_since_ms);
     let Some(r) = &o.report else {
-        if now_ms.saturating_sub(p.created_ms) > t.start_timeout_ms {
+        if o.node_unknown {
+            return (
+                InstanceState::Starting,
+                format!("node {} is not heard from yet", p.node),
+            );
+        }
+        if now_ms.saturating_sub(placed) > t.start_timeout_ms {
             return (
                 InstanceState::Failed,
                 "its agent never confirmed the start".into(),
@@ -131,7 +144,7 @@ pub fn state_of(
             format!("health check: {}", r.detail),
         ),
         (None, true) => {
-            if now_ms.saturating_sub(r.since_ms.max(p.created_ms)) > t.start_timeout_ms {
+            if now_ms.saturating_sub(r.since_ms.max(placed)) > t.start_timeout_ms {
                 (InstanceState::Failed, "never passed a health check".into())
             } else {
                 (

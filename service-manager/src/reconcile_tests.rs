@@ -8,6 +8,7 @@ use crate::spec::ServiceSpec;
 const T: Timing = Timing {
     start_timeout_ms: 60_000,
     drain_timeout_ms: 10_000,
+    observing_since_ms: 0,
 };
 
 fn spec(port: u16, min: u32, desired: u32, max: u32) -> ServiceSpec {
@@ -31,6 +32,7 @@ fn nodes(n: usize) -> Vec<PoolNode> {
 fn healthy() -> Observed {
     Observed {
         node_up: true,
+        node_unknown: false,
         report: Some(Report {
             running: true,
             healthy: Some(true),
@@ -95,6 +97,7 @@ fn failures_are_drained_and_replaced_elsewhere() {
             "node down",
             Observed {
                 node_up: false,
+                node_unknown: false,
                 report: healthy().report,
             },
             "not up",
@@ -103,6 +106,7 @@ fn failures_are_drained_and_replaced_elsewhere() {
             "process ended",
             Observed {
                 node_up: true,
+                node_unknown: false,
                 report: Some(Report {
                     ended: true,
                     detail: "exit status: 1".into(),
@@ -115,6 +119,7 @@ fn failures_are_drained_and_replaced_elsewhere() {
             "unhealthy",
             Observed {
                 node_up: true,
+                node_unknown: false,
                 report: Some(Report {
                     running: true,
                     healthy: Some(false),
@@ -164,6 +169,7 @@ fn starting_too_long_is_a_failure() {
     let p = &r.instances[0];
     let up = Observed {
         node_up: true,
+        node_unknown: false,
         report: None,
     };
     assert_eq!(state_of(p, Some(&up), 1000, T).0, InstanceState::Starting);
@@ -172,6 +178,7 @@ fn starting_too_long_is_a_failure() {
     assert!(why.contains("never confirmed"), "{why}");
     let checking = Observed {
         node_up: true,
+        node_unknown: false,
         report: Some(Report {
             running: true,
             has_check: true,
@@ -185,9 +192,36 @@ fn starting_too_long_is_a_failure() {
     let (s, why) = state_of(p, Some(&checking), T.start_timeout_ms + 1, T);
     assert_eq!(s, InstanceState::Failed);
     assert!(why.contains("health check"), "{why}");
+    // A new master (observing since 100 s) times an old placement from its own start.
+    let later = Timing {
+        observing_since_ms: 100_000,
+        ..T
+    };
+    let silent = Observed {
+        node_up: true,
+        node_unknown: false,
+        report: None,
+    };
+    assert_eq!(
+        state_of(p, Some(&silent), 150_000, later).0,
+        InstanceState::Starting
+    );
+    assert_eq!(
+        state_of(p, Some(&silent), 161_000, later).0,
+        InstanceState::Failed
+    );
+    // A node nobody has heard from yet is not a failure.
+    let unknown = Observed {
+        node_up: false,
+        node_unknown: true,
+        report: None,
+    };
+    let (s, why) = state_of(p, Some(&unknown), 10 * T.start_timeout_ms, T);
+    assert_eq!(s, InstanceState::Starting, "{why}");
     // No check: running is healthy.
     let unchecked = Observed {
         node_up: true,
+        node_unknown: false,
         report: Some(Report {
             running: true,
             ..Default::default()
@@ -209,6 +243,7 @@ fn surplus_is_drained_least_useful_first() {
         starting.clone(),
         Observed {
             node_up: true,
+            node_unknown: false,
             report: None,
         },
     );
@@ -291,6 +326,7 @@ fn simulate_restart(port: u16, min: u32, desired: u32, pool: usize) -> Vec<Chang
                 } else {
                     Observed {
                         node_up: true,
+                        node_unknown: false,
                         report: None,
                     }
                 };

@@ -561,3 +561,42 @@ async fn the_nftables_driver_balances_in_the_kernel() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// A new cluster master takes over the services as they are: the same instances
+/// (the same processes), not new ones, and its own HAProxy on the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_survive_a_cluster_master_restart() -> anyhow::Result<()> {
+    let (mut cluster, dir) = setup(3).await?;
+    let listen = free_tcp();
+    post(&cluster.api, "/api/v1/services", web(&dir, listen, 2, 2, 3)).await?;
+    let (_, before) = wait_service(
+        &cluster.api,
+        "2 healthy",
+        Duration::from_secs(30),
+        |s, i| healthy_ids(i).len() == 2 && s["balancer"]["serving"] == 2,
+    )
+    .await?;
+    let pids = |items: &[Value]| -> BTreeSet<(String, u64)> {
+        items
+            .iter()
+            .filter_map(|i| Some((i["id"].as_str()?.to_string(), i["pid"].as_u64()?)))
+            .collect()
+    };
+    let was = pids(&before);
+    assert_eq!(was.len(), 2, "{before:#?}");
+    cluster.restart_cluster_master().await?;
+    let api = &cluster.api;
+    let (_, after) = wait_service(
+        api,
+        "the same 2 healthy again",
+        Duration::from_secs(30),
+        |s, i| healthy_ids(i).len() == 2 && s["balancer"]["serving"] == 2,
+    )
+    .await?;
+    assert_eq!(pids(&after), was, "the same processes, nothing replaced");
+    let want = healthy_ids(&after);
+    let seen = wait_until_answering(listen, &want).await?;
+    assert_eq!(seen, want, "the new master's HAProxy sends to them");
+    cluster.shutdown().await;
+    Ok(())
+}

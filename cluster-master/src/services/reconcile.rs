@@ -58,10 +58,13 @@ impl Cluster {
             .instances
             .iter()
             .map(|p| {
-                let node_up = reg
-                    .nodes
-                    .get(&p.node)
-                    .is_some_and(|n| n.status.state == NodeState::Up);
+                let state = reg.nodes.get(&p.node).map(|n| n.status.state);
+                let node_up = state == Some(NodeState::Up);
+                // Down, left or removed is a failure; anything else is not known yet.
+                let node_unknown = matches!(
+                    state,
+                    Some(NodeState::Unreachable | NodeState::Suspect | NodeState::Joining)
+                );
                 let report = procs
                     .get(&(p.node.clone(), record.process_id(&p.id)))
                     .filter(|r| r.epoch == p.epoch)
@@ -78,7 +81,14 @@ impl Cluster {
                             _ => r.detail.clone(),
                         },
                     });
-                (p.id.clone(), Observed { node_up, report })
+                (
+                    p.id.clone(),
+                    Observed {
+                        node_up,
+                        node_unknown,
+                        report,
+                    },
+                )
             })
             .collect()
     }
@@ -145,7 +155,7 @@ impl Cluster {
             .zip(reports)
             .map(|(p, report)| {
                 let o = observed.get(&p.id);
-                let (state, reason) = state_of(p, o, now, Timing::default());
+                let (state, reason) = state_of(p, o, now, self.services_timing());
                 let report_ref = o.and_then(|o| o.report.as_ref());
                 InstanceView {
                     id: p.id.clone(),
@@ -182,8 +192,14 @@ impl Cluster {
                 .entry(record.spec.pool.clone())
                 .or_insert_with(|| self.pool_nodes(&record.spec.pool));
             let drained = self.drained(&record);
-            let (next, changes) =
-                reconcile(&record, &observed, nodes, &drained, now, Timing::default());
+            let (next, changes) = reconcile(
+                &record,
+                &observed,
+                nodes,
+                &drained,
+                now,
+                self.services_timing(),
+            );
             let current = if next != record {
                 let rev = self.services.revision(&record.spec.name);
                 match self.store_service(&next, rev).await {
@@ -322,7 +338,8 @@ impl Cluster {
             .instances
             .iter()
             .filter(|p| {
-                state_of(p, observed.get(&p.id), now, Timing::default()).0 == InstanceState::Healthy
+                state_of(p, observed.get(&p.id), now, self.services_timing()).0
+                    == InstanceState::Healthy
             })
             .filter_map(|p| {
                 let port = observed.get(&p.id)?.report.as_ref()?.port?;
@@ -390,6 +407,17 @@ impl Cluster {
                 sent.insert(key, now);
             }
             self.send_to_agent(&node, GroupToAgent::Stop { id, epoch });
+        }
+    }
+}
+
+impl Cluster {
+    /// The reconciler's timing, timed from this master's start.
+    fn services_timing(&self) -> Timing {
+        let now = glory_protocol::now_ms();
+        Timing {
+            observing_since_ms: now.saturating_sub(self.started.elapsed().as_millis() as u64),
+            ..Timing::default()
         }
     }
 }

@@ -533,6 +533,18 @@ pub struct PoolRecord {
     #[serde(default)]
     pub epoch: u64,
     pub created_ms: u64,
+    /// An elastic pool: holds `min` nodes for sure and may grow to `max` (borrowing
+    /// idle nodes beyond its tenant's guarantee); none: a fixed size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elastic: Option<Elastic>,
+}
+
+/// The bounds of an elastic pool (`"size": {"min": M, "max": X}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Elastic {
+    pub min: usize,
+    pub max: usize,
 }
 
 #[cfg(test)]

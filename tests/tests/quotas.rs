@@ -131,6 +131,82 @@ async fn quotas_bound_what_a_tenant_can_take() -> anyhow::Result<()> {
     .await;
     assert_eq!(status, 200, "{e}");
 
+    // An elastic pool: min now, grows up to max, never released below min.
+    let (status, el) = call(
+        op,
+        Method::POST,
+        "/api/v1/pools",
+        json!({"name": "el", "tenant": "b", "component": "dp", "size": {"min": 1, "max": 3}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{el}");
+    assert_eq!(
+        (el["size"].as_u64(), el["elastic"]["max"].as_u64()),
+        (Some(1), Some(3)),
+        "{el}"
+    );
+    let (status, e) = call(
+        op,
+        Method::POST,
+        "/api/v1/pools/el/nodes",
+        json!({"count": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{e}");
+    let (status, e) = call(
+        op,
+        Method::POST,
+        "/api/v1/pools/el/nodes",
+        json!({"count": 1}),
+    )
+    .await;
+    assert_eq!(status, 409, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("size.max"),
+        "{e}"
+    );
+    let members: Vec<String> = op.get("/api/v1/pools/el").await?["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    for node in &members[..2] {
+        let (status, e) = call(
+            op,
+            Method::DELETE,
+            &format!("/api/v1/pools/el/nodes/{node}"),
+            Value::Null,
+        )
+        .await;
+        assert!(status < 300, "{e}");
+    }
+    let (status, e) = call(
+        op,
+        Method::DELETE,
+        &format!("/api/v1/pools/el/nodes/{}", members[2]),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 409, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("size.min"),
+        "{e}"
+    );
+    let (status, e) = call(
+        op,
+        Method::POST,
+        "/api/v1/pools",
+        json!({"name": "bad", "tenant": "b", "component": "dp", "size": {"min": 3, "max": 2}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("size.min"),
+        "{e}"
+    );
+    call(op, Method::DELETE, "/api/v1/pools/el", Value::Null).await;
+
     // The sharing view: a holds 5 nodes with a guarantee of 4 (1 borrowed), b none.
     let sharing = op.get("/api/v1/sharing").await?;
     assert_eq!(sharing["capacity"]["nodes"], 10, "{sharing}");

@@ -8,7 +8,7 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use glory_keymaster::schema::{MasterSpec, PoolMaster, PoolRecord, PoolSelector, Spread};
+use glory_keymaster::schema::{Elastic, MasterSpec, PoolMaster, PoolRecord, PoolSelector, Spread};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -130,6 +130,7 @@ fn pool_view(cluster: &Cluster, p: &PoolRecord, details: bool) -> Value {
         "tenant": p.tenant,
         "component": p.component,
         "size": p.nodes.len(),
+        "elastic": p.elastic,
         "selector": p.selector,
         "spread": p.spread,
         "replace_failed": p.replace_failed,
@@ -161,7 +162,7 @@ struct NewPool {
     component: String,
     /// Default: the caller's tenant (required for operators).
     tenant: Option<String>,
-    size: Option<usize>,
+    size: Option<PoolSize>,
     selector: Option<PoolSelector>,
     #[serde(default)]
     spread: Spread,
@@ -169,6 +170,14 @@ struct NewPool {
     replace_failed: bool,
     replace_delay_seconds: Option<f64>,
     master: Option<MasterSpec>,
+}
+
+/// A fixed size, or the bounds of an elastic pool.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PoolSize {
+    Fixed(usize),
+    Elastic(Elastic),
 }
 
 fn check_master_spec(spec: &MasterSpec) -> ApiResult<()> {
@@ -225,11 +234,29 @@ async fn create_pool(
             "size: give a size, a selector (every free node that fits), or both",
         ));
     }
-    if let Some(size) = body.size {
-        if size == 0 || size > 100_000 {
-            return Err(ApiError::bad_request("size: must be between 1 and 100000"));
+    let (count, elastic) = match body.size {
+        Some(PoolSize::Fixed(size)) => {
+            if size == 0 || size > 100_000 {
+                return Err(ApiError::bad_request("size: must be between 1 and 100000"));
+            }
+            (Some(size), None)
         }
-    }
+        Some(PoolSize::Elastic(e)) => {
+            if e.max == 0 || e.max > 100_000 {
+                return Err(ApiError::bad_request(
+                    "size.max: must be between 1 and 100000",
+                ));
+            }
+            if e.min > e.max {
+                return Err(ApiError::bad_request(format!(
+                    "size.min: {} is above max {}",
+                    e.min, e.max
+                )));
+            }
+            (Some(e.min), Some(e))
+        }
+        None => (None, None),
+    };
     let delay = body
         .replace_delay_seconds
         .unwrap_or(DEFAULT_REPLACE_DELAY_S);
@@ -255,8 +282,9 @@ async fn create_pool(
         master: None,
         epoch: 0,
         created_ms: glory_protocol::now_ms(),
+        elastic,
     };
-    let pool = cluster.create_pool(record, body.size).await?;
+    let pool = cluster.create_pool(record, count).await?;
     Ok((StatusCode::CREATED, Json(pool_view(&cluster, &pool, false))))
 }
 

@@ -9,6 +9,26 @@ use tracing::info;
 use super::{check_component, check_name, OpError, OpResultT, Write};
 use crate::cluster::Cluster;
 
+/// An elastic pool stays within its bounds: never above `max`, never released below
+/// `min` (a failed node's replacement keeps the count).
+fn within_bounds(p: &PoolRecord) -> OpResultT<()> {
+    let Some(e) = p.elastic else { return Ok(()) };
+    let n = p.nodes.len();
+    if n > e.max {
+        return Err(OpError::conflict(format!(
+            "size.max: pool {} may hold at most {} nodes; it would hold {n}",
+            p.name, e.max
+        )));
+    }
+    if n < e.min {
+        return Err(OpError::conflict(format!(
+            "size.min: pool {} holds at least {} nodes; it would hold {n}",
+            p.name, e.min
+        )));
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Create a pool with `count` nodes (`None`: every free node that fits).
     pub async fn create_pool(
@@ -94,6 +114,7 @@ impl Cluster {
         let (pool, added) = self
             .write_pool(true, |book, facts| {
                 let (p, added) = book.plan_grow(name, count, facts)?;
+                within_bounds(&p)?;
                 self.within_quota(book, facts, &p)?;
                 Ok((Write::Put(p), added))
             })
@@ -113,6 +134,7 @@ impl Cluster {
             .write_pool(true, |book, facts| {
                 let before = book.get(name).map(|p| p.nodes.clone()).unwrap_or_default();
                 let p = book.plan_add_named(name, nodes, facts)?;
+                within_bounds(&p)?;
                 self.within_quota(book, facts, &p)?;
                 let mut added: Vec<String> = Vec::new();
                 for n in nodes {
@@ -132,7 +154,9 @@ impl Cluster {
     pub async fn release_pool_node(&self, name: &str, node: &str) -> OpResultT<PoolRecord> {
         let (pool, ()) = self
             .write_pool(true, |book, _| {
-                Ok((Write::Put(book.plan_release(name, node)?), ()))
+                let p = book.plan_release(name, node)?;
+                within_bounds(&p)?;
+                Ok((Write::Put(p), ()))
             })
             .await?;
         let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;

@@ -75,6 +75,7 @@ fn pool(name: &str) -> PoolRecord {
         master: None,
         epoch: 0,
         created_ms: 0,
+        elastic: None,
     }
 }
 

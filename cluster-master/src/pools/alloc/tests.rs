@@ -35,6 +35,7 @@ fn pool(name: &str, selector: PoolSelector, spread: Spread) -> PoolRecord {
         master: None,
         epoch: 0,
         created_ms: 0,
+        elastic: None,
     }
 }
 

@@ -641,14 +641,30 @@ pub(crate) async fn reconciler(
     cluster: std::sync::Arc<Cluster>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    on_change_or_tick(&cluster.pool_changed, &shutdown, || {
+        cluster.reconcile_pools()
+    })
+    .await;
+}
+
+/// Run `pass` on every `changed` notification and at least twice a second, one pass
+/// at a time, until `shutdown` (a reconciler's loop).
+pub(crate) async fn on_change_or_tick<F, Fut>(
+    changed: &tokio::sync::Notify,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
-            _ = cluster.pool_changed.notified() => {}
+            _ = changed.notified() => {}
         }
-        cluster.reconcile_pools().await;
+        pass().await;
     }
 }

@@ -21,7 +21,7 @@ mod tenants;
 mod verdict;
 
 pub use master::process_id;
-pub(crate) use master::reconciler;
+pub(crate) use master::{on_change_or_tick, reconciler};
 pub(crate) use tenants::load_tenants;
 
 #[cfg(test)]

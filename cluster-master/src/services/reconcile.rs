@@ -494,14 +494,7 @@ pub(crate) async fn reconciler(
     cluster: std::sync::Arc<Cluster>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-            _ = cluster.services.changed.notified() => {}
-        }
+    crate::pools::on_change_or_tick(&cluster.services.changed, &shutdown, || async {
         let before = thread_cpu();
         let started = Instant::now();
         cluster.reconcile_services().await;
@@ -517,6 +510,7 @@ pub(crate) async fn reconciler(
             spent.as_nanos() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-    }
+    })
+    .await;
     cluster.services.balancers.close_all().await;
 }

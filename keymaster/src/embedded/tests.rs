@@ -35,7 +35,9 @@ async fn trimmed_history_reports_compaction() {
     }
     assert_eq!(last, 31);
 
-    // The reaper trims to the newest 10 events: revisions 22..=31 remain.
+    // The reaper trims to the newest 10 events once the history is 10% over: so in the
+    // end revisions 22..=31 remain, or 21..=31 when its last trim came at revision 30
+    // (11 events are not over the limit's margin; this depends on when it ran).
     let deadline = Instant::now() + Duration::from_secs(10);
     let compacted = loop {
         let mut watcher = km.watch_prefix("k/", Some(1)).await.expect("watch");
@@ -54,12 +56,12 @@ async fn trimmed_history_reports_compaction() {
                     .is_none());
                 // The reaper may have trimmed while the puts were still going on (to
                 // the newest 10 of fewer revisions); its next pass trims the rest.
-                if compacted == 22 {
+                if (21..=22).contains(&compacted) {
                     break compacted;
                 }
                 assert!(
-                    compacted < 22 && Instant::now() < deadline,
-                    "history trimmed to {compacted}, expected 22"
+                    compacted < 21 && Instant::now() < deadline,
+                    "history trimmed to {compacted}, expected 21 or 22"
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -70,7 +72,7 @@ async fn trimmed_history_reports_compaction() {
             other => panic!("unexpected first watch item {other:?}"),
         }
     };
-    assert_eq!(compacted, 22);
+    assert!((21..=22).contains(&compacted), "{compacted}");
 
     // Resuming at the oldest available revision still works, with nothing missing.
     let mut watcher = km.watch_prefix("k/", Some(compacted)).await.expect("watch");

@@ -200,7 +200,8 @@ impl Cluster {
                 now,
                 self.services_timing(),
             );
-            let current = if next != record {
+            let changed = next != record;
+            let current = if changed {
                 let rev = self.services.revision(&record.spec.name);
                 match self.store_service(&next, rev).await {
                     Ok(Some(_)) => next,
@@ -218,13 +219,20 @@ impl Cluster {
                 record
             };
             self.announce(&current, changes);
-            self.drive_processes(&current);
+            // What was observed holds for the record it was observed for; a changed
+            // one (new placements, new epochs) is observed again.
+            let observed = if changed {
+                self.observe(&current)
+            } else {
+                observed
+            };
+            self.drive_processes(&current, &observed);
             // Without a balancer there is nothing to feed, unless one must be closed
             // (the spec dropped it).
             if current.spec.balancer.is_some()
                 || self.services.balancers.status(&current.spec.name).is_some()
             {
-                self.feed_balancer(&current);
+                self.feed_balancer(&current, &observed);
             }
         }
         self.stop_unwanted_instances();
@@ -291,20 +299,14 @@ impl Cluster {
     }
 
     /// Send starts the agents have not confirmed (placements that should run).
-    fn drive_processes(&self, record: &ServiceRecord) {
+    fn drive_processes(&self, record: &ServiceRecord, observed: &BTreeMap<String, Observed>) {
         let now = Instant::now();
         for p in record.instances.iter().filter(|p| !p.stopped) {
-            let pid = record.process_id(&p.id);
-            let confirmed = self
-                .pools
-                .processes
-                .lock()
-                .unwrap_or_else(|x| x.into_inner())
-                .get(&(p.node.clone(), pid.clone()))
-                .is_some_and(|r| r.epoch == p.epoch);
-            if confirmed {
+            // A report for the placement's epoch confirms the start.
+            if observed.get(&p.id).is_some_and(|o| o.report.is_some()) {
                 continue;
             }
+            let pid = record.process_id(&p.id);
             {
                 let mut sent = self
                     .services
@@ -326,13 +328,12 @@ impl Cluster {
     }
 
     /// Give the service's balancer its healthy instances.
-    fn feed_balancer(&self, record: &ServiceRecord) {
+    fn feed_balancer(&self, record: &ServiceRecord, observed: &BTreeMap<String, Observed>) {
         let name = &record.spec.name;
         let Some(spec) = &record.spec.balancer else {
             self.services.balancers.want(name, None, Vec::new());
             return;
         };
-        let observed = self.observe(record);
         let now = glory_protocol::now_ms();
         let backends: Vec<Backend> = record
             .instances

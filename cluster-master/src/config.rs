@@ -86,6 +86,12 @@ pub struct ClusterMasterConfig {
     /// Most power actions started per group per second by bulk requests (inrush
     /// current).
     pub power_actions_per_group_per_second: u32,
+    /// How long a pool may drain a node reclaimed for another tenant's guarantee.
+    pub reclaim_grace_seconds: u64,
+    /// How long a framework has to answer an offer before it is rescinded.
+    pub offer_timeout_seconds: u64,
+    /// At most this many nodes in one offer.
+    pub offer_max_nodes: usize,
 }
 
 impl Default for ClusterMasterConfig {
@@ -114,6 +120,9 @@ impl Default for ClusterMasterConfig {
             boot_cluster_masters: Vec::new(),
             secrets_key_file: None,
             power_actions_per_group_per_second: 10,
+            reclaim_grace_seconds: 60,
+            offer_timeout_seconds: 30,
+            offer_max_nodes: 500,
         }
     }
 }
@@ -143,6 +152,9 @@ pub struct ClusterMasterSettings {
     pub boot_cluster_masters: Vec<SocketAddr>,
     pub secrets_key_file: PathBuf,
     pub power_per_group_per_second: u32,
+    pub reclaim_grace: Duration,
+    pub offer_timeout: Duration,
+    pub offer_max_nodes: usize,
     /// Where the balancers the master owns keep their files: `<data_dir>/balancers`.
     pub balancer_dir: PathBuf,
 }
@@ -202,7 +214,19 @@ impl ClusterMasterConfig {
         if !(1..=10_000).contains(&self.power_actions_per_group_per_second) {
             bail!("power_actions_per_group_per_second must be between 1 and 10000");
         }
+        if self.reclaim_grace_seconds > 86_400 {
+            bail!("reclaim_grace_seconds must be at most 86400");
+        }
+        if !(1..=3_600).contains(&self.offer_timeout_seconds) {
+            bail!("offer_timeout_seconds must be between 1 and 3600");
+        }
+        if !(1..=100_000).contains(&self.offer_max_nodes) {
+            bail!("offer_max_nodes must be between 1 and 100000");
+        }
         Ok(ClusterMasterSettings {
+            reclaim_grace: Duration::from_secs(self.reclaim_grace_seconds),
+            offer_timeout: Duration::from_secs(self.offer_timeout_seconds),
+            offer_max_nodes: self.offer_max_nodes,
             boot_token_ttl: Duration::from_secs(self.boot_token_ttl_seconds),
             boot_timeout: Duration::from_secs(self.boot_timeout_seconds),
             boot_cluster_masters: self.boot_cluster_masters.clone(),

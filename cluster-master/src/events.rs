@@ -168,6 +168,68 @@ pub enum EventData {
         value: Option<f64>,
         reason: String,
     },
+    /// A node of this pool is reclaimed for another tenant's guarantee: drain it
+    /// before `deadline_ms`, when it moves (on the owning pool's stream).
+    NodeReclaimPending {
+        node: String,
+        for_pool: String,
+        for_tenant: String,
+        deadline_ms: u64,
+        grace_seconds: f64,
+    },
+    /// A borrowed node of another tenant is on its way to this pool.
+    ReclaimStarted {
+        node: String,
+        from_pool: String,
+        deadline_ms: u64,
+    },
+    /// A reclaim ended with `node` in `to_pool` (on both pools' streams).
+    ReclaimCompleted {
+        node: String,
+        from_pool: String,
+        to_pool: String,
+        waited_ms: u64,
+    },
+    /// A reclaim ended without moving its node (a free node stood in, the node
+    /// failed and another was chosen, or the claimant is gone).
+    ReclaimCancelled {
+        node: String,
+        from_pool: String,
+        to_pool: String,
+        reason: String,
+    },
+    FrameworkRegistered {
+        framework: String,
+        name: String,
+    },
+    FrameworkUnregistered {
+        framework: String,
+        name: String,
+    },
+    /// Free nodes offered to a framework (on its pool's stream and its offer stream).
+    OfferMade {
+        framework: String,
+        offer: String,
+        nodes: Vec<OfferedNode>,
+        expires_ms: u64,
+    },
+    OfferAccepted {
+        framework: String,
+        offer: String,
+        nodes: Vec<String>,
+    },
+    OfferDeclined {
+        framework: String,
+        offer: String,
+        refuse_seconds: f64,
+    },
+    /// An offer was withdrawn: `expired`, a node was taken or went down, or the
+    /// framework stopped listening.
+    OfferRescinded {
+        framework: String,
+        offer: String,
+        reason: String,
+    },
     /// An alert started firing.
     AlertFiring(AlertEvent),
     /// A firing alert resolved.
@@ -187,6 +249,16 @@ pub struct AlertEvent {
     /// What else the node said (a check's output).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// A node in an offer, with what a framework needs to choose.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OfferedNode {
+    pub id: String,
+    pub group: String,
+    pub cpus: u32,
+    pub memory_gib: u64,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The node that holds an identity, in [`EventData::NodeIdentityConflict`].
@@ -232,6 +304,29 @@ impl EventData {
             EventData::ServiceChanged { .. } => "service_changed",
             EventData::ServiceInstance { .. } => "service_instance",
             EventData::ServiceScaled { .. } => "service_scaled",
+            EventData::NodeReclaimPending { .. } => "node_reclaim_pending",
+            EventData::ReclaimStarted { .. } => "reclaim_started",
+            EventData::ReclaimCompleted { .. } => "reclaim_completed",
+            EventData::ReclaimCancelled { .. } => "reclaim_cancelled",
+            EventData::FrameworkRegistered { .. } => "framework_registered",
+            EventData::FrameworkUnregistered { .. } => "framework_unregistered",
+            EventData::OfferMade { .. } => "offer_made",
+            EventData::OfferAccepted { .. } => "offer_accepted",
+            EventData::OfferDeclined { .. } => "offer_declined",
+            EventData::OfferRescinded { .. } => "offer_rescinded",
+        }
+    }
+
+    /// The framework an offer or framework event is about.
+    pub fn framework(&self) -> Option<&str> {
+        match self {
+            EventData::FrameworkRegistered { framework, .. }
+            | EventData::FrameworkUnregistered { framework, .. }
+            | EventData::OfferMade { framework, .. }
+            | EventData::OfferAccepted { framework, .. }
+            | EventData::OfferDeclined { framework, .. }
+            | EventData::OfferRescinded { framework, .. } => Some(framework),
+            _ => None,
         }
     }
 }
@@ -449,6 +544,59 @@ mod tests {
                 to: 2,
                 metric: "cpu.percent".into(),
                 value: Some(90.0),
+                reason: "r".into(),
+            },
+            EventData::NodeReclaimPending {
+                node: "n".into(),
+                for_pool: "p".into(),
+                for_tenant: "t".into(),
+                deadline_ms: 1,
+                grace_seconds: 1.0,
+            },
+            EventData::ReclaimStarted {
+                node: "n".into(),
+                from_pool: "p".into(),
+                deadline_ms: 1,
+            },
+            EventData::ReclaimCompleted {
+                node: "n".into(),
+                from_pool: "p".into(),
+                to_pool: "q".into(),
+                waited_ms: 1,
+            },
+            EventData::ReclaimCancelled {
+                node: "n".into(),
+                from_pool: "p".into(),
+                to_pool: "q".into(),
+                reason: "r".into(),
+            },
+            EventData::FrameworkRegistered {
+                framework: "f".into(),
+                name: "n".into(),
+            },
+            EventData::FrameworkUnregistered {
+                framework: "f".into(),
+                name: "n".into(),
+            },
+            EventData::OfferMade {
+                framework: "f".into(),
+                offer: "o".into(),
+                nodes: vec![],
+                expires_ms: 1,
+            },
+            EventData::OfferAccepted {
+                framework: "f".into(),
+                offer: "o".into(),
+                nodes: vec![],
+            },
+            EventData::OfferDeclined {
+                framework: "f".into(),
+                offer: "o".into(),
+                refuse_seconds: 1.0,
+            },
+            EventData::OfferRescinded {
+                framework: "f".into(),
+                offer: "o".into(),
                 reason: "r".into(),
             },
         ];

@@ -77,6 +77,12 @@ pub const BMC_PREFIX: &str = "/glory/bmc/";
 pub const PROVISIONERS_PREFIX: &str = "/glory/provisioners/";
 /// Services (`glory_service_manager::model::ServiceRecord`, JSON), by name.
 pub const SERVICES_PREFIX: &str = "/glory/services/";
+/// Frameworks ([`FrameworkRecord`]), by id.
+pub const FRAMEWORKS_PREFIX: &str = "/glory/frameworks/";
+
+pub fn framework_key(id: &str) -> String {
+    format!("{FRAMEWORKS_PREFIX}{id}")
+}
 
 pub fn service_key(name: &str) -> String {
     format!("{SERVICES_PREFIX}{name}")
@@ -537,6 +543,38 @@ pub struct PoolRecord {
     /// idle nodes beyond its tenant's guarantee); none: a fixed size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elastic: Option<Elastic>,
+    /// Nodes of this pool being reclaimed for another tenant's guarantee: each moves
+    /// to `for_pool` at its deadline (or sooner, when this pool lets it go).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reclaims: Vec<Reclaim>,
+}
+
+/// A node under reclaim (issue 21): borrowed by this pool's tenant beyond its
+/// guarantee, wanted by another tenant within its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaim {
+    pub node: String,
+    pub for_pool: String,
+    pub for_tenant: String,
+    pub since_ms: u64,
+    pub deadline_ms: u64,
+}
+
+/// A framework (issue 21): a component that receives offers of free nodes for its
+/// tenant's pool and accepts or declines them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameworkRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub id: String,
+    pub name: String,
+    pub tenant: String,
+    pub pool: String,
+    /// Nodes labelled `role=<r>` go only to frameworks with role `r`; unlabelled
+    /// nodes go to anyone.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub registered_ms: u64,
 }
 
 /// The bounds of an elastic pool (`"size": {"min": M, "max": X}`).

@@ -26,7 +26,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new().route("/events", get(cluster_events))
 }
 
-fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+pub(super) fn last_event_id(headers: &HeaderMap) -> Option<u64> {
     headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -40,11 +40,11 @@ fn to_sse(e: &Event) -> SseEvent {
         .data(serde_json::to_string(e).unwrap_or_default())
 }
 
-type Filter = Box<dyn Fn(&Event) -> bool + Send>;
+pub(super) type Filter = Box<dyn Fn(&Event) -> bool + Send>;
 
 /// `first` (if any), then the kept events after the client's last id, then live ones,
 /// all passing `keep`; ends after an event for which `last` holds.
-fn event_stream(
+pub(super) fn event_stream(
     closed: tokio_util::sync::CancellationToken,
     first: Option<SseEvent>,
     past: Vec<Arc<Event>>,

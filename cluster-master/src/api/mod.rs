@@ -21,6 +21,7 @@ mod cluster;
 mod error;
 mod events;
 mod extract;
+mod frameworks;
 mod groups;
 mod latency;
 mod metrics;
@@ -61,6 +62,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(tenants::routes())
         .merge(pools::routes())
         .merge(services::routes())
+        .merge(frameworks::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
             auth::authenticate,

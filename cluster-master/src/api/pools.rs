@@ -142,6 +142,9 @@ fn pool_view(cluster: &Cluster, p: &PoolRecord, details: bool) -> Value {
         "master": p.master.as_ref().map(|m| master_view(cluster, &p.name, m)),
         "epoch": p.epoch,
         "created_ms": p.created_ms,
+        // Nodes of this pool being reclaimed, and nodes on their way to it.
+        "reclaims": p.reclaims,
+        "incoming": incoming(cluster, &p.name),
     });
     if details {
         let events: Vec<Value> = cluster
@@ -153,6 +156,16 @@ fn pool_view(cluster: &Cluster, p: &PoolRecord, details: bool) -> Value {
         view["events"] = json!(events);
     }
     view
+}
+
+/// Reclaims that bring nodes to `pool`.
+fn incoming(cluster: &Cluster, pool: &str) -> Vec<Value> {
+    let book = cluster.pools.book();
+    book.pools()
+        .flat_map(|p| p.reclaims.iter().map(move |r| (p, r)))
+        .filter(|(_, r)| r.for_pool == pool)
+        .map(|(p, r)| json!({"node": r.node, "from_pool": p.name, "deadline_ms": r.deadline_ms}))
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -283,6 +296,7 @@ async fn create_pool(
         epoch: 0,
         created_ms: glory_protocol::now_ms(),
         elastic,
+        reclaims: vec![],
     };
     let pool = cluster.create_pool(record, count).await?;
     Ok((StatusCode::CREATED, Json(pool_view(&cluster, &pool, false))))

@@ -83,8 +83,10 @@ async fn sharing(Active(cluster): Active, caller: Caller) -> Json<Value> {
         .iter()
         .filter(|s| caller.sees(&s.tenant))
         .map(|s| {
+            let (incoming, outgoing) = cluster.pending_reclaims(&s.tenant);
             json!({
                 "tenant": s.tenant,
+                "reclaims": {"incoming": incoming, "outgoing": outgoing},
                 "guaranteed_nodes": s.guaranteed_nodes,
                 "used": {"nodes": s.used.nodes, "cpus": s.used.cpus, "memory_gib": s.used.memory_gib},
                 "borrowed_nodes": s.borrowed_nodes,

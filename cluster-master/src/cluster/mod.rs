@@ -173,6 +173,9 @@ impl Cluster {
         let tenants = crate::pools::load_tenants(km.as_ref())
             .await
             .context("load tenants")?;
+        let frameworks = crate::pools::load_frameworks(km.as_ref())
+            .await
+            .context("load frameworks")?;
         let monitoring = crate::monitoring::MonitoringState::load(km.as_ref())
             .await
             .context("load monitors")?;
@@ -222,7 +225,7 @@ impl Cluster {
             km_available: AtomicBool::new(true),
             next_session: AtomicU64::new(1),
             transitions: Default::default(),
-            pools: crate::pools::PoolState::new(book, tenants),
+            pools: crate::pools::PoolState::new(book, tenants, frameworks),
             monitoring,
             events: Default::default(),
             pool_changed: tokio::sync::Notify::new(),

@@ -437,6 +437,8 @@ impl Cluster {
             }
         }
         self.stop_stale_masters();
+        self.reconcile_reclaims().await;
+        self.offer_round();
     }
 
     async fn reconcile_master(&self, pool: &PoolRecord) {

@@ -6,14 +6,16 @@ use crate::events::EventData;
 use glory_keymaster::schema::PoolRecord;
 use tracing::info;
 
-use super::{check_component, check_name, OpError, OpResultT, Write};
+use super::alloc::PlanError;
+use super::{check_component, check_name, reclaim, OpError, OpResultT, Write};
 use crate::cluster::Cluster;
 
 /// An elastic pool stays within its bounds: never above `max`, never released below
-/// `min` (a failed node's replacement keeps the count).
-fn within_bounds(p: &PoolRecord) -> OpResultT<()> {
+/// `min` (a failed node's replacement keeps the count). `incoming`: nodes on their way
+/// to it by reclaim, which count.
+pub(super) fn within_bounds(p: &PoolRecord, incoming: usize) -> OpResultT<()> {
     let Some(e) = p.elastic else { return Ok(()) };
-    let n = p.nodes.len();
+    let n = p.nodes.len() + incoming;
     if n > e.max {
         return Err(OpError::conflict(format!(
             "size.max: pool {} may hold at most {} nodes; it would hold {n}",
@@ -51,14 +53,30 @@ impl Cluster {
                 )));
             }
         }
-        let (pool, ()) = self
-            .write_pool(true, |book, facts| {
-                let planned = book.plan_create(record.clone(), count, facts)?;
-                self.within_quota(book, facts, &planned)?;
-                Ok((Write::Put(planned), ()))
+        let (written, ()) = self
+            .write_pools(true, |book, facts| {
+                match (book.plan_create(record.clone(), count, facts), count) {
+                    (Ok(planned), _) => {
+                        self.within_quota(book, facts, &planned)?;
+                        Ok((vec![Write::Put(planned)], ()))
+                    }
+                    // Too few free nodes: within the tenant's guarantee, reclaim.
+                    (Err(PlanError::NotEnough(ne)), Some(count)) => {
+                        let partial = book.plan_create(record.clone(), Some(ne.fit), facts)?;
+                        let writes =
+                            self.plan_with_reclaim(book, facts, partial, count - ne.fit, ne)?;
+                        Ok((writes, ()))
+                    }
+                    (Err(e), _) => Err(e.into()),
+                }
             })
             .await?;
-        let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
+        let pool = written
+            .first()
+            .cloned()
+            .flatten()
+            .ok_or_else(|| OpError::conflict("pool vanished"))?;
+        self.announce_claims(&pool, &written);
         info!(pool = %pool.name, tenant = %pool.tenant, nodes = pool.nodes.len(), "pool created");
         let at = Some((pool.name.as_str(), pool.tenant.as_str()));
         self.events.emit(
@@ -73,12 +91,20 @@ impl Cluster {
     }
 
     pub async fn delete_pool(&self, name: &str) -> OpResultT<PoolRecord> {
-        let (_, old) = self
-            .write_pool(true, |book, _| {
+        let (written, old) = self
+            .write_pools(true, |book, _| {
                 let old = book.cloned(name)?;
-                Ok((Write::Delete(name.to_string()), old))
+                // Nodes being reclaimed from it go to their claimants now.
+                let mut writes = vec![Write::Delete(name.to_string())];
+                writes.extend(
+                    reclaim::hand_over(book, &old, &old.nodes)
+                        .into_iter()
+                        .map(Write::Put),
+                );
+                Ok((writes, old))
             })
             .await?;
+        self.announce_hand_over(&old, &written);
         if let Some(master) = &old.master {
             self.stop_master_process(&old.name, master);
         }
@@ -91,6 +117,35 @@ impl Cluster {
             },
         );
         Ok(old)
+    }
+
+    /// Events for the nodes of `old` (a pool deleted or releasing) that `written`
+    /// handed to their claimants.
+    fn announce_hand_over(&self, old: &PoolRecord, written: &[Option<PoolRecord>]) {
+        let now = glory_protocol::now_ms();
+        for claimant in written.iter().skip(1).flatten() {
+            for r in old.reclaims.iter().filter(|r| {
+                r.for_pool == claimant.name && claimant.nodes.binary_search(&r.node).is_ok()
+            }) {
+                self.events.emit(
+                    Some((&claimant.name, &claimant.tenant)),
+                    EventData::NodeAdded {
+                        node: r.node.clone(),
+                        replaces: None,
+                    },
+                );
+                let done = EventData::ReclaimCompleted {
+                    node: r.node.clone(),
+                    from_pool: old.name.clone(),
+                    to_pool: claimant.name.clone(),
+                    waited_ms: now.saturating_sub(r.since_ms),
+                };
+                self.events
+                    .emit(Some((&old.name, &old.tenant)), done.clone());
+                self.events
+                    .emit(Some((&claimant.name, &claimant.tenant)), done);
+            }
+        }
     }
 
     fn announce_added(&self, pool: &PoolRecord, added: &[String]) {
@@ -111,15 +166,31 @@ impl Cluster {
         name: &str,
         count: usize,
     ) -> OpResultT<(PoolRecord, Vec<String>)> {
-        let (pool, added) = self
-            .write_pool(true, |book, facts| {
-                let (p, added) = book.plan_grow(name, count, facts)?;
-                within_bounds(&p)?;
-                self.within_quota(book, facts, &p)?;
-                Ok((Write::Put(p), added))
+        let (written, added) = self
+            .write_pools(true, |book, facts| {
+                match book.plan_grow(name, count, facts) {
+                    Ok((p, added)) => {
+                        within_bounds(&p, reclaim::incoming(book, name))?;
+                        self.within_quota(book, facts, &p)?;
+                        Ok((vec![Write::Put(p)], added))
+                    }
+                    // Too few free nodes: within the tenant's guarantee, reclaim.
+                    Err(PlanError::NotEnough(ne)) => {
+                        let (partial, added) = book.plan_grow(name, ne.fit, facts)?;
+                        let writes =
+                            self.plan_with_reclaim(book, facts, partial, count - ne.fit, ne)?;
+                        Ok((writes, added))
+                    }
+                    Err(e) => Err(e.into()),
+                }
             })
             .await?;
-        let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
+        let pool = written
+            .first()
+            .cloned()
+            .flatten()
+            .ok_or_else(|| OpError::conflict("pool vanished"))?;
+        self.announce_claims(&pool, &written);
         self.announce_added(&pool, &added);
         Ok((pool, added))
     }
@@ -134,7 +205,7 @@ impl Cluster {
             .write_pool(true, |book, facts| {
                 let before = book.get(name).map(|p| p.nodes.clone()).unwrap_or_default();
                 let p = book.plan_add_named(name, nodes, facts)?;
-                within_bounds(&p)?;
+                within_bounds(&p, reclaim::incoming(book, name))?;
                 self.within_quota(book, facts, &p)?;
                 let mut added: Vec<String> = Vec::new();
                 for n in nodes {
@@ -150,16 +221,27 @@ impl Cluster {
         Ok((pool, added))
     }
 
-    /// Release one node back to the free set.
+    /// Release one node back to the free set (or, when it is being reclaimed, to its
+    /// claimant at once).
     pub async fn release_pool_node(&self, name: &str, node: &str) -> OpResultT<PoolRecord> {
-        let (pool, ()) = self
-            .write_pool(true, |book, _| {
-                let p = book.plan_release(name, node)?;
-                within_bounds(&p)?;
-                Ok((Write::Put(p), ()))
+        let (written, old) = self
+            .write_pools(true, |book, _| {
+                let old = book.cloned(name)?;
+                let mut p = book.plan_release(name, node)?;
+                within_bounds(&p, reclaim::incoming(book, name))?;
+                let given = reclaim::hand_over(book, &old, &[node.to_string()]);
+                p.reclaims.retain(|r| r.node != node || given.is_empty());
+                let mut writes = vec![Write::Put(p)];
+                writes.extend(given.into_iter().map(Write::Put));
+                Ok((writes, old))
             })
             .await?;
-        let pool = pool.ok_or_else(|| OpError::conflict("pool vanished"))?;
+        self.announce_hand_over(&old, &written);
+        let pool = written
+            .first()
+            .cloned()
+            .flatten()
+            .ok_or_else(|| OpError::conflict("pool vanished"))?;
         self.events.emit(
             Some((&pool.name, &pool.tenant)),
             EventData::NodeRemoved {

@@ -9,17 +9,23 @@
 
 pub mod alloc;
 mod candidates;
+mod claims;
+mod frameworks;
 mod labels;
 pub mod launch;
 mod master;
 mod membership;
 mod node_events;
+pub mod offers;
 mod processes;
 pub mod quota;
+pub mod reclaim;
 pub mod sharing;
 mod tenants;
 mod verdict;
 
+pub(crate) use frameworks::load_frameworks;
+pub use frameworks::Listening;
 pub use master::process_id;
 pub(crate) use master::{on_change_or_tick, reconciler};
 pub(crate) use tenants::load_tenants;
@@ -31,7 +37,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use glory_keymaster::schema::{self, PoolRecord, TenantRecord, POOL_GENERATION_KEY};
+use glory_keymaster::schema::{
+    self, FrameworkRecord, PoolRecord, TenantRecord, POOL_GENERATION_KEY,
+};
 use glory_keymaster::{Compare, KeyMaster, KeyMasterError, OpResult, Txn, TxnOp};
 use glory_protocol::{NodeState, ProcessReport};
 use tracing::{info, warn};
@@ -101,13 +109,28 @@ pub(crate) struct PoolState {
     replace_blocked: Mutex<HashSet<(String, String)>>,
     /// Per pool, the candidates whose master process kept failing.
     failed_masters: Mutex<HashMap<String, master::FailedCandidates>>,
+    /// Registered frameworks, by id (kept in the key master).
+    frameworks: RwLock<BTreeMap<String, FrameworkRecord>>,
+    /// Outstanding offers (this master's only: a new master offers anew).
+    pub(crate) offers: Mutex<offers::OfferBook>,
+    /// Open offer streams per framework: only listening frameworks get offers.
+    listening: Mutex<HashMap<String, usize>>,
 }
 
 impl PoolState {
-    pub fn new(book: PoolBook, tenants: BTreeMap<String, TenantRecord>) -> Self {
+    pub fn new(
+        book: PoolBook,
+        tenants: BTreeMap<String, TenantRecord>,
+        frameworks: BTreeMap<String, FrameworkRecord>,
+    ) -> Self {
         PoolState {
             book: RwLock::new(book),
             tenants: RwLock::new(tenants),
+            frameworks: RwLock::new(frameworks),
+            offers: Mutex::new(offers::OfferBook::new(&format!(
+                "o{:x}",
+                glory_protocol::now_ms()
+            ))),
             ..Default::default()
         }
     }
@@ -244,31 +267,53 @@ impl Cluster {
         membership: bool,
         mut plan: impl FnMut(&PoolBook, &[NodeFacts]) -> OpResultT<(Write, T)>,
     ) -> OpResultT<(Option<PoolRecord>, T)> {
+        let (mut written, out) = self
+            .write_pools(membership, |book, facts| {
+                let (write, out) = plan(book, facts)?;
+                Ok((vec![write], out))
+            })
+            .await?;
+        Ok((written.pop().flatten(), out))
+    }
+
+    /// [`Self::write_pool`] for several pools in one transaction (a reclaim moves a
+    /// node between two). Returns what each write left, in order (`None`: deleted).
+    async fn write_pools<T>(
+        &self,
+        membership: bool,
+        mut plan: impl FnMut(&PoolBook, &[NodeFacts]) -> OpResultT<(Vec<Write>, T)>,
+    ) -> OpResultT<(Vec<Option<PoolRecord>>, T)> {
         let _serial = self.pools.write.lock().await;
         for _attempt in 0..8 {
             let facts = self.node_facts();
-            let (write, out, generation, rev) = {
+            let (writes, out, generation, revs) = {
                 let book = self.pools.book();
-                let (write, out) = plan(&book, &facts)?;
-                let name = match &write {
-                    Write::Put(p) => p.name.clone(),
-                    Write::Delete(n) => n.clone(),
-                };
-                let rev = book.revision(&name);
-                (write, out, book.generation, rev)
-            };
-            let (key, op) = match &write {
-                Write::Put(p) => (
-                    schema::pool_key(&p.name),
-                    TxnOp::put(schema::pool_key(&p.name), schema::encode(p)),
-                ),
-                Write::Delete(n) => (schema::pool_key(n), TxnOp::delete(schema::pool_key(n))),
+                let (writes, out) = plan(&book, &facts)?;
+                let revs: Vec<_> = writes
+                    .iter()
+                    .map(|w| match w {
+                        Write::Put(p) => book.revision(&p.name),
+                        Write::Delete(n) => book.revision(n),
+                    })
+                    .collect();
+                (writes, out, book.generation, revs)
             };
             let mut txn = Txn {
-                compares: vec![Compare::mod_revision(key, rev)],
-                success: vec![op],
+                compares: vec![],
+                success: vec![],
                 failure: vec![],
             };
+            for (write, rev) in writes.iter().zip(&revs) {
+                let (key, op) = match write {
+                    Write::Put(p) => (
+                        schema::pool_key(&p.name),
+                        TxnOp::put(schema::pool_key(&p.name), schema::encode(p)),
+                    ),
+                    Write::Delete(n) => (schema::pool_key(n), TxnOp::delete(schema::pool_key(n))),
+                };
+                txn.compares.push(Compare::mod_revision(key, *rev));
+                txn.success.push(op);
+            }
             if membership {
                 txn.compares
                     .push(Compare::mod_revision(POOL_GENERATION_KEY, generation));
@@ -283,16 +328,20 @@ impl Cluster {
                 if membership {
                     book.generation = resp.revision;
                 }
-                return Ok(match write {
-                    Write::Put(p) => {
-                        book.put(p.clone(), resp.revision);
-                        (Some(p), out)
-                    }
-                    Write::Delete(n) => {
-                        book.remove(&n);
-                        (None, out)
-                    }
-                });
+                let written = writes
+                    .into_iter()
+                    .map(|write| match write {
+                        Write::Put(p) => {
+                            book.put(p.clone(), resp.revision);
+                            Some(p)
+                        }
+                        Write::Delete(n) => {
+                            book.remove(&n);
+                            None
+                        }
+                    })
+                    .collect();
+                return Ok((written, out));
             }
             info!("pool write lost a race with another writer; reloading pools");
             let fresh = load_book(self.km.as_ref()).await?;

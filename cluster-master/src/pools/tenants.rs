@@ -112,6 +112,21 @@ impl Cluster {
         (sharing::shares(&tenants, &usage, capacity), capacity)
     }
 
+    /// Reclaims under way for `tenant` (nodes coming to it) and from it (nodes
+    /// leaving it).
+    pub fn pending_reclaims(&self, tenant: &str) -> (usize, usize) {
+        let book = self.pools.book();
+        let mut incoming = 0;
+        let mut outgoing = 0;
+        for p in book.pools() {
+            for r in &p.reclaims {
+                incoming += usize::from(r.for_tenant == tenant);
+                outgoing += usize::from(p.tenant == tenant);
+            }
+        }
+        (incoming, outgoing)
+    }
+
     /// What `name`'s pools hold now.
     pub fn tenant_usage(&self, name: &str) -> quota::Usage {
         let facts = self.node_facts();

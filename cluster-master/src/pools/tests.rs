@@ -76,6 +76,7 @@ fn pool(name: &str) -> PoolRecord {
         epoch: 0,
         created_ms: 0,
         elastic: None,
+        reclaims: vec![],
     }
 }
 

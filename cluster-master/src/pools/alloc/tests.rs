@@ -36,6 +36,7 @@ fn pool(name: &str, selector: PoolSelector, spread: Spread) -> PoolRecord {
         epoch: 0,
         created_ms: 0,
         elastic: None,
+        reclaims: vec![],
     }
 }
 

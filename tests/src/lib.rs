@@ -42,6 +42,8 @@ pub struct ClusterBuilder {
     metrics_ms: u64,
     alert_webhooks: Vec<String>,
     alertmanagers: Vec<String>,
+    reclaim_grace_seconds: u64,
+    offer_timeout_seconds: u64,
 }
 
 impl Default for ClusterBuilder {
@@ -56,6 +58,8 @@ impl Default for ClusterBuilder {
             metrics_ms: 5000,
             alert_webhooks: Vec::new(),
             alertmanagers: Vec::new(),
+            reclaim_grace_seconds: 60,
+            offer_timeout_seconds: 30,
         }
     }
 }
@@ -93,6 +97,16 @@ impl ClusterBuilder {
         self.metrics_ms = ms;
         self
     }
+    /// How long a reclaimed node stays with its pool (`reclaim_grace_seconds`).
+    pub fn reclaim_grace_seconds(mut self, s: u64) -> Self {
+        self.reclaim_grace_seconds = s;
+        self
+    }
+    /// How long an offer waits for an answer (`offer_timeout_seconds`).
+    pub fn offer_timeout_seconds(mut self, s: u64) -> Self {
+        self.offer_timeout_seconds = s;
+        self
+    }
     pub fn group_size_limit(mut self, n: usize) -> Self {
         self.group_size_limit = n;
         self
@@ -118,6 +132,8 @@ impl ClusterBuilder {
             alertmanagers: self.alertmanagers.clone(),
             alert_group_wait_ms: 200,
             alert_repeat_interval_seconds: 5,
+            reclaim_grace_seconds: self.reclaim_grace_seconds,
+            offer_timeout_seconds: self.offer_timeout_seconds,
             ..Default::default()
         };
         let km =

@@ -67,7 +67,7 @@ async fn the_live_api_matches_its_openapi_spec() -> anyhow::Result<()> {
             // off this machine), so they are tested against real emulators in
             // power.rs instead.
             "--exclude-path-regex",
-            "^/events$|/power$",
+            "^/events$|/power$|^/frameworks/.+/offers$",
             "--phases",
             "examples,coverage,fuzzing",
             "--max-examples",

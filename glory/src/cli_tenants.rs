@@ -1,5 +1,5 @@
 //! `glory tenants`: create, list, delete, and quotas (guarantee and limits, with what
-//! the tenant holds); `glory sharing`.
+//! the tenant holds); `glory sharing`; `glory frameworks`.
 
 use clap::Subcommand;
 use reqwest::Method;
@@ -179,6 +179,11 @@ pub fn sharing_text(r: &Value) -> String {
                 s(&t["guaranteed_nodes"]),
                 s(&t["used"]["nodes"]),
                 s(&t["borrowed_nodes"]),
+                format!(
+                    "+{}/-{}",
+                    s(&t["reclaims"]["incoming"]),
+                    s(&t["reclaims"]["outgoing"])
+                ),
                 s(&t["used"]["cpus"]),
                 s(&t["used"]["memory_gib"]),
                 pct(&t["dominant_share"]),
@@ -201,6 +206,7 @@ pub fn sharing_text(r: &Value) -> String {
                 "GUARANTEED",
                 "NODES",
                 "BORROWED",
+                "RECLAIMS",
                 "CPUS",
                 "MEMORY GIB",
                 "DOMINANT",
@@ -208,6 +214,83 @@ pub fn sharing_text(r: &Value) -> String {
             ],
             &rows
         )
+    )
+}
+
+#[derive(Subcommand)]
+pub enum FrameworksAction {
+    /// List frameworks: tenant, pool, whether they listen, outstanding offers.
+    List,
+    /// Outstanding offers: framework, nodes, when they expire.
+    Offers,
+    /// Unregister a framework (its offers are rescinded; its pool stays).
+    Rm { id: String },
+}
+
+pub async fn frameworks(
+    client: &ApiClient,
+    action: FrameworksAction,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let r = match action {
+        FrameworksAction::List => client.get("/api/v1/frameworks").await?,
+        FrameworksAction::Offers => client.get("/api/v1/offers").await?,
+        FrameworksAction::Rm { id } => {
+            let path = format!("/api/v1/frameworks/{}", urlencode(&id));
+            client.call(Method::DELETE, &path, None).await?
+        }
+    };
+    if as_json {
+        print_json(&r);
+    } else if r.get("unregistered").is_some() {
+        println!("unregistered {}", s(&r["unregistered"]));
+    } else {
+        print!("{}", frameworks_text(&r));
+    }
+    Ok(())
+}
+
+/// The table of `glory frameworks list` or `offers` (told apart by their fields).
+pub fn frameworks_text(r: &Value) -> String {
+    let offers = items(r)
+        .first()
+        .is_some_and(|i| i.get("expires_ms").is_some());
+    if offers {
+        let rows: Vec<Vec<String>> = items(r)
+            .iter()
+            .map(|o| {
+                let nodes = o["nodes"].as_array().map_or(0, Vec::len);
+                vec![
+                    s(&o["id"]),
+                    s(&o["framework"]),
+                    nodes.to_string(),
+                    when_value(&o["expires_ms"], "-"),
+                ]
+            })
+            .collect();
+        return render(&["OFFER", "FRAMEWORK", "NODES", "EXPIRES"], &rows);
+    }
+    let rows: Vec<Vec<String>> = items(r)
+        .iter()
+        .map(|f| {
+            let offered: usize = f["offers"].as_array().map_or(0, |v| {
+                v.iter()
+                    .map(|o| o["nodes"].as_array().map_or(0, Vec::len))
+                    .sum()
+            });
+            vec![
+                s(&f["id"]),
+                s(&f["name"]),
+                s(&f["tenant"]),
+                s(&f["pool"]),
+                if f["listening"] == true { "yes" } else { "no" }.to_string(),
+                offered.to_string(),
+            ]
+        })
+        .collect();
+    render(
+        &["ID", "NAME", "TENANT", "POOL", "LISTENING", "OFFERED NODES"],
+        &rows,
     )
 }
 
@@ -224,7 +307,7 @@ mod tests {
         let text = sharing_text(&json!({
             "capacity": {"nodes": 10, "cpus": 160, "memory_gib": 640}, "fairness": 0.9,
             "items": [{"tenant": "a", "guaranteed_nodes": 4, "used": {"nodes": 5, "cpus": 80, "memory_gib": 100},
-                       "borrowed_nodes": 1, "dominant_share": 0.5, "weighted_share": 0.125, "drf_rank": 1}]
+                       "borrowed_nodes": 1, "reclaims": {"incoming": 2, "outgoing": 0}, "dominant_share": 0.5, "weighted_share": 0.125, "drf_rank": 1}]
         }));
         assert!(
             text.starts_with(
@@ -233,9 +316,23 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("50.0%") && text.contains("BORROWED"),
+            text.contains("50.0%") && text.contains("BORROWED") && text.contains("+2/-0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn frameworks_and_offers_are_tables() {
+        let text = frameworks_text(&json!({"items": [{"id": "fw-1", "name": "spark",
+            "tenant": "a", "pool": "p", "listening": true,
+            "offers": [{"nodes": ["n1", "n2"]}]}]}));
+        assert!(
+            text.contains("fw-1") && text.contains("yes") && text.contains("2"),
+            "{text}"
+        );
+        let text = frameworks_text(&json!({"items": [{"id": "o-1", "framework": "fw-1",
+            "nodes": ["n1"], "made_ms": 1, "expires_ms": 2}]}));
+        assert!(text.starts_with("OFFER"), "{text}");
     }
 
     #[test]

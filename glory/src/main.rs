@@ -145,8 +145,14 @@ enum Command {
         #[command(subcommand)]
         action: glory::cli_pools::PoolsAction,
     },
-    /// How the tenants share the cluster: guarantee, use, borrowed nodes, dominant share.
+    /// How the tenants share the cluster: guarantee, use, borrowed nodes, reclaims,
+    /// dominant share.
     Sharing,
+    /// Frameworks (two-level scheduling) and their outstanding offers.
+    Frameworks {
+        #[command(subcommand)]
+        action: glory::cli_tenants::FrameworksAction,
+    },
     /// Services: supervised processes on a pool's nodes, health-checked, healed, scaled
     /// and balanced (`glory services create web --pool p1 -- PROGRAM ARGS`).
     Services {
@@ -546,6 +552,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens { action } => glory::cli_pools::tokens(&client, action, cli.json).await,
         Command::Pools { action } => glory::cli_pools::pools(&client, action, cli.json).await,
         Command::Sharing => glory::cli_tenants::sharing(&client, cli.json).await,
+        Command::Frameworks { action } => {
+            glory::cli_tenants::frameworks(&client, action, cli.json).await
+        }
         Command::Services { action } => {
             glory::cli_services::services(&client, action, cli.json).await
         }

@@ -48,7 +48,13 @@ async fn seed(km: &dyn KeyMaster) {
 }
 
 async fn master(km: Arc<dyn KeyMaster>) -> Arc<Cluster> {
-    let settings = ClusterMasterConfig::default().validate().unwrap();
+    // Reclaims move at the next pass (the race test drives them by hand).
+    let settings = ClusterMasterConfig {
+        reclaim_grace_seconds: 0,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
     let ca = load_or_create_ca(km.as_ref(), "test").await.unwrap();
     let (cluster, _rx) = Cluster::load(settings, km, None, ca).await.unwrap();
     // Loading marks live nodes unreachable until their group masters report; these
@@ -127,7 +133,8 @@ async fn two_masters_never_double_allocate(km: Arc<dyn KeyMaster>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_masters_on_the_embedded_store_never_double_allocate() {
     let km: Arc<dyn KeyMaster> = EmbeddedKeyMaster::open_in_memory().unwrap();
-    two_masters_never_double_allocate(km).await;
+    two_masters_never_double_allocate(km.clone()).await;
+    two_masters_never_double_reclaim(km).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +146,84 @@ async fn two_masters_on_one_etcd_never_double_allocate() {
         glory_keymaster::EtcdKeyMaster::connect(&etcd.endpoints(), Default::default())
             .await
             .unwrap();
-    two_masters_never_double_allocate(km).await;
+    two_masters_never_double_allocate(km.clone()).await;
+    two_masters_never_double_reclaim(km).await;
+}
+
+/// Reclaim under the same race: tenant `u` (guaranteed 12) claims borrowed nodes of
+/// `t` from both masters at once, one of them planning on a stale view, then both
+/// carry the claims out at once. Each node ends in one pool, `u` gets its 12 and no
+/// more, and no claim is left.
+async fn two_masters_never_double_reclaim(km: Arc<dyn KeyMaster>) {
+    let a = master(km.clone()).await;
+    let old: Vec<String> = a.pools.book().pools().map(|p| p.name.clone()).collect();
+    for name in old {
+        a.delete_pool(&name).await.unwrap();
+    }
+    a.create_tenant("u", "").await.unwrap();
+    a.set_quota(
+        "u",
+        glory_keymaster::schema::Quota {
+            guaranteed_nodes: 12,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // B knows the quota but not the pool that takes every node.
+    let b = master(km.clone()).await;
+    a.create_pool(pool("big"), Some(NODES)).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let cm = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let mut p = pool(&format!("u{i}"));
+        p.tenant = "u".into();
+        handles.push(tokio::spawn(
+            async move { cm.create_pool(p, Some(4)).await },
+        ));
+    }
+    let mut created = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(p) => {
+                assert!(p.nodes.is_empty(), "nothing was free: {:?}", p.nodes);
+                created += 1;
+            }
+            Err(crate::pools::OpError::Conflict { fit: Some(0), .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(created, 3, "12 guaranteed: three claims of 4");
+    let (x, y) = (a.clone(), b.clone());
+    let (r1, r2) = tokio::join!(
+        tokio::spawn(async move { x.reconcile_reclaims().await }),
+        tokio::spawn(async move { y.reconcile_reclaims().await })
+    );
+    r1.unwrap();
+    r2.unwrap();
+    // Whatever one master left (its plan lost every race), a later pass finishes.
+    a.reconcile_reclaims().await;
+    let (kvs, _) = km.get_prefix(schema::POOLS_PREFIX).await.unwrap();
+    let mut owner = std::collections::HashMap::new();
+    let mut held_by_u = 0;
+    for kv in kvs {
+        let p: PoolRecord = schema::decode(&kv.key, &kv.value).unwrap();
+        assert!(
+            p.reclaims.is_empty(),
+            "claims left in {}: {:?}",
+            p.name,
+            p.reclaims
+        );
+        if p.tenant == "u" {
+            held_by_u += p.nodes.len();
+        }
+        for n in p.nodes {
+            if let Some(other) = owner.insert(n.clone(), p.name.clone()) {
+                panic!("node {n} is in pools {other} and {}", p.name);
+            }
+        }
+    }
+    assert_eq!((held_by_u, owner.len()), (12, NODES));
 }
 
 /// A report of pool `p`'s master process from its agent.

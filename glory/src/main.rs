@@ -85,6 +85,10 @@ enum Command {
         /// real processes run on them.
         #[arg(long, default_value_t = 0)]
         real_agents: usize,
+        /// How long a pool may drain a node reclaimed for another tenant's guarantee,
+        /// seconds.
+        #[arg(long, default_value_t = 60)]
+        reclaim_grace: u64,
     },
     /// Cluster summary: nodes by state, groups, key master.
     Cluster,
@@ -198,6 +202,10 @@ enum Command {
     /// scale-down reaction (real agents, HAProxy), the reconcile loop's CPU with
     /// 1,000 services on 10,000 simulated nodes. Prints JSON (docs/BENCHMARKS.md).
     ServicesBench(glory::bench::services::ServicesBenchArgs),
+    /// Measure sharing: allocation decisions per second, offer latency, fairness over
+    /// time (Jain's index) and the time to give a tenant its guarantee back, with four
+    /// tenants on 10,000 simulated nodes. Prints JSON (docs/BENCHMARKS.md).
+    SharingBench(glory::bench::sharing::SharingBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -414,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         lab_memory,
         boot_token_ttl,
         real_agents,
+        reclaim_grace,
     } = cli.command
     {
         glory_protocol::process::init_tracing("info,glory_node_agent=error");
@@ -433,6 +442,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             boot_token_ttl_seconds: boot_token_ttl,
             lab_agent_binary: None,
             real_agents,
+            reclaim_grace_seconds: reclaim_grace,
+            ..Default::default()
         };
         return c::up(options).await;
     }
@@ -510,6 +521,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    if let Command::SharingBench(args) = cli.command {
+        glory_protocol::process::init_tracing("warn,glory_node_agent=error");
+        let report = glory::bench::sharing::run(args).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     if let Command::SimAgents(args) = cli.command {
         glory_protocol::process::init_tracing("error");
         return glory::bench::agents::run(args).await;
@@ -527,6 +544,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up { .. }
         | Command::SimAgents(_)
         | Command::ServicesBench(_)
+        | Command::SharingBench(_)
         | Command::Provision { .. }
         | Command::Sim { action: None, .. } => {
             unreachable!("handled above")

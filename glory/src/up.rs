@@ -44,6 +44,9 @@ pub struct UpOptions {
     /// Real agents on this machine (real process supervision, each with its own
     /// state directory), in a group of their own, for services with real processes.
     pub real_agents: usize,
+    /// `reclaim_grace_seconds` and `offer_timeout_seconds` of the cluster master.
+    pub reclaim_grace_seconds: u64,
+    pub offer_timeout_seconds: u64,
 }
 
 impl Default for UpOptions {
@@ -64,6 +67,8 @@ impl Default for UpOptions {
             boot_token_ttl_seconds: 600,
             lab_agent_binary: None,
             real_agents: 0,
+            reclaim_grace_seconds: 60,
+            offer_timeout_seconds: 30,
         }
     }
 }
@@ -145,6 +150,8 @@ impl Up {
                 None => KeyMasterConfig::Embedded { path: None },
             },
             group_size_limit: options.group_size_limit,
+            reclaim_grace_seconds: options.reclaim_grace_seconds,
+            offer_timeout_seconds: options.offer_timeout_seconds,
             ..Default::default()
         };
         let cm_shutdown = CancellationToken::new();

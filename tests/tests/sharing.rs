@@ -318,7 +318,7 @@ async fn frameworks_get_offers_in_drf_order_and_decline_and_expiry_hold() -> any
     let oy = next_of(&mut sy, &["offer_made"], Duration::from_secs(5))
         .await?
         .data;
-    assert_eq!(ids_of(&oy, "nodes"), [first.clone()], "{oy}");
+    assert_eq!(ids_of(&oy, "nodes"), vec![first.clone()], "{oy}");
     assert!(
         oy["nodes"][0]["cpus"].as_u64().unwrap_or(0) > 0,
         "resources offered: {oy}"
@@ -432,7 +432,7 @@ async fn frameworks_get_offers_in_drf_order_and_decline_and_expiry_hold() -> any
         .data;
     assert_eq!(
         ids_of(&ox2, "nodes"),
-        [first.clone()],
+        vec![first.clone()],
         "what y declined goes to x"
     );
     // x lets it expire: rescinded after the timeout, then offered again.
@@ -446,7 +446,7 @@ async fn frameworks_get_offers_in_drf_order_and_decline_and_expiry_hold() -> any
     let ox3 = next_of(&mut sx, &["offer_made"], Duration::from_secs(5))
         .await?
         .data;
-    assert_eq!(ids_of(&ox3, "nodes"), [first.clone()], "re-offered");
+    assert_eq!(ids_of(&ox3, "nodes"), vec![first.clone()], "re-offered");
     // y, refusing it for 30 s, got nothing meanwhile.
     assert!(
         tokio::time::timeout(

@@ -96,22 +96,47 @@ impl Cluster {
             let tenants = self.pools.tenants().clone();
             reclaim::due(&self.pools.book(), &facts, &tenants, now, &offered)
         };
-        for (from, node) in due {
-            let result = self
-                .write_pools(true, |book, facts| {
-                    let tenants = self.pools.tenants().clone();
-                    let applied =
-                        reclaim::apply(book, facts, &tenants, &from, &node, now, &offered)
-                            .ok_or_else(|| OpError::NotFound("nothing to do".into()))?;
-                    let writes = applied.writes.iter().cloned().map(Write::Put).collect();
-                    Ok((writes, applied))
-                })
-                .await;
-            match result {
-                Ok((_, applied)) => self.announce_step(&applied, now),
-                Err(OpError::NotFound(_)) => {}
-                Err(e) => warn!(pool = %from, %node, error = %e, "reclaim step failed; retrying"),
+        // Every due step in one write (a reclaim of thousands of nodes is thousands of
+        // steps), each planned on the pools as the steps before it left them.
+        let result = self
+            .write_pools(true, |book, facts| {
+                let tenants = self.pools.tenants().clone();
+                let mut scratch = book.clone();
+                let mut applied = Vec::new();
+                let mut touched: Vec<String> = Vec::new();
+                for (from, node) in &due {
+                    let Some(a) =
+                        reclaim::apply(&scratch, facts, &tenants, from, node, now, &offered)
+                    else {
+                        continue;
+                    };
+                    for p in &a.writes {
+                        if !touched.contains(&p.name) {
+                            touched.push(p.name.clone());
+                        }
+                        scratch.put(p.clone(), 0);
+                    }
+                    applied.push(a);
+                }
+                if applied.is_empty() {
+                    return Err(OpError::NotFound("nothing to do".into()));
+                }
+                let writes = touched
+                    .iter()
+                    .filter_map(|name| scratch.get(name).cloned())
+                    .map(Write::Put)
+                    .collect();
+                Ok((writes, applied))
+            })
+            .await;
+        match result {
+            Ok((_, applied)) => {
+                for a in &applied {
+                    self.announce_step(a, now);
+                }
             }
+            Err(OpError::NotFound(_)) => {}
+            Err(e) => warn!(error = %e, "reclaim steps failed; retrying"),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod procstat;
 mod relay;
 pub mod report;
 pub mod services;
+pub mod sharing;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -12,7 +12,7 @@ use glory_keymaster::{Compare, KeyMaster, KeyMasterError, Txn, TxnOp};
 use tracing::info;
 
 use super::offers::{Bidder, Load, Offer, OfferError};
-use super::{check_name, quota, reclaim, OpError, OpResultT};
+use super::{check_name, quota, reclaim, sharing, OpError, OpResultT};
 use crate::cluster::Cluster;
 use crate::events::{EventData, OfferedNode};
 
@@ -284,72 +284,75 @@ impl Cluster {
             return;
         }
         let facts = self.node_facts();
-        let book = self.pools.book().clone();
-        let up: HashSet<&str> = facts
-            .iter()
-            .filter(|n| n.up)
-            .map(|n| n.id.as_str())
-            .collect();
-        self.rescind_offers(
-            |o| {
-                o.nodes
-                    .iter()
-                    .any(|n| book.owner(n).is_some() || !up.contains(n.as_str()))
-            },
-            "a node was taken or went down",
-        );
         let tenants = self.pools.tenants().clone();
-        let (_, capacity) = self.sharing();
-        let mut loads: BTreeMap<String, Load> = BTreeMap::new();
-        let mut bidders = Vec::new();
-        for f in &frameworks {
-            let Some(pool) = book.get(&f.pool) else {
-                continue;
-            };
-            let used = quota::usage(&book, &facts, &f.tenant, None);
-            let q = tenants.get(&f.tenant).and_then(|t| t.quota.clone());
-            loads.insert(
-                f.tenant.clone(),
-                Load {
-                    used,
-                    weight: q.as_ref().map_or(1, |q| q.guaranteed_nodes.max(1)),
+        let now_offered = {
+            let book = self.pools.book();
+            let up: HashSet<&str> = facts
+                .iter()
+                .filter(|n| n.up)
+                .map(|n| n.id.as_str())
+                .collect();
+            self.rescind_offers(
+                |o| {
+                    o.nodes
+                        .iter()
+                        .any(|n| book.owner(n).is_some() || !up.contains(n.as_str()))
                 },
+                "a node was taken or went down",
             );
-            let incoming = reclaim::incoming(&book, &pool.name);
-            let by_quota = q
-                .and_then(|q| q.max_nodes)
-                .map_or(usize::MAX, |m| m.saturating_sub(used.nodes) as usize);
-            let by_pool = pool.elastic.map_or(0, |e| {
-                e.max
-                    .saturating_sub(pool.nodes.len())
-                    .saturating_sub(incoming)
-            });
-            bidders.push(Bidder {
-                id: &f.id,
-                tenant: &f.tenant,
-                selector: &pool.selector,
-                roles: &f.roles,
-                headroom: by_quota.min(by_pool),
-            });
-        }
-        let free: Vec<&super::alloc::NodeFacts> = facts
-            .iter()
-            .filter(|n| book.owner(&n.id).is_none())
-            .collect();
-        let made = self
-            .pools
-            .offers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .round(
-                now,
-                self.settings.offer_timeout.as_millis() as u64,
-                self.settings.offer_max_nodes,
-                &bidders,
-                &free,
-                capacity,
-                &loads,
-            );
+            let capacity = sharing::Capacity {
+                nodes: facts.len() as u64,
+                cpus: facts.iter().map(|n| u64::from(n.cpus)).sum(),
+                memory_gib: facts.iter().map(|n| n.memory_bytes >> 30).sum(),
+            };
+            let mut loads: BTreeMap<String, Load> = BTreeMap::new();
+            let mut bidders = Vec::new();
+            for f in &frameworks {
+                let Some(pool) = book.get(&f.pool) else {
+                    continue;
+                };
+                let q = tenants.get(&f.tenant).and_then(|t| t.quota.clone());
+                let used = loads
+                    .entry(f.tenant.clone())
+                    .or_insert_with(|| Load {
+                        used: quota::usage(&book, &facts, &f.tenant, None),
+                        weight: q.as_ref().map_or(1, |q| q.guaranteed_nodes.max(1)),
+                    })
+                    .used;
+                let incoming = reclaim::incoming(&book, &pool.name);
+                let by_quota = q
+                    .and_then(|q| q.max_nodes)
+                    .map_or(usize::MAX, |m| m.saturating_sub(used.nodes) as usize);
+                let by_pool = pool.elastic.map_or(0, |e| {
+                    e.max
+                        .saturating_sub(pool.nodes.len())
+                        .saturating_sub(incoming)
+                });
+                bidders.push(Bidder {
+                    id: &f.id,
+                    tenant: &f.tenant,
+                    selector: &pool.selector,
+                    roles: &f.roles,
+                    headroom: by_quota.min(by_pool),
+                });
+            }
+            let free: Vec<&super::alloc::NodeFacts> =
+                facts.iter().filter(|n| book.owner(&n.id).is_none()).collect();
+            self.pools
+                .offers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .round(
+                    now,
+                    self.settings.offer_timeout.as_millis() as u64,
+                    self.settings.offer_max_nodes,
+                    &bidders,
+                    &free,
+                    capacity,
+                    &loads,
+                )
+        };
+        let made = now_offered;
         let by_id: BTreeMap<&str, &super::alloc::NodeFacts> =
             facts.iter().map(|n| (n.id.as_str(), n)).collect();
         for o in made {

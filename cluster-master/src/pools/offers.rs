@@ -73,8 +73,8 @@ pub struct OfferBook {
     offers: BTreeMap<String, Offer>,
     /// Node -> the offer that holds it.
     offered: HashMap<String, String>,
-    /// (framework, node) -> refused until (ms).
-    refused: HashMap<(String, String), u64>,
+    /// Framework -> node -> refused until (ms).
+    refused: HashMap<String, HashMap<String, u64>>,
     prefix: String,
     next: u64,
 }
@@ -109,7 +109,8 @@ impl OfferBook {
     /// Whether `framework` refuses `node` at `now_ms`.
     pub fn refuses(&self, framework: &str, node: &str, now_ms: u64) -> bool {
         self.refused
-            .get(&(framework.to_string(), node.to_string()))
+            .get(framework)
+            .and_then(|r| r.get(node))
             .is_some_and(|until| *until > now_ms)
     }
 
@@ -124,9 +125,9 @@ impl OfferBook {
     }
 
     fn refuse(&mut self, framework: &str, nodes: &[String], until_ms: u64) {
+        let r = self.refused.entry(framework.to_string()).or_default();
         for n in nodes {
-            self.refused
-                .insert((framework.to_string(), n.clone()), until_ms);
+            r.insert(n.clone(), until_ms);
         }
     }
 
@@ -144,7 +145,10 @@ impl OfferBook {
         capacity: Capacity,
         loads: &BTreeMap<String, Load>,
     ) -> Vec<Offer> {
-        self.refused.retain(|_, until| *until > now_ms);
+        for r in self.refused.values_mut() {
+            r.retain(|_, until| *until > now_ms);
+        }
+        self.refused.retain(|_, r| !r.is_empty());
         let busy: HashSet<&str> = self.offers.values().map(|o| o.framework.as_str()).collect();
         let mut free: Vec<&NodeFacts> = free
             .iter()

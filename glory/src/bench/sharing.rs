@@ -172,8 +172,8 @@ async fn release(api: &ApiClient, shared: &Shared, pool: &str, count: usize) -> 
 async fn framework(
     api: ApiClient,
     id: String,
-    pool: String,
     demand: Arc<AtomicU64>,
+    held: Arc<AtomicU64>,
     shared: Arc<Shared>,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
@@ -204,10 +204,9 @@ async fn framework(
             }
         }
         let offer = s(&msg.data["offer"]);
-        let held = api.get(&format!("/api/v1/pools/{pool}")).await?["size"]
-            .as_u64()
-            .unwrap_or(0);
-        let want = demand.load(Ordering::Relaxed).saturating_sub(held) as usize;
+        let want = demand
+            .load(Ordering::Relaxed)
+            .saturating_sub(held.load(Ordering::Relaxed)) as usize;
         let (path, body) = if want > 0 {
             let take: Vec<&String> = nodes.iter().take(want).collect();
             (
@@ -221,9 +220,12 @@ async fn framework(
             )
         };
         // A rescinded offer (a node taken meanwhile) answers 404: the next one comes.
-        let (status, _) = api.request(Method::POST, &path, Some(body)).await?;
+        let (status, r) = api.request(Method::POST, &path, Some(body)).await?;
         if status < 300 {
             shared.decisions.fetch_add(1, Ordering::Relaxed);
+            if let Some(size) = r["size"].as_u64() {
+                held.store(size, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -322,6 +324,7 @@ async fn scenario(api: &ApiClient, args: &SharingBenchArgs) -> anyhow::Result<Sh
     let stop = tokio_util::sync::CancellationToken::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut demands = Vec::new();
+    let mut helds = Vec::new();
     let mut clients = tokio::task::JoinSet::new();
     for t in 0..tenants {
         let f = ok(
@@ -333,11 +336,13 @@ async fn scenario(api: &ApiClient, args: &SharingBenchArgs) -> anyhow::Result<Sh
         .await?;
         let demand = Arc::new(AtomicU64::new(rng.random_range(n / 20..=n / 5)));
         demands.push(demand.clone());
+        let held = Arc::new(AtomicU64::new(0));
+        helds.push(held.clone());
         clients.spawn(framework(
             api.clone(),
             s(&f["id"]),
-            format!("fw-t{t}"),
             demand,
+            held,
             shared.clone(),
             stop.clone(),
         ));
@@ -363,6 +368,7 @@ async fn scenario(api: &ApiClient, args: &SharingBenchArgs) -> anyhow::Result<Sh
                 if held > new {
                     release(api, &shared, &pool, (held - new) as usize).await?;
                 }
+                helds[t].store(held.min(new), Ordering::Relaxed);
             }
         }
         let sharing = api.get("/api/v1/sharing").await?;

@@ -91,52 +91,49 @@ impl Cluster {
         }
         let now = glory_protocol::now_ms();
         let offered: HashSet<String> = self.offered_nodes();
-        let due = {
+        let tenants = self.pools.tenants().clone();
+        let single = {
             let facts = self.node_facts();
-            let tenants = self.pools.tenants().clone();
-            reclaim::due(&self.pools.book(), &facts, &tenants, now, &offered)
-        };
-        // Every due step in one write (a reclaim of thousands of nodes is thousands of
-        // steps), each planned on the pools as the steps before it left them.
-        let result = self
-            .write_pools(true, |book, facts| {
-                let tenants = self.pools.tenants().clone();
-                let mut scratch = book.clone();
-                let mut applied = Vec::new();
-                let mut touched: Vec<String> = Vec::new();
-                for (from, node) in &due {
-                    let Some(a) =
-                        reclaim::apply(&scratch, facts, &tenants, from, node, now, &offered)
-                    else {
-                        continue;
-                    };
-                    for p in &a.writes {
-                        if !touched.contains(&p.name) {
-                            touched.push(p.name.clone());
+            let plan = reclaim::carry_out(&self.pools.book(), &facts, &tenants, now, &offered);
+            if !plan.applied.is_empty() {
+                // Everything due in one write, planned again on the view it commits on.
+                let result = self
+                    .write_pools(true, |book, facts| {
+                        let c = reclaim::carry_out(book, facts, &tenants, now, &offered);
+                        if c.applied.is_empty() {
+                            return Err(OpError::NotFound("nothing to do".into()));
                         }
-                        scratch.put(p.clone(), 0);
+                        Ok((c.writes.into_iter().map(Write::Put).collect(), c.applied))
+                    })
+                    .await;
+                match result {
+                    Ok((_, applied)) => {
+                        for a in &applied {
+                            self.announce_step(a, now);
+                        }
                     }
-                    applied.push(a);
-                }
-                if applied.is_empty() {
-                    return Err(OpError::NotFound("nothing to do".into()));
-                }
-                let writes = touched
-                    .iter()
-                    .filter_map(|name| scratch.get(name).cloned())
-                    .map(Write::Put)
-                    .collect();
-                Ok((writes, applied))
-            })
-            .await;
-        match result {
-            Ok((_, applied)) => {
-                for a in &applied {
-                    self.announce_step(a, now);
+                    Err(OpError::NotFound(_)) => {}
+                    Err(e) => warn!(error = %e, "reclaim steps failed; retrying"),
                 }
             }
-            Err(OpError::NotFound(_)) => {}
-            Err(e) => warn!(error = %e, "reclaim steps failed; retrying"),
+            plan.single
+        };
+        // A failed or departed node: another borrowed node is chosen, one at a time.
+        for (from, node) in single {
+            let result = self
+                .write_pools(true, |book, facts| {
+                    let applied =
+                        reclaim::apply(book, facts, &tenants, &from, &node, now, &offered)
+                            .ok_or_else(|| OpError::NotFound("nothing to do".into()))?;
+                    let writes = applied.writes.iter().cloned().map(Write::Put).collect();
+                    Ok((writes, applied))
+                })
+                .await;
+            match result {
+                Ok((_, applied)) => self.announce_step(&applied, now),
+                Err(OpError::NotFound(_)) => {}
+                Err(e) => warn!(pool = %from, %node, error = %e, "reclaim step failed; retrying"),
+            }
         }
     }
 

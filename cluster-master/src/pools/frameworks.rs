@@ -336,8 +336,10 @@ impl Cluster {
                     headroom: by_quota.min(by_pool),
                 });
             }
-            let free: Vec<&super::alloc::NodeFacts> =
-                facts.iter().filter(|n| book.owner(&n.id).is_none()).collect();
+            let free: Vec<&super::alloc::NodeFacts> = facts
+                .iter()
+                .filter(|n| book.owner(&n.id).is_none())
+                .collect();
             self.pools
                 .offers
                 .lock()

@@ -110,6 +110,7 @@ impl Cluster {
         }
         self.forget_failed(&old.name);
         info!(pool = %name, "pool deleted");
+        self.pool_changed.notify_one();
         self.events.emit(
             Some((&old.name, &old.tenant)),
             EventData::PoolDeleted {
@@ -242,6 +243,8 @@ impl Cluster {
             .cloned()
             .flatten()
             .ok_or_else(|| OpError::conflict("pool vanished"))?;
+        // A free node: offer it now rather than at the next tick.
+        self.pool_changed.notify_one();
         self.events.emit(
             Some((&pool.name, &pool.tenant)),
             EventData::NodeRemoved {

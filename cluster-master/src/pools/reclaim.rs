@@ -334,6 +334,8 @@ pub fn due(
 pub struct Applied {
     pub step: Step,
     pub reclaim: Reclaim,
+    /// The victim pool.
+    pub from: String,
     /// The victim pool's tenant.
     pub from_tenant: String,
     /// The node the claimant received, if any.
@@ -398,10 +400,131 @@ pub fn apply(
     Some(Applied {
         step,
         reclaim,
+        from: from.to_string(),
         from_tenant,
         given,
         writes,
     })
+}
+
+/// Every due reclaim carried out at once ([`carry_out`]).
+#[derive(Clone, Debug, Default)]
+pub struct Carried {
+    /// Moves, substitutions and cancellations (their `writes` are empty).
+    pub applied: Vec<Applied>,
+    /// The pools they leave, each once.
+    pub writes: Vec<PoolRecord>,
+    /// Reclaims whose node failed or left: each is handled alone with [`apply`]
+    /// (another node is chosen for it).
+    pub single: Vec<(String, String)>,
+}
+
+/// Carry out every reclaim that is due, in one plan: what [`apply`] does step by step,
+/// but cloning each touched pool once (a reclaim of thousands of nodes out of pools of
+/// thousands is otherwise quadratic). The same decisions as [`decide`], in the same
+/// order; failed or departed nodes are left in `single`.
+pub fn carry_out(
+    book: &PoolBook,
+    facts: &[NodeFacts],
+    tenants: &BTreeMap<String, TenantRecord>,
+    now_ms: u64,
+    exclude: &HashSet<String>,
+) -> Carried {
+    let by_id: HashMap<&str, &NodeFacts> = facts.iter().map(|n| (n.id.as_str(), n)).collect();
+    let mut free: Vec<&NodeFacts> = facts
+        .iter()
+        .filter(|n| n.up && book.owner(&n.id).is_none() && !exclude.contains(&n.id))
+        .collect();
+    free.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let mut free_used = vec![false; free.len()];
+    let mut held: HashMap<&str, u64> = HashMap::new();
+    for p in book.pools() {
+        *held.entry(p.tenant.as_str()).or_default() += p.nodes.len() as u64;
+    }
+    let mut work: BTreeMap<String, PoolRecord> = BTreeMap::new();
+    let mut leaving: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut out = Carried::default();
+    for victim in book.pools() {
+        for r in &victim.reclaims {
+            let claimant = book.get(&r.for_pool);
+            let mut given = None;
+            let step = match claimant {
+                None => Step::Cancel {
+                    reason: format!("pool {} is gone", r.for_pool),
+                },
+                Some(c)
+                    if held.get(c.tenant.as_str()).copied().unwrap_or(0)
+                        >= guarantee(tenants, &c.tenant) =>
+                {
+                    Step::Cancel {
+                        reason: format!("tenant {} holds its guarantee", c.tenant),
+                    }
+                }
+                Some(c) => {
+                    let spare =
+                        (0..free.len()).find(|&i| !free_used[i] && fits(&c.selector, free[i]));
+                    let member = victim.nodes.binary_search(&r.node).is_ok();
+                    let up = by_id.get(r.node.as_str()).is_some_and(|n| n.up);
+                    if let Some(i) = spare {
+                        free_used[i] = true;
+                        given = Some(free[i].id.clone());
+                        Step::Substitute {
+                            free: free[i].id.clone(),
+                        }
+                    } else if member && now_ms >= r.deadline_ms {
+                        leaving
+                            .entry(victim.name.clone())
+                            .or_default()
+                            .insert(r.node.clone());
+                        *held.entry(victim.tenant.as_str()).or_default() -= 1;
+                        given = Some(r.node.clone());
+                        Step::Move
+                    } else if member && up {
+                        continue;
+                    } else {
+                        out.single.push((victim.name.clone(), r.node.clone()));
+                        continue;
+                    }
+                }
+            };
+            if let (Some(c), Some(_)) = (claimant, &given) {
+                *held.entry(c.tenant.as_str()).or_default() += 1;
+            }
+            work.entry(victim.name.clone())
+                .or_insert_with(|| victim.clone())
+                .reclaims
+                .retain(|x| x.node != r.node);
+            if let (Some(c), Some(id)) = (claimant, &given) {
+                work.entry(c.name.clone())
+                    .or_insert_with(|| c.clone())
+                    .nodes
+                    .push(id.clone());
+            }
+            out.applied.push(Applied {
+                step,
+                reclaim: r.clone(),
+                from: victim.name.clone(),
+                from_tenant: victim.tenant.clone(),
+                given,
+                writes: Vec::new(),
+            });
+        }
+    }
+    for (name, gone) in &leaving {
+        if let Some(p) = work.get_mut(name) {
+            p.nodes.retain(|n| !gone.contains(n));
+            p.candidates.retain(|n| !gone.contains(n));
+            if p.master.as_ref().is_some_and(|m| gone.contains(&m.node)) {
+                p.master = None;
+            }
+        }
+    }
+    for p in work.values_mut() {
+        p.nodes.sort();
+        p.nodes.dedup();
+    }
+    out.writes = work.into_values().collect();
+    out
 }
 
 #[cfg(test)]

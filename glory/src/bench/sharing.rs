@@ -230,6 +230,50 @@ async fn framework(
     }
 }
 
+/// Every second until `stop`: the fairness against the max-min fair shares of the
+/// demands, and the raw index of `/api/v1/sharing`; and one of the former every 5 s.
+async fn sample_fairness(
+    api: ApiClient,
+    demands: Vec<Arc<AtomicU64>>,
+    n: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut fairness, mut dominant, mut series) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    for i in 0u64.. {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Ok(sharing) = api.get("/api/v1/sharing").await else {
+            continue;
+        };
+        if let Some(f) = sharing["fairness"].as_f64() {
+            dominant.push(f);
+        }
+        let wants: Vec<u64> = demands.iter().map(|d| d.load(Ordering::Relaxed)).collect();
+        let fair = fair_shares(n, &wants);
+        let held = |t: usize| {
+            sharing["items"]
+                .as_array()
+                .and_then(|a| a.iter().find(|r| r["tenant"] == format!("t{t}").as_str()))
+                .and_then(|r| r["used"]["nodes"].as_f64())
+                .unwrap_or(0.0)
+        };
+        let x: Vec<f64> = (0..demands.len())
+            .filter(|&t| fair[t] >= 1.0)
+            .map(|t| held(t) / fair[t])
+            .collect();
+        if let Some(f) = jain(&x) {
+            if i % 5 == 0 {
+                series.push((f * 1000.0).round() / 1000.0);
+            }
+            fairness.push(f);
+        }
+    }
+    (fairness, dominant, series)
+}
+
 pub async fn run(args: SharingBenchArgs) -> anyhow::Result<SharingReport> {
     let dir = tempfile::tempdir()?;
     let up = Up::start(UpOptions {
@@ -349,9 +393,13 @@ async fn scenario(api: &ApiClient, args: &SharingBenchArgs) -> anyhow::Result<Sh
     }
     let start = Instant::now();
     let decisions0 = shared.decisions.load(Ordering::Relaxed);
-    let mut fairness = Vec::new();
-    let mut dominant = Vec::new();
-    let mut series = Vec::new();
+    let demand_phase_over = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn(sample_fairness(
+        api.clone(),
+        demands.clone(),
+        n,
+        demand_phase_over.clone(),
+    ));
     let mut next_change = Instant::now();
     while start.elapsed() < Duration::from_secs(args.seconds) {
         if Instant::now() >= next_change {
@@ -371,32 +419,11 @@ async fn scenario(api: &ApiClient, args: &SharingBenchArgs) -> anyhow::Result<Sh
                 helds[t].store(held.min(new), Ordering::Relaxed);
             }
         }
-        let sharing = api.get("/api/v1/sharing").await?;
-        if let Some(f) = sharing["fairness"].as_f64() {
-            dominant.push(f);
-        }
-        let wants: Vec<u64> = demands.iter().map(|d| d.load(Ordering::Relaxed)).collect();
-        let fair = fair_shares(n, &wants);
-        let held = |t: usize| {
-            sharing["items"]
-                .as_array()
-                .and_then(|a| a.iter().find(|r| r["tenant"] == format!("t{t}").as_str()))
-                .and_then(|r| r["used"]["nodes"].as_f64())
-                .unwrap_or(0.0)
-        };
-        let x: Vec<f64> = (0..tenants as usize)
-            .filter(|&t| fair[t] >= 1.0)
-            .map(|t| held(t) / fair[t])
-            .collect();
-        if let Some(f) = jain(&x) {
-            if fairness.len() % 5 == 0 {
-                series.push((f * 1000.0).round() / 1000.0);
-            }
-            fairness.push(f);
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let framework_decisions = shared.decisions.load(Ordering::Relaxed) - decisions0;
+    demand_phase_over.cancel();
+    let (fairness, dominant, series) = sampler.await?;
     let framework_decisions_per_second = framework_decisions as f64 / start.elapsed().as_secs_f64();
 
     // Guarantee back: three tenants take all they may; t3 gives its nodes back and

@@ -285,9 +285,43 @@ impl World {
         }
     }
 
+    /// What the reconciler's pass does: everything due at once, then the failed or
+    /// departed nodes one by one. Checked against the step-by-step path.
     fn process_due(&mut self) {
         let offered = self.offers.offered_nodes();
-        for (from, node) in due(&self.book, &self.facts, &self.tenants, self.now, &offered) {
+        let mut stepwise = self.book.clone();
+        for (from, node) in due(&stepwise, &self.facts, &self.tenants, self.now, &offered) {
+            if let Some(a) = apply(
+                &stepwise,
+                &self.facts,
+                &self.tenants,
+                &from,
+                &node,
+                self.now,
+                &offered,
+            ) {
+                if !matches!(a.step, Step::Retarget { .. }) {
+                    for p in a.writes {
+                        stepwise.put(p, 1);
+                    }
+                }
+            }
+        }
+        let c = carry_out(&self.book, &self.facts, &self.tenants, self.now, &offered);
+        for p in c.writes {
+            self.book.put(p, 1);
+        }
+        // Bulk and step by step agree on who holds what (retargets aside).
+        for p in self.book.pools() {
+            let q = stepwise.get(&p.name).unwrap();
+            assert_eq!(
+                p.nodes.len(),
+                q.nodes.len(),
+                "pool {} bulk vs stepwise",
+                p.name
+            );
+        }
+        for (from, node) in c.single {
             if let Some(a) = apply(
                 &self.book,
                 &self.facts,

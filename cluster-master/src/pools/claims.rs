@@ -140,11 +140,7 @@ impl Cluster {
     fn announce_step(&self, a: &reclaim::Applied, now: u64) {
         let r = &a.reclaim;
         let from = (r.for_pool.as_str(), r.for_tenant.as_str());
-        let victim = a
-            .writes
-            .first()
-            .map(|p| (p.name.as_str(), p.tenant.as_str()));
-        let Some(victim) = victim else { return };
+        let victim = (a.from.as_str(), a.from_tenant.as_str());
         let to_claimant = |data: EventData| self.events.emit(Some(from), data);
         let both = |data: EventData| {
             self.events.emit(Some(victim), data.clone());

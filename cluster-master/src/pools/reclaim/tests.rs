@@ -523,3 +523,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn carry_out_moves_what_is_due() {
+    let facts: Vec<NodeFacts> = (0..4).map(node).collect();
+    let tenants: BTreeMap<_, _> = [tenant("a", 2, None), tenant("b", 0, None)].into();
+    let mut book = PoolBook::default();
+    book.put(pool("pb", "b", &[0, 1, 2, 3], None), 1);
+    book.put(pool("pa", "a", &[], Some((0, 4))), 1);
+    let pa = book.get("pa").unwrap().clone();
+    for p in claim(&book, &facts, &tenants, &pa, 2, 0, 1000).unwrap() {
+        book.put(p, 2);
+    }
+    let none = HashSet::new();
+    assert!(carry_out(&book, &facts, &tenants, 999, &none)
+        .applied
+        .is_empty());
+    let c = carry_out(&book, &facts, &tenants, 1000, &none);
+    assert_eq!(c.applied.len(), 2, "{c:?}");
+    assert!(c.applied.iter().all(|a| a.step == Step::Move));
+    for p in c.writes {
+        book.put(p, 3);
+    }
+    assert_eq!(book.get("pa").unwrap().nodes.len(), 2);
+    assert_eq!(book.get("pb").unwrap().nodes.len(), 2);
+    assert!(book.get("pb").unwrap().reclaims.is_empty());
+}

@@ -472,3 +472,68 @@ async fn frameworks_get_offers_in_drf_order_and_decline_and_expiry_hold() -> any
     assert!(sx.next().await?.is_none(), "the stream ends");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_scaling_up_grows_its_elastic_pool() -> anyhow::Result<()> {
+    let cluster = TestCluster::builder().groups(1).agents(6).start().await?;
+    cluster.wait_all_up(6, Duration::from_secs(30)).await?;
+    let op = &cluster.api;
+    let a = tenant_token(op, "a").await?;
+    let (s, p) = call(
+        &a,
+        Method::POST,
+        "/api/v1/pools",
+        json!({"name": "web", "component": "custom:web", "size": {"min": 1, "max": 4}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    // A fixed port: one instance per node, so 3 instances need 3 nodes.
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/api/v1/services",
+        json!({"name": "web", "pool": "web", "command": ["srv", "{port}"], "port": 8080,
+               "health": {"kind": "tcp"}, "instances": {"min": 1, "max": 10, "desired": 3}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pool = a.get("/api/v1/pools/web").await?;
+        let svc = a.get("/api/v1/services/web").await?;
+        if pool["size"] == 3 && svc["healthy"] == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not grow for the service: {pool} {svc}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Scaled past the pool's max: it stops at 4 nodes, the fifth instance waits.
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/api/v1/services/web/scale",
+        json!({"desired": 5}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pool = a.get("/api/v1/pools/web").await?;
+        let svc = a.get("/api/v1/services/web").await?;
+        if pool["size"] == 4 && svc["healthy"] == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pool} {svc}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        a.get("/api/v1/pools/web").await?["size"],
+        4,
+        "never past max"
+    );
+    Ok(())
+}

@@ -43,6 +43,8 @@ pub(crate) struct ServiceState {
     start_sent: Mutex<HashMap<(String, u64), Instant>>,
     /// Services whose "no node can take an instance" was announced.
     unplaced: Mutex<BTreeMap<String, String>>,
+    /// When each service last grew its elastic pool.
+    grown: Mutex<HashMap<String, Instant>>,
     /// The autoscaler's memory and its recent decisions, per service.
     scaling: Mutex<BTreeMap<String, (Autoscaler, VecDeque<Decision>)>>,
     pub(crate) balancers: Balancers,

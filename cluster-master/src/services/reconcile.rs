@@ -218,7 +218,11 @@ impl Cluster {
             } else {
                 record
             };
+            let unplaced = changes.iter().any(|c| c.kind == ChangeKind::Unplaced);
             self.announce(&current, changes);
+            if unplaced {
+                self.grow_for(&current).await;
+            }
             // What was observed holds for the record it was observed for; a changed
             // one (new placements, new epochs) is observed again.
             let observed = if changed {
@@ -254,6 +258,62 @@ impl Cluster {
             Some(present) => draining.filter(|id| !present.contains(id)).collect(),
             // No balancer, or one that never ran: nothing to drain from.
             None => draining.collect(),
+        }
+    }
+
+    /// A service that cannot place all its instances grows its pool when the pool is
+    /// elastic: it borrows idle nodes, or reclaims borrowed ones within its tenant's
+    /// guarantee. One node per missing instance with a fixed port, else one node; at
+    /// most every few seconds per service, counting nodes already on their way.
+    async fn grow_for(&self, record: &ServiceRecord) {
+        let name = &record.spec.name;
+        {
+            let mut grown = self
+                .services
+                .grown
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if grown
+                .get(name)
+                .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(5))
+            {
+                return;
+            }
+            grown.insert(name.clone(), std::time::Instant::now());
+        }
+        let pool = &record.spec.pool;
+        let (elastic, held, incoming) = {
+            let book = self.pools.book();
+            let Some(p) = book.get(pool) else { return };
+            (
+                p.elastic,
+                p.nodes.len(),
+                crate::pools::reclaim::incoming(&book, pool),
+            )
+        };
+        let Some(e) = elastic else { return };
+        let live = record
+            .instances
+            .iter()
+            .filter(|i| i.draining.is_none() && !i.stopped)
+            .count();
+        let missing = (record.desired as usize).saturating_sub(live);
+        let wanted = if record.spec.port == 0 {
+            missing.min(1)
+        } else {
+            missing
+        };
+        let n = wanted
+            .saturating_sub(incoming)
+            .min(e.max.saturating_sub(held + incoming));
+        if n == 0 {
+            return;
+        }
+        match self.grow_pool(pool, n).await {
+            Ok((_, added)) => {
+                info!(service = %name, %pool, added = added.len(), "elastic pool grown for the service")
+            }
+            Err(e) => warn!(service = %name, %pool, error = %e, "cannot grow the elastic pool"),
         }
     }
 

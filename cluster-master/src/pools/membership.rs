@@ -31,6 +31,15 @@ pub(super) fn within_bounds(p: &PoolRecord, incoming: usize) -> OpResultT<()> {
     Ok(())
 }
 
+/// The pool a write was about (the first one written).
+fn first_written(written: &[Option<PoolRecord>]) -> OpResultT<PoolRecord> {
+    written
+        .first()
+        .cloned()
+        .flatten()
+        .ok_or_else(|| OpError::conflict("pool vanished"))
+}
+
 impl Cluster {
     /// Create a pool with `count` nodes (`None`: every free node that fits).
     pub async fn create_pool(
@@ -71,11 +80,7 @@ impl Cluster {
                 }
             })
             .await?;
-        let pool = written
-            .first()
-            .cloned()
-            .flatten()
-            .ok_or_else(|| OpError::conflict("pool vanished"))?;
+        let pool = first_written(&written)?;
         self.announce_claims(&pool, &written);
         info!(pool = %pool.name, tenant = %pool.tenant, nodes = pool.nodes.len(), "pool created");
         let at = Some((pool.name.as_str(), pool.tenant.as_str()));
@@ -186,11 +191,7 @@ impl Cluster {
                 }
             })
             .await?;
-        let pool = written
-            .first()
-            .cloned()
-            .flatten()
-            .ok_or_else(|| OpError::conflict("pool vanished"))?;
+        let pool = first_written(&written)?;
         self.announce_claims(&pool, &written);
         self.announce_added(&pool, &added);
         Ok((pool, added))
@@ -238,11 +239,7 @@ impl Cluster {
             })
             .await?;
         self.announce_hand_over(&old, &written);
-        let pool = written
-            .first()
-            .cloned()
-            .flatten()
-            .ok_or_else(|| OpError::conflict("pool vanished"))?;
+        let pool = first_written(&written)?;
         // A free node: offer it now rather than at the next tick.
         self.pool_changed.notify_one();
         self.events.emit(

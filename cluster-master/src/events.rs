@@ -353,6 +353,18 @@ impl Default for EventBus {
 impl EventBus {
     /// Publish an event. `pool` is `(pool, tenant)` for pool events.
     pub fn emit(&self, pool: Option<(&str, &str)>, data: EventData) {
+        self.publish(pool, data, true);
+    }
+
+    /// Publish an event to live subscribers only, without keeping it for replay: for
+    /// large, short-lived events (an offer of hundreds of nodes expires in seconds, and
+    /// a reconnecting framework gets its outstanding offers in its stream's snapshot),
+    /// so they cannot fill the kept events with megabytes.
+    pub fn emit_transient(&self, pool: Option<(&str, &str)>, data: EventData) {
+        self.publish(pool, data, false);
+    }
+
+    fn publish(&self, pool: Option<(&str, &str)>, data: EventData, keep: bool) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         // Ids are taken under the lock so the kept list and the stream agree on order.
         let event = Arc::new(Event {
@@ -362,10 +374,12 @@ impl EventBus {
             tenant: pool.map(|p| p.1.to_string()),
             data,
         });
-        if kept.len() == KEPT {
-            kept.pop_front();
+        if keep {
+            if kept.len() == KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(event.clone());
         }
-        kept.push_back(event.clone());
         let _ = self.tx.send(event);
     }
 
@@ -430,6 +444,11 @@ mod tests {
         assert_eq!(past[0].kind(), "pool_deleted");
         bus.emit(None, tenant("c"));
         assert_eq!(rx.recv().await.unwrap().kind(), "tenant_created");
+        // A transient event reaches live subscribers but is not kept for replay.
+        bus.emit_transient(None, tenant("d"));
+        assert_eq!(rx.recv().await.unwrap().kind(), "tenant_created");
+        let (past, _) = bus.subscribe(Some(first));
+        assert_eq!(past.len(), 2, "the transient one is not replayed");
         let line = serde_json::to_value(&*past[0]).unwrap();
         assert_eq!(line["pool"], "p");
         assert_eq!(line["nodes"], 2);

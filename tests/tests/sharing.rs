@@ -323,6 +323,23 @@ async fn frameworks_get_offers_in_drf_order_and_decline_and_expiry_hold() -> any
         oy["nodes"][0]["cpus"].as_u64().unwrap_or(0) > 0,
         "resources offered: {oy}"
     );
+    // Offers are not replayed; a framework that reconnects finds them in the snapshot,
+    // with the nodes' resources.
+    let mut again = y.events(&format!("/api/v1/frameworks/{fy}/offers")).await?;
+    let snap = next_of(&mut again, &["snapshot"], Duration::from_secs(5))
+        .await?
+        .data;
+    assert_eq!(snap["offers"][0]["id"], oy["offer"], "{snap}");
+    assert_eq!(
+        snap["offers"][0]["nodes"][0]["id"],
+        first.as_str(),
+        "{snap}"
+    );
+    assert!(
+        snap["offers"][0]["nodes"][0]["cpus"].as_u64().unwrap_or(0) > 0,
+        "{snap}"
+    );
+    drop(again);
     // The other 5: y has an offer outstanding, so x gets them, none of them twice.
     op.call(Method::DELETE, "/api/v1/pools/hold", None).await?;
     let ox = next_of(&mut sx, &["offer_made"], Duration::from_secs(5))

@@ -136,7 +136,7 @@ async fn unregister(
 }
 
 /// The framework's offers as Server-Sent Events: a `snapshot` of its outstanding
-/// offers, then `offer_made`, `offer_accepted`, `offer_declined` and
+/// offers (with their nodes' resources), then `offer_made`, `offer_accepted`, `offer_declined` and
 /// `offer_rescinded`; ends when the framework is unregistered. While a stream is
 /// open the framework is offered free nodes.
 async fn offers_stream(
@@ -147,11 +147,18 @@ async fn offers_stream(
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let f = visible(&cluster, &caller, &id)?;
     let (past, rx) = cluster.events.subscribe(last_event_id(&headers));
+    // Offer events are not replayed (they are large and expire): the snapshot carries
+    // the outstanding ones with their nodes' resources.
     let offers: Vec<Value> = cluster
         .outstanding_offers()
         .iter()
         .filter(|o| o.framework == f.id)
-        .map(offer_view)
+        .map(|o| {
+            let mut v = offer_view(o);
+            v["nodes"] =
+                serde_json::to_value(cluster.offered_node_details(&o.nodes)).unwrap_or(Value::Null);
+            v
+        })
         .collect();
     let snapshot = SseEvent::default()
         .event("snapshot")

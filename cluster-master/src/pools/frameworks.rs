@@ -355,34 +355,36 @@ impl Cluster {
                 )
         };
         let made = now_offered;
-        let by_id: BTreeMap<&str, &super::alloc::NodeFacts> =
-            facts.iter().map(|n| (n.id.as_str(), n)).collect();
         for o in made {
             let Some(f) = frameworks.iter().find(|f| f.id == o.framework) else {
                 continue;
             };
-            let nodes = o
-                .nodes
-                .iter()
-                .filter_map(|id| by_id.get(id.as_str()))
-                .map(|n| OfferedNode {
-                    id: n.id.clone(),
-                    group: n.group.clone(),
-                    cpus: n.cpus,
-                    memory_gib: n.memory_bytes >> 30,
-                    labels: n.labels.clone(),
-                })
-                .collect();
-            self.emit_offer(
-                f,
+            // Large and short-lived: to live listeners only (see `emit_transient`).
+            self.events.emit_transient(
+                Some((&f.pool, &f.tenant)),
                 EventData::OfferMade {
                     framework: f.id.clone(),
                     offer: o.id.clone(),
-                    nodes,
+                    nodes: self.offered_node_details(&o.nodes),
                     expires_ms: o.expires_ms,
                 },
             );
         }
+    }
+
+    /// What a framework is told about offered nodes: group, CPUs, memory, labels.
+    pub fn offered_node_details(&self, ids: &[String]) -> Vec<OfferedNode> {
+        let reg = self.read();
+        ids.iter()
+            .filter_map(|id| reg.nodes.get(id))
+            .map(|n| OfferedNode {
+                id: n.record.id.clone(),
+                group: n.record.group.clone(),
+                cpus: n.record.inventory.cpus,
+                memory_gib: n.record.inventory.memory_bytes >> 30,
+                labels: n.record.labels.clone(),
+            })
+            .collect()
     }
 
     /// The framework an outstanding offer was made to.

@@ -161,10 +161,8 @@ fn pool_view(cluster: &Cluster, p: &PoolRecord, details: bool) -> Value {
 /// Reclaims that bring nodes to `pool`.
 fn incoming(cluster: &Cluster, pool: &str) -> Vec<Value> {
     let book = cluster.pools.book();
-    book.pools()
-        .flat_map(|p| p.reclaims.iter().map(move |r| (p, r)))
-        .filter(|(_, r)| r.for_pool == pool)
-        .map(|(p, r)| json!({"node": r.node, "from_pool": p.name, "deadline_ms": r.deadline_ms}))
+    crate::pools::reclaim::incoming_from(&book, pool)
+        .map(|(from, r)| json!({"node": r.node, "from_pool": from, "deadline_ms": r.deadline_ms}))
         .collect()
 }
 

@@ -300,11 +300,7 @@ impl Cluster {
                 },
                 "a node was taken or went down",
             );
-            let capacity = sharing::Capacity {
-                nodes: facts.len() as u64,
-                cpus: facts.iter().map(|n| u64::from(n.cpus)).sum(),
-                memory_gib: facts.iter().map(|n| n.memory_bytes >> 30).sum(),
-            };
+            let capacity = sharing::capacity(&facts);
             let mut loads: BTreeMap<String, Load> = BTreeMap::new();
             let mut bidders = Vec::new();
             for f in &frameworks {

@@ -43,9 +43,29 @@ fn pending(book: &PoolBook) -> impl Iterator<Item = (&str, &Reclaim)> {
         .flat_map(|p| p.reclaims.iter().map(move |r| (p.tenant.as_str(), r)))
 }
 
+/// Reclaims bringing nodes to `pool`, each with the pool the node comes from.
+pub fn incoming_from<'a>(
+    book: &'a PoolBook,
+    pool: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a Reclaim)> {
+    book.pools()
+        .flat_map(|p| p.reclaims.iter().map(move |r| (p.name.as_str(), r)))
+        .filter(move |(_, r)| r.for_pool == pool)
+}
+
 /// Nodes on their way to `pool` by reclaim.
 pub fn incoming(book: &PoolBook, pool: &str) -> usize {
-    pending(book).filter(|(_, r)| r.for_pool == pool).count()
+    incoming_from(book, pool).count()
+}
+
+/// Reclaims under way for `tenant` (nodes coming to it) and from it (nodes leaving it).
+pub fn pending_for(book: &PoolBook, tenant: &str) -> (usize, usize) {
+    pending(book).fold((0, 0), |(inc, out), (victim, r)| {
+        (
+            inc + usize::from(r.for_tenant == tenant),
+            out + usize::from(victim == tenant),
+        )
+    })
 }
 
 /// How many more nodes `tenant` may take by reclaim: its guarantee, less what it
@@ -314,7 +334,9 @@ pub fn decide(
     }
 }
 
-/// Every reclaim that needs something now, as (pool, node).
+/// Every reclaim that needs something now, as (pool, node): the step-by-step
+/// reference [`carry_out`] is checked against.
+#[cfg(test)]
 pub fn due(
     book: &PoolBook,
     facts: &[NodeFacts],

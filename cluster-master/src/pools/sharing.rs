@@ -22,6 +22,15 @@ pub struct Capacity {
     pub memory_gib: u64,
 }
 
+/// What `facts` (every enrolled node) add up to.
+pub fn capacity(facts: &[super::alloc::NodeFacts]) -> Capacity {
+    Capacity {
+        nodes: facts.len() as u64,
+        cpus: facts.iter().map(|n| u64::from(n.cpus)).sum(),
+        memory_gib: facts.iter().map(|n| n.memory_bytes >> 30).sum(),
+    }
+}
+
 /// One tenant's place in the sharing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TenantShare {

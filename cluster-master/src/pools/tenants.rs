@@ -96,11 +96,7 @@ impl Cluster {
     /// enrolled node).
     pub fn sharing(&self) -> (Vec<sharing::TenantShare>, sharing::Capacity) {
         let facts = self.node_facts();
-        let capacity = sharing::Capacity {
-            nodes: facts.len() as u64,
-            cpus: facts.iter().map(|n| u64::from(n.cpus)).sum(),
-            memory_gib: facts.iter().map(|n| n.memory_bytes >> 30).sum(),
-        };
+        let capacity = sharing::capacity(&facts);
         let tenants = self.pools.tenants().clone();
         let usage = {
             let book = self.pools.book();
@@ -115,16 +111,7 @@ impl Cluster {
     /// Reclaims under way for `tenant` (nodes coming to it) and from it (nodes
     /// leaving it).
     pub fn pending_reclaims(&self, tenant: &str) -> (usize, usize) {
-        let book = self.pools.book();
-        let mut incoming = 0;
-        let mut outgoing = 0;
-        for p in book.pools() {
-            for r in &p.reclaims {
-                incoming += usize::from(r.for_tenant == tenant);
-                outgoing += usize::from(p.tenant == tenant);
-            }
-        }
-        (incoming, outgoing)
+        super::reclaim::pending_for(&self.pools.book(), tenant)
     }
 
     /// What `name`'s pools hold now.

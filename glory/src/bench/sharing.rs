@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use glory_cluster_master::pools::sharing::jain;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
 use serde::Serialize;
@@ -119,13 +120,6 @@ fn fair_shares(total: u64, demands: &[u64]) -> Vec<f64> {
         open = still;
     }
     fair
-}
-
-/// Jain's index of `x` (1.0: all equal).
-fn jain(x: &[f64]) -> Option<f64> {
-    let sum: f64 = x.iter().sum();
-    let sq: f64 = x.iter().map(|v| v * v).sum();
-    (sq > 0.0).then(|| sum * sum / (x.len() as f64 * sq))
 }
 
 fn s(v: &Value) -> String {

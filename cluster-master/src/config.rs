@@ -92,6 +92,11 @@ pub struct ClusterMasterConfig {
     pub offer_timeout_seconds: u64,
     /// At most this many nodes in one offer.
     pub offer_max_nodes: usize,
+    /// Largest file (image part, package) the content store takes, MiB.
+    pub content_max_mb: u64,
+    /// Base URL group masters and agents fetch content from this master by (default:
+    /// `http://` and the API's advertised address).
+    pub content_url: Option<String>,
 }
 
 impl Default for ClusterMasterConfig {
@@ -123,6 +128,8 @@ impl Default for ClusterMasterConfig {
             reclaim_grace_seconds: 60,
             offer_timeout_seconds: 30,
             offer_max_nodes: 500,
+            content_max_mb: 16 * 1024,
+            content_url: None,
         }
     }
 }
@@ -157,6 +164,10 @@ pub struct ClusterMasterSettings {
     pub offer_max_nodes: usize,
     /// Where the balancers the master owns keep their files: `<data_dir>/balancers`.
     pub balancer_dir: PathBuf,
+    /// The content store (images, packages): `<data_dir>/content`.
+    pub content_dir: PathBuf,
+    pub content_max_bytes: u64,
+    pub content_url: Option<String>,
 }
 
 impl ClusterMasterConfig {
@@ -223,7 +234,18 @@ impl ClusterMasterConfig {
         if !(1..=100_000).contains(&self.offer_max_nodes) {
             bail!("offer_max_nodes must be between 1 and 100000");
         }
+        if self.content_max_mb == 0 {
+            bail!("content_max_mb must be positive");
+        }
+        if let Some(url) = &self.content_url {
+            if !url.starts_with("http://") {
+                bail!("content_url: {url:?} is not an http:// URL");
+            }
+        }
         Ok(ClusterMasterSettings {
+            content_dir: self.data_dir.join("content"),
+            content_max_bytes: self.content_max_mb << 20,
+            content_url: self.content_url.clone(),
             reclaim_grace: Duration::from_secs(self.reclaim_grace_seconds),
             offer_timeout: Duration::from_secs(self.offer_timeout_seconds),
             offer_max_nodes: self.offer_max_nodes,

@@ -234,6 +234,45 @@ pub enum EventData {
     AlertFiring(AlertEvent),
     /// A firing alert resolved.
     AlertResolved(AlertEvent),
+    ImageCreated {
+        image: String,
+        version: u32,
+    },
+    ImageDeleted {
+        image: String,
+        version: u32,
+    },
+    ProfileChanged {
+        profile: String,
+        deleted: bool,
+    },
+    /// A node's agent applied its configuration (`hash`).
+    ConfigApplied {
+        node: String,
+        profile: Option<String>,
+        hash: String,
+    },
+    /// A node's configuration could not be applied.
+    ConfigFailed {
+        node: String,
+        error: String,
+    },
+    /// Files of a node no longer have their configured content.
+    ConfigDrift {
+        node: String,
+        paths: Vec<String>,
+    },
+    SoftwareInstalled {
+        node: String,
+        package: String,
+        version: String,
+    },
+    SoftwareFailed {
+        node: String,
+        package: String,
+        version: String,
+        error: String,
+    },
 }
 
 /// What an alert event says: which alert, and the value that fired or resolved it.
@@ -314,6 +353,14 @@ impl EventData {
             EventData::OfferAccepted { .. } => "offer_accepted",
             EventData::OfferDeclined { .. } => "offer_declined",
             EventData::OfferRescinded { .. } => "offer_rescinded",
+            EventData::ImageCreated { .. } => "image_created",
+            EventData::ImageDeleted { .. } => "image_deleted",
+            EventData::ProfileChanged { .. } => "profile_changed",
+            EventData::ConfigApplied { .. } => "config_applied",
+            EventData::ConfigFailed { .. } => "config_failed",
+            EventData::ConfigDrift { .. } => "config_drift",
+            EventData::SoftwareInstalled { .. } => "software_installed",
+            EventData::SoftwareFailed { .. } => "software_failed",
         }
     }
 

@@ -340,6 +340,7 @@ pub async fn start(
         // machines' kernel command line), even when `listen` asked for port 0.
         let mut cluster_settings = settings.clone();
         cluster_settings.advertise = Some(node.me.quic);
+        cluster_settings.api_advertise = Some(node.me.api);
         let (cluster, status_rx) = Cluster::load(cluster_settings, km.clone(), sim, ca).await?;
         let op_token = operator_token(&cluster, settings.operator_token_file.as_deref()).await?;
         anyhow::Ok((cluster, status_rx, op_token))
@@ -366,6 +367,10 @@ pub async fn start(
     tasks.spawn(pools::reconciler(cluster.clone(), shutdown.clone()));
     tasks.spawn(services::reconciler(cluster.clone(), shutdown.clone()));
     tasks.spawn(services::autoscaler(cluster.clone(), shutdown.clone()));
+    tasks.spawn(provisioning::setup::setup_loop(
+        cluster.clone(),
+        shutdown.clone(),
+    ));
     {
         let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -305,6 +305,7 @@ async fn group_link(
             Ok(Some(GroupToCluster::Alerts(changes))) => cluster.alerts_changed(&group, changes),
             Ok(Some(GroupToCluster::AlertSnapshot(all))) => cluster.alert_snapshot(&group, all),
             Ok(Some(GroupToCluster::MetricsAnswer(answer))) => cluster.metrics_answered(answer),
+            Ok(Some(GroupToCluster::Setup(reports))) => cluster.setup_reports(reports),
             Ok(Some(GroupToCluster::ProcessSnapshot {
                 node,
                 processes,

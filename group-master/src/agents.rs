@@ -171,6 +171,7 @@ impl Service for Agents {
                 batch,
                 live: false,
             }),
+            Ok(AgentToGroup::Setup(report)) => self.shared.setup_report(node, report),
             Ok(AgentToGroup::Leaving) => {
                 info!(node_id = %node, "agent leaving");
                 self.shared.left(node);

@@ -66,6 +66,12 @@ pub struct GroupMasterConfig {
     /// milliseconds; longer than the cluster master's admission queue holds a
     /// connection in an enrollment storm (16 s).
     pub enroll_timeout_ms: u64,
+    /// TCP address of the group's content proxy (agents fetch software and images
+    /// through it). Default: the advertised address's IP, a port the system picks.
+    pub content_listen: Option<SocketAddr>,
+    /// The proxy's cache. Unset: `<data_dir>/content` for the `glory-group-master`
+    /// binary, a temporary directory for group masters embedded in other processes.
+    pub content_cache: Option<PathBuf>,
 }
 
 impl Default for GroupMasterConfig {
@@ -92,6 +98,8 @@ impl Default for GroupMasterConfig {
             max_frame_bytes: glory_protocol::DEFAULT_MAX_FRAME,
             upstream_bind: None,
             enroll_timeout_ms: glory_protocol::enroll::ENROLL_CONNECT_PATIENCE.as_millis() as u64,
+            content_listen: None,
+            content_cache: None,
         }
     }
 }
@@ -117,6 +125,8 @@ pub struct GroupMasterSettings {
     pub enroll_timeout: Duration,
     /// The statistics store; None: in memory.
     pub stats_db: Option<PathBuf>,
+    pub content_listen: Option<SocketAddr>,
+    pub content_cache: Option<PathBuf>,
 }
 
 impl GroupMasterConfig {
@@ -220,6 +230,8 @@ impl GroupMasterConfig {
             upstream_bind,
             enroll_timeout: Duration::from_millis(self.enroll_timeout_ms),
             stats_db: self.stats_db.clone(),
+            content_listen: self.content_listen,
+            content_cache: self.content_cache.clone(),
         })
     }
 }

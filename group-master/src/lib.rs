@@ -10,6 +10,7 @@
 
 mod agents;
 pub mod config;
+pub mod content;
 pub mod detector;
 mod monitoring;
 mod state;
@@ -100,6 +101,15 @@ impl GroupMaster {
         )
         .context("open the statistics store")?;
         shared.set_monitoring(monitoring);
+        let (content, content_listener) = content::ContentProxy::bind(
+            settings
+                .content_listen
+                .unwrap_or(std::net::SocketAddr::new(advertise.ip(), 0)),
+            advertise.ip(),
+            settings.content_cache.clone(),
+        )
+        .await?;
+        shared.set_content(content.clone());
         let upstream_endpoint = upstream_endpoint(&settings)?;
         let tasks = tokio_util::task::TaskTracker::new();
         {
@@ -131,6 +141,7 @@ impl GroupMaster {
             },
             shutdown.clone(),
         ));
+        tasks.spawn(content.serve(content_listener, shutdown.clone()));
         tasks.spawn(upstream::upstream_loop(
             upstream_endpoint.clone(),
             identity,
@@ -294,6 +305,9 @@ pub async fn run(config: GroupMasterConfig, shutdown: CancellationToken) -> anyh
     settings
         .stats_db
         .get_or_insert_with(|| config.data_dir.join("stats.db"));
+    settings
+        .content_cache
+        .get_or_insert_with(|| config.data_dir.join("content"));
     let identity = match load_identity(&config.data_dir)? {
         Some(identity) => identity,
         None => {

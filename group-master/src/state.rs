@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     pub commands: HashMap<String, Vec<GroupToAgent>>,
     /// Agents' whole process sets (session starts) waiting to go up.
     pub process_snapshots: Vec<ProcessSnapshot>,
+    /// Agents' setup reports waiting to go up (the newest per node).
+    pub setup_reports: HashMap<String, glory_protocol::setup::SetupReport>,
     /// Alert changes and history answers waiting to go up.
     pub alerts: Vec<AlertChange>,
     /// Every active alert, for a cluster master that just connected.
@@ -77,6 +79,8 @@ pub(crate) struct Shared {
     pub changed: Notify,
     /// The monitoring task, once started.
     monitoring: std::sync::OnceLock<Arc<Monitoring>>,
+    /// The group's content proxy, once started.
+    content: std::sync::OnceLock<Arc<crate::content::ContentProxy>>,
 }
 
 fn to_change(t: Transition) -> StateChange {
@@ -106,6 +110,7 @@ impl Shared {
                 inventories: Vec::new(),
                 processes: Vec::new(),
                 process_snapshots: Vec::new(),
+                setup_reports: HashMap::new(),
                 commands: HashMap::new(),
                 alerts: Vec::new(),
                 alert_snapshot: None,
@@ -114,7 +119,32 @@ impl Shared {
             }),
             changed: Notify::new(),
             monitoring: std::sync::OnceLock::new(),
+            content: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Attach the content proxy (once).
+    pub fn set_content(&self, proxy: Arc<crate::content::ContentProxy>) {
+        let _ = self.content.set(proxy);
+    }
+
+    /// Packages sent to agents are fetched through the content proxy.
+    pub fn through_proxy(&self, msg: &mut GroupToAgent) {
+        if let (GroupToAgent::Software(specs), Some(proxy)) = (msg, self.content.get()) {
+            proxy.rewrite(specs);
+        }
+    }
+
+    /// An agent's setup report: sent up at once (a newer one replaces one not sent).
+    pub fn setup_report(&self, node: &str, report: glory_protocol::setup::SetupReport) {
+        self.lock().setup_reports.insert(node.to_string(), report);
+        self.changed.notify_one();
+    }
+
+    pub fn take_setup_reports(&self) -> Vec<(String, glory_protocol::setup::SetupReport)> {
+        std::mem::take(&mut self.lock().setup_reports)
+            .into_iter()
+            .collect()
     }
 
     /// The lock is never held across an await; a poisoned lock (a panic while holding

@@ -192,6 +192,12 @@ async fn link_session(
                         break Err(e.into());
                     }
                 }
+                let setups = shared.take_setup_reports();
+                if !setups.is_empty() {
+                    if let Err(e) = send.send(&GroupToCluster::Setup(setups)).await {
+                        break Err(e.into());
+                    }
+                }
             }
             _ = report.tick() => {
                 if let Err(e) = send.send(&GroupToCluster::Report(shared.report())).await {
@@ -238,7 +244,8 @@ fn handle(shared: &Shared, msg: ClusterToGroup) {
         ClusterToGroup::MemberAdded(member) => shared.member_added(member, now),
         ClusterToGroup::Monitors(monitors) => shared.monitor(Input::Monitors(monitors)),
         ClusterToGroup::Metrics(query) => shared.monitor(Input::Query(query)),
-        ClusterToGroup::ToAgent { node, msg } => {
+        ClusterToGroup::ToAgent { node, mut msg } => {
+            shared.through_proxy(&mut msg);
             if !shared.to_agent(&node, msg) {
                 debug!(group = %shared.group, node_id = %node, "agent not connected; message dropped");
             }

@@ -44,6 +44,7 @@ use glory_protocol::{Inventory, NodeState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub mod images;
 mod monitoring;
 pub mod stored;
 

@@ -25,6 +25,7 @@ use crate::host::Host;
 use crate::identity::{AgentIdentity, IdentityStore};
 use crate::probes::Probes;
 use crate::processes::Supervisor;
+use crate::setup::Setup;
 
 /// What an agent needs besides its settings. Simulated agents share endpoints.
 #[derive(Clone)]
@@ -158,6 +159,14 @@ pub async fn run_agent(
     // Processes live as long as this run (a simulated power-off ends them too).
     let inventory = deps.host.inventory();
     let procs = Supervisor::new(!deps.host.runs_processes());
+    // Configuration and packages outlive sessions too.
+    let setup = Setup::new(
+        settings.setup_root.clone(),
+        settings
+            .setup_root
+            .is_some()
+            .then(|| settings.setup_state.clone()),
+    );
     // Probes and recent samples outlive sessions: a new group master gets both.
     let mut monitoring = Monitoring {
         probes: Probes::default(),
@@ -193,6 +202,7 @@ pub async fn run_agent(
             &mut backoff,
             &mut avoid,
             &procs,
+            &setup,
             &mut monitoring,
             &mut link,
         )
@@ -559,6 +569,7 @@ async fn session(
     backoff: &mut Backoff,
     avoid: &mut Option<std::net::SocketAddr>,
     procs: &Arc<Supervisor>,
+    setup: &Arc<Setup>,
     monitoring: &mut Monitoring,
     link: &mut LinkLog,
 ) -> SessionEnd {
@@ -579,6 +590,11 @@ async fn session(
     }
     if let Err(e) = send.send(&AgentToGroup::Processes(procs.snapshot())).await {
         return SessionEnd::Lost(format!("send process states: {e}"));
+    }
+    if setup.has_news() {
+        if let Err(e) = send.send(&AgentToGroup::Setup(setup.report())).await {
+            return SessionEnd::Lost(format!("send setup report: {e}"));
+        }
     }
     link.connected(identity, remote);
 
@@ -602,6 +618,12 @@ async fn session(
     // session's first sample), sent a minute's worth per interval.
     let mut backfill: Option<(Option<u64>, u64)> = None;
     let session_start = glory_protocol::now_ms();
+    // Drift checks (and retries of failed installs) only where something is applied.
+    let mut setup_check = tokio::time::interval_at(
+        tokio::time::Instant::now() + crate::setup::CHECK_EVERY,
+        crate::setup::CHECK_EVERY,
+    );
+    setup_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = 'session: loop {
         tokio::select! {
             biased;
@@ -643,6 +665,15 @@ async fn session(
                     break SessionEnd::Lost(format!("send backfill: {e}"));
                 }
             }
+            _ = setup.changed.notified() => {
+                if let Err(e) = send.send(&AgentToGroup::Setup(setup.report())).await {
+                    break SessionEnd::Lost(format!("send setup report: {e}"));
+                }
+            }
+            _ = setup_check.tick(), if setup.has_root() => {
+                setup.check_drift();
+                setup.converge(true);
+            }
             _ = procs.changed.notified() => {
                 for report in procs.take_unsent() {
                     if let Err(e) = send.send(&AgentToGroup::Process(report)).await {
@@ -662,6 +693,8 @@ async fn session(
                     }
                 }
                 Some(Ok(Some(GroupToAgent::Probes(specs)))) => monitoring.probes.set(specs),
+                Some(Ok(Some(GroupToAgent::Config(config)))) => setup.apply_config(config),
+                Some(Ok(Some(GroupToAgent::Software(specs)))) => setup.set_software(specs),
                 Some(Ok(Some(GroupToAgent::SamplesHeld { through_ms }))) => {
                     backfill = Some((through_ms, session_start));
                 }

@@ -49,6 +49,10 @@ pub struct AgentConfig {
     /// Give up on a group master that has not answered for this long and try the next
     /// one (its standby), milliseconds. More than two heartbeat intervals.
     pub idle_timeout_ms: u64,
+    /// Where first-boot configuration files and software packages go: `/` on a real
+    /// server. Unset, the agent applies no configuration and installs nothing (and
+    /// reports so): what simulated and test agents on a shared host need.
+    pub setup_root: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -68,6 +72,7 @@ impl Default for AgentConfig {
             max_backoff_ms: 10_000,
             request_timeout_ms: 5_000,
             idle_timeout_ms: 3_000,
+            setup_root: None,
         }
     }
 }
@@ -86,6 +91,9 @@ pub struct AgentSettings {
     pub max_backoff: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
+    pub setup_root: Option<PathBuf>,
+    /// Where the applied configuration is kept (`state_dir/setup.json`).
+    pub setup_state: PathBuf,
 }
 
 impl AgentConfig {
@@ -155,6 +163,8 @@ impl AgentConfig {
             max_backoff: Duration::from_millis(self.max_backoff_ms.max(100)),
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(100)),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            setup_root: self.setup_root.clone(),
+            setup_state: self.state_dir.join("setup.json"),
         })
     }
 }

@@ -26,6 +26,10 @@ struct Args {
     /// one host); overrides the config file.
     #[arg(long)]
     node_name: Option<String>,
+    /// Where first-boot configuration and software packages go (`/` on a real
+    /// server); overrides the config file.
+    #[arg(long)]
+    setup_root: Option<PathBuf>,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<AgentConfig> {
@@ -50,6 +54,9 @@ fn load_config(args: &Args) -> anyhow::Result<AgentConfig> {
     }
     if let Some(name) = &args.node_name {
         config.node_name = Some(name.clone());
+    }
+    if let Some(root) = &args.setup_root {
+        config.setup_root = Some(root.clone());
     }
     Ok(config)
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod content;
 pub mod enroll;
 pub mod frame;
 pub mod lean;
@@ -14,6 +15,7 @@ pub mod messages;
 pub mod monitoring;
 pub mod process;
 pub mod provisioning;
+pub mod setup;
 pub mod targets;
 #[cfg(test)]
 mod test_identities;

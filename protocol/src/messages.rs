@@ -321,6 +321,9 @@ pub enum AgentToGroup {
     /// Samples taken earlier that the group master does not hold (after
     /// [`GroupToAgent::SamplesHeld`]): stored, not evaluated.
     Backfill(crate::monitoring::SampleBatch),
+    /// What the agent applied and installed (when a session opens and after each
+    /// change).
+    Setup(crate::setup::SetupReport),
 }
 
 /// Group master -> agent, on the control stream.
@@ -341,6 +344,11 @@ pub enum GroupToAgent {
     /// The newest sample of this node the group master holds (None: none), sent when a
     /// session opens: the agent backfills what it buffered after it.
     SamplesHeld { through_ms: Option<u64> },
+    /// The node's first-boot configuration (None: it has none; files applied before
+    /// are left as they are).
+    Config(Option<crate::setup::NodeConfig>),
+    /// Every package the node must have (replaces the previous set).
+    Software(Vec<crate::setup::PackageSpec>),
 }
 
 /// A process the cluster master wants running on a node (a component master).
@@ -570,6 +578,8 @@ pub enum GroupToCluster {
         #[serde(default)]
         address: Option<std::net::IpAddr>,
     },
+    /// Agents' setup reports, forwarded at once: `(node, report)`.
+    Setup(Vec<(String, crate::setup::SetupReport)>),
 }
 
 /// A node as the cluster master tells its group master about it.

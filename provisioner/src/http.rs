@@ -306,7 +306,9 @@ fn unsatisfiable(len: u64) -> Response {
     r
 }
 
-async fn serve_file(f: &ServedFile, headers: &HeaderMap) -> Response {
+/// `f` as an answer to a GET with `headers`: whole or the one range asked for, with its
+/// SHA-256 in `x-checksum-sha256`.
+pub async fn serve_file(f: &ServedFile, headers: &HeaderMap) -> Response {
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     if let Some(data) = &f.data {
         let len = data.len() as u64;

@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod dhcp;
+pub mod firstboot;
 pub mod http;
 pub mod initramfs;
 pub mod leases;

@@ -136,6 +136,18 @@ pub(super) async fn scrape(
             samples: per_group(&|g| g.samples_dropped as f64),
         });
     }
+    families.push(Family {
+        name: "glory_content_served_total",
+        help: "Files served by GET /content/{sha256} (images, packages) since start.",
+        kind: "counter",
+        samples: vec![(
+            String::new(),
+            cluster
+                .images
+                .served
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        )],
+    });
     {
         use std::sync::atomic::Ordering;
         let s = &cluster.services;

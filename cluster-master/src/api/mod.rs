@@ -23,6 +23,7 @@ mod events;
 mod extract;
 mod frameworks;
 mod groups;
+mod images;
 mod latency;
 mod metrics;
 mod monitoring;
@@ -56,6 +57,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(users::routes())
         .merge(boot::routes())
         .merge(power::routes())
+        .merge(images::routes())
         .route_layer(axum::middleware::from_fn(auth::operator_only));
     // Families that decide per caller (tenant, role) what it may see and do.
     let api = operator
@@ -81,6 +83,8 @@ pub fn router(node: Arc<Node>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(cluster::healthz))
+        // Content by hash, for group masters' proxies and agents: no token.
+        .route("/content/{sha256}", get(images::serve_content))
         .merge(metrics)
         .merge(crate::console::routes())
         .nest("/api/v1", api)

@@ -95,6 +95,10 @@ pub struct Cluster {
     pub(crate) power: crate::provisioning::power::PowerStates,
     /// Services, their balancers and autoscalers.
     pub(crate) services: crate::services::ServiceState,
+    /// OS images, profiles, software packages and the content store.
+    pub(crate) images: crate::provisioning::images::ImageState,
+    /// What each node was sent of its configuration and packages, and what it said.
+    pub(crate) setup: crate::provisioning::setup::SetupState,
 }
 
 impl Cluster {
@@ -188,6 +192,11 @@ impl Cluster {
             crate::services::ServiceState::load(km.as_ref(), settings.balancer_dir.clone())
                 .await
                 .context("load services")?;
+        let content = glory_protocol::content::ContentStore::open(&settings.content_dir)
+            .with_context(|| format!("content store {}", settings.content_dir.display()))?;
+        let images = crate::provisioning::images::ImageState::load(km.as_ref(), content)
+            .await
+            .context("load images, profiles and software")?;
         // Until their group masters report, nobody knows how live nodes are.
         let now = glory_protocol::now_ms();
         let mut stale = Vec::new();
@@ -235,6 +244,8 @@ impl Cluster {
             secrets,
             power: Default::default(),
             services,
+            images,
+            setup: Default::default(),
         });
         Ok((cluster, status_rx))
     }

@@ -59,6 +59,8 @@ impl Cluster {
                 serial: record.serial.clone(),
             });
         }
+        drop(reg);
+        self.forget_setup(id);
         info!(node_id = %id, group = %record.group, "node removed");
         Ok(Some(record.group))
     }

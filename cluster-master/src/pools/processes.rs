@@ -47,6 +47,7 @@ impl Cluster {
         }
         self.pool_changed.notify_one();
         self.services.changed.notify_one();
+        self.setup_session_started(node);
         if let Some(record) = changed_record {
             // Compared with the identity's key like a label change, so a node removed
             // meanwhile is not written back.

@@ -7,9 +7,11 @@
 //! boot is learnt here, from the enrollment that uses (or is refused with) the boot's
 //! token. [`advance`] decides each change, pure.
 
+pub(crate) mod images;
 pub(crate) mod link;
 pub(crate) mod power;
 mod secrets;
+pub(crate) mod setup;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -105,7 +105,7 @@ mkdir -p /var/lib/glory-agent
 while :; do
     log "starting glory-node-agent at $(uptime_s) s since boot"
     report "state=enrolling&ip=${NET_ADDR%%/*}&detail=$(urlencode "network up on $NET_IF ($NET_ADDR); agent starting")"
-    /sbin/glory-node-agent --state-dir /var/lib/glory-agent
+    /sbin/glory-node-agent --state-dir /var/lib/glory-agent --setup-root /
     code=$?
     log "glory-node-agent exited with code $code; restarting in 5 s"
     report "state=failed&detail=$(urlencode "agent exited with code $code")"

@@ -1,0 +1,237 @@
+//! Content addressing: files named by their SHA-256, as the cluster masters keep OS
+//! images and software packages, the group masters cache them for their groups, and
+//! agents verify what they download.
+//!
+//! A [`ContentStore`] is a directory: `sha256/<hex>` holds finished files, `tmp/`
+//! those being written. A file enters `sha256/` only by a rename after its bytes were
+//! hashed as they arrived and matched: a reader never sees a partial or corrupt file
+//! under a hash (unless the disk corrupts it later, which every reader verifies again).
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// Whether `text` is a SHA-256 in lower-case hex.
+pub fn is_sha256(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Why a file could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error("content does not match its hash: expected sha256 {expected}, got {actual}")]
+    Mismatch { expected: String, actual: String },
+    #[error("content is larger than the {max} bytes allowed")]
+    TooLarge { max: u64 },
+    #[error("{expected:?} is not a SHA-256 (64 lower-case hex digits)")]
+    BadHash { expected: String },
+    #[error("content store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A directory of content-addressed files.
+#[derive(Clone, Debug)]
+pub struct ContentStore {
+    root: PathBuf,
+}
+
+impl ContentStore {
+    /// Open (creating) the store at `root`; files left half-written by a crash are
+    /// removed.
+    pub fn open(root: impl Into<PathBuf>) -> std::io::Result<ContentStore> {
+        let root = root.into();
+        std::fs::create_dir_all(root.join("sha256"))?;
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        Ok(ContentStore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the file of `sha256` is (whether or not it exists); None for a bad hash.
+    pub fn path(&self, sha256: &str) -> Option<PathBuf> {
+        is_sha256(sha256).then(|| self.root.join("sha256").join(sha256))
+    }
+
+    /// The size of the stored file of `sha256`, if it is stored.
+    pub fn size(&self, sha256: &str) -> Option<u64> {
+        let path = self.path(sha256)?;
+        std::fs::metadata(path).ok().map(|m| m.len())
+    }
+
+    /// Remove the file of `sha256` (nothing if it is not there).
+    pub fn remove(&self, sha256: &str) -> std::io::Result<()> {
+        let Some(path) = self.path(sha256) else {
+            return Ok(());
+        };
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every stored hash.
+    pub fn hashes(&self) -> std::io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.root.join("sha256"))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if is_sha256(&name) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Start writing a file whose hash, when `expected` is given, must be that one;
+    /// at most `max` bytes.
+    pub async fn writer(
+        &self,
+        expected: Option<&str>,
+        max: u64,
+    ) -> Result<ContentWriter, ContentError> {
+        if let Some(e) = expected {
+            if !is_sha256(e) {
+                return Err(ContentError::BadHash {
+                    expected: e.to_string(),
+                });
+            }
+        }
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{:016x}", rand::random::<u64>()));
+        let file = tokio::fs::File::create(&tmp).await?;
+        Ok(ContentWriter {
+            store: self.clone(),
+            tmp,
+            file: Some(tokio::io::BufWriter::with_capacity(1 << 20, file)),
+            hasher: Sha256::new(),
+            size: 0,
+            max,
+            expected: expected.map(str::to_string),
+        })
+    }
+}
+
+/// A file being written into a [`ContentStore`]. Dropped unfinished, it leaves nothing.
+pub struct ContentWriter {
+    store: ContentStore,
+    tmp: PathBuf,
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    hasher: Sha256,
+    size: u64,
+    max: u64,
+    expected: Option<String>,
+}
+
+impl ContentWriter {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ContentError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.max {
+            return Err(ContentError::TooLarge { max: self.max });
+        }
+        self.hasher.update(chunk);
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Check the hash and move the file into the store: its hash and size.
+    pub async fn finish(mut self) -> Result<(String, u64), ContentError> {
+        let actual = hex::encode(self.hasher.clone().finalize());
+        if let Some(expected) = &self.expected {
+            if *expected != actual {
+                return Err(ContentError::Mismatch {
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        if let Some(mut f) = self.file.take() {
+            f.flush().await?;
+            f.get_ref().sync_all().await?;
+        }
+        let dest = self.store.root.join("sha256").join(&actual);
+        tokio::fs::rename(&self.tmp, &dest).await?;
+        Ok((actual, self.size))
+    }
+}
+
+impl Drop for ContentWriter {
+    fn drop(&mut self) {
+        // After a successful `finish` the temporary file was renamed away.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_enters_the_store_only_when_its_hash_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let data = b"hello, cluster".repeat(1000);
+        let sha = sha256_hex(&data);
+
+        let mut w = store.writer(Some(&sha), 1 << 20).await.unwrap();
+        for chunk in data.chunks(777) {
+            w.write(chunk).await.unwrap();
+        }
+        assert_eq!(w.finish().await.unwrap(), (sha.clone(), data.len() as u64));
+        assert_eq!(store.size(&sha), Some(data.len() as u64));
+        assert_eq!(std::fs::read(store.path(&sha).unwrap()).unwrap(), data);
+
+        // Wrong bytes under that hash: refused, nothing left behind.
+        let other = sha256_hex(b"other");
+        let mut w = store.writer(Some(&other), 1 << 20).await.unwrap();
+        w.write(b"not other").await.unwrap();
+        assert!(matches!(
+            w.finish().await,
+            Err(ContentError::Mismatch { .. })
+        ));
+        assert_eq!(store.size(&other), None);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+
+        // Too large: refused, nothing left.
+        let mut w = store.writer(None, 10).await.unwrap();
+        assert!(matches!(
+            w.write(&[0; 11]).await,
+            Err(ContentError::TooLarge { max: 10 })
+        ));
+        drop(w);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        assert_eq!(store.hashes().unwrap(), vec![sha.clone()]);
+
+        assert!(matches!(
+            store.writer(Some("ABC"), 1).await,
+            Err(ContentError::BadHash { .. })
+        ));
+        assert_eq!(store.path("../etc/passwd"), None);
+        store.remove(&sha).unwrap();
+        assert_eq!(store.size(&sha), None);
+    }
+}

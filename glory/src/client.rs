@@ -263,6 +263,58 @@ impl ApiClient {
         })
     }
 
+    /// Upload a file into the content store (`PUT /api/v1/content/{sha256}`): hashed
+    /// first, then streamed, `progress` told of every chunk sent. Its hash and size.
+    pub async fn upload(
+        &self,
+        path: &std::path::Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> anyhow::Result<(String, u64)> {
+        use futures::StreamExt;
+        let (sha256, size) = {
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(String, u64)> {
+                use sha2::Digest;
+                let mut f = std::fs::File::open(&path)
+                    .with_context(|| format!("open {}", path.display()))?;
+                let mut h = sha2::Sha256::new();
+                let size = std::io::copy(&mut f, &mut h)
+                    .with_context(|| format!("read {}", path.display()))?;
+                Ok((hex::encode(h.finalize()), size))
+            })
+            .await??
+        };
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("open {}", path.display()))?;
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect(move |chunk| {
+                if let Ok(c) = chunk {
+                    progress(c.len() as u64);
+                }
+            });
+        // No overall timeout: a large image takes what it takes.
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("build HTTP client")?;
+        let url = format!("{}/api/v1/content/{sha256}", self.base);
+        let resp = http
+            .put(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .with_context(|| format!("PUT {url}"))?;
+        let status = resp.status();
+        let value = parse_body(resp.text().await.context("read response")?);
+        if !status.is_success() {
+            return Err(api_error(status, &value));
+        }
+        Ok((sha256, size))
+    }
+
     /// The same API with another bearer token.
     pub fn with_token(&self, token: &str) -> ApiClient {
         ApiClient {

@@ -121,6 +121,27 @@ enum Command {
         #[command(subcommand)]
         action: glory::cli_provision::BmcAction,
     },
+    /// OS images: import, list, delete (`glory image import NAME --kernel F --initrd F
+    /// --rootfs F`).
+    Image {
+        #[command(subcommand)]
+        action: glory::cli_images::ImageAction,
+    },
+    /// Profiles: which image, deploy mode and first-boot configuration nodes get.
+    Profiles {
+        #[command(subcommand)]
+        action: glory::cli_images::ProfilesAction,
+    },
+    /// A node's first-boot configuration: what it renders to, what was applied.
+    Config {
+        #[command(subcommand)]
+        action: glory::cli_images::ConfigAction,
+    },
+    /// Software packages streamed onto running nodes.
+    Software {
+        #[command(subcommand)]
+        action: glory::cli_images::SoftwareAction,
+    },
     /// Provisioning tools.
     Provision {
         #[command(subcommand)]
@@ -570,6 +591,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens { action } => glory::cli_pools::tokens(&client, action, cli.json).await,
         Command::Pools { action } => glory::cli_pools::pools(&client, action, cli.json).await,
         Command::Sharing => glory::cli_tenants::sharing(&client, cli.json).await,
+        Command::Image { action } => glory::cli_images::image(&client, action, cli.json).await,
+        Command::Profiles { action } => {
+            glory::cli_images::profiles(&client, action, cli.json).await
+        }
+        Command::Config { action } => glory::cli_images::config(&client, action, cli.json).await,
+        Command::Software { action } => {
+            glory::cli_images::software(&client, action, cli.json).await
+        }
         Command::Frameworks { action } => {
             glory::cli_tenants::frameworks(&client, action, cli.json).await
         }

@@ -130,6 +130,23 @@ impl SimFleet {
         start..start + count
     }
 
+    /// Agent `index`'s settings: each simulated node applies its configuration and
+    /// installs its packages in a directory of its own under the fleet's `setup_root`.
+    fn settings_of(&self, index: usize) -> AgentSettings {
+        let mut settings = self.inner.settings.clone();
+        if let Some(base) = &settings.setup_root {
+            let own = base.join(format!("sim-{index}"));
+            settings.setup_root = Some(own.join("root"));
+            settings.setup_state = own.join("setup.json");
+        }
+        settings
+    }
+
+    /// Where agent `index` applies its configuration and installs packages.
+    pub fn setup_root_of(&self, index: usize) -> Option<std::path::PathBuf> {
+        self.settings_of(index).setup_root
+    }
+
     /// Counters of every agent of this fleet.
     pub fn stats(&self) -> Arc<AgentStats> {
         self.inner.stats.clone()
@@ -163,7 +180,7 @@ impl SimFleet {
             store: agent.store.clone(),
             stats: self.inner.stats.clone(),
         };
-        let settings = self.inner.settings.clone();
+        let settings = self.settings_of(index);
         let fleet = self.clone();
         self.inner.tasks.spawn(async move {
             match run_agent(settings, deps, stop, power).await {

@@ -620,8 +620,8 @@ async fn session(
     let session_start = glory_protocol::now_ms();
     // Drift checks (and retries of failed installs) only where something is applied.
     let mut setup_check = tokio::time::interval_at(
-        tokio::time::Instant::now() + crate::setup::CHECK_EVERY,
-        crate::setup::CHECK_EVERY,
+        tokio::time::Instant::now() + settings.setup_check,
+        settings.setup_check,
     );
     setup_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = 'session: loop {

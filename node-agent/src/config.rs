@@ -53,6 +53,9 @@ pub struct AgentConfig {
     /// server. Unset, the agent applies no configuration and installs nothing (and
     /// reports so): what simulated and test agents on a shared host need.
     pub setup_root: Option<PathBuf>,
+    /// How often applied configuration files are checked for drift (and failed
+    /// package installs retried), milliseconds.
+    pub setup_check_ms: u64,
 }
 
 impl Default for AgentConfig {
@@ -73,6 +76,7 @@ impl Default for AgentConfig {
             request_timeout_ms: 5_000,
             idle_timeout_ms: 3_000,
             setup_root: None,
+            setup_check_ms: 30_000,
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct AgentSettings {
     pub setup_root: Option<PathBuf>,
     /// Where the applied configuration is kept (`state_dir/setup.json`).
     pub setup_state: PathBuf,
+    pub setup_check: Duration,
 }
 
 impl AgentConfig {
@@ -165,6 +170,7 @@ impl AgentConfig {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             setup_root: self.setup_root.clone(),
             setup_state: self.state_dir.join("setup.json"),
+            setup_check: Duration::from_millis(self.setup_check_ms.max(100)),
         })
     }
 }

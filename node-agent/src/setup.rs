@@ -23,9 +23,6 @@ use glory_protocol::setup::{
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-/// How often applied files are checked for drift (and failed installs retried).
-pub const CHECK_EVERY: Duration = Duration::from_secs(30);
-
 /// Where packages go under the setup root.
 const SOFTWARE_DIR: &str = "opt/glory/software";
 const PACKAGE_META: &str = ".glory-package.json";

@@ -181,6 +181,10 @@ impl ClusterBuilder {
             metrics_interval_ms: self.metrics_ms,
             max_backoff_ms: 500,
             idle_timeout_ms: 5000,
+            // Each agent applies configuration and installs packages in its own
+            // directory under the cluster's temporary one.
+            setup_root: Some(cluster._dir.path().join("nodes")),
+            setup_check_ms: 1000,
             ..Default::default()
         }
         .validate()?;
@@ -230,6 +234,11 @@ impl TestCluster {
     }
 
     /// The operator bearer token.
+    /// The cluster master's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn operator_token(&self) -> String {
         self.cm().operator_token.clone()
     }

@@ -15,6 +15,24 @@ use crate::table::{render, when_value};
 
 #[derive(Subcommand)]
 pub enum ImageAction {
+    /// Build a Debian image with the agent (root, mmdebstrap, squashfs-tools): `glory
+    /// image build web --suite bookworm --packages nginx,curl`.
+    Build {
+        name: String,
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// More Debian packages, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        packages: Vec<String>,
+        /// A Debian mirror (default: this machine's apt sources).
+        #[arg(long)]
+        mirror: Option<String>,
+        /// The agent to install (default: glory-node-agent beside this binary).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
     /// Import existing files as a new version of an image: `glory image import web
     /// --kernel vmlinuz --initrd initrd.img --rootfs root.squashfs`.
     Import {
@@ -120,7 +138,7 @@ fn progress_bar(what: &str, len: u64) -> indicatif::ProgressBar {
 }
 
 /// Upload `path` with a progress bar: its `{sha256, size}`.
-async fn upload(client: &ApiClient, what: &str, path: &Path) -> anyhow::Result<Value> {
+pub(crate) async fn upload(client: &ApiClient, what: &str, path: &Path) -> anyhow::Result<Value> {
     let len = std::fs::metadata(path)
         .with_context(|| format!("{}", path.display()))?
         .len();
@@ -173,6 +191,24 @@ pub fn images_table(items: &[Value]) -> String {
 
 pub async fn image(client: &ApiClient, action: ImageAction, as_json: bool) -> anyhow::Result<()> {
     let r = match action {
+        ImageAction::Build {
+            name,
+            suite,
+            packages,
+            mirror,
+            agent,
+            description,
+        } => {
+            let opts = crate::image_build::BuildOptions {
+                name,
+                suite,
+                packages,
+                mirror,
+                agent,
+                description,
+            };
+            crate::image_build::build(client, opts).await?
+        }
         ImageAction::Import {
             name,
             kernel,

@@ -23,6 +23,8 @@ pub struct LabVm {
     pub qmp: PathBuf,
     /// Its serial console.
     pub console: PathBuf,
+    /// Its virtual disk (a sparse raw file on virtio), if it has one.
+    pub disk: Option<(PathBuf, u32)>,
 }
 
 /// The boot network: namespace, veth, bridge, taps and the VMs' processes.
@@ -88,7 +90,13 @@ pub fn check_tools() -> anyhow::Result<()> {
 
 impl Lab {
     /// Create the network (the VMs come with [`Lab::start_vms`]).
-    pub fn create(vms: usize, uefi: usize, memory_mib: u32, dir: &Path) -> anyhow::Result<Lab> {
+    pub fn create(
+        vms: usize,
+        uefi: usize,
+        memory_mib: u32,
+        disk_mib: u32,
+        dir: &Path,
+    ) -> anyhow::Result<Lab> {
         check_tools()?;
         static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let pid = std::process::id();
@@ -147,6 +155,7 @@ impl Lab {
                 memory_mib,
                 qmp: dir.join(format!("vm{i}.qmp")),
                 console: dir.join(format!("vm{i}.console")),
+                disk: (disk_mib > 0).then(|| (dir.join(format!("vm{i}.disk")), disk_mib)),
             });
         }
         info!(%netns, %host_if, %host_ip, vms, "lab network created");
@@ -185,6 +194,15 @@ impl Lab {
                 "-netdev".into(),
                 format!("tap,id=n0,ifname=tap{i},script=no,downscript=no"),
             ]);
+            if let Some((path, mib)) = &vm.disk {
+                let f = std::fs::File::create(path)
+                    .with_context(|| format!("create {}", path.display()))?;
+                f.set_len(u64::from(*mib) << 20)?;
+                args.extend([
+                    "-drive".into(),
+                    format!("file={},if=virtio,format=raw", path.display()),
+                ]);
+            }
             if vm.uefi {
                 let vars = dir.join(format!("{}-vars.fd", vm.name));
                 std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)

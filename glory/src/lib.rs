@@ -12,6 +12,7 @@ pub mod cli_services;
 pub mod cli_tenants;
 pub mod cli_users;
 pub mod client;
+pub mod image_build;
 pub mod lab;
 pub mod sim;
 pub mod table;

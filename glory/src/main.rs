@@ -77,6 +77,10 @@ enum Command {
         /// Memory of each lab VM, MiB.
         #[arg(long, default_value_t = 512)]
         lab_memory: u32,
+        /// A virtual disk of this many MiB per lab VM (0: none), for images deployed
+        /// in `disk` mode.
+        #[arg(long, default_value_t = 0)]
+        lab_disk: u32,
         /// Lifetime of the bootstrap token minted for each PXE boot, seconds.
         #[arg(long, default_value_t = 600)]
         boot_token_ttl: u64,
@@ -441,6 +445,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         lab_vms,
         lab_uefi,
         lab_memory,
+        lab_disk,
         boot_token_ttl,
         real_agents,
         reclaim_grace,
@@ -460,6 +465,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lab_vms,
             lab_uefi,
             lab_memory_mib: lab_memory,
+            lab_disk_mib: lab_disk,
             boot_token_ttl_seconds: boot_token_ttl,
             lab_agent_binary: None,
             real_agents,

@@ -37,6 +37,9 @@ pub struct UpOptions {
     /// How many of them boot by UEFI (OVMF, `ipxe.efi` over TFTP); the rest by BIOS.
     pub lab_uefi: usize,
     pub lab_memory_mib: u32,
+    /// A virtual disk of this many MiB per lab VM (0: none), for images deployed in
+    /// `disk` mode.
+    pub lab_disk_mib: u32,
     /// Lifetime of the token minted for each PXE boot, seconds.
     pub boot_token_ttl_seconds: u64,
     /// The agent put into the enrollment environment (default: beside this binary).
@@ -64,6 +67,7 @@ impl Default for UpOptions {
             lab_vms: 0,
             lab_uefi: 0,
             lab_memory_mib: 512,
+            lab_disk_mib: 0,
             boot_token_ttl_seconds: 600,
             lab_agent_binary: None,
             real_agents: 0,
@@ -124,6 +128,7 @@ impl Up {
                 n,
                 options.lab_uefi,
                 options.lab_memory_mib,
+                options.lab_disk_mib,
                 &options.data_dir.join("lab"),
             )?),
         };

@@ -5,11 +5,9 @@
 //! fetch. Only files the cluster master named in a message passing through this group
 //! master (`GroupToAgent::Software`) are fetched: the proxy is not an open relay.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -17,30 +15,16 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use glory_protocol::content::ContentStore;
+use glory_protocol::content::{CacheError, ContentCache, ContentStore, ContentWriter, Source};
 use glory_protocol::setup::PackageSpec;
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Where a file comes from, and its size.
-#[derive(Clone, Debug)]
-struct Source {
-    url: String,
-    size: u64,
-}
-
-type Flight = Arc<OnceCell<Result<(), String>>>;
-
 pub struct ContentProxy {
-    store: ContentStore,
+    cache: ContentCache,
     /// `http://ip:port`, as agents reach it.
     base: String,
-    known: Mutex<HashMap<String, Source>>,
-    inflight: Mutex<HashMap<String, Flight>>,
     client: reqwest::Client,
-    /// Fetches made upstream (for tests and metrics).
-    pub upstream_fetches: AtomicU64,
     /// A cache directory this proxy made for itself, removed when it stops.
     own_dir: Option<PathBuf>,
 }
@@ -71,14 +55,11 @@ impl ContentProxy {
         let store =
             ContentStore::open(&dir).with_context(|| format!("content cache {}", dir.display()))?;
         let proxy = ContentProxy {
-            store,
+            cache: ContentCache::new(store),
             base: format!("http://{}", SocketAddr::new(advertise_ip, port)),
-            known: Mutex::new(HashMap::new()),
-            inflight: Mutex::new(HashMap::new()),
             client: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .build()?,
-            upstream_fetches: AtomicU64::new(0),
             own_dir,
         };
         Ok((Arc::new(proxy), listener))
@@ -108,91 +89,61 @@ impl ContentProxy {
 
     /// Point packages at this proxy, remembering where each comes from.
     pub fn rewrite(&self, specs: &mut [PackageSpec]) {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         for s in specs {
             if !glory_protocol::content::is_sha256(&s.sha256) {
                 continue;
             }
-            known.insert(
-                s.sha256.clone(),
-                Source {
-                    url: s.url.clone(),
-                    size: s.size,
-                },
-            );
+            let source = Source {
+                url: s.url.clone(),
+                size: s.size,
+            };
+            self.cache.learn(&s.sha256, source);
             s.url = format!("{}/content/{}", self.base, s.sha256);
         }
     }
 
     /// Have `sha256` in the cache: fetched once however many ask at the same time.
     async fn ensure(&self, sha256: &str) -> Result<(), (StatusCode, String)> {
-        if self.store.size(sha256).is_some() {
-            return Ok(());
+        let client = self.client.clone();
+        let fetched = self
+            .cache
+            .ensure(sha256, |source, writer| fetch_into(client, source, writer))
+            .await;
+        match fetched {
+            Ok(()) => Ok(()),
+            Err(e @ CacheError::Unknown(_)) => Err((StatusCode::NOT_FOUND, e.to_string())),
+            Err(e) => Err((StatusCode::BAD_GATEWAY, e.to_string())),
         }
-        let source = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sha256)
-            .cloned()
-            .ok_or_else(|| {
-                (
-                    StatusCode::NOT_FOUND,
-                    format!("no content {sha256} is known to this group master"),
-                )
-            })?;
-        let flight: Flight = self
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(sha256.to_string())
-            .or_default()
-            .clone();
-        let result = flight
-            .get_or_init(|| self.fetch_upstream(sha256, &source))
-            .await
-            .clone();
-        // The next request after a failure tries again.
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(sha256);
-        result.map_err(|e| (StatusCode::BAD_GATEWAY, e))
     }
+}
 
-    async fn fetch_upstream(&self, sha256: &str, source: &Source) -> Result<(), String> {
-        if self.store.size(sha256).is_some() {
-            return Ok(());
-        }
-        self.upstream_fetches.fetch_add(1, Ordering::Relaxed);
-        let mut writer = self
-            .store
-            .writer(Some(sha256), source.size)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut resp = self
-            .client
-            .get(&source.url)
-            .send()
-            .await
-            .map_err(|e| format!("upstream {}: {e}", source.url))?;
-        if !resp.status().is_success() {
-            return Err(format!("upstream {}: {}", source.url, resp.status()));
-        }
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("upstream {}: {e}", source.url))?
-        {
-            writer.write(&chunk).await.map_err(|e| e.to_string())?;
-        }
-        writer
-            .finish()
-            .await
-            .map_err(|e| format!("upstream {}: {e}", source.url))?;
-        info!(%sha256, bytes = source.size, "content cached");
-        Ok(())
+/// GET `source` into `writer`, checked against its hash when finished.
+pub async fn fetch_into(
+    client: reqwest::Client,
+    source: Source,
+    mut writer: ContentWriter,
+) -> Result<(), String> {
+    let mut resp = client
+        .get(&source.url)
+        .send()
+        .await
+        .map_err(|e| format!("upstream {}: {e}", source.url))?;
+    if !resp.status().is_success() {
+        return Err(format!("upstream {}: {}", source.url, resp.status()));
     }
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("upstream {}: {e}", source.url))?
+    {
+        writer.write(&chunk).await.map_err(|e| e.to_string())?;
+    }
+    let (sha256, size) = writer
+        .finish()
+        .await
+        .map_err(|e| format!("upstream {}: {e}", source.url))?;
+    info!(%sha256, bytes = size, "content cached");
+    Ok(())
 }
 
 impl Drop for ContentProxy {
@@ -204,7 +155,7 @@ impl Drop for ContentProxy {
 }
 
 async fn fetch(State(proxy): State<Arc<ContentProxy>>, Path(sha256): Path<String>) -> Response {
-    let Some(path) = proxy.store.path(&sha256) else {
+    let Some(path) = proxy.cache.store().path(&sha256) else {
         return (StatusCode::BAD_REQUEST, "not a SHA-256\n").into_response();
     };
     if let Err((status, why)) = proxy.ensure(&sha256).await {

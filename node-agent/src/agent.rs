@@ -666,6 +666,12 @@ async fn session(
                 }
             }
             _ = setup.changed.notified() => {
+                if setup.take_inventory_due() {
+                    let inventory = AgentToGroup::Inventory(Box::new(deps.host.inventory()));
+                    if let Err(e) = send.send(&inventory).await {
+                        break SessionEnd::Lost(format!("send inventory: {e}"));
+                    }
+                }
                 if let Err(e) = send.send(&AgentToGroup::Setup(setup.report())).await {
                     break SessionEnd::Lost(format!("send setup report: {e}"));
                 }

@@ -148,6 +148,9 @@ impl Host for RealHost {
             })
             .collect();
         nics.sort_by(|a, b| a.name.cmp(&b.name));
+        let image = std::fs::read_to_string("/proc/cmdline")
+            .ok()
+            .and_then(|c| image_from_cmdline(&c));
         Inventory {
             hostname: System::host_name().unwrap_or_default(),
             identity: self.identity.clone(),
@@ -163,6 +166,8 @@ impl Host for RealHost {
             serial: read_trimmed("/sys/class/dmi/id/product_serial"),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             simulated: false,
+            image: image.as_ref().map(|(n, _)| n.clone()),
+            image_version: image.and_then(|(_, v)| v),
         }
     }
 
@@ -320,6 +325,8 @@ impl SimHost {
             serial: Some(format!("SIM{index:08}")),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             simulated: true,
+            image: None,
+            image_version: None,
         };
         // Booted at a host-specific time in the last 30 days.
         let boot_ms =
@@ -500,5 +507,30 @@ mod tests {
         assert_eq!(a.nics[0].addresses[0], "10.0.0.1/24");
         assert_eq!(b.nics[0].addresses[0], "10.0.0.250/24");
         assert_eq!(c.nics[0].addresses[0], "10.0.1.1/24");
+    }
+}
+
+/// The OS image a deployed node booted: `glory.image=NAME:VERSION` on its kernel
+/// command line.
+pub fn image_from_cmdline(cmdline: &str) -> Option<(String, Option<u32>)> {
+    let value = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("glory.image="))?;
+    let (name, version) = match value.split_once(':') {
+        Some((n, v)) => (n, v.parse().ok()),
+        None => (value, None),
+    };
+    (!name.is_empty()).then(|| (name.to_string(), version))
+}
+
+#[cfg(test)]
+mod image_tests {
+    #[test]
+    fn the_image_comes_from_the_kernel_command_line() {
+        assert_eq!(
+            super::image_from_cmdline("quiet glory.image=web:3 BOOTIF=01-aa"),
+            Some(("web".to_string(), Some(3)))
+        );
+        assert_eq!(super::image_from_cmdline("quiet"), None);
     }
 }

@@ -35,6 +35,8 @@ struct Inner {
     desired: Vec<PackageSpec>,
     installing: Vec<(String, String)>,
     failed: BTreeMap<(String, String), String>,
+    /// The running hostname changed: the inventory goes again.
+    inventory_due: bool,
 }
 
 /// A node's setup, shared by the agent's sessions.
@@ -77,6 +79,11 @@ impl Setup {
     /// Whether this agent applies configuration and installs software at all.
     pub fn has_root(&self) -> bool {
         self.root.is_some()
+    }
+
+    /// Whether the inventory must be sent again (the hostname changed); clears it.
+    pub fn take_inventory_due(&self) -> bool {
+        std::mem::take(&mut self.lock().inventory_due)
     }
 
     /// Whether there is anything to report (an agent with nothing applied, installed
@@ -141,7 +148,11 @@ impl Setup {
                 let same =
                     self.lock().applied.as_ref().map(|c| &c.hostname) == Some(&config.hostname);
                 match &config.hostname {
-                    Some(name) if root == Path::new("/") && !same => set_hostname(name),
+                    Some(name) if root == Path::new("/") && !same => {
+                        set_hostname(name)?;
+                        self.lock().inventory_due = true;
+                        Ok(())
+                    }
                     _ => Ok(()),
                 }
             }),

@@ -175,6 +175,111 @@ impl Drop for ContentWriter {
     }
 }
 
+/// Where a cached file comes from, and its size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub url: String,
+    pub size: u64,
+}
+
+/// Why a cache could not produce a file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    /// Nobody named this file to the cache (it is not an open relay).
+    #[error("no content {0} is known here")]
+    Unknown(String),
+    /// The upstream fetch failed or its bytes did not match their hash.
+    #[error("{0}")]
+    Upstream(String),
+}
+
+type Flight = std::sync::Arc<tokio::sync::OnceCell<Result<(), String>>>;
+
+/// A [`ContentStore`] filled from upstream on demand: a file is fetched once however
+/// many ask for it at the same time, verified against its hash as it is written, and
+/// served from the store after. Only files named to it ([`ContentCache::learn`]) are
+/// fetched.
+pub struct ContentCache {
+    store: ContentStore,
+    known: std::sync::Mutex<std::collections::HashMap<String, Source>>,
+    inflight: std::sync::Mutex<std::collections::HashMap<String, Flight>>,
+    /// Fetches made upstream (for tests and metrics).
+    pub upstream_fetches: std::sync::atomic::AtomicU64,
+}
+
+impl ContentCache {
+    pub fn new(store: ContentStore) -> ContentCache {
+        ContentCache {
+            store,
+            known: Default::default(),
+            inflight: Default::default(),
+            upstream_fetches: Default::default(),
+        }
+    }
+
+    pub fn store(&self) -> &ContentStore {
+        &self.store
+    }
+
+    /// `sha256` may be fetched from `source`.
+    pub fn learn(&self, sha256: &str, source: Source) {
+        if is_sha256(sha256) {
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(sha256.to_string(), source);
+        }
+    }
+
+    /// Have `sha256` in the store. `fetch` gets its source and a writer to fill (and
+    /// finish); it runs once for all callers waiting at the same time.
+    pub async fn ensure<F, Fut>(&self, sha256: &str, fetch: F) -> Result<(), CacheError>
+    where
+        F: FnOnce(Source, ContentWriter) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        if self.store.size(sha256).is_some() {
+            return Ok(());
+        }
+        let source = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sha256)
+            .cloned()
+            .ok_or_else(|| CacheError::Unknown(sha256.to_string()))?;
+        let flight: Flight = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(sha256.to_string())
+            .or_default()
+            .clone();
+        let result = flight
+            .get_or_init(|| async {
+                if self.store.size(sha256).is_some() {
+                    return Ok(());
+                }
+                self.upstream_fetches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let writer = self
+                    .store
+                    .writer(Some(sha256), source.size)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                fetch(source, writer).await
+            })
+            .await
+            .clone();
+        // The next request after a failure tries again.
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sha256);
+        result.map_err(CacheError::Upstream)
+    }
+}
+
 /// SHA-256 of `bytes`, lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -27,7 +27,8 @@ pub use frame::{FrameError, DEFAULT_MAX_FRAME};
 pub use link::{ClientLinkConfig, Link, LinkEnd, LinkEndpoint, RawStream, ServerLinkConfig};
 pub use messages::*;
 pub use provisioning::{
-    BootPlan, BootProgress, BootState, ClusterToProvisioner, ProvisionerToCluster,
+    BootImage, BootPlan, BootProgress, BootState, ClusterToProvisioner, ImagePart,
+    ProvisionerToCluster,
 };
 pub use tls::{CaTrust, CertRole, CertSubject, ClientAuth, ClusterCa, PeerCert, TlsIdentity};
 pub use transport::{

@@ -218,6 +218,12 @@ pub struct Inventory {
     /// True for simulated hosts (`glory up`, `glory sim`).
     #[serde(default)]
     pub simulated: bool,
+    /// The OS image the node booted (`glory.image=NAME:VERSION` on its kernel
+    /// command line), when it runs one deployed by the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<u32>,
 }
 
 impl Inventory {

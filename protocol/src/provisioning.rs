@@ -68,8 +68,34 @@ pub struct BootPlan {
     /// The node this MAC already is, if it enrolled before (it keeps its id).
     #[serde(default)]
     pub node: Option<String>,
-    /// The profile it boots; `enroll` (the enrollment environment) until OS images.
+    /// The profile it boots: `enroll` (the enrollment environment) or the name of
+    /// the profile whose image it boots.
     pub profile: String,
+    /// The OS image to boot instead of the enrollment environment.
+    #[serde(default)]
+    pub image: Option<BootImage>,
+}
+
+/// An OS image a machine boots: its parts by hash, fetched through the provisioner
+/// from the cluster master's content store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootImage {
+    pub name: String,
+    pub version: u32,
+    /// `diskless` (the root filesystem in RAM) or `disk` (written to the first disk).
+    pub mode: String,
+    pub kernel: ImagePart,
+    pub initrd: ImagePart,
+    pub rootfs: ImagePart,
+    /// Where the parts are: `{content_url}/content/{sha256}`.
+    pub content_url: String,
+}
+
+/// One part of an image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePart {
+    pub sha256: String,
+    pub size: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

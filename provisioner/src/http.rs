@@ -70,6 +70,10 @@ pub struct BootHttp {
     pub files: Vec<(String, ServedFile)>,
     pub kernel_args: String,
     pub uplink: Uplink,
+    /// OS image parts, fetched from the cluster master's content store when a boot
+    /// plan names them and kept here for the next machines.
+    pub content: glory_protocol::content::ContentCache,
+    pub client: reqwest::Client,
 }
 
 pub fn router(state: Arc<BootHttp>) -> Router {
@@ -78,6 +82,7 @@ pub fn router(state: Arc<BootHttp>) -> Router {
         .route("/boot/{mac}/progress", post(progress))
         .route("/boot/{mac}/{file}", get(boot_file))
         .route("/files/{name}", get(named_file))
+        .route("/content/{sha256}", get(content_file))
         .with_state(state)
 }
 
@@ -90,6 +95,32 @@ pub fn render_script(base: &str, mac: &str, plan: &BootPlan, extra: &str) -> Str
     let masters: Vec<String> = plan.cluster_masters.iter().map(|a| a.to_string()).collect();
     let bootif = format!("01-{}", mac.replace(':', "-"));
     let node = plan.node.as_deref().unwrap_or("a new node");
+    if let Some(image) = &plan.image {
+        // The image's kernel and initramfs; the initramfs fetches the root filesystem,
+        // checks its hash and boots it (in RAM, or written to the first disk).
+        return format!(
+            "#!ipxe\n\
+             echo GLORY-CL: {mac} boots image {name}:{version} ({mode}, profile {profile}, {node})\n\
+             kernel {base}/content/{kernel} initrd=initrd.img console=tty0 console=ttyS0,115200 \
+             BOOTIF={bootif} glory.boot={base}/boot/{mac} glory.cm={cms} glory.ca={ca} \
+             glory.token={token} glory.image={name}:{version} glory.mode={mode} \
+             glory.rootfs={base}/content/{rootfs} glory.rootfs_sha256={rootfs} \
+             glory.rootfs_size={size} {extra}\n\
+             initrd --name initrd.img {base}/content/{initrd}\n\
+             boot\n",
+            name = image.name,
+            version = image.version,
+            mode = image.mode,
+            profile = plan.profile,
+            kernel = image.kernel.sha256,
+            initrd = image.initrd.sha256,
+            rootfs = image.rootfs.sha256,
+            size = image.rootfs.size,
+            cms = masters.join(","),
+            ca = plan.ca_sha256,
+            token = plan.token,
+        );
+    }
     format!(
         "#!ipxe\n\
          echo GLORY-CL: {mac} boots the enrollment environment ({node})\n\
@@ -118,7 +149,16 @@ async fn script(State(s): State<Arc<BootHttp>>, Path(script): Path<String>) -> R
     };
     let body = match s.uplink.plan(&mac, None).await {
         Ok(plan) => {
-            info!(%mac, node = ?plan.node, "boot planned");
+            info!(%mac, node = ?plan.node, image = ?plan.image.as_ref().map(|i| &i.name), "boot planned");
+            if let Some(image) = &plan.image {
+                for part in [&image.kernel, &image.initrd, &image.rootfs] {
+                    let source = glory_protocol::content::Source {
+                        url: format!("{}/content/{}", image.content_url, part.sha256),
+                        size: part.size,
+                    };
+                    s.content.learn(&part.sha256, source);
+                }
+            }
             render_script(&s.base, &mac, &plan, &s.kernel_args)
         }
         Err(why) => {
@@ -222,6 +262,61 @@ async fn named_file(
         return format!("{}  {name}\n", served.sha256).into_response();
     }
     serve_file(served, &headers).await
+}
+
+/// An image part, from the cache (fetched from the cluster master once, verified).
+async fn content_file(
+    State(s): State<Arc<BootHttp>>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    use glory_protocol::content::CacheError;
+    let Some(path) = s.content.store().path(&sha256) else {
+        return (StatusCode::BAD_REQUEST, "not a SHA-256\n").into_response();
+    };
+    let client = s.client.clone();
+    match s
+        .content
+        .ensure(&sha256, |source, writer| fetch_into(client, source, writer))
+        .await
+    {
+        Ok(()) => {}
+        Err(e @ CacheError::Unknown(_)) => {
+            return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Err(e) => return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    }
+    let file = ServedFile {
+        path,
+        sha256,
+        data: None,
+    };
+    serve_file(&file, &headers).await
+}
+
+/// GET `source` into `writer` (checked against its hash when finished).
+async fn fetch_into(
+    client: reqwest::Client,
+    source: glory_protocol::content::Source,
+    mut writer: glory_protocol::content::ContentWriter,
+) -> Result<(), String> {
+    let mut resp = client
+        .get(&source.url)
+        .send()
+        .await
+        .map_err(|e| format!("cluster master {}: {e}", source.url))?;
+    if !resp.status().is_success() {
+        return Err(format!("cluster master {}: {}", source.url, resp.status()));
+    }
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("cluster master {}: {e}", source.url))?
+    {
+        writer.write(&chunk).await.map_err(|e| e.to_string())?;
+    }
+    writer.finish().await.map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// What a `Range` header asks of a file.
@@ -389,6 +484,7 @@ mod tests {
             ca_sha256: "ab".repeat(32),
             node: None,
             profile: "enroll".into(),
+            image: None,
         };
         let s = render_script("http://10.0.0.1:7480", "52:54:00:00:00:01", &plan, "quiet");
         assert!(s.starts_with("#!ipxe\n"));

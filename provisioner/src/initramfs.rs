@@ -28,7 +28,8 @@ const UDHCPC_SCRIPT: &str = include_str!("initramfs/udhcpc.sh");
 /// Drivers always tried, by name: virtio's PCI transport (not a dependency of `virtio_net`
 /// in `modules.dep`, but without it no virtio NIC is found) and common server NICs. Those
 /// the kernel does not have as modules are skipped.
-pub const DEFAULT_MODULES: &str = "virtio_pci virtio_net e1000 e1000e igb ixgbe i40e bnxt_en tg3";
+pub const DEFAULT_MODULES: &str = "virtio_pci virtio_net e1000 e1000e igb ixgbe i40e bnxt_en tg3 \
+    virtio_blk ahci sd_mod nvme loop squashfs overlay";
 
 /// Where the agent lives in the image; `/init` runs it from there.
 pub const AGENT_PATH: &str = "sbin/glory-node-agent";
@@ -177,7 +178,8 @@ pub fn build(spec: &BuildSpec, out_dir: &Path) -> anyhow::Result<Built> {
 
 /// `strip --strip-debug` of `binary` into `out`; false (use the binary as it is) when
 /// binutils' strip is missing or fails (not an ELF file).
-fn strip_debug(binary: &Path, out: &Path) -> bool {
+/// Copy `binary` to `out` without its debug information; false when `strip` failed.
+pub fn strip_debug(binary: &Path, out: &Path) -> bool {
     std::process::Command::new("strip")
         .arg("--strip-debug")
         .arg("-o")

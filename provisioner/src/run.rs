@@ -163,6 +163,13 @@ pub async fn start(
         files,
         kernel_args: config.kernel_args.clone(),
         uplink: uplink.clone(),
+        content: glory_protocol::content::ContentCache::new(
+            glory_protocol::content::ContentStore::open(config.state_dir.join("content"))
+                .context("content cache")?,
+        ),
+        client: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()?,
     }));
     {
         let shutdown = shutdown.clone();

@@ -306,14 +306,24 @@ impl Cluster {
                 cluster_masters.push(*extra);
             }
         }
+        // A node whose profile names an image boots it; anything else (a new machine,
+        // a node without one) the enrollment environment.
+        let (profile, image) = match node.as_deref().and_then(|n| self.boot_image_of(n)) {
+            Some((profile, image)) => (profile, Some(image)),
+            None => ("enroll".to_string(), None),
+        };
+        let what = match &image {
+            Some(i) => format!("image {}:{} ({})", i.name, i.version, i.mode),
+            None => "the enrollment environment".to_string(),
+        };
         let detail = match &node {
             Some(n) => format!(
-                "iPXE script fetched; boots the enrollment environment as node {n} (token {} for {} s)",
+                "iPXE script fetched; boots {what} as node {n} (token {} for {} s)",
                 record.id,
                 ttl.as_secs()
             ),
             None => format!(
-                "iPXE script fetched; boots the enrollment environment (token {} for {} s)",
+                "iPXE script fetched; boots {what} (token {} for {} s)",
                 record.id,
                 ttl.as_secs()
             ),
@@ -337,8 +347,38 @@ impl Cluster {
             cluster_masters,
             ca_sha256,
             node,
-            profile: "enroll".to_string(),
+            profile,
+            image,
         })
+    }
+
+    /// The image `node`'s profile boots, with the profile's name.
+    fn boot_image_of(&self, node: &str) -> Option<(String, glory_protocol::BootImage)> {
+        let want = self.desired_setup(node)?;
+        let profile = want.profile?;
+        let image = self
+            .images
+            .image(profile.image.as_deref()?, profile.image_version)?;
+        let part = |b: &glory_keymaster::schema::images::BlobRef| glory_protocol::ImagePart {
+            sha256: b.sha256.clone(),
+            size: b.size,
+        };
+        let mode = match profile.mode {
+            glory_keymaster::schema::images::DeployMode::Diskless => "diskless",
+            glory_keymaster::schema::images::DeployMode::Disk => "disk",
+        };
+        Some((
+            profile.name.clone(),
+            glory_protocol::BootImage {
+                name: image.name.clone(),
+                version: image.version,
+                mode: mode.to_string(),
+                kernel: part(&image.kernel),
+                initrd: part(&image.initrd),
+                rootfs: part(&image.rootfs),
+                content_url: self.content_url(),
+            },
+        ))
     }
 
     /// Record a provisioner that enrolled.

@@ -89,6 +89,10 @@ pub struct StoredInventory {
     pub agent_version: String,
     #[serde(default)]
     pub simulated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -137,7 +141,7 @@ macro_rules! mirror {
 
 mirror!(Inventory <-> StoredInventory {
     hostname, identity, machine_id, cpus, cpu_model, memory_bytes, kernel, os, product,
-    serial, agent_version, simulated
+    serial, agent_version, simulated, image, image_version
 } vec { disks, nics });
 mirror!(Disk <-> StoredDisk {
     name, mount_point, file_system, total_bytes, available_bytes

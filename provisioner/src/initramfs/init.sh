@@ -4,6 +4,10 @@
 # Kernel command line: BOOTIF=01-aa-bb-cc-dd-ee-ff (from iPXE) picks the interface for
 # DHCP; glory.boot=http://IP:PORT/boot/<mac> is where progress is reported; the agent
 # itself reads glory.token=, glory.cm= and glory.ca=.
+# An OS image's boot adds glory.rootfs=URL, glory.rootfs_sha256=, glory.rootfs_size=
+# and glory.mode=diskless|disk: the root filesystem (a squashfs) is fetched into RAM
+# (diskless) or written to the first disk (disk, kept when it is already there),
+# checked against its hash, mounted under a tmpfs overlay, and booted (/sbin/init).
 /bin/busybox --install -s
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 
@@ -20,6 +24,10 @@ hostname glory-enroll
 
 BOOTIF_MAC=
 GLORY_BOOT=
+GLORY_ROOTFS=
+GLORY_ROOTFS_SHA=
+GLORY_ROOTFS_SIZE=
+GLORY_MODE=diskless
 set -f
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -30,6 +38,10 @@ for arg in $(cat /proc/cmdline); do
         BOOTIF_MAC=$(echo "$mac" | tr 'ABCDEF-' 'abcdef:')
         ;;
     glory.boot=*) GLORY_BOOT=${arg#glory.boot=} ;;
+    glory.rootfs=*) GLORY_ROOTFS=${arg#glory.rootfs=} ;;
+    glory.rootfs_sha256=*) GLORY_ROOTFS_SHA=${arg#glory.rootfs_sha256=} ;;
+    glory.rootfs_size=*) GLORY_ROOTFS_SIZE=${arg#glory.rootfs_size=} ;;
+    glory.mode=*) GLORY_MODE=${arg#glory.mode=} ;;
     esac
 done
 set +f
@@ -100,6 +112,68 @@ until dhcp_once; do
 done
 NET_ADDR=$(ip -4 -o addr show dev "$NET_IF" | awk '{print $4}')
 log "network up on $NET_IF: $NET_ADDR"
+
+first_disk() {
+    for d in vda sda nvme0n1 xvda; do
+        [ -b "/dev/$d" ] && { echo "/dev/$d"; return; }
+    done
+}
+
+# The image's root filesystem, checked: where it is, or nothing.
+fetch_rootfs() {
+    case "$GLORY_MODE" in
+    disk)
+        disk=$(first_disk)
+        [ -n "$disk" ] || { log "mode disk, but no disk"; return 1; }
+        have=$(head -c "$GLORY_ROOTFS_SIZE" "$disk" | sha256sum | cut -d' ' -f1)
+        if [ "$have" != "$GLORY_ROOTFS_SHA" ]; then
+            log "writing the image to $disk"
+            timeout 3600 wget -q -O - "$GLORY_ROOTFS" | dd of="$disk" bs=1M 2>/dev/null || return 1
+            sync
+            echo 3 > /proc/sys/vm/drop_caches
+            have=$(head -c "$GLORY_ROOTFS_SIZE" "$disk" | sha256sum | cut -d' ' -f1)
+        else
+            log "$disk already holds the image"
+        fi
+        [ "$have" = "$GLORY_ROOTFS_SHA" ] || { log "$disk holds $have, not $GLORY_ROOTFS_SHA"; return 1; }
+        ROOTFS_SRC=$disk
+        ;;
+    *)
+        log "fetching the root filesystem into RAM"
+        timeout 3600 wget -q -O /glory/rw/root.squashfs "$GLORY_ROOTFS" || return 1
+        have=$(sha256sum /glory/rw/root.squashfs | cut -d' ' -f1)
+        [ "$have" = "$GLORY_ROOTFS_SHA" ] || { log "fetched $have, not $GLORY_ROOTFS_SHA"; rm -f /glory/rw/root.squashfs; return 1; }
+        ROOTFS_SRC=/glory/rw/root.squashfs
+        ;;
+    esac
+}
+
+if [ -n "$GLORY_ROOTFS" ]; then
+    mkdir -p /glory/rw /glory/ro /newroot
+    mount -t tmpfs -o mode=0755 tmpfs /glory/rw
+    report "state=enrolling&ip=${NET_ADDR%%/*}&detail=$(urlencode "network up on $NET_IF ($NET_ADDR); fetching the image ($GLORY_MODE)")"
+    until fetch_rootfs; do
+        report "state=failed&detail=$(urlencode "the image's root filesystem could not be fetched or did not match its hash; retrying in 10 s")"
+        sleep 10
+    done
+    if [ "$ROOTFS_SRC" = /glory/rw/root.squashfs ]; then
+        mount -t squashfs -o ro,loop "$ROOTFS_SRC" /glory/ro
+    else
+        mount -t squashfs -o ro "$ROOTFS_SRC" /glory/ro
+    fi || { report "state=failed&detail=$(urlencode "cannot mount the image")"; sleep 30; reboot -f; }
+    mkdir -p /glory/rw/upper /glory/rw/work
+    mount -t overlay overlay -o lowerdir=/glory/ro,upperdir=/glory/rw/upper,workdir=/glory/rw/work /newroot ||
+        { report "state=failed&detail=$(urlencode "cannot mount the overlay")"; sleep 30; reboot -f; }
+    log "booting the image at $(uptime_s) s since boot"
+    report "state=enrolling&ip=${NET_ADDR%%/*}&detail=$(urlencode "image mounted ($GLORY_MODE from $ROOTFS_SRC); starting its init")"
+    [ -n "$REPORT_PID" ] && wait "$REPORT_PID"
+    # The address stays on the interface; the DHCP client's script does not survive.
+    killall udhcpc 2>/dev/null
+    umount /tmp /run 2>/dev/null
+    mount --move /dev /newroot/dev
+    umount /sys /proc
+    exec switch_root /newroot /sbin/init
+fi
 
 mkdir -p /var/lib/glory-agent
 while :; do

@@ -16,8 +16,11 @@ cd "$(dirname "$0")"
 # OpenIPMI's ipmi_sim with ipmitool, and sushy-tools' Redfish emulator (PyPI, below).
 # Services' balancer drivers: a real HAProxy changed through its runtime API,
 # keepalived's own configuration check, and nft for the nftables driver's kernel rules.
+# OS images are built with mmdebstrap (from the machine's Debian mirror) and packed by
+# squashfs-tools, then deployed to lab VMs.
 APT_PACKAGES=(etcd-server protobuf-compiler python3-venv prometheus prometheus-alertmanager chromium chromium-driver
-    ipxe ovmf linux-image-amd64 busybox-static openipmi ipmitool iproute2 haproxy keepalived nftables)
+    ipxe ovmf linux-image-amd64 busybox-static openipmi ipmitool iproute2 haproxy keepalived nftables
+    mmdebstrap squashfs-tools)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -8,6 +8,11 @@
 //! their real memory and MAC; one is powered off (down) and on (up again, same node
 //! id); then, in a second lab whose boot tokens live one second, a VM's enrollment is
 //! refused and its boot is `failed`, saying why.
+//!
+//! Then OS images (issue 19): an image built by `glory image build` (mmdebstrap,
+//! systemd, the agent) is deployed to the BIOS VM diskless and then to its virtual
+//! disk; each time it comes back `up` as the same node, reporting the image, with its
+//! first-boot configuration applied (hostname, SSH key; a changed key applied again).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,6 +38,7 @@ fn lab_options(
         lab_vms: vms,
         lab_uefi: uefi,
         lab_memory_mib: MEMORY_MIB,
+        lab_disk_mib: 512,
         boot_token_ttl_seconds: ttl,
         lab_agent_binary: Some(glory_tests::binary("glory-node-agent")?),
         ..Default::default()
@@ -164,6 +170,7 @@ async fn lab_vms_pxe_boot_enroll_and_obey_power() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(status, 404, "{body}");
+    deploy_images(&api, node, &vms[0]).await?;
     up.shutdown().await;
 
     // A boot whose token expired before the machine enrolled: refused, `failed`, why.
@@ -186,5 +193,150 @@ async fn lab_vms_pxe_boot_enroll_and_obey_power() -> anyhow::Result<()> {
     assert!(detail.contains("expired"), "{boot}");
     assert!(boot["node"].is_null(), "never enrolled: {boot}");
     up.shutdown().await;
+    Ok(())
+}
+
+async fn power(api: &ApiClient, node: &str, action: &str) -> anyhow::Result<()> {
+    api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/nodes/{node}/power"),
+        Some(serde_json::json!({ "action": action })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Wait until `node` runs image `name`, up, and has applied its configuration.
+async fn running_image(api: &ApiClient, node: &str, name: &str) -> anyhow::Result<Value> {
+    let (n, took) = until(
+        &format!("{node} up on image {name}"),
+        Duration::from_secs(300),
+        || async {
+            let n = node_state(api, node).await?;
+            let setup = api
+                .get(&format!("/api/v1/nodes/{node}/setup"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ok = n["state"] == "up"
+                && n["inventory"]["image"] == name
+                && setup["config"]["in_sync"] == true;
+            ok.then_some(n.clone())
+                .ok_or(format!("{} / {}", n["inventory"], setup["config"]))
+        },
+    )
+    .await?;
+    eprintln!("{node} up on image {name} after {took:?}");
+    Ok(n)
+}
+
+async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> anyhow::Result<()> {
+    let image = glory::image_build::build(
+        api,
+        glory::image_build::BuildOptions {
+            name: "lab".into(),
+            suite: "bookworm".into(),
+            packages: vec![],
+            mirror: None,
+            agent: Some(glory_tests::binary("glory-node-agent")?),
+            description: String::new(),
+        },
+    )
+    .await?;
+    assert_eq!(image["version"], 1, "{image}");
+    let profile = |key: &str, mode: &str| {
+        serde_json::json!({
+            "image": "lab",
+            "mode": mode,
+            "match": {"nodes": [node]},
+            "config": {
+                "hostname": "lab-{{ node.id[2:8] }}",
+                "ssh_authorized_keys": [format!("ssh-ed25519 {key} ops@glory")],
+            },
+        })
+    };
+    let put = |body: Value| async move {
+        api.call(reqwest::Method::PUT, "/api/v1/profiles/lab", Some(body))
+            .await
+    };
+    put(profile("AAAAfirst", "diskless")).await?;
+
+    // Diskless: the root filesystem in RAM, the same node id, the image reported,
+    // the configuration applied (the hostname is the running one).
+    power(api, node, "cycle").await?;
+    let n = running_image(api, node, "lab").await?;
+    assert_eq!(n["inventory"]["image_version"], 1, "{n}");
+    let hostname = format!("lab-{}", &node[2..8]);
+    until("the rendered hostname", Duration::from_secs(60), || async {
+        let n = node_state(api, node).await?;
+        (n["inventory"]["hostname"] == hostname.as_str())
+            .then_some(())
+            .ok_or(n["inventory"]["hostname"].to_string())
+    })
+    .await?;
+    let console = std::fs::read_to_string(&vm.console).unwrap_or_default();
+    assert!(
+        console.contains("fetching the root filesystem into RAM"),
+        "{console}"
+    );
+    // A changed key is applied again, without a reboot.
+    let before = api.get(&format!("/api/v1/nodes/{node}/setup")).await?;
+    put(profile("AAAAsecond", "diskless")).await?;
+    until(
+        "the changed key applied",
+        Duration::from_secs(60),
+        || async {
+            let s = api
+                .get(&format!("/api/v1/nodes/{node}/setup"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let changed = s["config"]["applied_hash"] != before["config"]["applied_hash"];
+            (changed && s["config"]["in_sync"] == true)
+                .then_some(())
+                .ok_or(s["config"].to_string())
+        },
+    )
+    .await?;
+
+    // Disk: written to the virtual disk and checked, then booted from it; the next
+    // boot finds it there and writes nothing.
+    put(profile("AAAAsecond", "disk")).await?;
+    std::fs::write(&vm.console, "")?;
+    power(api, node, "cycle").await?;
+    until(
+        "the image written to disk",
+        Duration::from_secs(300),
+        || async {
+            let c = std::fs::read_to_string(&vm.console).unwrap_or_default();
+            c.contains("booting the image")
+                .then_some(())
+                .ok_or(String::new())
+        },
+    )
+    .await?;
+    let console = std::fs::read_to_string(&vm.console).unwrap_or_default();
+    assert!(
+        console.contains("writing the image to /dev/vda"),
+        "{console}"
+    );
+    running_image(api, node, "lab").await?;
+    std::fs::write(&vm.console, "")?;
+    power(api, node, "cycle").await?;
+    until(
+        "booted from the disk again",
+        Duration::from_secs(300),
+        || async {
+            let c = std::fs::read_to_string(&vm.console).unwrap_or_default();
+            c.contains("booting the image")
+                .then_some(())
+                .ok_or(String::new())
+        },
+    )
+    .await?;
+    let console = std::fs::read_to_string(&vm.console).unwrap_or_default();
+    assert!(
+        console.contains("/dev/vda already holds the image"),
+        "{console}"
+    );
+    running_image(api, node, "lab").await?;
     Ok(())
 }

@@ -556,3 +556,186 @@ pub async fn software(
     print!("{}", render(&["PACKAGE", "VERSIONS", "INSTALLED"], &rows));
     Ok(())
 }
+
+/// `glory deploy`: which nodes get which image.
+#[derive(clap::Args)]
+pub struct DeployArgs {
+    #[arg(long)]
+    pub image: String,
+    /// A version (default: always the newest).
+    #[arg(long)]
+    pub version: Option<u32>,
+    /// `diskless` (root filesystem in RAM) or `disk` (written to the first disk).
+    #[arg(long, default_value = "diskless")]
+    pub mode: String,
+    /// `group=g03`, `label=rack=12` or `node=n-...`, comma-separated, repeatable.
+    #[arg(long)]
+    pub filter: Vec<String>,
+    /// The profile to create or change (default: `deploy-<image>`); its first-boot
+    /// configuration is kept.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Do not power-cycle the nodes (they get the image at their next boot).
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// Give up waiting after this long, seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+}
+
+/// The node match a deploy's `--filter`s mean.
+pub fn deploy_match(filters: &[String]) -> anyhow::Result<Value> {
+    let (mut groups, mut nodes, mut labels) = (Vec::new(), Vec::new(), serde_json::Map::new());
+    for f in filters.iter().flat_map(|f| f.split(',')) {
+        match f.split_once('=') {
+            Some(("group", g)) => groups.push(json!(g)),
+            Some(("node", n)) => nodes.push(json!(n)),
+            Some(("label", kv)) => match kv.split_once('=') {
+                Some((k, v)) => {
+                    labels.insert(k.to_string(), json!(v));
+                }
+                None => bail!("--filter label={kv}: label=key=value"),
+            },
+            _ => bail!("--filter {f:?}: group=G, node=N or label=K=V"),
+        }
+    }
+    if groups.is_empty() && nodes.is_empty() && labels.is_empty() {
+        bail!("--filter: say which nodes (group=g03, node=n-..., label=rack=12)");
+    }
+    Ok(json!({"groups": groups, "nodes": nodes, "labels": labels}))
+}
+
+/// Point the nodes of `--filter` at an image, power-cycle them, and follow each until
+/// it is up on the image, with a progress bar.
+pub async fn deploy(client: &ApiClient, args: DeployArgs, as_json: bool) -> anyhow::Result<()> {
+    if !["diskless", "disk"].contains(&args.mode.as_str()) {
+        bail!("--mode: diskless or disk");
+    }
+    let matches = deploy_match(&args.filter)?;
+    let name = args
+        .profile
+        .clone()
+        .unwrap_or_else(|| format!("deploy-{}", args.image));
+    let path = format!("/api/v1/profiles/{}", urlencode(&name));
+    let (status, existing) = client.request(Method::GET, &path, None).await?;
+    let config = if status == 200 {
+        existing["config"].clone()
+    } else {
+        json!({})
+    };
+    let profile = json!({"image": args.image, "image_version": args.version, "mode": args.mode,
+        "match": matches, "config": config});
+    client.call(Method::PUT, &path, Some(profile)).await?;
+    // The nodes it matches now.
+    let mut targets: Vec<String> = Vec::new();
+    for n in client.all_nodes("").await? {
+        let id = s(&n["id"]);
+        let cfg = client
+            .get(&format!("/api/v1/nodes/{}/config", urlencode(&id)))
+            .await;
+        if cfg.is_ok_and(|c| c["profile"] == name.as_str()) {
+            targets.push(id);
+        }
+    }
+    if targets.is_empty() {
+        bail!("profile {name} is set, but no node matches it now");
+    }
+    let image = match args.version {
+        Some(v) => {
+            client
+                .get(&format!("/api/v1/images/{}/{v}", urlencode(&args.image)))
+                .await?
+        }
+        None => {
+            let all = client
+                .get(&format!("/api/v1/images/{}", urlencode(&args.image)))
+                .await?;
+            all["versions"]
+                .as_array()
+                .and_then(|v| v.last())
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    let version = image["version"].as_u64().unwrap_or_default();
+    // A node counts once it came up again after the power cycle (its `up` is new).
+    let mut up_since = std::collections::BTreeMap::new();
+    if !args.no_reboot {
+        for id in &targets {
+            let n = client
+                .get(&format!("/api/v1/nodes/{}", urlencode(id)))
+                .await?;
+            up_since.insert(id.clone(), n["state_since_ms"].clone());
+        }
+    }
+    if !args.no_reboot {
+        let r = client
+            .call(
+                Method::POST,
+                "/api/v1/power",
+                Some(json!({"action": "cycle", "nodes": targets})),
+            )
+            .await?;
+        for item in r["items"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            if item["ok"] != true {
+                eprintln!(
+                    "{}: power cycle failed: {}",
+                    s(&item["node"]),
+                    s(&item["error"])
+                );
+            }
+        }
+    }
+    let bar = indicatif::ProgressBar::new(targets.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} nodes {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("{}:{version}", args.image));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
+    let mut pending = targets.clone();
+    let mut done = Vec::new();
+    while !pending.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let mut still = Vec::new();
+        for id in pending {
+            let n = client
+                .get(&format!("/api/v1/nodes/{}", urlencode(&id)))
+                .await
+                .unwrap_or_default();
+            let on = n["state"] == "up"
+                && up_since
+                    .get(&id)
+                    .is_none_or(|before| *before != n["state_since_ms"])
+                && n["inventory"]["image"] == args.image.as_str()
+                && n["inventory"]["image_version"].as_u64() == Some(version);
+            if on {
+                bar.println(format!("{id}: up on {}:{version}", args.image));
+                bar.inc(1);
+                done.push(id);
+            } else {
+                still.push(id);
+            }
+        }
+        pending = still;
+    }
+    bar.finish();
+    if as_json {
+        print_json(
+            &json!({"profile": name, "image": args.image, "version": version,
+            "deployed": done, "pending": pending}),
+        );
+    }
+    if !pending.is_empty() {
+        bail!(
+            "{} of {} nodes not up on {}:{version} within {} s: {}",
+            pending.len(),
+            targets.len(),
+            args.image,
+            args.timeout,
+            pending.join(", ")
+        );
+    }
+    Ok(())
+}

@@ -141,6 +141,9 @@ enum Command {
         #[command(subcommand)]
         action: glory::cli_images::ConfigAction,
     },
+    /// Deploy an image: `glory deploy --filter group=g03 --image web` (a profile for
+    /// those nodes, a power cycle, each node followed until it is up on the image).
+    Deploy(glory::cli_images::DeployArgs),
     /// Software packages streamed onto running nodes.
     Software {
         #[command(subcommand)]
@@ -602,6 +605,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             glory::cli_images::profiles(&client, action, cli.json).await
         }
         Command::Config { action } => glory::cli_images::config(&client, action, cli.json).await,
+        Command::Deploy(args) => glory::cli_images::deploy(&client, args, cli.json).await,
         Command::Software { action } => {
             glory::cli_images::software(&client, action, cli.json).await
         }

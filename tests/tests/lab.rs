@@ -255,14 +255,28 @@ async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> a
         })
     };
     let put = |body: Value| async move {
-        api.call(reqwest::Method::PUT, "/api/v1/profiles/lab", Some(body))
-            .await
+        api.call(
+            reqwest::Method::PUT,
+            "/api/v1/profiles/deploy-lab",
+            Some(body),
+        )
+        .await
     };
     put(profile("AAAAfirst", "diskless")).await?;
+    let deploy = |mode: &str| glory::cli_images::DeployArgs {
+        image: "lab".into(),
+        version: None,
+        mode: mode.into(),
+        filter: vec![format!("node={node}")],
+        profile: None,
+        no_reboot: false,
+        timeout: 300,
+    };
 
-    // Diskless: the root filesystem in RAM, the same node id, the image reported,
-    // the configuration applied (the hostname is the running one).
-    power(api, node, "cycle").await?;
+    // Diskless (`glory deploy`: the profile keeps its configuration, the node is
+    // power-cycled and followed): the root filesystem in RAM, the same node id, the
+    // image reported, the configuration applied (the hostname is the running one).
+    glory::cli_images::deploy(api, deploy("diskless"), false).await?;
     let n = running_image(api, node, "lab").await?;
     assert_eq!(n["inventory"]["image_version"], 1, "{n}");
     let hostname = format!("lab-{}", &node[2..8]);
@@ -299,20 +313,8 @@ async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> a
 
     // Disk: written to the virtual disk and checked, then booted from it; the next
     // boot finds it there and writes nothing.
-    put(profile("AAAAsecond", "disk")).await?;
     std::fs::write(&vm.console, "")?;
-    power(api, node, "cycle").await?;
-    until(
-        "the image written to disk",
-        Duration::from_secs(300),
-        || async {
-            let c = std::fs::read_to_string(&vm.console).unwrap_or_default();
-            c.contains("booting the image")
-                .then_some(())
-                .ok_or(String::new())
-        },
-    )
-    .await?;
+    glory::cli_images::deploy(api, deploy("disk"), false).await?;
     let console = std::fs::read_to_string(&vm.console).unwrap_or_default();
     assert!(
         console.contains("writing the image to /dev/vda"),

@@ -326,6 +326,12 @@ pub async fn start(
         });
     }
     tasks.spawn(follow_leader(node.clone(), shutdown.clone()));
+    // A standby copies the leader's images and packages while it waits.
+    let content_follower = shutdown.child_token();
+    tasks.spawn(provisioning::follow_content(
+        node.clone(),
+        content_follower.clone(),
+    ));
     info!(quic = %quic_addr, api = %api_addr, "cluster master up; campaigning for leadership");
 
     let Some((lease, key)) = win_leadership(&node, &shutdown).await else {
@@ -333,6 +339,8 @@ pub async fn start(
         tasks.wait().await;
         anyhow::bail!("shut down before becoming leader");
     };
+    // The content store is this master's own from now on.
+    content_follower.cancel();
     // Anything failing from here on gives leadership back at once, so a retry (or a
     // standby) does not wait for the lease to expire.
     let prepared = async {

@@ -15,7 +15,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use glory_protocol::content::{CacheError, ContentCache, ContentStore, ContentWriter, Source};
+use glory_content::{fetch_into, CacheError, ContentCache, ContentStore, Source};
 use glory_protocol::setup::PackageSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -90,7 +90,7 @@ impl ContentProxy {
     /// Point packages at this proxy, remembering where each comes from.
     pub fn rewrite(&self, specs: &mut [PackageSpec]) {
         for s in specs {
-            if !glory_protocol::content::is_sha256(&s.sha256) {
+            if !glory_content::is_sha256(&s.sha256) {
                 continue;
             }
             let source = Source {
@@ -115,35 +115,6 @@ impl ContentProxy {
             Err(e) => Err((StatusCode::BAD_GATEWAY, e.to_string())),
         }
     }
-}
-
-/// GET `source` into `writer`, checked against its hash when finished.
-pub async fn fetch_into(
-    client: reqwest::Client,
-    source: Source,
-    mut writer: ContentWriter,
-) -> Result<(), String> {
-    let mut resp = client
-        .get(&source.url)
-        .send()
-        .await
-        .map_err(|e| format!("upstream {}: {e}", source.url))?;
-    if !resp.status().is_success() {
-        return Err(format!("upstream {}: {}", source.url, resp.status()));
-    }
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("upstream {}: {e}", source.url))?
-    {
-        writer.write(&chunk).await.map_err(|e| e.to_string())?;
-    }
-    let (sha256, size) = writer
-        .finish()
-        .await
-        .map_err(|e| format!("upstream {}: {e}", source.url))?;
-    info!(%sha256, bytes = size, "content cached");
-    Ok(())
 }
 
 impl Drop for ContentProxy {

@@ -6,7 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
-pub mod content;
 pub mod enroll;
 pub mod frame;
 pub mod lean;

@@ -72,7 +72,7 @@ pub struct BootHttp {
     pub uplink: Uplink,
     /// OS image parts, fetched from the cluster master's content store when a boot
     /// plan names them and kept here for the next machines.
-    pub content: glory_protocol::content::ContentCache,
+    pub content: glory_content::ContentCache,
     pub client: reqwest::Client,
 }
 
@@ -152,7 +152,7 @@ async fn script(State(s): State<Arc<BootHttp>>, Path(script): Path<String>) -> R
             info!(%mac, node = ?plan.node, image = ?plan.image.as_ref().map(|i| &i.name), "boot planned");
             if let Some(image) = &plan.image {
                 for part in [&image.kernel, &image.initrd, &image.rootfs] {
-                    let source = glory_protocol::content::Source {
+                    let source = glory_content::Source {
                         url: format!("{}/content/{}", image.content_url, part.sha256),
                         size: part.size,
                     };
@@ -270,14 +270,16 @@ async fn content_file(
     Path(sha256): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    use glory_protocol::content::CacheError;
+    use glory_content::CacheError;
     let Some(path) = s.content.store().path(&sha256) else {
         return (StatusCode::BAD_REQUEST, "not a SHA-256\n").into_response();
     };
     let client = s.client.clone();
     match s
         .content
-        .ensure(&sha256, |source, writer| fetch_into(client, source, writer))
+        .ensure(&sha256, |source, writer| {
+            glory_content::fetch_into(client, source, writer)
+        })
         .await
     {
         Ok(()) => {}
@@ -292,31 +294,6 @@ async fn content_file(
         data: None,
     };
     serve_file(&file, &headers).await
-}
-
-/// GET `source` into `writer` (checked against its hash when finished).
-async fn fetch_into(
-    client: reqwest::Client,
-    source: glory_protocol::content::Source,
-    mut writer: glory_protocol::content::ContentWriter,
-) -> Result<(), String> {
-    let mut resp = client
-        .get(&source.url)
-        .send()
-        .await
-        .map_err(|e| format!("cluster master {}: {e}", source.url))?;
-    if !resp.status().is_success() {
-        return Err(format!("cluster master {}: {}", source.url, resp.status()));
-    }
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("cluster master {}: {e}", source.url))?
-    {
-        writer.write(&chunk).await.map_err(|e| e.to_string())?;
-    }
-    writer.finish().await.map_err(|e| e.to_string())?;
-    Ok(())
 }
 
 /// What a `Range` header asks of a file.

@@ -163,8 +163,8 @@ pub async fn start(
         files,
         kernel_args: config.kernel_args.clone(),
         uplink: uplink.clone(),
-        content: glory_protocol::content::ContentCache::new(
-            glory_protocol::content::ContentStore::open(config.state_dir.join("content"))
+        content: glory_content::ContentCache::new(
+            glory_content::ContentStore::open(config.state_dir.join("content"))
                 .context("content cache")?,
         ),
         client: reqwest::Client::builder()

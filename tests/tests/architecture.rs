@@ -1,5 +1,5 @@
 //! The architecture's invariants, checked on every run: which crate may depend on which
-//! (DESIGN's direction, lowest first: `protocol` <- `monitor` <- `keymaster` <-
+//! (DESIGN's direction, lowest first: `protocol` <- {`monitor`, `content`} <- `keymaster` <-
 //! {`node-agent`, `group-master`, `provisioner`, `service-manager`} <- `cluster-master` <-
 //! `glory` <- `tests`), which crates own which external crates, and that every declared
 //! dependency is used. Reads `cargo metadata` and the sources; no network.
@@ -15,7 +15,7 @@ use serde_json::Value;
 fn rank(package: &str) -> Option<u32> {
     Some(match package {
         "glory-protocol" => 0,
-        "glory-monitor" => 1,
+        "glory-monitor" | "glory-content" => 1,
         "glory-keymaster" => 2,
         "glory-node-agent"
         | "glory-group-master"

@@ -196,6 +196,25 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     };
     until_some("20 nodes up", Duration::from_secs(30), || all_up(&cm1)).await?;
 
+    // A package uploaded to the leader: the standby copies its bytes, so they are
+    // still served after a failover.
+    let package = d.join("tool.tar.zst");
+    std::fs::write(&package, vec![42u8; 300_000])?;
+    let (sha, size) = cm1.upload(&package, |_| {}).await?;
+    let (status, r) = cm1
+        .request(
+            Method::POST,
+            "/api/v1/software",
+            Some(serde_json::json!({"name": "tool", "version": "1", "sha256": sha, "size": size})),
+        )
+        .await?;
+    assert_eq!(status, 201, "{r}");
+    let copy = d.join("cm2").join("content").join("sha256").join(&sha);
+    until_some("the standby's copy", Duration::from_secs(20), || async {
+        std::fs::metadata(&copy).ok().filter(|m| m.len() == size)
+    })
+    .await?;
+
     // kill -9 the active cluster master: the standby leads within the lease (3 s) and
     // a few seconds, the group master finds it, every node stays up.
     procs.kill9("cm1")?;
@@ -213,6 +232,17 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     eprintln!("cluster master failover: everything up again {took:?} later");
     let nodes = get(&cm2, "/api/v1/nodes").await.context("list nodes")?;
     assert_eq!(nodes["total"], 20, "nothing acknowledged was lost");
+    let served = reqwest::get(format!("http://{a2}/content/{sha}")).await?;
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.bytes().await?.len() as u64, size);
+    let tool = get(&cm2, "/api/v1/software/tool")
+        .await
+        .context("package")?;
+    assert_eq!(
+        tool["versions"][0]["blob"]["sha256"],
+        sha.as_str(),
+        "{tool}"
+    );
 
     // The standby group master has found the new leader too.
     until_some(

@@ -29,7 +29,7 @@ async fn upload(api: &ApiClient, dir: &Path, name: &str, bytes: &[u8]) -> Value 
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    glory_protocol::content::sha256_hex(bytes)
+    glory_content::sha256_hex(bytes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use futures::StreamExt;
+use glory_content::{is_sha256, ContentError};
 use glory_keymaster::schema::images::{
     BlobRef, DeployMode, FirstBootConfig, ImageRecord, Installation, NodeMatch, ProfileRecord,
     SoftwareRecord,
 };
-use glory_protocol::content::{is_sha256, ContentError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 

@@ -192,7 +192,7 @@ impl Cluster {
             crate::services::ServiceState::load(km.as_ref(), settings.balancer_dir.clone())
                 .await
                 .context("load services")?;
-        let content = glory_protocol::content::ContentStore::open(&settings.content_dir)
+        let content = glory_content::ContentStore::open(&settings.content_dir)
             .with_context(|| format!("content store {}", settings.content_dir.display()))?;
         let images = crate::provisioning::images::ImageState::load(km.as_ref(), content)
             .await

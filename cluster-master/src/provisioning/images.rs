@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use glory_content::ContentStore;
 use glory_keymaster::schema::images::{
     self as records, BlobRef, ImageRecord, Installation, PackageVersion, ProfileRecord,
     SoftwareRecord,
 };
 use glory_keymaster::schema::{self, RECORD_VERSION};
 use glory_keymaster::{Compare, KeyMaster, Txn, TxnOp};
-use glory_protocol::content::ContentStore;
 use tracing::warn;
 
 use crate::cluster::Cluster;
@@ -133,7 +133,7 @@ impl ImageState {
 
     /// The stored file `blob` names, with the size it says: or why not.
     fn check_blob(&self, field: &str, blob: &BlobRef) -> OpResult<()> {
-        if !glory_protocol::content::is_sha256(&blob.sha256) {
+        if !glory_content::is_sha256(&blob.sha256) {
             return Err(OpError::Invalid(format!(
                 "{field}.sha256: {:?} is not a SHA-256 (64 lower-case hex digits)",
                 blob.sha256

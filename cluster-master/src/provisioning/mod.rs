@@ -10,6 +10,8 @@
 pub(crate) mod images;
 pub(crate) mod link;
 pub(crate) mod power;
+mod replica;
+pub(crate) use replica::follow_content;
 mod secrets;
 pub(crate) mod setup;
 

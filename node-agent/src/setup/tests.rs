@@ -1,5 +1,5 @@
 use super::*;
-use glory_protocol::content::sha256_hex;
+use glory_content::sha256_hex;
 
 fn file(path: &str, content: &str, mode: u32) -> ConfigFile {
     ConfigFile {

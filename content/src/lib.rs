@@ -1,6 +1,9 @@
-//! Content addressing: files named by their SHA-256, as the cluster masters keep OS
-//! images and software packages, the group masters cache them for their groups, and
-//! agents verify what they download.
+//! GLORY-CL's content addressing: files named by their SHA-256, as the cluster
+//! masters keep OS images and software packages, standby cluster masters copy them,
+//! and group masters and provisioners cache them for their nodes
+//! ([`ContentCache`], filled over HTTP by [`fetch_into`]). Agents verify what they
+//! download the same way (by hash, as it streams).
+#![forbid(unsafe_code)]
 //!
 //! A [`ContentStore`] is a directory: `sha256/<hex>` holds finished files, `tmp/`
 //! those being written. A file enters `sha256/` only by a rename after its bytes were
@@ -278,6 +281,36 @@ impl ContentCache {
             .remove(sha256);
         result.map_err(CacheError::Upstream)
     }
+}
+
+/// GET `source` with `client` into `writer`, whose hash is checked when it is
+/// finished: the file's hash and size.
+pub async fn fetch_into(
+    client: reqwest::Client,
+    source: Source,
+    mut writer: ContentWriter,
+) -> Result<(), String> {
+    let mut resp = client
+        .get(&source.url)
+        .send()
+        .await
+        .map_err(|e| format!("{}: {e}", source.url))?;
+    if !resp.status().is_success() {
+        return Err(format!("{}: {}", source.url, resp.status()));
+    }
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("{}: {e}", source.url))?
+    {
+        writer.write(&chunk).await.map_err(|e| e.to_string())?;
+    }
+    let (sha256, size) = writer
+        .finish()
+        .await
+        .map_err(|e| format!("{}: {e}", source.url))?;
+    tracing::info!(%sha256, bytes = size, "content fetched");
+    Ok(())
 }
 
 /// SHA-256 of `bytes`, lower-case hex.

@@ -227,6 +227,9 @@ impl Up {
             // Ten minutes of samples per simulated node (a real agent keeps an hour):
             // enough to refill a group master that failed over.
             metrics_buffer_seconds: 600,
+            // Each simulated node applies its first-boot configuration and installs
+            // packages under <data-dir>/nodes/sim-N/root, where they can be looked at.
+            setup_root: Some(options.data_dir.join("nodes")),
             ..Default::default()
         };
         let mut settings = agent_config.validate()?;

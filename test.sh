@@ -17,10 +17,11 @@ cd "$(dirname "$0")"
 # Services' balancer drivers: a real HAProxy changed through its runtime API,
 # keepalived's own configuration check, and nft for the nftables driver's kernel rules.
 # OS images are built with mmdebstrap (from the machine's Debian mirror) and packed by
-# squashfs-tools, then deployed to lab VMs.
+# squashfs-tools, then deployed to lab VMs. Images spread peer-to-peer through aria2c (our seeder,
+# and the real client the tests fetch with).
 APT_PACKAGES=(etcd-server protobuf-compiler python3-venv prometheus prometheus-alertmanager chromium chromium-driver
     ipxe ovmf linux-image-amd64 busybox-static openipmi ipmitool iproute2 haproxy keepalived nftables
-    mmdebstrap squashfs-tools)
+    mmdebstrap squashfs-tools aria2)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

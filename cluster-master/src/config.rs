@@ -97,6 +97,10 @@ pub struct ClusterMasterConfig {
     /// Base URL group masters and agents fetch content from this master by (default:
     /// `http://` and the API's advertised address).
     pub content_url: Option<String>,
+    /// Upload cap of each image's seeder, KiB/s (0: none).
+    pub seed_upload_kib: u64,
+    /// How often BitTorrent peers announce to the tracker, seconds.
+    pub tracker_interval_seconds: u64,
 }
 
 impl Default for ClusterMasterConfig {
@@ -130,6 +134,8 @@ impl Default for ClusterMasterConfig {
             offer_max_nodes: 500,
             content_max_mb: 16 * 1024,
             content_url: None,
+            seed_upload_kib: 0,
+            tracker_interval_seconds: 30,
         }
     }
 }
@@ -168,6 +174,8 @@ pub struct ClusterMasterSettings {
     pub content_dir: PathBuf,
     pub content_max_bytes: u64,
     pub content_url: Option<String>,
+    pub seed_upload_kib: u64,
+    pub tracker_interval_seconds: u64,
 }
 
 impl ClusterMasterConfig {
@@ -234,6 +242,9 @@ impl ClusterMasterConfig {
         if !(1..=100_000).contains(&self.offer_max_nodes) {
             bail!("offer_max_nodes must be between 1 and 100000");
         }
+        if !(1..=3600).contains(&self.tracker_interval_seconds) {
+            bail!("tracker_interval_seconds must be between 1 and 3600");
+        }
         if self.content_max_mb == 0 {
             bail!("content_max_mb must be positive");
         }
@@ -246,6 +257,8 @@ impl ClusterMasterConfig {
             content_dir: self.data_dir.join("content"),
             content_max_bytes: self.content_max_mb << 20,
             content_url: self.content_url.clone(),
+            seed_upload_kib: self.seed_upload_kib,
+            tracker_interval_seconds: self.tracker_interval_seconds,
             reclaim_grace: Duration::from_secs(self.reclaim_grace_seconds),
             offer_timeout: Duration::from_secs(self.offer_timeout_seconds),
             offer_max_nodes: self.offer_max_nodes,

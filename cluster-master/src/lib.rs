@@ -299,6 +299,7 @@ pub async fn start(
         let app = api::router(node.clone());
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await;

@@ -3,12 +3,15 @@
 //! and group masters and provisioners cache them for their nodes
 //! ([`ContentCache`], filled over HTTP by [`fetch_into`]). Agents verify what they
 //! download the same way (by hash, as it streams).
-#![forbid(unsafe_code)]
 //!
 //! A [`ContentStore`] is a directory: `sha256/<hex>` holds finished files, `tmp/`
 //! those being written. A file enters `sha256/` only by a rename after its bytes were
 //! hashed as they arrived and matched: a reader never sees a partial or corrupt file
 //! under a hash (unless the disk corrupts it later, which every reader verifies again).
+#![forbid(unsafe_code)]
+
+pub mod torrent;
+pub mod tracker;
 
 use std::path::{Path, PathBuf};
 

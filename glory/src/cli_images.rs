@@ -48,6 +48,15 @@ pub enum ImageAction {
     },
     /// List images (every version), or one image's versions.
     List { name: Option<String> },
+    /// Write an image's `.torrent` (its seeder starts): `glory image torrent web -o
+    /// web.torrent`, then e.g. `aria2c web.torrent`.
+    Torrent {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// Delete an image (`NAME`) or one version (`NAME:VERSION`); refused while a
     /// profile uses it.
     Rm { image: String },
@@ -225,6 +234,15 @@ pub async fn image(client: &ApiClient, action: ImageAction, as_json: bool) -> an
                 .call(Method::POST, "/api/v1/images", Some(body))
                 .await?
         }
+        ImageAction::Torrent { name, version, out } => {
+            let mut path = format!("/api/v1/images/{}/torrent", urlencode(&name));
+            if let Some(v) = version {
+                path.push_str(&format!("?version={v}"));
+            }
+            let bytes = client.get_bytes(&path).await?;
+            std::fs::write(&out, &bytes).with_context(|| format!("write {}", out.display()))?;
+            json!({"torrent": out.display().to_string(), "bytes": bytes.len()})
+        }
         ImageAction::List { name } => match name {
             Some(n) => {
                 let r = client
@@ -247,6 +265,8 @@ pub async fn image(client: &ApiClient, action: ImageAction, as_json: bool) -> an
         print_json(&r);
     } else if let Some(items) = r["items"].as_array() {
         print!("{}", images_table(items));
+    } else if let Some(t) = r["torrent"].as_str() {
+        println!("wrote {t} ({} bytes)", s(&r["bytes"]));
     } else if let Some(gone) = r["deleted"].as_array() {
         for i in gone {
             println!("deleted {} version {}", s(&i["name"]), s(&i["version"]));

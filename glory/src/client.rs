@@ -263,6 +263,25 @@ impl ApiClient {
         })
     }
 
+    /// GET raw bytes (a `.torrent`); a non-2xx answer is an error with the API's message.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("read response")?;
+        if !status.is_success() {
+            let value = parse_body(String::from_utf8_lossy(&bytes).into_owned());
+            return Err(api_error(status, &value));
+        }
+        Ok(bytes.to_vec())
+    }
+
     /// Upload a file into the content store (`PUT /api/v1/content/{sha256}`): hashed
     /// first, then streamed, `progress` told of every chunk sent. Its hash and size.
     pub async fn upload(

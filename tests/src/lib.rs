@@ -44,6 +44,9 @@ pub struct ClusterBuilder {
     alertmanagers: Vec<String>,
     reclaim_grace_seconds: u64,
     offer_timeout_seconds: u64,
+    api_listen: SocketAddr,
+    seed_upload_kib: u64,
+    tracker_interval_seconds: u64,
 }
 
 impl Default for ClusterBuilder {
@@ -60,11 +63,31 @@ impl Default for ClusterBuilder {
             alertmanagers: Vec::new(),
             reclaim_grace_seconds: 60,
             offer_timeout_seconds: 30,
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            seed_upload_kib: 0,
+            tracker_interval_seconds: 30,
         }
     }
 }
 
 impl ClusterBuilder {
+    /// Where the API (and content, the tracker) listens; loopback by default.
+    pub fn api_listen(mut self, addr: SocketAddr) -> Self {
+        self.api_listen = addr;
+        self
+    }
+
+    /// Upload cap of images' seeders, KiB/s.
+    pub fn seed_upload_kib(mut self, kib: u64) -> Self {
+        self.seed_upload_kib = kib;
+        self
+    }
+
+    pub fn tracker_interval_seconds(mut self, s: u64) -> Self {
+        self.tracker_interval_seconds = s;
+        self
+    }
+
     pub fn groups(mut self, n: usize) -> Self {
         self.groups = n;
         self
@@ -123,7 +146,9 @@ impl ClusterBuilder {
         let dir = tempfile::tempdir()?;
         let cm_config = ClusterMasterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_listen: self.api_listen,
+            seed_upload_kib: self.seed_upload_kib,
+            tracker_interval_seconds: self.tracker_interval_seconds,
             data_dir: dir.path().to_path_buf(),
             keymaster: KeyMasterConfig::Embedded { path: None },
             group_size_limit: self.group_size_limit,

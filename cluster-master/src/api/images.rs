@@ -29,6 +29,8 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/content/{sha256}", put(put_content))
         .route("/images", get(list_images).post(create_image))
         .route("/images/{name}", get(get_image).delete(delete_image))
+        .route("/images/{name}/torrent", get(image_torrent))
+        .route("/images/{name}/swarm", get(image_swarm))
         .route(
             "/images/{name}/{version}",
             get(get_image_version).delete(delete_image_version),
@@ -135,6 +137,97 @@ async fn list_content(Active(cluster): Active) -> ApiResult<Json<Value>> {
         .map(|h| json!({"size": store.size(&h), "sha256": h}))
         .collect();
     Ok(Json(json!({"total": items.len(), "items": items})))
+}
+
+/// `GET /announce`, beside the API and without a token: the BitTorrent tracker of the
+/// images' torrents (BEP 3, compact answers).
+pub(crate) async fn announce(
+    Active(cluster): Active,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    uri: axum::http::Uri,
+) -> Response {
+    let ip = peer.ip().to_canonical();
+    let answer = match glory_content::tracker::parse_announce(uri.query().unwrap_or(""), ip) {
+        Err(e) => cluster.distribution.tracker().answer(Err(e)),
+        Ok(a) => {
+            let group = cluster.group_of_ip(ip);
+            let mut tracker = cluster.distribution.tracker();
+            let peers = tracker.announce(&a, group, glory_protocol::now_ms());
+            tracker.answer(peers)
+        }
+    };
+    ([(axum::http::header::CONTENT_TYPE, "text/plain")], answer).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    version: Option<u32>,
+}
+
+fn image_or_404(
+    cluster: &crate::cluster::Cluster,
+    name: &str,
+    version: Option<u32>,
+) -> ApiResult<ImageRecord> {
+    cluster.images.image(name, version).ok_or_else(|| {
+        ApiError::not_found(match version {
+            Some(v) => format!("no image {name} version {v}"),
+            None => format!("no image {name}"),
+        })
+    })
+}
+
+/// The `.torrent` of an image's root filesystem (its seeder started).
+async fn image_torrent(
+    Active(cluster): Active,
+    Path(name): Path<String>,
+    Q(q): Q<VersionQuery>,
+) -> ApiResult<Response> {
+    let image = image_or_404(&cluster, &name, q.version)?;
+    let torrent = cluster.image_torrent(&image).await?;
+    let disposition = format!(
+        "attachment; filename=\"{}-{}.torrent\"",
+        image.name, image.version
+    );
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-bittorrent".to_string(),
+            ),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
+        ],
+        torrent.bytes,
+    )
+        .into_response())
+}
+
+/// What the swarm of an image's torrent has moved.
+async fn image_swarm(
+    Active(cluster): Active,
+    Path(name): Path<String>,
+    Q(q): Q<VersionQuery>,
+) -> ApiResult<Json<Value>> {
+    let image = image_or_404(&cluster, &name, q.version)?;
+    let torrent = cluster.image_torrent(&image).await?;
+    let s = cluster
+        .distribution
+        .tracker()
+        .stats(&torrent.info_hash)
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "image": image.name,
+        "version": image.version,
+        "info_hash": hex::encode(torrent.info_hash),
+        "pieces": torrent.pieces,
+        "piece_length": torrent.piece_length,
+        "peers": s.peers,
+        "complete": s.complete,
+        "completed": s.completed,
+        "seeder_uploaded": s.seeder_uploaded,
+        "peer_uploaded": s.peer_uploaded,
+    })))
 }
 
 fn image_view(i: &ImageRecord) -> Value {

@@ -99,6 +99,8 @@ pub struct Cluster {
     pub(crate) images: crate::provisioning::images::ImageState,
     /// What each node was sent of its configuration and packages, and what it said.
     pub(crate) setup: crate::provisioning::setup::SetupState,
+    /// Images' torrents, their seeders and the tracker.
+    pub(crate) distribution: crate::provisioning::seeders::Distribution,
 }
 
 impl Cluster {
@@ -192,6 +194,7 @@ impl Cluster {
             crate::services::ServiceState::load(km.as_ref(), settings.balancer_dir.clone())
                 .await
                 .context("load services")?;
+        let settings_tracker_interval = settings.tracker_interval_seconds;
         let content = glory_content::ContentStore::open(&settings.content_dir)
             .with_context(|| format!("content store {}", settings.content_dir.display()))?;
         let images = crate::provisioning::images::ImageState::load(km.as_ref(), content)
@@ -244,6 +247,9 @@ impl Cluster {
             secrets,
             power: Default::default(),
             services,
+            distribution: crate::provisioning::seeders::Distribution::new(
+                settings_tracker_interval,
+            ),
             images,
             setup: Default::default(),
         });

@@ -281,6 +281,16 @@ impl Cluster {
                 .iter()
                 .flat_map(|i| i.blobs().map(|b| b.sha256.clone())),
         );
+        let still: BTreeSet<String> = st
+            .images()
+            .iter()
+            .map(|i| i.rootfs.sha256.clone())
+            .collect();
+        for i in &victims {
+            if !still.contains(&i.rootfs.sha256) {
+                self.stop_seeding(&i.rootfs.sha256);
+            }
+        }
         Ok(victims)
     }
 

@@ -11,6 +11,7 @@ pub(crate) mod images;
 pub(crate) mod link;
 pub(crate) mod power;
 mod replica;
+pub(crate) mod seeders;
 pub(crate) use replica::follow_content;
 mod secrets;
 pub(crate) mod setup;

@@ -48,7 +48,9 @@ pub struct Setup {
     inner: Mutex<Inner>,
     /// A report is due.
     pub changed: tokio::sync::Notify,
-    client: reqwest::Client,
+    /// Made at the first install: most agents never install anything, and 10,000
+    /// simulated agents in one process must not each build an HTTP client.
+    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl Setup {
@@ -65,10 +67,7 @@ impl Setup {
                 ..Inner::default()
             }),
             changed: tokio::sync::Notify::new(),
-            client: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            client: std::sync::OnceLock::new(),
         })
     }
 
@@ -282,7 +281,13 @@ impl Setup {
             let dir = dir.clone();
             tokio::spawn(async move {
                 let key = (spec.name.clone(), spec.version.clone());
-                let result = install(&me.client, &dir, &spec).await;
+                let client = me.client.get_or_init(|| {
+                    reqwest::Client::builder()
+                        .connect_timeout(Duration::from_secs(10))
+                        .build()
+                        .unwrap_or_default()
+                });
+                let result = install(client, &dir, &spec).await;
                 let mut inner = me.lock();
                 inner.installing.retain(|k| *k != key);
                 match result {

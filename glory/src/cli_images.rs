@@ -158,10 +158,11 @@ pub(crate) async fn upload(client: &ApiClient, what: &str, path: &Path) -> anyho
     Ok(json!({"sha256": sha256, "size": size}))
 }
 
-fn split_version(text: &str) -> (String, Option<String>) {
+/// `base/NAME` or, for `NAME:VERSION`, `base/NAME/VERSION`.
+fn versioned_path(base: &str, text: &str) -> String {
     match text.split_once(':') {
-        Some((n, v)) => (n.to_string(), Some(v.to_string())),
-        None => (text.to_string(), None),
+        Some((n, v)) => format!("{base}/{}/{}", urlencode(n), urlencode(v)),
+        None => format!("{base}/{}", urlencode(text)),
     }
 }
 
@@ -253,11 +254,7 @@ pub async fn image(client: &ApiClient, action: ImageAction, as_json: bool) -> an
             None => client.get("/api/v1/images").await?,
         },
         ImageAction::Rm { image } => {
-            let (name, version) = split_version(&image);
-            let path = match version {
-                Some(v) => format!("/api/v1/images/{}/{}", urlencode(&name), urlencode(&v)),
-                None => format!("/api/v1/images/{}", urlencode(&name)),
-            };
+            let path = versioned_path("/api/v1/images", &image);
             client.call(Method::DELETE, &path, None).await?
         }
     };
@@ -525,11 +522,7 @@ pub async fn software(
         }
         SoftwareAction::List => client.get("/api/v1/software").await?,
         SoftwareAction::Rm { package } => {
-            let (name, version) = split_version(&package);
-            let path = match version {
-                Some(v) => format!("/api/v1/software/{}/{}", urlencode(&name), urlencode(&v)),
-                None => format!("/api/v1/software/{}", urlencode(&name)),
-            };
+            let path = versioned_path("/api/v1/software", &package);
             client.call(Method::DELETE, &path, None).await?
         }
     };
@@ -759,3 +752,6 @@ pub async fn deploy(client: &ApiClient, args: DeployArgs, as_json: bool) -> anyh
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

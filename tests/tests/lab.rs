@@ -230,6 +230,7 @@ async fn running_image(api: &ApiClient, node: &str, name: &str) -> anyhow::Resul
 }
 
 async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> anyhow::Result<()> {
+    let built = std::time::Instant::now();
     let image = glory::image_build::build(
         api,
         glory::image_build::BuildOptions {
@@ -243,6 +244,7 @@ async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> a
     )
     .await?;
     assert_eq!(image["version"], 1, "{image}");
+    eprintln!("image built and uploaded in {:?}: {image}", built.elapsed());
     let profile = |key: &str, mode: &str| {
         serde_json::json!({
             "image": "lab",
@@ -276,7 +278,12 @@ async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> a
     // Diskless (`glory deploy`: the profile keeps its configuration, the node is
     // power-cycled and followed): the root filesystem in RAM, the same node id, the
     // image reported, the configuration applied (the hostname is the running one).
+    let t = std::time::Instant::now();
     glory::cli_images::deploy(api, deploy("diskless"), false).await?;
+    eprintln!(
+        "deploy diskless: power cycle to up on the image in {:?}",
+        t.elapsed()
+    );
     let n = running_image(api, node, "lab").await?;
     assert_eq!(n["inventory"]["image_version"], 1, "{n}");
     let hostname = format!("lab-{}", &node[2..8]);
@@ -314,7 +321,12 @@ async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> a
     // Disk: written to the virtual disk and checked, then booted from it; the next
     // boot finds it there and writes nothing.
     std::fs::write(&vm.console, "")?;
+    let t = std::time::Instant::now();
     glory::cli_images::deploy(api, deploy("disk"), false).await?;
+    eprintln!(
+        "deploy to disk: power cycle to up on the image in {:?}",
+        t.elapsed()
+    );
     let console = std::fs::read_to_string(&vm.console).unwrap_or_default();
     assert!(
         console.contains("writing the image to /dev/vda"),
@@ -322,6 +334,7 @@ async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> a
     );
     running_image(api, node, "lab").await?;
     std::fs::write(&vm.console, "")?;
+    let t = std::time::Instant::now();
     power(api, node, "cycle").await?;
     until(
         "booted from the disk again",
@@ -340,5 +353,9 @@ async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> a
         "{console}"
     );
     running_image(api, node, "lab").await?;
+    eprintln!(
+        "boot from disk again: power cycle to up on the image in {:?}",
+        t.elapsed()
+    );
     Ok(())
 }

@@ -357,5 +357,13 @@ async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> a
         "boot from disk again: power cycle to up on the image in {:?}",
         t.elapsed()
     );
+    // The node runs it: the image cannot be deleted, even with no profile naming it.
+    api.call(reqwest::Method::DELETE, "/api/v1/profiles/deploy-lab", None)
+        .await?;
+    let (status, e) = api
+        .request(reqwest::Method::DELETE, "/api/v1/images/lab", None)
+        .await?;
+    assert_eq!(status, 409, "{e}");
+    assert!(e.to_string().contains(node), "{e}");
     Ok(())
 }

@@ -251,6 +251,24 @@ impl Cluster {
                 });
             }
         }
+        // A node running it (reported by its agent) needs it to boot again.
+        let running = {
+            let reg = self.read();
+            reg.nodes
+                .values()
+                .find(|n| {
+                    let inv = &n.record.inventory;
+                    inv.image.as_deref() == Some(name)
+                        && victims.iter().any(|i| inv.image_version == Some(i.version))
+                })
+                .map(|n| (n.record.id.clone(), n.record.inventory.image_version))
+        };
+        if let Some((node, version)) = running {
+            return Err(conflict(format!(
+                "image {name} version {} is running on node {node}; deploy another image there first",
+                version.unwrap_or_default()
+            )));
+        }
         let ops = victims
             .iter()
             .map(|i| TxnOp::delete(records::image_key(&i.name, i.version)))

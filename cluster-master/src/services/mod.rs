@@ -143,11 +143,20 @@ impl Cluster {
         if !resp.succeeded {
             return Ok(None);
         }
-        self.services
-            .records
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(record.spec.name.clone(), (record.clone(), resp.revision));
+        {
+            let mut records = self
+                .services
+                .records
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            let name = &record.spec.name;
+            // An update lands only on a record still here: a service deleted between
+            // this write and now stays deleted (its key is gone from the key master).
+            let keep = rev.is_none() || records.get(name).is_some_and(|(_, r)| *r < resp.revision);
+            if keep {
+                records.insert(name.clone(), (record.clone(), resp.revision));
+            }
+        }
         self.services.changed.notify_one();
         Ok(Some(resp.revision))
     }
@@ -164,7 +173,12 @@ impl Cluster {
                     .records
                     .write()
                     .unwrap_or_else(|p| p.into_inner());
-                records.insert(name.to_string(), (record, kv.mod_revision));
+                // Read before a deletion that finished since: not brought back.
+                if let Some(entry) = records.get_mut(name) {
+                    if entry.1 < kv.mod_revision {
+                        *entry = (record, kv.mod_revision);
+                    }
+                }
                 return Ok(());
             }
             None => self
@@ -185,10 +199,19 @@ impl Cluster {
         f: impl Fn(&mut ServiceRecord) -> Result<(), OpError>,
     ) -> Result<ServiceRecord, OpError> {
         for _ in 0..5 {
-            let Some(mut record) = self.services.get(name) else {
+            // Record and revision read together: a service deleted meanwhile is not
+            // written back as new (a missing revision would mean "create").
+            let entry = self
+                .services
+                .records
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned();
+            let Some((mut record, rev)) = entry else {
                 return Err(OpError::NotFound(format!("service {name} does not exist")));
             };
-            let rev = self.services.revision(name);
+            let rev = Some(rev);
             f(&mut record)?;
             if self.store_service(&record, rev).await?.is_some() {
                 return Ok(record);

@@ -201,8 +201,12 @@ impl Cluster {
                 self.services_timing(),
             );
             let changed = next != record;
-            let current = if changed {
-                let rev = self.services.revision(&record.spec.name);
+            let rev = self.services.revision(&record.spec.name);
+            // Deleted since this pass read it: nothing to store (a missing revision
+            // would create it again).
+            let current = if changed && rev.is_none() {
+                continue;
+            } else if changed {
                 match self.store_service(&next, rev).await {
                     Ok(Some(_)) => next,
                     Ok(None) => {

@@ -87,6 +87,15 @@ impl ImageState {
         }
     }
 
+    /// Whether any profile or package installation exists (checked per agent
+    /// session, so without copying the records).
+    pub(crate) fn configured(&self) -> bool {
+        !lock(&self.profiles).is_empty()
+            || lock(&self.software)
+                .values()
+                .any(|s| !s.installations.is_empty())
+    }
+
     pub(crate) fn profiles(&self) -> Vec<ProfileRecord> {
         lock(&self.profiles).values().cloned().collect()
     }

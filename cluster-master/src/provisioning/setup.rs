@@ -357,12 +357,7 @@ impl Cluster {
     /// A node's agent opened a session (it may have restarted and lost what it was
     /// sent): what it should have goes again, if anything.
     pub(crate) fn setup_session_started(&self, node: &str) {
-        let configured = !self.images.profiles().is_empty()
-            || self
-                .images
-                .software()
-                .iter()
-                .any(|s| !s.installations.is_empty());
+        let configured = self.images.configured();
         let mut state = self.setup.lock();
         if let Some(entry) = state.get_mut(node) {
             entry.sent_config = None;

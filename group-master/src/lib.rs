@@ -269,8 +269,11 @@ async fn enroll_group_master(
                     debug!(group = %config.group, cluster_master = %target, failures, error = %e, "group master enrollment failed; retrying");
                 }
                 // A standby named the leader: go there next.
-                if !targets.redirect(e.refusal().and_then(|r| r.redirect)) {
-                    targets.failed();
+                match e.refusal() {
+                    Some(r) => {
+                        targets.refused(r.redirect);
+                    }
+                    None => targets.failed(),
                 }
             }
         }

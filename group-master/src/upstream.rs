@@ -57,7 +57,9 @@ pub(crate) async fn upstream_loop(
         match result {
             Ok(()) => return,
             Err(LinkError::Refused(r)) if targets.redirect(r.redirect) => {
-                // A standby named the leader: go there at once.
+                // A standby named the leader: go there at once. A standby answering
+                // means the cluster is still there.
+                last_answer = Instant::now();
                 debug!(group = %shared.group, from = %target, to = ?r.redirect, "redirected to the leading cluster master");
                 continue;
             }
@@ -68,7 +70,8 @@ pub(crate) async fn upstream_loop(
                 } else {
                     debug!(group = %shared.group, failures, error = %e, "cluster master link down; retrying");
                 }
-                if e.refusal().is_some() {
+                let refusal = e.refusal().map(|r| r.redirect);
+                if refusal.is_some() {
                     last_answer = Instant::now();
                 }
                 // Cut off from every cluster master (not one answered, not even a
@@ -91,7 +94,14 @@ pub(crate) async fn upstream_loop(
                         );
                     }
                 }
-                targets.failed();
+                match refusal {
+                    // A standby naming a leader that just failed to answer (its lease
+                    // has not run out): ask again rather than go back to the dead one.
+                    Some(leader) => {
+                        targets.refused(leader);
+                    }
+                    None => targets.failed(),
+                }
             }
         }
         tokio::select! {

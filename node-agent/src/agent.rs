@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glory_monitor::batch::BatchWriter;
-use glory_monitor::buffer::SampleBuffer;
 use glory_protocol::enroll::enroll;
-use glory_protocol::monitoring::{SampleBatch, SeriesKey};
 use glory_protocol::targets::Targets;
 use glory_protocol::tls::{csr_for_key, generate_csr, CLUSTER_MASTER_NAME, GROUP_MASTER_NAME};
 use glory_protocol::transport::{client_config, client_hello, connect};
@@ -23,8 +21,8 @@ use crate::config::AgentSettings;
 use crate::dialer::Dialer;
 use crate::host::Host;
 use crate::identity::{AgentIdentity, IdentityStore};
-use crate::probes::Probes;
 use crate::processes::Supervisor;
+use crate::sampling::{sleep_until_due, Monitoring, Pending};
 use crate::setup::Setup;
 
 /// What an agent needs besides its settings. Simulated agents share endpoints.
@@ -168,10 +166,7 @@ pub async fn run_agent(
             .then(|| settings.setup_state.clone()),
     );
     // Probes and recent samples outlive sessions: a new group master gets both.
-    let mut monitoring = Monitoring {
-        probes: Probes::default(),
-        buffer: SampleBuffer::new(settings.metrics_buffer.as_millis() as u64),
-    };
+    let mut monitoring = Monitoring::new(settings.metrics_interval, settings.metrics_buffer);
     let mut link = LinkLog::default();
     // The key of an identity whose certificate was refused: enrolling again with it is
     // judged the same agent, not another server claiming its identity.
@@ -223,7 +218,10 @@ pub async fn run_agent(
             }
             SessionEnd::Unreachable(reason) => {
                 debug!(node_id = %identity.node_id, %reason, "no group master reachable; asking the cluster master");
-                if let Some(masters) = locate(&settings, &deps, &identity).await {
+                let located = monitoring
+                    .while_away(deps.host.as_ref(), locate(&settings, &deps, &identity))
+                    .await;
+                if let Some(masters) = located {
                     if masters != identity.group_masters {
                         info!(node_id = %identity.node_id, masters = ?masters, "group masters moved");
                         identity.group_masters = masters;
@@ -231,7 +229,8 @@ pub async fn run_agent(
                         continue;
                     }
                 }
-                if !sleep_or(&shutdown, &power_off, backoff.step()).await {
+                let wait = sleep_or(&shutdown, &power_off, backoff.step());
+                if !monitoring.while_away(deps.host.as_ref(), wait).await {
                     return Ok(if power_off.is_cancelled() {
                         AgentExit::PoweredOff
                     } else {
@@ -241,7 +240,8 @@ pub async fn run_agent(
             }
             SessionEnd::Lost(reason) => {
                 debug!(node_id = %identity.node_id, %reason, "group master session lost; reconnecting");
-                if !sleep_or(&shutdown, &power_off, backoff.step()).await {
+                let wait = sleep_or(&shutdown, &power_off, backoff.step());
+                if !monitoring.while_away(deps.host.as_ref(), wait).await {
                     return Ok(if power_off.is_cancelled() {
                         AgentExit::PoweredOff
                     } else {
@@ -573,7 +573,8 @@ async fn session(
     monitoring: &mut Monitoring,
     link: &mut LinkLog,
 ) -> SessionEnd {
-    let (conn, control) = match connect_group_master(settings, deps, identity, *avoid).await {
+    let connecting = connect_group_master(settings, deps, identity, *avoid);
+    let (conn, control) = match monitoring.while_away(deps.host.as_ref(), connecting).await {
         Ok(link) => link,
         Err(end) => return end,
     };
@@ -604,19 +605,11 @@ async fn session(
 
     let mut ticker = tokio::time::interval(settings.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Metrics: one batch per interval, series named once per session. The first
-    // sample waits one interval (rates need a previous reading), spread over agents
-    // by where in the second each one connected.
-    let metrics_every = settings
-        .metrics_interval
-        .unwrap_or(Duration::from_secs(3600));
-    let mut metrics =
-        tokio::time::interval_at(tokio::time::Instant::now() + metrics_every, metrics_every);
-    metrics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Metrics: one batch per interval on the agent's own schedule (kept between
+    // sessions), series named once per session.
     let mut batches = BatchWriter::default();
-    // What the group master lacks of the buffer: after `.0`, before `.1` (this
-    // session's first sample), sent a minute's worth per interval.
-    let mut backfill: Option<(Option<u64>, u64)> = None;
+    // What the group master lacks of the buffer, sent a minute's worth per interval.
+    let mut backfill: Pending = None;
     let session_start = glory_protocol::now_ms();
     // Drift checks (and retries of failed installs) only where something is applied.
     let mut setup_check = tokio::time::interval_at(
@@ -656,7 +649,7 @@ async fn session(
                     Err(e) => break SessionEnd::Lost(format!("encode heartbeat: {e}")),
                 }
             }
-            _ = metrics.tick(), if settings.metrics_interval.is_some() => {
+            _ = sleep_until_due(monitoring.due()) => {
                 let batch = monitoring.sample(deps.host.as_ref(), &mut batches);
                 if let Err(e) = send.send(&AgentToGroup::Samples(batch)).await {
                     break SessionEnd::Lost(format!("send metrics: {e}"));
@@ -721,73 +714,4 @@ async fn session(
         *avoid = Some(remote);
     }
     end
-}
-
-/// The agent's monitoring between sessions: its probes and its recent samples.
-struct Monitoring {
-    probes: Probes,
-    buffer: SampleBuffer,
-}
-
-/// Batches of the buffer sent per metrics interval while backfilling (a minute's
-/// worth at the default interval): a new group master is not flooded.
-const BACKFILL_PER_INTERVAL: usize = 12;
-
-impl Monitoring {
-    /// One interval's batch: node metrics and what the probes found, kept in the
-    /// buffer too.
-    fn sample(&mut self, host: &dyn Host, batches: &mut BatchWriter) -> SampleBatch {
-        let now = glory_protocol::now_ms();
-        let mut batch = SampleBatch {
-            at_ms: now,
-            ..SampleBatch::default()
-        };
-        let buffer = &mut self.buffer;
-        buffer.start(now);
-        {
-            let mut add = |key: &SeriesKey, value: f64| {
-                batches.add(&mut batch, key, value);
-                buffer.add(key, value);
-            };
-            host.sample(now, &mut add);
-            if !self.probes.is_empty() {
-                let mut texts = Vec::new();
-                self.probes.run(host, now, &mut add, &mut |key, text| {
-                    texts.push((key.clone(), text))
-                });
-                for (key, text) in texts {
-                    batches.add_text(&mut batch, &key, text);
-                }
-            }
-        }
-        buffer.finish();
-        batch
-    }
-
-    /// Send the next part of what the group master lacks (`pending`: after, before),
-    /// clearing `pending` when all is sent.
-    async fn backfill(
-        &self,
-        pending: &mut Option<(Option<u64>, u64)>,
-        batches: &mut BatchWriter,
-        send: &mut glory_protocol::transport::ControlSender,
-    ) -> Result<(), glory_protocol::FrameError> {
-        let Some((after, before)) = *pending else {
-            return Ok(());
-        };
-        let mut last = after;
-        let mut sent = 0;
-        for (at_ms, samples) in self
-            .buffer
-            .between(after, before)
-            .take(BACKFILL_PER_INTERVAL)
-        {
-            let batch = batches.batch(at_ms, samples);
-            send.send(&AgentToGroup::Backfill(batch)).await?;
-            last = Some(at_ms);
-            sent += 1;
-        }
-        *pending = (sent == BACKFILL_PER_INTERVAL).then_some((last, before));
-        Ok(())
-    }
 }

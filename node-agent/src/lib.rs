@@ -16,6 +16,7 @@ pub mod node_identity;
 pub mod probes;
 pub mod processes;
 pub mod restart;
+mod sampling;
 pub mod setup;
 
 use std::sync::Arc;

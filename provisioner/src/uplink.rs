@@ -142,8 +142,11 @@ pub async fn identity(
                     }
                 }
                 warn!(provisioner = %name, error = %e, retry_in = ?delay, "enrollment failed; retrying");
-                if !targets.redirect(e.refusal().and_then(|r| r.redirect)) {
-                    targets.failed();
+                match e.refusal() {
+                    Some(r) => {
+                        targets.refused(r.redirect);
+                    }
+                    None => targets.failed(),
                 }
             }
         }

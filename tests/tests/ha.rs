@@ -277,14 +277,18 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     .await?;
     eprintln!("group master failover: all nodes up under the standby after {took:?}");
     // The standby had no history of its own: the agents backfill it. A node's history
-    // from before the failover is there again, with no gap longer than the failover.
+    // from before the failover is there again, and the failover left no hole in it.
     let node = get(&cm2, "/api/v1/nodes")
         .await
         .and_then(|n| n["items"][0]["id"].as_str().map(str::to_string))
         .context("a node id")?;
     let failover_ms = took.as_millis() as u64;
+    // The backfill comes a dozen samples per interval, oldest first: wait until it has
+    // all arrived. Agents sample on their own schedule between sessions too (every
+    // second here), so the history then has no hole where the failover was.
+    let seen = std::sync::Mutex::new((0u64, 0i64));
     let (gap, _) = until_some(
-        "the node's history backfilled into the standby",
+        "the node's history backfilled into the standby with no gap over 3 s",
         Duration::from_secs(30),
         || async {
             let to = glory_protocol::now_ms();
@@ -302,16 +306,27 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
                 .collect();
             // Points from before the failover (the agents ran a few seconds) and after.
             let before = times.iter().filter(|t| **t + 1_000 < killed).count();
-            (before >= 5 && times.last().is_some_and(|t| *t > killed + failover_ms))
-                .then(|| times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0))
+            if before < 5 || times.last().is_none_or(|t| *t <= killed + failover_ms) {
+                return None;
+            }
+            // The largest gap, and where it starts relative to the kill.
+            let gap = times
+                .windows(2)
+                .map(|w| (w[1] - w[0], w[0] as i64 - killed as i64))
+                .max()
+                .unwrap_or((0, 0));
+            *seen.lock().unwrap() = gap;
+            (gap.0 <= 3_000).then_some(gap)
         },
     )
-    .await?;
-    eprintln!("group master failover: largest gap in a node's history {gap} ms");
-
-    assert!(
-        gap <= failover_ms + 2_000,
-        "a gap of {gap} ms in the history, the failover took {failover_ms} ms"
+    .await
+    .with_context(|| {
+        let (gap, from) = *seen.lock().unwrap();
+        format!("a gap of {gap} ms in the history from {from} ms after the kill, with samples every 1000 ms (the failover took {failover_ms} ms)")
+    })?;
+    let (gap, gap_from) = gap;
+    eprintln!(
+        "group master failover: largest gap in node {node}'s history {gap} ms, from {gap_from} ms after the kill"
     );
     let transitions = get(&cm2, "/api/v1/cluster").await.context("cluster")?;
     assert_eq!(

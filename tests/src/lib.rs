@@ -3,6 +3,8 @@
 //! handles to kill, stop and restart any part.
 #![forbid(unsafe_code)]
 
+pub mod distribution;
+pub mod netns;
 pub mod procs;
 pub mod wait;
 

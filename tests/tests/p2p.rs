@@ -4,86 +4,13 @@
 //! image together while the seeder's upload is capped, and most bytes come from each
 //! other.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use glory::client::ApiClient;
+use glory_tests::distribution::{aria2c, image, torrent};
+use glory_tests::netns::Net;
 use glory_tests::TestCluster;
 use reqwest::Method;
-use serde_json::{json, Value};
-
-fn run(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(args[0]).args(&args[1..]).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// `len` bytes that do not compress (xorshift from `seed`).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Store noise as an image's root filesystem: the image's record.
-async fn image(api: &ApiClient, dir: &Path, name: &str, size: usize) -> anyhow::Result<Value> {
-    let mut parts = Vec::new();
-    for (part, len) in [("kernel", 1000), ("initrd", 1000), ("rootfs", size)] {
-        let bytes = noise(len, name.len() as u64 * 7919 + len as u64);
-        let path = dir.join(format!("{name}.{part}"));
-        std::fs::write(&path, &bytes)?;
-        let (sha256, size) = api.upload(&path, |_| {}).await?;
-        parts.push(json!({"sha256": sha256, "size": size}));
-    }
-    let body = json!({"name": name, "kernel": parts[0], "initrd": parts[1], "rootfs": parts[2]});
-    api.call(Method::POST, "/api/v1/images", Some(body)).await
-}
-
-/// The image's torrent, written to `dir`.
-async fn torrent(api: &ApiClient, token: &str, name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    let resp = reqwest::Client::new()
-        .get(format!("{}/api/v1/images/{name}/torrent", api.base()))
-        .bearer_auth(token.trim())
-        .send()
-        .await?;
-    anyhow::ensure!(resp.status() == 200, "torrent: {}", resp.status());
-    assert_eq!(
-        resp.headers()["content-type"].to_str()?,
-        "application/x-bittorrent"
-    );
-    let path = dir.join(format!("{name}.torrent"));
-    std::fs::write(&path, resp.bytes().await?)?;
-    Ok(path)
-}
-
-fn aria2c(torrent: &Path, out: &Path, seed_minutes: &str) -> Command {
-    let mut cmd = Command::new("aria2c");
-    cmd.arg(format!("--dir={}", out.display()))
-        .arg(format!("--seed-time={seed_minutes}"))
-        .args([
-            "--enable-dht=false",
-            "--enable-dht6=false",
-            "--bt-enable-lpd=false",
-            "--summary-interval=0",
-            "--console-log-level=warn",
-            "--file-allocation=none",
-            "--listen-port=7881-7999",
-        ])
-        .arg(torrent);
-    cmd
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aria2c_fetches_an_image_from_our_seeder_and_tracker() -> anyhow::Result<()> {
@@ -146,97 +73,6 @@ async fn aria2c_fetches_an_image_from_our_seeder_and_tracker() -> anyhow::Result
     Ok(())
 }
 
-/// A hub namespace with a bridge, joined to this host by a veth pair, and `peers`
-/// namespaces on the bridge. Removed when dropped.
-struct Net {
-    hub: String,
-    host_if: String,
-    host_ip: Ipv4Addr,
-    peers: Vec<(String, Ipv4Addr)>,
-}
-
-impl Net {
-    fn create(peers: usize) -> anyhow::Result<Net> {
-        let id = std::process::id() % 100_000;
-        let subnet = 100 + (id % 100) as u8;
-        let hub = format!("glp2p-{id}");
-        let mut net = Net {
-            hub: hub.clone(),
-            host_if: format!("gph{id}"),
-            host_ip: Ipv4Addr::new(10, 216, subnet, 1),
-            peers: Vec::new(),
-        };
-        run(&["ip", "netns", "add", &hub])?;
-        let ns = |args: &[&str]| {
-            let mut all = vec!["ip", "netns", "exec", hub.as_str()];
-            all.extend_from_slice(args);
-            run(&all)
-        };
-        ns(&["ip", "link", "add", "br0", "type", "bridge"])?;
-        ns(&["ip", "link", "set", "br0", "up"])?;
-        let hub_end = format!("gpb{id}");
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &net.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &hub_end,
-            "netns",
-            &hub,
-        ])?;
-        run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/24", net.host_ip),
-            "dev",
-            &net.host_if,
-        ])?;
-        run(&["ip", "link", "set", &net.host_if, "up"])?;
-        ns(&["ip", "link", "set", &hub_end, "master", "br0"])?;
-        ns(&["ip", "link", "set", &hub_end, "up"])?;
-        for i in 0..peers {
-            let name = format!("glp2p-{id}-{i}");
-            let ip = Ipv4Addr::new(10, 216, subnet, 10 + i as u8);
-            run(&["ip", "netns", "add", &name])?;
-            net.peers.push((name.clone(), ip));
-            let (a, b) = (format!("gpa{id}x{i}"), format!("gpp{id}x{i}"));
-            ns(&[
-                "ip", "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &name,
-            ])?;
-            ns(&["ip", "link", "set", &a, "master", "br0"])?;
-            ns(&["ip", "link", "set", &a, "up"])?;
-            let inside = |args: &[&str]| {
-                let mut all = vec!["ip", "netns", "exec", name.as_str()];
-                all.extend_from_slice(args);
-                run(&all)
-            };
-            inside(&["ip", "link", "set", "lo", "up"])?;
-            inside(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &b])?;
-            inside(&["ip", "link", "set", &b, "up"])?;
-        }
-        Ok(net)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-        for (name, _) in &self.peers {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.hub])
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaced_peers_get_most_bytes_from_each_other() -> anyhow::Result<()> {
     const PEERS: usize = 8;
@@ -260,11 +96,10 @@ async fn namespaced_peers_get_most_bytes_from_each_other() -> anyhow::Result<()>
 
     // All 8 at once; each seeds for 20 s after it completes, then leaves.
     let mut children = Vec::new();
-    for (i, (ns, _)) in net.peers.iter().enumerate() {
+    for i in 0..net.peers.len() {
         let out = dir.path().join(format!("peer{i}"));
         let inner = aria2c(&t, &out, "0.33");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(inner.get_program());
+        let mut cmd = net.command(i, inner.get_program());
         cmd.args(inner.get_args());
         cmd.stdout(std::process::Stdio::null());
         children.push((cmd.spawn()?, out));

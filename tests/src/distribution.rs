@@ -1,0 +1,75 @@
+//! Images for distribution tests and benchmarks: incompressible content stored as an
+//! image, its `.torrent` from the API, and Debian's `aria2c` as the BitTorrent client.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use glory::client::ApiClient;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// `len` bytes that do not compress (xorshift from `seed`).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Store noise as an image's root filesystem: the image's record.
+pub async fn image(api: &ApiClient, dir: &Path, name: &str, size: usize) -> anyhow::Result<Value> {
+    let mut parts = Vec::new();
+    for (part, len) in [("kernel", 1000), ("initrd", 1000), ("rootfs", size)] {
+        let bytes = noise(len, name.len() as u64 * 7919 + len as u64);
+        let path = dir.join(format!("{name}.{part}"));
+        std::fs::write(&path, &bytes)?;
+        let (sha256, size) = api.upload(&path, |_| {}).await?;
+        parts.push(json!({"sha256": sha256, "size": size}));
+    }
+    let body = json!({"name": name, "kernel": parts[0], "initrd": parts[1], "rootfs": parts[2]});
+    api.call(Method::POST, "/api/v1/images", Some(body)).await
+}
+
+/// The image's torrent, written to `dir`.
+pub async fn torrent(
+    api: &ApiClient,
+    token: &str,
+    name: &str,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/v1/images/{name}/torrent", api.base()))
+        .bearer_auth(token.trim())
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status() == 200, "torrent: {}", resp.status());
+    assert_eq!(
+        resp.headers()["content-type"].to_str()?,
+        "application/x-bittorrent"
+    );
+    let path = dir.join(format!("{name}.torrent"));
+    std::fs::write(&path, resp.bytes().await?)?;
+    Ok(path)
+}
+
+pub fn aria2c(torrent: &Path, out: &Path, seed_minutes: &str) -> Command {
+    let mut cmd = Command::new("aria2c");
+    cmd.arg(format!("--dir={}", out.display()))
+        .arg(format!("--seed-time={seed_minutes}"))
+        .args([
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--summary-interval=0",
+            "--console-log-level=warn",
+            "--file-allocation=none",
+            "--listen-port=7881-7999",
+        ])
+        .arg(torrent);
+    cmd
+}

@@ -101,6 +101,9 @@ pub struct ClusterMasterConfig {
     pub seed_upload_kib: u64,
     /// How often BitTorrent peers announce to the tracker, seconds.
     pub tracker_interval_seconds: u64,
+    /// Packages this large or larger, MiB, are offered to agents peer-to-peer too (a
+    /// `.torrent` beside their URL). 0: never.
+    pub p2p_min_mb: u64,
 }
 
 impl Default for ClusterMasterConfig {
@@ -136,6 +139,7 @@ impl Default for ClusterMasterConfig {
             content_url: None,
             seed_upload_kib: 0,
             tracker_interval_seconds: 30,
+            p2p_min_mb: 64,
         }
     }
 }
@@ -176,6 +180,8 @@ pub struct ClusterMasterSettings {
     pub content_url: Option<String>,
     pub seed_upload_kib: u64,
     pub tracker_interval_seconds: u64,
+    /// Packages this large or larger are offered peer-to-peer (None: never).
+    pub p2p_min_bytes: Option<u64>,
 }
 
 impl ClusterMasterConfig {
@@ -259,6 +265,7 @@ impl ClusterMasterConfig {
             content_url: self.content_url.clone(),
             seed_upload_kib: self.seed_upload_kib,
             tracker_interval_seconds: self.tracker_interval_seconds,
+            p2p_min_bytes: (self.p2p_min_mb > 0).then_some(self.p2p_min_mb << 20),
             reclaim_grace: Duration::from_secs(self.reclaim_grace_seconds),
             offer_timeout: Duration::from_secs(self.offer_timeout_seconds),
             offer_max_nodes: self.offer_max_nodes,

@@ -31,7 +31,6 @@ pub struct Announce {
 struct Peer {
     addr: SocketAddr,
     left: u64,
-    uploaded: u64,
     group: Option<String>,
     seeder: bool,
     seen_ms: u64,
@@ -53,9 +52,10 @@ pub struct SwarmStats {
 #[derive(Default)]
 struct Swarm {
     peers: HashMap<Vec<u8>, Peer>,
-    /// Uploads of peers that left, by whether they were seeders.
-    gone_seeder_uploaded: u64,
-    gone_peer_uploaded: u64,
+    /// The most each peer id ever reported uploading (clients report totals), and
+    /// whether it is a seeder: kept when a peer leaves or goes silent, so a peer that
+    /// comes back after expiring is not counted twice.
+    uploads: HashMap<Vec<u8>, (bool, u64)>,
     completed: u64,
 }
 
@@ -107,30 +107,23 @@ impl Tracker {
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
-            if let Some(p) = swarm.peers.remove(&id) {
-                swarm.gone(&p);
-            }
+            swarm.peers.remove(&id);
         }
+        let total = swarm
+            .uploads
+            .entry(a.peer_id.clone())
+            .or_insert((seeder, 0));
+        total.1 = total.1.max(a.uploaded);
         if a.event.as_deref() == Some("completed") {
             swarm.completed += 1;
         }
         if a.event.as_deref() == Some("stopped") {
-            let mut p = swarm.peers.remove(&a.peer_id).unwrap_or(Peer {
-                addr: SocketAddr::new(a.ip, a.port),
-                left: a.left,
-                uploaded: 0,
-                group: None,
-                seeder,
-                seen_ms: now_ms,
-            });
-            p.uploaded = p.uploaded.max(a.uploaded);
-            swarm.gone(&p);
+            swarm.peers.remove(&a.peer_id);
             return Ok(Vec::new());
         }
         let me = Peer {
             addr: SocketAddr::new(a.ip, a.port),
             left: a.left,
-            uploaded: a.uploaded,
             group: group.clone(),
             seeder,
             seen_ms: now_ms,
@@ -171,20 +164,16 @@ impl Tracker {
     pub fn stats(&self, info_hash: &[u8; 20]) -> Option<SwarmStats> {
         let s = self.swarms.get(info_hash)?;
         let mut st = SwarmStats {
-            seeder_uploaded: s.gone_seeder_uploaded,
-            peer_uploaded: s.gone_peer_uploaded,
+            peers: s.peers.len(),
+            complete: s.peers.values().filter(|p| p.left == 0).count(),
             completed: s.completed,
             ..SwarmStats::default()
         };
-        for p in s.peers.values() {
-            st.peers += 1;
-            if p.left == 0 {
-                st.complete += 1;
-            }
-            if p.seeder {
-                st.seeder_uploaded += p.uploaded;
+        for (seeder, uploaded) in s.uploads.values() {
+            if *seeder {
+                st.seeder_uploaded += uploaded;
             } else {
-                st.peer_uploaded += p.uploaded;
+                st.peer_uploaded += uploaded;
             }
         }
         Some(st)
@@ -215,16 +204,6 @@ impl Tracker {
                 ])
                 .encode()
             }
-        }
-    }
-}
-
-impl Swarm {
-    fn gone(&mut self, p: &Peer) {
-        if p.seeder {
-            self.gone_seeder_uploaded += p.uploaded;
-        } else {
-            self.gone_peer_uploaded += p.uploaded;
         }
     }
 }
@@ -364,6 +343,15 @@ mod tests {
         let s = t.stats(&[7; 20]).unwrap();
         assert_eq!(s.peers, 1);
         assert_eq!((s.seeder_uploaded, s.peer_uploaded), (300, 700));
+        // One that expired and comes back reports its total again: counted once.
+        t.announce(
+            &announce(3, [10, 0, 1, 2], 0, 650, None),
+            g("g01"),
+            1_000_001,
+        )
+        .unwrap();
+        let s = t.stats(&[7; 20]).unwrap();
+        assert_eq!((s.seeder_uploaded, s.peer_uploaded), (300, 850));
         let body = t.answer(Ok(vec!["10.1.2.3:6881".parse().unwrap()]));
         let v = Bencode::decode(&body).unwrap();
         assert_eq!(

@@ -230,6 +230,8 @@ impl Up {
             // Each simulated node applies its first-boot configuration and installs
             // packages under <data-dir>/nodes/sim-N/root, where they can be looked at.
             setup_root: Some(options.data_dir.join("nodes")),
+            // Simulated nodes share this host: packages come over HTTP.
+            p2p_seed_seconds: 0,
             ..Default::default()
         };
         let mut settings = agent_config.validate()?;

@@ -164,6 +164,7 @@ pub async fn run_agent(
             .setup_root
             .is_some()
             .then(|| settings.setup_state.clone()),
+        settings.p2p_seed,
     );
     // Probes and recent samples outlive sessions: a new group master gets both.
     let mut monitoring = Monitoring::new(settings.metrics_interval, settings.metrics_buffer);

@@ -56,6 +56,10 @@ pub struct AgentConfig {
     /// How often applied configuration files are checked for drift (and failed
     /// package installs retried), milliseconds.
     pub setup_check_ms: u64,
+    /// Packages the cluster master offers peer-to-peer (above its size threshold) are
+    /// fetched with `aria2c` from the group's nodes first, then seeded to the others
+    /// this long, seconds. 0: always over HTTP through the group's proxy.
+    pub p2p_seed_seconds: u64,
 }
 
 impl Default for AgentConfig {
@@ -77,6 +81,7 @@ impl Default for AgentConfig {
             idle_timeout_ms: 3_000,
             setup_root: None,
             setup_check_ms: 30_000,
+            p2p_seed_seconds: 120,
         }
     }
 }
@@ -99,6 +104,8 @@ pub struct AgentSettings {
     /// Where the applied configuration is kept (`state_dir/setup.json`).
     pub setup_state: PathBuf,
     pub setup_check: Duration,
+    /// None: never peer-to-peer.
+    pub p2p_seed: Option<Duration>,
 }
 
 impl AgentConfig {
@@ -171,6 +178,8 @@ impl AgentConfig {
             setup_root: self.setup_root.clone(),
             setup_state: self.state_dir.join("setup.json"),
             setup_check: Duration::from_millis(self.setup_check_ms.max(100)),
+            p2p_seed: (self.p2p_seed_seconds > 0)
+                .then(|| Duration::from_secs(self.p2p_seed_seconds)),
         })
     }
 }

@@ -51,10 +51,17 @@ pub struct Setup {
     /// Made at the first install: most agents never install anything, and 10,000
     /// simulated agents in one process must not each build an HTTP client.
     client: std::sync::OnceLock<reqwest::Client>,
+    /// Packages offered peer-to-peer are fetched so, then seeded this long; None:
+    /// always over HTTP (simulated agents).
+    p2p_seed: Option<Duration>,
 }
 
 impl Setup {
-    pub fn new(root: Option<PathBuf>, state_file: Option<PathBuf>) -> Arc<Setup> {
+    pub fn new(
+        root: Option<PathBuf>,
+        state_file: Option<PathBuf>,
+        p2p_seed: Option<Duration>,
+    ) -> Arc<Setup> {
         let applied = state_file
             .as_ref()
             .and_then(|f| std::fs::read(f).ok())
@@ -68,6 +75,7 @@ impl Setup {
             }),
             changed: tokio::sync::Notify::new(),
             client: std::sync::OnceLock::new(),
+            p2p_seed,
         })
     }
 
@@ -287,7 +295,7 @@ impl Setup {
                         .build()
                         .unwrap_or_default()
                 });
-                let result = install(client, &dir, &spec).await;
+                let result = install(client, &dir, &spec, me.p2p_seed).await;
                 let mut inner = me.lock();
                 inner.installing.retain(|k| *k != key);
                 match result {
@@ -391,7 +399,12 @@ impl Read for Incoming {
 
 /// Download `spec` and install it under `dir`: unpacked as it streams in, then
 /// verified, then moved into place. Nothing is left behind on failure.
-async fn install(client: &reqwest::Client, dir: &Path, spec: &PackageSpec) -> Result<(), String> {
+async fn install(
+    client: &reqwest::Client,
+    dir: &Path,
+    spec: &PackageSpec,
+    p2p_seed: Option<Duration>,
+) -> Result<(), String> {
     if spec.name.contains('/') || spec.version.contains('/') || spec.name.starts_with('.') {
         return Err("bad package name or version".into());
     }
@@ -408,7 +421,37 @@ async fn install(client: &reqwest::Client, dir: &Path, spec: &PackageSpec) -> Re
         let spec = spec.clone();
         tokio::task::spawn_blocking(move || unpack_verified(rx, &staging, &spec))
     };
+    // Large packages peer-to-peer where the cluster master offers a torrent; HTTP
+    // through the group's proxy otherwise, or when that fails.
+    let local = match (&spec.torrent, p2p_seed) {
+        (Some(torrent), Some(seed)) if p2p::available() => {
+            match p2p::fetch(client, torrent, dir, spec, seed).await {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    warn!(package = %spec.name, version = %spec.version, error = %e, "peer-to-peer fetch failed; downloading over HTTP");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let fetched: Result<(), String> = async {
+        if let Some(path) = &local {
+            use tokio::io::AsyncReadExt;
+            let mut file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            loop {
+                let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+                let n = file
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if n == 0 || !feed(&tx, buf.freeze()).await {
+                    return Ok(());
+                }
+            }
+        }
         let mut resp = client
             .get(&spec.url)
             .send()
@@ -424,12 +467,7 @@ async fn install(client: &reqwest::Client, dir: &Path, spec: &PackageSpec) -> Re
             .await
             .map_err(|e| format!("fetch {}: {e}", spec.url))?
         {
-            let tx = tx.clone();
-            // The unpacker reads on its own thread; a full channel waits here.
-            let sent = tokio::task::spawn_blocking(move || tx.send(Ok(chunk)).is_ok())
-                .await
-                .unwrap_or(false);
-            if !sent {
+            if !feed(&tx, chunk).await {
                 break;
             }
         }
@@ -484,6 +522,18 @@ async fn install(client: &reqwest::Client, dir: &Path, spec: &PackageSpec) -> Re
     result
 }
 
+/// Hand a chunk to the unpacker, which reads on its own thread (a full channel waits
+/// here). False when the unpacker has stopped reading.
+async fn feed(
+    tx: &std::sync::mpsc::SyncSender<Result<bytes::Bytes, String>>,
+    chunk: bytes::Bytes,
+) -> bool {
+    let tx = tx.clone();
+    tokio::task::spawn_blocking(move || tx.send(Ok(chunk)).is_ok())
+        .await
+        .unwrap_or(false)
+}
+
 /// Unpack a tar.zst stream into `staging`, then check that every byte read matched
 /// the package's hash and size.
 fn unpack_verified(
@@ -520,6 +570,7 @@ fn unpack_verified(
     Ok(())
 }
 
+mod p2p;
 #[cfg(test)]
 mod tests;
 

@@ -43,6 +43,10 @@ pub struct PackageSpec {
     /// (`http://host:port/content/<sha256>`), replaced by its group master's caching
     /// proxy when it passes through one.
     pub url: String,
+    /// Its `.torrent` (`http://host:port/torrent/<sha256>`), for a package large enough
+    /// to spread peer-to-peer; agents fall back to `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torrent: Option<String>,
 }
 
 /// A package the agent has installed.

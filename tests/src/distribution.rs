@@ -73,3 +73,16 @@ pub fn aria2c(torrent: &Path, out: &Path, seed_minutes: &str) -> Command {
         .arg(torrent);
     cmd
 }
+
+/// A software package (tar.zst) of `files`: path and content.
+pub fn package(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        tar.append_data(&mut header, path, *content).unwrap();
+    }
+    zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap()
+}

@@ -49,6 +49,7 @@ pub struct ClusterBuilder {
     api_listen: SocketAddr,
     seed_upload_kib: u64,
     tracker_interval_seconds: u64,
+    p2p_min_mb: u64,
 }
 
 impl Default for ClusterBuilder {
@@ -68,6 +69,7 @@ impl Default for ClusterBuilder {
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             seed_upload_kib: 0,
             tracker_interval_seconds: 30,
+            p2p_min_mb: 0,
         }
     }
 }
@@ -82,6 +84,13 @@ impl ClusterBuilder {
     /// Upload cap of images' seeders, KiB/s.
     pub fn seed_upload_kib(mut self, kib: u64) -> Self {
         self.seed_upload_kib = kib;
+        self
+    }
+
+    /// Packages this large (MiB) go to agents peer-to-peer, each agent seeding 30 s
+    /// after (0, the default here: over HTTP only).
+    pub fn p2p_min_mb(mut self, mb: u64) -> Self {
+        self.p2p_min_mb = mb;
         self
     }
 
@@ -151,6 +160,7 @@ impl ClusterBuilder {
             api_listen: self.api_listen,
             seed_upload_kib: self.seed_upload_kib,
             tracker_interval_seconds: self.tracker_interval_seconds,
+            p2p_min_mb: self.p2p_min_mb,
             data_dir: dir.path().to_path_buf(),
             keymaster: KeyMasterConfig::Embedded { path: None },
             group_size_limit: self.group_size_limit,
@@ -212,6 +222,7 @@ impl ClusterBuilder {
             // directory under the cluster's temporary one.
             setup_root: Some(cluster._dir.path().join("nodes")),
             setup_check_ms: 1000,
+            p2p_seed_seconds: if self.p2p_min_mb > 0 { 30 } else { 0 },
             ..Default::default()
         }
         .validate()?;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use glory::client::ApiClient;
+use glory_tests::distribution::package;
 use glory_tests::TestCluster;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -347,18 +348,6 @@ async fn profiles_render_per_node_and_agents_apply_them() -> anyhow::Result<()> 
         .await?;
     cluster.shutdown().await;
     Ok(())
-}
-
-fn package(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o755);
-        header.set_cksum();
-        tar.append_data(&mut header, path, *content).unwrap();
-    }
-    zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap()
 }
 
 async fn served(op: &ApiClient) -> u64 {

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use glory_tests::distribution::{aria2c, image, torrent};
+use glory_tests::distribution::{aria2c, image, noise, package, torrent};
 use glory_tests::netns::Net;
 use glory_tests::TestCluster;
 use reqwest::Method;
@@ -131,5 +131,108 @@ async fn namespaced_peers_get_most_bytes_from_each_other() -> anyhow::Result<()>
     );
     cluster.shutdown().await;
     drop(net);
+    Ok(())
+}
+
+/// Upload a package and add it as `name` version 1: its content's hash.
+async fn add_package(
+    api: &glory::client::ApiClient,
+    dir: &std::path::Path,
+    name: &str,
+    bytes: &[u8],
+) -> anyhow::Result<String> {
+    let path = dir.join(format!("{name}.tar.zst"));
+    std::fs::write(&path, bytes)?;
+    let (sha256, size) = api.upload(&path, |_| {}).await?;
+    let body = serde_json::json!({"name": name, "version": "1", "sha256": sha256, "size": size});
+    api.call(Method::POST, "/api/v1/software", Some(body))
+        .await?;
+    Ok(sha256)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_fetch_large_packages_from_each_other() -> anyhow::Result<()> {
+    const AGENTS: usize = 4;
+    const SIZE: usize = 4 << 20;
+    // Packages of 1 MiB or more go peer-to-peer; the seeder's upload is capped at
+    // 512 KiB/s, so 4 copies from it alone would take 32 s.
+    let cluster = TestCluster::builder()
+        .groups(1)
+        .agents(AGENTS)
+        .p2p_min_mb(1)
+        .seed_upload_kib(512)
+        .tracker_interval_seconds(2)
+        .start()
+        .await?;
+    cluster.wait_all_up(AGENTS as u64, Duration::from_secs(30)).await?;
+    let api = &cluster.api;
+    let dir = tempfile::tempdir()?;
+    let big = package(&[
+        ("share/blob", &noise(SIZE, 42)),
+        ("bin/big", b"#!/bin/sh\n"),
+    ]);
+    let big_sha = add_package(api, dir.path(), "big", &big).await?;
+    let small = package(&[("bin/small", b"#!/bin/sh\necho small\n")]);
+    let small_sha = add_package(api, dir.path(), "small", &small).await?;
+    for name in ["big", "small"] {
+        let body = serde_json::json!({"installations": [{"version": "1"}]});
+        api.call(
+            Method::PUT,
+            &format!("/api/v1/software/{name}/installations"),
+            Some(body),
+        )
+        .await?;
+    }
+    let roots: Vec<_> = (0..AGENTS)
+        .map(|i| cluster.fleet().setup_root_of(i).unwrap())
+        .collect();
+    let has = |root: &std::path::Path, name: &str| {
+        root.join(format!("opt/glory/software/{name}/current/bin/{name}"))
+            .exists()
+    };
+    cluster
+        .wait_until(
+            "both packages on every node",
+            Duration::from_secs(90),
+            async |_| roots.iter().all(|r| has(r, "big") && has(r, "small")),
+        )
+        .await?;
+    let blob = std::fs::read(roots[0].join("opt/glory/software/big/current/share/blob"))?;
+    assert_eq!(blob, noise(SIZE, 42), "the package's content, whole");
+    // The big one went through the swarm: every agent completed it there, and the
+    // agents uploaded to each other.
+    let (swarm, _) = glory_tests::wait::until(
+        "every agent completed in the swarm",
+        Duration::from_secs(30),
+        || async {
+            let s = api
+                .get(&format!("/api/v1/content/{big_sha}/swarm"))
+                .await
+                .map_err(|e| e.to_string())?;
+            (s["completed"].as_u64().unwrap_or(0) >= AGENTS as u64)
+                .then_some(s.clone())
+                .ok_or(s.to_string())
+        },
+    )
+    .await?;
+    eprintln!("swarm: {swarm}");
+    assert!(
+        swarm["peer_uploaded"].as_u64().unwrap_or(0) >= SIZE as u64,
+        "at least a copy's worth went between agents: {swarm}"
+    );
+    // The small one is not offered peer-to-peer.
+    let (status, body) = api
+        .request(
+            Method::GET,
+            &format!("/api/v1/content/{small_sha}/swarm"),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 404, "{body}");
+    let torrent = reqwest::get(format!("{}/torrent/{small_sha}", api.base())).await?;
+    assert_eq!(torrent.status(), 404);
+    let torrent = reqwest::get(format!("{}/torrent/{big_sha}", api.base())).await?;
+    assert_eq!(torrent.status(), 200);
+    cluster.shutdown().await;
     Ok(())
 }

@@ -27,6 +27,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/content", get(list_content))
         .route("/content/{sha256}", put(put_content))
+        .route("/content/{sha256}/swarm", get(content_swarm))
         .route("/images", get(list_images).post(create_image))
         .route("/images/{name}", get(get_image).delete(delete_image))
         .route("/images/{name}/torrent", get(image_torrent))
@@ -186,11 +187,39 @@ async fn image_torrent(
 ) -> ApiResult<Response> {
     let image = image_or_404(&cluster, &name, q.version)?;
     let torrent = cluster.image_torrent(&image).await?;
-    let disposition = format!(
-        "attachment; filename=\"{}-{}.torrent\"",
-        image.name, image.version
-    );
-    Ok((
+    let file = format!("{}-{}.torrent", image.name, image.version);
+    Ok(torrent_response(torrent.bytes, &file))
+}
+
+/// `GET /torrent/{sha256}`, beside the API and without a token like the content itself:
+/// the `.torrent` of content that spreads peer-to-peer (an image's root filesystem, a
+/// large package), its seeder started. Agents fetch large packages by it.
+pub(crate) async fn serve_torrent(
+    Active(cluster): Active,
+    Path(sha256): Path<String>,
+) -> ApiResult<Response> {
+    let torrent = distributed_torrent(&cluster, &sha256).await?;
+    Ok(torrent_response(
+        torrent.bytes,
+        &format!("{sha256}.torrent"),
+    ))
+}
+
+async fn distributed_torrent(
+    cluster: &crate::cluster::Cluster,
+    sha256: &str,
+) -> ApiResult<glory_content::torrent::Torrent> {
+    let what = cluster.distributed(sha256).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no image or package of peer-to-peer size has content {sha256}"
+        ))
+    })?;
+    Ok(cluster.content_torrent(sha256, &what).await?)
+}
+
+fn torrent_response(bytes: Vec<u8>, file: &str) -> Response {
+    let disposition = format!("attachment; filename=\"{file}\"");
+    (
         [
             (
                 axum::http::header::CONTENT_TYPE,
@@ -198,9 +227,9 @@ async fn image_torrent(
             ),
             (axum::http::header::CONTENT_DISPOSITION, disposition),
         ],
-        torrent.bytes,
+        bytes,
     )
-        .into_response())
+        .into_response()
 }
 
 /// What the swarm of an image's torrent has moved.
@@ -211,14 +240,33 @@ async fn image_swarm(
 ) -> ApiResult<Json<Value>> {
     let image = image_or_404(&cluster, &name, q.version)?;
     let torrent = cluster.image_torrent(&image).await?;
+    let mut view = swarm_view(&cluster, &torrent);
+    view["image"] = json!(image.name);
+    view["version"] = json!(image.version);
+    Ok(Json(view))
+}
+
+/// What the swarm of any content spreading peer-to-peer has moved (a large package's).
+async fn content_swarm(
+    Active(cluster): Active,
+    Path(sha256): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let torrent = distributed_torrent(&cluster, &sha256).await?;
+    let mut view = swarm_view(&cluster, &torrent);
+    view["sha256"] = json!(sha256);
+    Ok(Json(view))
+}
+
+fn swarm_view(
+    cluster: &crate::cluster::Cluster,
+    torrent: &glory_content::torrent::Torrent,
+) -> Value {
     let s = cluster
         .distribution
         .tracker()
         .stats(&torrent.info_hash)
         .unwrap_or_default();
-    Ok(Json(json!({
-        "image": image.name,
-        "version": image.version,
+    json!({
         "info_hash": hex::encode(torrent.info_hash),
         "pieces": torrent.pieces,
         "piece_length": torrent.piece_length,
@@ -227,7 +275,7 @@ async fn image_swarm(
         "completed": s.completed,
         "seeder_uploaded": s.seeder_uploaded,
         "peer_uploaded": s.peer_uploaded,
-    })))
+    })
 }
 
 fn image_view(i: &ImageRecord) -> Value {

@@ -85,6 +85,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(cluster::healthz))
         // Content by hash, for group masters' proxies and agents: no token.
         .route("/content/{sha256}", get(images::serve_content))
+        // Torrents of content that spreads peer-to-peer, by hash: no token either.
+        .route("/torrent/{sha256}", get(images::serve_torrent))
         // The images' BitTorrent tracker: no token either (clients send none).
         .route("/announce", get(images::announce))
         .merge(metrics)

@@ -506,7 +506,12 @@ impl Cluster {
             record.updated_ms = glory_protocol::now_ms();
             self.store_package(&record).await?;
         }
-        st.collect(removed);
+        st.collect(removed.clone());
+        for sha in &removed {
+            if self.distributed(sha).is_none() {
+                self.stop_seeding(sha);
+            }
+        }
         Ok(record)
     }
 }

@@ -47,7 +47,30 @@ impl Distribution {
 impl Cluster {
     /// The torrent of `image`'s root filesystem, with its seeder running.
     pub(crate) async fn image_torrent(&self, image: &ImageRecord) -> Result<Torrent, OpError> {
-        let sha = image.rootfs.sha256.clone();
+        let what = format!("image {} version {}", image.name, image.version);
+        self.content_torrent(&image.rootfs.sha256, &what).await
+    }
+
+    /// What content spreads peer-to-peer: an image's root filesystem, or a package
+    /// version at least the size the settings name. Its description, None for other
+    /// content.
+    pub(crate) fn distributed(&self, sha: &str) -> Option<String> {
+        if let Some(i) = self.images.images().iter().find(|i| i.rootfs.sha256 == sha) {
+            return Some(format!("image {} version {}", i.name, i.version));
+        }
+        let min = self.settings.p2p_min_bytes?;
+        self.images.software().iter().find_map(|p| {
+            p.versions
+                .iter()
+                .find(|v| v.blob.sha256 == sha && v.blob.size >= min)
+                .map(|v| format!("package {} version {}", p.name, v.version))
+        })
+    }
+
+    /// The torrent of stored content `sha` (`what` it is, for the log), with its
+    /// seeder running.
+    pub(crate) async fn content_torrent(&self, sha: &str, what: &str) -> Result<Torrent, OpError> {
+        let sha = sha.to_string();
         let dist = &self.distribution;
         let dir = self.settings.content_dir.join("torrents");
         let file = dir.join(format!("{sha}.torrent"));
@@ -74,7 +97,7 @@ impl Cluster {
                 .map_err(|e| OpError::Invalid(format!("torrent of {sha}: {e}")))?;
                 dist.tracker().allow(torrent.info_hash);
                 Distribution::lock(&dist.torrents).insert(sha.clone(), torrent.clone());
-                info!(image = %image.name, version = image.version, pieces = torrent.pieces, "torrent made");
+                info!(%sha, of = %what, pieces = torrent.pieces, "torrent made");
                 torrent
             }
         };
@@ -126,7 +149,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// An image's root filesystem is gone: stop seeding and tracking it.
+    /// Content that spread peer-to-peer is gone: stop seeding and tracking it.
     pub(crate) fn stop_seeding(&self, sha: &str) {
         if let Some(mut child) = Distribution::lock(&self.distribution.seeders).remove(sha) {
             if let Err(e) = child.start_kill() {

@@ -68,6 +68,7 @@ pub(crate) fn packages_for(
     facts: &NodeFacts,
     services_of_node: &[String],
     content_url: &str,
+    p2p_min_bytes: Option<u64>,
 ) -> Vec<PackageSpec> {
     let mut out = Vec::new();
     for s in software {
@@ -97,6 +98,9 @@ pub(crate) fn packages_for(
                     sha256: v.blob.sha256.clone(),
                     size: v.blob.size,
                     url: format!("{content_url}/content/{}", v.blob.sha256),
+                    torrent: p2p_min_bytes
+                        .is_some_and(|min| v.blob.size >= min)
+                        .then(|| format!("{content_url}/torrent/{}", v.blob.sha256)),
                 });
             }
         }
@@ -215,7 +219,13 @@ impl Cluster {
         Desired {
             profile,
             config,
-            software: packages_for(software, facts, services, &self.content_url()),
+            software: packages_for(
+                software,
+                facts,
+                services,
+                &self.content_url(),
+                self.settings.p2p_min_bytes,
+            ),
         }
     }
 

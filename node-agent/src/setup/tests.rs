@@ -15,7 +15,7 @@ fn configuration_is_applied_checked_and_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let state = dir.path().join("setup.json");
-    let setup = Setup::new(Some(root.clone()), Some(state.clone()));
+    let setup = Setup::new(Some(root.clone()), Some(state.clone()), None);
     let config = config_of(
         vec![
             file(
@@ -56,7 +56,7 @@ fn configuration_is_applied_checked_and_repaired() {
     let mut report_only = config.clone();
     report_only.repair = false;
     setup.apply_config(Some(report_only));
-    let again = Setup::new(Some(root.clone()), Some(state));
+    let again = Setup::new(Some(root.clone()), Some(state), None);
     assert_eq!(again.report().config_hash, Some(config.hash.clone()));
     std::fs::remove_file(root.join("etc/motd")).unwrap();
     again.check_drift();
@@ -64,7 +64,7 @@ fn configuration_is_applied_checked_and_repaired() {
     assert!(!root.join("etc/motd").exists());
 
     // No root: nothing written, and the report says why.
-    let none = Setup::new(None, None);
+    let none = Setup::new(None, None, None);
     none.apply_config(Some(config));
     let report = none.report();
     assert_eq!(report.config_hash, None);
@@ -124,7 +124,7 @@ async fn settle(setup: &Arc<Setup>) {
 async fn packages_install_atomically_and_corrupt_downloads_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let setup = Setup::new(Some(root.clone()), None);
+    let setup = Setup::new(Some(root.clone()), None, None);
     let v1 = package(&[("bin/tool", b"#!/bin/sh\necho v1\n"), ("README", b"v1")]);
     let spec1 = PackageSpec {
         name: "tool".into(),
@@ -132,6 +132,7 @@ async fn packages_install_atomically_and_corrupt_downloads_leave_nothing() {
         sha256: sha256_hex(&v1),
         size: v1.len() as u64,
         url: serve(v1.clone()).await,
+        torrent: None,
     };
     setup.set_software(vec![spec1.clone()]);
     settle(&setup).await;
@@ -156,6 +157,7 @@ async fn packages_install_atomically_and_corrupt_downloads_leave_nothing() {
         sha256: sha256_hex(&v2),
         size: v2.len() as u64,
         url: serve(corrupt).await,
+        torrent: None,
     };
     setup.set_software(vec![spec2.clone()]);
     settle(&setup).await;
@@ -177,6 +179,7 @@ async fn packages_install_atomically_and_corrupt_downloads_leave_nothing() {
     // Served right, version 2 replaces version 1.
     let spec2 = PackageSpec {
         url: serve(v2).await,
+        torrent: None,
         ..spec2
     };
     setup.set_software(vec![spec2]);

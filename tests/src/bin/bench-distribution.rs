@@ -119,6 +119,7 @@ async fn proxy(args: &[String]) -> anyhow::Result<()> {
         sha256: sha.clone(),
         size: size.parse()?,
         url: url.clone(),
+        torrent: None,
     }]);
     proxy
         .serve(listener, tokio_util::sync::CancellationToken::new())
@@ -262,7 +263,10 @@ async fn bench(o: Options) -> anyhow::Result<()> {
                 for i in 0..count {
                     let inner = distribution::aria2c(&t, &out(phase, i), "60");
                     let mut cmd = net.command(i, inner.get_program());
+                    // Every node keeps seeding until all are done (not only to a ratio
+                    // of 1).
                     cmd.arg(format!("--on-bt-download-complete={}", hook.display()))
+                        .arg("--seed-ratio=0.0")
                         .args(inner.get_args())
                         .stdout(Stdio::null())
                         .stderr(Stdio::null());
@@ -281,7 +285,7 @@ async fn bench(o: Options) -> anyhow::Result<()> {
                     }
                     for p in &mut peers {
                         if let Some(status) = p.try_wait()? {
-                            bail!("a peer's aria2c ended early: {status}");
+                            anyhow::ensure!(status.success(), "a peer's aria2c failed: {status}");
                         }
                     }
                     anyhow::ensure!(

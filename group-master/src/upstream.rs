@@ -18,6 +18,9 @@ use crate::monitoring::Input;
 use crate::state::Shared;
 use crate::GroupMasterSettings;
 
+/// How much later than the active group master a standby retries the cluster master.
+const STANDBY_YIELD: Duration = Duration::from_millis(500);
+
 pub(crate) async fn upstream_loop(
     endpoint: glory_protocol::LinkEndpoint,
     identity: TlsIdentity,
@@ -104,9 +107,17 @@ pub(crate) async fn upstream_loop(
                 }
             }
         }
+        // After a cluster master failover the new one makes whichever group master
+        // registers first active: a standby lets the active one go first, so the
+        // group keeps its master and its agents stay where they are.
+        let wait = if shared.is_active() {
+            backoff
+        } else {
+            backoff + STANDBY_YIELD
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }

@@ -200,16 +200,37 @@ async fn hold_leadership(
         tokio::time::Instant::now().into_std(),
     );
     let mut tick = tokio::time::interval(leadership.keep_alive_every());
+    let cluster = node.active().cloned();
     loop {
-        tokio::select! {
+        let fenced = async {
+            match &cluster {
+                Some(c) => c.fenced.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let was_fenced = tokio::select! {
             _ = shutdown.cancelled() => {
                 let _ = km.resign(&key).await;
                 let _ = km.lease_revoke(lease).await;
                 return;
             }
-            _ = tick.tick() => {}
-        }
+            _ = tick.tick() => false,
+            _ = fenced => true,
+        };
         let renewed = km.lease_keep_alive(lease).await;
+        // A fenced write with the lease still alive: our key went some other way, and
+        // another master may lead. Stop rather than serve what cannot be written.
+        if was_fenced && renewed.is_ok() {
+            let ours = km
+                .get(&key.key)
+                .await
+                .map(|kv| kv.is_some_and(|kv| kv.create_revision == key.create_revision));
+            if matches!(ours, Ok(false)) {
+                error!("this cluster master's leadership key is gone; stopping this one");
+                shutdown.cancel();
+                return;
+            }
+        }
         let outcome = match &renewed {
             Ok(_) => KeepAlive::Renewed,
             Err(KeyMasterError::LeaseNotFound(_)) => KeepAlive::LeaseNotFound,
@@ -226,6 +247,9 @@ async fn hold_leadership(
                 leadership.campaign_ended(won.is_some(), tokio::time::Instant::now().into_std());
             if let (Verdict::Lead, Some((l, k))) = (verdict, won) {
                 info!("leadership regained");
+                if let Some(cluster) = node.active() {
+                    cluster.set_fence(&k);
+                }
                 (lease, key) = (l, k);
             }
         }
@@ -366,6 +390,7 @@ pub async fn start(
             return Err(e);
         }
     };
+    cluster.set_fence(&key);
     node.activate(cluster.clone());
     tasks.spawn(hold_leadership(node.clone(), lease, key, shutdown.clone()));
     tasks.spawn(cluster::status_writer(

@@ -164,7 +164,9 @@ async fn agents_fetch_large_packages_from_each_other() -> anyhow::Result<()> {
         .tracker_interval_seconds(2)
         .start()
         .await?;
-    cluster.wait_all_up(AGENTS as u64, Duration::from_secs(30)).await?;
+    cluster
+        .wait_all_up(AGENTS as u64, Duration::from_secs(30))
+        .await?;
     let api = &cluster.api;
     let dir = tempfile::tempdir()?;
     let big = package(&[

@@ -1,8 +1,12 @@
-//! Masters restarted on their old addresses: agents and group masters come back.
+//! Masters restarted on their old addresses: agents and group masters come back. A
+//! cluster master whose leadership key is gone cannot write.
 
 use std::time::Duration;
 
+use anyhow::Context;
+use glory_keymaster::schema::CLUSTER_MASTER_ELECTION;
 use glory_tests::TestCluster;
+use reqwest::Method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_master_restarts_on_its_address_and_agents_come_back() -> anyhow::Result<()> {
@@ -47,6 +51,62 @@ async fn cluster_master_restarts_on_its_addresses_and_groups_come_back() -> anyh
         "nothing acknowledged was lost"
     );
     assert_eq!(cluster.count("down").await, 0);
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_without_its_leadership_key_writes_nothing() -> anyhow::Result<()> {
+    let cluster = TestCluster::builder().groups(1).agents(1).start().await?;
+    let api = &cluster.api;
+    let km = cluster.cluster().keymaster();
+    let token = serde_json::json!({"scope": "any", "ttl_seconds": 3600});
+    let (status, body) = api
+        .request(
+            Method::POST,
+            "/api/v1/bootstrap-tokens",
+            Some(token.clone()),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let before = km
+        .get_prefix(glory_keymaster::schema::BOOTSTRAP_TOKENS_PREFIX)
+        .await?
+        .0
+        .len();
+    // Its leadership key goes, as when its lease runs out while the master is paused
+    // and another takes over: its writes are fenced off, and say why.
+    let leader = km
+        .leader(CLUSTER_MASTER_ELECTION)
+        .await?
+        .context("a leader")?;
+    km.delete(&leader.key).await?;
+    let (status, body) = api
+        .request(Method::POST, "/api/v1/bootstrap-tokens", Some(token))
+        .await?;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "not_leader", "{body}");
+    assert_eq!(
+        km.get_prefix(glory_keymaster::schema::BOOTSTRAP_TOKENS_PREFIX)
+            .await?
+            .0
+            .len(),
+        before,
+        "nothing was written"
+    );
+    // Its lease is still alive, so the key went some other way: it stops rather than
+    // serve what it cannot write (its supervisor restarts it as a standby).
+    glory_tests::wait::until(
+        "the fenced cluster master stops",
+        Duration::from_secs(10),
+        || async {
+            match api.request(Method::GET, "/healthz", None).await {
+                Err(_) => Ok(()),
+                Ok((status, body)) => Err(format!("{status} {body}")),
+            }
+        },
+    )
+    .await?;
     cluster.shutdown().await;
     Ok(())
 }

@@ -99,6 +99,9 @@ impl From<KeyMasterError> for ApiError {
                 "keymaster_unavailable",
                 e.to_string(),
             ),
+            KeyMasterError::ElectionLost(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", e.to_string())
+            }
             other => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -139,8 +139,7 @@ impl Cluster {
     }
 
     pub async fn delete_bootstrap_token(&self, id: &str) -> Result<bool, KeyMasterError> {
-        let deleted = self.km.delete(&schema::bootstrap_token_key(id)).await?;
-        Ok(deleted > 0)
+        self.km_delete(schema::bootstrap_token_key(id)).await
     }
 }
 

@@ -6,20 +6,64 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glory_keymaster::schema;
-use glory_keymaster::{Compare, KeyMaster, KeyMasterError, Txn, TxnOp};
+use glory_keymaster::{
+    CmpOp, Compare, CompareTarget, KeyMaster, KeyMasterError, LeaderKey, OpResult, Txn, TxnOp,
+};
 use tracing::{info, warn};
 
 use super::Cluster;
 
 impl Cluster {
+    /// Delete `key` (fenced, like every write): whether it was there.
+    pub(crate) async fn km_delete(&self, key: String) -> Result<bool, KeyMasterError> {
+        let resp = self.km_txn(Txn::alone(TxnOp::Delete { key })).await?;
+        Ok(matches!(resp.results.first(), Some(OpResult::Delete(n)) if *n > 0))
+    }
+
+    /// Fence every write from now on with `leader`: it holds only while this key,
+    /// created at this revision, is still there.
+    pub(crate) fn set_fence(&self, leader: &LeaderKey) {
+        *self.fence.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((leader.key.clone(), leader.create_revision));
+    }
+
     /// Run a transaction, counting its writes and noting whether the key master
-    /// answered.
+    /// answered. Fenced: it also requires our leadership key to be the one we won
+    /// (`ElectionLost`, nothing written, when another master may lead). A caller's
+    /// `failure` branch only reads: it runs when the fence fails too.
     pub(crate) async fn km_txn(
         &self,
-        txn: Txn,
+        mut txn: Txn,
     ) -> Result<glory_keymaster::TxnResponse, KeyMasterError> {
         let writes = txn.success.len().max(txn.failure.len()) as u64;
-        let result = self.km.txn(txn).await;
+        let fence = self.fence.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((key, revision)) = &fence {
+            txn.compares.push(Compare {
+                key: key.clone(),
+                op: CmpOp::Equal,
+                target: CompareTarget::CreateRevision(*revision),
+            });
+            // On failure, whether it was the fence or the caller's own compares.
+            txn.failure.push(TxnOp::Get { key: key.clone() });
+        }
+        let mut result = self.km.txn(txn).await;
+        if let (Some((key, revision)), Ok(resp)) = (&fence, &mut result) {
+            if !resp.succeeded {
+                let ours = match resp.results.pop() {
+                    Some(OpResult::Get(kvs)) => {
+                        kvs.first().map(|kv| kv.create_revision) == Some(*revision)
+                    }
+                    _ => false,
+                };
+                if !ours {
+                    warn!(leader_key = %key, "a write was fenced off: this cluster master's leadership key is gone");
+                    self.fenced.notify_one();
+                    return Err(KeyMasterError::ElectionLost(
+                        "this cluster master no longer holds its leadership (its lease ran out); nothing was written, ask the leader".into(),
+                    ));
+                }
+            }
+        }
         match &result {
             Ok(_) => {
                 self.km_writes.fetch_add(writes, Ordering::Relaxed);

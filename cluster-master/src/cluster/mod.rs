@@ -75,6 +75,12 @@ pub struct Cluster {
     pub(crate) started: Instant,
     pub(crate) km_writes: AtomicU64,
     pub(crate) km_available: AtomicBool,
+    /// Our leadership key and its create revision: every write through `km_txn` holds
+    /// only while it is still there (a master whose lease ran out cannot write over
+    /// its successor).
+    pub(crate) fence: std::sync::RwLock<Option<(String, glory_keymaster::Revision)>>,
+    /// A write was fenced off: the leadership loop checks at once whether we lead.
+    pub(crate) fenced: tokio::sync::Notify,
     next_session: AtomicU64,
     /// Transitions into each state since start, indexed like `NodeState::ALL`.
     transitions: [AtomicU64; 6],
@@ -235,6 +241,8 @@ impl Cluster {
             started: Instant::now(),
             km_writes: AtomicU64::new(0),
             km_available: AtomicBool::new(true),
+            fence: std::sync::RwLock::new(None),
+            fenced: tokio::sync::Notify::new(),
             next_session: AtomicU64::new(1),
             transitions: Default::default(),
             pools: crate::pools::PoolState::new(book, tenants, frameworks),

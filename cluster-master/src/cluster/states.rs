@@ -197,7 +197,12 @@ pub(crate) async fn status_writer(
             }
             Err(e) => {
                 warn!(error = %e, pending = pending.len(), "cannot write node states; retrying");
-                tokio::time::sleep(backoff).await;
+                // A shutdown meanwhile gets one last attempt, not a wait for the key
+                // master (or for a leadership this master lost).
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => stopping = true,
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }

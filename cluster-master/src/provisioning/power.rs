@@ -154,7 +154,7 @@ impl Cluster {
     }
 
     pub(crate) async fn delete_bmc(&self, target: &str) -> Result<bool, KeyMasterError> {
-        Ok(self.km.delete(&schema::bmc_key(target)).await? > 0)
+        self.km_delete(schema::bmc_key(target)).await
     }
 
     /// Every BMC record, by target.

@@ -58,6 +58,13 @@ pub struct ProvisionerConfig {
     /// Answer IPv6 router solicitations on the boot network with a bare router
     /// advertisement (iPXE otherwise waits 13-16 s for one).
     pub router_advertisements: bool,
+    /// Machines booting an image fetch its root filesystem peer-to-peer: from each
+    /// other, this provisioner seeding and tracking (`aria2c` on this host and in the
+    /// image's initramfs; HTTP from this provisioner otherwise, or when the swarm is
+    /// slow). Diskless boots only: a disk boot streams the image onto the disk.
+    pub boot_p2p: bool,
+    /// This provisioner's seeders' upload limit in KiB/s (0: none).
+    pub seed_upload_kib: u64,
 }
 
 impl Default for ProvisionerConfig {
@@ -90,6 +97,8 @@ impl Default for ProvisionerConfig {
             agent_binary: None,
             kernel_args: String::new(),
             router_advertisements: true,
+            boot_p2p: true,
+            seed_upload_kib: 0,
         }
     }
 }

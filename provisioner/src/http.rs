@@ -74,6 +74,9 @@ pub struct BootHttp {
     /// plan names them and kept here for the next machines.
     pub content: glory_content::ContentCache,
     pub client: reqwest::Client,
+    /// Torrents of the images' root filesystems, their seeders and tracker (None:
+    /// peer-to-peer boot is off, or this host has no `aria2c`).
+    pub swarms: Option<glory_content::swarm::Swarms>,
 }
 
 pub fn router(state: Arc<BootHttp>) -> Router {
@@ -83,6 +86,7 @@ pub fn router(state: Arc<BootHttp>) -> Router {
         .route("/boot/{mac}/{file}", get(boot_file))
         .route("/files/{name}", get(named_file))
         .route("/content/{sha256}", get(content_file))
+        .merge(crate::p2p::routes())
         .with_state(state)
 }
 
@@ -90,14 +94,19 @@ fn mac_of(text: &str) -> Option<String> {
     crate::leases::parse_mac(text).map(|m| crate::leases::mac_text(&m))
 }
 
-/// The iPXE script for one boot. Pure.
-pub fn render_script(base: &str, mac: &str, plan: &BootPlan, extra: &str) -> String {
+/// The iPXE script for one boot. Pure. With `p2p`, a diskless image boot is told
+/// where its root filesystem's torrent is (`glory.torrent=`).
+pub fn render_script(base: &str, mac: &str, plan: &BootPlan, extra: &str, p2p: bool) -> String {
     let masters: Vec<String> = plan.cluster_masters.iter().map(|a| a.to_string()).collect();
     let bootif = format!("01-{}", mac.replace(':', "-"));
     let node = plan.node.as_deref().unwrap_or("a new node");
     if let Some(image) = &plan.image {
         // The image's kernel and initramfs; the initramfs fetches the root filesystem,
         // checks its hash and boots it (in RAM, or written to the first disk).
+        let torrent = match p2p && image.mode == "diskless" {
+            true => format!(" glory.torrent={base}/torrent/{}", image.rootfs.sha256),
+            false => String::new(),
+        };
         return format!(
             "#!ipxe\n\
              echo GLORY-CL: {mac} boots image {name}:{version} ({mode}, profile {profile}, {node})\n\
@@ -105,7 +114,7 @@ pub fn render_script(base: &str, mac: &str, plan: &BootPlan, extra: &str) -> Str
              BOOTIF={bootif} glory.boot={base}/boot/{mac} glory.cm={cms} glory.ca={ca} \
              glory.token={token} glory.image={name}:{version} glory.mode={mode} \
              glory.rootfs={base}/content/{rootfs} glory.rootfs_sha256={rootfs} \
-             glory.rootfs_size={size} {extra}\n\
+             glory.rootfs_size={size}{torrent} {extra}\n\
              initrd --name initrd.img {base}/content/{initrd}\n\
              boot\n",
             name = image.name,
@@ -159,7 +168,7 @@ async fn script(State(s): State<Arc<BootHttp>>, Path(script): Path<String>) -> R
                     s.content.learn(&part.sha256, source);
                 }
             }
-            render_script(&s.base, &mac, &plan, &s.kernel_args)
+            render_script(&s.base, &mac, &plan, &s.kernel_args, s.swarms.is_some())
         }
         Err(why) => {
             s.uplink.report(BootProgress {
@@ -270,30 +279,39 @@ async fn content_file(
     Path(sha256): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    use glory_content::CacheError;
-    let Some(path) = s.content.store().path(&sha256) else {
-        return (StatusCode::BAD_REQUEST, "not a SHA-256\n").into_response();
+    let path = match cached(&s, &sha256).await {
+        Ok(path) => path,
+        Err(refused) => return refused,
     };
-    let client = s.client.clone();
-    match s
-        .content
-        .ensure(&sha256, |source, writer| {
-            glory_content::fetch_into(client, source, writer)
-        })
-        .await
-    {
-        Ok(()) => {}
-        Err(e @ CacheError::Unknown(_)) => {
-            return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
-        }
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
-    }
     let file = ServedFile {
         path,
         sha256,
         data: None,
     };
     serve_file(&file, &headers).await
+}
+
+/// Where content `sha256` a boot plan named is in the cache, fetched (once, verified)
+/// if it is not there yet; the answer to give when it cannot be.
+pub(crate) async fn cached(s: &BootHttp, sha256: &str) -> Result<PathBuf, Response> {
+    use glory_content::CacheError;
+    let Some(path) = s.content.store().path(sha256) else {
+        return Err((StatusCode::BAD_REQUEST, "not a SHA-256\n").into_response());
+    };
+    let client = s.client.clone();
+    match s
+        .content
+        .ensure(sha256, |source, writer| {
+            glory_content::fetch_into(client, source, writer)
+        })
+        .await
+    {
+        Ok(()) => Ok(path),
+        Err(e @ CacheError::Unknown(_)) => {
+            Err((StatusCode::NOT_FOUND, format!("{e}\n")).into_response())
+        }
+        Err(e) => Err((StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response()),
+    }
 }
 
 /// What a `Range` header asks of a file.
@@ -463,13 +481,63 @@ mod tests {
             profile: "enroll".into(),
             image: None,
         };
-        let s = render_script("http://10.0.0.1:7480", "52:54:00:00:00:01", &plan, "quiet");
+        let s = render_script(
+            "http://10.0.0.1:7480",
+            "52:54:00:00:00:01",
+            &plan,
+            "quiet",
+            true,
+        );
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains("kernel http://10.0.0.1:7480/boot/52:54:00:00:00:01/vmlinuz "));
         assert!(s.contains(" BOOTIF=01-52-54-00-00-00-01 "));
         assert!(s.contains(" glory.cm=10.0.0.1:7401,10.0.0.2:7401 "));
         assert!(s.contains(" glory.token=gb-1.secret quiet\n"));
         assert!(s.contains("initrd http://10.0.0.1:7480/boot/52:54:00:00:00:01/initrd.img\n"));
+        assert!(!s.contains("glory.torrent="));
+
+        // An image: its parts from the content cache; a diskless boot with peer-to-peer
+        // on is told where the root filesystem's torrent is, a disk boot is not.
+        let part = |c: &str, size| glory_protocol::ImagePart {
+            sha256: c.repeat(64),
+            size,
+        };
+        let mut plan = BootPlan {
+            image: Some(glory_protocol::BootImage {
+                name: "web".into(),
+                version: 3,
+                mode: "diskless".into(),
+                kernel: part("1", 10),
+                initrd: part("2", 20),
+                rootfs: part("3", 30),
+                content_url: "http://10.0.0.9:7400".into(),
+            }),
+            ..plan
+        };
+        let base = "http://10.0.0.1:7480";
+        let s = render_script(base, "52:54:00:00:00:01", &plan, "", true);
+        assert!(
+            s.contains(&format!("kernel {base}/content/{} ", "1".repeat(64))),
+            "{s}"
+        );
+        assert!(s.contains(&format!(" glory.rootfs={base}/content/{} ", "3".repeat(64))));
+        assert!(s.contains(" glory.rootfs_size=30 "), "{s}");
+        assert!(s.contains(&format!(
+            " glory.torrent={base}/torrent/{} ",
+            "3".repeat(64)
+        )));
+        assert!(s.contains(&format!(
+            "initrd --name initrd.img {base}/content/{}\n",
+            "2".repeat(64)
+        )));
+        assert!(
+            !render_script(base, "52:54:00:00:00:01", &plan, "", false).contains("glory.torrent=")
+        );
+        plan.image.as_mut().unwrap().mode = "disk".into();
+        assert!(
+            !render_script(base, "52:54:00:00:00:01", &plan, "", true).contains("glory.torrent=")
+        );
+
         let r = refusal_script("http://h", "52:54:00:00:00:01", "removed\nby x");
         assert!(r.contains("cannot boot now: removedby x"));
     }

@@ -26,6 +26,7 @@ pub mod firstboot;
 pub mod http;
 pub mod initramfs;
 pub mod leases;
+pub mod p2p;
 pub mod power;
 pub mod ra;
 pub mod run;

@@ -156,6 +156,21 @@ pub async fn start(
         .await
         .with_context(|| format!("bind HTTP boot on {http_addr}"))?;
     let http_addr = listener.local_addr()?;
+    let content = glory_content::ContentStore::open(config.state_dir.join("content"))
+        .context("content cache")?;
+    let swarms = match config.boot_p2p {
+        false => None,
+        true if !crate::p2p::aria2c_present() => {
+            warn!("no aria2c on this host (apt-get install aria2): machines boot images over HTTP only");
+            None
+        }
+        true => Some(glory_content::swarm::Swarms::new(
+            crate::p2p::TRACKER_INTERVAL_S,
+            config.state_dir.join("torrents"),
+            content.root().join("sha256"),
+            config.seed_upload_kib,
+        )),
+    };
     let app = crate::http::router(Arc::new(BootHttp {
         base: base.clone(),
         kernel,
@@ -163,17 +178,16 @@ pub async fn start(
         files,
         kernel_args: config.kernel_args.clone(),
         uplink: uplink.clone(),
-        content: glory_content::ContentCache::new(
-            glory_content::ContentStore::open(config.state_dir.join("content"))
-                .context("content cache")?,
-        ),
+        content: glory_content::ContentCache::new(content),
         client: reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()?,
+        swarms,
     }));
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await;

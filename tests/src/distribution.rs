@@ -61,15 +61,8 @@ pub fn aria2c(torrent: &Path, out: &Path, seed_minutes: &str) -> Command {
     let mut cmd = Command::new("aria2c");
     cmd.arg(format!("--dir={}", out.display()))
         .arg(format!("--seed-time={seed_minutes}"))
-        .args([
-            "--enable-dht=false",
-            "--enable-dht6=false",
-            "--bt-enable-lpd=false",
-            "--summary-interval=0",
-            "--console-log-level=warn",
-            "--file-allocation=none",
-            "--listen-port=7881-7999",
-        ])
+        .args(glory_content::swarm::ARIA2C_ARGS)
+        .args(["--console-log-level=warn", "--listen-port=7881-7999"])
         .arg(torrent);
     cmd
 }

@@ -159,13 +159,15 @@ fn the_agent_never_links_master_code_and_the_masters_never_each_other() {
             .unwrap_or_default()
     };
     let agent = deps("glory-node-agent");
-    let allowed: BTreeSet<String> = ["glory-protocol", "glory-monitor"]
+    // glory-content is the shared content-addressing and swarm library (rank 1, no
+    // master code): the agent takes its aria2c flags from it.
+    let allowed: BTreeSet<String> = ["glory-protocol", "glory-monitor", "glory-content"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     assert!(
         agent.is_subset(&allowed),
-        "node-agent may depend on protocol and monitor only: {agent:?}"
+        "node-agent may depend on protocol, monitor and content only: {agent:?}"
     );
     assert!(!deps("glory-group-master").contains("glory-cluster-master"));
     assert!(!deps("glory-cluster-master").contains("glory-group-master"));

@@ -170,7 +170,8 @@ async fn lab_vms_pxe_boot_enroll_and_obey_power() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(status, 404, "{body}");
-    deploy_images(&api, node, &vms[0]).await?;
+    let provisioner = up.provisioner_http.expect("the lab's provisioner");
+    deploy_images(&api, node, &vms[0], provisioner).await?;
     up.shutdown().await;
 
     // A boot whose token expired before the machine enrolled: refused, `failed`, why.
@@ -229,7 +230,12 @@ async fn running_image(api: &ApiClient, node: &str, name: &str) -> anyhow::Resul
     Ok(n)
 }
 
-async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> anyhow::Result<()> {
+async fn deploy_images(
+    api: &ApiClient,
+    node: &str,
+    vm: &glory::lab::LabVm,
+    provisioner: SocketAddr,
+) -> anyhow::Result<()> {
     let built = std::time::Instant::now();
     let image = glory::image_build::build(
         api,
@@ -294,11 +300,31 @@ async fn deploy_images(api: &ApiClient, node: &str, vm: &glory::lab::LabVm) -> a
             .ok_or(n["inventory"]["hostname"].to_string())
     })
     .await?;
+    // Peer-to-peer (issue 19): the initramfs fetched the root filesystem with aria2c
+    // from the provisioner's seeder and tracker, and stayed in the swarm as a seeder.
     let console = std::fs::read_to_string(&vm.console).unwrap_or_default();
     assert!(
-        console.contains("fetching the root filesystem into RAM"),
+        console.contains("fetching the root filesystem peer-to-peer")
+            && console.contains("fetched peer-to-peer"),
         "{console}"
     );
+    let rootfs = image["rootfs"]["sha256"].as_str().expect("rootfs sha256");
+    let size = image["rootfs"]["size"].as_u64().expect("rootfs size");
+    // The seeder reports what it uploaded when it announces (every 10 s).
+    let (swarm, _) = until("the swarm's report", Duration::from_secs(60), || async {
+        let swarm: Value = reqwest::get(format!("http://{provisioner}/torrent/{rootfs}/swarm"))
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let whole = swarm["seeder_uploaded"].as_u64().unwrap_or(0) >= size;
+        (whole && swarm["completed"] == 1)
+            .then_some(swarm.clone())
+            .ok_or(swarm.to_string())
+    })
+    .await?;
+    eprintln!("the image's swarm on the provisioner: {swarm}");
     // A changed key is applied again, without a reboot.
     let before = api.get(&format!("/api/v1/nodes/{node}/setup")).await?;
     put(profile("AAAAsecond", "diskless")).await?;

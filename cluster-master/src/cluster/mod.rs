@@ -106,7 +106,7 @@ pub struct Cluster {
     /// What each node was sent of its configuration and packages, and what it said.
     pub(crate) setup: crate::provisioning::setup::SetupState,
     /// Images' torrents, their seeders and the tracker.
-    pub(crate) distribution: crate::provisioning::seeders::Distribution,
+    pub(crate) distribution: glory_content::swarm::Swarms,
 }
 
 impl Cluster {
@@ -200,7 +200,12 @@ impl Cluster {
             crate::services::ServiceState::load(km.as_ref(), settings.balancer_dir.clone())
                 .await
                 .context("load services")?;
-        let settings_tracker_interval = settings.tracker_interval_seconds;
+        let distribution = glory_content::swarm::Swarms::new(
+            settings.tracker_interval_seconds,
+            settings.content_dir.join("torrents"),
+            settings.content_dir.join("sha256"),
+            settings.seed_upload_kib,
+        );
         let content = glory_content::ContentStore::open(&settings.content_dir)
             .with_context(|| format!("content store {}", settings.content_dir.display()))?;
         let images = crate::provisioning::images::ImageState::load(km.as_ref(), content)
@@ -255,9 +260,7 @@ impl Cluster {
             secrets,
             power: Default::default(),
             services,
-            distribution: crate::provisioning::seeders::Distribution::new(
-                settings_tracker_interval,
-            ),
+            distribution,
             images,
             setup: Default::default(),
         });

@@ -104,6 +104,22 @@ impl ImageState {
         lock(&self.profiles).get(name).cloned()
     }
 
+    /// What `sha` is when it spreads peer-to-peer: an image's root filesystem, or a
+    /// package version of `min_package` bytes or more (looked up under the locks,
+    /// without copying the records: asked per torrent and swarm request).
+    pub(crate) fn distributed(&self, sha: &str, min_package: Option<u64>) -> Option<String> {
+        if let Some(i) = lock(&self.images).values().find(|i| i.rootfs.sha256 == sha) {
+            return Some(format!("image {} version {}", i.name, i.version));
+        }
+        let min = min_package?;
+        lock(&self.software).values().find_map(|p| {
+            p.versions
+                .iter()
+                .find(|v| v.blob.sha256 == sha && v.blob.size >= min)
+                .map(|v| format!("package {} version {}", p.name, v.version))
+        })
+    }
+
     pub(crate) fn software(&self) -> Vec<SoftwareRecord> {
         lock(&self.software).values().cloned().collect()
     }

@@ -67,14 +67,10 @@ pub async fn fetch(
             work.join("done.sh").display()
         ))
         .arg(format!("--stop-with-process={}", std::process::id()))
+        .args(glory_content::swarm::ARIA2C_ARGS)
         .args([
             "--seed-ratio=0.0",
-            "--enable-dht=false",
-            "--enable-dht6=false",
-            "--bt-enable-lpd=false",
-            "--file-allocation=none",
             "--listen-port=6881-6999",
-            "--summary-interval=0",
             "--console-log-level=error",
             "--quiet=true",
         ])

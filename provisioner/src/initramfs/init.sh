@@ -8,6 +8,10 @@
 # and glory.mode=diskless|disk: the root filesystem (a squashfs) is fetched into RAM
 # (diskless) or written to the first disk (disk, kept when it is already there),
 # checked against its hash, mounted under a tmpfs overlay, and booted (/sbin/init).
+# A diskless boot with glory.torrent=URL (and aria2c in this initramfs) fetches the root
+# filesystem peer-to-peer: from the other machines booting it, the provisioner seeding;
+# it keeps seeding for glory.seed_seconds= (default 60) after it booted. A swarm that
+# fails or is slower than 256 KiB/s gives way to HTTP.
 /bin/busybox --install -s
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 
@@ -28,6 +32,9 @@ GLORY_ROOTFS=
 GLORY_ROOTFS_SHA=
 GLORY_ROOTFS_SIZE=
 GLORY_MODE=diskless
+GLORY_TORRENT=
+GLORY_SEED=60
+P2P_PID=
 set -f
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -42,6 +49,8 @@ for arg in $(cat /proc/cmdline); do
     glory.rootfs_sha256=*) GLORY_ROOTFS_SHA=${arg#glory.rootfs_sha256=} ;;
     glory.rootfs_size=*) GLORY_ROOTFS_SIZE=${arg#glory.rootfs_size=} ;;
     glory.mode=*) GLORY_MODE=${arg#glory.mode=} ;;
+    glory.torrent=*) GLORY_TORRENT=${arg#glory.torrent=} ;;
+    glory.seed_seconds=*) GLORY_SEED=${arg#glory.seed_seconds=} ;;
     esac
 done
 set +f
@@ -119,6 +128,37 @@ first_disk() {
     done
 }
 
+# The root filesystem into RAM from the swarm (aria2c checks every piece by SHA-1; the
+# caller checks the SHA-256): /glory/rw/<sha256>, or nothing. aria2c stays behind as a
+# seeder for GLORY_SEED seconds; a hook marks the download whole.
+fetch_p2p() {
+    [ -n "$GLORY_TORRENT" ] && command -v aria2c >/dev/null || return 1
+    timeout 30 wget -q -O /tmp/root.torrent "$GLORY_TORRENT" || { log "no torrent at $GLORY_TORRENT"; return 1; }
+    printf '#!/bin/sh\ntouch /tmp/p2p.done\n' > /tmp/p2p-done.sh
+    chmod 755 /tmp/p2p-done.sh
+    rm -f /tmp/p2p.done
+    log "fetching the root filesystem peer-to-peer"
+    seed_minutes=$(awk -v s="$GLORY_SEED" 'BEGIN { printf "%.2f", s / 60 }')
+    aria2c --no-conf=true --dir=/glory/rw --seed-time="$seed_minutes" --seed-ratio=0.0 \
+        --enable-dht=false --enable-dht6=false --bt-enable-lpd=false --file-allocation=none \
+        --summary-interval=0 --console-log-level=error --quiet=true --listen-port=6881-6999 \
+        --bt-stop-timeout=60 --on-bt-download-complete=/tmp/p2p-done.sh /tmp/root.torrent &
+    P2P_PID=$!
+    # No slower than 256 KiB/s, and at least two minutes.
+    deadline=$(($(uptime_whole) + 120 + ${GLORY_ROOTFS_SIZE:-0} / 262144))
+    while [ ! -e /tmp/p2p.done ]; do
+        if ! kill -0 "$P2P_PID" 2>/dev/null || [ "$(uptime_whole)" -ge $deadline ]; then
+            log "the swarm did not deliver the root filesystem; over HTTP instead"
+            kill "$P2P_PID" 2>/dev/null
+            rm -f "/glory/rw/$GLORY_ROOTFS_SHA" "/glory/rw/$GLORY_ROOTFS_SHA.aria2"
+            return 1
+        fi
+        sleep 0.5
+    done
+    ROOTFS_FILE=/glory/rw/$GLORY_ROOTFS_SHA
+    log "fetched peer-to-peer at $(uptime_s) s since boot; seeding for $GLORY_SEED s"
+}
+
 # The image's root filesystem, checked: where it is, or nothing.
 fetch_rootfs() {
     case "$GLORY_MODE" in
@@ -139,11 +179,20 @@ fetch_rootfs() {
         ROOTFS_SRC=$disk
         ;;
     *)
-        log "fetching the root filesystem into RAM"
-        timeout 3600 wget -q -O /glory/rw/root.squashfs "$GLORY_ROOTFS" || return 1
-        have=$(sha256sum /glory/rw/root.squashfs | cut -d' ' -f1)
-        [ "$have" = "$GLORY_ROOTFS_SHA" ] || { log "fetched $have, not $GLORY_ROOTFS_SHA"; rm -f /glory/rw/root.squashfs; return 1; }
-        ROOTFS_SRC=/glory/rw/root.squashfs
+        if ! fetch_p2p; then
+            log "fetching the root filesystem into RAM"
+            ROOTFS_FILE=/glory/rw/root.squashfs
+            timeout 3600 wget -q -O "$ROOTFS_FILE" "$GLORY_ROOTFS" || return 1
+        fi
+        have=$(sha256sum "$ROOTFS_FILE" | cut -d' ' -f1)
+        if [ "$have" != "$GLORY_ROOTFS_SHA" ]; then
+            log "fetched $have, not $GLORY_ROOTFS_SHA"
+            [ -n "$P2P_PID" ] && kill "$P2P_PID" 2>/dev/null
+            GLORY_TORRENT=
+            rm -f "$ROOTFS_FILE"
+            return 1
+        fi
+        ROOTFS_SRC=$ROOTFS_FILE
         ;;
     esac
 }
@@ -156,7 +205,7 @@ if [ -n "$GLORY_ROOTFS" ]; then
         report "state=failed&detail=$(urlencode "the image's root filesystem could not be fetched or did not match its hash; retrying in 10 s")"
         sleep 10
     done
-    if [ "$ROOTFS_SRC" = /glory/rw/root.squashfs ]; then
+    if [ "$ROOTFS_SRC" != "${ROOTFS_SRC#/glory/rw/}" ]; then
         mount -t squashfs -o ro,loop "$ROOTFS_SRC" /glory/ro
     else
         mount -t squashfs -o ro "$ROOTFS_SRC" /glory/ro

@@ -42,6 +42,17 @@ pub struct ClusterMasterConfig {
     pub advertise: Option<SocketAddr>,
     /// API address published when this master leads (default: `api_listen`).
     pub api_advertise: Option<SocketAddr>,
+    /// Serve the API over plain HTTP even on an address that is not loopback (bearer
+    /// tokens then cross the network in clear). Off: HTTPS everywhere but loopback.
+    pub insecure_http: bool,
+    /// The API's certificate (PEM, leaf first) and key, from the operator's own CA.
+    /// Default: a certificate from the cluster CA for `api_names` and every address
+    /// the API is reached by.
+    pub api_cert: Option<PathBuf>,
+    pub api_key: Option<PathBuf>,
+    /// DNS names and addresses (beside the ones found) the cluster CA's API
+    /// certificate names: a load balancer's, a DNS alias.
+    pub api_names: Vec<String>,
     /// Data directory: embedded key master, `operator.token`.
     pub data_dir: PathBuf,
     /// The key master.
@@ -114,6 +125,10 @@ impl Default for ClusterMasterConfig {
             api_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             advertise: None,
             api_advertise: None,
+            insecure_http: false,
+            api_cert: None,
+            api_key: None,
+            api_names: Vec::new(),
             data_dir: PathBuf::from("/var/lib/glory-cluster-master"),
             keymaster: KeyMasterConfig::default(),
             group_size_limit: 250,
@@ -144,6 +159,17 @@ impl Default for ClusterMasterConfig {
     }
 }
 
+/// How the API is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiTls {
+    /// Plain HTTP: on a loopback address, or with `insecure_http`.
+    Plain,
+    /// HTTPS with a certificate from the cluster CA (issued at every start).
+    ClusterCa,
+    /// HTTPS with the operator's certificate and key.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
 /// Validated settings the cluster master runs with.
 #[derive(Clone, Debug)]
 pub struct ClusterMasterSettings {
@@ -152,6 +178,11 @@ pub struct ClusterMasterSettings {
     pub api_listen: SocketAddr,
     pub advertise: Option<SocketAddr>,
     pub api_advertise: Option<SocketAddr>,
+    /// Plain HTTP or HTTPS, and with which certificate.
+    pub api_tls: ApiTls,
+    pub api_names: Vec<String>,
+    /// Where the cluster CA's certificate is written for clients: `<data_dir>/ca.pem`.
+    pub ca_file: PathBuf,
     pub group_size_limit: usize,
     pub cert_validity: Duration,
     pub bootstrap_token_ttl: Option<Duration>,
@@ -255,11 +286,35 @@ impl ClusterMasterConfig {
             bail!("content_max_mb must be positive");
         }
         if let Some(url) = &self.content_url {
-            if !url.starts_with("http://") {
-                bail!("content_url: {url:?} is not an http:// URL");
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("content_url: {url:?} is not an http:// or https:// URL");
+            }
+        }
+        let api_tls = match (&self.api_cert, &self.api_key) {
+            (Some(cert), Some(key)) => ApiTls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (Some(_), None) | (None, Some(_)) => {
+                bail!("api_cert and api_key go together: give both, or neither for a certificate from the cluster CA")
+            }
+            (None, None) if self.insecure_http || self.api_listen.ip().is_loopback() => {
+                ApiTls::Plain
+            }
+            (None, None) => ApiTls::ClusterCa,
+        };
+        for name in &self.api_names {
+            if name.is_empty()
+                || name.len() > 253
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                bail!("api_names: {name:?} is not a DNS name or an address");
             }
         }
         Ok(ClusterMasterSettings {
+            api_tls,
+            api_names: self.api_names.clone(),
+            ca_file: self.data_dir.join("ca.pem"),
             content_dir: self.data_dir.join("content"),
             content_max_bytes: self.content_max_mb << 20,
             content_url: self.content_url.clone(),
@@ -330,6 +385,43 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn the_api_is_https_except_on_loopback_or_when_told() {
+        let tls = |toml: &str| {
+            ClusterMasterConfig::from_toml(toml)
+                .unwrap()
+                .validate()
+                .map(|s| s.api_tls)
+        };
+        assert_eq!(tls("api_listen = '127.0.0.1:7400'").unwrap(), ApiTls::Plain);
+        assert_eq!(tls("api_listen = '[::1]:7400'").unwrap(), ApiTls::Plain);
+        assert_eq!(
+            tls("api_listen = '0.0.0.0:7400'").unwrap(),
+            ApiTls::ClusterCa
+        );
+        assert_eq!(
+            tls("api_listen = '10.0.0.1:7400'").unwrap(),
+            ApiTls::ClusterCa
+        );
+        assert_eq!(
+            tls("api_listen = '0.0.0.0:7400'\ninsecure_http = true").unwrap(),
+            ApiTls::Plain
+        );
+        // The operator's certificate, even on loopback.
+        assert_eq!(
+            tls("api_cert = '/c.pem'\napi_key = '/k.pem'").unwrap(),
+            ApiTls::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            }
+        );
+        let e = tls("api_cert = '/c.pem'").unwrap_err().to_string();
+        assert!(e.contains("api_cert and api_key go together"), "{e}");
+        assert!(tls("api_names = ['a b']").is_err());
+        assert!(tls("content_url = 'https://10.0.0.1:7400'").is_ok());
+        assert!(tls("content_url = 'ftp://x'").is_err());
     }
 }
 

@@ -16,6 +16,7 @@ mod console;
 mod enroll;
 mod events;
 mod group_roles;
+mod https;
 mod leadership;
 mod link;
 mod monitoring;
@@ -289,6 +290,8 @@ pub async fn start(
         group: None,
     };
     let (identity, _) = ca.issue(&subject, settings.cert_validity)?;
+    https::write_ca_pem(&settings.ca_file, &ca)?;
+    let api_tls = https::server_config(&settings, &ca)?;
     let timing = LinkTiming {
         idle_timeout: settings.group_idle_timeout,
         keep_alive: None,
@@ -323,6 +326,9 @@ pub async fn start(
         let app = api::router(node.clone());
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            if let Some(tls) = api_tls {
+                return https::serve(listener, tls, app, shutdown).await;
+            }
             let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -355,6 +361,7 @@ pub async fn start(
     let content_follower = shutdown.child_token();
     tasks.spawn(provisioning::follow_content(
         node.clone(),
+        glory_content::http_client(Some(ca.cert_pem()))?,
         content_follower.clone(),
     ));
     info!(quic = %quic_addr, api = %api_addr, "cluster master up; campaigning for leadership");

@@ -19,6 +19,20 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+/// An HTTP client for fetching from the cluster's masters, trusting the cluster CA
+/// (`ca_pem`) when the cluster master's API (and so its content) is HTTPS; plain HTTP
+/// works as well. Connections time out after 10 s.
+pub fn http_client(ca_pem: Option<&str>) -> reqwest::Result<reqwest::Client> {
+    let mut builder =
+        reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(pem) = ca_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build()
+}
+
 /// Whether `text` is a SHA-256 in lower-case hex.
 pub fn is_sha256(text: &str) -> bool {
     text.len() == 64

@@ -51,6 +51,8 @@ pub struct Swarms {
     files_dir: PathBuf,
     /// The seeders' upload limit in KiB/s (0: none).
     upload_kib: u64,
+    /// The CA the tracker's HTTPS certificate is checked against.
+    ca_file: Option<PathBuf>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,7 +70,13 @@ impl Swarms {
             torrent_dir,
             files_dir,
             upload_kib,
+            ca_file: None,
         }
+    }
+
+    /// Seeders check the tracker's HTTPS certificate against `ca_file` (PEM).
+    pub fn trusting(self, ca_file: Option<PathBuf>) -> Self {
+        Swarms { ca_file, ..self }
     }
 
     pub fn tracker(&self) -> MutexGuard<'_, Tracker> {
@@ -136,7 +144,11 @@ impl Swarms {
                 return Ok(());
             }
         }
-        let child = tokio::process::Command::new("aria2c")
+        let mut command = tokio::process::Command::new("aria2c");
+        if let Some(ca) = &self.ca_file {
+            command.arg(format!("--ca-certificate={}", ca.display()));
+        }
+        let child = command
             .arg(format!("--dir={}", self.files_dir.display()))
             .args(ARIA2C_ARGS)
             .args([

@@ -10,8 +10,14 @@ use crate::client::{urlencode, ApiClient};
 use crate::table::{render, when_value};
 use crate::up::{Up, UpOptions};
 
-/// An API client with the token from the flag/env, or `<data_dir>/operator.token`.
-pub fn client(api: &str, token: Option<&str>, data_dir: &Path) -> anyhow::Result<ApiClient> {
+/// An API client with the token from the flag/env, or `<data_dir>/operator.token`,
+/// checking an HTTPS API against `cacert` (the flag/env), or `<data_dir>/ca.pem`.
+pub fn client(
+    api: &str,
+    token: Option<&str>,
+    cacert: Option<&Path>,
+    data_dir: &Path,
+) -> anyhow::Result<ApiClient> {
     let token = match token {
         Some(t) => t.to_string(),
         None => {
@@ -24,7 +30,20 @@ pub fn client(api: &str, token: Option<&str>, data_dir: &Path) -> anyhow::Result
             })?
         }
     };
-    ApiClient::new(api, &token)
+    let client = ApiClient::new(api, &token)?;
+    let ca = match cacert {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--cacert {}", path.display()))?,
+        ),
+        None => std::fs::read_to_string(data_dir.join("ca.pem")).ok(),
+    };
+    match ca {
+        Some(pem) => client
+            .with_ca(&pem)
+            .with_context(|| format!("the CA certificate for {api}")),
+        None => Ok(client),
+    }
 }
 
 pub(crate) fn print_json(value: &Value) {
@@ -74,10 +93,16 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     let up = Up::start(options).await?;
     println!("GLORY-CL all-in-one cluster is running ({nodes} simulated nodes).");
     println!(
-        "  web console:     http://{}/  (sign in with the operator token)",
-        up.api_addr
+        "  web console:     {}/  (sign in with the operator token)",
+        up.api_url
     );
-    println!("  REST API:        http://{}", up.api_addr);
+    println!("  REST API:        {}", up.api_url);
+    if up.api_url.starts_with("https://") {
+        println!(
+            "  CA certificate:  {} (the CLI finds it there; browsers and curl need it: --cacert)",
+            data_dir.join("ca.pem").display()
+        );
+    }
     println!("  cluster master:  {} (QUIC)", up.quic_addr);
     println!(
         "  operator token:  {} (also in {})",

@@ -9,36 +9,82 @@ pub struct ApiClient {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// The CA an HTTPS API's certificate is checked against (PEM).
+    ca_pem: Option<String>,
+    timeout: Option<std::time::Duration>,
+}
+
+/// The API's base URL for an address as an operator writes it: a URL as it is;
+/// `host:port` over plain HTTP on loopback and HTTPS anywhere else, as the cluster
+/// master serves it (unless told `insecure_http`: then write `http://`).
+pub fn base_url(api: &str) -> String {
+    let api = api.trim_end_matches('/');
+    if api.starts_with("http://") || api.starts_with("https://") {
+        return api.to_string();
+    }
+    let host = api.rsplit_once(':').map_or(api, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match loopback {
+        true => format!("http://{api}"),
+        false => format!("https://{api}"),
+    }
 }
 
 impl ApiClient {
     pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
-        let base = if base.starts_with("http://") || base.starts_with("https://") {
-            base.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{}", base.trim_end_matches('/'))
-        };
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("build HTTP client")?;
-        Ok(ApiClient {
-            base,
+        let mut client = ApiClient {
+            base: base_url(base),
             token: token.trim().to_string(),
-            http,
-        })
+            http: reqwest::Client::new(),
+            ca_pem: None,
+            timeout: Some(std::time::Duration::from_secs(30)),
+        };
+        client.http = client.http_client(client.timeout)?;
+        Ok(client)
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
+    /// An HTTP client trusting our CA, with requests given up after `timeout`.
+    fn http_client(&self, timeout: Option<std::time::Duration>) -> anyhow::Result<reqwest::Client> {
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(t) = timeout {
+            builder = builder.timeout(t);
+        }
+        if let Some(pem) = &self.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .context("the CA certificate (--cacert) is not PEM")?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        builder.build().context("build HTTP client")
+    }
+
     /// The same client with requests given up after `timeout` (30 s by default).
     pub fn with_timeout(mut self, timeout: std::time::Duration) -> anyhow::Result<Self> {
-        self.http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .context("build HTTP client")?;
+        self.timeout = Some(timeout);
+        self.http = self.http_client(self.timeout)?;
+        Ok(self)
+    }
+
+    /// The same client checking an HTTPS API's certificate against `ca_pem` (the
+    /// cluster CA, `<data-dir>/ca.pem`).
+    pub fn with_ca(mut self, ca_pem: &str) -> anyhow::Result<Self> {
+        if reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes())
+            .map_or(true, |certs| certs.is_empty())
+        {
+            anyhow::bail!("the CA file holds no PEM certificate");
+        }
+        self.ca_pem = Some(ca_pem.to_string());
+        self.http = self.http_client(self.timeout)?;
         Ok(self)
     }
 
@@ -72,10 +118,31 @@ impl ApiClient {
         let resp = req
             .send()
             .await
-            .with_context(|| format!("{method} {url}"))?;
+            .map_err(|e| self.explain(e, &method, &url))?;
         let status = resp.status();
         let text = resp.text().await.context("read response")?;
         Ok((status, text))
+    }
+
+    /// A failed request, with a hint when it was the API's certificate (HTTPS without
+    /// the CA) or the scheme (HTTP to HTTPS or the reverse).
+    fn explain(&self, e: reqwest::Error, method: &Method, url: &str) -> anyhow::Error {
+        let chain = format!("{:#}", anyhow::Error::new(e));
+        let hint = if chain.contains("certificate") || chain.contains("UnknownIssuer") {
+            match self.ca_pem {
+                None => "; the API is HTTPS with a certificate from the cluster CA: pass --cacert <data-dir>/ca.pem or set GLORY_CACERT",
+                Some(_) => "; the API's certificate is not from the CA given (--cacert) or does not name this address",
+            }
+        } else if self.base.starts_with("https://")
+            && (chain.contains("InvalidContentType")
+                || chain.contains("corrupt message")
+                || chain.contains("record overflow"))
+        {
+            "; the API answered without TLS: use an http:// address"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("{method} {url}: {chain}{hint}")
     }
 
     /// Send a request; a non-2xx answer becomes an error carrying the API's message.
@@ -237,10 +304,7 @@ impl ApiClient {
     pub async fn events(&self, path: &str) -> anyhow::Result<EventStream> {
         let url = format!("{}{}", self.base, path);
         // No overall timeout: the stream lasts as long as the caller reads it.
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .context("build HTTP client")?;
+        let http = self.http_client(None)?;
         let resp = http
             .get(&url)
             .bearer_auth(&self.token)
@@ -313,10 +377,7 @@ impl ApiClient {
                 }
             });
         // No overall timeout: a large image takes what it takes.
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .context("build HTTP client")?;
+        let http = self.http_client(None)?;
         let url = format!("{}/api/v1/content/{sha256}", self.base);
         let resp = http
             .put(&url)
@@ -337,9 +398,31 @@ impl ApiClient {
     /// The same API with another bearer token.
     pub fn with_token(&self, token: &str) -> ApiClient {
         ApiClient {
-            base: self.base.clone(),
             token: token.trim().to_string(),
-            http: self.http.clone(),
+            ..self.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scheme_follows_the_address_as_the_master_serves_it() {
+        assert_eq!(base_url("127.0.0.1:7400"), "http://127.0.0.1:7400");
+        assert_eq!(base_url("[::1]:7400/"), "http://[::1]:7400");
+        assert_eq!(base_url("localhost:7400"), "http://localhost:7400");
+        assert_eq!(base_url("10.0.1.1:7400"), "https://10.0.1.1:7400");
+        assert_eq!(base_url("cm.example:7400"), "https://cm.example:7400");
+        assert_eq!(base_url("http://10.0.1.1:7400"), "http://10.0.1.1:7400");
+        assert_eq!(base_url("https://127.0.0.1:7400"), "https://127.0.0.1:7400");
+    }
+
+    #[test]
+    fn a_ca_that_is_not_pem_is_refused() {
+        let c = ApiClient::new("10.0.0.1:7400", "t").unwrap();
+        let e = c.with_ca("not a certificate").err().unwrap().to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
     }
 }

@@ -22,6 +22,10 @@ struct Cli {
     /// API bearer token; default: the `operator.token` file in --data-dir.
     #[arg(long, env = "GLORY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// The cluster CA's certificate, which an HTTPS API is checked against; default:
+    /// `ca.pem` in --data-dir.
+    #[arg(long, env = "GLORY_CACERT", global = true)]
+    cacert: Option<PathBuf>,
     /// Data directory of `glory up` (where the CLI finds operator.token).
     #[arg(
         long,
@@ -48,9 +52,13 @@ enum Command {
         /// Group masters.
         #[arg(long, default_value_t = 4)]
         groups: usize,
-        /// REST API address.
+        /// REST API address: plain HTTP on loopback, HTTPS with a certificate from
+        /// the cluster CA anywhere else (its `ca.pem` in --data-dir).
         #[arg(long, default_value = "127.0.0.1:7400")]
         api_listen: SocketAddr,
+        /// Serve the API over plain HTTP even on an address that is not loopback.
+        #[arg(long)]
+        insecure_http: bool,
         /// QUIC address of the cluster master (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
@@ -440,6 +448,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         nodes,
         groups,
         api_listen,
+        insecure_http,
         listen,
         heartbeat_ms,
         down_after_ms,
@@ -473,6 +482,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lab_agent_binary: None,
             real_agents,
             reclaim_grace_seconds: reclaim_grace,
+            insecure_http,
             ..Default::default()
         };
         return c::up(options).await;
@@ -569,7 +579,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         glory_protocol::process::init_tracing("warn,glory_node_agent=error");
         return c::bench(bench_options(bench)?).await;
     }
-    let client = c::client(&cli.api, cli.token.as_deref(), &cli.data_dir)?;
+    let client = c::client(
+        &cli.api,
+        cli.token.as_deref(),
+        cli.cacert.as_deref(),
+        &cli.data_dir,
+    )?;
     match cli.command {
         Command::Up { .. }
         | Command::SimAgents(_)

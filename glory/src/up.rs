@@ -50,6 +50,8 @@ pub struct UpOptions {
     /// `reclaim_grace_seconds` and `offer_timeout_seconds` of the cluster master.
     pub reclaim_grace_seconds: u64,
     pub offer_timeout_seconds: u64,
+    /// Plain HTTP even when `api_listen` is not loopback (default: HTTPS there).
+    pub insecure_http: bool,
 }
 
 impl Default for UpOptions {
@@ -72,6 +74,7 @@ impl Default for UpOptions {
             lab_agent_binary: None,
             real_agents: 0,
             reclaim_grace_seconds: 60,
+            insecure_http: false,
             offer_timeout_seconds: 30,
         }
     }
@@ -80,6 +83,11 @@ impl Default for UpOptions {
 /// A running all-in-one cluster.
 pub struct Up {
     pub api_addr: SocketAddr,
+    /// The API's URL: `https://` unless it is on loopback or `insecure_http`; an API
+    /// bound to every address is named by loopback.
+    pub api_url: String,
+    /// The cluster CA's certificate, which the API's is checked against.
+    pub ca_pem: String,
     pub quic_addr: SocketAddr,
     pub operator_token: String,
     pub fleet: SimFleet,
@@ -157,6 +165,7 @@ impl Up {
             group_size_limit: options.group_size_limit,
             reclaim_grace_seconds: options.reclaim_grace_seconds,
             offer_timeout_seconds: options.offer_timeout_seconds,
+            insecure_http: options.insecure_http,
             ..Default::default()
         };
         let cm_shutdown = CancellationToken::new();
@@ -268,6 +277,15 @@ impl Up {
                 .map(|names| (Some(group), names))?
             }
         };
+        let api_url = {
+            let tls = !(options.insecure_http || options.api_listen.ip().is_loopback());
+            let mut addr = cm.api_addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("{}://{addr}", if tls { "https" } else { "http" })
+        };
+        let ca_pem = cluster.ca_pem();
         let provisioner_shutdown = CancellationToken::new();
         let mut lab = lab;
         let mut lab_powered_on_ms = Vec::new();
@@ -279,7 +297,7 @@ impl Up {
                     &options,
                     &cluster,
                     cm.quic_addr,
-                    cm.api_addr,
+                    &api_url,
                     &cm.operator_token,
                     &provisioner_shutdown,
                 )
@@ -293,6 +311,8 @@ impl Up {
             provisioner_http,
             provisioner_shutdown,
             api_addr: cm.api_addr,
+            api_url,
+            ca_pem,
             quic_addr: cm.quic_addr,
             operator_token: cm.operator_token.clone(),
             fleet,
@@ -414,7 +434,7 @@ async fn start_lab(
     options: &UpOptions,
     cluster: &glory_cluster_master::Cluster,
     quic: SocketAddr,
-    api: SocketAddr,
+    api_url: &str,
     operator_token: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
@@ -446,7 +466,8 @@ async fn start_lab(
     };
     let running = glory_provisioner::run::start(config, shutdown.clone()).await?;
     lab.start_vms(&dir)?;
-    let client = crate::client::ApiClient::new(&format!("http://{api}"), operator_token)?;
+    let client =
+        crate::client::ApiClient::new(api_url, operator_token)?.with_ca(&cluster.ca_pem())?;
     for vm in &lab.vms {
         let body =
             serde_json::json!({"driver": "qemu", "address": format!("unix:{}", vm.qmp.display())});

@@ -35,6 +35,7 @@ impl ContentProxy {
         listen: SocketAddr,
         advertise_ip: std::net::IpAddr,
         cache: Option<PathBuf>,
+        ca_pem: Option<&str>,
     ) -> anyhow::Result<(Arc<ContentProxy>, tokio::net::TcpListener)> {
         use anyhow::Context;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -57,9 +58,8 @@ impl ContentProxy {
         let proxy = ContentProxy {
             cache: ContentCache::new(store),
             base: format!("http://{}", SocketAddr::new(advertise_ip, port)),
-            client: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .build()?,
+            // The cluster master's content is HTTPS when its API is.
+            client: glory_content::http_client(ca_pem)?,
             own_dir,
         };
         Ok((Arc::new(proxy), listener))

@@ -107,6 +107,7 @@ impl GroupMaster {
                 .unwrap_or(std::net::SocketAddr::new(advertise.ip(), 0)),
             advertise.ip(),
             settings.content_cache.clone(),
+            Some(&identity.ca_pem),
         )
         .await?;
         shared.set_content(content.clone());

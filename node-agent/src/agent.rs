@@ -188,6 +188,8 @@ pub async fn run_agent(
                 }
             }
         };
+        // Content and torrents of an HTTPS cluster master are checked against our CA.
+        setup.trust(&identity.tls.ca_pem);
         let end = session(
             &settings,
             &deps,

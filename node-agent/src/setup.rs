@@ -54,6 +54,9 @@ pub struct Setup {
     /// Packages offered peer-to-peer are fetched so, then seeded this long; None:
     /// always over HTTP (simulated agents).
     p2p_seed: Option<Duration>,
+    /// The cluster CA (PEM), which an HTTPS cluster master's content and tracker are
+    /// checked against; set once the agent has its identity.
+    ca_pem: std::sync::OnceLock<String>,
 }
 
 impl Setup {
@@ -76,7 +79,14 @@ impl Setup {
             changed: tokio::sync::Notify::new(),
             client: std::sync::OnceLock::new(),
             p2p_seed,
+            ca_pem: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Trust `ca_pem` (the cluster CA) for downloads: the first call counts (every
+    /// identity of this agent comes from the same cluster).
+    pub fn trust(&self, ca_pem: &str) {
+        let _ = self.ca_pem.set(ca_pem.to_string());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -289,13 +299,14 @@ impl Setup {
             let dir = dir.clone();
             tokio::spawn(async move {
                 let key = (spec.name.clone(), spec.version.clone());
+                let ca = me.ca_pem.get().map(String::as_str);
                 let client = me.client.get_or_init(|| {
-                    reqwest::Client::builder()
-                        .connect_timeout(Duration::from_secs(10))
-                        .build()
-                        .unwrap_or_default()
+                    glory_content::http_client(ca).unwrap_or_else(|e| {
+                        warn!(error = %e, "the cluster CA is unusable for downloads; HTTP only");
+                        reqwest::Client::default()
+                    })
                 });
-                let result = install(client, &dir, &spec, me.p2p_seed).await;
+                let result = install(client, &dir, &spec, me.p2p_seed, ca).await;
                 let mut inner = me.lock();
                 inner.installing.retain(|k| *k != key);
                 match result {
@@ -404,6 +415,7 @@ async fn install(
     dir: &Path,
     spec: &PackageSpec,
     p2p_seed: Option<Duration>,
+    ca_pem: Option<&str>,
 ) -> Result<(), String> {
     if spec.name.contains('/') || spec.version.contains('/') || spec.name.starts_with('.') {
         return Err("bad package name or version".into());
@@ -425,7 +437,7 @@ async fn install(
     // through the group's proxy otherwise, or when that fails.
     let local = match (&spec.torrent, p2p_seed) {
         (Some(torrent), Some(seed)) if p2p::available() => {
-            match p2p::fetch(client, torrent, dir, spec, seed).await {
+            match p2p::fetch(client, torrent, dir, spec, seed, ca_pem).await {
                 Ok(path) => Some(path),
                 Err(e) => {
                     warn!(package = %spec.name, version = %spec.version, error = %e, "peer-to-peer fetch failed; downloading over HTTP");

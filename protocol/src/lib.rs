@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod api_tls;
 pub mod enroll;
 pub mod frame;
 pub mod lean;

@@ -79,7 +79,7 @@ pub enum TlsError {
 /// runs HKDF on SHA-384, which has no hardware help here and took 5% of the masters' CPU
 /// while 10,000 nodes enrolled, and AES-256 costs more per packet. AES-128-GCM is the
 /// suite every QUIC stack must support (RFC 9001).
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider
         .cipher_suites
@@ -100,19 +100,19 @@ pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, TlsError> {
         .ok_or_else(|| TlsError::Pem("no certificate".into()))
 }
 
-fn pem_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn pem_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     use rustls_pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem(e.to_string()))
 }
 
-fn pem_key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn pem_key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     use rustls_pki_types::pem::PemObject;
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem(e.to_string()))
 }
 
-fn random_serial() -> (SerialNumber, String) {
+pub(crate) fn random_serial() -> (SerialNumber, String) {
     let mut bytes: [u8; 16] = rand::random();
     bytes[0] &= 0x7f; // positive, as DER integers must be
     bytes[0] |= 0x01; // no leading zero byte, so the hex form is stable
@@ -190,6 +190,10 @@ impl ClusterCa {
 
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
     }
 
     pub fn key_pem(&self) -> &str {

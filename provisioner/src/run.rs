@@ -107,6 +107,8 @@ pub async fn start(
         &shutdown,
     )
     .await?;
+    // Image parts come from the cluster master's content URL, HTTPS when its API is.
+    let client = glory_content::http_client(Some(&identity.ca_pem))?;
     let uplink = crate::uplink::start(
         identity,
         config.name.clone(),
@@ -179,9 +181,7 @@ pub async fn start(
         kernel_args: config.kernel_args.clone(),
         uplink: uplink.clone(),
         content: glory_content::ContentCache::new(content),
-        client: reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()?,
+        client,
         swarms,
     }));
     {

@@ -79,3 +79,19 @@ pub fn package(files: &[(&str, &[u8])]) -> Vec<u8> {
     }
     zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap()
 }
+
+/// Upload `bytes` as package `name` version 1: its SHA-256.
+pub async fn add_package(
+    api: &ApiClient,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> anyhow::Result<String> {
+    let path = dir.join(format!("{name}.tar.zst"));
+    std::fs::write(&path, bytes)?;
+    let (sha256, size) = api.upload(&path, |_| {}).await?;
+    let body = json!({"name": name, "version": "1", "sha256": sha256, "size": size});
+    api.call(Method::POST, "/api/v1/software", Some(body))
+        .await?;
+    Ok(sha256)
+}

@@ -50,6 +50,7 @@ pub struct ClusterBuilder {
     seed_upload_kib: u64,
     tracker_interval_seconds: u64,
     p2p_min_mb: u64,
+    insecure_http: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -70,11 +71,17 @@ impl Default for ClusterBuilder {
             seed_upload_kib: 0,
             tracker_interval_seconds: 30,
             p2p_min_mb: 0,
+            insecure_http: false,
         }
     }
 }
 
 impl ClusterBuilder {
+    /// Plain HTTP on an `api_listen` that is not loopback (HTTPS there otherwise).
+    pub fn insecure_http(mut self) -> Self {
+        self.insecure_http = true;
+        self
+    }
     /// Where the API (and content, the tracker) listens; loopback by default.
     pub fn api_listen(mut self, addr: SocketAddr) -> Self {
         self.api_listen = addr;
@@ -158,6 +165,7 @@ impl ClusterBuilder {
         let cm_config = ClusterMasterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_listen: self.api_listen,
+            insecure_http: self.insecure_http,
             seed_upload_kib: self.seed_upload_kib,
             tracker_interval_seconds: self.tracker_interval_seconds,
             p2p_min_mb: self.p2p_min_mb,
@@ -184,7 +192,18 @@ impl ClusterBuilder {
             cm_shutdown.clone(),
         )
         .await?;
-        let api = ApiClient::new(&cm.api_addr.to_string(), &cm.operator_token)?;
+        // An API bound to every address is reached by loopback, over HTTPS when it is
+        // (checked against the cluster CA).
+        let mut api_addr = cm.api_addr;
+        if api_addr.ip().is_unspecified() {
+            api_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let scheme = match self.insecure_http || self.api_listen.ip().is_loopback() {
+            true => "http",
+            false => "https",
+        };
+        let api = ApiClient::new(&format!("{scheme}://{api_addr}"), &cm.operator_token)?
+            .with_ca(&cm.cluster.ca_pem())?;
         let mut cluster = TestCluster {
             builder: self.clone(),
             api,

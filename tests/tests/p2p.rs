@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use glory_tests::distribution::{aria2c, image, noise, package, torrent};
+use glory_tests::distribution::{add_package, aria2c, image, noise, package, torrent};
 use glory_tests::netns::Net;
 use glory_tests::TestCluster;
 use reqwest::Method;
@@ -78,12 +78,14 @@ async fn namespaced_peers_get_most_bytes_from_each_other() -> anyhow::Result<()>
     const PEERS: usize = 8;
     const SIZE: usize = 16 << 20;
     let net = Net::create(PEERS)?;
-    // The API (and the tracker) on this host's end of the veth pair; the seeder's
-    // upload capped at 1 MiB/s, so 8 copies from it alone would take 128 s.
+    // The API (and the tracker) on this host's end of the veth pair, plain HTTP (the
+    // HTTPS tracker is tested in security.rs); the seeder's upload capped at 1 MiB/s,
+    // so 8 copies from it alone would take 128 s.
     let cluster = TestCluster::builder()
         .groups(1)
         .agents(1)
         .api_listen(SocketAddr::from((net.host_ip, 0)))
+        .insecure_http()
         .seed_upload_kib(1024)
         .tracker_interval_seconds(2)
         .start()
@@ -135,21 +137,6 @@ async fn namespaced_peers_get_most_bytes_from_each_other() -> anyhow::Result<()>
 }
 
 /// Upload a package and add it as `name` version 1: its content's hash.
-async fn add_package(
-    api: &glory::client::ApiClient,
-    dir: &std::path::Path,
-    name: &str,
-    bytes: &[u8],
-) -> anyhow::Result<String> {
-    let path = dir.join(format!("{name}.tar.zst"));
-    std::fs::write(&path, bytes)?;
-    let (sha256, size) = api.upload(&path, |_| {}).await?;
-    let body = serde_json::json!({"name": name, "version": "1", "sha256": sha256, "size": size});
-    api.call(Method::POST, "/api/v1/software", Some(body))
-        .await?;
-    Ok(sha256)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_fetch_large_packages_from_each_other() -> anyhow::Result<()> {
     const AGENTS: usize = 4;

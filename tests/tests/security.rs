@@ -348,3 +348,136 @@ async fn garbage_frames_close_one_stream_and_the_servers_keep_serving() -> anyho
     cluster.shutdown().await;
     Ok(())
 }
+
+/// The API off loopback is HTTPS with a certificate from the cluster CA (issue 20):
+/// `ca.pem` is in the data directory; plain HTTP and clients without the CA get
+/// nowhere (the CLI says what to pass); with it, the API, the CLI, the group masters'
+/// content proxies and the agents' peer-to-peer fetches (an HTTPS tracker, checked by
+/// `aria2c` against the CA) all work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_off_loopback_is_https_and_clients_check_it() -> anyhow::Result<()> {
+    use glory_tests::distribution::{add_package, noise, package};
+    const AGENTS: usize = 2;
+    let cluster = TestCluster::builder()
+        .api_listen(SocketAddr::from(([0, 0, 0, 0], 0)))
+        .groups(1)
+        .agents(AGENTS)
+        .p2p_min_mb(1)
+        .tracker_interval_seconds(2)
+        .start()
+        .await?;
+    cluster
+        .wait_all_up(AGENTS as u64, Duration::from_secs(30))
+        .await?;
+    let api = &cluster.api;
+    assert!(
+        api.base().starts_with("https://127.0.0.1:"),
+        "{}",
+        api.base()
+    );
+    let port = api
+        .base()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let ca_file = cluster.data_dir().join("ca.pem");
+    assert_eq!(
+        std::fs::read_to_string(&ca_file)?,
+        cluster.cluster().ca_pem()
+    );
+
+    // Plain HTTP gets no answer; HTTPS without the CA is refused, saying what to pass.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/api/v1/cluster"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    let token = cluster.operator_token();
+    let blind = glory::client::ApiClient::new(api.base(), &token)?;
+    let e = blind.get("/api/v1/cluster").await.unwrap_err().to_string();
+    assert!(e.contains("--cacert"), "{e}");
+    // With the CA: the API answers, by every address its certificate names.
+    let nodes = api.get("/api/v1/nodes").await?;
+    assert_eq!(nodes["total"], AGENTS, "{nodes}");
+    let by_name = glory::client::ApiClient::new(&format!("https://localhost:{port}"), &token)?
+        .with_ca(&cluster.cluster().ca_pem())?;
+    by_name.get("/api/v1/cluster").await?;
+
+    // The CLI: the CA from --cacert (or GLORY_CACERT, or the data directory).
+    let glory = glory_tests::binary("glory")?;
+    let empty = tempfile::tempdir()?;
+    let cli = |cacert: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(&glory);
+        cmd.args(["--api", api.base(), "--token", &token, "--data-dir"])
+            .arg(empty.path())
+            .args(["--json", "nodes"])
+            .env_remove("GLORY_CACERT");
+        if let Some(ca) = cacert {
+            cmd.arg("--cacert").arg(ca);
+        }
+        cmd.output()
+    };
+    let out = cli(Some(&ca_file))?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(AGENTS), "{listed}");
+    let out = cli(None)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--cacert"), "{err}");
+
+    // Content over HTTPS: a small package through the group's proxy, a large one
+    // peer-to-peer (the torrent and the tracker on the HTTPS API).
+    let dir = tempfile::tempdir()?;
+    let big = package(&[
+        ("share/blob", &noise(2 << 20, 7)),
+        ("bin/big", b"#!/bin/sh\n"),
+    ]);
+    let big_sha = add_package(api, dir.path(), "big", &big).await?;
+    let small = package(&[("bin/small", b"#!/bin/sh\necho small\n")]);
+    add_package(api, dir.path(), "small", &small).await?;
+    for name in ["big", "small"] {
+        let body = serde_json::json!({"installations": [{"version": "1"}]});
+        api.call(
+            reqwest::Method::PUT,
+            &format!("/api/v1/software/{name}/installations"),
+            Some(body),
+        )
+        .await?;
+    }
+    let roots: Vec<_> = (0..AGENTS)
+        .map(|i| cluster.fleet().setup_root_of(i).unwrap())
+        .collect();
+    let has = |root: &std::path::Path, name: &str| {
+        root.join(format!("opt/glory/software/{name}/current/bin/{name}"))
+            .exists()
+    };
+    cluster
+        .wait_until(
+            "both packages on every node",
+            Duration::from_secs(90),
+            async |_| roots.iter().all(|r| has(r, "big") && has(r, "small")),
+        )
+        .await?;
+    let (swarm, _) = glory_tests::wait::until(
+        "every agent completed in the swarm",
+        Duration::from_secs(30),
+        || async {
+            let s = api
+                .get(&format!("/api/v1/content/{big_sha}/swarm"))
+                .await
+                .map_err(|e| e.to_string())?;
+            (s["completed"].as_u64().unwrap_or(0) >= AGENTS as u64)
+                .then_some(s.clone())
+                .ok_or(s.to_string())
+        },
+    )
+    .await?;
+    eprintln!("swarm over HTTPS: {swarm}");
+    Ok(())
+}

@@ -205,7 +205,11 @@ impl Cluster {
             settings.content_dir.join("torrents"),
             settings.content_dir.join("sha256"),
             settings.seed_upload_kib,
-        );
+        )
+        .trusting(match settings.api_tls {
+            crate::config::ApiTls::Plain => None,
+            _ => Some(settings.ca_file.clone()),
+        });
         let content = glory_content::ContentStore::open(&settings.content_dir)
             .with_context(|| format!("content store {}", settings.content_dir.display()))?;
         let images = crate::provisioning::images::ImageState::load(km.as_ref(), content)

@@ -39,7 +39,11 @@ pub(crate) async fn referenced(km: &dyn KeyMaster) -> anyhow::Result<BTreeMap<St
 }
 
 /// While this master stands by, copy the leader's content.
-pub(crate) async fn follow_content(node: Arc<Node>, stop: CancellationToken) {
+pub(crate) async fn follow_content(
+    node: Arc<Node>,
+    client: reqwest::Client,
+    stop: CancellationToken,
+) {
     let store = match ContentStore::open(&node.settings.content_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -48,16 +52,6 @@ pub(crate) async fn follow_content(node: Arc<Node>, stop: CancellationToken) {
         }
     };
     let cache = ContentCache::new(store);
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "no HTTP client; standby keeps no content copy");
-            return;
-        }
-    };
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -133,7 +133,8 @@ impl Cluster {
         } else {
             api.ip()
         };
-        format!("http://{}", std::net::SocketAddr::new(ip, api.port()))
+        let scheme = crate::https::scheme(&self.settings.api_tls);
+        format!("{scheme}://{}", std::net::SocketAddr::new(ip, api.port()))
     }
 
     /// The facts templates see of every node (or only `only`), with the services

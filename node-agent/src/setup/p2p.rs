@@ -36,6 +36,7 @@ pub async fn fetch(
     dir: &Path,
     spec: &PackageSpec,
     seed: Duration,
+    ca_pem: Option<&str>,
 ) -> Result<PathBuf, String> {
     let resp = client
         .get(torrent_url)
@@ -54,12 +55,20 @@ pub async fn fetch(
         spec.sha256,
         rand::random::<u32>()
     ));
-    let prepared = prepare(&work, &torrent);
+    let prepared = prepare(&work, &torrent, ca_pem);
     if let Err(e) = prepared {
         let _ = std::fs::remove_dir_all(&work);
         return Err(format!("{}: {e}", work.display()));
     }
-    let mut child = match tokio::process::Command::new("aria2c")
+    let mut command = tokio::process::Command::new("aria2c");
+    if ca_pem.is_some() {
+        // An HTTPS tracker (the cluster master's API) is checked against the cluster CA.
+        command.arg(format!(
+            "--ca-certificate={}",
+            work.join("ca.pem").display()
+        ));
+    }
+    let mut child = match command
         .arg(format!("--dir={}", work.display()))
         .arg(format!("--seed-time={:.2}", seed.as_secs_f64() / 60.0))
         .arg(format!(
@@ -125,10 +134,13 @@ pub async fn fetch(
 }
 
 /// The torrent and the completion hook (`aria2c` passes the file's path third).
-fn prepare(work: &Path, torrent: &[u8]) -> std::io::Result<()> {
+fn prepare(work: &Path, torrent: &[u8], ca_pem: Option<&str>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(work)?;
     std::fs::write(work.join("package.torrent"), torrent)?;
+    if let Some(pem) = ca_pem {
+        std::fs::write(work.join("ca.pem"), pem)?;
+    }
     let hook = work.join("done.sh");
     std::fs::write(&hook, "#!/bin/sh\ntouch \"$3.done\"\n")?;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))

@@ -112,7 +112,7 @@ async fn proxy(args: &[String]) -> anyhow::Result<()> {
     };
     let listen: SocketAddr = listen.parse()?;
     let (proxy, listener) =
-        glory_group_master::content::ContentProxy::bind(listen, listen.ip(), None).await?;
+        glory_group_master::content::ContentProxy::bind(listen, listen.ip(), None, None).await?;
     proxy.rewrite(&mut [PackageSpec {
         name: "image".into(),
         version: "1".into(),

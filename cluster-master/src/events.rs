@@ -1,19 +1,28 @@
 //! The cluster's event stream: node transitions, pool changes, master elections. Events
 //! fan out to live subscribers (the API's Server-Sent Events) and the last few thousand
 //! are kept, so a subscriber that reconnects with `Last-Event-ID` misses nothing that
-//! is still kept. Events live in memory: a new cluster master starts a new stream whose
-//! ids are larger than the old one's (they start at the start time in microseconds).
+//! is still kept.
+//!
+//! The active cluster master keeps them durable (`event_log.rs`): an event reaches
+//! subscribers only once it is written to the key master's ring of the last [`KEPT`],
+//! so a subscriber that resumes at the next leader after a failover gets every event
+//! it missed, none twice. Ids grow across masters: a new leader continues after the
+//! ring's last id (or from its start time in microseconds, if later).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use glory_protocol::NodeState;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-/// How many past events are kept for reconnecting subscribers and pool details.
-const KEPT: usize = 4096;
+/// How many past events are kept for reconnecting subscribers and pool details (in
+/// memory, and in the key master's ring).
+pub(crate) const KEPT: usize = 4096;
+/// Events waiting for the key master at most; past it (a long key master outage) the
+/// oldest are dropped, counted and logged.
+const MAX_PENDING: usize = 65_536;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
@@ -28,6 +37,41 @@ pub struct Event {
     pub data: EventData,
 }
 
+/// An event as the key master keeps it: its data nested, not flattened as the API
+/// writes it (there a pool event's `tenant` and a tenant event's share the name).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredEvent {
+    pub id: u64,
+    pub at_ms: u64,
+    pub pool: Option<String>,
+    pub tenant: Option<String>,
+    pub data: EventData,
+}
+
+impl From<&Event> for StoredEvent {
+    fn from(e: &Event) -> Self {
+        StoredEvent {
+            id: e.id,
+            at_ms: e.at_ms,
+            pool: e.pool.clone(),
+            tenant: e.tenant.clone(),
+            data: e.data.clone(),
+        }
+    }
+}
+
+impl From<StoredEvent> for Event {
+    fn from(e: StoredEvent) -> Self {
+        Event {
+            id: e.id,
+            at_ms: e.at_ms,
+            pool: e.pool,
+            tenant: e.tenant,
+            data: e.data,
+        }
+    }
+}
+
 impl Event {
     /// The event's kind, as the SSE `event:` line and the JSON `kind` field name it.
     pub fn kind(&self) -> &'static str {
@@ -38,7 +82,7 @@ impl Event {
 /// Every kind of event and its fields. Subsystems emit these typed values; they
 /// become JSON only at the API edge (`api/events.rs`), where serde writes them as
 /// `{"kind": "<kind>", <fields>}`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventData {
     /// Any node changed state.
@@ -276,7 +320,7 @@ pub enum EventData {
 }
 
 /// What an alert event says: which alert, and the value that fired or resolved it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertEvent {
     pub id: String,
     pub monitor: String,
@@ -291,7 +335,7 @@ pub struct AlertEvent {
 }
 
 /// A node in an offer, with what a framework needs to choose.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OfferedNode {
     pub id: String,
     pub group: String,
@@ -301,14 +345,14 @@ pub struct OfferedNode {
 }
 
 /// The node that holds an identity, in [`EventData::NodeIdentityConflict`].
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConflictHolder {
     pub hostname: String,
     pub addresses: String,
 }
 
 /// The server that claimed it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConflictClaimant {
     pub hostname: String,
     pub address: String,
@@ -380,21 +424,47 @@ impl EventData {
 
 pub struct EventBus {
     tx: broadcast::Sender<Arc<Event>>,
-    kept: Mutex<VecDeque<Arc<Event>>>,
+    /// The kept events, and (under the same lock) the highest id sent to streams.
+    kept: Mutex<Kept>,
     next: AtomicU64,
     /// Cancelled at shutdown: streams end, so the API server can stop.
     closed: tokio_util::sync::CancellationToken,
+    /// Whether a writer makes events durable before they are sent (the active
+    /// master's `event_log::writer`); without one they are sent at once.
+    durable: AtomicBool,
+    /// Events emitted and not sent yet, in id order, with whether each is kept.
+    pending: Mutex<VecDeque<(Arc<Event>, bool)>>,
+    /// Something was added to `pending`.
+    pub(crate) wake: tokio::sync::Notify,
+    /// Events dropped because the key master was away too long.
+    dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct Kept {
+    events: VecDeque<Arc<Event>>,
+    /// The highest id sent to streams: a subscriber's replay stops here, its live
+    /// receiver goes on from here.
+    sent: u64,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         EventBus {
             tx: broadcast::channel(KEPT).0,
-            kept: Mutex::new(VecDeque::with_capacity(KEPT)),
+            kept: Mutex::new(Kept::default()),
             next: AtomicU64::new(glory_protocol::now_ms() * 1000),
             closed: Default::default(),
+            durable: AtomicBool::new(false),
+            pending: Mutex::new(VecDeque::new()),
+            wake: tokio::sync::Notify::new(),
+            dropped: AtomicU64::new(0),
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl EventBus {
@@ -412,7 +482,7 @@ impl EventBus {
     }
 
     fn publish(&self, pool: Option<(&str, &str)>, data: EventData, keep: bool) {
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = lock(&self.kept);
         // Ids are taken under the lock so the kept list and the stream agree on order.
         let event = Arc::new(Event {
             id: self.next.fetch_add(1, Ordering::Relaxed),
@@ -422,12 +492,72 @@ impl EventBus {
             data,
         });
         if keep {
-            if kept.len() == KEPT {
-                kept.pop_front();
+            if kept.events.len() == KEPT {
+                kept.events.pop_front();
             }
-            kept.push_back(event.clone());
+            kept.events.push_back(event.clone());
         }
+        if self.durable.load(Ordering::Acquire) {
+            let mut pending = lock(&self.pending);
+            if pending.len() == MAX_PENDING {
+                pending.pop_front();
+                if self
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(1000)
+                {
+                    tracing::warn!(
+                        dropped = self.dropped.load(Ordering::Relaxed),
+                        "events wait for the key master: dropping the oldest unwritten"
+                    );
+                }
+            }
+            pending.push_back((event, keep));
+            drop(pending);
+            self.wake.notify_one();
+            return;
+        }
+        kept.sent = event.id;
         let _ = self.tx.send(event);
+    }
+
+    /// From now on events reach subscribers only through [`EventBus::sent`], after
+    /// the writer has made them durable.
+    pub(crate) fn make_durable(&self) {
+        self.durable.store(true, Ordering::Release);
+    }
+
+    /// Up to `max` events waiting to be written and sent, oldest first (they stay
+    /// queued until [`EventBus::sent`]).
+    pub(crate) fn waiting(&self, max: usize) -> Vec<(Arc<Event>, bool)> {
+        lock(&self.pending).iter().take(max).cloned().collect()
+    }
+
+    /// The first `n` waiting events are durable: send them to subscribers, in order.
+    pub(crate) fn sent(&self, n: usize) {
+        let mut kept = lock(&self.kept);
+        let mut pending = lock(&self.pending);
+        let n = n.min(pending.len());
+        for (event, _) in pending.drain(..n) {
+            kept.sent = event.id;
+            let _ = self.tx.send(event);
+        }
+    }
+
+    /// Events a previous leader made durable (the key master's ring, any order): kept
+    /// for replay and counted as sent; new ids continue after them.
+    pub(crate) fn restore(&self, mut events: Vec<Event>) {
+        events.sort_by_key(|e| e.id);
+        let mut kept = lock(&self.kept);
+        for event in events.into_iter().rev().take(KEPT).rev() {
+            kept.sent = kept.sent.max(event.id);
+            self.next.fetch_max(event.id + 1, Ordering::Relaxed);
+            kept.events.push_back(Arc::new(event));
+        }
+        kept.events.make_contiguous().sort_by_key(|e| e.id);
+        while kept.events.len() > KEPT {
+            kept.events.pop_front();
+        }
     }
 
     /// Subscribe: the kept events after `after` (none without it), then the live
@@ -436,10 +566,15 @@ impl EventBus {
         &self,
         after: Option<u64>,
     ) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
-        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = lock(&self.kept);
         let rx = self.tx.subscribe();
         let past = match after {
-            Some(id) => kept.iter().filter(|e| e.id > id).cloned().collect(),
+            Some(id) => kept
+                .events
+                .iter()
+                .filter(|e| e.id > id && e.id <= kept.sent)
+                .cloned()
+                .collect(),
             None => Vec::new(),
         };
         (past, rx)
@@ -457,8 +592,9 @@ impl EventBus {
 
     /// The kept events that match, oldest first, at most `limit`.
     pub fn recent(&self, limit: usize, keep: impl Fn(&Event) -> bool) -> Vec<Arc<Event>> {
-        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = lock(&self.kept);
         let mut out: Vec<Arc<Event>> = kept
+            .events
             .iter()
             .rev()
             .filter(|e| keep(e))
@@ -471,204 +607,4 @@ impl EventBus {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tenant(name: &str) -> EventData {
-        EventData::TenantCreated {
-            tenant: name.into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn resume_after_an_id_replays_what_followed() {
-        let bus = EventBus::default();
-        bus.emit(None, tenant("a"));
-        let first = bus.recent(10, |_| true)[0].id;
-        bus.emit(Some(("p", "t")), EventData::PoolDeleted { nodes: 2 });
-        let (past, mut rx) = bus.subscribe(Some(first));
-        assert_eq!(past.len(), 1);
-        assert_eq!(past[0].kind(), "pool_deleted");
-        bus.emit(None, tenant("c"));
-        assert_eq!(rx.recv().await.unwrap().kind(), "tenant_created");
-        // A transient event reaches live subscribers but is not kept for replay.
-        bus.emit_transient(None, tenant("d"));
-        assert_eq!(rx.recv().await.unwrap().kind(), "tenant_created");
-        let (past, _) = bus.subscribe(Some(first));
-        assert_eq!(past.len(), 2, "the transient one is not replayed");
-        let line = serde_json::to_value(&*past[0]).unwrap();
-        assert_eq!(line["pool"], "p");
-        assert_eq!(line["nodes"], 2);
-        assert_eq!(line["kind"], "pool_deleted");
-    }
-
-    fn alert_event() -> AlertEvent {
-        AlertEvent {
-            id: "a".into(),
-            monitor: "m".into(),
-            node: None,
-            group: "g".into(),
-            level: "critical".into(),
-            value: 1.0,
-            detail: None,
-        }
-    }
-
-    #[test]
-    fn every_kind_is_the_name_serde_writes() {
-        let all = [
-            EventData::NodeState {
-                node: "n".into(),
-                from: NodeState::Up,
-                to: NodeState::Down,
-            },
-            EventData::NodeUp {
-                node: "n".into(),
-                state: NodeState::Up,
-            },
-            EventData::NodeDown {
-                node: "n".into(),
-                state: NodeState::Down,
-            },
-            EventData::NodeUnreachable {
-                node: "n".into(),
-                state: NodeState::Unreachable,
-            },
-            EventData::NodeIdentityConflict {
-                node: "n".into(),
-                identity: "uuid:1".into(),
-                holder: ConflictHolder {
-                    hostname: "a".into(),
-                    addresses: "10.0.0.1".into(),
-                },
-                claimant: ConflictClaimant {
-                    hostname: "b".into(),
-                    address: "10.0.0.2:1".into(),
-                },
-            },
-            tenant("t"),
-            EventData::TenantDeleted { tenant: "t".into() },
-            EventData::PoolCreated {
-                component: "c".into(),
-                nodes: 1,
-            },
-            EventData::PoolDeleted { nodes: 1 },
-            EventData::NodeAdded {
-                node: "n".into(),
-                replaces: None,
-            },
-            EventData::NodeRemoved {
-                node: "n".into(),
-                reason: "r".into(),
-            },
-            EventData::CandidatesChanged { candidates: vec![] },
-            EventData::MasterElected {
-                node: "n".into(),
-                address: "a".into(),
-                epoch: 1,
-                since_ms: 1,
-                reason: "r".into(),
-            },
-            EventData::MasterFailed {
-                node: "n".into(),
-                epoch: 1,
-                reason: "r".into(),
-            },
-            EventData::MasterFailing {
-                node: "n".into(),
-                epoch: 1,
-                reason: "r".into(),
-            },
-            EventData::MasterNone { reason: "r".into() },
-            EventData::ReplaceBlocked {
-                node: "n".into(),
-                reason: "r".into(),
-            },
-            EventData::AlertFiring(alert_event()),
-            EventData::AlertResolved(alert_event()),
-            EventData::ServiceCreated {
-                service: "s".into(),
-            },
-            EventData::ServiceDeleted {
-                service: "s".into(),
-            },
-            EventData::ServiceChanged {
-                service: "s".into(),
-                change: "scale".into(),
-                desired: 2,
-            },
-            EventData::ServiceInstance {
-                service: "s".into(),
-                action: "placed".into(),
-                instance: "s-1".into(),
-                node: "n".into(),
-                reason: "r".into(),
-            },
-            EventData::ServiceScaled {
-                service: "s".into(),
-                from: 1,
-                to: 2,
-                metric: "cpu.percent".into(),
-                value: Some(90.0),
-                reason: "r".into(),
-            },
-            EventData::NodeReclaimPending {
-                node: "n".into(),
-                for_pool: "p".into(),
-                for_tenant: "t".into(),
-                deadline_ms: 1,
-                grace_seconds: 1.0,
-            },
-            EventData::ReclaimStarted {
-                node: "n".into(),
-                from_pool: "p".into(),
-                deadline_ms: 1,
-            },
-            EventData::ReclaimCompleted {
-                node: "n".into(),
-                from_pool: "p".into(),
-                to_pool: "q".into(),
-                waited_ms: 1,
-            },
-            EventData::ReclaimCancelled {
-                node: "n".into(),
-                from_pool: "p".into(),
-                to_pool: "q".into(),
-                reason: "r".into(),
-            },
-            EventData::FrameworkRegistered {
-                framework: "f".into(),
-                name: "n".into(),
-            },
-            EventData::FrameworkUnregistered {
-                framework: "f".into(),
-                name: "n".into(),
-            },
-            EventData::OfferMade {
-                framework: "f".into(),
-                offer: "o".into(),
-                nodes: vec![],
-                expires_ms: 1,
-            },
-            EventData::OfferAccepted {
-                framework: "f".into(),
-                offer: "o".into(),
-                nodes: vec![],
-            },
-            EventData::OfferDeclined {
-                framework: "f".into(),
-                offer: "o".into(),
-                refuse_seconds: 1.0,
-            },
-            EventData::OfferRescinded {
-                framework: "f".into(),
-                offer: "o".into(),
-                reason: "r".into(),
-            },
-        ];
-        for data in all {
-            let json = serde_json::to_value(&data).unwrap();
-            assert_eq!(json["kind"], data.kind(), "{json}");
-        }
-    }
-}
+mod tests;

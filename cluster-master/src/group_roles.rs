@@ -4,15 +4,37 @@
 //! the others stand by, in the order they came. When the active link is lost, the
 //! first standby is promoted and the group's live nodes become `unreachable` (never
 //! `down`: nobody can hear them until an agent reaches the new master).
+//!
+//! After a cluster master takes over, the group's recorded master keeps its place for
+//! [`takeover_grace`]: a standby that notices the old cluster master's death first must
+//! not take the group from a healthy master (its agents would all have to move). A
+//! recorded master that does not come back within the grace loses its place to the
+//! first standby.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use glory_protocol::NodeState;
 
+/// How long after a takeover a group's recorded master is waited for: a group
+/// master notices a dead cluster master within its link's idle timeout, then retries.
+pub(crate) fn takeover_grace(group_idle_timeout: Duration) -> Duration {
+    group_idle_timeout + Duration::from_secs(2)
+}
+
 /// Whether a group master registering at `listen` becomes the active one, given the
-/// active link's address (None: the group has no active master).
-pub(crate) fn registers_as_active(active: Option<SocketAddr>, listen: SocketAddr) -> bool {
-    active.is_none_or(|a| a == listen)
+/// active link's address (None: the group has no active master), the group's recorded
+/// master, and whether the takeover's grace is still running.
+pub(crate) fn registers_as_active(
+    active: Option<SocketAddr>,
+    listen: SocketAddr,
+    recorded: Option<SocketAddr>,
+    in_grace: bool,
+) -> bool {
+    match active {
+        Some(a) => a == listen,
+        None => !in_grace || recorded.is_none_or(|r| r == listen),
+    }
 }
 
 /// What the loss of link `session` means for its group.
@@ -59,14 +81,33 @@ mod tests {
 
     #[test]
     fn the_first_leads_and_a_reconnect_replaces_itself() {
-        assert!(registers_as_active(None, a(1)), "first of the group");
         assert!(
-            registers_as_active(Some(a(1)), a(1)),
+            registers_as_active(None, a(1), None, false),
+            "first of the group"
+        );
+        assert!(
+            registers_as_active(Some(a(1)), a(1), None, false),
             "the active one again"
         );
         assert!(
-            !registers_as_active(Some(a(1)), a(2)),
+            !registers_as_active(Some(a(1)), a(2), None, false),
             "a second one stands by"
+        );
+    }
+
+    #[test]
+    fn after_a_takeover_the_recorded_master_keeps_its_place_for_the_grace() {
+        // The standby noticed first: it waits while the grace runs.
+        assert!(!registers_as_active(None, a(2), Some(a(1)), true));
+        assert!(registers_as_active(None, a(1), Some(a(1)), true));
+        // A new group (nothing recorded), or the grace is over: the first leads.
+        assert!(registers_as_active(None, a(2), None, true));
+        assert!(registers_as_active(None, a(2), Some(a(1)), false));
+        // An active link decides as before.
+        assert!(!registers_as_active(Some(a(1)), a(2), Some(a(2)), true));
+        assert_eq!(
+            takeover_grace(Duration::from_millis(3000)),
+            Duration::from_secs(5)
         );
     }
 

@@ -166,6 +166,9 @@ pub(crate) fn write_ca_pem(path: &std::path::Path, ca: &ClusterCa) -> anyhow::Re
     if std::fs::read_to_string(path).is_ok_and(|t| t == ca.cert_pem()) {
         return Ok(());
     }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
     let tmp = path.with_extension("pem.tmp");
     std::fs::write(&tmp, ca.cert_pem()).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;

@@ -14,6 +14,7 @@ mod cluster;
 pub mod config;
 mod console;
 mod enroll;
+mod event_log;
 mod events;
 mod group_roles;
 mod https;
@@ -405,6 +406,23 @@ pub async fn start(
         status_rx,
         shutdown.clone(),
     ));
+    tasks.spawn(event_log::writer(cluster.clone(), shutdown.clone()));
+    {
+        // Groups whose recorded master did not come back within the takeover's grace
+        // are led by a standby.
+        let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let grace = group_roles::takeover_grace(cluster.settings.group_idle_timeout);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(grace.saturating_sub(cluster.took_over.elapsed())) => {
+                    for (group, addr) in cluster.promote_after_grace() {
+                        cluster.record_promotion(&group, addr).await;
+                    }
+                }
+            }
+        });
+    }
     tasks.spawn(pools::reconciler(cluster.clone(), shutdown.clone()));
     tasks.spawn(services::reconciler(cluster.clone(), shutdown.clone()));
     tasks.spawn(services::autoscaler(cluster.clone(), shutdown.clone()));
@@ -508,6 +526,8 @@ pub async fn open_keymaster(
 /// Run a cluster master from its configuration until `shutdown`.
 pub async fn run(config: ClusterMasterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let settings = config.validate()?;
+    let scheme = https::scheme(&settings.api_tls);
+    let ca_file = settings.ca_file.clone();
     let km = match open_keymaster(&config, &shutdown).await {
         Ok(km) => km,
         Err(_) if shutdown.is_cancelled() => return Ok(()),
@@ -519,8 +539,10 @@ pub async fn run(config: ClusterMasterConfig, shutdown: CancellationToken) -> an
         Err(e) => return Err(e),
     };
     println!(
-        "cluster master active: QUIC {} API http://{}",
-        handle.quic_addr, handle.api_addr
+        "cluster master active: QUIC {} API {scheme}://{} (CA certificate {})",
+        handle.quic_addr,
+        handle.api_addr,
+        ca_file.display()
     );
     handle.wait().await;
     Ok(())

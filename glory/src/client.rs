@@ -302,16 +302,22 @@ impl EventStream {
 impl ApiClient {
     /// Open a Server-Sent Events stream (`/api/v1/.../events`).
     pub async fn events(&self, path: &str) -> anyhow::Result<EventStream> {
+        self.events_after(path, None).await
+    }
+
+    /// Open a Server-Sent Events stream resuming after event `last` (`Last-Event-ID`).
+    pub async fn events_after(&self, path: &str, last: Option<u64>) -> anyhow::Result<EventStream> {
         let url = format!("{}{}", self.base, path);
         // No overall timeout: the stream lasts as long as the caller reads it.
         let http = self.http_client(None)?;
-        let resp = http
+        let mut req = http
             .get(&url)
             .bearer_auth(&self.token)
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
+            .header("accept", "text/event-stream");
+        if let Some(id) = last {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let resp = req.send().await.with_context(|| format!("GET {url}"))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let value: Value = resp.json().await.unwrap_or(Value::Null);

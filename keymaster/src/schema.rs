@@ -17,6 +17,7 @@
 //! | `/glory/tokens/bootstrap/{id}` | [`BootstrapTokenRecord`] |
 //! | `/glory/tokens/api/{id}` | [`ApiTokenRecord`] |
 //! | `/glory/election/cluster-master/…` | election keys of cluster masters |
+//! | `/glory/events/{id:020}` | the cluster's event log, a ring of the last 4,096 (the cluster master's `events::StoredEvent` as JSON) |
 //! | `/glory/tenants/{name}` | [`TenantRecord`] |
 //! | `/glory/pools/{name}` | [`PoolRecord`] (spec, member nodes, candidates, elected master) |
 //! | `/glory/pool-generation` | a counter; every change of pool membership compares and bumps it |
@@ -60,6 +61,7 @@ pub const ROOT: &str = "/glory/";
 pub const CA_KEY: &str = "/glory/ca";
 pub const NODES_PREFIX: &str = "/glory/nodes/";
 pub const NODE_STATUS_PREFIX: &str = "/glory/node-status/";
+pub const EVENTS_PREFIX: &str = "/glory/events/";
 pub const IDENTITIES_PREFIX: &str = "/glory/identities/";
 pub const REMOVED_PREFIX: &str = "/glory/removed/";
 pub const GROUPS_PREFIX: &str = "/glory/groups/";

@@ -24,6 +24,32 @@ async fn get(api: &ApiClient, path: &str) -> Option<Value> {
 }
 
 /// Ask for a bootstrap token: a write that needs the key master.
+/// The next `n` `tenant_created` events of a stream: id and tenant.
+async fn tenant_events(
+    stream: &mut glory::client::EventStream,
+    n: usize,
+) -> anyhow::Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .context("no event within 10 s")??
+            .context("the stream ended")?;
+        if msg.event == "tenant_created" {
+            let id = msg
+                .id
+                .as_deref()
+                .context("an event without an id")?
+                .parse()?;
+            out.push((
+                id,
+                msg.data["tenant"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 async fn post_token(api: &ApiClient) -> anyhow::Result<(u16, Value)> {
     api.request(
         Method::POST,
@@ -215,6 +241,23 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     })
     .await?;
 
+    // Events are durable: a subscriber reads the leader's stream up to tenant t1's
+    // event; t2 and t3 follow while it is away.
+    let mut stream = cm1.events("/api/v1/events").await?;
+    for t in ["t1", "t2", "t3"] {
+        let (status, r) = cm1
+            .request(
+                Method::POST,
+                "/api/v1/tenants",
+                Some(serde_json::json!({"name": t})),
+            )
+            .await?;
+        assert_eq!(status, 201, "{r}");
+    }
+    let seen = tenant_events(&mut stream, 3).await?;
+    let resume_after = seen[0].0;
+    drop(stream);
+
     // kill -9 the active cluster master: the standby leads within the lease (3 s) and
     // a few seconds, the group master finds it, every node stays up.
     procs.kill9("cm1")?;
@@ -242,6 +285,28 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
         tool["versions"][0]["blob"]["sha256"],
         sha.as_str(),
         "{tool}"
+    );
+
+    // The subscriber resumes at the new leader where it left off: t2 and t3 (written
+    // by the old leader), then t4 (by the new one), in order, none twice.
+    let (status, r) = cm2
+        .request(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(serde_json::json!({"name": "t4"})),
+        )
+        .await?;
+    assert_eq!(status, 201, "{r}");
+    let mut resumed = cm2
+        .events_after("/api/v1/events", Some(resume_after))
+        .await?;
+    let after = tenant_events(&mut resumed, 3).await?;
+    let names: Vec<&str> = after.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(names, ["t2", "t3", "t4"], "{after:?}");
+    assert_eq!(&after[..2], &seen[1..], "the same events, the same ids");
+    assert!(
+        after[2].0 > after[1].0,
+        "ids grow across masters: {after:?}"
     );
 
     // The standby group master has found the new leader too.

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::Cluster;
 use crate::group_roles::{
-    on_link_lost, registers_as_active, unreachable_when_master_lost, LinkLoss,
+    on_link_lost, registers_as_active, takeover_grace, unreachable_when_master_lost, LinkLoss,
 };
 use crate::registry::{GroupLink, NodeEntry, Registry};
 
@@ -29,13 +29,15 @@ impl Cluster {
         conn: glory_protocol::Link,
         tx: mpsc::Sender<ClusterToGroup>,
     ) -> Result<(u64, Vec<ClusterToGroup>), KeyMasterError> {
+        let in_grace = self.took_over.elapsed() < takeover_grace(self.settings.group_idle_timeout);
         let becomes_active = {
             let reg = self.read();
+            let g = reg.groups.get(group);
             registers_as_active(
-                reg.groups
-                    .get(group)
-                    .and_then(|g| g.link.as_ref().map(|l| l.listen)),
+                g.and_then(|g| g.link.as_ref().map(|l| l.listen)),
                 listen,
+                g.and_then(|g| g.record.master_addr),
+                in_grace,
             )
         };
         let recorded = self
@@ -72,7 +74,12 @@ impl Cluster {
         };
         // A master that comes back replaces its own stale links.
         entry.standbys.retain(|s| s.listen != listen);
-        let active = registers_as_active(entry.link.as_ref().map(|l| l.listen), listen);
+        let active = registers_as_active(
+            entry.link.as_ref().map(|l| l.listen),
+            listen,
+            entry.record.master_addr,
+            in_grace,
+        );
         if active {
             if let Some(old) = entry.link.replace(link) {
                 old.conn.close(
@@ -205,6 +212,37 @@ impl Cluster {
         notify_pools(happened);
         warn!(group = %group, nodes_unreachable = changed, promoted = %addr, "group master lost; standby promoted");
         Some(addr)
+    }
+
+    /// The takeover's grace is over: a group whose recorded master did not come back
+    /// is led by its first standby. The promoted masters, to be recorded.
+    pub(crate) fn promote_after_grace(&self) -> Vec<(String, SocketAddr)> {
+        let mut reg = self.write();
+        let waiting: Vec<String> = reg
+            .groups
+            .iter()
+            .filter(|(_, g)| g.link.is_none() && !g.standbys.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut promoted = Vec::new();
+        for group in waiting {
+            let Some(entry) = reg.groups.get_mut(&group) else {
+                continue;
+            };
+            let link = entry.standbys.remove(0);
+            let addr = link.listen;
+            entry.record.master_addr = Some(addr);
+            entry.link = Some(link);
+            let members = self.members_message(&reg, &group);
+            let masters = reg.group_master_addrs(&group);
+            if let Some(entry) = reg.groups.get(&group) {
+                entry.announce_roles(&masters);
+                entry.notify(members);
+            }
+            warn!(group = %group, promoted = %addr, "the recorded group master did not come back after the takeover; standby promoted");
+            promoted.push((group, addr));
+        }
+        promoted
     }
 
     /// Record a promoted standby as the group's master (after `group_disconnected`).

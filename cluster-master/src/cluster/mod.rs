@@ -19,7 +19,7 @@ pub(crate) use states::status_writer;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use glory_keymaster::schema::{
@@ -63,6 +63,9 @@ pub(crate) const TXN_CHUNK: usize = 100;
 /// submodules, one job each; a subsystem keeps its own state in a field of its own
 /// (like `pools`) and reaches the rest through the crate-visible methods here.
 pub struct Cluster {
+    /// When this master took over: for a grace after it, a group's recorded master is
+    /// preferred over others that register first (`group_roles`).
+    pub(crate) took_over: std::time::Instant,
     pub(crate) settings: ClusterMasterSettings,
     pub(crate) km: Arc<dyn KeyMaster>,
     pub(crate) ca: ClusterCa,
@@ -87,6 +90,9 @@ pub struct Cluster {
     pub(crate) pools: crate::pools::PoolState,
     pub(crate) monitoring: crate::monitoring::MonitoringState,
     pub(crate) events: crate::events::EventBus,
+    /// The ids of the key master's event ring when this master took over, for the
+    /// event log's writer (`event_log::writer` takes them).
+    pub(crate) event_ring: Mutex<std::collections::VecDeque<u64>>,
     /// Wakes the pool reconciler (a pool node changed state, a candidate changed...).
     pub(crate) pool_changed: tokio::sync::Notify,
     /// Addresses group master links came from (they reconnect from the same one).
@@ -118,6 +124,12 @@ impl Cluster {
         ca: ClusterCa,
     ) -> anyhow::Result<(Arc<Cluster>, mpsc::UnboundedReceiver<(String, NodeStatus)>)> {
         use anyhow::Context;
+        // The previous leader's events first: ours continue after them.
+        let events = crate::events::EventBus::default();
+        let (past, event_ring) = crate::event_log::load(km.as_ref())
+            .await
+            .context("load events")?;
+        events.restore(past);
         let mut registry = Registry::default();
         let (groups, _) = km
             .get_prefix(schema::GROUPS_PREFIX)
@@ -256,7 +268,8 @@ impl Cluster {
             transitions: Default::default(),
             pools: crate::pools::PoolState::new(book, tenants, frameworks),
             monitoring,
-            events: Default::default(),
+            events,
+            event_ring: Mutex::new(event_ring),
             pool_changed: tokio::sync::Notify::new(),
             group_master_remotes: RwLock::new(HashSet::new()),
             conflicts: Default::default(),
@@ -267,6 +280,7 @@ impl Cluster {
             distribution,
             images,
             setup: Default::default(),
+            took_over: std::time::Instant::now(),
         });
         Ok((cluster, status_rx))
     }

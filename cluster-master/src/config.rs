@@ -59,8 +59,10 @@ pub struct ClusterMasterConfig {
     pub keymaster: KeyMasterConfig,
     /// Most nodes a group may hold.
     pub group_size_limit: usize,
-    /// Validity of node and group master certificates, hours.
-    pub cert_validity_hours: u64,
+    /// Lifetime of every certificate the cluster CA signs for a link (nodes, group
+    /// masters, provisioners, cluster masters, the API's): `24h`, `90m`, `2m`...; at
+    /// least one minute. Holders renew at about two thirds of it over their link.
+    pub cert_lifetime: String,
     /// Default lifetime of bootstrap tokens created without a TTL, seconds (0 = never expire).
     pub bootstrap_token_ttl_secs: u64,
     /// Write the operator API token here on first start (and reuse it later).
@@ -132,7 +134,7 @@ impl Default for ClusterMasterConfig {
             data_dir: PathBuf::from("/var/lib/glory-cluster-master"),
             keymaster: KeyMasterConfig::default(),
             group_size_limit: 250,
-            cert_validity_hours: 24 * 90,
+            cert_lifetime: "24h".to_string(),
             bootstrap_token_ttl_secs: 24 * 3600,
             operator_token_file: None,
             group_idle_timeout_ms: 3000,
@@ -236,8 +238,14 @@ impl ClusterMasterConfig {
         if self.group_size_limit == 0 {
             bail!("group_size_limit must be positive");
         }
-        if self.cert_validity_hours == 0 {
-            bail!("cert_validity_hours must be positive");
+        let cert_lifetime = glory_protocol::parse_duration(&self.cert_lifetime)
+            .map_err(|e| anyhow::anyhow!("cert_lifetime: {e}"))?;
+        if cert_lifetime < glory_protocol::renewal::MIN_LIFETIME {
+            bail!(
+                "cert_lifetime must be at least 1m (got {:?}): holders renew at two thirds \
+                 of it and need time to do so",
+                self.cert_lifetime
+            );
         }
         if self.leader_lease_ms < 1000 {
             bail!("leader_lease_ms must be at least 1000");
@@ -347,7 +355,7 @@ impl ClusterMasterConfig {
             advertise: self.advertise,
             api_advertise: self.api_advertise,
             group_size_limit: self.group_size_limit,
-            cert_validity: Duration::from_secs(self.cert_validity_hours * 3600),
+            cert_validity: cert_lifetime,
             bootstrap_token_ttl: (self.bootstrap_token_ttl_secs > 0)
                 .then(|| Duration::from_secs(self.bootstrap_token_ttl_secs)),
             operator_token_file: Some(

@@ -272,6 +272,8 @@ impl Cluster {
                         machine_id: inventory.machine_id.clone(),
                         group: group.clone(),
                         serial: String::new(),
+                        previous_serial: String::new(),
+                        cert_expires_ms: 0,
                         enrolled_ms: now,
                         inventory: inventory.clone(),
                         labels: Default::default(),
@@ -328,6 +330,11 @@ impl Cluster {
                 })?,
         };
         record.serial = signed.serial.clone();
+        // A new enrollment supersedes every certificate the node held before.
+        record.previous_serial.clear();
+        record.cert_expires_ms = glory_protocol::renewal::CertPeriod::of(&signed.cert_pem)
+            .map(|p| p.expires_ms())
+            .unwrap_or(0);
         record.hostname = inventory.hostname.clone();
         record.machine_id = inventory.machine_id.clone();
         record.server_identity = identity.clone();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
+use glory_protocol::api_tls::CertSlot;
 use glory_protocol::tls::ClusterCa;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +20,6 @@ use crate::config::{ApiTls, ClusterMasterSettings};
 
 /// A client must finish its TLS handshake within this.
 const HANDSHAKE: Duration = Duration::from_secs(10);
-/// Lifetime of a CA-issued API certificate; a new one is issued at every start.
-const API_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long open connections (event streams) get to end at shutdown.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -85,27 +84,40 @@ pub(crate) fn host_ips() -> Vec<IpAddr> {
     }
 }
 
-/// The API's TLS configuration, or None for plain HTTP.
+/// The API's TLS: its rustls configuration, and the certificate to renew when the
+/// cluster CA issued it (with the names it carries).
+pub(crate) struct ApiServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub renewable: Option<(CertSlot, Vec<String>)>,
+}
+
+/// The API's TLS configuration, or None for plain HTTP. A certificate from the cluster
+/// CA lives `cert_lifetime` like every other and is renewed by `own_certs`.
 pub(crate) fn server_config(
     settings: &ClusterMasterSettings,
     ca: &ClusterCa,
-) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
-    let (cert, key) = match &settings.api_tls {
+) -> anyhow::Result<Option<ApiServerTls>> {
+    let (cert, key, names) = match &settings.api_tls {
         ApiTls::Plain => return Ok(None),
         ApiTls::Files { cert, key } => (
             std::fs::read_to_string(cert)
                 .with_context(|| format!("api_cert {}", cert.display()))?,
             std::fs::read_to_string(key).with_context(|| format!("api_key {}", key.display()))?,
+            None,
         ),
         ApiTls::ClusterCa => {
             let names = api_names(settings, &host_ips());
             info!(?names, "API certificate issued by the cluster CA");
-            glory_protocol::api_tls::issue_api_cert(ca, &names, API_CERT_LIFETIME)?
+            let (cert, key) =
+                glory_protocol::api_tls::issue_api_cert(ca, &names, settings.cert_validity)?;
+            (cert, key, Some(names))
         }
     };
-    Ok(Some(
-        glory_protocol::api_tls::api_server_tls(&cert, &key).context("API certificate")?,
-    ))
+    let slot = CertSlot::new(&cert, &key).context("API certificate")?;
+    Ok(Some(ApiServerTls {
+        config: glory_protocol::api_tls::api_server_tls(&slot).context("API certificate")?,
+        renewable: names.map(|names| (slot, names)),
+    }))
 }
 
 /// Serve `app` over TLS on `listener` until `shutdown`; open connections are then told

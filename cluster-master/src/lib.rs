@@ -21,6 +21,7 @@ mod https;
 mod leadership;
 mod link;
 mod monitoring;
+mod own_certs;
 pub mod pools;
 mod provisioning;
 mod registry;
@@ -291,8 +292,16 @@ pub async fn start(
         group: None,
     };
     let (identity, _) = ca.issue(&subject, settings.cert_validity)?;
+    let identity = glory_protocol::LiveIdentity::new(identity)?;
     https::write_ca_pem(&settings.ca_file, &ca)?;
     let api_tls = https::server_config(&settings, &ca)?;
+    let own_certs = own_certs::OwnCerts {
+        ca: glory_protocol::ClusterCa::from_pem(ca.cert_pem(), ca.key_pem())?,
+        subject,
+        lifetime: settings.cert_validity,
+        links: identity.clone(),
+        api: api_tls.as_ref().and_then(|t| t.renewable.clone()),
+    };
     let timing = LinkTiming {
         idle_timeout: settings.group_idle_timeout,
         keep_alive: None,
@@ -328,7 +337,7 @@ pub async fn start(
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Some(tls) = api_tls {
-                return https::serve(listener, tls, app, shutdown).await;
+                return https::serve(listener, tls.config, app, shutdown).await;
             }
             let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             let served = axum::serve(listener, app)
@@ -357,6 +366,7 @@ pub async fn start(
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         });
     }
+    tasks.spawn(own_certs.renew(shutdown.clone()));
     tasks.spawn(follow_leader(node.clone(), shutdown.clone()));
     // A standby copies the leader's images and packages while it waits.
     let content_follower = shutdown.child_token();

@@ -270,6 +270,7 @@ async fn group_link(
         }
     };
     let (tx, mut rx) = mpsc::channel::<ClusterToGroup>(4096);
+    let renewals = tx.clone();
     let (session, first) = match cluster
         .group_connected(&group, listen, conn.clone(), tx)
         .await
@@ -306,6 +307,26 @@ async fn group_link(
             Ok(Some(GroupToCluster::AlertSnapshot(all))) => cluster.alert_snapshot(&group, all),
             Ok(Some(GroupToCluster::MetricsAnswer(answer))) => cluster.metrics_answered(answer),
             Ok(Some(GroupToCluster::Setup(reports))) => cluster.setup_reports(reports),
+            Ok(Some(GroupToCluster::RenewNode { node, csr_pem })) => {
+                // It writes to the key master: on its own task, so the link reads on.
+                let (cluster, group, tx) = (cluster.clone(), group.clone(), renewals.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = cluster.renew_node(&group, &node, &csr_pem, &tx).await {
+                        crate::cluster::renewal::log_refused(&node, &e);
+                    }
+                });
+            }
+            Ok(Some(GroupToCluster::Renew { csr_pem })) => {
+                match cluster.renew_group_master(&group, &csr_pem) {
+                    Ok(cert_pem) => {
+                        info!(group = %group, "group master certificate renewed");
+                        let _ = renewals
+                            .send(ClusterToGroup::Certificate { cert_pem })
+                            .await;
+                    }
+                    Err(e) => crate::cluster::renewal::log_refused(&group, &e),
+                }
+            }
             Ok(Some(GroupToCluster::ProcessSnapshot {
                 node,
                 processes,

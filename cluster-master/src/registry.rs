@@ -23,6 +23,7 @@ impl NodeEntry {
         Member {
             node: self.record.id.clone(),
             serial: self.record.serial.clone(),
+            previous_serial: Some(self.record.previous_serial.clone()).filter(|s| !s.is_empty()),
             state: self.status.state,
         }
     }

@@ -59,6 +59,11 @@ enum Command {
         /// Serve the API over plain HTTP even on an address that is not loopback.
         #[arg(long)]
         insecure_http: bool,
+        /// Lifetime of every certificate the cluster CA signs (nodes, group masters,
+        /// the cluster master, the API): `24h`, `2m`...; at least a minute. Each is
+        /// renewed at about two thirds of it.
+        #[arg(long, default_value = "24h")]
+        cert_lifetime: String,
         /// QUIC address of the cluster master (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
@@ -449,6 +454,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         groups,
         api_listen,
         insecure_http,
+        cert_lifetime,
         listen,
         heartbeat_ms,
         down_after_ms,
@@ -483,6 +489,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             real_agents,
             reclaim_grace_seconds: reclaim_grace,
             insecure_http,
+            cert_lifetime,
             ..Default::default()
         };
         return c::up(options).await;

@@ -52,6 +52,8 @@ pub struct UpOptions {
     pub offer_timeout_seconds: u64,
     /// Plain HTTP even when `api_listen` is not loopback (default: HTTPS there).
     pub insecure_http: bool,
+    /// Lifetime of the certificates the cluster CA signs (`24h`, `2m`...).
+    pub cert_lifetime: String,
 }
 
 impl Default for UpOptions {
@@ -75,6 +77,7 @@ impl Default for UpOptions {
             real_agents: 0,
             reclaim_grace_seconds: 60,
             insecure_http: false,
+            cert_lifetime: "24h".to_string(),
             offer_timeout_seconds: 30,
         }
     }
@@ -166,6 +169,7 @@ impl Up {
             reclaim_grace_seconds: options.reclaim_grace_seconds,
             offer_timeout_seconds: options.offer_timeout_seconds,
             insecure_http: options.insecure_http,
+            cert_lifetime: options.cert_lifetime.clone(),
             ..Default::default()
         };
         let cm_shutdown = CancellationToken::new();

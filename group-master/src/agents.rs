@@ -80,6 +80,7 @@ impl Agents {
                     .members
                     .get(&peer.id)
                     .is_some_and(|serial| serial != &peer.serial)
+                    && inner.previous.get(&peer.id) != Some(&peer.serial)
                 {
                     Err(refusal(
                         RefusalCode::BadIdentity,
@@ -172,6 +173,10 @@ impl Service for Agents {
                 live: false,
             }),
             Ok(AgentToGroup::Setup(report)) => self.shared.setup_report(node, report),
+            Ok(AgentToGroup::Renew { csr_pem }) => {
+                debug!(node_id = %node, "agent asks for its next certificate");
+                self.shared.renewal(node, csr_pem);
+            }
             Ok(AgentToGroup::Leaving) => {
                 info!(node_id = %node, "agent leaving");
                 self.shared.left(node);

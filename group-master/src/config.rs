@@ -127,6 +127,9 @@ pub struct GroupMasterSettings {
     pub stats_db: Option<PathBuf>,
     pub content_listen: Option<SocketAddr>,
     pub content_cache: Option<PathBuf>,
+    /// Where a renewed identity is saved (`<data_dir>/identity.json` for the binary;
+    /// none for masters started in-process).
+    pub identity_file: Option<PathBuf>,
 }
 
 impl GroupMasterConfig {
@@ -232,6 +235,7 @@ impl GroupMasterConfig {
             stats_db: self.stats_db.clone(),
             content_listen: self.content_listen,
             content_cache: self.content_cache.clone(),
+            identity_file: None,
         })
     }
 }

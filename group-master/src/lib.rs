@@ -25,7 +25,9 @@ use anyhow::{bail, Context};
 use glory_protocol::lean::{LeanEndpoint, LeanSettings};
 use glory_protocol::targets::Targets;
 use glory_protocol::transport::client_endpoint;
-use glory_protocol::{ClientAuth, EnrollKind, EnrollRequest, LinkTiming, TlsIdentity};
+use glory_protocol::{
+    ClientAuth, EnrollKind, EnrollRequest, LinkTiming, LiveIdentity, TlsIdentity,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -34,7 +36,7 @@ pub use config::{GroupMasterConfig, GroupMasterSettings};
 /// A bound, not yet serving, group master.
 pub struct GroupMaster {
     settings: Arc<GroupMasterSettings>,
-    identity: TlsIdentity,
+    identity: LiveIdentity,
     endpoint: LeanEndpoint,
     advertise: SocketAddr,
 }
@@ -42,6 +44,7 @@ pub struct GroupMaster {
 impl GroupMaster {
     /// Bind the agent-facing endpoint. Port 0 picks a free port ([`GroupMaster::local_addr`]).
     pub fn bind(settings: GroupMasterSettings, identity: TlsIdentity) -> anyhow::Result<Self> {
+        let identity = LiveIdentity::new(identity).context("our certificate and key")?;
         let timing = LinkTiming {
             idle_timeout: settings.agent_idle_timeout,
             keep_alive: None,
@@ -107,7 +110,7 @@ impl GroupMaster {
                 .unwrap_or(std::net::SocketAddr::new(advertise.ip(), 0)),
             advertise.ip(),
             settings.content_cache.clone(),
-            Some(&identity.ca_pem),
+            Some(&identity.current().ca_pem),
         )
         .await?;
         shared.set_content(content.clone());
@@ -192,7 +195,7 @@ fn upstream_endpoint(
 }
 
 /// The identity a group master keeps in its data dir after enrolling.
-fn identity_path(data_dir: &Path) -> std::path::PathBuf {
+pub(crate) fn identity_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("identity.json")
 }
 
@@ -207,11 +210,8 @@ fn load_identity(data_dir: &Path) -> anyhow::Result<Option<TlsIdentity>> {
     }
 }
 
-fn save_identity(data_dir: &Path, identity: &TlsIdentity) -> anyhow::Result<()> {
-    glory_protocol::process::write_private(
-        &identity_path(data_dir),
-        &serde_json::to_vec_pretty(identity)?,
-    )?;
+pub(crate) fn save_identity(path: &Path, identity: &TlsIdentity) -> anyhow::Result<()> {
+    glory_protocol::process::write_private(path, &serde_json::to_vec_pretty(identity)?)?;
     Ok(())
 }
 
@@ -303,6 +303,13 @@ async fn enroll_attempt(
     .await
 }
 
+/// Whether an identity's certificate has expired (or does not parse) at `now_s`.
+fn certificate_expired(identity: &TlsIdentity, now_s: u64) -> bool {
+    glory_protocol::renewal::CertPeriod::of(&identity.cert_pem)
+        .map(|p| p.expired(now_s))
+        .unwrap_or(true)
+}
+
 /// Run a group master from its configuration until `shutdown`.
 pub async fn run(config: GroupMasterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut settings = config.validate()?;
@@ -312,9 +319,23 @@ pub async fn run(config: GroupMasterConfig, shutdown: CancellationToken) -> anyh
     settings
         .content_cache
         .get_or_insert_with(|| config.data_dir.join("content"));
+    settings.identity_file = Some(identity_path(&config.data_dir));
+    let now_s = glory_protocol::now_ms() / 1000;
     let identity = match load_identity(&config.data_dir)? {
-        Some(identity) => identity,
-        None => {
+        Some(identity) if !certificate_expired(&identity, now_s) => identity,
+        loaded => {
+            if loaded.is_some() {
+                if config.token.is_none() {
+                    bail!(
+                        "group master {}: its certificate in {} expired while it was not running \
+                         (it renews only while connected): give it a bootstrap token of scope \
+                         group-master (`token` in its configuration) to enroll again",
+                        config.group,
+                        identity_path(&config.data_dir).display()
+                    );
+                }
+                warn!(group = %config.group, "our certificate expired while we were not running; enrolling again with the bootstrap token");
+            }
             let advertise = settings.advertise.unwrap_or(settings.listen);
             if advertise.ip().is_unspecified() {
                 bail!("set `advertise`: agents cannot dial {advertise}");
@@ -323,7 +344,7 @@ pub async fn run(config: GroupMasterConfig, shutdown: CancellationToken) -> anyh
                 _ = shutdown.cancelled() => return Ok(()),
                 identity = enroll_group_master(&config, &settings, advertise) => identity?,
             };
-            save_identity(&config.data_dir, &identity)?;
+            save_identity(&identity_path(&config.data_dir), &identity)?;
             info!(group = %config.group, "group master enrolled");
             identity
         }
@@ -346,6 +367,34 @@ mod tests {
             enroll_timeout_ms: 300,
             ..Default::default()
         }
+    }
+
+    /// A certificate that expired while the group master was not running needs a
+    /// bootstrap token: without one it stops, saying so, and keeps the old identity.
+    #[tokio::test]
+    async fn an_expired_certificate_without_a_token_asks_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = glory_protocol::ClusterCa::generate("t").unwrap();
+        let subject = glory_protocol::CertSubject {
+            id: "g07".into(),
+            role: glory_protocol::CertRole::GroupMaster,
+            group: None,
+        };
+        let (identity, _) = ca.issue(&subject, std::time::Duration::ZERO).unwrap();
+        save_identity(&identity_path(dir.path()), &identity).unwrap();
+        let config = GroupMasterConfig {
+            group: "g07".into(),
+            data_dir: dir.path().to_path_buf(),
+            token: None,
+            ..config_toward_silence("127.0.0.1:9".parse().unwrap())
+        };
+        let error = run(config, CancellationToken::new()).await.unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("expired") && text.contains("bootstrap token"),
+            "{text}"
+        );
+        assert_eq!(load_identity(dir.path()).unwrap(), Some(identity));
     }
 
     #[tokio::test]

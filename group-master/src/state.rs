@@ -38,6 +38,9 @@ pub(crate) struct Inner {
     pub detector: FailureDetector,
     /// node -> serial of its current certificate, as the cluster master told us.
     pub members: HashMap<String, String>,
+    /// node -> serial of the certificate it held before its last renewal, accepted
+    /// until it expires.
+    pub previous: HashMap<String, String>,
     pub members_known: bool,
     pub revoked: HashSet<String>,
     pub sessions: HashMap<String, Session>,
@@ -57,6 +60,8 @@ pub(crate) struct Inner {
     /// Every active alert, for a cluster master that just connected.
     pub alert_snapshot: Option<Vec<AlertChange>>,
     pub answers: Vec<MetricsAnswer>,
+    /// Agents' certificate requests waiting to go up (the newest per node).
+    pub renewals: HashMap<String, String>,
     next_session: u64,
 }
 
@@ -102,6 +107,7 @@ impl Shared {
             inner: Mutex::new(Inner {
                 detector: FailureDetector::new(detector),
                 members: HashMap::new(),
+                previous: HashMap::new(),
                 members_known: false,
                 revoked: HashSet::new(),
                 sessions: HashMap::new(),
@@ -115,6 +121,7 @@ impl Shared {
                 alerts: Vec::new(),
                 alert_snapshot: None,
                 answers: Vec::new(),
+                renewals: HashMap::new(),
                 next_session: 1,
             }),
             changed: Notify::new(),
@@ -139,6 +146,18 @@ impl Shared {
     pub fn setup_report(&self, node: &str, report: glory_protocol::setup::SetupReport) {
         self.lock().setup_reports.insert(node.to_string(), report);
         self.changed.notify_one();
+    }
+
+    /// A connected agent asks for its next certificate: passed up with the next batch.
+    pub fn renewal(&self, node: &str, csr_pem: String) {
+        self.lock().renewals.insert(node.to_string(), csr_pem);
+        self.changed.notify_one();
+    }
+
+    pub fn take_renewals(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.lock().renewals)
+            .into_iter()
+            .collect()
     }
 
     pub fn take_setup_reports(&self) -> Vec<(String, glory_protocol::setup::SetupReport)> {
@@ -411,6 +430,7 @@ impl Shared {
             inner.detector.forget(&node);
         }
         inner.members.clear();
+        inner.previous.clear();
         let mut diffs = Vec::new();
         for member in members {
             inner.detector.track(&member.node, member.state, now);
@@ -424,6 +444,9 @@ impl Shared {
                     });
                 }
             }
+            if let Some(previous) = member.previous_serial {
+                inner.previous.insert(member.node.clone(), previous);
+            }
             inner.members.insert(member.node, member.serial);
         }
         inner.members_known = true;
@@ -436,6 +459,10 @@ impl Shared {
         let mut inner = self.lock();
         inner.detector.track(&member.node, member.state, now);
         inner.revoked.remove(&member.serial);
+        match member.previous_serial {
+            Some(previous) => inner.previous.insert(member.node.clone(), previous),
+            None => inner.previous.remove(&member.node),
+        };
         inner.members.insert(member.node, member.serial);
     }
 
@@ -443,6 +470,9 @@ impl Shared {
     pub fn member_removed(&self, node: &str, serial: String) -> Option<LinkHandle> {
         let mut inner = self.lock();
         inner.members.remove(node);
+        if let Some(previous) = inner.previous.remove(node) {
+            inner.revoked.insert(previous);
+        }
         inner.revoked.insert(serial);
         inner.detector.forget(node);
         inner.loads.remove(node);

@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use glory_protocol::renewal::Renewer;
 use glory_protocol::targets::Targets;
 use glory_protocol::tls::CLUSTER_MASTER_NAME;
 use glory_protocol::transport::{client_config, client_hello, connect};
 use glory_protocol::{
-    close, ClusterToGroup, GroupToCluster, Hello, LinkError, LinkTiming, Role, TlsIdentity,
+    close, ClusterToGroup, GroupToCluster, Hello, LinkError, LinkTiming, LiveIdentity, Role,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -23,7 +24,7 @@ const STANDBY_YIELD: Duration = Duration::from_millis(500);
 
 pub(crate) async fn upstream_loop(
     endpoint: glory_protocol::LinkEndpoint,
-    identity: TlsIdentity,
+    identity: LiveIdentity,
     shared: Arc<Shared>,
     settings: Arc<GroupMasterSettings>,
     advertise: SocketAddr,
@@ -32,6 +33,13 @@ pub(crate) async fn upstream_loop(
     let Some(mut targets) = Targets::new(&settings.cluster_masters) else {
         warn!(group = %shared.group, "no cluster master address configured");
         return;
+    };
+    let mut renewer = match Renewer::new(&identity.current().cert_pem) {
+        Ok(renewer) => renewer,
+        Err(e) => {
+            warn!(group = %shared.group, error = %e, "our certificate does not parse; it will not be renewed");
+            return;
+        }
     };
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
@@ -44,6 +52,7 @@ pub(crate) async fn upstream_loop(
         let result = link_session(
             &endpoint,
             &identity,
+            &mut renewer,
             &shared,
             &settings,
             advertise,
@@ -135,7 +144,8 @@ pub(crate) fn worth_logging(failures: u32) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn link_session(
     endpoint: &glory_protocol::LinkEndpoint,
-    identity: &TlsIdentity,
+    identity: &LiveIdentity,
+    renewer: &mut Renewer,
     shared: &Arc<Shared>,
     settings: &GroupMasterSettings,
     advertise: SocketAddr,
@@ -148,7 +158,7 @@ async fn link_session(
         keep_alive: Some(settings.cluster_idle_timeout / 3),
         initial_rtt: glory_protocol::transport::CONTROL_INITIAL_RTT,
     };
-    let config = client_config(identity.client_tls()?, timing)?;
+    let config = client_config(identity.current().client_tls()?, timing)?;
     let conn = connect(
         endpoint,
         config,
@@ -219,6 +229,22 @@ async fn link_session(
                         break Err(e.into());
                     }
                 }
+                for (node, csr_pem) in shared.take_renewals() {
+                    if let Err(e) = send.send(&GroupToCluster::RenewNode { node, csr_pem }).await {
+                        break 'link Err(e.into());
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(renewer.due().into()) => {
+                match renewer.request() {
+                    Ok(csr_pem) => {
+                        info!(group = %shared.group, "asking for our next certificate");
+                        if let Err(e) = send.send(&GroupToCluster::Renew { csr_pem }).await {
+                            break Err(e.into());
+                        }
+                    }
+                    Err(e) => warn!(group = %shared.group, error = %e, "cannot make a certificate request"),
+                }
             }
             _ = report.tick() => {
                 if let Err(e) = send.send(&GroupToCluster::Report(shared.report())).await {
@@ -226,6 +252,9 @@ async fn link_session(
                 }
             }
             msg = reader.recv() => match msg {
+                Some(Ok(Some(ClusterToGroup::Certificate { cert_pem }))) => {
+                    renewed(identity, renewer, shared, settings, &cert_pem);
+                }
                 Some(Ok(Some(msg))) => handle(shared, msg),
                 Some(Ok(None)) | None => break Err(LinkError::Closed),
                 Some(Err(e)) => {
@@ -238,6 +267,37 @@ async fn link_session(
     };
     drop(reader);
     result
+}
+
+/// Our next certificate arrived: present it from the next handshake on (agents and
+/// the cluster master) and keep it where a restart finds it.
+fn renewed(
+    identity: &LiveIdentity,
+    renewer: &mut Renewer,
+    shared: &Shared,
+    settings: &GroupMasterSettings,
+    cert_pem: &str,
+) {
+    let next = match renewer.accept(&identity.current(), cert_pem) {
+        Ok(next) => next,
+        Err(e) => {
+            warn!(group = %shared.group, error = %e, "certificate from the cluster master not taken");
+            return;
+        }
+    };
+    if let Some(path) = &settings.identity_file {
+        if let Err(e) = crate::save_identity(path, &next) {
+            // Serving goes on with the new certificate; a restart would find the old
+            // one, still good until it expires.
+            warn!(group = %shared.group, error = %e, "cannot save the renewed identity");
+        }
+    }
+    match identity.replace(next) {
+        Ok(()) => {
+            info!(group = %shared.group, expires_ms = renewer.period().expires_ms(), "certificate renewed")
+        }
+        Err(e) => warn!(group = %shared.group, error = %e, "renewed certificate not usable"),
+    }
 }
 
 fn handle(shared: &Shared, msg: ClusterToGroup) {
@@ -271,6 +331,7 @@ fn handle(shared: &Shared, msg: ClusterToGroup) {
                 debug!(group = %shared.group, node_id = %node, "agent not connected; message dropped");
             }
         }
+        ClusterToGroup::Certificate { .. } => {}
         ClusterToGroup::MemberRemoved { node, serial } => {
             info!(group = %shared.group, node_id = %node, "node removed");
             if let Some(conn) = shared.member_removed(&node, serial) {

@@ -182,6 +182,12 @@ pub struct NodeRecord {
     pub group: String,
     /// Serial of the node's current certificate.
     pub serial: String,
+    /// Serial of the certificate before its last renewal (accepted until it expires).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub previous_serial: String,
+    /// When the current certificate expires, ms since the epoch (0: not recorded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cert_expires_ms: u64,
     pub enrolled_ms: u64,
     #[serde(with = "stored::inventory")]
     pub inventory: Inventory,
@@ -201,6 +207,10 @@ pub struct NodeRecord {
     /// address a pool master on this node is published at by default.
     #[serde(default)]
     pub reached_from: Option<String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl NodeRecord {

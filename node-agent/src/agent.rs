@@ -177,7 +177,18 @@ pub async fn run_agent(
     }
     loop {
         let mut identity = match deps.store.load()? {
-            Some(identity) => identity,
+            Some(identity) if crate::cert::expired_at(&identity).is_none() => identity,
+            Some(identity) => {
+                let expired = crate::cert::expired_at(&identity).unwrap_or(0);
+                let message = crate::cert::expired_message(&identity, expired);
+                if settings.token.is_none() {
+                    anyhow::bail!(message);
+                }
+                warn!(node_id = %identity.node_id, "{message}; enrolling again with the token");
+                keep_key = Some(identity.tls.key_pem.clone());
+                deps.store.clear()?;
+                continue;
+            }
             None => {
                 match enroll_until_done(&settings, &deps, keep_key.take(), &shutdown, &power_off)
                     .await?
@@ -620,6 +631,7 @@ async fn session(
         settings.setup_check,
     );
     setup_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewal = crate::cert::CertRenewal::new(identity);
     let end = 'session: loop {
         tokio::select! {
             biased;
@@ -672,6 +684,13 @@ async fn session(
                     break SessionEnd::Lost(format!("send setup report: {e}"));
                 }
             }
+            _ = tokio::time::sleep_until(renewal.due()) => {
+                if let Some(request) = renewal.request(&identity.node_id) {
+                    if let Err(e) = send.send(&request).await {
+                        break SessionEnd::Lost(format!("send certificate request: {e}"));
+                    }
+                }
+            }
             _ = setup_check.tick(), if setup.has_root() => {
                 setup.check_drift();
                 setup.converge(true);
@@ -699,6 +718,9 @@ async fn session(
                 Some(Ok(Some(GroupToAgent::Software(specs)))) => setup.set_software(specs),
                 Some(Ok(Some(GroupToAgent::SamplesHeld { through_ms }))) => {
                     backfill = Some((through_ms, session_start));
+                }
+                Some(Ok(Some(GroupToAgent::Certificate { cert_pem }))) => {
+                    renewal.accept(identity, deps.store.as_ref(), &cert_pem);
                 }
                 Some(Ok(Some(GroupToAgent::Removed { reason }))) => break SessionEnd::Removed(reason),
                 Some(Ok(None)) | None => break SessionEnd::Lost("group master closed the control stream".into()),

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod cert;
 pub mod config;
 mod dialer;
 pub mod host;

@@ -244,7 +244,7 @@ mod tests {
             let timing = ids.timing;
             let server = server_endpoint(
                 "127.0.0.1:0".parse().unwrap(),
-                &ids.server,
+                &crate::LiveIdentity::new(ids.server.clone()).unwrap(),
                 ClientAuth::Required,
                 LinkTiming {
                     idle_timeout: endpoint_idle.unwrap_or(timing.idle_timeout),
@@ -254,7 +254,7 @@ mod tests {
             .unwrap();
             let ordinary = ordinary_idle.map(|idle_timeout| {
                 crate::transport::server_config(
-                    &ids.server,
+                    &crate::LiveIdentity::new(ids.server.clone()).unwrap(),
                     ClientAuth::Required,
                     LinkTiming {
                         idle_timeout,

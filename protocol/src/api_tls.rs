@@ -15,7 +15,8 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-use crate::tls::{pem_chain, pem_key, provider, random_serial, ClusterCa, TlsError};
+pub use crate::renewal::CertSlot;
+use crate::tls::{provider, random_serial, ClusterCa, TlsError};
 
 /// Common name of API certificates the cluster CA issues.
 pub const API_CERT_NAME: &str = "glory-cluster-master-api";
@@ -82,20 +83,13 @@ fn dns_name(name: &str) -> bool {
         })
 }
 
-/// The rustls server configuration of the API: `cert_pem` (a chain, leaf first) and its
-/// key, HTTP/1.1, no client certificates.
-pub fn api_server_tls(
-    cert_pem: &str,
-    key_pem: &str,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = pem_chain(cert_pem)?;
-    if chain.is_empty() {
-        return Err(TlsError::Pem("no certificate".into()));
-    }
+/// The rustls server configuration of the API: the certificate in `slot` (a chain,
+/// leaf first, and its key; replaced when renewed), HTTP/1.1, no client certificates.
+pub fn api_server_tls(slot: &CertSlot) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(chain, pem_key(key_pem)?)?;
+        .with_cert_resolver(slot.resolver());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -109,7 +103,7 @@ mod tests {
         let ca = ClusterCa::generate("t").unwrap();
         let names = ["127.0.0.1", "::1", "localhost", "api.example", "127.0.0.1"].map(String::from);
         let (cert, key) = issue_api_cert(&ca, &names, Duration::from_secs(3600)).unwrap();
-        let chain = pem_chain(&cert).unwrap();
+        let chain = crate::tls::pem_chain(&cert).unwrap();
         assert_eq!(chain.len(), 2, "leaf and CA");
         let (_, parsed) = x509_parser::parse_x509_certificate(chain[0].as_ref()).unwrap();
         let san = parsed.subject_alternative_name().unwrap().unwrap().value;
@@ -118,8 +112,8 @@ mod tests {
             assert!(text.contains(want), "{want} in {text}");
         }
         assert_eq!(san.general_names.len(), 4, "duplicates dropped: {text}");
-        api_server_tls(&cert, &key).unwrap();
-        assert!(api_server_tls("", &key).is_err());
+        api_server_tls(&CertSlot::new(&cert, &key).unwrap()).unwrap();
+        assert!(CertSlot::new("", &key).is_err());
         assert!(issue_api_cert(&ca, &["bad name!".into()], Duration::from_secs(60)).is_err());
     }
 }

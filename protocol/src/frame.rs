@@ -275,12 +275,17 @@ mod link_messages {
             ClusterToGroup::MemberAdded(Member {
                 node: "n".into(),
                 serial: "s".into(),
+                previous_serial: Some("r".into()),
                 state: NodeState::Up,
             }),
+            ClusterToGroup::Certificate {
+                cert_pem: "pem".into(),
+            },
             ClusterToGroup::Members {
                 members: vec![Member {
                     node: "n".into(),
                     serial: "s".into(),
+                    previous_serial: None,
                     state: NodeState::Unreachable,
                 }],
                 revoked: vec![],

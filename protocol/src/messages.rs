@@ -330,6 +330,9 @@ pub enum AgentToGroup {
     /// What the agent applied and installed (when a session opens and after each
     /// change).
     Setup(crate::setup::SetupReport),
+    /// Sign this request for the next certificate (for a fresh key); answered with
+    /// [`GroupToAgent::Certificate`] through the group master.
+    Renew { csr_pem: String },
 }
 
 /// Group master -> agent, on the control stream.
@@ -355,6 +358,8 @@ pub enum GroupToAgent {
     Config(Option<crate::setup::NodeConfig>),
     /// Every package the node must have (replaces the previous set).
     Software(Vec<crate::setup::PackageSpec>),
+    /// The node's next certificate, signed for the key of its `Renew`.
+    Certificate { cert_pem: String },
 }
 
 /// A process the cluster master wants running on a node (a component master).
@@ -586,6 +591,15 @@ pub enum GroupToCluster {
     },
     /// Agents' setup reports, forwarded at once: `(node, report)`.
     Setup(Vec<(String, crate::setup::SetupReport)>),
+    /// A node of the group asks for its next certificate (its agent's `Renew`).
+    RenewNode {
+        node: String,
+        csr_pem: String,
+    },
+    /// The group master asks for its own next certificate.
+    Renew {
+        csr_pem: String,
+    },
 }
 
 /// A node as the cluster master tells its group master about it.
@@ -594,6 +608,10 @@ pub struct Member {
     pub node: String,
     /// Serial of its current certificate (hex).
     pub serial: String,
+    /// Serial of the certificate it held before its last renewal, still accepted
+    /// until it expires (a renewal whose answer was lost strands no agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_serial: Option<String>,
     /// Last state the cluster recorded.
     pub state: NodeState,
 }
@@ -630,6 +648,10 @@ pub enum ClusterToGroup {
     Monitors(Vec<crate::monitoring::MonitorSpec>),
     /// A history query; answered with [`GroupToCluster::MetricsAnswer`].
     Metrics(crate::monitoring::MetricsQuery),
+    /// The group master's next certificate, signed for the key of its `Renew`.
+    Certificate {
+        cert_pem: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------

@@ -112,10 +112,14 @@ pub enum ProvisionerToCluster {
     },
     /// Progress of machines on this boot network.
     Progress(Vec<BootProgress>),
+    /// The provisioner asks for its next certificate (for a fresh key).
+    Renew { csr_pem: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+// One message at a time crosses the link: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ClusterToProvisioner {
     /// The answer to `PlanBoot`: the plan, or why the machine may not boot.
     Plan {
@@ -123,6 +127,8 @@ pub enum ClusterToProvisioner {
         mac: String,
         plan: Result<BootPlan, String>,
     },
+    /// The provisioner's next certificate, signed for the key of its `Renew`.
+    Certificate { cert_pem: String },
 }
 
 #[cfg(test)]

@@ -230,7 +230,8 @@ impl ClusterCa {
             }
         }
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(10);
+        params.not_before =
+            now - time::Duration::seconds(crate::renewal::CLOCK_SKEW.as_secs() as i64);
         params.not_after = now + time::Duration::seconds(validity.as_secs() as i64);
         params.use_authority_key_identifier_extension = true;
         params
@@ -385,6 +386,17 @@ impl TlsIdentity {
 
     /// rustls server configuration for QUIC.
     pub fn server_tls(&self, client_auth: ClientAuth) -> Result<rustls::ServerConfig, TlsError> {
+        let slot = crate::renewal::CertSlot::new(&self.cert_pem, &self.key_pem)?;
+        self.server_tls_with(client_auth, slot.resolver())
+    }
+
+    /// rustls server configuration trusting our CA for client certificates and
+    /// presenting what `certs` resolves to (a renewable certificate).
+    pub fn server_tls_with(
+        &self,
+        client_auth: ClientAuth,
+        certs: Arc<dyn rustls::server::ResolvesServerCert>,
+    ) -> Result<rustls::ServerConfig, TlsError> {
         let builder = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider());
         let verifier = match client_auth {
             ClientAuth::Required => builder.build(),
@@ -394,7 +406,7 @@ impl TlsIdentity {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(pem_chain(&self.cert_pem)?, pem_key(&self.key_pem)?)?;
+            .with_cert_resolver(certs);
         config.alpn_protocols = vec![ALPN.to_vec()];
         without_resumption_tickets(&mut config);
         Ok(config)

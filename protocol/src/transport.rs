@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::frame::{read_frame, write_frame, FrameError};
 use crate::link::{ClientLinkConfig, Link, LinkEnd, LinkEndpoint, ServerLinkConfig};
 use crate::messages::{Hello, HelloReply, Refusal, RefusalCode, PROTOCOL_VERSION};
-use crate::tls::{ClientAuth, TlsError, TlsIdentity};
+use crate::tls::{ClientAuth, TlsError};
 
 /// Application close codes, so a peer's log says why it was disconnected.
 pub mod close {
@@ -206,7 +206,7 @@ pub(crate) fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocke
 /// How accepted links are set up: our identity, whether clients must present a
 /// certificate, and the links' timing.
 pub fn server_config(
-    identity: &TlsIdentity,
+    identity: &crate::LiveIdentity,
     client_auth: ClientAuth,
     timing: LinkTiming,
 ) -> Result<ServerLinkConfig, LinkError> {
@@ -219,7 +219,7 @@ pub fn server_config(
 
 /// quinn server configuration with our identity.
 pub(crate) fn quinn_server_config(
-    identity: &TlsIdentity,
+    identity: &crate::LiveIdentity,
     client_auth: ClientAuth,
     timing: LinkTiming,
 ) -> Result<quinn::ServerConfig, LinkError> {
@@ -246,7 +246,7 @@ pub(crate) fn endpoint_config() -> quinn::EndpointConfig {
 /// A server endpoint (which can also dial out) with our identity.
 pub fn server_endpoint(
     bind: SocketAddr,
-    identity: &TlsIdentity,
+    identity: &crate::LiveIdentity,
     client_auth: ClientAuth,
     timing: LinkTiming,
 ) -> Result<LinkEndpoint, LinkError> {
@@ -273,7 +273,7 @@ pub fn client_endpoint(bind: SocketAddr) -> Result<LinkEndpoint, LinkError> {
 }
 
 /// How dialled links are set up, from a TLS client configuration
-/// ([`TlsIdentity::client_tls`], or [`crate::tls::enroll_client_tls`] without a
+/// ([`crate::TlsIdentity::client_tls`], or [`crate::tls::enroll_client_tls`] without a
 /// certificate) and the links' timing.
 pub fn client_config(
     tls: rustls::ClientConfig,

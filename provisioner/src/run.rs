@@ -111,6 +111,7 @@ pub async fn start(
     let client = glory_content::http_client(Some(&identity.ca_pem))?;
     let uplink = crate::uplink::start(
         identity,
+        config.state_dir.join("identity.json"),
         config.name.clone(),
         base.clone(),
         masters,

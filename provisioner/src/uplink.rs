@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use glory_protocol::renewal::{CertPeriod, Renewer};
 use glory_protocol::targets::Targets;
 use glory_protocol::tls::CLUSTER_MASTER_NAME;
 use glory_protocol::transport::{client_config, client_hello, connect};
@@ -84,7 +85,21 @@ pub async fn identity(
 ) -> anyhow::Result<TlsIdentity> {
     let path = state_dir.join("identity.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        return serde_json::from_str(&text).with_context(|| format!("read {}", path.display()));
+        let held: TlsIdentity =
+            serde_json::from_str(&text).with_context(|| format!("read {}", path.display()))?;
+        let now_s = glory_protocol::now_ms() / 1000;
+        if CertPeriod::of(&held.cert_pem).is_ok_and(|p| !p.expired(now_s)) {
+            return Ok(held);
+        }
+        if token.is_none() {
+            bail!(
+                "provisioner {name}: its certificate in {} expired while it was not running \
+                 (it renews only while connected): give it a bootstrap token \
+                 (glory bootstrap-tokens create --scope provisioner) to enroll again",
+                path.display()
+            );
+        }
+        warn!(provisioner = %name, "our certificate expired while we were not running; enrolling again");
     }
     let Some(token) = token else {
         bail!(
@@ -158,6 +173,7 @@ pub async fn identity(
 /// Start the link; it runs until `shutdown`.
 pub fn start(
     identity: TlsIdentity,
+    identity_file: PathBuf,
     name: String,
     http: String,
     masters: Vec<SocketAddr>,
@@ -173,16 +189,48 @@ pub fn start(
         next: Arc::new(AtomicU64::new(1)),
     };
     let endpoint = glory_protocol::transport::client_endpoint("0.0.0.0:0".parse()?)?;
+    let renewal = Renewal {
+        renewer: Renewer::new(&identity.cert_pem)?,
+        identity,
+        file: identity_file,
+    };
     tokio::spawn(link_loop(
-        endpoint, identity, name, http, masters, pending, req_rx, prog_rx, shutdown,
+        endpoint, renewal, name, http, masters, pending, req_rx, prog_rx, shutdown,
     ));
     Ok(uplink)
+}
+
+/// Our identity, renewed over the link and saved where a restart finds it.
+struct Renewal {
+    identity: TlsIdentity,
+    renewer: Renewer,
+    file: PathBuf,
+}
+
+impl Renewal {
+    fn renewed(&mut self, name: &str, cert_pem: &str) {
+        match self.renewer.accept(&self.identity, cert_pem) {
+            Ok(next) => {
+                if let Err(e) = serde_json::to_vec_pretty(&next)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|json| Ok(glory_protocol::process::write_private(&self.file, &json)?))
+                {
+                    warn!(provisioner = %name, error = %e, "cannot save the renewed identity");
+                }
+                self.identity = next;
+                info!(provisioner = %name, "certificate renewed");
+            }
+            Err(e) => {
+                warn!(provisioner = %name, error = %e, "certificate from the cluster master not taken")
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn link_loop(
     endpoint: glory_protocol::LinkEndpoint,
-    identity: TlsIdentity,
+    mut renewal: Renewal,
     name: String,
     http: String,
     masters: Vec<SocketAddr>,
@@ -200,7 +248,7 @@ async fn link_loop(
         let target = targets.current();
         let result = session(
             &endpoint,
-            &identity,
+            &mut renewal,
             &name,
             &http,
             target,
@@ -230,7 +278,7 @@ async fn link_loop(
 #[allow(clippy::too_many_arguments)]
 async fn session(
     endpoint: &glory_protocol::LinkEndpoint,
-    identity: &TlsIdentity,
+    renewal: &mut Renewal,
     name: &str,
     http: &str,
     target: SocketAddr,
@@ -244,7 +292,7 @@ async fn session(
         keep_alive: Some(IDLE_TIMEOUT / 3),
         initial_rtt: glory_protocol::transport::CONTROL_INITIAL_RTT,
     };
-    let config = client_config(identity.client_tls()?, timing)?;
+    let config = client_config(renewal.identity.client_tls()?, timing)?;
     let conn = connect(
         endpoint,
         config,
@@ -288,6 +336,12 @@ async fn session(
                     send.send(&ProvisionerToCluster::Progress(std::mem::take(&mut batch))).await?;
                 }
             }
+            _ = tokio::time::sleep_until(renewal.renewer.due().into()) => {
+                match renewal.renewer.request() {
+                    Ok(csr_pem) => send.send(&ProvisionerToCluster::Renew { csr_pem }).await?,
+                    Err(e) => warn!(provisioner = %name, error = %e, "cannot make a certificate request"),
+                }
+            }
             msg = reader.recv() => match msg {
                 Some(Ok(Some(ClusterToProvisioner::Plan { request, mac, plan }))) => {
                     let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
@@ -296,6 +350,7 @@ async fn session(
                         None => debug!(%mac, request, "a boot plan came after its request gave up"),
                     }
                 }
+                Some(Ok(Some(ClusterToProvisioner::Certificate { cert_pem }))) => renewal.renewed(name, &cert_pem),
                 Some(Ok(None)) | None => return Err(LinkError::Closed),
                 Some(Err(e)) => {
                     conn.close(close::PROTOCOL_ERROR, "bad frame");

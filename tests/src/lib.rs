@@ -51,6 +51,7 @@ pub struct ClusterBuilder {
     tracker_interval_seconds: u64,
     p2p_min_mb: u64,
     insecure_http: bool,
+    cert_lifetime: Option<Duration>,
 }
 
 impl Default for ClusterBuilder {
@@ -72,11 +73,19 @@ impl Default for ClusterBuilder {
             tracker_interval_seconds: 30,
             p2p_min_mb: 0,
             insecure_http: false,
+            cert_lifetime: None,
         }
     }
 }
 
 impl ClusterBuilder {
+    /// Lifetime of the certificates the cluster CA signs (the configuration's floor of
+    /// a minute does not apply here, so renewal can be watched in seconds).
+    pub fn cert_lifetime(mut self, lifetime: Duration) -> Self {
+        self.cert_lifetime = Some(lifetime);
+        self
+    }
+
     /// Plain HTTP on an `api_listen` that is not loopback (HTTPS there otherwise).
     pub fn insecure_http(mut self) -> Self {
         self.insecure_http = true;
@@ -185,13 +194,13 @@ impl ClusterBuilder {
             glory_cluster_master::open_keymaster(&cm_config, &CancellationToken::new()).await?;
         let late = Arc::new(LateFleet::default());
         let cm_shutdown = CancellationToken::new();
-        let cm = glory_cluster_master::start(
-            cm_config.validate()?,
-            km,
-            Some(late.clone()),
-            cm_shutdown.clone(),
-        )
-        .await?;
+        let mut cm_settings = cm_config.validate()?;
+        if let Some(lifetime) = self.cert_lifetime {
+            cm_settings.cert_validity = lifetime;
+        }
+        let cm =
+            glory_cluster_master::start(cm_settings, km, Some(late.clone()), cm_shutdown.clone())
+                .await?;
         // An API bound to every address is reached by loopback, over HTTPS when it is
         // (checked against the cluster CA).
         let mut api_addr = cm.api_addr;

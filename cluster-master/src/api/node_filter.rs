@@ -138,6 +138,8 @@ mod tests {
             machine_id: String::new(),
             group: group.to_string(),
             serial: String::new(),
+            previous_serial: String::new(),
+            cert_expires_ms: 0,
             enrolled_ms: 0,
             inventory: Default::default(),
             labels: [("rack".to_string(), rack.to_string())].into(),

@@ -38,6 +38,9 @@ struct NodeView<'a> {
     group: &'a str,
     enrolled_ms: u64,
     serial: &'a str,
+    /// When the node's certificate expires (null in records from before renewal).
+    cert_expires_ms: Option<u64>,
+    cert_expires_at: Option<String>,
     labels: &'a BTreeMap<String, String>,
     /// Left out of `view=summary` listings.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,6 +60,10 @@ fn node_view(node: &NodeEntry, with_history: bool, with_inventory: bool) -> Node
         group: &node.record.group,
         enrolled_ms: node.record.enrolled_ms,
         serial: &node.record.serial,
+        cert_expires_ms: Some(node.record.cert_expires_ms).filter(|ms| *ms > 0),
+        cert_expires_at: Some(node.record.cert_expires_ms)
+            .filter(|ms| *ms > 0)
+            .map(crate::monitoring::rfc3339),
         labels: &node.record.labels,
         inventory: with_inventory.then_some(&node.record.inventory),
         load: node.load.as_ref(),

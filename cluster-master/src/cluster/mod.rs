@@ -10,6 +10,7 @@ mod group_links;
 mod groups;
 mod keymaster;
 mod removal;
+pub(crate) mod renewal;
 mod states;
 mod users;
 

@@ -2,7 +2,7 @@
 //! refused from then on, and its server identity may not enroll again until an
 //! operator admits it.
 
-use glory_keymaster::schema::{self, RemovedRecord, RevokedRecord, RECORD_VERSION};
+use glory_keymaster::schema::{self, RemovedRecord, RECORD_VERSION};
 use glory_keymaster::{KeyMasterError, Txn, TxnOp};
 use glory_protocol::ClusterToGroup;
 use tracing::{info, warn};
@@ -20,46 +20,71 @@ impl Cluster {
             Err(crate::pools::OpError::KeyMaster(e)) => return Err(e),
             Err(e) => warn!(node_id = %id, error = %e, "could not release the node from its pool"),
         }
-        let revoked = RevokedRecord {
-            v: RECORD_VERSION,
-            serial: record.serial.clone(),
-            node: id.to_string(),
-            at_ms: glory_protocol::now_ms(),
-        };
+        let at_ms = glory_protocol::now_ms();
+        let revoked = self.revoked_with(&record, at_ms);
         let identity = record.identity();
         let removed = RemovedRecord {
             v: RECORD_VERSION,
             node: id.to_string(),
             identity: identity.clone(),
             hostname: record.hostname.clone(),
-            at_ms: revoked.at_ms,
+            at_ms,
         };
+        let mut success = vec![
+            TxnOp::delete(schema::node_key(id)),
+            TxnOp::delete(schema::node_status_key(id)),
+            TxnOp::delete(schema::identity_key(&identity)),
+            TxnOp::put(schema::removed_key(&identity), schema::encode(&removed)),
+        ];
+        for (serial, record) in &revoked {
+            success.push(TxnOp::put(
+                schema::revoked_key(serial),
+                schema::encode(record),
+            ));
+        }
         let txn = Txn {
             compares: vec![],
-            success: vec![
-                TxnOp::delete(schema::node_key(id)),
-                TxnOp::delete(schema::node_status_key(id)),
-                TxnOp::delete(schema::identity_key(&identity)),
-                TxnOp::put(
-                    schema::revoked_key(&record.serial),
-                    schema::encode(&revoked),
-                ),
-                TxnOp::put(schema::removed_key(&identity), schema::encode(&removed)),
-            ],
+            success,
             failure: vec![],
         };
         self.km_txn(txn).await?;
-        let mut reg = self.write();
-        reg.remove_node(id);
-        reg.revoked.insert(record.serial.clone(), id.to_string());
-        reg.removed.insert(identity, removed);
-        if let Some(group) = reg.groups.get(&record.group) {
-            group.notify(ClusterToGroup::MemberRemoved {
-                node: id.to_string(),
-                serial: record.serial.clone(),
-            });
+        let late = {
+            let mut reg = self.write();
+            // A renewal that landed while we wrote: its serials are refused too.
+            let late = reg
+                .nodes
+                .get(id)
+                .map(|n| self.revoked_with(&n.record, at_ms))
+                .unwrap_or_default();
+            reg.remove_node(id);
+            for (serial, _) in revoked.iter().chain(&late) {
+                reg.revoked.insert(serial.clone(), id.to_string());
+            }
+            reg.removed.insert(identity, removed);
+            if let Some(group) = reg.groups.get(&record.group) {
+                for serial in late.iter().map(|(s, _)| s).chain([&record.serial]) {
+                    group.notify(ClusterToGroup::MemberRemoved {
+                        node: id.to_string(),
+                        serial: serial.clone(),
+                    });
+                }
+            }
+            late
+        };
+        let late: Vec<TxnOp> = late
+            .iter()
+            .filter(|(serial, _)| !revoked.iter().any(|(s, _)| s == serial))
+            .map(|(serial, r)| TxnOp::put(schema::revoked_key(serial), schema::encode(r)))
+            .collect();
+        if !late.is_empty() {
+            let txn = Txn {
+                success: late,
+                ..Default::default()
+            };
+            if let Err(e) = self.km_txn(txn).await {
+                warn!(node_id = %id, error = %e, "a serial renewed during the removal is refused, but not recorded");
+            }
         }
-        drop(reg);
         self.forget_setup(id);
         info!(node_id = %id, group = %record.group, "node removed");
         Ok(Some(record.group))

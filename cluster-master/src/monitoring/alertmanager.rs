@@ -42,7 +42,7 @@ pub(crate) struct AmAlert {
 }
 
 /// RFC 3339 in UTC with milliseconds, as Alertmanager reads times.
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
         Ok(t) => format!(

@@ -4,6 +4,7 @@
 //! group master. No sample passes through here.
 
 mod alertmanager;
+pub(crate) use alertmanager::rfc3339;
 mod alerts;
 mod forward;
 mod monitors;

@@ -31,7 +31,7 @@ pub(crate) use master::{on_change_or_tick, reconciler};
 pub(crate) use tenants::load_tenants;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};

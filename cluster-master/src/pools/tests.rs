@@ -13,7 +13,7 @@ use crate::config::ClusterMasterConfig;
 
 const NODES: usize = 30;
 
-async fn seed(km: &dyn KeyMaster) {
+pub(crate) async fn seed(km: &dyn KeyMaster) {
     for i in 0..NODES {
         let id = format!("n-{i:03}");
         let record = NodeRecord {
@@ -23,6 +23,8 @@ async fn seed(km: &dyn KeyMaster) {
             machine_id: format!("m-{i}"),
             group: format!("g{}", i % 3),
             serial: format!("{i:04x}"),
+            previous_serial: String::new(),
+            cert_expires_ms: 0,
             enrolled_ms: 0,
             inventory: Inventory {
                 hostname: id.clone(),
@@ -47,7 +49,7 @@ async fn seed(km: &dyn KeyMaster) {
     }
 }
 
-async fn master(km: Arc<dyn KeyMaster>) -> Arc<Cluster> {
+pub(crate) async fn master(km: Arc<dyn KeyMaster>) -> Arc<Cluster> {
     // Reclaims move at the next pass (the race test drives them by hand).
     let settings = ClusterMasterConfig {
         reclaim_grace_seconds: 0,

@@ -113,6 +113,17 @@ pub(crate) async fn provisioner_link(
                         .await;
                 });
             }
+            Ok(Some(ProvisionerToCluster::Renew { csr_pem })) => {
+                match cluster.renew_provisioner(&name, &csr_pem) {
+                    Ok(cert_pem) => {
+                        info!(provisioner = %name, "provisioner certificate renewed");
+                        let _ = tx
+                            .send(ClusterToProvisioner::Certificate { cert_pem })
+                            .await;
+                    }
+                    Err(e) => crate::cluster::renewal::log_refused(&name, &e),
+                }
+            }
             Ok(Some(ProvisionerToCluster::Progress(items))) => {
                 for progress in items.into_iter().take(MAX_PROGRESS) {
                     let Some(mac) = super::normalize_mac(&progress.mac) else {

@@ -38,7 +38,7 @@ use tracing::warn;
 
 use crate::frame::encode_frame;
 use crate::messages::{Hello, Refusal};
-use crate::tls::{ClientAuth, PeerCert, TlsIdentity};
+use crate::tls::{ClientAuth, PeerCert};
 use crate::transport::{endpoint_config, quinn_server_config, LinkError, LinkTiming};
 
 use driver::{sleep_until, Conns, Driver, Wake, SWEEP_INTERVAL};
@@ -202,7 +202,7 @@ impl LeanEndpoint {
     /// [`crate::transport::server_endpoint`]).
     pub fn bind(
         bind: SocketAddr,
-        identity: &TlsIdentity,
+        identity: &crate::LiveIdentity,
         client_auth: ClientAuth,
         timing: LinkTiming,
         settings: LeanSettings,

@@ -82,7 +82,7 @@ impl Rig {
         };
         let endpoint = LeanEndpoint::bind(
             "127.0.0.1:0".parse().unwrap(),
-            &ids.server,
+            &crate::LiveIdentity::new(ids.server.clone()).unwrap(),
             ClientAuth::Required,
             ids.timing,
             settings,

@@ -286,6 +286,10 @@ struct BenchArgs {
     /// Power simulated servers on at most this many a second (0: all at once).
     #[arg(long, default_value_t = 1000)]
     ramp: usize,
+    /// Lifetime of the certificates the cluster CA signs (default 24h): a short one
+    /// (`2m`) has every node renew during the run, reported under `cert_renewals`.
+    #[arg(long)]
+    cert_lifetime: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -743,6 +747,7 @@ fn bench_options(b: BenchArgs) -> anyhow::Result<glory::bench::SimOptions> {
         progress: true,
         etcd,
         ramp_per_sec: b.ramp,
+        cert_lifetime: b.cert_lifetime,
     })
 }
 

@@ -78,6 +78,8 @@ pub struct Cluster {
     pub(crate) sim: Option<Arc<dyn SimControl>>,
     pub(crate) started: Instant,
     pub(crate) km_writes: AtomicU64,
+    /// Node certificates renewed since this master took over.
+    pub(crate) renewals: AtomicU64,
     pub(crate) km_available: AtomicBool,
     /// Our leadership key and its create revision: every write through `km_txn` holds
     /// only while it is still there (a master whose lease ran out cannot write over
@@ -262,6 +264,7 @@ impl Cluster {
             sim,
             started: Instant::now(),
             km_writes: AtomicU64::new(0),
+            renewals: AtomicU64::new(0),
             km_available: AtomicBool::new(true),
             fence: std::sync::RwLock::new(None),
             fenced: tokio::sync::Notify::new(),

@@ -101,6 +101,8 @@ impl Cluster {
             entry.record.cert_expires_ms = next.cert_expires_ms;
             entry.member()
         };
+        self.renewals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         debug!(node_id = %node, group = %group, serial = %signed.serial, "node certificate renewed");
         // In this order on one stream: the group master accepts the new serial before
         // the agent can present it.
@@ -114,6 +116,11 @@ impl Cluster {
             })
             .await;
         Ok(())
+    }
+
+    /// Node certificates renewed since this master took over.
+    pub fn certificates_renewed(&self) -> u64 {
+        self.renewals.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sign a group master's next certificate (its link proved its group).

@@ -161,6 +161,8 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut partition_healed: Option<Instant> = None;
     let mut partition_wrong: HashSet<String> = HashSet::new();
     let mut summary = Value::Null;
+    // Node certificates renewed by the end of each second of the run.
+    let mut renewed_by_second: Vec<u64> = Vec::new();
     // spike-load: node -> when its load began (agents' clock, ms), and the latency of
     // its alert once the API shows it.
     let mut spiked: HashMap<String, u64> = HashMap::new();
@@ -186,6 +188,13 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let elapsed = t0.elapsed();
         let api_up = masters.cm.is_some();
+        if let Some(cm) = &masters.cm {
+            let second = elapsed.as_secs() as usize;
+            let count = cm.cluster.certificates_renewed();
+            let last = renewed_by_second.last().copied().unwrap_or(0);
+            renewed_by_second.resize(second + 1, last);
+            renewed_by_second[second] = count.max(last);
+        }
         if let (true, Ok(s)) = (api_up, api.get("/api/v1/cluster").await) {
             summary = s;
         }
@@ -507,6 +516,22 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     if let Some(mut pr) = partition_report {
         pr.wrong_downs = partition_wrong.len() as u64;
         report.partition = Some(pr);
+    }
+    if let Some(lifetime) = &o.cert_lifetime {
+        let per_second: Vec<u64> = renewed_by_second
+            .iter()
+            .scan(0u64, |before, &total| {
+                let n = total.saturating_sub(*before);
+                *before = total;
+                Some(n)
+            })
+            .collect();
+        report.cert_renewals = Some(super::report::RenewalReport {
+            lifetime: lifetime.clone(),
+            renewed: renewed_by_second.last().copied().unwrap_or(0),
+            busiest_second: per_second.iter().copied().max().unwrap_or(0),
+            seconds_with_renewals: per_second.iter().filter(|n| **n > 0).count() as u64,
+        });
     }
     report.api_list_nodes_ms = ApiLatency {
         count: latencies.len(),

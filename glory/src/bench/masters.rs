@@ -118,6 +118,10 @@ impl Masters {
                 None => KeyMasterConfig::Embedded { path: None },
             },
             group_size_limit: per_group.max(1),
+            cert_lifetime: options
+                .cert_lifetime
+                .clone()
+                .unwrap_or_else(|| ClusterMasterConfig::default().cert_lifetime),
             ..Default::default()
         };
         let km =

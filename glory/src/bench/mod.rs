@@ -63,6 +63,8 @@ pub struct SimOptions {
     pub etcd: Option<Vec<String>>,
     /// Simulated servers are powered on at most this many a second (0: all at once).
     pub ramp_per_sec: usize,
+    /// `cert_lifetime` of the cluster master (`None`: its default).
+    pub cert_lifetime: Option<String>,
 }
 
 impl SimOptions {

@@ -85,6 +85,16 @@ pub struct ApiLatency {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
+pub struct RenewalReport {
+    pub lifetime: String,
+    /// Node certificates the cluster master renewed during the run.
+    pub renewed: u64,
+    /// Most renewals in one second, and in how many seconds any happened.
+    pub busiest_second: u64,
+    pub seconds_with_renewals: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct PartitionReport {
     pub group: String,
     /// From the partition until the group's nodes showed `unreachable`.
@@ -117,6 +127,8 @@ pub struct Report {
     pub gm_failover_wrong_downs: Option<u64>,
     pub cm_failover_seconds: Option<f64>,
     pub partition: Option<PartitionReport>,
+    /// With `--cert-lifetime`: node certificates renewed during the run.
+    pub cert_renewals: Option<RenewalReport>,
     pub heartbeats: Heartbeats,
     /// Share of the machine's CPU the hypervisor gave to other guests (a VM's steal
     /// time): figures from a run with much of it are not comparable with others.
@@ -233,6 +245,18 @@ impl Report {
                             f2(p.unreachable_after_seconds),
                             f2(p.recovered_seconds),
                             p.wrong_downs
+                        )
+                    })
+                    .unwrap_or_else(|| "null".into()),
+            ],
+            vec![
+                "cert renewals".into(),
+                self.cert_renewals
+                    .as_ref()
+                    .map(|r| {
+                        format!(
+                            "lifetime {}: {} renewed, busiest second {}, {} seconds with any",
+                            r.lifetime, r.renewed, r.busiest_second, r.seconds_with_renewals
                         )
                     })
                     .unwrap_or_else(|| "null".into()),

@@ -18,10 +18,10 @@ cd "$(dirname "$0")"
 # keepalived's own configuration check, and nft for the nftables driver's kernel rules.
 # OS images are built with mmdebstrap (from the machine's Debian mirror) and packed by
 # squashfs-tools, then deployed to lab VMs. Images spread peer-to-peer through aria2c (our seeder,
-# and the real client the tests fetch with).
+# and the real client the tests fetch with). `glory sim --api-load` loads the API with wrk.
 APT_PACKAGES=(etcd-server protobuf-compiler python3-venv prometheus prometheus-alertmanager chromium chromium-driver
     ipxe ovmf linux-image-amd64 busybox-static openipmi ipmitool iproute2 haproxy keepalived nftables
-    mmdebstrap squashfs-tools aria2)
+    mmdebstrap squashfs-tools aria2 wrk)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

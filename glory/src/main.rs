@@ -290,6 +290,11 @@ struct BenchArgs {
     /// (`2m`) has every node renew during the run, reported under `cert_renewals`.
     #[arg(long)]
     cert_lifetime: Option<String>,
+    /// Once every node is up, `wrk` sends the API about this many requests a second
+    /// (reads with the operator token) until the end; its latencies go into the
+    /// report's `api_load`.
+    #[arg(long, default_value_t = 0)]
+    api_load: usize,
 }
 
 #[derive(Subcommand)]
@@ -748,6 +753,7 @@ fn bench_options(b: BenchArgs) -> anyhow::Result<glory::bench::SimOptions> {
         etcd,
         ramp_per_sec: b.ramp,
         cert_lifetime: b.cert_lifetime,
+        api_load: b.api_load,
     })
 }
 

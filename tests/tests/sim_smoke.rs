@@ -17,9 +17,15 @@ fn sim_smoke_report_invariants_hold() -> anyhow::Result<()> {
             "--groups",
             "5",
             "--duration",
-            "50s",
+            "60s",
             "--faults",
             "kill-agents:3@28s,kill-group-master:g02@34s",
+            // Every live node renews its certificate during the run...
+            "--cert-lifetime",
+            "1m",
+            // ... while wrk reads the API.
+            "--api-load",
+            "200",
             "--report",
         ])
         .arg(&report_path)
@@ -89,6 +95,15 @@ fn sim_smoke_report_invariants_hold() -> anyhow::Result<()> {
         );
     }
     assert!(r["heartbeats"]["sent"].as_u64().unwrap_or(0) > 0);
+    // Renewed at about two thirds of a minute after enrolling: every node not killed
+    // (a renewal whose answer a group master's kill lost is asked again).
+    let renewed = r["cert_renewals"]["renewed"].as_u64().unwrap_or(0);
+    assert!(renewed >= 497, "renewals {renewed}; {}", ctx());
+    let load = &r["api_load"];
+    assert!(load["requests"].as_u64().unwrap_or(0) > 0, "{}", ctx());
+    assert_eq!(load["non_2xx"], 0, "{}", ctx());
+    assert_eq!(load["socket_errors"], 0, "{}", ctx());
+    assert!(load["p99_ms"].is_number(), "{}", ctx());
     Ok(())
 }
 

@@ -163,6 +163,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut summary = Value::Null;
     // Node certificates renewed by the end of each second of the run.
     let mut renewed_by_second: Vec<u64> = Vec::new();
+    let mut api_load: Option<super::api_load::ApiLoad> = None;
     // spike-load: node -> when its load began (agents' clock, ms), and the latency of
     // its alert once the API shows it.
     let mut spiked: HashMap<String, u64> = HashMap::new();
@@ -217,6 +218,17 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             });
             at_start.finish(&mut report);
             map_hosts(&api, &mut host_ids, &mut group_of).await?;
+            if o.api_load > 0 {
+                let ids: Vec<String> = host_ids.values().cloned().collect();
+                api_load = Some(super::api_load::ApiLoad::start(
+                    api.base(),
+                    &masters.cm().operator_token,
+                    o.api_load,
+                    o.duration.saturating_sub(t0.elapsed()).as_secs(),
+                    &ids,
+                    dir.path(),
+                )?);
+            }
             if o.progress {
                 eprintln!(
                     "all {} nodes up after {:.2} s",
@@ -516,6 +528,9 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     if let Some(mut pr) = partition_report {
         pr.wrong_downs = partition_wrong.len() as u64;
         report.partition = Some(pr);
+    }
+    if let Some(load) = api_load {
+        report.api_load = Some(load.finish().await?);
     }
     if let Some(lifetime) = &o.cert_lifetime {
         let per_second: Vec<u64> = renewed_by_second

@@ -4,6 +4,7 @@
 //! scheduled; figures are measured at the cluster master's API and from /proc.
 
 pub mod agents;
+pub mod api_load;
 pub mod boot_storm;
 pub mod dhcp;
 pub mod faults;
@@ -65,6 +66,8 @@ pub struct SimOptions {
     pub ramp_per_sec: usize,
     /// `cert_lifetime` of the cluster master (`None`: its default).
     pub cert_lifetime: Option<String>,
+    /// Requests a second `wrk` sends the API once every node is up (0: none).
+    pub api_load: usize,
 }
 
 impl SimOptions {

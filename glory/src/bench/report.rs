@@ -129,6 +129,8 @@ pub struct Report {
     pub partition: Option<PartitionReport>,
     /// With `--cert-lifetime`: node certificates renewed during the run.
     pub cert_renewals: Option<RenewalReport>,
+    /// With `--api-load`: what `wrk` measured against the API.
+    pub api_load: Option<super::api_load::ApiLoadReport>,
     pub heartbeats: Heartbeats,
     /// Share of the machine's CPU the hypervisor gave to other guests (a VM's steal
     /// time): figures from a run with much of it are not comparable with others.
@@ -245,6 +247,23 @@ impl Report {
                             f2(p.unreachable_after_seconds),
                             f2(p.recovered_seconds),
                             p.wrong_downs
+                        )
+                    })
+                    .unwrap_or_else(|| "null".into()),
+            ],
+            vec![
+                "api load (wrk)".into(),
+                self.api_load
+                    .as_ref()
+                    .map(|l| {
+                        format!(
+                            "{} req/s asked, {} achieved, p50 {} ms, p99 {} ms, non-2xx {}, socket errors {}",
+                            l.target_per_sec,
+                            f2(l.achieved_per_sec),
+                            f2(l.p50_ms),
+                            f2(l.p99_ms),
+                            l.non_2xx,
+                            l.socket_errors
                         )
                     })
                     .unwrap_or_else(|| "null".into()),

@@ -44,18 +44,14 @@ pub struct CertPeriod {
 impl CertPeriod {
     /// The period of the first (leaf) certificate of a PEM chain.
     pub fn of(cert_pem: &str) -> Result<Self, TlsError> {
-        let leaf = pem_chain(cert_pem)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| TlsError::Pem("no certificate".into()))?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
-            .map_err(|e| TlsError::Pem(format!("certificate does not parse: {e}")))?;
-        let validity = parsed.validity();
-        let not_before = u64::try_from(validity.not_before.timestamp()).unwrap_or(0);
-        let expires_s = u64::try_from(validity.not_after.timestamp()).unwrap_or(0);
-        Ok(CertPeriod {
-            issued_s: (not_before + CLOCK_SKEW.as_secs()).min(expires_s),
-            expires_s,
+        with_leaf(cert_pem, |leaf| {
+            let validity = leaf.validity();
+            let not_before = u64::try_from(validity.not_before.timestamp()).unwrap_or(0);
+            let expires_s = u64::try_from(validity.not_after.timestamp()).unwrap_or(0);
+            CertPeriod {
+                issued_s: (not_before + CLOCK_SKEW.as_secs()).min(expires_s),
+                expires_s,
+            }
         })
     }
 
@@ -102,15 +98,23 @@ fn instant_at(at_s: f64) -> Instant {
 
 /// Hex SHA-256 of the public key a certificate (the leaf of a chain) is for.
 pub fn cert_key_sha256(cert_pem: &str) -> Result<String, TlsError> {
+    with_leaf(cert_pem, |leaf| {
+        hex::encode(Sha256::digest(&leaf.public_key().subject_public_key.data))
+    })
+}
+
+/// `f` of the first (leaf) certificate of a PEM chain, parsed.
+fn with_leaf<T>(
+    cert_pem: &str,
+    f: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> T,
+) -> Result<T, TlsError> {
     let leaf = pem_chain(cert_pem)?
         .into_iter()
         .next()
         .ok_or_else(|| TlsError::Pem("no certificate".into()))?;
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| TlsError::Pem(format!("certificate does not parse: {e}")))?;
-    Ok(hex::encode(Sha256::digest(
-        &parsed.public_key().subject_public_key.data,
-    )))
+    Ok(f(&parsed))
 }
 
 /// A holder's side of renewal: when to ask, the key it asked for (one key for every

@@ -95,3 +95,78 @@ pub async fn add_package(
         .await?;
     Ok(sha256)
 }
+
+/// Packages `big` (`big_size` bytes of noise from `seed`, in `share/blob`) and `small`,
+/// version 1, installed on every one of `agents` nodes of `cluster`.
+pub struct BigAndSmall {
+    pub big_sha: String,
+    pub small_sha: String,
+    /// Each node's setup root, by fleet index.
+    pub roots: Vec<PathBuf>,
+}
+
+/// Upload `big` and `small`, install both everywhere and wait until every node has them.
+pub async fn big_and_small_everywhere(
+    cluster: &crate::TestCluster,
+    agents: usize,
+    big_size: usize,
+    seed: u64,
+) -> anyhow::Result<BigAndSmall> {
+    let api = &cluster.api;
+    let dir = tempfile::tempdir()?;
+    let big = package(&[
+        ("share/blob", &noise(big_size, seed)),
+        ("bin/big", b"#!/bin/sh\n"),
+    ]);
+    let big_sha = add_package(api, dir.path(), "big", &big).await?;
+    let small = package(&[("bin/small", b"#!/bin/sh\necho small\n")]);
+    let small_sha = add_package(api, dir.path(), "small", &small).await?;
+    for name in ["big", "small"] {
+        let body = json!({"installations": [{"version": "1"}]});
+        api.call(
+            Method::PUT,
+            &format!("/api/v1/software/{name}/installations"),
+            Some(body),
+        )
+        .await?;
+    }
+    let roots: Vec<PathBuf> = (0..agents)
+        .map(|i| cluster.fleet().setup_root_of(i))
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow::anyhow!("a node without a setup root"))?;
+    let has = |root: &Path, name: &str| {
+        root.join(format!("opt/glory/software/{name}/current/bin/{name}"))
+            .exists()
+    };
+    cluster
+        .wait_until(
+            "both packages on every node",
+            std::time::Duration::from_secs(90),
+            async |_| roots.iter().all(|r| has(r, "big") && has(r, "small")),
+        )
+        .await?;
+    Ok(BigAndSmall {
+        big_sha,
+        small_sha,
+        roots,
+    })
+}
+
+/// Wait until `peers` peers completed content `sha256` in its swarm: the swarm's stats.
+pub async fn swarm_completed(api: &ApiClient, sha256: &str, peers: usize) -> anyhow::Result<Value> {
+    let (swarm, _) = crate::wait::until(
+        "every agent completed in the swarm",
+        std::time::Duration::from_secs(30),
+        || async {
+            let s = api
+                .get(&format!("/api/v1/content/{sha256}/swarm"))
+                .await
+                .map_err(|e| e.to_string())?;
+            (s["completed"].as_u64().unwrap_or(0) >= peers as u64)
+                .then_some(s.clone())
+                .ok_or(s.to_string())
+        },
+    )
+    .await?;
+    Ok(swarm)
+}

@@ -7,7 +7,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use glory_tests::distribution::{add_package, aria2c, image, noise, package, torrent};
+use glory_tests::distribution::{
+    aria2c, big_and_small_everywhere, image, noise, swarm_completed, torrent, BigAndSmall,
+};
 use glory_tests::netns::Net;
 use glory_tests::TestCluster;
 use reqwest::Method;
@@ -155,55 +157,16 @@ async fn agents_fetch_large_packages_from_each_other() -> anyhow::Result<()> {
         .wait_all_up(AGENTS as u64, Duration::from_secs(30))
         .await?;
     let api = &cluster.api;
-    let dir = tempfile::tempdir()?;
-    let big = package(&[
-        ("share/blob", &noise(SIZE, 42)),
-        ("bin/big", b"#!/bin/sh\n"),
-    ]);
-    let big_sha = add_package(api, dir.path(), "big", &big).await?;
-    let small = package(&[("bin/small", b"#!/bin/sh\necho small\n")]);
-    let small_sha = add_package(api, dir.path(), "small", &small).await?;
-    for name in ["big", "small"] {
-        let body = serde_json::json!({"installations": [{"version": "1"}]});
-        api.call(
-            Method::PUT,
-            &format!("/api/v1/software/{name}/installations"),
-            Some(body),
-        )
-        .await?;
-    }
-    let roots: Vec<_> = (0..AGENTS)
-        .map(|i| cluster.fleet().setup_root_of(i).unwrap())
-        .collect();
-    let has = |root: &std::path::Path, name: &str| {
-        root.join(format!("opt/glory/software/{name}/current/bin/{name}"))
-            .exists()
-    };
-    cluster
-        .wait_until(
-            "both packages on every node",
-            Duration::from_secs(90),
-            async |_| roots.iter().all(|r| has(r, "big") && has(r, "small")),
-        )
-        .await?;
+    let BigAndSmall {
+        big_sha,
+        small_sha,
+        roots,
+    } = big_and_small_everywhere(&cluster, AGENTS, SIZE, 42).await?;
     let blob = std::fs::read(roots[0].join("opt/glory/software/big/current/share/blob"))?;
     assert_eq!(blob, noise(SIZE, 42), "the package's content, whole");
     // The big one went through the swarm: every agent completed it there, and the
     // agents uploaded to each other.
-    let (swarm, _) = glory_tests::wait::until(
-        "every agent completed in the swarm",
-        Duration::from_secs(30),
-        || async {
-            let s = api
-                .get(&format!("/api/v1/content/{big_sha}/swarm"))
-                .await
-                .map_err(|e| e.to_string())?;
-            (s["completed"].as_u64().unwrap_or(0) >= AGENTS as u64)
-                .then_some(s.clone())
-                .ok_or(s.to_string())
-        },
-    )
-    .await?;
+    let swarm = swarm_completed(api, &big_sha, AGENTS).await?;
     eprintln!("swarm: {swarm}");
     assert!(
         swarm["peer_uploaded"].as_u64().unwrap_or(0) >= SIZE as u64,

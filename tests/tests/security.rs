@@ -356,7 +356,7 @@ async fn garbage_frames_close_one_stream_and_the_servers_keep_serving() -> anyho
 /// `aria2c` against the CA) all work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_off_loopback_is_https_and_clients_check_it() -> anyhow::Result<()> {
-    use glory_tests::distribution::{add_package, noise, package};
+    use glory_tests::distribution::{big_and_small_everywhere, swarm_completed, BigAndSmall};
     const AGENTS: usize = 2;
     let cluster = TestCluster::builder()
         .api_listen(SocketAddr::from(([0, 0, 0, 0], 0)))
@@ -433,51 +433,9 @@ async fn the_api_off_loopback_is_https_and_clients_check_it() -> anyhow::Result<
 
     // Content over HTTPS: a small package through the group's proxy, a large one
     // peer-to-peer (the torrent and the tracker on the HTTPS API).
-    let dir = tempfile::tempdir()?;
-    let big = package(&[
-        ("share/blob", &noise(2 << 20, 7)),
-        ("bin/big", b"#!/bin/sh\n"),
-    ]);
-    let big_sha = add_package(api, dir.path(), "big", &big).await?;
-    let small = package(&[("bin/small", b"#!/bin/sh\necho small\n")]);
-    add_package(api, dir.path(), "small", &small).await?;
-    for name in ["big", "small"] {
-        let body = serde_json::json!({"installations": [{"version": "1"}]});
-        api.call(
-            reqwest::Method::PUT,
-            &format!("/api/v1/software/{name}/installations"),
-            Some(body),
-        )
-        .await?;
-    }
-    let roots: Vec<_> = (0..AGENTS)
-        .map(|i| cluster.fleet().setup_root_of(i).unwrap())
-        .collect();
-    let has = |root: &std::path::Path, name: &str| {
-        root.join(format!("opt/glory/software/{name}/current/bin/{name}"))
-            .exists()
-    };
-    cluster
-        .wait_until(
-            "both packages on every node",
-            Duration::from_secs(90),
-            async |_| roots.iter().all(|r| has(r, "big") && has(r, "small")),
-        )
-        .await?;
-    let (swarm, _) = glory_tests::wait::until(
-        "every agent completed in the swarm",
-        Duration::from_secs(30),
-        || async {
-            let s = api
-                .get(&format!("/api/v1/content/{big_sha}/swarm"))
-                .await
-                .map_err(|e| e.to_string())?;
-            (s["completed"].as_u64().unwrap_or(0) >= AGENTS as u64)
-                .then_some(s.clone())
-                .ok_or(s.to_string())
-        },
-    )
-    .await?;
+    let BigAndSmall { big_sha, .. } =
+        big_and_small_everywhere(&cluster, AGENTS, 2 << 20, 7).await?;
+    let swarm = swarm_completed(api, &big_sha, AGENTS).await?;
     eprintln!("swarm over HTTPS: {swarm}");
     Ok(())
 }

@@ -301,6 +301,14 @@ pub async fn node(client: &ApiClient, id: &str, as_json: bool) -> anyhow::Result
         vec!["group".into(), s(&n["group"])],
         vec!["machine id".into(), s(&inv["machine_id"])],
         vec![
+            "certificate".into(),
+            format!(
+                "serial {}, expires {}",
+                s(&n["serial"]),
+                s(&n["cert_expires_at"])
+            ),
+        ],
+        vec![
             "cpus".into(),
             format!("{} {}", s(&inv["cpus"]), s(&inv["cpu_model"])),
         ],

@@ -307,11 +307,18 @@ async fn group_link(
             Ok(Some(GroupToCluster::AlertSnapshot(all))) => cluster.alert_snapshot(&group, all),
             Ok(Some(GroupToCluster::MetricsAnswer(answer))) => cluster.metrics_answered(answer),
             Ok(Some(GroupToCluster::Setup(reports))) => cluster.setup_reports(reports),
-            Ok(Some(GroupToCluster::RenewNode { node, csr_pem })) => {
+            Ok(Some(GroupToCluster::RenewNode {
+                node,
+                csr_pem,
+                serial,
+            })) => {
                 // It writes to the key master: on its own task, so the link reads on.
                 let (cluster, group, tx) = (cluster.clone(), group.clone(), renewals.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = cluster.renew_node(&group, &node, &csr_pem, &tx).await {
+                    if let Err(e) = cluster
+                        .renew_node(&group, &node, &csr_pem, &serial, &tx)
+                        .await
+                    {
                         crate::cluster::renewal::log_refused(&node, &e);
                     }
                 });

@@ -175,7 +175,7 @@ impl Service for Agents {
             Ok(AgentToGroup::Setup(report)) => self.shared.setup_report(node, report),
             Ok(AgentToGroup::Renew { csr_pem }) => {
                 debug!(node_id = %node, "agent asks for its next certificate");
-                self.shared.renewal(node, csr_pem);
+                self.shared.renewal(node, csr_pem, session.serial.clone());
             }
             Ok(AgentToGroup::Leaving) => {
                 info!(node_id = %node, "agent leaving");

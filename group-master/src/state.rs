@@ -60,8 +60,9 @@ pub(crate) struct Inner {
     /// Every active alert, for a cluster master that just connected.
     pub alert_snapshot: Option<Vec<AlertChange>>,
     pub answers: Vec<MetricsAnswer>,
-    /// Agents' certificate requests waiting to go up (the newest per node).
-    pub renewals: HashMap<String, String>,
+    /// Agents' certificate requests waiting to go up (the newest per node): the CSR
+    /// and the serial the agent's session was opened with.
+    pub renewals: HashMap<String, (String, String)>,
     next_session: u64,
 }
 
@@ -149,12 +150,14 @@ impl Shared {
     }
 
     /// A connected agent asks for its next certificate: passed up with the next batch.
-    pub fn renewal(&self, node: &str, csr_pem: String) {
-        self.lock().renewals.insert(node.to_string(), csr_pem);
+    pub fn renewal(&self, node: &str, csr_pem: String, serial: String) {
+        self.lock()
+            .renewals
+            .insert(node.to_string(), (csr_pem, serial));
         self.changed.notify_one();
     }
 
-    pub fn take_renewals(&self) -> Vec<(String, String)> {
+    pub fn take_renewals(&self) -> Vec<(String, (String, String))> {
         std::mem::take(&mut self.lock().renewals)
             .into_iter()
             .collect()

@@ -229,8 +229,8 @@ async fn link_session(
                         break Err(e.into());
                     }
                 }
-                for (node, csr_pem) in shared.take_renewals() {
-                    if let Err(e) = send.send(&GroupToCluster::RenewNode { node, csr_pem }).await {
+                for (node, (csr_pem, serial)) in shared.take_renewals() {
+                    if let Err(e) = send.send(&GroupToCluster::RenewNode { node, csr_pem, serial }).await {
                         break 'link Err(e.into());
                     }
                 }

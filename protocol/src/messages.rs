@@ -591,10 +591,13 @@ pub enum GroupToCluster {
     },
     /// Agents' setup reports, forwarded at once: `(node, report)`.
     Setup(Vec<(String, crate::setup::SetupReport)>),
-    /// A node of the group asks for its next certificate (its agent's `Renew`).
+    /// A node of the group asks for its next certificate (its agent's `Renew`);
+    /// `serial` is the certificate its session was opened with: the one it holds.
     RenewNode {
         node: String,
         csr_pem: String,
+        #[serde(default)]
+        serial: String,
     },
     /// The group master asks for its own next certificate.
     Renew {

@@ -1,8 +1,9 @@
 //! Certificate renewal: nodes (through their group master), group masters and
 //! provisioners ask over the links they have for a certificate for a fresh key before
 //! theirs expires (`glory_protocol::renewal`). A node's new serial is written to its
-//! record first; the serial it held before stays accepted until that certificate
-//! expires, so an answer lost in a failover strands no agent. A removed node is not
+//! record first; the serial its agent holds (the one its session was opened with)
+//! stays accepted until that certificate expires, so answers lost in failovers strand
+//! no agent, however often they are lost. A removed node is not
 //! renewed: its record is gone and its identity's removal record is checked in the
 //! same transaction.
 
@@ -36,12 +37,13 @@ pub(crate) enum RenewError {
 impl Cluster {
     /// Sign a node's next certificate, record it, and send the group master the new
     /// serial and then the certificate for the agent (`tx`: the asking group master's
-    /// link).
+    /// link). `held` is the serial the agent's session was opened with.
     pub(crate) async fn renew_node(
         &self,
         group: &str,
         node: &str,
         csr_pem: &str,
+        held: &str,
         tx: &tokio::sync::mpsc::Sender<ClusterToGroup>,
     ) -> Result<(), RenewError> {
         let record = {
@@ -72,11 +74,14 @@ impl Cluster {
             .map_err(bad)?;
         let expires_ms = CertPeriod::of(&signed.cert_pem).map_err(bad)?.expires_ms();
         let mut next = record.clone();
-        // A request for the key of the last renewal is that renewal's retry (its
-        // answer was lost): the certificate the agent still holds stays the previous.
-        if record.key_sha256 != key || record.previous_serial.is_empty() {
-            next.previous_serial = record.serial.clone();
-        }
+        // What the agent holds stays accepted: the current certificate, or the one
+        // before when the last renewal's answer never reached it. Anything else it
+        // names is not ours to keep (group masters older than the field name none).
+        next.previous_serial = if held == record.previous_serial && !held.is_empty() {
+            record.previous_serial.clone()
+        } else {
+            record.serial.clone()
+        };
         next.serial = signed.serial.clone();
         next.key_sha256 = key;
         next.cert_expires_ms = expires_ms;
@@ -212,19 +217,25 @@ mod tests {
         let (_, csr) = generate_csr().unwrap();
 
         // Only through the node's own group.
-        let wrong = cluster.renew_node("g1", "n-000", &csr, &tx).await;
+        let held = before.serial.clone();
+        let wrong = cluster.renew_node("g1", "n-000", &csr, &held, &tx).await;
         assert!(
             matches!(wrong, Err(RenewError::WrongGroup { .. })),
             "{wrong:?}"
         );
-        let garbage = cluster.renew_node("g0", "n-000", "not a csr", &tx).await;
+        let garbage = cluster
+            .renew_node("g0", "n-000", "not a csr", &held, &tx)
+            .await;
         assert!(
             matches!(garbage, Err(RenewError::BadRequest(_))),
             "{garbage:?}"
         );
         assert!(rx.try_recv().is_err(), "nothing sent for refused requests");
 
-        cluster.renew_node("g0", "n-000", &csr, &tx).await.unwrap();
+        cluster
+            .renew_node("g0", "n-000", &csr, &held, &tx)
+            .await
+            .unwrap();
         let after = record("n-000");
         assert_ne!(after.serial, before.serial);
         assert_eq!(after.previous_serial, before.serial);
@@ -264,21 +275,40 @@ mod tests {
             other => panic!("second {other:?}"),
         }
 
-        // The same request again (its answer was lost): the certificate the agent still
-        // holds stays accepted.
-        cluster.renew_node("g0", "n-000", &csr, &tx).await.unwrap();
+        // The answer was lost, twice, and the agent asks again with a new key from a
+        // new session, still holding its first certificate: that stays accepted.
+        for _ in 0..2 {
+            let (_, again) = generate_csr().unwrap();
+            cluster
+                .renew_node("g0", "n-000", &again, &held, &tx)
+                .await
+                .unwrap();
+            assert_eq!(record("n-000").previous_serial, before.serial);
+        }
         let retried = record("n-000");
-        assert_eq!(retried.previous_serial, before.serial);
-        // A request for another key moves the previous serial on.
+        // Once the agent holds the renewed certificate, the previous serial moves on.
         let (_, csr2) = generate_csr().unwrap();
-        cluster.renew_node("g0", "n-000", &csr2, &tx).await.unwrap();
+        cluster
+            .renew_node("g0", "n-000", &csr2, &retried.serial, &tx)
+            .await
+            .unwrap();
         let third = record("n-000");
         assert_eq!(third.previous_serial, retried.serial);
+        // A serial the record never had is not kept.
+        let (_, csr3) = generate_csr().unwrap();
+        cluster
+            .renew_node("g0", "n-000", &csr3, "f00f", &tx)
+            .await
+            .unwrap();
+        let fourth = record("n-000");
+        assert_eq!(fourth.previous_serial, third.serial);
 
         // Removed: both serials are refused and no certificate is signed.
         cluster.remove_node("n-000").await.unwrap().unwrap();
-        assert!(cluster.is_revoked(&third.serial) && cluster.is_revoked(&third.previous_serial));
-        let removed = cluster.renew_node("g0", "n-000", &csr2, &tx).await;
+        assert!(cluster.is_revoked(&fourth.serial) && cluster.is_revoked(&fourth.previous_serial));
+        let removed = cluster
+            .renew_node("g0", "n-000", &csr3, &fourth.serial, &tx)
+            .await;
         assert!(
             matches!(removed, Err(RenewError::NotAMember(_))),
             "{removed:?}"

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cli_bootstrap_tokens;
 pub mod cli_images;
 pub mod cli_monitoring;
 pub mod cli_pools;

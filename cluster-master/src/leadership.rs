@@ -2,12 +2,17 @@
 //! time passed in.
 //!
 //! The leader renews its lease every third of the lease's time to live. A renewal the
-//! key master cannot answer (it is away) changes nothing: the leader keeps serving
-//! from memory, and tells how long the lease has gone unrenewed and whether that is
-//! past its time to live. Only the key master saying the lease is gone (an outage
-//! outlasted it) ends the lease: the leader campaigns again at once, for at most one
-//! time to live. It keeps leading if it wins (nobody else took over), and steps down
-//! otherwise. A standby that failed to campaign tries again after a short pause.
+//! key master does not answer changes nothing at first: the leader keeps serving from
+//! memory. But it cannot tell an outage of the key master from a partition that cuts
+//! only itself off, and in a partition a standby takes over as soon as the key master
+//! lets the lease go. So once [`step_down_after`] has passed since the last renewal
+//! was sent (the key master counts the lease from when it received it, never earlier)
+//! the leader steps down, before the lease can run out: two masters never lead at
+//! once, and the group masters go to the one that can write. The key master saying
+//! the lease is gone (it expired while the master was paused) makes the leader
+//! campaign again at once, for at most one time to live: it keeps leading if it wins
+//! (nobody else took over), and steps down otherwise. A standby that failed to
+//! campaign tries again after a short pause.
 
 use std::time::{Duration, Instant};
 
@@ -26,18 +31,15 @@ pub(crate) enum KeepAlive {
 pub(crate) enum Verdict {
     /// Keep leading.
     Lead,
-    /// Keep leading from memory while the key master is away.
+    /// Keep leading from memory while the key master does not answer, for now.
     LeadFromMemory {
-        /// Since the lease was last renewed (or granted).
+        /// Since the last renewal (or the grant) was asked for.
         since_renewed: Duration,
-        /// Whether that is at least the lease's time to live: the key master will
-        /// have let it go, unless it did not count the time it was away.
-        lease_lapsed: bool,
     },
     /// The lease is gone: campaign again, and give up at `until` (the driver enforces
     /// it), then report with [`Leadership::campaign_ended`].
     Campaign { until: Instant },
-    /// Another master may lead now: stop.
+    /// Another master may lead now, or soon: stop.
     StepDown,
 }
 
@@ -62,20 +64,28 @@ impl Leadership {
         keep_alive_every(self.lease)
     }
 
-    /// A keep-alive came back at `now` with `outcome`.
-    pub(crate) fn keep_alive(&mut self, outcome: KeepAlive, now: Instant) -> Verdict {
+    /// When the leader must have stepped down if no renewal succeeds before: the
+    /// driver waits for a keep-alive's answer until then at most.
+    pub(crate) fn step_down_at(&self) -> Instant {
+        self.last_renewed + step_down_after(self.lease)
+    }
+
+    /// A keep-alive sent at `sent` came back (or gave up) at `now` with `outcome`.
+    pub(crate) fn keep_alive(
+        &mut self,
+        outcome: KeepAlive,
+        sent: Instant,
+        now: Instant,
+    ) -> Verdict {
         match outcome {
             KeepAlive::Renewed => {
-                self.last_renewed = now;
+                self.last_renewed = self.last_renewed.max(sent);
                 Verdict::Lead
             }
-            KeepAlive::Failed => {
-                let since_renewed = now.saturating_duration_since(self.last_renewed);
-                Verdict::LeadFromMemory {
-                    since_renewed,
-                    lease_lapsed: since_renewed >= self.lease,
-                }
-            }
+            KeepAlive::Failed if now >= self.step_down_at() => Verdict::StepDown,
+            KeepAlive::Failed => Verdict::LeadFromMemory {
+                since_renewed: now.saturating_duration_since(self.last_renewed),
+            },
             KeepAlive::LeaseNotFound => Verdict::Campaign {
                 until: now + self.lease,
             },
@@ -93,6 +103,13 @@ impl Leadership {
             Verdict::StepDown
         }
     }
+}
+
+/// How long after its last renewal was sent a leader whose renewals go unanswered
+/// steps down: a sixth of the lease before the key master can let it go, which leaves
+/// room for the step itself and for the two clocks' rates to differ.
+pub(crate) fn step_down_after(lease: Duration) -> Duration {
+    lease - lease / 6
 }
 
 /// How often a lease of `lease` is renewed (by a leader, and by a candidate while it
@@ -143,12 +160,14 @@ mod tests {
         Event::KeepAlive(outcome)
     }
 
-    fn from_memory(since_renewed_ms: u64, lease_lapsed: bool) -> Verdict {
+    fn from_memory(since_renewed_ms: u64) -> Verdict {
         Verdict::LeadFromMemory {
             since_renewed: Duration::from_millis(since_renewed_ms),
-            lease_lapsed,
         }
     }
+
+    /// Keep-alives are answered (or given up on) this long after they were sent.
+    const ANSWER_MS: u64 = 50;
 
     #[test]
     fn scenarios() {
@@ -156,6 +175,8 @@ mod tests {
         let campaign_until = |at_ms| Verdict::Campaign {
             until: ms(t0, at_ms) + LEASE,
         };
+        // A lease of 5 s: the leader steps down 4,167 ms after its last renewal was
+        // sent, unless one succeeds before.
         // (what, events at their time in ms, the verdict each must get)
         type Case = (&'static str, Vec<(u64, Event, Verdict)>);
         let table: Vec<Case> = vec![
@@ -168,21 +189,31 @@ mod tests {
                 ],
             ),
             (
-                "an unanswered keep-alive keeps leading from memory, counting from the last renewal",
+                "unanswered keep-alives lead from memory, then step down before the lease can lapse",
                 vec![
                     (1666, keep_alive(Renewed), Verdict::Lead),
-                    (3333, keep_alive(Failed), from_memory(1667, false)),
-                    (5000, keep_alive(Failed), from_memory(3334, false)),
-                    (6665, keep_alive(Failed), from_memory(4999, false)),
-                    (6666, keep_alive(Failed), from_memory(5000, true)),
-                    (20_000, keep_alive(Failed), from_memory(18_334, true)),
-                    (21_000, keep_alive(Renewed), Verdict::Lead),
-                    (22_000, keep_alive(Failed), from_memory(1000, false)),
+                    (3333, keep_alive(Failed), from_memory(1717)),
+                    (5000, keep_alive(Failed), from_memory(3384)),
+                    (5782, keep_alive(Failed), from_memory(4166)),
+                    (5783, keep_alive(Failed), Verdict::StepDown),
                 ],
             ),
             (
                 "an outage from the start counts from winning",
-                vec![(5000, keep_alive(Failed), from_memory(5000, true))],
+                vec![
+                    (4166, keep_alive(Failed), from_memory(4166)),
+                    (4167, keep_alive(Failed), Verdict::StepDown),
+                ],
+            ),
+            (
+                "a renewal counts from when it was asked for, and ends a run of failures",
+                vec![
+                    (1666, keep_alive(Renewed), Verdict::Lead),
+                    (3333, keep_alive(Failed), from_memory(1717)),
+                    (5000, keep_alive(Renewed), Verdict::Lead),
+                    (9116, keep_alive(Failed), from_memory(4166)),
+                    (9117, keep_alive(Failed), Verdict::StepDown),
+                ],
             ),
             (
                 "a lapsed lease is campaigned for again, for one time to live",
@@ -196,8 +227,8 @@ mod tests {
                 vec![
                     (9000, keep_alive(LeaseNotFound), campaign_until(9000)),
                     (9100, CampaignEnded { won: true }, Verdict::Lead),
-                    (12_000, keep_alive(Failed), from_memory(2900, false)),
-                    (14_100, keep_alive(Failed), from_memory(5000, true)),
+                    (12_000, keep_alive(Failed), from_memory(2900)),
+                    (13_267, keep_alive(Failed), Verdict::StepDown),
                 ],
             ),
             (
@@ -220,12 +251,26 @@ mod tests {
             for (at, event, want) in events {
                 let now = ms(t0, at);
                 let got = match event {
-                    Event::KeepAlive(outcome) => leadership.keep_alive(outcome, now),
+                    Event::KeepAlive(outcome) => {
+                        let sent = now - Duration::from_millis(ANSWER_MS);
+                        leadership.keep_alive(outcome, sent, now)
+                    }
                     CampaignEnded { won } => leadership.campaign_ended(won, now),
                 };
                 assert_eq!(got, want, "{name}: at {at} ms");
             }
         }
+    }
+
+    #[test]
+    fn a_leader_steps_down_a_sixth_of_its_lease_before_it_can_lapse() {
+        assert_eq!(
+            step_down_after(Duration::from_secs(3)),
+            Duration::from_millis(2500)
+        );
+        let t0 = Instant::now();
+        let leadership = Leadership::new(Duration::from_secs(6), t0);
+        assert_eq!(leadership.step_down_at(), t0 + Duration::from_secs(5));
     }
 
     #[test]

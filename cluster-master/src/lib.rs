@@ -66,6 +66,11 @@ impl ClusterMasterHandle {
     pub async fn wait(self) {
         self.tasks.wait().await;
     }
+
+    /// Why this master stopped leading on its own, if it did.
+    pub fn deposed(&self) -> Option<&'static str> {
+        self.cluster.deposed.get().copied()
+    }
 }
 
 async fn operator_token(
@@ -220,7 +225,17 @@ async fn hold_leadership(
             _ = tick.tick() => false,
             _ = fenced => true,
         };
-        let renewed = km.lease_keep_alive(lease).await;
+        // Never waited for past the moment to step down: a partitioned key master may
+        // not answer at all.
+        let sent = tokio::time::Instant::now().into_std();
+        let renewed =
+            tokio::time::timeout_at(leadership.step_down_at().into(), km.lease_keep_alive(lease))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(KeyMasterError::Unavailable(
+                        "no answer to the leadership keep-alive".into(),
+                    ))
+                });
         // A fenced write with the lease still alive: our key went some other way, and
         // another master may lead. Stop rather than serve what cannot be written.
         if was_fenced && renewed.is_ok() {
@@ -230,6 +245,7 @@ async fn hold_leadership(
                 .map(|kv| kv.is_some_and(|kv| kv.create_revision == key.create_revision));
             if matches!(ours, Ok(false)) {
                 error!("this cluster master's leadership key is gone; stopping this one");
+                depose(&node, "its leadership key is gone");
                 shutdown.cancel();
                 return;
             }
@@ -239,7 +255,8 @@ async fn hold_leadership(
             Err(KeyMasterError::LeaseNotFound(_)) => KeepAlive::LeaseNotFound,
             Err(_) => KeepAlive::Failed,
         };
-        let mut verdict = leadership.keep_alive(outcome, tokio::time::Instant::now().into_std());
+        let mut verdict =
+            leadership.keep_alive(outcome, sent, tokio::time::Instant::now().into_std());
         if let Verdict::Campaign { until } = verdict {
             warn!("leadership lease lapsed while the key master was away; campaigning again");
             let attempt = CancellationToken::new();
@@ -259,20 +276,36 @@ async fn hold_leadership(
         match verdict {
             // A campaign ended in one of the others above.
             Verdict::Lead | Verdict::Campaign { .. } => {}
-            Verdict::LeadFromMemory {
-                since_renewed,
-                lease_lapsed,
-            } => {
+            Verdict::LeadFromMemory { since_renewed } => {
                 if let Err(e) = renewed {
-                    warn!(error = %e, ?since_renewed, lease_lapsed, "leadership lease keep-alive failed; still serving from memory")
+                    warn!(error = %e, ?since_renewed, "leadership lease keep-alive failed; still serving from memory")
                 }
+            }
+            Verdict::StepDown if outcome == KeepAlive::Failed => {
+                error!(
+                    lease = ?node.settings.leader_lease,
+                    "the key master has not renewed the leadership lease for most of its time to live \
+                     (it is away, or this master is cut off from it); stepping down before another \
+                     master can take over, as a standby after a restart"
+                );
+                depose(&node, "the key master did not renew its leadership lease");
+                shutdown.cancel();
+                return;
             }
             Verdict::StepDown => {
                 error!("another cluster master leads now; stopping this one");
+                depose(&node, "another cluster master leads");
                 shutdown.cancel();
                 return;
             }
         }
+    }
+}
+
+/// Record why this master stops leading.
+fn depose(node: &Node, why: &'static str) {
+    if let Some(cluster) = node.active() {
+        let _ = cluster.deposed.set(why);
     }
 }
 
@@ -554,6 +587,10 @@ pub async fn run(config: ClusterMasterConfig, shutdown: CancellationToken) -> an
         handle.api_addr,
         ca_file.display()
     );
+    let cluster = handle.cluster.clone();
     handle.wait().await;
-    Ok(())
+    match cluster.deposed.get() {
+        Some(why) => anyhow::bail!("stepped down ({why}); restart it to stand by"),
+        None => Ok(()),
+    }
 }

@@ -295,8 +295,15 @@ async fn group_link(
             }
         }
     });
+    let mut unheard = 0u64;
     loop {
         match recv.recv::<GroupToCluster>().await {
+            Ok(Some(msg)) if speaks_for_nodes(&msg) && !cluster.is_active_link(&group, session) => {
+                unheard += 1;
+                if unheard == 1 {
+                    warn!(group = %group, %listen, "a group master that is not the group's active one reports on its nodes; ignored");
+                }
+            }
             Ok(Some(GroupToCluster::StateChanges(changes))) => {
                 cluster.apply_changes(&group, changes)
             }
@@ -360,4 +367,20 @@ async fn group_link(
     if let Some(promoted) = cluster.group_disconnected(&group, session) {
         cluster.record_promotion(&group, promoted).await;
     }
+}
+
+/// Whether a group master's message says something about the group's nodes, which
+/// only the group's active master may.
+fn speaks_for_nodes(msg: &GroupToCluster) -> bool {
+    matches!(
+        msg,
+        GroupToCluster::StateChanges(_)
+            | GroupToCluster::Report(_)
+            | GroupToCluster::Processes(_)
+            | GroupToCluster::Alerts(_)
+            | GroupToCluster::AlertSnapshot(_)
+            | GroupToCluster::Setup(_)
+            | GroupToCluster::ProcessSnapshot { .. }
+            | GroupToCluster::RenewNode { .. }
+    )
 }

@@ -46,7 +46,16 @@ impl SimFleet {
         endpoints: usize,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        // Loopback for a cluster on loopback (as `glory sim` runs); any address of
+        // this host otherwise (agents in a network namespace of their own).
+        let on_loopback = settings
+            .cluster_masters
+            .iter()
+            .all(|cm| cm.ip().is_loopback());
+        let bind = match on_loopback {
+            true => SocketAddr::from(([127, 0, 0, 1], 0)),
+            false => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         let endpoints = (0..endpoints.max(1))
             .map(|_| {
                 glory_protocol::transport::client_endpoint(bind)

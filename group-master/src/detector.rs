@@ -90,6 +90,11 @@ impl FailureDetector {
         });
     }
 
+    /// Stop watching every node.
+    pub fn forget_all(&mut self) {
+        self.nodes.clear();
+    }
+
     pub fn forget(&mut self, node: &str) -> bool {
         self.nodes.remove(node).is_some()
     }

@@ -510,6 +510,12 @@ impl Shared {
             .swap(active, std::sync::atomic::Ordering::Relaxed);
         if was && !active {
             let mut inner = self.lock();
+            // A standby judges nobody: what this detector knows goes stale as the
+            // agents leave, and would wrongly condemn them if this master led again
+            // (then it tracks them afresh, with the rejoin grace). Judgements not yet
+            // sent are the active master's business now.
+            inner.detector.forget_all();
+            inner.pending.clear();
             return inner.sessions.drain().map(|(_, s)| s.conn).collect();
         }
         Vec::new()

@@ -77,6 +77,8 @@ fn temp_dir() -> anyhow::Result<TempDir> {
 
 struct Member {
     name: String,
+    /// The address it listens on (loopback, or its network namespace's).
+    host: std::net::IpAddr,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
@@ -84,11 +86,11 @@ struct Member {
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
     fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host, self.peer_port)
     }
 }
 
@@ -98,6 +100,8 @@ pub struct EtcdCluster {
     dir: TempDir,
     members: Vec<Member>,
     token: String,
+    /// The network namespace the members run in (None: this one).
+    netns: Option<String>,
 }
 
 impl EtcdCluster {
@@ -106,13 +110,30 @@ impl EtcdCluster {
     /// lease TTL to 1 s; a cluster keeps etcd's defaults (1 s, minimum TTL 2 s) so that
     /// a busy machine does not cause spurious elections.
     pub async fn start(size: usize) -> anyhow::Result<Self> {
+        Self::start_on(size, None).await
+    }
+
+    /// Start `size` members inside network namespace `netns`, listening on `host` (an
+    /// address of that namespace), as [`EtcdCluster::start`] does on loopback.
+    pub async fn start_in(
+        size: usize,
+        netns: &str,
+        host: std::net::Ipv4Addr,
+    ) -> anyhow::Result<Self> {
+        Self::start_on(size, Some((netns.to_string(), host))).await
+    }
+
+    async fn start_on(
+        size: usize,
+        place: Option<(String, std::net::Ipv4Addr)>,
+    ) -> anyhow::Result<Self> {
         if size == 0 {
             bail!("an etcd cluster needs at least one member");
         }
         let binary = etcd_binary()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let mut cluster = Self::prepare(binary.clone(), size)?;
+            let mut cluster = Self::prepare(binary.clone(), size, place.clone())?;
             for member in 0..size {
                 cluster.spawn(member)?;
             }
@@ -135,13 +156,24 @@ impl EtcdCluster {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
     }
 
-    fn prepare(binary: PathBuf, size: usize) -> anyhow::Result<Self> {
+    fn prepare(
+        binary: PathBuf,
+        size: usize,
+        place: Option<(String, std::net::Ipv4Addr)>,
+    ) -> anyhow::Result<Self> {
+        // A namespace of the test's own has every port free; these were free here.
         let ports = free_ports(size * 2)?;
+        let host = place
+            .as_ref()
+            .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |(_, ip)| {
+                (*ip).into()
+            });
         let members = ports
             .chunks_exact(2)
             .enumerate()
             .map(|(index, pair)| Member {
                 name: format!("m{index}"),
+                host,
                 client_port: pair[0],
                 peer_port: pair[1],
                 child: None,
@@ -152,6 +184,7 @@ impl EtcdCluster {
             dir: temp_dir()?,
             members,
             token: format!("glory-test-{:016x}", rand::random::<u64>()),
+            netns: place.map(|(netns, _)| netns),
         })
     }
 
@@ -192,7 +225,16 @@ impl EtcdCluster {
         let log_err = log.try_clone().context("duplicate etcd log handle")?;
         let data_dir = self.dir.path().join(&self.member(member).name);
         let m = self.member(member);
-        let child = Command::new(&self.binary)
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut wrapped = Command::new("ip");
+                // `ip netns exec` execs etcd: the child's pid is etcd's.
+                wrapped.args(["netns", "exec", netns]).arg(&self.binary);
+                wrapped
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -284,7 +326,7 @@ impl EtcdCluster {
     /// answers reads), or fail with the end of its log.
     pub async fn wait_healthy(&mut self, member: usize, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
-        let port = self.member(member).client_port;
+        let (host, port) = (self.member(member).host, self.member(member).client_port);
         loop {
             if let Some(child) = self.members[member].child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -297,7 +339,7 @@ impl EtcdCluster {
             } else {
                 bail!("etcd member {member} is not running");
             }
-            let last = match health(port).await {
+            let last = match health(host, port).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => "unhealthy".to_owned(),
                 Err(error) => format!("{error:#}"),
@@ -381,12 +423,11 @@ impl Drop for EtcdCluster {
 
 /// Ask `/health` on a client port. etcd 3.4 answers `{"health":"true"}` once the member
 /// has a leader and can serve.
-async fn health(port: u16) -> anyhow::Result<bool> {
+async fn health(host: std::net::IpAddr, port: u16) -> anyhow::Result<bool> {
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+        let ask = format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(ask.as_bytes()).await?;
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await?;
         anyhow::Ok(String::from_utf8_lossy(&answer).into_owned())

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod distribution;
+pub mod faultnet;
 pub mod netns;
 pub mod procs;
 pub mod wait;

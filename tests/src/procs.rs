@@ -26,8 +26,33 @@ impl Procs {
         args: &[S],
         log: &Path,
     ) -> anyhow::Result<u32> {
+        self.spawn_command(name, Command::new(binary(bin)?), args, log)
+    }
+
+    /// [`Procs::spawn`] inside node `node`'s namespace of a fault-injection net.
+    pub fn spawn_in<S: AsRef<std::ffi::OsStr>>(
+        &mut self,
+        net: &crate::faultnet::FaultNet,
+        node: &str,
+        name: &str,
+        bin: &str,
+        args: &[S],
+        log: &Path,
+    ) -> anyhow::Result<u32> {
+        let command = net.command(node, binary(bin)?.as_os_str());
+        self.spawn_command(name, command, args, log)
+    }
+
+    fn spawn_command<S: AsRef<std::ffi::OsStr>>(
+        &mut self,
+        name: &str,
+        mut command: Command,
+        args: &[S],
+        log: &Path,
+    ) -> anyhow::Result<u32> {
         let out = std::fs::File::create(log)?;
-        let child = Command::new(binary(bin)?)
+        let bin = format!("{:?}", command.get_program());
+        let child = command
             .args(args)
             .env(
                 "RUST_LOG",

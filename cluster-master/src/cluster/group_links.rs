@@ -141,6 +141,18 @@ impl Cluster {
         ClusterToGroup::Members { members, revoked }
     }
 
+    /// Whether link `session` is its group's active one: only the active group master
+    /// speaks for the group's nodes. A master that was cut off and stood down may come
+    /// back (as a standby) with the judgements of a detector that no longer hears the
+    /// nodes, queued while it was away.
+    pub(crate) fn is_active_link(&self, group: &str, session: u64) -> bool {
+        self.read()
+            .groups
+            .get(group)
+            .and_then(|entry| entry.link.as_ref())
+            .is_some_and(|link| link.session == session)
+    }
+
     /// A group master link ended. A lost standby is just forgotten. A lost active
     /// master makes its live nodes `unreachable` and promotes the first standby;
     /// returns the promoted master's address, to be recorded.

@@ -87,6 +87,9 @@ pub struct Cluster {
     pub(crate) fence: std::sync::RwLock<Option<(String, glory_keymaster::Revision)>>,
     /// A write was fenced off: the leadership loop checks at once whether we lead.
     pub(crate) fenced: tokio::sync::Notify,
+    /// Why this master stopped leading, when it did (its process then exits with an
+    /// error, so that a supervisor restarts it as a standby).
+    pub(crate) deposed: std::sync::OnceLock<&'static str>,
     next_session: AtomicU64,
     /// Transitions into each state since start, indexed like `NodeState::ALL`.
     transitions: [AtomicU64; 6],
@@ -268,6 +271,7 @@ impl Cluster {
             km_available: AtomicBool::new(true),
             fence: std::sync::RwLock::new(None),
             fenced: tokio::sync::Notify::new(),
+            deposed: std::sync::OnceLock::new(),
             next_session: AtomicU64::new(1),
             transitions: Default::default(),
             pools: crate::pools::PoolState::new(book, tenants, frameworks),

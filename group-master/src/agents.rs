@@ -177,6 +177,7 @@ impl Service for Agents {
                 debug!(node_id = %node, "agent asks for its next certificate");
                 self.shared.renewal(node, csr_pem, session.serial.clone());
             }
+            Ok(AgentToGroup::Alive) => self.shared.alive(node, out.now()),
             Ok(AgentToGroup::Leaving) => {
                 info!(node_id = %node, "agent leaving");
                 self.shared.left(node);

@@ -137,6 +137,13 @@ impl FailureDetector {
         }
         // A restarted agent counts from 1 again.
         tracked.last_seq = seq;
+        self.heard(node, now, "heartbeat")
+    }
+
+    /// The node was heard from otherwise than by a heartbeat (`reason` says how).
+    /// Only tracked nodes count: heartbeats are what starts the tracking.
+    pub fn heard(&mut self, node: &str, now: Instant, reason: &'static str) -> Option<Transition> {
+        let tracked = self.nodes.get_mut(node)?;
         tracked.last_heard = now;
         if tracked.state == NodeState::Up {
             return None;
@@ -147,7 +154,7 @@ impl FailureDetector {
             node: node.to_string(),
             from,
             to: NodeState::Up,
-            reason: "heartbeat",
+            reason,
         })
     }
 
@@ -238,6 +245,45 @@ mod tests {
 
     fn ms(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn an_answered_probe_makes_a_suspect_up_and_restarts_its_silence() {
+        let t0 = Instant::now();
+        let mut d = detector();
+        assert!(
+            d.heard("n9", t0, "answered a probe").is_none(),
+            "only tracked nodes"
+        );
+        d.heartbeat("n1", 1, t0);
+        assert_eq!(d.tick(ms(t0, 2000))[0].to, NodeState::Suspect);
+        let back = d.heard("n1", ms(t0, 2300), "answered a probe").unwrap();
+        assert_eq!(
+            (back.from, back.to, back.reason),
+            (NodeState::Suspect, NodeState::Up, "answered a probe")
+        );
+        assert!(
+            d.tick(ms(t0, 3000)).is_empty(),
+            "not down at 3 s: heard at 2.3 s"
+        );
+        assert_eq!(d.tick(ms(t0, 4300))[0].to, NodeState::Suspect);
+        assert_eq!(d.tick(ms(t0, 5300))[0].to, NodeState::Down);
+        assert_eq!(d.heartbeat_stats(), (1, 0), "an answer is not a heartbeat");
+    }
+
+    #[test]
+    fn a_detector_that_forgets_all_tracks_afresh_with_the_rejoin_grace() {
+        let t0 = Instant::now();
+        let mut d = detector();
+        d.heartbeat("n1", 1, t0);
+        d.forget_all();
+        assert!(d.is_empty());
+        assert!(d.tick(ms(t0, 60_000)).is_empty(), "nobody to judge");
+        d.track("n1", NodeState::Up, ms(t0, 60_000));
+        assert!(d
+            .tick(ms(t0, 62_999))
+            .iter()
+            .all(|t| t.to != NodeState::Down));
     }
 
     #[test]

@@ -249,6 +249,13 @@ impl Shared {
         self.push(&mut inner, transition);
     }
 
+    /// The agent answered a probe.
+    pub fn alive(&self, node: &str, now: Instant) {
+        let mut inner = self.lock();
+        let transition = inner.detector.heard(node, now, "answered a probe");
+        self.push(&mut inner, transition);
+    }
+
     pub fn left(&self, node: &str) {
         let mut inner = self.lock();
         let transition = inner.detector.left(node);
@@ -264,7 +271,18 @@ impl Shared {
             tracing::warn!(group = %self.group, stall_ms = stall.as_millis() as u64,
                 "this group master did not run for a while (CPU starvation or a pause); the stall is not counted as node silence");
         }
+        // A node just become suspect is asked whether it is alive, over the reliable
+        // control stream: its answer makes it `up` again before it could be `down`.
+        let probe: Vec<String> = transitions
+            .iter()
+            .filter(|t| t.to == NodeState::Suspect)
+            .map(|t| t.node.clone())
+            .collect();
         self.push(&mut inner, transitions);
+        drop(inner);
+        for node in probe {
+            self.to_agent(&node, GroupToAgent::Probe);
+        }
     }
 
     pub fn inventory(&self, node: &str, inventory: Inventory) {

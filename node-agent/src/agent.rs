@@ -722,6 +722,11 @@ async fn session(
                 Some(Ok(Some(GroupToAgent::Certificate { cert_pem }))) => {
                     renewal.accept(identity, deps.store.as_ref(), &cert_pem);
                 }
+                Some(Ok(Some(GroupToAgent::Probe))) => {
+                    if let Err(e) = send.send(&AgentToGroup::Alive).await {
+                        break SessionEnd::Lost(format!("answer a probe: {e}"));
+                    }
+                }
                 Some(Ok(Some(GroupToAgent::Removed { reason }))) => break SessionEnd::Removed(reason),
                 Some(Ok(None)) | None => break SessionEnd::Lost("group master closed the control stream".into()),
                 Some(Err(e)) => break SessionEnd::Lost(format!("control stream: {e}")),

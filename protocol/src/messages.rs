@@ -333,6 +333,8 @@ pub enum AgentToGroup {
     /// Sign this request for the next certificate (for a fresh key); answered with
     /// [`GroupToAgent::Certificate`] through the group master.
     Renew { csr_pem: String },
+    /// The answer to [`GroupToAgent::Probe`]: this agent is alive.
+    Alive,
 }
 
 /// Group master -> agent, on the control stream.
@@ -360,6 +362,11 @@ pub enum GroupToAgent {
     Software(Vec<crate::setup::PackageSpec>),
     /// The node's next certificate, signed for the key of its `Renew`.
     Certificate { cert_pem: String },
+    /// The group master has not heard this agent's heartbeats for a while (it is
+    /// `suspect`): answer [`AgentToGroup::Alive`] at once. Both go on the control
+    /// stream, which QUIC retransmits, so heartbeats lost on a lossy link do not make
+    /// a live node `down`.
+    Probe,
 }
 
 /// A process the cluster master wants running on a node (a component master).

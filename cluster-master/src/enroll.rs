@@ -369,7 +369,8 @@ impl Cluster {
             schema::identity_key(&identity),
             id.clone().into_bytes(),
         ));
-        match self.km_txn(txn).await {
+        // Enrollments arrive in storms: their writes are committed in groups.
+        match self.km_txn_grouped(txn).await {
             Ok(resp) if resp.succeeded => {}
             Ok(_) => {
                 rollback(&previous);

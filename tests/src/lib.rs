@@ -7,6 +7,7 @@ pub mod distribution;
 pub mod faultnet;
 pub mod netns;
 pub mod procs;
+pub mod rig;
 pub mod wait;
 
 use std::future::Future;

@@ -117,6 +117,11 @@ impl Procs {
         }
     }
 
+    /// Whether process `name` was started and not yet stopped or seen to exit.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
     /// SIGKILL: no goodbyes, no resignation.
     pub fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
         let mut child = self.take(name)?;

@@ -3,201 +3,13 @@
 //! (`glory_tests::faultnet`): lossy and slow links to the agents, a one-way partition
 //! between a group master and the cluster master, a cluster master cut off from etcd.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use glory::client::ApiClient;
-use glory_keymaster::testing::EtcdCluster;
-use glory_tests::faultnet::{FaultNet, Impairment};
-use glory_tests::procs::Procs;
+use glory_tests::faultnet::Impairment;
+use glory_tests::rig::{get, quic, Rig, LEASE};
 use glory_tests::wait::until_some;
-use reqwest::Method;
 use serde_json::Value;
-
-/// The leadership lease of the cluster masters here.
-const LEASE: Duration = Duration::from_secs(3);
-
-/// Real processes in a fault-injection net. Fields drop in order: the processes
-/// first, then etcd, then the net.
-struct Rig {
-    procs: Procs,
-    etcd: Option<EtcdCluster>,
-    net: FaultNet,
-    dir: PathBuf,
-    _temp: tempfile::TempDir,
-    token: String,
-    bootstrap: String,
-    ca_hash: String,
-}
-
-fn quic(net: &FaultNet, node: &str) -> SocketAddr {
-    SocketAddr::from((net.ip(node), 7000))
-}
-
-fn api_addr(net: &FaultNet, node: &str) -> SocketAddr {
-    SocketAddr::from((net.ip(node), 7400))
-}
-
-/// `GET path`'s body whatever its status; `None` when nothing answered.
-async fn get(api: &ApiClient, path: &str) -> Option<Value> {
-    api.request(Method::GET, path, None)
-        .await
-        .ok()
-        .map(|(_, body)| body)
-}
-
-impl Rig {
-    /// A net of `nodes`; etcd (one member) in node `etcd` if it is one of them.
-    async fn start(nodes: &[&str]) -> anyhow::Result<Rig> {
-        let net = FaultNet::create(nodes)?;
-        let etcd = if nodes.contains(&"etcd") {
-            Some(EtcdCluster::start_in(1, net.namespace("etcd"), net.ip("etcd")).await?)
-        } else {
-            None
-        };
-        let temp = tempfile::tempdir()?;
-        let dir = std::env::var_os("GLORY_TEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| temp.path().to_path_buf());
-        Ok(Rig {
-            procs: Procs::default(),
-            etcd,
-            net,
-            dir,
-            _temp: temp,
-            token: String::new(),
-            bootstrap: String::new(),
-            ca_hash: String::new(),
-        })
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.log"))
-    }
-
-    fn api(&self, cm: &str) -> anyhow::Result<ApiClient> {
-        ApiClient::new(&format!("http://{}", api_addr(&self.net, cm)), &self.token)?
-            .with_timeout(Duration::from_secs(2))
-    }
-
-    /// Cluster master `name` in its namespace (on etcd when the rig has it, else on
-    /// its embedded key master). The first one started leads: the operator's and a
-    /// bootstrap token are taken from it.
-    async fn cluster_master(&mut self, name: &str) -> anyhow::Result<()> {
-        let keymaster = match &self.etcd {
-            Some(etcd) => format!(
-                "keymaster = {{ kind = 'etcd', endpoints = ['{}'] }}\n",
-                etcd.endpoint(0)
-            ),
-            None => String::new(),
-        };
-        let path = self.dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "listen = '{}'\napi_listen = '{}'\ninsecure_http = true\ndata_dir = '{}'\n\
-                 leader_lease_ms = {}\n{keymaster}",
-                quic(&self.net, name),
-                api_addr(&self.net, name),
-                self.dir.join(name).display(),
-                LEASE.as_millis(),
-            ),
-        )?;
-        let args = ["--config".to_string(), path.display().to_string()];
-        let log = self.log(name);
-        self.procs
-            .spawn_in(&self.net, name, name, "glory-cluster-master", &args, &log)?;
-        if !self.token.is_empty() {
-            return Ok(());
-        }
-        let token_file = self.dir.join(name).join("operator.token");
-        (self.token, _) = until_some(
-            &format!("{name} active"),
-            Duration::from_secs(30),
-            || async {
-                std::fs::read_to_string(&token_file)
-                    .ok()
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty())
-            },
-        )
-        .await?;
-        let api = self.api(name)?;
-        let (created, _) = until_some("a bootstrap token", Duration::from_secs(20), || async {
-            let (status, body) = api
-                .request(
-                    Method::POST,
-                    "/api/v1/bootstrap-tokens",
-                    Some(serde_json::json!({"scope": "any", "ttl_seconds": 3600})),
-                )
-                .await
-                .ok()?;
-            (status == 201).then_some(body)
-        })
-        .await?;
-        self.bootstrap = created["token"].as_str().context("token")?.to_string();
-        self.ca_hash = created["ca_cert_hash"]
-            .as_str()
-            .context("ca hash")?
-            .to_string();
-        Ok(())
-    }
-
-    /// Group master `name` of group g00, knowing cluster masters `cms`.
-    fn group_master(&mut self, name: &str, cms: &[&str]) -> anyhow::Result<()> {
-        let path = self.dir.join(format!("{name}.toml"));
-        let others: Vec<String> = cms[1..]
-            .iter()
-            .map(|cm| format!("'{}'", quic(&self.net, cm)))
-            .collect();
-        std::fs::write(
-            &path,
-            format!(
-                "group = 'g00'\nlisten = '{}'\ncluster_master = '{}'\ncluster_masters = [{}]\n\
-                 token = '{}'\nca_cert_hash = '{}'\ndata_dir = '{}'\n",
-                quic(&self.net, name),
-                quic(&self.net, cms[0]),
-                others.join(", "),
-                self.bootstrap,
-                self.ca_hash,
-                self.dir.join(name).display()
-            ),
-        )?;
-        let args = ["--config".to_string(), path.display().to_string()];
-        let log = self.log(name);
-        self.procs
-            .spawn_in(&self.net, name, name, "glory-group-master", &args, &log)?;
-        Ok(())
-    }
-
-    /// `count` simulated servers in node `agents`, at the default heartbeat.
-    fn agents(&mut self, count: usize, cms: &[&str]) -> anyhow::Result<()> {
-        let others: Vec<String> = cms[1..]
-            .iter()
-            .map(|cm| quic(&self.net, cm).to_string())
-            .collect();
-        let mut args = vec![
-            "sim-agents".to_string(),
-            "--cluster-master".into(),
-            quic(&self.net, cms[0]).to_string(),
-            "--token".into(),
-            self.bootstrap.clone(),
-            "--ca-hash".into(),
-            self.ca_hash.clone(),
-            "--nodes".into(),
-            count.to_string(),
-        ];
-        if !others.is_empty() {
-            args.extend(["--cluster-masters".into(), others.join(",")]);
-        }
-        let log = self.log("agents");
-        self.procs
-            .spawn_in(&self.net, "agents", "agents", "glory", &args, &log)?;
-        Ok(())
-    }
-}
 
 /// The cluster summary once `count` nodes are up in one connected group.
 async fn all_up(api: &ApiClient, count: u64) -> anyhow::Result<Value> {
@@ -230,9 +42,9 @@ async fn lossy_slow_links_make_no_false_downs() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    let mut rig = Rig::start(&["cm", "gm", "agents"]).await?;
+    let mut rig = Rig::start(&["cm", "gm", "agents"], 1).await?;
     rig.cluster_master("cm").await?;
-    rig.group_master("gm", &["cm"])?;
+    rig.group_master("gm", "g00", &["cm"])?;
     let nodes = 20;
     rig.agents(nodes, &["cm"])?;
     let api = rig.api("cm")?;
@@ -291,20 +103,20 @@ async fn group_view(api: &ApiClient) -> Option<(String, Vec<String>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_partitions_never_make_two_active_group_masters() -> anyhow::Result<()> {
     glory_tests::init_logging();
-    let mut rig = Rig::start(&["cm", "gm-a", "gm-b", "agents"]).await?;
+    let mut rig = Rig::start(&["cm", "gm-a", "gm-b", "agents"], 1).await?;
     rig.cluster_master("cm").await?;
     let api = rig.api("cm")?;
     let (a, b) = (
         quic(&rig.net, "gm-a").to_string(),
         quic(&rig.net, "gm-b").to_string(),
     );
-    rig.group_master("gm-a", &["cm"])?;
+    rig.group_master("gm-a", "g00", &["cm"])?;
     until_some("gm-a active", Duration::from_secs(30), || async {
         let (active, _) = group_view(&api).await?;
         (active == a).then_some(())
     })
     .await?;
-    rig.group_master("gm-b", &["cm"])?;
+    rig.group_master("gm-b", "g00", &["cm"])?;
     until_some("gm-b standing by", Duration::from_secs(30), || async {
         let (_, standbys) = group_view(&api).await?;
         standbys.contains(&b).then_some(())
@@ -373,7 +185,7 @@ async fn one_way_partitions_never_make_two_active_group_masters() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_master_cut_off_from_etcd_steps_down_within_its_lease() -> anyhow::Result<()> {
     glory_tests::init_logging();
-    let mut rig = Rig::start(&["etcd", "cm1", "cm2", "gm", "agents"]).await?;
+    let mut rig = Rig::start(&["etcd", "cm1", "cm2", "gm", "agents"], 1).await?;
     rig.cluster_master("cm1").await?;
     rig.cluster_master("cm2").await?;
     let (cm1, cm2) = (rig.api("cm1")?, rig.api("cm2")?);
@@ -382,7 +194,7 @@ async fn a_cluster_master_cut_off_from_etcd_steps_down_within_its_lease() -> any
         (h["role"] == "standby").then_some(())
     })
     .await?;
-    rig.group_master("gm", &["cm1", "cm2"])?;
+    rig.group_master("gm", "g00", &["cm1", "cm2"])?;
     let nodes = 10;
     rig.agents(nodes, &["cm1", "cm2"])?;
     all_up(&cm1, nodes as u64).await?;

@@ -1,7 +1,9 @@
 //! Bootstrap tokens: created, listed and deleted in the key master (only the SHA-256
 //! of a secret is stored), and checked when a node or group master enrolls.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use glory_keymaster::schema::{self, BootstrapScope, BootstrapTokenRecord, RECORD_VERSION};
 use glory_keymaster::{Compare, KeyMasterError, Txn, TxnOp};
@@ -25,20 +27,25 @@ impl Cluster {
             )
         };
         let (id, secret) = auth::parse_token(token).map_err(bad)?;
-        let kv = self
-            .km
-            .get(&schema::bootstrap_token_key(id))
-            .await
-            .map_err(unavailable)?;
-        let (record, rev) = match kv {
-            Some(kv) => (
-                Some(
-                    schema::decode::<BootstrapTokenRecord>(&kv.key, &kv.value)
-                        .map_err(|e| refusal(RefusalCode::Unavailable, e.to_string()))?,
-                ),
-                kv.mod_revision,
-            ),
-            None => (None, 0),
+        let (record, rev) = match self.token_cache.get(id, Instant::now()) {
+            Some((record, rev)) => (Some(record), rev),
+            None => {
+                let kv = self
+                    .km
+                    .get(&schema::bootstrap_token_key(id))
+                    .await
+                    .map_err(unavailable)?;
+                match kv {
+                    Some(kv) => {
+                        let record = schema::decode::<BootstrapTokenRecord>(&kv.key, &kv.value)
+                            .map_err(|e| refusal(RefusalCode::Unavailable, e.to_string()))?;
+                        self.token_cache
+                            .keep(id, &record, kv.mod_revision, Instant::now());
+                        (Some(record), kv.mod_revision)
+                    }
+                    None => (None, 0),
+                }
+            }
         };
         if let Err(e) =
             auth::check_bootstrap(record.as_ref(), secret, scope, glory_protocol::now_ms())
@@ -139,7 +146,58 @@ impl Cluster {
     }
 
     pub async fn delete_bootstrap_token(&self, id: &str) -> Result<bool, KeyMasterError> {
+        self.token_cache.forget(id);
         self.km_delete(schema::bootstrap_token_key(id)).await
+    }
+}
+
+/// How long a multi-use token read from the key master is used without reading it again.
+const TOKEN_CACHE_FOR: Duration = Duration::from_secs(1);
+
+/// Multi-use bootstrap tokens as last read from the key master, for a second: 10,000
+/// machines enrolling with one token read it once a second, not 10,000 times. A token
+/// deleted through another cluster master is refused here at most a second later (one
+/// deleted through this one at once). Single-use tokens are always read afresh: their
+/// enrollment compares the revision read.
+#[derive(Default)]
+pub(crate) struct TokenCache(Mutex<HashMap<String, (Instant, BootstrapTokenRecord, i64)>>);
+
+impl TokenCache {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, BootstrapTokenRecord, i64)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record and revision read less than [`TOKEN_CACHE_FOR`] before `now`.
+    fn get(&self, id: &str, now: Instant) -> Option<(BootstrapTokenRecord, i64)> {
+        let mut cache = self.lock();
+        match cache.get(id) {
+            Some((read, record, rev)) if now.saturating_duration_since(*read) < TOKEN_CACHE_FOR => {
+                Some((record.clone(), *rev))
+            }
+            Some(_) => {
+                cache.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn keep(&self, id: &str, record: &BootstrapTokenRecord, rev: i64, now: Instant) {
+        if record.single_use {
+            return;
+        }
+        let mut cache = self.lock();
+        // Bounded by the tokens in use at once; stale entries go when next looked up.
+        if cache.len() >= 1024 {
+            cache.retain(|_, (read, _, _)| now.saturating_duration_since(*read) < TOKEN_CACHE_FOR);
+        }
+        cache.insert(id.to_string(), (now, record.clone(), rev));
+    }
+
+    fn forget(&self, id: &str) {
+        self.lock().remove(id);
     }
 }
 
@@ -150,4 +208,53 @@ pub(crate) struct TokenBinding {
     pub boot_mac: Option<String>,
     /// The group its nodes join.
     pub group: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(single_use: bool) -> BootstrapTokenRecord {
+        BootstrapTokenRecord {
+            v: RECORD_VERSION,
+            id: "abc".into(),
+            secret_sha256: String::new(),
+            created_ms: 0,
+            expires_ms: None,
+            single_use,
+            used: false,
+            scope: BootstrapScope::Any,
+            description: String::new(),
+            boot_mac: None,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn multi_use_tokens_are_kept_for_a_second_single_use_ones_never() {
+        let cache = TokenCache::default();
+        let t0 = Instant::now();
+        cache.keep("abc", &record(false), 7, t0);
+        assert_eq!(
+            cache
+                .get("abc", t0 + Duration::from_millis(999))
+                .map(|(_, rev)| rev),
+            Some(7)
+        );
+        assert!(
+            cache.get("abc", t0 + TOKEN_CACHE_FOR).is_none(),
+            "read again after a second"
+        );
+        cache.keep("abc", &record(false), 8, t0);
+        cache.forget("abc");
+        assert!(
+            cache.get("abc", t0).is_none(),
+            "a token deleted here is forgotten at once"
+        );
+        cache.keep("abc", &record(true), 9, t0);
+        assert!(
+            cache.get("abc", t0).is_none(),
+            "single-use tokens are always read afresh"
+        );
+    }
 }

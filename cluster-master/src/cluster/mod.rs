@@ -12,6 +12,7 @@ mod keymaster;
 mod removal;
 pub(crate) mod renewal;
 mod states;
+mod txn_batch;
 mod users;
 
 pub(crate) use ca::load_or_create_ca;
@@ -90,6 +91,10 @@ pub struct Cluster {
     /// Why this master stopped leading, when it did (its process then exits with an
     /// error, so that a supervisor restarts it as a standby).
     pub(crate) deposed: std::sync::OnceLock<&'static str>,
+    /// Enrollment writes waiting for a group commit.
+    txn_batch: txn_batch::TxnBatch,
+    /// Multi-use bootstrap tokens read from the key master in the last second.
+    pub(crate) token_cache: bootstrap_tokens::TokenCache,
     next_session: AtomicU64,
     /// Transitions into each state since start, indexed like `NodeState::ALL`.
     transitions: [AtomicU64; 6],
@@ -272,6 +277,8 @@ impl Cluster {
             fence: std::sync::RwLock::new(None),
             fenced: tokio::sync::Notify::new(),
             deposed: std::sync::OnceLock::new(),
+            txn_batch: Default::default(),
+            token_cache: Default::default(),
             next_session: AtomicU64::new(1),
             transitions: Default::default(),
             pools: crate::pools::PoolState::new(book, tenants, frameworks),

@@ -140,15 +140,21 @@ pub struct FaultNet {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Nets made by this process so far: names carry the count, so that tests running side
+/// by side in one process do not meet.
+static NETS: AtomicU64 = AtomicU64::new(0);
+/// Held while a net is made: its subnet counts as free until its host address is set.
+static CREATING: Mutex<()> = Mutex::new(());
+
 /// The third octet of a 10.218.x.0/24 no interface here has yet.
-fn free_subnet() -> anyhow::Result<u8> {
+fn free_subnet(seq: u64) -> anyhow::Result<u8> {
     let out = Command::new("ip")
         .args(["-o", "-4", "addr", "show"])
         .output()?;
     let taken = String::from_utf8_lossy(&out.stdout).into_owned();
-    let start = (std::process::id() % 200) as u8;
-    (0..200u8)
-        .map(|i| 20 + (start + i) % 200)
+    let start = u64::from(std::process::id()) + seq * 37;
+    (0..200u64)
+        .map(|i| (20 + (start + i) % 200) as u8)
         .find(|x| !taken.contains(&format!("10.218.{x}.")))
         .context("no free 10.218.x.0/24 for a fault-injection net")
 }
@@ -158,8 +164,11 @@ impl FaultNet {
     /// own address, all reachable from each other and from this host, unimpaired.
     pub fn create(nodes: &[&str]) -> anyhow::Result<FaultNet> {
         anyhow::ensure!(nodes.len() <= 100, "at most 100 nodes");
-        let id = std::process::id() % 100_000;
-        let subnet = free_subnet()?;
+        let _creating = CREATING.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = NETS.fetch_add(1, Ordering::Relaxed);
+        // At most 13 characters in a device name (glf, 7 digits, n, 2 digits).
+        let id = format!("{}{seq}", std::process::id() % 100_000);
+        let subnet = free_subnet(seq)?;
         let mut names = vec!["host".to_string()];
         for n in nodes {
             anyhow::ensure!(!names.iter().any(|m| m == n), "node {n} named twice");
@@ -174,7 +183,7 @@ impl FaultNet {
                 rules: Mutex::new(Rules {
                     impairments: vec![Impairment::default(); names.len()],
                     cuts: HashSet::new(),
-                    rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(id),
+                    rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()) ^ seq,
                 }),
                 delayed: Mutex::new((BinaryHeap::new(), 0)),
                 wake: Condvar::new(),

@@ -106,7 +106,8 @@ async fn client(
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let release = created && !holding.is_empty() && (holding.len() >= HOLD || rng % 2 == 0);
+        let release =
+            created && !holding.is_empty() && (holding.len() >= HOLD || rng.is_multiple_of(2));
         let api = &apis[via];
         let used = CMS[via];
         let invoked = start.elapsed().as_millis() as u64;

@@ -58,6 +58,7 @@ pub struct ClusterMasterHandle {
     /// Bearer token with the operator role.
     pub operator_token: String,
     pub cluster: Arc<Cluster>,
+    node: Arc<Node>,
     tasks: TaskTracker,
 }
 
@@ -65,6 +66,13 @@ impl ClusterMasterHandle {
     /// Wait until every task has ended (after the shutdown token was cancelled).
     pub async fn wait(self) {
         self.tasks.wait().await;
+    }
+
+    /// The API as the server serves it, to be called in this process (requests need
+    /// a `ConnectInfo<SocketAddr>` extension, as the server adds): for tests that send
+    /// millions of requests without the cost of HTTP.
+    pub fn api_router(&self) -> axum::Router {
+        api::router(self.node.clone())
     }
 
     /// Why this master stopped leading on its own, if it did.
@@ -519,6 +527,7 @@ pub async fn start(
         api_addr,
         operator_token: op_token,
         cluster,
+        node,
         tasks,
     })
 }

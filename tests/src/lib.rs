@@ -297,6 +297,11 @@ impl TestCluster {
             .expect("cluster master handle present until shutdown")
     }
 
+    /// The cluster master's API, to be called in this process.
+    pub fn api_router(&self) -> axum::Router {
+        self.cm().api_router()
+    }
+
     pub fn cluster(&self) -> Arc<Cluster> {
         self.cm().cluster.clone()
     }

@@ -74,11 +74,6 @@ impl ClusterMasterHandle {
     pub fn api_router(&self) -> axum::Router {
         api::router(self.node.clone())
     }
-
-    /// Why this master stopped leading on its own, if it did.
-    pub fn deposed(&self) -> Option<&'static str> {
-        self.cluster.deposed.get().copied()
-    }
 }
 
 async fn operator_token(

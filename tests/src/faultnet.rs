@@ -53,16 +53,13 @@ struct Rules {
     impairments: Vec<Impairment>,
     /// (from, to): packets from node `from` to node `to` are dropped.
     cuts: HashSet<(usize, usize)>,
-    rng: u64,
+    rng: crate::rng::Rng,
 }
 
 impl Rules {
     /// A uniform number in [0, 1) (xorshift64*; seeded, so a run can be replayed).
     fn uniform(&mut self) -> f64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.uniform()
     }
 }
 
@@ -183,7 +180,9 @@ impl FaultNet {
                 rules: Mutex::new(Rules {
                     impairments: vec![Impairment::default(); names.len()],
                     cuts: HashSet::new(),
-                    rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()) ^ seq,
+                    rng: crate::rng::Rng(
+                        0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()) ^ seq,
+                    ),
                 }),
                 delayed: Mutex::new((BinaryHeap::new(), 0)),
                 wake: Condvar::new(),

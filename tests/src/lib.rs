@@ -8,6 +8,7 @@ pub mod faultnet;
 pub mod netns;
 pub mod procs;
 pub mod rig;
+pub mod rng;
 pub mod wait;
 
 use std::future::Future;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use glory::client::ApiClient;
 use glory_tests::rig::{get, Rig};
+use glory_tests::rng::Rng;
 use glory_tests::wait::until_some;
 use reqwest::Method;
 use serde::Serialize;
@@ -101,13 +102,11 @@ async fn client(
     let mut via = id % apis.len();
     let mut holding: Vec<String> = Vec::new();
     let mut created = false;
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d_u64 ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9));
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
+        let roll = rng.next_u64();
         let release =
-            created && !holding.is_empty() && (holding.len() >= HOLD || rng.is_multiple_of(2));
+            created && !holding.is_empty() && (holding.len() >= HOLD || roll.is_multiple_of(2));
         let api = &apis[via];
         let used = CMS[via];
         let invoked = start.elapsed().as_millis() as u64;
@@ -130,7 +129,7 @@ async fn client(
             created = matches!(outcome, Outcome::Ok(_)) || exists;
             (Kind::Grow, outcome)
         } else if release {
-            let node = holding[(rng as usize / 2) % holding.len()].clone();
+            let node = holding[(roll as usize / 2) % holding.len()].clone();
             let path = format!("/api/v1/pools/{pool}/nodes/{node}");
             let answer = api.request(Method::DELETE, &path, None).await;
             let outcome = judge(answer, |b| {
@@ -177,7 +176,7 @@ async fn client(
             outcome,
             via: used,
         });
-        tokio::time::sleep(Duration::from_millis(40 + rng % 80)).await;
+        tokio::time::sleep(Duration::from_millis(40 + roll % 80)).await;
     }
 }
 

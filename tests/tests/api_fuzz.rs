@@ -12,24 +12,10 @@
 
 use std::time::{Duration, Instant};
 
+use glory_tests::rng::Rng;
 use glory_tests::TestCluster;
 use reqwest::Method;
 use serde_json::{json, Value};
-
-/// xorshift64*: deterministic, so a failure is reproduced by its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// A value of any JSON type, some of them hostile.
 fn wild(rng: &mut Rng, depth: usize) -> Value {
@@ -45,7 +31,7 @@ fn wild(rng: &mut Rng, depth: usize) -> Value {
         8 => json!(""),
         9 => json!("x".repeat(1 + rng.below(70_000))),
         10 => json!("../../etc/passwd\u{0}\u{202e}ä\n{{ x }}"),
-        11 => json!(format!("n-{:012x}", rng.next())),
+        11 => json!(format!("n-{:012x}", rng.next_u64())),
         12 => Value::Array((0..rng.below(4)).map(|_| wild(rng, depth + 1)).collect()),
         _ => {
             let mut m = serde_json::Map::new();

@@ -295,6 +295,11 @@ struct BenchArgs {
     /// report's `api_load`.
     #[arg(long, default_value_t = 0)]
     api_load: usize,
+    /// Standby cluster masters (needs an etcd --keymaster): each cluster master runs
+    /// on a runtime of its own, and `kill-cluster-master` kills the leader (kill -9
+    /// semantics) so that a standby takes over through the leadership lease.
+    #[arg(long, default_value_t = 0)]
+    standby_cluster_masters: usize,
 }
 
 #[derive(Subcommand)]
@@ -754,6 +759,7 @@ fn bench_options(b: BenchArgs) -> anyhow::Result<glory::bench::SimOptions> {
         ramp_per_sec: b.ramp,
         cert_lifetime: b.cert_lifetime,
         api_load: b.api_load,
+        standby_cluster_masters: b.standby_cluster_masters,
     })
 }
 

@@ -99,24 +99,36 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         .await?;
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, masters.cm().cluster.ca_pem())?;
-    let mut agents = AgentsProcess::spawn(&[
+    let mut cm_args = vec![
         "--cluster-master".into(),
         masters.cm().quic_addr.to_string(),
-        "--token".into(),
-        token,
-        "--ca-file".into(),
-        ca_file.display().to_string(),
-        "--nodes".into(),
-        o.nodes.to_string(),
-        "--heartbeat-ms".into(),
-        o.heartbeat_ms.to_string(),
-        "--metrics-ms".into(),
-        o.metrics_ms.to_string(),
-        "--endpoints".into(),
-        o.agent_endpoints.to_string(),
-        "--ramp-per-sec".into(),
-        o.ramp_per_sec.to_string(),
-    ])
+    ];
+    if masters.cm_quic.len() > 1 {
+        let standbys: Vec<String> = masters.cm_quic[1..].iter().map(|a| a.to_string()).collect();
+        cm_args.extend(["--cluster-masters".into(), standbys.join(",")]);
+    }
+    let mut agents = AgentsProcess::spawn(
+        &[
+            cm_args,
+            vec![
+                "--token".into(),
+                token,
+                "--ca-file".into(),
+                ca_file.display().to_string(),
+                "--nodes".into(),
+                o.nodes.to_string(),
+                "--heartbeat-ms".into(),
+                o.heartbeat_ms.to_string(),
+                "--metrics-ms".into(),
+                o.metrics_ms.to_string(),
+                "--endpoints".into(),
+                o.agent_endpoints.to_string(),
+                "--ramp-per-sec".into(),
+                o.ramp_per_sec.to_string(),
+            ],
+        ]
+        .concat(),
+    )
     .await?;
     let t0 = Instant::now();
     let at_start = EnrollStart::now(agents.pid);
@@ -156,6 +168,9 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     let mut gm_failover: Option<(String, Instant, Vec<String>)> = None;
     let mut gm_wrong: HashSet<String> = HashSet::new();
     let mut cm_failover: Option<Instant> = None;
+    // After a kill -9 of the leading cluster master: the standbys' APIs, probed until
+    // one serves.
+    let mut standby_apis: Vec<ApiClient> = Vec::new();
     let mut partition: Option<(String, Instant, Duration, Vec<String>)> = None;
     let mut partition_report: Option<PartitionReport> = None;
     let mut partition_healed: Option<Instant> = None;
@@ -188,6 +203,21 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
     while t0.elapsed() < o.duration {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let elapsed = t0.elapsed();
+        if let (Some(killed), false) = (cm_failover, standby_apis.is_empty()) {
+            for probe in &standby_apis {
+                if probe.get("/api/v1/cluster").await.is_ok() {
+                    report.cm_takeover_api_seconds = Some(killed.elapsed().as_secs_f64());
+                    standby_apis.clear();
+                    break;
+                }
+            }
+        }
+        if masters.cm.is_none() && masters.took_over().await? {
+            api = ApiClient::new(
+                &masters.cm().api_addr.to_string(),
+                &masters.cm().operator_token,
+            )?;
+        }
         let api_up = masters.cm.is_some();
         if let Some(cm) = &masters.cm {
             let second = elapsed.as_secs() as usize;
@@ -339,7 +369,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
             }
             if partition_healed.is_none() && elapsed >= *until {
                 if let Some(slot) = masters.groups.iter().find(|s| &s.id == g) {
-                    slot.relay.set_blocked(false);
+                    slot.set_blocked(false);
                 }
                 partition_healed = Some(Instant::now());
             }
@@ -434,6 +464,19 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                     gm_failover = Some((g.clone(), Instant::now(), members));
                     masters.replace_group(&g).await?;
                 }
+                Fault::KillClusterMaster if masters.has_standby_cluster_masters() => {
+                    let token = masters.cm().operator_token.clone();
+                    masters.kill_cluster_master()?;
+                    cm_failover = Some(Instant::now());
+                    standby_apis = masters
+                        .standby_apis()
+                        .iter()
+                        .map(|a| {
+                            ApiClient::new(&a.to_string(), &token)?
+                                .with_timeout(Duration::from_secs(1))
+                        })
+                        .collect::<anyhow::Result<_>>()?;
+                }
                 Fault::KillClusterMaster => {
                     cm_failover = Some(Instant::now());
                     masters.replace_cluster_master().await?;
@@ -450,7 +493,7 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
                         .map(|(id, _)| id.clone())
                         .collect();
                     if let Some(slot) = masters.groups.iter().find(|s| s.id == group) {
-                        slot.relay.set_blocked(true);
+                        slot.set_blocked(true);
                     }
                     excused.extend(members.iter().cloned());
                     partition = Some((group, Instant::now(), until, members));
@@ -517,6 +560,16 @@ pub(crate) async fn run(o: &SimOptions) -> anyhow::Result<Report> {
         );
     }
     if o.faults
+        .iter()
+        .any(|f| matches!(f.fault, Fault::KillClusterMaster))
+        && o.standby_cluster_masters > 0
+    {
+        report.notes.push(format!(
+            "cluster master failover here: {} standby cluster master(s) on the same etcd, each on a runtime of its own; the leader is killed (kill -9 semantics) and a standby takes over through the leadership lease; cm_takeover_api_seconds is until a standby's API answers, cm_failover_seconds until every group is connected and every live node up",
+            o.standby_cluster_masters
+        ));
+    } else if o
+        .faults
         .iter()
         .any(|f| matches!(f.fault, Fault::KillClusterMaster))
     {

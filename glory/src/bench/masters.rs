@@ -1,5 +1,7 @@
 //! The masters of a hierarchy run, in this process: the key master, the cluster master
 //! and the group masters (with standbys), started, replaced under faults and stopped.
+//! With standby cluster masters (on etcd), each cluster master has a runtime of its own
+//! (`CmProcess`), so killing the leader drops it without a word, as `kill -9` would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,14 +13,27 @@ use glory_group_master::{GroupMaster, GroupMasterConfig};
 use glory_keymaster::KeyMaster;
 use tokio_util::sync::CancellationToken;
 
+use super::cm_process::{free_addrs, CmProcess};
 use super::relay::Relay;
 use super::{Fault, SimOptions};
 
 pub(super) struct GroupSlot {
     pub(super) id: String,
-    pub(super) relay: Relay,
+    /// Its relay to the cluster master (none with standby cluster masters, which
+    /// group masters dial directly, as they would in a datacenter: a standby's refusal
+    /// names the leader by its own address, which a relay would hide).
+    relays: Vec<Relay>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl GroupSlot {
+    /// Partition the group master from the cluster master, or heal it.
+    pub(super) fn set_blocked(&self, blocked: bool) {
+        for r in &self.relays {
+            r.set_blocked(blocked);
+        }
+    }
 }
 
 /// Numbers the group masters' statistics files (a standby has its own).
@@ -41,6 +56,11 @@ pub(super) struct Masters {
     past_writes: u64,
     /// Observations for the report's notes.
     pub(super) notes: Vec<String>,
+    /// With standby cluster masters: each on a runtime of its own, the leader first
+    /// (`cm` is its handle); empty when the cluster master runs on this runtime.
+    processes: Vec<CmProcess>,
+    /// Where the group masters and agents find the cluster masters.
+    pub(super) cm_quic: Vec<SocketAddr>,
 }
 
 impl Masters {
@@ -69,11 +89,19 @@ impl Masters {
                 .unwrap_or(0)
     }
 
-    fn start_group(&self, id: &str, listen: SocketAddr, relay: Relay) -> anyhow::Result<GroupSlot> {
+    async fn start_group(&self, id: &str) -> anyhow::Result<GroupSlot> {
+        let mut relays = Vec::new();
+        let mut dial = self.cm_quic.clone();
+        if self.processes.is_empty() {
+            let relay = Relay::start(self.cm_quic[0], self.shutdown.clone()).await?;
+            dial = vec![relay.local];
+            relays.push(relay);
+        }
         let config = GroupMasterConfig {
             group: id.to_string(),
-            listen,
-            cluster_master: relay.local,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cluster_master: dial[0],
+            cluster_masters: dial[1..].to_vec(),
             heartbeat_interval_ms: self.options.heartbeat_ms,
             down_after_ms: self.options.down_after_ms,
             // On disk, as a real group master's: in memory, history would count as
@@ -96,7 +124,7 @@ impl Masters {
         });
         Ok(GroupSlot {
             id: id.to_string(),
-            relay,
+            relays,
             stop,
             task,
         })
@@ -128,14 +156,28 @@ impl Masters {
             glory_cluster_master::open_keymaster(&cm_config, &CancellationToken::new()).await?;
         let shutdown = CancellationToken::new();
         let cm_stop = shutdown.child_token();
-        let cm =
-            glory_cluster_master::start(cm_config.validate()?, km.clone(), None, cm_stop.clone())
-                .await?;
-        // Restarts reuse the addresses the first instance got.
-        let cm_config = ClusterMasterConfig {
-            listen: cm.quic_addr,
-            api_listen: cm.api_addr,
-            ..cm_config
+        let (cm, cm_config, processes) = if options.standby_cluster_masters > 0 {
+            let (cm, config, processes) = start_processes(options, &cm_config).await?;
+            (cm, config, processes)
+        } else {
+            let cm = glory_cluster_master::start(
+                cm_config.validate()?,
+                km.clone(),
+                None,
+                cm_stop.clone(),
+            )
+            .await?;
+            // Restarts reuse the addresses the first instance got.
+            let config = ClusterMasterConfig {
+                listen: cm.quic_addr,
+                api_listen: cm.api_addr,
+                ..cm_config
+            };
+            (cm, config, Vec::new())
+        };
+        let cm_quic = match processes.is_empty() {
+            true => vec![cm.quic_addr],
+            false => processes.iter().map(|p| p.quic).collect(),
         };
         let mut masters = Masters {
             km,
@@ -149,11 +191,11 @@ impl Masters {
             past_downs: 0,
             past_writes: 0,
             notes: Vec::new(),
+            processes,
+            cm_quic,
         };
         for g in 0..options.groups {
-            let id = format!("g{g:02}");
-            let relay = Relay::start(masters.cm().quic_addr, masters.shutdown.clone()).await?;
-            let slot = masters.start_group(&id, SocketAddr::from(([127, 0, 0, 1], 0)), relay)?;
+            let slot = masters.start_group(&format!("g{g:02}")).await?;
             masters.groups.push(slot);
         }
         let doomed: Vec<String> = options
@@ -174,8 +216,7 @@ impl Masters {
         }
         // Standbys register after the actives, so they stand by.
         for id in &doomed {
-            let relay = Relay::start(masters.cm().quic_addr, masters.shutdown.clone()).await?;
-            let slot = masters.start_group(id, SocketAddr::from(([127, 0, 0, 1], 0)), relay)?;
+            let slot = masters.start_group(id).await?;
             masters.standbys.push(slot);
         }
         while doomed
@@ -244,7 +285,9 @@ impl Masters {
         )
         .await?;
         for group in self.groups.iter().chain(self.standbys.iter()) {
-            group.relay.set_target(cm.quic_addr);
+            for relay in &group.relays {
+                relay.set_target(cm.quic_addr);
+            }
         }
         self.cm = Some(cm);
         let note = format!(
@@ -258,6 +301,58 @@ impl Masters {
         Ok(())
     }
 
+    /// Whether the cluster masters run as a leader and standbys (each on a runtime of
+    /// its own).
+    pub(super) fn has_standby_cluster_masters(&self) -> bool {
+        self.processes.len() > 1
+    }
+
+    /// `kill -9` the leading cluster master: its runtime, sockets and etcd client go
+    /// at once; nothing resigns. A standby takes over when the lease runs out.
+    pub(super) fn kill_cluster_master(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.processes.len() > 1, "no standby cluster master");
+        self.past_downs = self.downs();
+        self.past_writes = self.km_writes();
+        self.cm = None;
+        let leader = self.processes.remove(0);
+        let note = format!(
+            "cluster master {} killed (its runtime dropped: no resignation, no close; its etcd lease of {} ms runs out)",
+            leader.name, self.cm_config.leader_lease_ms
+        );
+        leader.kill();
+        if self.options.progress {
+            eprintln!("{note}");
+        }
+        self.notes.push(note);
+        Ok(())
+    }
+
+    /// API addresses of the standbys (who may be leading by now).
+    pub(super) fn standby_apis(&self) -> Vec<SocketAddr> {
+        self.processes.iter().map(|p| p.api).collect()
+    }
+
+    /// After `kill_cluster_master`: true once a standby leads (its handle becomes `cm`).
+    pub(super) async fn took_over(&mut self) -> anyhow::Result<bool> {
+        if self.cm.is_some() {
+            return Ok(true);
+        }
+        for i in 0..self.processes.len() {
+            if let Some(handle) = self.processes[i].leading().await {
+                let handle = handle?;
+                let leader = self.processes.remove(i);
+                self.notes.push(format!(
+                    "standby cluster master {} took over through the leadership lease",
+                    leader.name
+                ));
+                self.processes.insert(0, leader);
+                self.cm = Some(handle);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub(super) async fn stop(mut self) {
         let standbys: Vec<GroupSlot> = self.standbys.drain(..).collect();
         self.groups.extend(standbys);
@@ -268,8 +363,51 @@ impl Masters {
             let _ = g.task.await;
         }
         self.shutdown.cancel();
-        if let Some(cm) = self.cm.take() {
-            cm.wait().await;
+        if self.processes.is_empty() {
+            if let Some(cm) = self.cm.take() {
+                cm.wait().await;
+            }
+        }
+        let mut handle = self.cm.take();
+        for p in self.processes.drain(..) {
+            p.stop(handle.take()).await;
         }
     }
+}
+
+/// The cluster masters as a leader and standbys, each on a runtime of its own with its
+/// own data directory, addresses and etcd client: the first is started alone so that
+/// it leads; the standbys campaign behind it. The leader's handle and configuration.
+async fn start_processes(
+    options: &SimOptions,
+    base: &ClusterMasterConfig,
+) -> anyhow::Result<(ClusterMasterHandle, ClusterMasterConfig, Vec<CmProcess>)> {
+    let mut processes = Vec::new();
+    let mut configs = Vec::new();
+    for i in 0..=options.standby_cluster_masters {
+        let (listen, api_listen) = free_addrs()?;
+        configs.push(ClusterMasterConfig {
+            listen,
+            api_listen,
+            data_dir: base.data_dir.join(format!("cm{}", i + 1)),
+            ..base.clone()
+        });
+    }
+    let mut first = CmProcess::spawn("cm1", configs[0].clone())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let handle = loop {
+        if let Some(h) = first.leading().await {
+            break h?;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the first cluster master did not lead within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    processes.push(first);
+    for (i, config) in configs.iter().enumerate().skip(1) {
+        processes.push(CmProcess::spawn(&format!("cm{}", i + 1), config.clone())?);
+    }
+    Ok((handle, configs.swap_remove(0), processes))
 }

@@ -6,6 +6,7 @@
 pub mod agents;
 pub mod api_load;
 pub mod boot_storm;
+mod cm_process;
 pub mod dhcp;
 pub mod faults;
 mod flat;
@@ -68,6 +69,9 @@ pub struct SimOptions {
     pub cert_lifetime: Option<String>,
     /// Requests a second `wrk` sends the API once every node is up (0: none).
     pub api_load: usize,
+    /// Standby cluster masters (etcd only): each master then runs on a runtime of its
+    /// own, and `kill-cluster-master` kills the leader.
+    pub standby_cluster_masters: usize,
 }
 
 impl SimOptions {
@@ -80,6 +84,22 @@ impl SimOptions {
                 "{} nodes in {} groups is over 1000 per group: use more --groups",
                 self.nodes,
                 self.groups
+            );
+        }
+        if self.standby_cluster_masters > 0 && (self.etcd.is_none() || self.mode != Mode::Hierarchy)
+        {
+            bail!(
+                "--standby-cluster-masters needs the hierarchy on an etcd key master (--keymaster http://...): the embedded store lives in one cluster master's process"
+            );
+        }
+        if self.standby_cluster_masters > 0
+            && self
+                .faults
+                .iter()
+                .any(|f| matches!(f.fault, Fault::PartitionGroup { .. }))
+        {
+            bail!(
+                "partition-group cuts a group master's relay to the cluster master; with --standby-cluster-masters group masters dial the cluster masters directly"
             );
         }
         for f in &self.faults {

@@ -126,6 +126,9 @@ pub struct Report {
     pub gm_failover_seconds: Option<f64>,
     pub gm_failover_wrong_downs: Option<u64>,
     pub cm_failover_seconds: Option<f64>,
+    /// With standby cluster masters: from the leader's kill until a standby's API
+    /// answers as the leader.
+    pub cm_takeover_api_seconds: Option<f64>,
     pub partition: Option<PartitionReport>,
     /// With `--cert-lifetime`: node certificates renewed during the run.
     pub cert_renewals: Option<RenewalReport>,
@@ -234,7 +237,11 @@ impl Report {
             ],
             vec![
                 "cm failover".into(),
-                format!("{} s", f2(self.cm_failover_seconds)),
+                format!(
+                    "{} s (API back after {} s)",
+                    f2(self.cm_failover_seconds),
+                    f2(self.cm_takeover_api_seconds)
+                ),
             ],
             vec![
                 "partition".into(),

@@ -267,12 +267,16 @@ impl Task {
                 &q.series,
                 q.from_ms,
                 q.to_ms,
-                q.step_seconds * 1000,
+                q.step_seconds.saturating_mul(1000),
                 now,
             ),
-            None => self
-                .store
-                .query_all(&q.series, q.from_ms, q.to_ms, q.step_seconds * 1000, now),
+            None => self.store.query_all(
+                &q.series,
+                q.from_ms,
+                q.to_ms,
+                q.step_seconds.saturating_mul(1000),
+                now,
+            ),
         };
         match result {
             Ok((step, points)) => MetricsAnswer {

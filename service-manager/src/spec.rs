@@ -124,6 +124,9 @@ fn default_algorithm() -> Algorithm {
 pub struct FieldError {
     pub field: &'static str,
     pub message: String,
+    /// A rule between fields (or of a map's keys) that the API's schema cannot state;
+    /// otherwise a value the schema already rules out.
+    pub rule: bool,
 }
 
 impl std::fmt::Display for FieldError {
@@ -136,6 +139,16 @@ fn bad(field: &'static str, message: impl Into<String>) -> Result<(), FieldError
     Err(FieldError {
         field,
         message: message.into(),
+        rule: false,
+    })
+}
+
+/// A rule the schema cannot state: one field against another.
+fn rule(field: &'static str, message: impl Into<String>) -> Result<(), FieldError> {
+    Err(FieldError {
+        field,
+        message: message.into(),
+        rule: true,
     })
 }
 
@@ -161,8 +174,8 @@ impl ServiceSpec {
             bad("pool", "the pool whose nodes run the instances")?;
         }
         match (self.command.is_empty(), &self.package) {
-            (true, None) => bad("command", "give a command or a package")?,
-            (false, Some(_)) => bad("package", "give a command or a package, not both")?,
+            (true, None) => rule("command", "give a command or a package")?,
+            (false, Some(_)) => rule("package", "give a command or a package, not both")?,
             _ => {}
         }
         if self.command.iter().any(|a| a.contains('\0')) {
@@ -173,7 +186,7 @@ impl ServiceSpec {
                 && !key.starts_with(|c: char| c.is_ascii_digit())
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
-                bad(
+                rule(
                     "env",
                     format!("{key:?} is not an environment variable name"),
                 )?;
@@ -184,7 +197,7 @@ impl ServiceSpec {
             bad("health.interval_seconds", "between 1 and 3600")?;
         }
         if h.timeout_seconds == 0 || h.timeout_seconds > h.interval_seconds {
-            bad(
+            rule(
                 "health.timeout_seconds",
                 "at least 1 and at most interval_seconds",
             )?;
@@ -197,24 +210,24 @@ impl ServiceSpec {
                 if !p.starts_with('/')
                     || p.chars().any(|c| c.is_whitespace() || c.is_control()) =>
             {
-                bad(
+                rule(
                     "health.path",
                     "an HTTP path starting with '/', without spaces",
                 )?
             }
-            (HealthKind::Exec, None) => bad("health.path", "the command an exec check runs")?,
-            (HealthKind::Tcp, Some(_)) => bad("health.path", "a tcp check has no path")?,
+            (HealthKind::Exec, None) => rule("health.path", "the command an exec check runs")?,
+            (HealthKind::Tcp, Some(_)) => rule("health.path", "a tcp check has no path")?,
             _ => {}
         }
         let i = self.instances;
         if i.min > i.max {
-            bad("instances.min", format!("{} is above max {}", i.min, i.max))?;
+            rule("instances.min", format!("{} is above max {}", i.min, i.max))?;
         }
         if i.max == 0 || i.max > 10_000 {
             bad("instances.max", "between 1 and 10000")?;
         }
         if !(i.min..=i.max).contains(&i.desired) {
-            bad(
+            rule(
                 "instances.desired",
                 format!("between min {} and max {}", i.min, i.max),
             )?;
@@ -238,7 +251,7 @@ impl ServiceSpec {
                 bad("balancer.listen", "a fixed port (clients connect to it)")?;
             }
             if b.driver == BalancerDriver::Nftables && b.algorithm == Algorithm::Leastconn {
-                bad(
+                rule(
                     "balancer.algorithm",
                     "the nftables driver cannot count connections: roundrobin or source, or the haproxy driver",
                 )?;

@@ -47,7 +47,7 @@ async fn images_are_versioned_immutable_and_kept_while_in_use() -> anyhow::Resul
             None,
         )
         .await?;
-    assert_eq!(s, 400, "an empty body is not the content of that hash: {e}");
+    assert_eq!(s, 422, "an empty body is not the content of that hash: {e}");
     let (s, e) = op
         .request(Method::PUT, "/api/v1/content/not-a-hash", None)
         .await?;
@@ -125,7 +125,7 @@ async fn images_are_versioned_immutable_and_kept_while_in_use() -> anyhow::Resul
         json!({"image": "web", "image_version": 1}),
     )
     .await;
-    assert_eq!(s, 400, "version 1 is gone: {e}");
+    assert_eq!(s, 422, "version 1 is gone: {e}");
     let (s, e) = call(
         op,
         Method::PUT,
@@ -133,7 +133,7 @@ async fn images_are_versioned_immutable_and_kept_while_in_use() -> anyhow::Resul
         json!({"image": "nope"}),
     )
     .await;
-    assert_eq!(s, 400, "{e}");
+    assert_eq!(s, 422, "an image that does not exist: {e}");
     // The files are still needed by version 2: all still stored.
     assert_eq!(op.get("/api/v1/content").await?["total"], 3);
     assert_eq!(
@@ -196,7 +196,7 @@ async fn profiles_render_per_node_and_agents_apply_them() -> anyhow::Result<()> 
         json!({"config": {"hostname": "{{ node.id "}}),
     )
     .await;
-    assert_eq!(s, 400, "{e}");
+    assert_eq!(s, 422, "a template that does not parse: {e}");
     assert!(e["error"]["message"]
         .as_str()
         .unwrap()
@@ -208,7 +208,7 @@ async fn profiles_render_per_node_and_agents_apply_them() -> anyhow::Result<()> 
         json!({"config": {"files": [{"path": "etc/x", "content": ""}]}}),
     )
     .await;
-    assert_eq!(s, 400, "{e}");
+    assert_eq!(s, 422, "{e}");
 
     let base = json!({"config": {
         "hostname": "{{ node.group }}-{{ node.id | replace(':', '-') }}",

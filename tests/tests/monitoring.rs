@@ -65,7 +65,8 @@ async fn a_load_spike_fires_an_alert_that_resolves_and_history_is_kept() -> anyh
     let node = cluster.node_id(0)?;
     let api = &cluster.api;
 
-    // Bad monitors: 400 naming the field, and nothing is written.
+    // Bad monitors: 400 naming the field (422 for a scope naming what does not exist),
+    // and nothing is written.
     let good = json!({"name": "cpu-spike", "scope": {"all": true}, "item": "cpu.percent",
         "rules": [{"level": "critical", "op": ">", "threshold": 90}]});
     let bad = |edit: fn(&mut Value)| {
@@ -90,8 +91,9 @@ async fn a_load_spike_fires_an_alert_that_resolves_and_history_is_kept() -> anyh
             .await
             .unwrap_err()
             .to_string();
+        let status = if field == "scope.pool" { "422" } else { "400" };
         assert!(
-            err.starts_with("400") && err.contains(field),
+            err.starts_with(status) && err.contains(field),
             "{field}: {err}"
         );
     }
@@ -219,6 +221,24 @@ async fn a_load_spike_fires_an_alert_that_resolves_and_history_is_kept() -> anyh
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("400") && err.contains("item"), "{err}");
+    // A step past a year is refused; the longest one answers, and the group master's
+    // store still answers after it (a step of u64::MAX - 1 once overflowed there and
+    // took its monitoring down).
+    let err = api
+        .get(&format!(
+            "/api/v1/groups/g00/metrics?item=cpu.percent&step={}",
+            u64::MAX - 1
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("400") && err.contains("step"), "{err}");
+    for _ in 0..2 {
+        let longest = api
+            .get("/api/v1/groups/g00/metrics?item=cpu.percent&from=0&to=0&step=31622400")
+            .await?;
+        assert_eq!(longest["step"], 31_622_400, "{longest}");
+    }
 
     // Deleted, the monitor stops: another spike fires nothing.
     api.call(Method::DELETE, "/api/v1/monitors/cpu-spike", None)

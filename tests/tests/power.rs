@@ -219,7 +219,7 @@ async fn ipmi_and_redfish_bmcs_obey_the_api() -> anyhow::Result<()> {
         Some(json!({"action": "on", "filter": {"group": "g00"}, "nodes": [ipmi_node]})),
     )
     .await;
-    assert_eq!(status, 400, "nodes and filter together: {body}");
+    assert_eq!(status, 422, "nodes and filter together: {body}");
 
     // A wrong password: 502 naming the BMC, never the password.
     call(

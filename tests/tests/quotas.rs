@@ -200,7 +200,7 @@ async fn quotas_bound_what_a_tenant_can_take() -> anyhow::Result<()> {
         json!({"name": "bad", "tenant": "b", "component": "dp", "size": {"min": 3, "max": 2}}),
     )
     .await;
-    assert_eq!(status, 400, "{e}");
+    assert_eq!(status, 422, "min above max: {e}");
     assert!(
         e["error"]["message"].as_str().unwrap().contains("size.min"),
         "{e}"
@@ -244,8 +244,9 @@ async fn quotas_bound_what_a_tenant_can_take() -> anyhow::Result<()> {
         ),
         (json!({"max_pods": 2}), "max_pods"),
     ] {
+        let rule = field == "guaranteed_nodes";
         let (status, e) = call(op, Method::PUT, "/api/v1/tenants/a/quota", body).await;
-        assert_eq!(status, 400, "{e}");
+        assert_eq!(status, if rule { 422 } else { 400 }, "{e}");
         assert!(
             e["error"]["message"].as_str().unwrap().contains(field),
             "{field}: {e}"

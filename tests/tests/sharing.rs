@@ -413,7 +413,7 @@ async fn frameworks_get_offers_in_drf_order_and_decline_and_expiry_hold() -> any
         json!({"name": "bad", "component": "fs", "size": {"min": 3, "max": 2}}),
     )
     .await;
-    assert_eq!(s, 400, "{e}");
+    assert_eq!(s, 422, "min above max: {e}");
     assert!(
         e["error"]["message"]
             .as_str()

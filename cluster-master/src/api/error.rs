@@ -39,6 +39,12 @@ impl ApiError {
     pub(crate) fn message(&self) -> &str {
         &self.message
     }
+    /// 422: the request has the shape the API's schema describes but breaks a rule
+    /// the schema cannot state (one field against another, against the caller, the
+    /// clock or what exists).
+    pub(crate) fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
@@ -66,6 +72,7 @@ impl From<crate::pools::OpError> for ApiError {
         use crate::pools::OpError;
         match e {
             OpError::Invalid(m) => Self::bad_request(m),
+            OpError::Unprocessable(m) => Self::unprocessable(m),
             OpError::NotFound(m) => Self::not_found(m),
             OpError::Conflict { message, fit } => {
                 let mut err = Self::conflict(message);

@@ -90,7 +90,7 @@ async fn register(
     let tenant = match caller.role {
         ApiRole::Operator => body
             .tenant
-            .ok_or_else(|| ApiError::bad_request("tenant: required"))?,
+            .ok_or_else(|| ApiError::unprocessable("tenant: required for operators"))?,
         ApiRole::Tenant | ApiRole::Component => match body.tenant {
             Some(t) if !caller.sees(&t) => {
                 return Err(ApiError::forbidden(

@@ -105,6 +105,8 @@ async fn put_content(
         ContentError::TooLarge { .. } => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
         }
+        // The bytes and the hash in the path disagree: a rule between the two.
+        e @ ContentError::Mismatch { .. } => ApiError::unprocessable(e.to_string()),
         other => ApiError::bad_request(other.to_string()),
     };
     let mut writer = store

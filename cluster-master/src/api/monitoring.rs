@@ -160,7 +160,7 @@ async fn replace_monitor(
     J(body): J<MonitorBody>,
 ) -> ApiResult<Json<Value>> {
     if body.name.as_ref().is_some_and(|n| *n != name) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
             "name: differs from the monitor in the path (monitors cannot be renamed)",
         ));
     }
@@ -328,8 +328,16 @@ struct MetricsParams {
     step: u64,
 }
 
+/// The longest step of a history query: a year (the hourly table keeps no more).
+const MAX_STEP_SECONDS: u64 = 366 * 86_400;
+
 /// The series and the time range a history query asks for; a bad one is a 400.
 fn series_and_range(p: &MetricsParams) -> ApiResult<(SeriesKey, u64, u64)> {
+    if p.step > MAX_STEP_SECONDS {
+        return Err(ApiError::bad_request(format!(
+            "step: at most {MAX_STEP_SECONDS} seconds (a year)"
+        )));
+    }
     if !glory_monitor::items::has_history(&p.item) {
         return Err(ApiError::bad_request(format!(
             "item: unknown item {:?}",
@@ -351,7 +359,7 @@ fn series_and_range(p: &MetricsParams) -> ApiResult<(SeriesKey, u64, u64)> {
     let to = p.to.unwrap_or_else(glory_protocol::now_ms);
     let from = p.from.unwrap_or(to.saturating_sub(3_600_000));
     if from > to {
-        return Err(ApiError::bad_request("from: after to"));
+        return Err(ApiError::unprocessable("from: after to"));
     }
     Ok((series, from, to))
 }

@@ -137,7 +137,7 @@ async fn list_nodes(Active(cluster): Active, Q(query): Q<NodeQuery>) -> ApiResul
         }
     };
     if query.cursor.is_some() && (sort.is_some() || query.offset.is_some()) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
             "cursor: pages by cursor are in id order; with sort or offset, page by offset",
         ));
     }
@@ -286,12 +286,14 @@ async fn bulk(
 ) -> ApiResult<Json<Value>> {
     match body.action.as_str() {
         "label" if body.labels.is_empty() => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::unprocessable(
                 "labels: give at least one name=value",
             ))
         }
         "unlabel" if body.keys.is_empty() => {
-            return Err(ApiError::bad_request("keys: give at least one label name"))
+            return Err(ApiError::unprocessable(
+                "keys: give at least one label name",
+            ))
         }
         "label" | "unlabel" | "remove" => {}
         other => {
@@ -312,7 +314,7 @@ async fn bulk(
                 .collect()
         }
         _ => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::unprocessable(
                 "give either nodes (a list of ids) or filter",
             ))
         }

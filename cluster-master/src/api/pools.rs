@@ -198,7 +198,7 @@ fn check_master_spec(spec: &MasterSpec) -> ApiResult<()> {
         ));
     }
     if spec.command.first().is_some_and(|p| p.is_empty()) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
             "master.command: the program is empty",
         ));
     }
@@ -208,7 +208,7 @@ fn check_master_spec(spec: &MasterSpec) -> ApiResult<()> {
             && !k.starts_with(|c: char| c.is_ascii_digit())
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok || v.len() > 4096 || v.contains('\0') {
-            return Err(ApiError::bad_request(format!(
+            return Err(ApiError::unprocessable(format!(
                 "master.env: {k:?} must be a variable name ([A-Za-z_][A-Za-z0-9_]*) with a value of at most 4096 bytes"
             )));
         }
@@ -238,10 +238,10 @@ async fn create_pool(
         },
         ApiRole::Operator => body
             .tenant
-            .ok_or_else(|| ApiError::bad_request("tenant: required"))?,
+            .ok_or_else(|| ApiError::unprocessable("tenant: required for operators"))?,
     };
     if body.size.is_none() && body.selector.is_none() {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
             "size: give a size, a selector (every free node that fits), or both",
         ));
     }
@@ -259,7 +259,7 @@ async fn create_pool(
                 ));
             }
             if e.min > e.max {
-                return Err(ApiError::bad_request(format!(
+                return Err(ApiError::unprocessable(format!(
                     "size.min: {} is above max {}",
                     e.min, e.max
                 )));
@@ -378,7 +378,7 @@ async fn add_nodes(
             cluster.add_pool_nodes(&name, &nodes).await?
         }
         _ => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::unprocessable(
                 "count: give either count or nodes (a list of node ids)",
             ))
         }
@@ -430,7 +430,7 @@ async fn add_candidates(
 ) -> ApiResult<Json<Value>> {
     visible_pool(&cluster, &caller, &name)?;
     if body.nodes.is_empty() && !body.replace {
-        return Err(ApiError::bad_request("nodes: give at least one node id"));
+        return Err(ApiError::unprocessable("nodes: give at least one node id"));
     }
     if body.nodes.len() > 64 {
         return Err(ApiError::bad_request("nodes: at most 64 candidates"));

@@ -91,7 +91,8 @@ async fn get_bmc(cluster: &Cluster, target: &str) -> ApiResult<Json<Value>> {
 
 async fn put_bmc(cluster: &Cluster, target: &str, body: BmcInput) -> ApiResult<Json<Value>> {
     let record = cluster.set_bmc(target, body).await.map_err(|e| match e {
-        PowerFailure::Bmc(m) => ApiError::bad_request(m),
+        // Settings that break a driver's rules (an IPMI user that is empty...).
+        PowerFailure::Bmc(m) => ApiError::unprocessable(m),
         other => other.into(),
     })?;
     Ok(Json(bmc_view(&record)))
@@ -192,7 +193,7 @@ const BULK_LIMIT: usize = 20_000;
 async fn bulk_power(Active(c): Active, J(body): J<BulkBody>) -> ApiResult<Json<Value>> {
     let nodes: Vec<String> = match (body.nodes, body.filter) {
         (Some(_), Some(_)) | (None, None) => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::unprocessable(
                 "give either nodes (a list of node ids) or filter ({state, group, labels})",
             ))
         }

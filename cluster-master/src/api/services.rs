@@ -46,15 +46,17 @@ fn visible(cluster: &Cluster, caller: &Caller, name: &str) -> ApiResult<ServiceR
 /// What the caller may create: a pool it sees, a command (packages come with
 /// provisioning part 2).
 fn check_spec(cluster: &Cluster, caller: &Caller, spec: &ServiceSpec) -> ApiResult<()> {
-    spec.validate()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    spec.validate().map_err(|e| match e.rule {
+        true => ApiError::unprocessable(e.to_string()),
+        false => ApiError::bad_request(e.to_string()),
+    })?;
     if spec.package.is_some() {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
             "package: software streaming is not available yet (provisioning part 2); give a command",
         ));
     }
     super::pools::visible_pool(cluster, caller, &spec.pool)
-        .map_err(|_| ApiError::bad_request(format!("pool: pool {} does not exist", spec.pool)))?;
+        .map_err(|_| ApiError::unprocessable(format!("pool: pool {} does not exist", spec.pool)))?;
     Ok(())
 }
 

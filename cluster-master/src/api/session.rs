@@ -89,7 +89,7 @@ async fn sign_in(Active(cluster): Active, J(body): J<SignIn>) -> ApiResult<Respo
                 .open(&record.role, record.tenant, Some(record.name), None, now)
         }
         _ => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::unprocessable(
                 "give either token, or user and password",
             ))
         }

@@ -87,17 +87,19 @@ impl Cluster {
         match (role, tenant) {
             ("operator", None) => {}
             ("operator", Some(_)) => {
-                return Err(OpError::Invalid(
+                return Err(OpError::Unprocessable(
                     "tenant: the operator role belongs to no tenant".into(),
                 ))
             }
             ("tenant" | "component", Some(t)) => {
                 if !self.pools.tenants().contains_key(t) {
-                    return Err(OpError::Invalid(format!("tenant: {t} does not exist")));
+                    return Err(OpError::Unprocessable(format!(
+                        "tenant: {t} does not exist"
+                    )));
                 }
             }
             ("tenant" | "component", None) => {
-                return Err(OpError::Invalid(format!(
+                return Err(OpError::Unprocessable(format!(
                     "tenant: the {role} role needs a tenant"
                 )))
             }

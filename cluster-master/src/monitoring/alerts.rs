@@ -227,10 +227,12 @@ impl Cluster {
     ) -> OpResultT<SilenceRecord> {
         let now = glory_protocol::now_ms();
         if ends_at_ms <= now {
-            return Err(OpError::Invalid("ends_at: must be in the future".into()));
+            return Err(OpError::Unprocessable(
+                "ends_at: must be in the future".into(),
+            ));
         }
         if matchers == SilenceMatchers::default() {
-            return Err(OpError::Invalid(
+            return Err(OpError::Unprocessable(
                 "matchers: at least one of monitor, node, group, level".into(),
             ));
         }

@@ -134,10 +134,16 @@ fn probe_of(m: &MonitorRecord) -> Option<Probe> {
     }
 }
 
-/// The kind-specific fields of a monitor.
+/// The kind-specific fields of a monitor: rules of one field against another (422).
 fn validate_kind(m: &MonitorRecord) -> OpResultT<()> {
+    let rule = OpError::Unprocessable;
+    // An item of no kind at all is outside the schema's list: a 400 (none given: the
+    // kind's rules below say whether it needs one).
+    if !m.item.is_empty() && !glory_monitor::items::has_history(&m.item) {
+        return Err(invalid(format!("item: unknown item {:?}", m.item)));
+    }
     let only = |field: &str, kind: &str| {
-        Err(invalid(format!(
+        Err(rule(format!(
             "{field}: only for {kind} monitors (this one is a {})",
             m.kind
         )))
@@ -149,13 +155,13 @@ fn validate_kind(m: &MonitorRecord) -> OpResultT<()> {
         return only("command and timeout_seconds", "check");
     }
     if m.kind != "metric" && !m.labels.is_empty() {
-        return Err(invalid(format!(
+        return Err(rule(format!(
             "labels: not for {} monitors (their series carry monitor={})",
             m.kind, m.name
         )));
     }
     match m.kind.as_str() {
-        "metric" if !glory_monitor::items::is_known(&m.item) => Err(invalid(format!(
+        "metric" if !glory_monitor::items::is_known(&m.item) => Err(rule(format!(
             "item: unknown item {:?} (known: {})",
             m.item,
             glory_monitor::items::NODE_ITEMS.join(", ")
@@ -165,10 +171,10 @@ fn validate_kind(m: &MonitorRecord) -> OpResultT<()> {
             let spec = m
                 .process_match
                 .as_ref()
-                .ok_or_else(|| invalid("match: required for a process monitor".into()))?;
-            glory_monitor::procs::Matcher::new(&process_match(spec)).map_err(invalid)?;
+                .ok_or_else(|| rule("match: required for a process monitor".into()))?;
+            glory_monitor::procs::Matcher::new(&process_match(spec)).map_err(rule)?;
             if !glory_monitor::procs::PROCESS_ITEMS.contains(&m.item.as_str()) {
-                return Err(invalid(format!(
+                return Err(rule(format!(
                     "item: {:?} is not an item of process monitors (known: {})",
                     m.item,
                     glory_monitor::procs::PROCESS_ITEMS.join(", ")
@@ -180,12 +186,12 @@ fn validate_kind(m: &MonitorRecord) -> OpResultT<()> {
             let command = m
                 .command
                 .as_ref()
-                .ok_or_else(|| invalid("command: required for a check".into()))?;
+                .ok_or_else(|| rule("command: required for a check".into()))?;
             if command.is_empty() || command[0].is_empty() {
-                return Err(invalid("command: empty".into()));
+                return Err(rule("command: empty".into()));
             }
             if command.len() > 64 || command.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
-                return Err(invalid(
+                return Err(rule(
                     "command: at most 64 arguments of 4096 bytes, without NUL".into(),
                 ));
             }
@@ -193,12 +199,13 @@ fn validate_kind(m: &MonitorRecord) -> OpResultT<()> {
                 .timeout_seconds
                 .is_some_and(|t| (1..=MAX_CHECK_TIMEOUT).contains(&t))
             {
+                // The schema's own bounds: a 400.
                 return Err(invalid(format!(
                     "timeout_seconds: between 1 and {MAX_CHECK_TIMEOUT}"
                 )));
             }
             if m.item != glory_monitor::items::CHECK_ITEM {
-                return Err(invalid(format!(
+                return Err(rule(format!(
                     "item: {:?} is not an item of checks (check.status)",
                     m.item
                 )));
@@ -225,7 +232,10 @@ pub(crate) fn validate_monitor(m: &MonitorRecord) -> OpResultT<()> {
         return Err(invalid("scope: all must be true".into()));
     }
     if m.rules.is_empty() || m.rules.len() > 8 {
-        return Err(invalid("rules: between 1 and 8 rules".into()));
+        // Required of metric monitors only (the others have defaults): a rule of `kind`.
+        return Err(OpError::Unprocessable(
+            "rules: between 1 and 8 rules".into(),
+        ));
     }
     let mut levels = BTreeSet::new();
     for (i, r) in m.rules.iter().enumerate() {
@@ -386,7 +396,7 @@ impl Cluster {
     /// A scope must name things that exist.
     fn check_scope(&self, scope: &MonitorScope) -> OpResultT<()> {
         let missing = |what: &str, name: &str| {
-            Err(invalid(format!(
+            Err(OpError::Unprocessable(format!(
                 "scope.{what}: {what} {name} does not exist"
             )))
         };

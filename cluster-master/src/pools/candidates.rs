@@ -19,7 +19,7 @@ impl Cluster {
         self.edit_candidates(name, |p| {
             for n in nodes {
                 if p.nodes.binary_search(n).is_err() {
-                    return Err(OpError::Invalid(format!(
+                    return Err(OpError::Unprocessable(format!(
                         "nodes: {n} is not a node of pool {name}"
                     )));
                 }

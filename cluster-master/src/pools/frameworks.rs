@@ -120,7 +120,9 @@ impl Cluster {
             return Err(OpError::Invalid("roles: at most 16".into()));
         }
         if !self.pools.tenants().contains_key(tenant) {
-            return Err(OpError::Invalid(format!("tenant: {tenant} does not exist")));
+            return Err(OpError::Unprocessable(format!(
+                "tenant: {tenant} does not exist"
+            )));
         }
         if self
             .frameworks()

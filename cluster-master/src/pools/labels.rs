@@ -19,12 +19,12 @@ impl Cluster {
                 && k.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
             if !key_ok {
-                return Err(OpError::Invalid(format!(
+                return Err(OpError::Unprocessable(format!(
                     "labels: key {k:?} must be 1-63 letters, digits, '-', '_', '.' or '/'"
                 )));
             }
             if v.len() > 63 || v.chars().any(|c| c.is_control()) {
-                return Err(OpError::Invalid(format!(
+                return Err(OpError::Unprocessable(format!(
                     "labels: value of {k:?} must be at most 63 printable characters"
                 )));
             }

@@ -50,7 +50,7 @@ impl Cluster {
         check_name("name", &record.name)?;
         check_component(&record.component)?;
         if !self.pools.tenants().contains_key(&record.tenant) {
-            return Err(OpError::Invalid(format!(
+            return Err(OpError::Unprocessable(format!(
                 "tenant: {} does not exist",
                 record.tenant
             )));

@@ -53,6 +53,10 @@ pub enum OpError {
     /// Bad input; the message names the field.
     #[error("{0}")]
     Invalid(String),
+    /// Input of the right shape that breaks a rule the API's schema cannot state: one
+    /// field against another, against the caller, the clock or what exists (422).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     NotFound(String),
     /// A conflict (exists, in use, taken); `fit` says how many free nodes fit when

@@ -67,7 +67,7 @@ impl Cluster {
     /// the cluster's nodes. Serialized with pool writes, so no pool grows past a limit
     /// that is being set.
     pub async fn set_quota(&self, name: &str, quota: Quota) -> OpResultT<TenantRecord> {
-        quota::validate(&quota).map_err(OpError::Invalid)?;
+        quota::validate(&quota).map_err(OpError::Unprocessable)?;
         let _serial = self.pools.write.lock().await;
         let cluster_nodes = self.read().nodes.len() as u64;
         let mut record = {

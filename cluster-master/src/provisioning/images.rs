@@ -343,16 +343,20 @@ impl Cluster {
         check_name("name", &profile.name)?;
         if let Some(image) = &profile.image {
             if st.image(image, profile.image_version).is_none() {
-                return Err(OpError::Invalid(match profile.image_version {
+                return Err(OpError::Unprocessable(match profile.image_version {
                     Some(v) => format!("image: no image {image} version {v}"),
                     None => format!("image: no image {image}"),
                 }));
             }
         } else if profile.image_version.is_some() {
-            return Err(OpError::Invalid("image_version: only with an image".into()));
+            return Err(OpError::Unprocessable(
+                "image_version: only with an image".into(),
+            ));
         }
+        // Paths, templates and addresses checked together: rules the schema cannot
+        // state.
         glory_provisioner::firstboot::check(&profile.config)
-            .map_err(|e| OpError::Invalid(e.to_string()))?;
+            .map_err(|e| OpError::Unprocessable(e.to_string()))?;
         profile.v = RECORD_VERSION;
         profile.updated_ms = glory_protocol::now_ms();
         self.km_txn(Txn {

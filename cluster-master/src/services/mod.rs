@@ -225,14 +225,18 @@ impl Cluster {
 
     /// Create a service on `spec.pool` (already visible to the caller).
     pub(crate) async fn create_service(&self, spec: ServiceSpec) -> Result<ServiceRecord, OpError> {
-        spec.validate()
-            .map_err(|e| OpError::Invalid(e.to_string()))?;
+        spec.validate().map_err(|e| match e.rule {
+            true => OpError::Unprocessable(e.to_string()),
+            false => OpError::Invalid(e.to_string()),
+        })?;
         let tenant = self
             .pools
             .book()
             .get(&spec.pool)
             .map(|p| p.tenant.clone())
-            .ok_or_else(|| invalid("pool", format!("pool {} does not exist", spec.pool)))?;
+            .ok_or_else(|| {
+                OpError::Unprocessable(format!("pool: pool {} does not exist", spec.pool))
+            })?;
         if self.services.get(&spec.name).is_some() {
             return Err(conflict(format!("service {} already exists", spec.name)));
         }
@@ -282,8 +286,10 @@ impl Cluster {
         &self,
         spec: ServiceSpec,
     ) -> Result<ServiceRecord, OpError> {
-        spec.validate()
-            .map_err(|e| OpError::Invalid(e.to_string()))?;
+        spec.validate().map_err(|e| match e.rule {
+            true => OpError::Unprocessable(e.to_string()),
+            false => OpError::Invalid(e.to_string()),
+        })?;
         self.check_listen(&spec)?;
         let now = glory_protocol::now_ms();
         let record = self
@@ -378,13 +384,10 @@ impl Cluster {
                         let d = desired.unwrap_or(r.desired);
                         let i = r.spec.instances;
                         if !(i.min..=i.max).contains(&d) {
-                            return Err(invalid(
-                                "desired",
-                                format!(
-                                    "{d} is outside the service's min {} and max {}",
-                                    i.min, i.max
-                                ),
-                            ));
+                            return Err(OpError::Unprocessable(format!(
+                                "desired: {d} is outside the service's min {} and max {}",
+                                i.min, i.max
+                            )));
                         }
                         r.desired = d;
                     }

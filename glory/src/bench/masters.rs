@@ -22,7 +22,7 @@ pub(super) struct GroupSlot {
     /// Its relay to the cluster master (none with standby cluster masters, which
     /// group masters dial directly, as they would in a datacenter: a standby's refusal
     /// names the leader by its own address, which a relay would hide).
-    relays: Vec<Relay>,
+    relay: Option<Relay>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -30,7 +30,7 @@ pub(super) struct GroupSlot {
 impl GroupSlot {
     /// Partition the group master from the cluster master, or heal it.
     pub(super) fn set_blocked(&self, blocked: bool) {
-        for r in &self.relays {
+        if let Some(r) = &self.relay {
             r.set_blocked(blocked);
         }
     }
@@ -90,13 +90,15 @@ impl Masters {
     }
 
     async fn start_group(&self, id: &str) -> anyhow::Result<GroupSlot> {
-        let mut relays = Vec::new();
         let mut dial = self.cm_quic.clone();
-        if self.processes.is_empty() {
-            let relay = Relay::start(self.cm_quic[0], self.shutdown.clone()).await?;
-            dial = vec![relay.local];
-            relays.push(relay);
-        }
+        let relay = match self.processes.is_empty() {
+            true => {
+                let relay = Relay::start(self.cm_quic[0], self.shutdown.clone()).await?;
+                dial = vec![relay.local];
+                Some(relay)
+            }
+            false => None,
+        };
         let config = GroupMasterConfig {
             group: id.to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -124,7 +126,7 @@ impl Masters {
         });
         Ok(GroupSlot {
             id: id.to_string(),
-            relays,
+            relay,
             stop,
             task,
         })
@@ -157,8 +159,7 @@ impl Masters {
         let shutdown = CancellationToken::new();
         let cm_stop = shutdown.child_token();
         let (cm, cm_config, processes) = if options.standby_cluster_masters > 0 {
-            let (cm, config, processes) = start_processes(options, &cm_config).await?;
-            (cm, config, processes)
+            start_processes(options, &cm_config).await?
         } else {
             let cm = glory_cluster_master::start(
                 cm_config.validate()?,
@@ -285,7 +286,7 @@ impl Masters {
         )
         .await?;
         for group in self.groups.iter().chain(self.standbys.iter()) {
-            for relay in &group.relays {
+            if let Some(relay) = &group.relay {
                 relay.set_target(cm.quic_addr);
             }
         }

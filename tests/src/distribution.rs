@@ -36,24 +36,12 @@ pub async fn image(api: &ApiClient, dir: &Path, name: &str, size: usize) -> anyh
 }
 
 /// The image's torrent, written to `dir`.
-pub async fn torrent(
-    api: &ApiClient,
-    token: &str,
-    name: &str,
-    dir: &Path,
-) -> anyhow::Result<PathBuf> {
-    let resp = reqwest::Client::new()
-        .get(format!("{}/api/v1/images/{name}/torrent", api.base()))
-        .bearer_auth(token.trim())
-        .send()
+pub async fn torrent(api: &ApiClient, name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let bytes = api
+        .get_bytes(&format!("/api/v1/images/{name}/torrent"))
         .await?;
-    anyhow::ensure!(resp.status() == 200, "torrent: {}", resp.status());
-    assert_eq!(
-        resp.headers()["content-type"].to_str()?,
-        "application/x-bittorrent"
-    );
     let path = dir.join(format!("{name}.torrent"));
-    std::fs::write(&path, resp.bytes().await?)?;
+    std::fs::write(&path, bytes)?;
     Ok(path)
 }
 

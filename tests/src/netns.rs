@@ -5,6 +5,8 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+use anyhow::Context;
+
 /// Run a command to completion; its stderr in the error.
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(args[0]).args(&args[1..]).output()?;
@@ -35,7 +37,19 @@ impl Net {
     pub fn create(peers: usize) -> anyhow::Result<Net> {
         anyhow::ensure!(peers <= 200, "at most 200 peers (got {peers})");
         let id = std::process::id() % 100_000;
-        let subnet = 100 + (id % 100) as u8;
+        // A /24 no other interface here has (another run's net, say).
+        let taken = |subnet: u8| {
+            Command::new("ip")
+                .args(["-4", "-o", "addr", "show", "to"])
+                .arg(format!("10.216.{subnet}.0/24"))
+                .output()
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false)
+        };
+        let subnet = (0..100u32)
+            .map(|k| 100 + ((id + k) % 100) as u8)
+            .find(|s| !taken(*s))
+            .context("no free 10.216.x.0/24 for the namespaces' bridge")?;
         let hub = format!("glp2p-{id}");
         let mut net = Net {
             hub: hub.clone(),

@@ -58,7 +58,17 @@ async fn the_live_api_matches_its_openapi_spec() -> anyhow::Result<()> {
     let config = work.path().join("schemathesis.toml");
     std::fs::write(
         &config,
-        "[checks.positive_data_acceptance]\n\
+        "[generation]\n\
+         max-examples = 10\n\
+         \n\
+         # Sequences that follow the links from each creation: longer and more of them\n\
+         # than the default, so that they reach past the first operation.\n\
+         [phases.stateful]\n\
+         max-steps = 12\n\
+         [phases.stateful.generation]\n\
+         max-examples = 60\n\
+         \n\
+         [checks.positive_data_acceptance]\n\
          expected-statuses = [\"2xx\", \"3xx\", \"401\", \"403\", \"404\", \"409\", \"422\", \"429\", \"5xx\"]\n\
          \n\
          # The event streams never end on their own: each is read for 2 s.\n\
@@ -90,8 +100,6 @@ async fn the_live_api_matches_its_openapi_spec() -> anyhow::Result<()> {
             "/power$",
             "--phases",
             "examples,coverage,fuzzing,stateful",
-            "--max-examples",
-            "10",
             "--seed",
             "7",
             "--generation-database",

@@ -26,7 +26,16 @@ async fn aria2c_fetches_an_image_from_our_seeder_and_tracker() -> anyhow::Result
     let dir = tempfile::tempdir()?;
     let img = image(api, dir.path(), "p2p", 3 << 20).await?;
     let sha = img["rootfs"]["sha256"].as_str().unwrap().to_string();
-    let t = torrent(api, &cluster.operator_token(), "p2p", dir.path()).await?;
+    let t = torrent(api, "p2p", dir.path()).await?;
+    let served = reqwest::Client::new()
+        .get(format!("{}/api/v1/images/p2p/torrent", api.base()))
+        .bearer_auth(cluster.operator_token().trim())
+        .send()
+        .await?;
+    assert_eq!(
+        served.headers()["content-type"].to_str()?,
+        "application/x-bittorrent"
+    );
     let (s, e) = api
         .request(Method::GET, "/api/v1/images/nope/torrent", None)
         .await?;
@@ -96,7 +105,7 @@ async fn namespaced_peers_get_most_bytes_from_each_other() -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let img = image(api, dir.path(), "spread", SIZE).await?;
     let sha = img["rootfs"]["sha256"].as_str().unwrap().to_string();
-    let t = torrent(api, &cluster.operator_token(), "spread", dir.path()).await?;
+    let t = torrent(api, "spread", dir.path()).await?;
 
     // All 8 at once; each seeds for 20 s after it completes, then leaves.
     let mut children = Vec::new();

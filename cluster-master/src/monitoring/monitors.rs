@@ -271,7 +271,14 @@ pub(crate) fn validate_monitor(m: &MonitorRecord) -> OpResultT<()> {
             )));
         }
         if let Some(agg) = &r.aggregate {
-            aggregate_of(agg).map_err(|e| invalid(format!("{}: {e}", field("aggregate"))))?;
+            if let Err(e) = aggregate_of(agg) {
+                let message = format!("{}: {e}", field("aggregate"));
+                // fraction_over without its threshold: one field against another.
+                return Err(match agg.function.as_str() {
+                    "fraction_over" => OpError::Unprocessable(message),
+                    _ => invalid(message),
+                });
+            }
         }
         if r.for_seconds > 86_400 || r.keep_firing_seconds > 86_400 {
             return Err(invalid(format!(

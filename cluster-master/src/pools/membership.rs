@@ -57,7 +57,7 @@ impl Cluster {
         }
         for g in &record.selector.groups {
             if !self.read().groups.contains_key(g) {
-                return Err(OpError::Invalid(format!(
+                return Err(OpError::Unprocessable(format!(
                     "selector.groups: group {g} does not exist"
                 )));
             }

@@ -6,12 +6,13 @@
 //!
 //! ```text
 //! bench-distribution [--size-mb 500] [--nodes 32] [--groups 4] [--mbit 100]
-//!                    [--phases single,central,proxies,p2p]
+//!                    [--phases single,central,proxies,p2p] [--peer-args "ARIA2C FLAGS"]
 //! ```
 //!
-//! It runs itself inside the namespaces as a node that fetches (`fetch URL SHA SIZE DIR`:
-//! verified by hash as it is written, as agents do) and as a group proxy (`proxy LISTEN
-//! URL SHA SIZE`: the group master's caching proxy).
+//! It runs itself inside the namespaces as a node that fetches (`fetch URL SHA SIZE DIR
+//! CA_FILE`: verified by hash as it is written, as agents do) and as a group proxy
+//! (`proxy LISTEN URL SHA SIZE CA_FILE`: the group master's caching proxy). The API is
+//! HTTPS, as it is off loopback: all of them check it against the cluster CA.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ struct Options {
     groups: usize,
     mbit: u32,
     phases: Vec<String>,
+    /// More flags for every peer's `aria2c` (tuning experiments).
+    peer_args: Vec<String>,
 }
 
 fn options(args: &[String]) -> anyhow::Result<Options> {
@@ -41,6 +44,7 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
         phases: ["single", "central", "proxies", "p2p"]
             .map(String::from)
             .to_vec(),
+        peer_args: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -57,6 +61,7 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
             "--nodes" => o.nodes = number()?,
             "--groups" => o.groups = number()?,
             "--mbit" => o.mbit = number()? as u32,
+            "--peer-args" => o.peer_args = value.split_whitespace().map(str::to_string).collect(),
             "--phases" => {
                 o.phases = value.split(',').map(str::to_string).collect();
                 for p in &o.phases {
@@ -90,29 +95,35 @@ fn main() -> anyhow::Result<()> {
 
 /// A node: GET the file into a content store, verified by its hash.
 async fn fetch(args: &[String]) -> anyhow::Result<()> {
-    let [url, sha, size, dir] = args else {
-        bail!("fetch URL SHA SIZE DIR");
+    let [url, sha, size, dir, ca] = args else {
+        bail!("fetch URL SHA SIZE DIR CA_FILE");
     };
     let size: u64 = size.parse()?;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca)?)?;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()?;
     let store = glory_content::ContentStore::open(dir)?;
     let writer = store.writer(Some(sha), size).await?;
     let source = glory_content::Source {
         url: url.clone(),
         size,
     };
-    glory_content::fetch_into(reqwest::Client::new(), source, writer)
+    glory_content::fetch_into(client, source, writer)
         .await
         .map_err(anyhow::Error::msg)
 }
 
 /// A group's caching proxy, told about one file, until killed.
 async fn proxy(args: &[String]) -> anyhow::Result<()> {
-    let [listen, url, sha, size] = args else {
-        bail!("proxy LISTEN URL SHA SIZE");
+    let [listen, url, sha, size, ca] = args else {
+        bail!("proxy LISTEN URL SHA SIZE CA_FILE");
     };
     let listen: SocketAddr = listen.parse()?;
+    let ca = std::fs::read_to_string(ca)?;
     let (proxy, listener) =
-        glory_group_master::content::ContentProxy::bind(listen, listen.ip(), None, None).await?;
+        glory_group_master::content::ContentProxy::bind(listen, listen.ip(), None, Some(&ca))
+            .await?;
     proxy.rewrite(&mut [PackageSpec {
         name: "image".into(),
         version: "1".into(),
@@ -178,6 +189,9 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         .await?;
     let api = &cluster.api;
     let work = tempfile::tempdir()?;
+    // The API is HTTPS off loopback: nodes, proxies and peers check it against the CA.
+    let ca = work.path().join("ca.pem");
+    std::fs::write(&ca, cluster.cluster().ca_pem())?;
     eprintln!("storing a {} MB image", o.size_mb);
     let img = distribution::image(api, work.path(), "bench", size).await?;
     let sha = img["rootfs"]["sha256"].as_str().context("sha")?.to_string();
@@ -192,7 +206,7 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     let fetcher = |i: usize, url: &str, dir: &Path| {
         let mut cmd = net.command(i, exe.as_os_str());
         cmd.args(["fetch", url, &sha, &size.to_string()])
-            .arg(dir)
+            .args([dir, &ca])
             .stdout(Stdio::null());
         tokio::process::Command::from(cmd)
     };
@@ -219,6 +233,7 @@ async fn bench(o: Options) -> anyhow::Result<()> {
                     let mut cmd = net.command(ns, exe.as_os_str());
                     cmd.args(["proxy", &listen.to_string(), &central, &sha])
                         .arg(size.to_string())
+                        .arg(&ca)
                         .stdout(Stdio::null())
                         .stderr(Stdio::null());
                     proxies.push(
@@ -249,8 +264,7 @@ async fn bench(o: Options) -> anyhow::Result<()> {
                 times
             }
             "p2p" => {
-                let t = distribution::torrent(api, &cluster.operator_token(), "bench", work.path())
-                    .await?;
+                let t = distribution::torrent(api, "bench", work.path()).await?;
                 // aria2c keeps its control file while it seeds: a hook marks the end
                 // of the download itself (aria2c passes the file's path third).
                 let hook = work.path().join("done.sh");
@@ -266,6 +280,8 @@ async fn bench(o: Options) -> anyhow::Result<()> {
                     // Every node keeps seeding until all are done (not only to a ratio
                     // of 1).
                     cmd.arg(format!("--on-bt-download-complete={}", hook.display()))
+                        .arg(format!("--ca-certificate={}", ca.display()))
+                        .args(&o.peer_args)
                         .arg("--seed-ratio=0.0")
                         .args(inner.get_args())
                         .stdout(Stdio::null())
@@ -277,7 +293,19 @@ async fn bench(o: Options) -> anyhow::Result<()> {
                     );
                 }
                 let mut times = vec![None; count];
+                let mut shown = Instant::now();
                 while times.iter().any(Option::is_none) {
+                    if shown.elapsed() >= Duration::from_secs(10) {
+                        shown = Instant::now();
+                        let swarm = api.get("/api/v1/images/bench/swarm").await?;
+                        eprintln!(
+                            "{:6.1} s: {} of {count} done, peers uploaded {} MB, the seeder {} MB",
+                            started.elapsed().as_secs_f64(),
+                            times.iter().filter(|t| t.is_some()).count(),
+                            swarm["peer_uploaded"].as_u64().unwrap_or(0) >> 20,
+                            swarm["seeder_uploaded"].as_u64().unwrap_or(0) >> 20,
+                        );
+                    }
                     for (i, t) in times.iter_mut().enumerate() {
                         if t.is_none() && out(phase, i).join(format!("{sha}.done")).exists() {
                             *t = Some(started.elapsed().as_secs_f64());

@@ -7,6 +7,7 @@
 //! ```text
 //! bench-distribution [--size-mb 500] [--nodes 32] [--groups 4] [--mbit 100]
 //!                    [--phases single,central,proxies,p2p] [--peer-args "ARIA2C FLAGS"]
+//!                    [--peer-command PROGRAM]
 //! ```
 //!
 //! It runs itself inside the namespaces as a node that fetches (`fetch URL SHA SIZE DIR
@@ -33,6 +34,10 @@ struct Options {
     phases: Vec<String>,
     /// More flags for every peer's `aria2c` (tuning experiments).
     peer_args: Vec<String>,
+    /// Another client instead of `aria2c`, run as `PROGRAM TORRENT DIR [PEER_ARGS]`: it
+    /// must verify every piece, create `DIR/<sha256>.done` once it has the file, and
+    /// seed until it is killed (comparisons between clients).
+    peer_command: Option<String>,
 }
 
 fn options(args: &[String]) -> anyhow::Result<Options> {
@@ -45,6 +50,7 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
             .map(String::from)
             .to_vec(),
         peer_args: Vec::new(),
+        peer_command: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -61,6 +67,7 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
             "--nodes" => o.nodes = number()?,
             "--groups" => o.groups = number()?,
             "--mbit" => o.mbit = number()? as u32,
+            "--peer-command" => o.peer_command = Some(value.clone()),
             "--peer-args" => o.peer_args = value.split_whitespace().map(str::to_string).collect(),
             "--phases" => {
                 o.phases = value.split(',').map(str::to_string).collect();
@@ -276,16 +283,25 @@ async fn bench(o: Options) -> anyhow::Result<()> {
                 let mut peers = Vec::new();
                 for i in 0..count {
                     let inner = distribution::aria2c(&t, &out(phase, i), "60");
-                    let mut cmd = net.command(i, inner.get_program());
-                    // Every node keeps seeding until all are done (not only to a ratio
-                    // of 1).
-                    cmd.arg(format!("--on-bt-download-complete={}", hook.display()))
-                        .arg(format!("--ca-certificate={}", ca.display()))
-                        .args(&o.peer_args)
-                        .arg("--seed-ratio=0.0")
-                        .args(inner.get_args())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null());
+                    let mut cmd = match &o.peer_command {
+                        Some(program) => {
+                            let mut cmd = net.command(i, std::ffi::OsStr::new(program));
+                            cmd.arg(&t).arg(out(phase, i)).args(&o.peer_args);
+                            cmd
+                        }
+                        None => {
+                            let mut cmd = net.command(i, inner.get_program());
+                            // Every node keeps seeding until all are done (not only to
+                            // a ratio of 1).
+                            cmd.arg(format!("--on-bt-download-complete={}", hook.display()))
+                                .arg(format!("--ca-certificate={}", ca.display()))
+                                .args(&o.peer_args)
+                                .arg("--seed-ratio=0.0")
+                                .args(inner.get_args());
+                            cmd
+                        }
+                    };
+                    cmd.stdout(Stdio::null()).stderr(Stdio::null());
                     peers.push(
                         tokio::process::Command::from(cmd)
                             .kill_on_drop(true)

@@ -10,6 +10,7 @@
 //! under a hash (unless the disk corrupts it later, which every reader verifies again).
 #![forbid(unsafe_code)]
 
+pub mod peer;
 pub mod swarm;
 pub mod torrent;
 pub mod tracker;

@@ -1,0 +1,242 @@
+//! Peers of ours in one swarm on loopback, with a tracker of ours behind a minimal
+//! HTTP server.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::torrent::make_torrent;
+use crate::tracker::{parse_announce, Tracker};
+
+/// A tracker answering `GET /announce?...` on loopback; its address.
+async fn tracker(info_hash: [u8; 20]) -> (SocketAddr, Arc<Mutex<Tracker>>) {
+    let tracker = Arc::new(Mutex::new(Tracker::new(1, b"-SEED-")));
+    tracker.lock().unwrap().allow(info_hash);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = tracker.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, from) = listener.accept().await.unwrap();
+            let t = t.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let target = head.split_whitespace().nth(1).unwrap_or("");
+                let query = target.split_once('?').map(|x| x.1).unwrap_or("");
+                let body = {
+                    let mut t = t.lock().unwrap();
+                    let peers = parse_announce(query, from.ip())
+                        .and_then(|a| t.announce(&a, None, now_ms()));
+                    t.answer(peers)
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    (addr, tracker)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 253) as u8).collect()
+}
+
+/// The file's torrent, announced to a new tracker.
+async fn torrent(dir: &Path, bytes: &[u8]) -> (Metainfo, Arc<Mutex<Tracker>>) {
+    let path = dir.join("source");
+    std::fs::write(&path, bytes).unwrap();
+    let probe = make_torrent(&path, "f", "http://x/announce").unwrap();
+    let (addr, tracker) = tracker(probe.info_hash).await;
+    let t = make_torrent(&path, "f", &format!("http://{addr}/announce")).unwrap();
+    assert_eq!(
+        t.info_hash, probe.info_hash,
+        "the announce URL is outside the info"
+    );
+    (Metainfo::parse(&t.bytes).unwrap(), tracker)
+}
+
+fn config(t: &Metainfo, file: std::path::PathBuf, prefix: &str) -> PeerConfig {
+    PeerConfig {
+        torrent: t.clone(),
+        file,
+        client: reqwest::Client::new(),
+        id_prefix: prefix.into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn five_peers_fetch_from_one_seeder_and_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data((3 << 20) + 12345);
+    let (t, tracker) = torrent(dir.path(), &bytes).await;
+    assert_eq!(t.length, bytes.len() as u64);
+    // The seeder starts from a whole file, checked piece by piece.
+    let seeder = Peer::start(config(&t, dir.path().join("source"), "-SEED-"))
+        .await
+        .unwrap();
+    assert!(seeder.progress().done());
+    let mut peers = Vec::new();
+    for i in 0..5 {
+        let file = dir.path().join(format!("p{i}"));
+        peers.push((
+            file.clone(),
+            Peer::start(config(&t, file, "-GL-")).await.unwrap(),
+        ));
+    }
+    for (file, peer) in &mut peers {
+        tokio::time::timeout(Duration::from_secs(60), peer.finished())
+            .await
+            .expect("fetched within a minute")
+            .unwrap();
+        assert_eq!(std::fs::read(file).unwrap(), bytes);
+    }
+    let downloaded: u64 = peers.iter().map(|(_, p)| p.transferred().1).sum();
+    assert_eq!(downloaded, 5 * bytes.len() as u64);
+    // Completed peers tell the tracker, and stopped ones leave.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stats = tracker.lock().unwrap().stats(&t.info_hash).unwrap();
+    assert_eq!(stats.completed, 5, "{stats:?}");
+    for (_, p) in peers {
+        p.stop().await;
+    }
+    let stats = tracker.lock().unwrap().stats(&t.info_hash).unwrap();
+    assert_eq!(stats.peers, 1, "only the seeder is left: {stats:?}");
+    seeder.stop().await;
+}
+
+#[tokio::test]
+async fn a_partial_file_keeps_its_good_pieces_and_a_bad_one_is_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(1 << 20);
+    let (t, _tracker) = torrent(dir.path(), &bytes).await;
+    // Half the file is there, one of its pieces corrupted.
+    let file = dir.path().join("half");
+    let mut half = bytes.clone();
+    half[bytes.len() / 2..].fill(0);
+    half[100] ^= 0xff;
+    std::fs::write(&file, &half).unwrap();
+    let mut peer = Peer::start(config(&t, file.clone(), "-GL-")).await.unwrap();
+    let p = peer.progress();
+    assert_eq!((p.pieces, p.of), (t.hashes.len() / 2 - 1, t.hashes.len()));
+    let seeder = Peer::start(config(&t, dir.path().join("source"), "-SEED-"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), peer.finished())
+        .await
+        .expect("fetched within a minute")
+        .unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    assert_eq!(
+        peer.transferred().1,
+        bytes.len() as u64 / 2 + t.piece_length
+    );
+    drop(seeder);
+}
+
+#[tokio::test]
+async fn a_neighbour_sending_garbage_is_dropped_and_the_peer_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(256 << 10);
+    let (t, _tracker) = torrent(dir.path(), &bytes).await;
+    let seeder = Peer::start(config(&t, dir.path().join("source"), "-SEED-"))
+        .await
+        .unwrap();
+    let at = SocketAddr::from(([127, 0, 0, 1], seeder.port()));
+    // Not BitTorrent at all; then the right handshake with a huge message.
+    let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+    s.write_all(&[b'x'; 68]).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+    let id = wire::exchange_handshakes(&mut s, &t.info_hash, &[9; 20])
+        .await
+        .unwrap();
+    assert!(id.starts_with(b"-SEED-"));
+    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    // A peer still gets the file.
+    let file = dir.path().join("p");
+    let mut peer = Peer::start(config(&t, file.clone(), "-GL-")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), peer.finished())
+        .await
+        .expect("fetched within a minute")
+        .unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+}
+
+#[test]
+fn metainfo_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, data(200_000)).unwrap();
+    let t = make_torrent(&path, "abc", "http://t/announce").unwrap();
+    let m = Metainfo::parse(&t.bytes).unwrap();
+    assert_eq!(m.info_hash, t.info_hash);
+    assert_eq!(
+        (m.length, m.hashes.len(), m.name.as_str()),
+        (200_000, 4, "abc")
+    );
+    assert!(Metainfo::parse(b"de").is_err());
+    let mut short = Bencode::decode(&t.bytes).unwrap();
+    if let Bencode::Dict(meta) = &mut short {
+        if let Some(Bencode::Dict(info)) = meta.get_mut(&b"info"[..]) {
+            info.insert(b"length".to_vec(), Bencode::Int(10_000_000));
+        }
+    }
+    let err = Metainfo::parse(&short.encode()).unwrap_err();
+    assert!(err.contains("piece hashes"), "{err}");
+}
+
+#[test]
+fn tracker_answers_are_parsed_compact_or_not() {
+    let compact = Bencode::dict([
+        ("interval", Bencode::Int(30)),
+        ("peers", Bencode::Bytes(vec![10, 0, 0, 1, 0x1a, 0xe1])),
+    ]);
+    let (interval, peers) = parse_answer(&compact.encode()).unwrap();
+    assert_eq!(interval, Duration::from_secs(30));
+    assert_eq!(peers, vec!["10.0.0.1:6881".parse().unwrap()]);
+    let listed = Bencode::dict([
+        ("interval", Bencode::Int(5)),
+        (
+            "peers",
+            Bencode::List(vec![Bencode::dict([
+                ("ip", Bencode::str("::1")),
+                ("port", Bencode::Int(7000)),
+            ])]),
+        ),
+    ]);
+    assert_eq!(
+        parse_answer(&listed.encode()).unwrap().1,
+        vec!["[::1]:7000".parse().unwrap()]
+    );
+    let failed = Bencode::dict([("failure reason", Bencode::str("unknown torrent"))]);
+    assert!(parse_answer(&failed.encode())
+        .unwrap_err()
+        .contains("unknown torrent"));
+}

@@ -138,10 +138,7 @@ pub async fn build(client: &ApiClient, opts: BuildOptions) -> anyhow::Result<Val
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let rootfs = build_rootfs(&opts2, &agent, &dir)?;
             eprintln!("building the boot kernel and initramfs");
-            let spec = glory_provisioner::initramfs::BuildSpec::detect(agent)?.with_aria2c();
-            if spec.aria2c.is_none() {
-                eprintln!("no aria2c on this host (apt-get install aria2): the image's machines will fetch it over HTTP only");
-            }
+            let spec = glory_provisioner::initramfs::BuildSpec::detect(agent)?;
             let boot = glory_provisioner::initramfs::build(&spec, &dir.join("boot"))?;
             Ok((rootfs, boot))
         })

@@ -30,6 +30,31 @@ struct Args {
     /// server); overrides the config file.
     #[arg(long)]
     setup_root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Fetch a file by its `.torrent` with the agent's BitTorrent peer, every piece
+    /// checked by SHA-1, then seed it for a while (an image's initramfs fetches its
+    /// root filesystem so).
+    TorrentGet {
+        /// The `.torrent` file.
+        torrent: PathBuf,
+        /// Where the file goes, under the torrent's name.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Created once the file is whole.
+        #[arg(long)]
+        done: Option<PathBuf>,
+        /// How long to seed after the download before leaving the swarm.
+        #[arg(long, default_value_t = 60)]
+        seed_seconds: u64,
+        /// The CA (PEM) an HTTPS tracker is checked against.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+    },
 }
 
 fn load_config(args: &Args) -> anyhow::Result<AgentConfig> {
@@ -66,6 +91,24 @@ async fn main() -> ExitCode {
     glory_protocol::process::init_tracing("info");
     let args = Args::parse();
     let shutdown = glory_protocol::process::shutdown_on_signal();
+    if let Some(Command::TorrentGet {
+        torrent,
+        dir,
+        done,
+        seed_seconds,
+        cacert,
+    }) = &args.command
+    {
+        let seed = std::time::Duration::from_secs(*seed_seconds);
+        let got = glory_node_agent::setup::p2p::torrent_get(
+            torrent,
+            dir,
+            done.as_deref(),
+            seed,
+            cacert.as_deref(),
+        );
+        return glory_protocol::process::exit_code(got.await);
+    }
     let result = match load_config(&args) {
         Ok(config) => glory_node_agent::run(config, shutdown).await,
         Err(e) => Err(e),

@@ -306,7 +306,7 @@ impl Setup {
                         reqwest::Client::default()
                     })
                 });
-                let result = install(client, &dir, &spec, me.p2p_seed, ca).await;
+                let result = install(client, &dir, &spec, me.p2p_seed).await;
                 let mut inner = me.lock();
                 inner.installing.retain(|k| *k != key);
                 match result {
@@ -415,7 +415,6 @@ async fn install(
     dir: &Path,
     spec: &PackageSpec,
     p2p_seed: Option<Duration>,
-    ca_pem: Option<&str>,
 ) -> Result<(), String> {
     if spec.name.contains('/') || spec.version.contains('/') || spec.name.starts_with('.') {
         return Err("bad package name or version".into());
@@ -436,15 +435,13 @@ async fn install(
     // Large packages peer-to-peer where the cluster master offers a torrent; HTTP
     // through the group's proxy otherwise, or when that fails.
     let local = match (&spec.torrent, p2p_seed) {
-        (Some(torrent), Some(seed)) if p2p::available() => {
-            match p2p::fetch(client, torrent, dir, spec, seed, ca_pem).await {
-                Ok(path) => Some(path),
-                Err(e) => {
-                    warn!(package = %spec.name, version = %spec.version, error = %e, "peer-to-peer fetch failed; downloading over HTTP");
-                    None
-                }
+        (Some(torrent), Some(seed)) => match p2p::fetch(client, torrent, dir, spec, seed).await {
+            Ok(path) => Some(path),
+            Err(e) => {
+                warn!(package = %spec.name, version = %spec.version, error = %e, "peer-to-peer fetch failed; downloading over HTTP");
+                None
             }
-        }
+        },
         _ => None,
     };
     let fetched: Result<(), String> = async {
@@ -582,7 +579,7 @@ fn unpack_verified(
     Ok(())
 }
 
-mod p2p;
+pub mod p2p;
 #[cfg(test)]
 mod tests;
 

@@ -33,8 +33,6 @@ pub const DEFAULT_MODULES: &str = "virtio_pci virtio_net e1000 e1000e igb ixgbe 
 
 /// Where the agent lives in the image; `/init` runs it from there.
 pub const AGENT_PATH: &str = "sbin/glory-node-agent";
-/// Where `aria2c` lives in an image's initramfs, when it has one.
-pub const ARIA2C_PATH: &str = "usr/bin/aria2c";
 /// The modules `/init` loads, one absolute path a line, dependencies first.
 const MODULE_LIST_PATH: &str = "etc/glory/modules";
 
@@ -51,10 +49,6 @@ pub struct BuildSpec {
     pub agent: PathBuf,
     /// Modules wanted beyond [`DEFAULT_MODULES`], by name (`mlx5_core`).
     pub extra_modules: Vec<String>,
-    /// Debian's `aria2c`, with which an image's initramfs fetches its root filesystem
-    /// peer-to-peer (its libraries come along: about 56 MB). None: HTTP only, as the
-    /// enrollment initramfs does.
-    pub aria2c: Option<PathBuf>,
 }
 
 /// What [`build`] wrote.
@@ -112,18 +106,7 @@ impl BuildSpec {
             busybox,
             agent,
             extra_modules: Vec::new(),
-            aria2c: None,
         })
-    }
-
-    /// With the host's `aria2c` (in `/usr/bin`, `/bin` or `/usr/local/bin`), if it has
-    /// one: an image's boot can then fetch its root filesystem peer-to-peer.
-    pub fn with_aria2c(self) -> Self {
-        let aria2c = ["/usr/bin/aria2c", "/bin/aria2c", "/usr/local/bin/aria2c"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file());
-        BuildSpec { aria2c, ..self }
     }
 }
 
@@ -231,11 +214,8 @@ fn image_tree(spec: &BuildSpec, kernel_version: &str) -> anyhow::Result<Tree> {
 
     tree.host_file("bin/busybox", &spec.busybox)?;
     tree.host_file(AGENT_PATH, &spec.agent)?;
-    if let Some(aria2c) = &spec.aria2c {
-        tree.host_file(ARIA2C_PATH, aria2c)?;
-    }
     // A dynamic busybox (Debian's `busybox` rather than `busybox-static`) works too.
-    for binary in [&spec.busybox, &spec.agent].into_iter().chain(&spec.aria2c) {
+    for binary in [&spec.busybox, &spec.agent] {
         for lib in runtime_libraries(binary)? {
             tree.host_file(lib.to_string_lossy().trim_start_matches('/'), &lib)?;
         }

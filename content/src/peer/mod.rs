@@ -33,6 +33,9 @@ use crate::torrent::Bencode;
 use pieces::Pieces;
 use wire::Message;
 
+/// The peer ids of our nodes' peers start with this (client `GL`, version 0001).
+pub const PEER_ID_PREFIX: &str = "-GL0001-";
+
 /// The most neighbours a peer keeps (connections both ways).
 const MAX_NEIGHBOURS: usize = 60;
 /// How often the tracker is asked again after a failed announce.

@@ -8,8 +8,8 @@
 # and glory.mode=diskless|disk: the root filesystem (a squashfs) is fetched into RAM
 # (diskless) or written to the first disk (disk, kept when it is already there),
 # checked against its hash, mounted under a tmpfs overlay, and booted (/sbin/init).
-# A diskless boot with glory.torrent=URL (and aria2c in this initramfs) fetches the root
-# filesystem peer-to-peer: from the other machines booting it, the provisioner seeding;
+# A diskless boot with glory.torrent=URL fetches the root filesystem peer-to-peer, with
+# the agent's BitTorrent peer: from the other machines booting it, the provisioner seeding;
 # it keeps seeding for glory.seed_seconds= (default 60) after it booted. A swarm that
 # fails or is slower than 256 KiB/s gives way to HTTP.
 /bin/busybox --install -s
@@ -128,21 +128,16 @@ first_disk() {
     done
 }
 
-# The root filesystem into RAM from the swarm (aria2c checks every piece by SHA-1; the
-# caller checks the SHA-256): /glory/rw/<sha256>, or nothing. aria2c stays behind as a
-# seeder for GLORY_SEED seconds; a hook marks the download whole.
+# The root filesystem into RAM from the swarm (the peer checks every piece by SHA-1;
+# the caller checks the SHA-256): /glory/rw/<sha256>, or nothing. The peer stays behind
+# as a seeder for GLORY_SEED seconds; it marks the download whole.
 fetch_p2p() {
-    [ -n "$GLORY_TORRENT" ] && command -v aria2c >/dev/null || return 1
+    [ -n "$GLORY_TORRENT" ] || return 1
     timeout 30 wget -q -O /tmp/root.torrent "$GLORY_TORRENT" || { log "no torrent at $GLORY_TORRENT"; return 1; }
-    printf '#!/bin/sh\ntouch /tmp/p2p.done\n' > /tmp/p2p-done.sh
-    chmod 755 /tmp/p2p-done.sh
     rm -f /tmp/p2p.done
     log "fetching the root filesystem peer-to-peer"
-    seed_minutes=$(awk -v s="$GLORY_SEED" 'BEGIN { printf "%.2f", s / 60 }')
-    aria2c --no-conf=true --dir=/glory/rw --seed-time="$seed_minutes" --seed-ratio=0.0 \
-        --enable-dht=false --enable-dht6=false --bt-enable-lpd=false --file-allocation=none \
-        --summary-interval=0 --console-log-level=error --quiet=true --listen-port=6881-6999 \
-        --bt-stop-timeout=60 --on-bt-download-complete=/tmp/p2p-done.sh /tmp/root.torrent &
+    /sbin/glory-node-agent torrent-get /tmp/root.torrent --dir /glory/rw \
+        --done /tmp/p2p.done --seed-seconds "$GLORY_SEED" &
     P2P_PID=$!
     # No slower than 256 KiB/s, and at least two minutes.
     deadline=$(($(uptime_whole) + 120 + ${GLORY_ROOTFS_SIZE:-0} / 262144))
@@ -150,7 +145,7 @@ fetch_p2p() {
         if ! kill -0 "$P2P_PID" 2>/dev/null || [ "$(uptime_whole)" -ge $deadline ]; then
             log "the swarm did not deliver the root filesystem; over HTTP instead"
             kill "$P2P_PID" 2>/dev/null
-            rm -f "/glory/rw/$GLORY_ROOTFS_SHA" "/glory/rw/$GLORY_ROOTFS_SHA.aria2"
+            rm -f "/glory/rw/$GLORY_ROOTFS_SHA"
             return 1
         fi
         sleep 0.5

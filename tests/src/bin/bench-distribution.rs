@@ -1,18 +1,20 @@
 //! How long an image takes to reach the nodes (issue 19's benchmark): in network
 //! namespaces of its own, with every link (the server's too) capped by `tc`, one image
 //! goes to one node, then to every node from the cluster master's content server, then
-//! through group caching proxies, then peer-to-peer (aria2c on the nodes, the cluster
-//! master's seeder and tracker). Needs root, `ip`, `tc` and `aria2c`.
+//! through group caching proxies, then peer-to-peer (our peer on the nodes, as agents
+//! run it, or `aria2c`; the cluster master's seeder and tracker). Needs root, `ip`,
+//! `tc` and `aria2c`.
 //!
 //! ```text
 //! bench-distribution [--size-mb 500] [--nodes 32] [--groups 4] [--mbit 100]
-//!                    [--phases single,central,proxies,p2p] [--peer-args "ARIA2C FLAGS"]
-//!                    [--peer-command PROGRAM]
+//!                    [--phases single,central,proxies,p2p] [--client glory|aria2c]
+//!                    [--peer-args "ARIA2C FLAGS"] [--peer-command PROGRAM]
 //! ```
 //!
 //! It runs itself inside the namespaces as a node that fetches (`fetch URL SHA SIZE DIR
-//! CA_FILE`: verified by hash as it is written, as agents do) and as a group proxy
-//! (`proxy LISTEN URL SHA SIZE CA_FILE`: the group master's caching proxy). The API is
+//! CA_FILE`: verified by hash as it is written, as agents do), as a group proxy
+//! (`proxy LISTEN URL SHA SIZE CA_FILE`: the group master's caching proxy) and as a
+//! node's peer (`peer TORRENT DIR CA_FILE`: our peer, seeding until killed). The API is
 //! HTTPS, as it is off loopback: all of them check it against the cluster CA.
 
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use glory_content::peer::{Metainfo, Peer, PeerConfig};
 use glory_protocol::setup::PackageSpec;
 use glory_tests::distribution;
 use glory_tests::netns::Net;
@@ -32,6 +35,8 @@ struct Options {
     groups: usize,
     mbit: u32,
     phases: Vec<String>,
+    /// The nodes' client: `glory` (ours, what agents run) or `aria2c`.
+    client: String,
     /// More flags for every peer's `aria2c` (tuning experiments).
     peer_args: Vec<String>,
     /// Another client instead of `aria2c`, run as `PROGRAM TORRENT DIR [PEER_ARGS]`: it
@@ -49,6 +54,7 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
         phases: ["single", "central", "proxies", "p2p"]
             .map(String::from)
             .to_vec(),
+        client: "glory".into(),
         peer_args: Vec::new(),
         peer_command: None,
     };
@@ -68,6 +74,8 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
             "--groups" => o.groups = number()?,
             "--mbit" => o.mbit = number()? as u32,
             "--peer-command" => o.peer_command = Some(value.clone()),
+            "--client" if ["glory", "aria2c"].contains(&value.as_str()) => o.client = value.clone(),
+            "--client" => bail!("--client: glory or aria2c, not {value:?}"),
             "--peer-args" => o.peer_args = value.split_whitespace().map(str::to_string).collect(),
             "--phases" => {
                 o.phases = value.split(',').map(str::to_string).collect();
@@ -93,6 +101,7 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("fetch") => rt.block_on(fetch(&args[1..])),
         Some("proxy") => rt.block_on(proxy(&args[1..])),
+        Some("peer") => rt.block_on(peer(&args[1..])),
         _ => {
             let o = options(&args)?;
             rt.block_on(bench(o))
@@ -142,6 +151,33 @@ async fn proxy(args: &[String]) -> anyhow::Result<()> {
     proxy
         .serve(listener, tokio_util::sync::CancellationToken::new())
         .await;
+    Ok(())
+}
+
+/// A node's peer, as agents run it: fetch by the torrent, mark `DIR/<name>.done`,
+/// seed until killed.
+async fn peer(args: &[String]) -> anyhow::Result<()> {
+    let [torrent, dir, ca] = args else {
+        bail!("peer TORRENT DIR CA_FILE");
+    };
+    let meta = Metainfo::parse(&std::fs::read(torrent)?).map_err(anyhow::Error::msg)?;
+    let dir = Path::new(dir);
+    std::fs::create_dir_all(dir)?;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca)?)?;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()?;
+    let mut peer = Peer::start(PeerConfig {
+        file: dir.join(&meta.name),
+        torrent: meta.clone(),
+        client,
+        id_prefix: "-GL0001-".into(),
+        listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+    })
+    .await?;
+    peer.finished().await.map_err(anyhow::Error::msg)?;
+    std::fs::write(dir.join(format!("{}.done", meta.name)), b"")?;
+    std::future::pending::<()>().await;
     Ok(())
 }
 
@@ -282,14 +318,19 @@ async fn bench(o: Options) -> anyhow::Result<()> {
                 )?;
                 let mut peers = Vec::new();
                 for i in 0..count {
-                    let inner = distribution::aria2c(&t, &out(phase, i), "60");
                     let mut cmd = match &o.peer_command {
                         Some(program) => {
                             let mut cmd = net.command(i, std::ffi::OsStr::new(program));
                             cmd.arg(&t).arg(out(phase, i)).args(&o.peer_args);
                             cmd
                         }
+                        None if o.client == "glory" => {
+                            let mut cmd = net.command(i, exe.as_os_str());
+                            cmd.arg("peer").arg(&t).arg(out(phase, i)).arg(&ca);
+                            cmd
+                        }
                         None => {
+                            let inner = distribution::aria2c(&t, &out(phase, i), "60");
                             let mut cmd = net.command(i, inner.get_program());
                             // Every node keeps seeding until all are done (not only to
                             // a ratio of 1).
@@ -329,7 +370,7 @@ async fn bench(o: Options) -> anyhow::Result<()> {
                     }
                     for p in &mut peers {
                         if let Some(status) = p.try_wait()? {
-                            anyhow::ensure!(status.success(), "a peer's aria2c failed: {status}");
+                            anyhow::ensure!(status.success(), "a peer failed: {status}");
                         }
                     }
                     anyhow::ensure!(

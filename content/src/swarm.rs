@@ -1,49 +1,39 @@
 //! Content spread peer-to-peer, as the cluster master does for images and large
 //! packages and a provisioner does for the images its machines boot: a `.torrent` per
 //! file (made once from the stored file, kept beside the store), a seeder per torrent
-//! (Debian's `aria2c`, a maintained BitTorrent client, run as a child that stops with
-//! this process), and the [`Tracker`] every torrent announces to.
-//!
-//! [`ARIA2C_ARGS`] are the flags every `aria2c` of ours runs with, seeder or peer:
-//! peers come from our tracker only.
+//! (our [`Peer`], in this process, serving the stored file read-only), and the
+//! [`Tracker`] every torrent announces to.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use tracing::{info, warn};
 
+use crate::peer::{Metainfo, Peer, PeerConfig, PeerError};
 use crate::torrent::{make_torrent, Torrent};
 use crate::tracker::{SwarmStats, Tracker};
 
-/// Peer ids of our seeders start with this (`aria2c --peer-id-prefix`), so the
-/// tracker counts their uploads apart from the peers'.
+/// Peer ids of our seeders start with this, so the tracker counts their uploads apart
+/// from the peers'.
 pub const SEEDER_PREFIX: &str = "-GLORYSEED-";
-
-/// What every `aria2c` we start runs with: no DHT, no local peer discovery (the
-/// tracker decides who meets whom), no preallocation, no progress lines.
-pub const ARIA2C_ARGS: [&str; 5] = [
-    "--enable-dht=false",
-    "--enable-dht6=false",
-    "--bt-enable-lpd=false",
-    "--file-allocation=none",
-    "--summary-interval=0",
-];
 
 /// Why a torrent could not be offered.
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
     #[error("torrent of {sha}: {source}")]
     Torrent { sha: String, source: std::io::Error },
-    #[error("cannot start the seeder (aria2c; apt-get install aria2): {0}")]
-    Seeder(std::io::Error),
+    #[error("cannot start the seeder: {0}")]
+    Seeder(#[from] PeerError),
+    #[error("torrent of {sha}: {reason}")]
+    Unreadable { sha: String, reason: String },
 }
 
 /// Torrents, their seeders and the tracker.
 pub struct Swarms {
     tracker: Mutex<Tracker>,
     torrents: Mutex<HashMap<String, Torrent>>,
-    seeders: Mutex<HashMap<String, tokio::process::Child>>,
+    seeders: Mutex<HashMap<String, Peer>>,
     /// Where `.torrent` files are kept.
     torrent_dir: PathBuf,
     /// The directory the seeded files are in, each named by its SHA-256 (a content
@@ -51,8 +41,8 @@ pub struct Swarms {
     files_dir: PathBuf,
     /// The seeders' upload limit in KiB/s (0: none).
     upload_kib: u64,
-    /// The CA the tracker's HTTPS certificate is checked against.
-    ca_file: Option<PathBuf>,
+    /// What seeders announce with (it trusts the cluster CA when the tracker is HTTPS).
+    client: reqwest::Client,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,13 +60,25 @@ impl Swarms {
             torrent_dir,
             files_dir,
             upload_kib,
-            ca_file: None,
+            client: reqwest::Client::new(),
         }
     }
 
-    /// Seeders check the tracker's HTTPS certificate against `ca_file` (PEM).
+    /// Seeders check the tracker's HTTPS certificate against the CA in `ca_file` (PEM).
     pub fn trusting(self, ca_file: Option<PathBuf>) -> Self {
-        Swarms { ca_file, ..self }
+        let Some(path) = ca_file else {
+            return self;
+        };
+        let client = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| crate::http_client(Some(&pem)).map_err(|e| e.to_string()));
+        match client {
+            Ok(client) => Swarms { client, ..self },
+            Err(e) => {
+                warn!(ca = %path.display(), error = %e, "seeders cannot check the tracker's certificate");
+                self
+            }
+        }
     }
 
     pub fn tracker(&self) -> MutexGuard<'_, Tracker> {
@@ -122,7 +124,7 @@ impl Swarms {
                 torrent
             }
         };
-        self.ensure_seeder(sha, &file)?;
+        self.ensure_seeder(sha, &torrent).await?;
         Ok(torrent)
     }
 
@@ -137,52 +139,31 @@ impl Swarms {
     }
 
     /// Start the seeder of `sha` unless it runs.
-    fn ensure_seeder(&self, sha: &str, torrent: &Path) -> Result<(), SwarmError> {
-        let mut seeders = lock(&self.seeders);
-        if let Some(child) = seeders.get_mut(sha) {
-            if matches!(child.try_wait(), Ok(None)) {
-                return Ok(());
-            }
+    async fn ensure_seeder(&self, sha: &str, torrent: &Torrent) -> Result<(), SwarmError> {
+        if lock(&self.seeders).contains_key(sha) {
+            return Ok(());
         }
-        let mut command = tokio::process::Command::new("aria2c");
-        if let Some(ca) = &self.ca_file {
-            command.arg(format!("--ca-certificate={}", ca.display()));
-        }
-        let child = command
-            .arg(format!("--dir={}", self.files_dir.display()))
-            .args(ARIA2C_ARGS)
-            .args([
-                "--seed-ratio=0.0",
-                "--bt-seed-unverified=true",
-                "--check-integrity=false",
-                "--enable-peer-exchange=false",
-                "--listen-port=6881-6999",
-                "--bt-max-peers=0",
-                "--console-log-level=error",
-                "--quiet=true",
-            ])
-            .arg(format!("--peer-id-prefix={SEEDER_PREFIX}"))
-            .arg(format!("--max-overall-upload-limit={}K", self.upload_kib))
-            .arg(format!("--stop-with-process={}", std::process::id()))
-            .arg(torrent)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(SwarmError::Seeder)?;
-        info!(%sha, pid = ?child.id(), "seeder started");
-        seeders.insert(sha.to_string(), child);
+        let meta = Metainfo::parse(&torrent.bytes).map_err(|reason| SwarmError::Unreadable {
+            sha: sha.to_string(),
+            reason,
+        })?;
+        let seeder = Peer::start(PeerConfig {
+            id_prefix: SEEDER_PREFIX.into(),
+            upload_limit: (self.upload_kib > 0).then_some(self.upload_kib * 1024),
+            whole: true,
+            ..PeerConfig::new(meta, self.files_dir.join(sha), self.client.clone())
+        })
+        .await?;
+        info!(%sha, port = seeder.port(), "seeder started");
+        // Of two started at once, one is kept; the other stops as it is dropped.
+        lock(&self.seeders).entry(sha.to_string()).or_insert(seeder);
         Ok(())
     }
 
     /// The file `sha` is gone: stop seeding and tracking it.
     pub fn stop(&self, sha: &str) {
-        if let Some(mut child) = lock(&self.seeders).remove(sha) {
-            if let Err(e) = child.start_kill() {
-                warn!(%sha, error = %e, "cannot stop the seeder");
-            }
-        }
+        // A seeder stops (and leaves the swarm) when it is dropped.
+        drop(lock(&self.seeders).remove(sha));
         if let Some(t) = lock(&self.torrents).remove(sha) {
             self.tracker().forget(&t.info_hash);
         }

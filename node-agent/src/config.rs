@@ -57,8 +57,9 @@ pub struct AgentConfig {
     /// package installs retried), milliseconds.
     pub setup_check_ms: u64,
     /// Packages the cluster master offers peer-to-peer (above its size threshold) are
-    /// fetched with `aria2c` from the group's nodes first, then seeded to the others
-    /// this long, seconds. 0: always over HTTP through the group's proxy.
+    /// fetched with the agent's BitTorrent peer from the group's nodes first, then
+    /// seeded to the others this long, seconds. 0: always over HTTP through the
+    /// group's proxy.
     pub p2p_seed_seconds: u64,
 }
 

@@ -1,7 +1,7 @@
 //! TLS of the cluster master's REST API (HTTPS): a server certificate from the cluster
 //! CA for the names and addresses clients reach the API by, or one the operator
 //! supplies; clients (the CLI, group masters and provisioners fetching content, agents'
-//! `aria2c`) verify it against the cluster CA (`<data-dir>/ca.pem`).
+//! peers) verify it against the cluster CA (`<data-dir>/ca.pem`).
 //!
 //! Unlike the QUIC links, the API speaks HTTP/1.1 over TLS 1.2 or 1.3 without client
 //! certificates: callers authenticate with bearer tokens, which TLS now keeps secret.

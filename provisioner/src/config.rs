@@ -59,9 +59,9 @@ pub struct ProvisionerConfig {
     /// advertisement (iPXE otherwise waits 13-16 s for one).
     pub router_advertisements: bool,
     /// Machines booting an image fetch its root filesystem peer-to-peer: from each
-    /// other, this provisioner seeding and tracking (`aria2c` on this host and in the
-    /// image's initramfs; HTTP from this provisioner otherwise, or when the swarm is
-    /// slow). Diskless boots only: a disk boot streams the image onto the disk.
+    /// other, this provisioner seeding and tracking (our BitTorrent peer, here and in
+    /// the image's initramfs; HTTP from this provisioner when the swarm is slow).
+    /// Diskless boots only: a disk boot streams the image onto the disk.
     pub boot_p2p: bool,
     /// This provisioner's seeders' upload limit in KiB/s (0: none).
     pub seed_upload_kib: u64,

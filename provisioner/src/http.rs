@@ -75,7 +75,7 @@ pub struct BootHttp {
     pub content: glory_content::ContentCache,
     pub client: reqwest::Client,
     /// Torrents of the images' root filesystems, their seeders and tracker (None:
-    /// peer-to-peer boot is off, or this host has no `aria2c`).
+    /// peer-to-peer boot is off).
     pub swarms: Option<glory_content::swarm::Swarms>,
 }
 

@@ -1,8 +1,9 @@
 //! Machines that boot an image fetch its root filesystem from each other: this
 //! provisioner makes the `.torrent` of the file in its verified cache, seeds it and
-//! tracks its swarm (`glory_content::swarm`, Debian's `aria2c`). The initramfs runs
-//! `aria2c` on `GET /torrent/{sha256}` (every piece checked by SHA-1, the whole file by
-//! SHA-256) and falls back to `GET /content/{sha256}`.
+//! tracks its swarm (`glory_content::swarm`: our BitTorrent peer seeds). The initramfs
+//! runs the agent's peer (`glory-node-agent torrent-get`) on `GET /torrent/{sha256}`
+//! (every piece checked by SHA-1, the whole file by SHA-256) and falls back to
+//! `GET /content/{sha256}`.
 //!
 //! Routes: `GET /torrent/{sha256}` (the torrent, of content a boot plan named),
 //! `GET /torrent/{sha256}/swarm` (what its swarm moved) and `GET /announce` (the
@@ -22,16 +23,6 @@ use crate::http::BootHttp;
 /// How often peers re-announce (seconds): short, because a boot lasts minutes.
 pub const TRACKER_INTERVAL_S: u64 = 10;
 
-/// Whether this host can seed (Debian's `aria2`).
-pub fn aria2c_present() -> bool {
-    std::process::Command::new("aria2c")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 pub fn routes() -> Router<Arc<BootHttp>> {
     Router::new()
         .route("/torrent/{sha256}", get(torrent))
@@ -42,7 +33,7 @@ pub fn routes() -> Router<Arc<BootHttp>> {
 fn off() -> Response {
     (
         StatusCode::NOT_FOUND,
-        "peer-to-peer boot is off on this provisioner (boot_p2p, or no aria2c)\n",
+        "peer-to-peer boot is off on this provisioner (boot_p2p)\n",
     )
         .into_response()
 }

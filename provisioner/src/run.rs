@@ -163,10 +163,6 @@ pub async fn start(
         .context("content cache")?;
     let swarms = match config.boot_p2p {
         false => None,
-        true if !crate::p2p::aria2c_present() => {
-            warn!("no aria2c on this host (apt-get install aria2): machines boot images over HTTP only");
-            None
-        }
         true => Some(glory_content::swarm::Swarms::new(
             crate::p2p::TRACKER_INTERVAL_S,
             config.state_dir.join("torrents"),

@@ -35,6 +35,16 @@ pub async fn image(api: &ApiClient, dir: &Path, name: &str, size: usize) -> anyh
     api.call(Method::POST, "/api/v1/images", Some(body)).await
 }
 
+/// What every `aria2c` of the tests runs with: no DHT, no local peer discovery (the
+/// tracker decides who meets whom), no preallocation, no progress lines.
+pub const ARIA2C_ARGS: [&str; 5] = [
+    "--enable-dht=false",
+    "--enable-dht6=false",
+    "--bt-enable-lpd=false",
+    "--file-allocation=none",
+    "--summary-interval=0",
+];
+
 /// The image's torrent, written to `dir`.
 pub async fn torrent(api: &ApiClient, name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     let bytes = api
@@ -49,7 +59,7 @@ pub fn aria2c(torrent: &Path, out: &Path, seed_minutes: &str) -> Command {
     let mut cmd = Command::new("aria2c");
     cmd.arg(format!("--dir={}", out.display()))
         .arg(format!("--seed-time={seed_minutes}"))
-        .args(glory_content::swarm::ARIA2C_ARGS)
+        .args(ARIA2C_ARGS)
         .args(["--console-log-level=warn", "--listen-port=7881-7999"])
         .arg(torrent);
     cmd

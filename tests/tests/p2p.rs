@@ -1,8 +1,9 @@
 //! Peer-to-peer distribution of images (issue 19): a real BitTorrent client, Debian's
-//! `aria2c`, fetches an image by the `.torrent` the API hands out, from our seeder and
-//! through our tracker; then 8 peers in network namespaces of this test's own fetch an
-//! image together while the seeder's upload is capped, and most bytes come from each
-//! other.
+//! `aria2c`, fetches an image by the `.torrent` the API hands out, from our seeder (our
+//! peer) and through our tracker; then 8 peers in network namespaces of this test's own,
+//! 6 of ours (the agent's `torrent-get`) and 2 `aria2c`, fetch an image together while
+//! the seeder's upload is capped: most bytes come from each other, and both clients
+//! trade with each other.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -107,13 +108,26 @@ async fn namespaced_peers_get_most_bytes_from_each_other() -> anyhow::Result<()>
     let sha = img["rootfs"]["sha256"].as_str().unwrap().to_string();
     let t = torrent(api, "spread", dir.path()).await?;
 
-    // All 8 at once; each seeds for 20 s after it completes, then leaves.
+    // All 8 at once; each seeds for 20 s after it completes, then leaves. Peers 0
+    // and 1 are aria2c, the others ours, as agents and booting machines run it.
+    let agent = glory_tests::binary("glory-node-agent")?;
     let mut children = Vec::new();
     for i in 0..net.peers.len() {
         let out = dir.path().join(format!("peer{i}"));
-        let inner = aria2c(&t, &out, "0.33");
-        let mut cmd = net.command(i, inner.get_program());
-        cmd.args(inner.get_args());
+        let mut cmd = if i < 2 {
+            let inner = aria2c(&t, &out, "0.33");
+            let mut cmd = net.command(i, inner.get_program());
+            cmd.args(inner.get_args());
+            cmd
+        } else {
+            let mut cmd = net.command(i, agent.as_os_str());
+            cmd.arg("torrent-get")
+                .arg(&t)
+                .arg("--dir")
+                .arg(&out)
+                .args(["--seed-seconds", "20"]);
+            cmd
+        };
         cmd.stdout(std::process::Stdio::null());
         children.push((cmd.spawn()?, out));
     }
@@ -129,8 +143,8 @@ async fn namespaced_peers_get_most_bytes_from_each_other() -> anyhow::Result<()>
         "8 peers done (including 20 s of seeding) in {:?}",
         started.elapsed()
     );
-    for (ok, out) in &results {
-        assert!(ok, "a peer's aria2c failed");
+    for (i, (ok, out)) in results.iter().enumerate() {
+        assert!(ok, "peer {i} failed");
         let bytes = std::fs::read(out.join(&sha))?;
         assert_eq!(glory_content::sha256_hex(&bytes), sha);
     }

@@ -353,7 +353,7 @@ async fn garbage_frames_close_one_stream_and_the_servers_keep_serving() -> anyho
 /// `ca.pem` is in the data directory; plain HTTP and clients without the CA get
 /// nowhere (the CLI says what to pass); with it, the API, the CLI, the group masters'
 /// content proxies and the agents' peer-to-peer fetches (an HTTPS tracker, checked by
-/// `aria2c` against the CA) all work.
+/// the agents' and the seeder's peers against the CA) all work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_off_loopback_is_https_and_clients_check_it() -> anyhow::Result<()> {
     use glory_tests::distribution::{big_and_small_everywhere, swarm_completed, BigAndSmall};

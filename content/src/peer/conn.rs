@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ const SNUBBED: Duration = Duration::from_secs(60);
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Pieces from one neighbour that fail their hash before it is dropped.
 const MAX_BAD: u32 = 3;
+/// Blocks a neighbour may have asked for and not yet received (clients keep tens to
+/// a few hundred in flight); more is an attack on our memory.
+const MAX_QUEUED: usize = 1024;
 
 /// A piece being fetched from this neighbour.
 struct Partial {
@@ -41,13 +44,14 @@ struct Partial {
 struct Conn {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Out>,
+    /// Blocks queued for the writer.
+    queued: Arc<AtomicUsize>,
     theirs: Vec<bool>,
     choked: bool,
     interested: bool,
     /// A full search found nothing to ask of this neighbour: wait for its news.
     starved: bool,
     partials: Vec<Partial>,
-    messages: u64,
     bad: u32,
     last_data: Instant,
 }
@@ -71,17 +75,18 @@ pub(super) async fn run(shared: Arc<Shared>, mut stream: TcpStream, dialled: Opt
     };
     shared.update_progress(None);
     let (r, w) = stream.into_split();
-    let writer = tokio::spawn(write_loop(shared.clone(), w, rx));
+    let queued = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_loop(shared.clone(), w, rx, queued.clone()));
     let n = lock(&shared.pieces).count();
     let mut c = Conn {
         shared: shared.clone(),
         tx,
+        queued,
         theirs: vec![false; n],
         choked: true,
         interested: false,
         starved: false,
         partials: Vec::new(),
-        messages: 0,
         bad: 0,
         last_data: Instant::now(),
     };
@@ -214,7 +219,6 @@ impl Conn {
     }
 
     fn handle(&mut self, m: Message) -> Result<(), String> {
-        self.messages += 1;
         let n = self.theirs.len();
         match m {
             Message::KeepAlive
@@ -234,24 +238,23 @@ impl Conn {
                 self.starved = false;
                 self.fill();
             }
+            // BEP 3 sends it first or not at all; aria2c sends one later too, once it
+            // has pieces, so any bitfield replaces what we knew.
             Message::Bitfield(bytes) => {
-                if self.messages != 1 {
-                    return Err("a bitfield after the first message".into());
-                }
                 let bits = from_bitfield(&bytes, n).ok_or("a bitfield of the wrong length")?;
                 let wanted = {
                     let mut pieces = lock(&self.shared.pieces);
                     let mut wanted = false;
-                    for (p, has) in bits.iter().enumerate() {
-                        if *has {
-                            pieces.seen(p as u32, true);
-                            wanted |= !pieces.has(p as u32);
+                    for (p, (has, had)) in bits.iter().zip(&self.theirs).enumerate() {
+                        if has != had {
+                            pieces.seen(p as u32, *has);
                         }
+                        wanted |= *has && !pieces.has(p as u32);
                     }
                     wanted
                 };
                 self.theirs = bits;
-                if wanted {
+                if wanted && !self.interested {
                     self.interested = true;
                     self.send(Message::Interested);
                 }
@@ -305,6 +308,9 @@ impl Conn {
                             .is_some_and(|e| e <= pieces.size(index))
                 };
                 if ok {
+                    if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+                        return Err(format!("over {MAX_QUEUED} blocks asked for at once"));
+                    }
                     let _ = self.tx.send(Out::Block {
                         index,
                         begin,
@@ -450,7 +456,12 @@ impl Partial {
 }
 
 /// Send what the reader queued: messages, and blocks read from the file.
-async fn write_loop(shared: Arc<Shared>, w: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>) {
+async fn write_loop(
+    shared: Arc<Shared>,
+    w: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    queued: Arc<AtomicUsize>,
+) {
     let mut w = BufWriter::with_capacity(64 << 10, w);
     let mut block = Vec::new();
     loop {
@@ -466,6 +477,10 @@ async fn write_loop(shared: Arc<Shared>, w: OwnedWriteHalf, mut rx: mpsc::Unboun
                 begin,
                 length,
             } => {
+                queued.fetch_sub(1, Ordering::Relaxed);
+                if let Some(limit) = &shared.limit {
+                    limit.take(length).await;
+                }
                 block.resize(length as usize, 0);
                 let offset = index as u64 * shared.piece_length + begin as u64;
                 if let Err(e) = shared.file.read_exact_at(&mut block, offset) {

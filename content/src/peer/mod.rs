@@ -115,6 +115,28 @@ pub struct PeerConfig {
     pub id_prefix: String,
     /// Where to listen for neighbours (port 0: any).
     pub listen: SocketAddr,
+    /// Upload at most this many bytes a second, over all neighbours (None: as fast
+    /// as the link goes).
+    pub upload_limit: Option<u64>,
+    /// The file is whole and verified already (a content store's, named by its
+    /// SHA-256): it is opened read-only, only to seed, and not checked again.
+    pub whole: bool,
+}
+
+impl PeerConfig {
+    /// A node's peer fetching `torrent` into `file`: our peer id prefix, any port, no
+    /// upload limit.
+    pub fn new(torrent: Metainfo, file: PathBuf, client: reqwest::Client) -> PeerConfig {
+        PeerConfig {
+            torrent,
+            file,
+            client,
+            id_prefix: PEER_ID_PREFIX.into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            upload_limit: None,
+            whole: false,
+        }
+    }
 }
 
 /// How far a download is.
@@ -141,6 +163,8 @@ pub enum PeerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} has {has} bytes, the torrent {wants}")]
+    Size { path: PathBuf, has: u64, wants: u64 },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -191,6 +215,39 @@ struct Shared {
     downloaded: AtomicU64,
     progress: watch::Sender<Progress>,
     stop: watch::Receiver<bool>,
+    limit: Option<RateLimit>,
+}
+
+/// At most `rate` bytes a second over every neighbour: each block waits its turn
+/// (the bucket goes into debt, and the sender sleeps it off).
+struct RateLimit {
+    rate: f64,
+    /// Bytes that may go now (negative: owed) and when that was reckoned.
+    bucket: Mutex<(f64, std::time::Instant)>,
+}
+
+impl RateLimit {
+    fn new(rate: u64) -> RateLimit {
+        RateLimit {
+            rate: rate.max(1) as f64,
+            bucket: Mutex::new((0.0, std::time::Instant::now())),
+        }
+    }
+
+    async fn take(&self, bytes: u32) {
+        let wait = {
+            let mut b = lock(&self.bucket);
+            let now = std::time::Instant::now();
+            // At most a quarter of a second's worth saved up.
+            let refill = now.duration_since(b.1).as_secs_f64() * self.rate;
+            b.0 = (b.0 + refill).min(self.rate / 4.0) - bytes as f64;
+            b.1 = now;
+            (b.0 < 0.0).then(|| Duration::from_secs_f64(-b.0 / self.rate))
+        };
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -241,13 +298,25 @@ impl Peer {
         };
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(true)
+            .write(!config.whole)
+            .create(!config.whole)
             .truncate(false)
             .open(&config.file)
             .map_err(file_err)?;
         let mut pieces = Pieces::new(t.hashes.clone(), t.piece_length, t.length);
-        if file.metadata().map_err(file_err)?.len() == t.length {
+        let has = file.metadata().map_err(file_err)?.len();
+        if config.whole {
+            if has != t.length {
+                return Err(PeerError::Size {
+                    path: config.file.clone(),
+                    has,
+                    wants: t.length,
+                });
+            }
+            for p in 0..pieces.count() as u32 {
+                pieces.got(p);
+            }
+        } else if has == t.length {
             let check = (
                 file.try_clone().map_err(file_err)?,
                 t.hashes.clone(),
@@ -293,6 +362,7 @@ impl Peer {
             downloaded: AtomicU64::new(0),
             progress: progress_tx,
             stop: stop_rx,
+            limit: config.upload_limit.map(RateLimit::new),
         });
         shared.update_progress(None);
         tokio::spawn(accept(shared.clone(), listener));

@@ -80,11 +80,9 @@ async fn torrent(dir: &Path, bytes: &[u8]) -> (Metainfo, Arc<Mutex<Tracker>>) {
 
 fn config(t: &Metainfo, file: std::path::PathBuf, prefix: &str) -> PeerConfig {
     PeerConfig {
-        torrent: t.clone(),
-        file,
-        client: reqwest::Client::new(),
         id_prefix: prefix.into(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        ..PeerConfig::new(t.clone(), file, reqwest::Client::new())
     }
 }
 
@@ -179,6 +177,23 @@ async fn a_neighbour_sending_garbage_is_dropped_and_the_peer_serves_on() {
     s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    // Thousands of requests, none read: the peer hangs up rather than queue them all.
+    let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+    wire::exchange_handshakes(&mut s, &t.info_hash, &[9; 20])
+        .await
+        .unwrap();
+    let ask = Message::Request {
+        index: 0,
+        begin: 0,
+        length: 16384,
+    };
+    let asks: Vec<u8> = (0..3000).flat_map(|_| ask.encode()).collect();
+    s.write_all(&asks).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the peer hung up");
+    assert!(got.len() < 3000 * 16384, "{} bytes served", got.len());
     // A peer still gets the file.
     let file = dir.path().join("p");
     let mut peer = Peer::start(config(&t, file.clone(), "-GL-")).await.unwrap();
@@ -239,4 +254,44 @@ fn tracker_answers_are_parsed_compact_or_not() {
     assert!(parse_answer(&failed.encode())
         .unwrap_err()
         .contains("unknown torrent"));
+}
+
+#[tokio::test]
+async fn a_seeder_of_a_whole_file_keeps_to_its_upload_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(2 << 20);
+    let (t, _tracker) = torrent(dir.path(), &bytes).await;
+    let source = dir.path().join("source");
+    // Read-only, as a content store's files are.
+    std::fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    let seeder = Peer::start(PeerConfig {
+        upload_limit: Some(1 << 20),
+        whole: true,
+        ..config(&t, source.clone(), "-SEED-")
+    })
+    .await
+    .unwrap();
+    assert!(seeder.progress().done());
+    let started = std::time::Instant::now();
+    let file = dir.path().join("p");
+    let mut peer = Peer::start(config(&t, file.clone(), "-GL-")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), peer.finished())
+        .await
+        .expect("fetched within a minute")
+        .unwrap();
+    // 2 MiB at 1 MiB/s, a quarter second's burst aside: no faster than 1.75 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1750),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    assert_eq!(seeder.transferred().0, bytes.len() as u64);
+    // A whole file of the wrong size is refused.
+    std::fs::write(&file, b"short").unwrap();
+    let err = Peer::start(PeerConfig {
+        whole: true,
+        ..config(&t, file.clone(), "-SEED-")
+    });
+    assert!(matches!(err.await, Err(PeerError::Size { has: 5, .. })));
 }

@@ -8,11 +8,10 @@
 //! Any failure here (no torrent, a stalled swarm) falls back to the HTTP download
 //! through the group's proxy.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use glory_content::peer::{Metainfo, Peer, PeerConfig, PEER_ID_PREFIX};
+use glory_content::peer::{Metainfo, Peer, PeerConfig};
 use glory_protocol::setup::PackageSpec;
 use tracing::{debug, info};
 
@@ -57,14 +56,7 @@ pub async fn fetch(
     ));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let file = work.join(&spec.sha256);
-    let started = Peer::start(PeerConfig {
-        torrent: meta,
-        file: file.clone(),
-        client: client.clone(),
-        id_prefix: PEER_ID_PREFIX.into(),
-        listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-    })
-    .await;
+    let started = Peer::start(PeerConfig::new(meta, file.clone(), client.clone())).await;
     let mut peer = match started {
         Ok(p) => p,
         Err(e) => {
@@ -115,14 +107,8 @@ pub async fn torrent_get(
     let ca = ca.as_deref().map(String::from_utf8_lossy);
     let client = glory_content::http_client(ca.as_deref())?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    let mut peer = Peer::start(PeerConfig {
-        file: dir.join(&meta.name),
-        torrent: meta,
-        client,
-        id_prefix: PEER_ID_PREFIX.into(),
-        listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-    })
-    .await?;
+    let file = dir.join(&meta.name);
+    let mut peer = Peer::start(PeerConfig::new(meta, file, client)).await?;
     peer.finished().await.map_err(anyhow::Error::msg)?;
     if let Some(done) = done {
         std::fs::write(done, b"").with_context(|| format!("{}", done.display()))?;

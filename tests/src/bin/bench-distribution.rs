@@ -167,14 +167,8 @@ async fn peer(args: &[String]) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .add_root_certificate(ca)
         .build()?;
-    let mut peer = Peer::start(PeerConfig {
-        file: dir.join(&meta.name),
-        torrent: meta.clone(),
-        client,
-        id_prefix: "-GL0001-".into(),
-        listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-    })
-    .await?;
+    let file = dir.join(&meta.name);
+    let mut peer = Peer::start(PeerConfig::new(meta.clone(), file, client)).await?;
     peer.finished().await.map_err(anyhow::Error::msg)?;
     std::fs::write(dir.join(format!("{}.done", meta.name)), b"")?;
     std::future::pending::<()>().await;

@@ -44,17 +44,21 @@ fn op_of(text: &str) -> Option<Op> {
     }
 }
 
-fn aggregate_of(record: &schema::AggregateRecord) -> Result<Aggregate, String> {
+/// A group rule's aggregate; an unknown function is malformed (400), `fraction_over`
+/// without its threshold is one field against another (422). `at` names the field.
+fn aggregate_of(record: &schema::AggregateRecord, at: &str) -> Result<Aggregate, OpError> {
     match (record.function.as_str(), record.threshold) {
         ("avg", _) => Ok(Aggregate::Avg),
         ("max", _) => Ok(Aggregate::Max),
         ("fraction_over", Some(threshold)) if threshold.is_finite() => {
             Ok(Aggregate::FractionOver { threshold })
         }
-        ("fraction_over", _) => Err("fraction_over needs a numeric threshold".into()),
-        (other, _) => Err(format!(
-            "{other:?} is not an aggregate (avg, max, fraction_over)"
-        )),
+        ("fraction_over", _) => Err(OpError::Unprocessable(format!(
+            "{at}: fraction_over needs a numeric threshold"
+        ))),
+        (other, _) => Err(OpError::Invalid(format!(
+            "{at}: {other:?} is not an aggregate (avg, max, fraction_over)"
+        ))),
     }
 }
 
@@ -67,7 +71,7 @@ fn rule_of(r: &RuleRecord) -> Rule {
         for_seconds: r.for_seconds,
         recover_threshold: r.recover_threshold,
         keep_firing_seconds: r.keep_firing_seconds,
-        aggregate: r.aggregate.as_ref().and_then(|a| aggregate_of(a).ok()),
+        aggregate: r.aggregate.as_ref().and_then(|a| aggregate_of(a, "").ok()),
     }
 }
 
@@ -271,14 +275,7 @@ pub(crate) fn validate_monitor(m: &MonitorRecord) -> OpResultT<()> {
             )));
         }
         if let Some(agg) = &r.aggregate {
-            if let Err(e) = aggregate_of(agg) {
-                let message = format!("{}: {e}", field("aggregate"));
-                // fraction_over without its threshold: one field against another.
-                return Err(match agg.function.as_str() {
-                    "fraction_over" => OpError::Unprocessable(message),
-                    _ => invalid(message),
-                });
-            }
+            aggregate_of(agg, &field("aggregate"))?;
         }
         if r.for_seconds > 86_400 || r.keep_firing_seconds > 86_400 {
             return Err(invalid(format!(

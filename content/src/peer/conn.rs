@@ -391,7 +391,7 @@ impl Conn {
         };
         let part = &mut self.partials[i];
         let end = begin as usize + data.len();
-        if begin % BLOCK != 0 || end > part.asked as usize || data.is_empty() {
+        if !begin.is_multiple_of(BLOCK) || end > part.asked as usize || data.is_empty() {
             return Err(format!(
                 "piece {index}: a block at {begin} we did not ask for"
             ));

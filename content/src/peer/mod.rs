@@ -36,6 +36,10 @@ use wire::Message;
 /// The peer ids of our nodes' peers start with this (client `GL`, version 0001).
 pub const PEER_ID_PREFIX: &str = "-GL0001-";
 
+/// The ports a peer listens on, the first free one (BitTorrent's customary range, for
+/// firewalls); any port when all are taken.
+pub const PORTS: std::ops::RangeInclusive<u16> = 6881..=6999;
+
 /// The most neighbours a peer keeps (connections both ways).
 const MAX_NEIGHBOURS: usize = 60;
 /// How often the tracker is asked again after a failed announce.
@@ -113,7 +117,7 @@ pub struct PeerConfig {
     pub client: reqwest::Client,
     /// Our peer id starts with this (at most 12 bytes; the rest is random).
     pub id_prefix: String,
-    /// Where to listen for neighbours (port 0: any).
+    /// Where to listen for neighbours (port 0: the first free of [`PORTS`], else any).
     pub listen: SocketAddr,
     /// Upload at most this many bytes a second, over all neighbours (None: as fast
     /// as the link goes).
@@ -333,13 +337,12 @@ impl Peer {
         } else {
             file.set_len(t.length).map_err(file_err)?;
         }
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| PeerError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = listen(config.listen)
+            .await
+            .map_err(|source| PeerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let mut peer_id = [0u8; 20];
         let prefix = config.id_prefix.as_bytes();
@@ -446,6 +449,18 @@ fn existing_pieces(
         }
     }
     Ok(good)
+}
+
+/// Bind `addr`; port 0 is the first free port of [`PORTS`], else any.
+async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    if addr.port() == 0 {
+        for port in PORTS {
+            if let Ok(l) = TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+                return Ok(l);
+            }
+        }
+    }
+    TcpListener::bind(addr).await
 }
 
 async fn accept(shared: Arc<Shared>, listener: TcpListener) {

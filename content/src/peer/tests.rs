@@ -78,6 +78,15 @@ async fn torrent(dir: &Path, bytes: &[u8]) -> (Metainfo, Arc<Mutex<Tracker>>) {
     (Metainfo::parse(&t.bytes).unwrap(), tracker)
 }
 
+/// Wait for `peer` to finish (a minute at most) and check `file` holds `bytes`.
+async fn whole(peer: &mut Peer, file: &Path, bytes: &[u8]) {
+    tokio::time::timeout(Duration::from_secs(60), peer.finished())
+        .await
+        .expect("fetched within a minute")
+        .unwrap();
+    assert_eq!(std::fs::read(file).unwrap(), bytes);
+}
+
 fn config(t: &Metainfo, file: std::path::PathBuf, prefix: &str) -> PeerConfig {
     PeerConfig {
         id_prefix: prefix.into(),
@@ -106,11 +115,7 @@ async fn five_peers_fetch_from_one_seeder_and_each_other() {
         ));
     }
     for (file, peer) in &mut peers {
-        tokio::time::timeout(Duration::from_secs(60), peer.finished())
-            .await
-            .expect("fetched within a minute")
-            .unwrap();
-        assert_eq!(std::fs::read(file).unwrap(), bytes);
+        whole(peer, file, &bytes).await;
     }
     let downloaded: u64 = peers.iter().map(|(_, p)| p.transferred().1).sum();
     assert_eq!(downloaded, 5 * bytes.len() as u64);
@@ -143,11 +148,7 @@ async fn a_partial_file_keeps_its_good_pieces_and_a_bad_one_is_fetched_again() {
     let seeder = Peer::start(config(&t, dir.path().join("source"), "-SEED-"))
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(60), peer.finished())
-        .await
-        .expect("fetched within a minute")
-        .unwrap();
-    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    whole(&mut peer, &file, &bytes).await;
     assert_eq!(
         peer.transferred().1,
         bytes.len() as u64 / 2 + t.piece_length
@@ -197,11 +198,7 @@ async fn a_neighbour_sending_garbage_is_dropped_and_the_peer_serves_on() {
     // A peer still gets the file.
     let file = dir.path().join("p");
     let mut peer = Peer::start(config(&t, file.clone(), "-GL-")).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), peer.finished())
-        .await
-        .expect("fetched within a minute")
-        .unwrap();
-    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    whole(&mut peer, &file, &bytes).await;
 }
 
 #[test]
@@ -275,17 +272,13 @@ async fn a_seeder_of_a_whole_file_keeps_to_its_upload_limit() {
     let started = std::time::Instant::now();
     let file = dir.path().join("p");
     let mut peer = Peer::start(config(&t, file.clone(), "-GL-")).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), peer.finished())
-        .await
-        .expect("fetched within a minute")
-        .unwrap();
+    whole(&mut peer, &file, &bytes).await;
     // 2 MiB at 1 MiB/s, a quarter second's burst aside: no faster than 1.75 s.
     assert!(
         started.elapsed() >= Duration::from_millis(1750),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(std::fs::read(&file).unwrap(), bytes);
     assert_eq!(seeder.transferred().0, bytes.len() as u64);
     // A whole file of the wrong size is refused.
     std::fs::write(&file, b"short").unwrap();

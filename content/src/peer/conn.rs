@@ -38,19 +38,27 @@ struct Partial {
     index: u32,
     buf: Vec<u8>,
     asked: u32,
+    /// Bytes of distinct blocks received, and which blocks.
     received: u32,
+    got: Vec<bool>,
 }
 
 struct Conn {
     shared: Arc<Shared>,
+    /// The neighbour's peer id and its entry's number.
+    id: [u8; 20],
+    no: u64,
+    writer: tokio::task::JoinHandle<()>,
     tx: mpsc::UnboundedSender<Out>,
     /// Blocks queued for the writer.
     queued: Arc<AtomicUsize>,
     theirs: Vec<bool>,
     choked: bool,
     interested: bool,
-    /// A full search found nothing to ask of this neighbour: wait for its news.
+    /// A full search found nothing to ask of this neighbour: wait for its news, or
+    /// for a piece given up elsewhere ([`super::pieces::Pieces::freed`]).
     starved: bool,
+    freed_seen: u64,
     partials: Vec<Partial>,
     bad: u32,
     last_data: Instant,
@@ -80,12 +88,16 @@ pub(super) async fn run(shared: Arc<Shared>, mut stream: TcpStream, dialled: Opt
     let n = lock(&shared.pieces).count();
     let mut c = Conn {
         shared: shared.clone(),
+        id,
+        no,
+        writer,
         tx,
         queued,
         theirs: vec![false; n],
         choked: true,
         interested: false,
         starved: false,
+        freed_seen: 0,
         partials: Vec::new(),
         bad: 0,
         last_data: Instant::now(),
@@ -93,25 +105,32 @@ pub(super) async fn run(shared: Arc<Shared>, mut stream: TcpStream, dialled: Opt
     if let Err(e) = c.read_loop(r, close_rx).await {
         debug!(?dialled, "neighbour dropped: {e}");
     }
-    {
-        let mut pieces = lock(&shared.pieces);
-        for p in c.partials.drain(..) {
-            pieces.release(p.index);
-        }
-        for (p, has) in c.theirs.iter().enumerate() {
-            if *has {
-                pieces.seen(p as u32, false);
+    drop(c);
+    shared.update_progress(None);
+}
+
+impl Drop for Conn {
+    /// However the connection ended (a panic too), its claims and its news go.
+    fn drop(&mut self) {
+        {
+            let mut pieces = lock(&self.shared.pieces);
+            for p in self.partials.drain(..) {
+                pieces.release(p.index);
+            }
+            for (p, has) in self.theirs.iter().enumerate() {
+                if *has {
+                    pieces.seen(p as u32, false);
+                }
             }
         }
-    }
-    {
-        let mut n = lock(&shared.neighbours);
-        if n.by_id.get(&id).is_some_and(|e| e.no == no) {
-            n.by_id.remove(&id);
+        {
+            let mut n = lock(&self.shared.neighbours);
+            if n.by_id.get(&self.id).is_some_and(|e| e.no == self.no) {
+                n.by_id.remove(&self.id);
+            }
         }
+        self.writer.abort();
     }
-    writer.abort();
-    shared.update_progress(None);
 }
 
 /// Add a neighbour: its number, or `None` if it is not kept (a second connection
@@ -140,6 +159,16 @@ fn register(
         None if n.by_id.len() >= MAX_NEIGHBOURS => return None,
         None => {}
     }
+    // Our pieces first, queued before the neighbour can be told of a new one (the
+    // only place `neighbours` and `pieces` are locked together, in that order); and
+    // every neighbour is unchoked.
+    {
+        let p = lock(&shared.pieces);
+        if p.have_count() > 0 {
+            let _ = tx.send(Out::Msg(Message::Bitfield(p.bitfield())));
+        }
+    }
+    let _ = tx.send(Out::Msg(Message::Unchoke));
     n.next_no += 1;
     let no = n.next_no;
     n.by_id.insert(
@@ -179,14 +208,6 @@ impl Conn {
                 }
             }
         });
-        let (bitfield, any) = {
-            let p = lock(&self.shared.pieces);
-            (p.bitfield(), p.have_count() > 0)
-        };
-        if any {
-            self.send(Message::Bitfield(bitfield));
-        }
-        self.send(Message::Unchoke);
         let mut stop = self.shared.stop.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         let outcome = loop {
@@ -335,8 +356,14 @@ impl Conn {
             return;
         }
         let mut asks = Vec::new();
+        let idle = self.in_flight() == 0;
         {
             let mut pieces = lock(&self.shared.pieces);
+            // A piece given up elsewhere (choked, gone, corrupt) is worth a new search.
+            if self.starved && pieces.freed() != self.freed_seen {
+                self.starved = false;
+            }
+            self.freed_seen = pieces.freed();
             // Pieces another connection finished first (the end game) are dropped.
             self.partials.retain(|p| {
                 let done = pieces.has(p.index);
@@ -377,6 +404,10 @@ impl Conn {
                 }
             }
         }
+        // The silence a neighbour is judged by starts with our first request.
+        if idle && !asks.is_empty() {
+            self.last_data = Instant::now();
+        }
         for a in asks {
             self.send(a);
         }
@@ -390,14 +421,22 @@ impl Conn {
             return Ok(());
         };
         let part = &mut self.partials[i];
-        let end = begin as usize + data.len();
-        if !begin.is_multiple_of(BLOCK) || end > part.asked as usize || data.is_empty() {
+        // Exactly a block we asked for: aligned, asked, of its length.
+        let block = (begin / BLOCK) as usize;
+        let length = BLOCK.min((part.buf.len() as u32).saturating_sub(begin));
+        if !begin.is_multiple_of(BLOCK) || begin >= part.asked || data.len() != length as usize {
             return Err(format!(
-                "piece {index}: a block at {begin} we did not ask for"
+                "piece {index}: {} bytes at {begin}, not a block we asked for",
+                data.len()
             ));
         }
+        if part.got[block] {
+            return Ok(());
+        }
+        part.got[block] = true;
+        let end = begin as usize + data.len();
         part.buf[begin as usize..end].copy_from_slice(&data);
-        part.received += data.len() as u32;
+        part.received += length;
         if part.received as usize >= part.buf.len() {
             let part = self.partials.swap_remove(i);
             self.store(part)?;
@@ -427,8 +466,9 @@ impl Conn {
         }
         let (new, complete) = {
             let mut pieces = lock(&shared.pieces);
+            let new = pieces.got(part.index);
             pieces.release(part.index);
-            (pieces.got(part.index), pieces.complete())
+            (new, pieces.complete())
         };
         if new {
             shared
@@ -451,6 +491,7 @@ impl Partial {
             buf: vec![0; size as usize],
             asked: 0,
             received: 0,
+            got: vec![false; size.div_ceil(BLOCK) as usize],
         }
     }
 }

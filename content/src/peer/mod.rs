@@ -93,10 +93,15 @@ impl Metainfo {
                 pieces.len()
             ));
         }
+        let name = text(info.get("name"), "name")?;
+        // The file is written under its name: no paths.
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(format!("{name:?} is not a file name"));
+        }
         Ok(Metainfo {
             announce,
             info_hash: Sha1::digest(info.encode()).into(),
-            name: text(info.get("name"), "name")?,
+            name,
             length,
             piece_length,
             hashes: pieces
@@ -203,6 +208,8 @@ struct Neighbours {
     dialled: HashSet<SocketAddr>,
     /// Who each dialled address turned out to be.
     known: HashMap<SocketAddr, [u8; 20]>,
+    /// Dials whose TCP connection is not made yet.
+    connecting: usize,
     next_no: u64,
 }
 
@@ -623,17 +630,20 @@ fn dial(shared: &Arc<Shared>, addr: SocketAddr) {
             .is_some_and(|id| n.by_id.contains_key(id));
         if is_neighbour
             || n.dialled.contains(&addr)
-            || n.by_id.len() + n.dialled.len() >= MAX_NEIGHBOURS
+            || n.by_id.len() + n.connecting >= MAX_NEIGHBOURS
         {
             return;
         }
         n.dialled.insert(addr);
+        n.connecting += 1;
     }
     let shared = shared.clone();
     tokio::spawn(async move {
-        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await
-        {
+        let stream =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await;
+        lock(&shared.neighbours).connecting -= 1;
+        match stream {
             Ok(Ok(stream)) => conn::run(shared.clone(), stream, Some(addr)).await,
             Ok(Err(e)) => debug!(%addr, "neighbour unreachable: {e}"),
             Err(_) => debug!(%addr, "neighbour unreachable: timed out"),

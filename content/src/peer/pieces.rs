@@ -16,6 +16,8 @@ pub struct Pieces {
     avail: Vec<u32>,
     /// How many of our connections are fetching each piece.
     fetching: Vec<u32>,
+    /// Pieces given up unfinished so far (nobody fetches them any more).
+    freed: u64,
 }
 
 impl Pieces {
@@ -29,6 +31,7 @@ impl Pieces {
             have_count: 0,
             avail: vec![0; n],
             fetching: vec![0; n],
+            freed: 0,
         }
     }
 
@@ -96,8 +99,18 @@ impl Pieces {
 
     /// A connection stopped fetching `p` (done, refused, choked or gone).
     pub fn release(&mut self, p: u32) {
-        let f = &mut self.fetching[p as usize];
+        let i = p as usize;
+        let f = &mut self.fetching[i];
         *f = f.saturating_sub(1);
+        if *f == 0 && !self.have[i] {
+            self.freed += 1;
+        }
+    }
+
+    /// Counts the pieces given up unfinished: a connection that found nothing to ask
+    /// for searches again when this changes.
+    pub fn freed(&self) -> u64 {
+        self.freed
     }
 
     /// The next piece to fetch from a neighbour that has `theirs`, by a connection
@@ -225,6 +238,22 @@ mod tests {
         assert!(p.got(0) && p.got(2) && p.got(3));
         assert!(p.complete());
         assert_eq!(p.pick(&all, &[], 0), None);
+    }
+
+    #[test]
+    fn pieces_given_up_unfinished_are_counted() {
+        let mut p = pieces(2);
+        let all = [true; 2];
+        let a = p.pick(&all, &[], 0).unwrap();
+        let b = p.pick(&all, &[a], 0).unwrap();
+        // Finished: not freed.
+        assert!(p.got(a));
+        p.release(a);
+        assert_eq!(p.freed(), 0);
+        // Given up (choked, gone, corrupt): freed, and free to pick again.
+        p.release(b);
+        assert_eq!(p.freed(), 1);
+        assert_eq!(p.pick(&all, &[], 0), Some(b));
     }
 
     #[test]

@@ -288,3 +288,77 @@ async fn a_seeder_of_a_whole_file_keeps_to_its_upload_limit() {
     });
     assert!(matches!(err.await, Err(PeerError::Size { has: 5, .. })));
 }
+
+/// A neighbour of the test's own: handshake, all pieces, unchoked; it answers the
+/// peer's requests with `answer(index, begin, length)`, until the peer hangs up.
+async fn fake_neighbour(
+    port: u16,
+    t: &Metainfo,
+    answer: impl Fn(u32, u32, u32) -> Vec<u8>,
+) -> usize {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    wire::exchange_handshakes(&mut s, &t.info_hash, &[7; 20])
+        .await
+        .unwrap();
+    let all = pieces::to_bitfield(&vec![true; t.hashes.len()]);
+    s.write_all(&Message::Bitfield(all).encode()).await.unwrap();
+    s.write_all(&Message::Unchoke.encode()).await.unwrap();
+    let mut answered = 0;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), wire::read_message(&mut s, 1 << 20));
+        match m.await {
+            Ok(Ok(Message::Request {
+                index,
+                begin,
+                length,
+            })) => {
+                let data = answer(index, begin, length);
+                let piece = Message::Piece { index, begin, data };
+                if s.write_all(&piece.encode()).await.is_err() {
+                    return answered;
+                }
+                answered += 1;
+            }
+            Ok(Ok(_)) => {}
+            _ => return answered,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_neighbour_sending_blocks_of_the_wrong_size_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(128 << 10);
+    let (t, _tracker) = torrent(dir.path(), &bytes).await;
+    let file = dir.path().join("p");
+    let mut peer = Peer::start(config(&t, file.clone(), "-GL-")).await.unwrap();
+    // Short blocks: the first one ends the connection (long before the neighbour's
+    // 30 s of patience), and nothing is kept.
+    let started = std::time::Instant::now();
+    let answered = fake_neighbour(peer.port(), &t, |_, _, _| vec![1; 100]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(answered >= 1, "the peer asked for blocks");
+    assert_eq!(peer.progress().pieces, 0);
+    // Honest blocks from the next neighbour: the file is whole.
+    let (honest, port, t2, pl) = (bytes.clone(), peer.port(), t.clone(), t.piece_length);
+    let serve = tokio::spawn(async move {
+        fake_neighbour(port, &t2, move |index, begin, length| {
+            let at = (index as u64 * pl) as usize + begin as usize;
+            honest[at..at + length as usize].to_vec()
+        })
+        .await
+    });
+    whole(&mut peer, &file, &bytes).await;
+    peer.stop().await;
+    assert_eq!(
+        serve.await.unwrap(),
+        8,
+        "2 pieces of 4 blocks, each asked once"
+    );
+}

@@ -17,8 +17,8 @@ cd "$(dirname "$0")"
 # Services' balancer drivers: a real HAProxy changed through its runtime API,
 # keepalived's own configuration check, and nft for the nftables driver's kernel rules.
 # OS images are built with mmdebstrap (from the machine's Debian mirror) and packed by
-# squashfs-tools, then deployed to lab VMs. Images spread peer-to-peer through aria2c (our seeder,
-# and the real client the tests fetch with). `glory sim --api-load` loads the API with wrk.
+# squashfs-tools, then deployed to lab VMs. aria2 is the real BitTorrent client our peer is
+# tested against (it fetches from our seeder and trades with our peers). `glory sim --api-load` loads the API with wrk.
 APT_PACKAGES=(etcd-server protobuf-compiler python3-venv prometheus prometheus-alertmanager chromium chromium-driver
     ipxe ovmf linux-image-amd64 busybox-static openipmi ipmitool iproute2 haproxy keepalived nftables
     mmdebstrap squashfs-tools aria2 wrk)

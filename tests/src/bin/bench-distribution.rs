@@ -14,7 +14,7 @@
 //! It runs itself inside the namespaces as a node that fetches (`fetch URL SHA SIZE DIR
 //! CA_FILE`: verified by hash as it is written, as agents do), as a group proxy
 //! (`proxy LISTEN URL SHA SIZE CA_FILE`: the group master's caching proxy) and as a
-//! node's peer (`peer TORRENT DIR CA_FILE`: our peer, seeding until killed). The API is
+//! node's peer (`peer TORRENT DIR DONE CA_FILE`: our peer, seeding until killed). The API is
 //! HTTPS, as it is off loopback: all of them check it against the cluster CA.
 
 use std::net::SocketAddr;
@@ -23,7 +23,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use glory_content::peer::{Metainfo, Peer, PeerConfig};
 use glory_protocol::setup::PackageSpec;
 use glory_tests::distribution;
 use glory_tests::netns::Net;
@@ -154,25 +153,21 @@ async fn proxy(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A node's peer, as agents run it: fetch by the torrent, mark `DIR/<name>.done`,
-/// seed until killed.
+/// A node's peer, as booting machines run it (`glory-node-agent torrent-get`): fetch
+/// by the torrent into DIR, create DONE, seed until killed.
 async fn peer(args: &[String]) -> anyhow::Result<()> {
-    let [torrent, dir, ca] = args else {
-        bail!("peer TORRENT DIR CA_FILE");
+    let [torrent, dir, done, ca] = args else {
+        bail!("peer TORRENT DIR DONE CA_FILE");
     };
-    let meta = Metainfo::parse(&std::fs::read(torrent)?).map_err(anyhow::Error::msg)?;
-    let dir = Path::new(dir);
-    std::fs::create_dir_all(dir)?;
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca)?)?;
-    let client = reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .build()?;
-    let file = dir.join(&meta.name);
-    let mut peer = Peer::start(PeerConfig::new(meta.clone(), file, client)).await?;
-    peer.finished().await.map_err(anyhow::Error::msg)?;
-    std::fs::write(dir.join(format!("{}.done", meta.name)), b"")?;
-    std::future::pending::<()>().await;
-    Ok(())
+    let until_killed = Duration::from_secs(365 * 24 * 3600);
+    glory_node_agent::setup::p2p::torrent_get(
+        Path::new(torrent),
+        Path::new(dir),
+        Some(Path::new(done)),
+        until_killed,
+        Some(Path::new(ca)),
+    )
+    .await
 }
 
 /// Children started in namespaces: how long each took to exit successfully.
@@ -320,7 +315,12 @@ async fn bench(o: Options) -> anyhow::Result<()> {
                         }
                         None if o.client == "glory" => {
                             let mut cmd = net.command(i, exe.as_os_str());
-                            cmd.arg("peer").arg(&t).arg(out(phase, i)).arg(&ca);
+                            let done = out(phase, i).join(format!("{sha}.done"));
+                            cmd.arg("peer")
+                                .arg(&t)
+                                .arg(out(phase, i))
+                                .arg(done)
+                                .arg(&ca);
                             cmd
                         }
                         None => {

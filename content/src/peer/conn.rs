@@ -81,7 +81,6 @@ pub(super) async fn run(shared: Arc<Shared>, mut stream: TcpStream, dialled: Opt
     let Some(no) = register(&shared, id, dialled, tx.clone(), close_tx) else {
         return;
     };
-    shared.update_progress(None);
     let (r, w) = stream.into_split();
     let queued = Arc::new(AtomicUsize::new(0));
     let writer = tokio::spawn(write_loop(shared.clone(), w, rx, queued.clone()));
@@ -105,8 +104,6 @@ pub(super) async fn run(shared: Arc<Shared>, mut stream: TcpStream, dialled: Opt
     if let Err(e) = c.read_loop(r, close_rx).await {
         debug!(?dialled, "neighbour dropped: {e}");
     }
-    drop(c);
-    shared.update_progress(None);
 }
 
 impl Drop for Conn {

@@ -153,7 +153,6 @@ impl PeerConfig {
 pub struct Progress {
     pub pieces: usize,
     pub of: usize,
-    pub neighbours: usize,
     /// Why the peer gave up (the file cannot be written), if it did.
     pub failed: Option<String>,
 }
@@ -271,11 +270,9 @@ impl Shared {
             let p = lock(&self.pieces);
             (p.have_count(), p.count())
         };
-        let neighbours = lock(&self.neighbours).by_id.len();
         self.progress.send_modify(|pr| {
             pr.pieces = have;
             pr.of = of;
-            pr.neighbours = neighbours;
             if failed.is_some() {
                 pr.failed = failed;
             }

@@ -451,12 +451,13 @@ pub struct TenantRecord {
 
 /// A tenant's guarantee and limits (`PUT /api/v1/tenants/{name}/quota`). A limit that
 /// is absent does not restrict.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
-    /// Nodes the tenant is sure to get (the sum over tenants fits the cluster).
+    /// Nodes the tenant is sure to get; the sum over tenants fits the cluster (else 409).
     #[serde(default)]
     pub guaranteed_nodes: u64,
+    /// At least guaranteed_nodes; absent: no limit.
     #[serde(default)]
     pub max_nodes: Option<u64>,
     #[serde(default)]
@@ -466,7 +467,7 @@ pub struct Quota {
 }
 
 /// Which nodes may join a pool. Empty fields do not restrict.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSelector {
     #[serde(default)]
@@ -475,7 +476,7 @@ pub struct PoolSelector {
     pub min_memory_gib: u64,
     #[serde(default)]
     pub min_disk_gib: u64,
-    /// Only nodes of these groups.
+    /// Only nodes of these groups (each must exist).
     #[serde(default)]
     pub groups: Vec<String>,
     /// Only nodes carrying all of these labels with these values.
@@ -483,8 +484,9 @@ pub struct PoolSelector {
     pub labels: BTreeMap<String, String>,
 }
 
-/// How a pool's nodes are placed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How a pool's nodes are placed: `none` fills from the fewest groups, `groups` spreads
+/// across as many groups as possible.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Spread {
     /// Fill from the fewest groups' worth of free nodes, in node order.
@@ -495,18 +497,58 @@ pub enum Spread {
 }
 
 /// The component master process the cluster master starts on the elected candidate.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MasterSpec {
     /// Program and arguments; empty: the component starts its master itself and only
     /// uses the election.
     #[serde(default)]
+    #[schema(schema_with = master_command_schema)]
     pub command: Vec<String>,
     #[serde(default)]
+    #[schema(schema_with = master_env_schema)]
     pub env: BTreeMap<String, String>,
     /// Port the master listens on; part of its published address.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
+}
+
+/// The API's bounds on a master's command (the cluster master refuses more).
+fn master_command_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(4096)),
+        )
+        .max_items(Some(64))
+        .description(Some(
+            "Program and arguments (the program not empty; at most 64 of at most 4096 bytes); \
+             empty: the component starts its master itself and only uses the election. \
+             `{port}` (needs `port`), `{node}`, `{pool}` and `{epoch}` are replaced when \
+             the master is started.",
+        ))
+        .build()
+}
+
+/// The API's bounds on a master's environment.
+fn master_env_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(4096));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+        .description(Some(
+            "Variable names `[A-Za-z_][A-Za-z0-9_]*` (at most 128) to values (at most \
+             4096 bytes; placeholders as in `command`). The process gets these, a default \
+             `PATH` unless set here, and the `GLORY_*` variables; nothing of the agent's \
+             environment.",
+        ))
+        .build()
 }
 
 /// The elected master of a pool.
@@ -564,7 +606,7 @@ pub struct PoolRecord {
 
 /// A node under reclaim (issue 21): borrowed by this pool's tenant beyond its
 /// guarantee, wanted by another tenant within its own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reclaim {
     pub node: String,
     pub for_pool: String,
@@ -591,10 +633,14 @@ pub struct FrameworkRecord {
 }
 
 /// The bounds of an elastic pool (`"size": {"min": M, "max": X}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Elastic {
+    /// Nodes the pool holds for sure (allocated at creation).
+    #[schema(maximum = 100000)]
     pub min: usize,
+    /// Most nodes it may grow to (at least min).
+    #[schema(minimum = 1, maximum = 100000)]
     pub max: usize,
 }
 

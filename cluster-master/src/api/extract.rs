@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::extract::{Query, Request};
 use axum::http::StatusCode;
-use axum::Json;
 
 use super::ApiError;
 use crate::cluster::Cluster;
@@ -61,9 +60,42 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::bad_request("the body must be a JSON object"));
         }
-        Json::<T>::from_bytes(&bytes)
-            .map(|Json(v)| J(v))
-            .map_err(|e| ApiError::bad_request(e.body_text()))
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(format!("Failed to parse the request body as JSON: {e}"))
+        })?;
+        integral_floats(&mut value);
+        serde_path_to_error::deserialize(value).map(J).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ApiError::bad_request(if path == "." {
+                format!("Failed to deserialize the JSON body into the target type: {inner}")
+            } else {
+                format!("Failed to deserialize the JSON body into the target type: {path}: {inner}")
+            })
+        })
+    }
+}
+
+/// `3.0` is the integer 3: JSON has one kind of number, and the API's description
+/// (OpenAPI 3.1, JSON Schema 2020-12) says an integer is any number without a
+/// fraction, while serde refuses a float for an integer field.
+fn integral_floats(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                if f.fract() == 0.0 {
+                    if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                        *n = (f as u64).into();
+                    } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                        *n = (f as i64).into();
+                    }
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats),
+        Value::Object(map) => map.values_mut().for_each(integral_floats),
+        _ => {}
     }
 }
 
@@ -122,5 +154,25 @@ impl axum::extract::FromRequestParts<Arc<Node>> for Active {
             .cloned()
             .map(Active)
             .ok_or_else(|| ApiError::standby(node))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::integral_floats;
+
+    #[test]
+    fn numbers_without_a_fraction_are_integers() {
+        let mut v = json!({"a": 3.0, "b": [1.5, -2.0, 18446744073709551615u64], "c": {"d": 0.0}, "e": 1e300});
+        integral_floats(&mut v);
+        assert_eq!(v["a"].as_u64(), Some(3));
+        assert_eq!(v["b"][0].as_f64(), Some(1.5));
+        assert_eq!(v["b"][1].as_i64(), Some(-2));
+        assert_eq!(v["b"][2].as_u64(), Some(u64::MAX));
+        assert_eq!(v["c"]["d"].as_u64(), Some(0));
+        // Beyond any integer type: left a float, for serde to refuse.
+        assert!(v["e"].is_f64());
     }
 }

@@ -44,6 +44,14 @@ pub use extract::Active;
 use extract::{ApiRole, Caller, J, Q};
 pub(crate) use latency::ApiLatency;
 
+/// The operations and schemas of the families whose handlers declare them
+/// (`#[utoipa::path]`), for the served description (`openapi.rs`).
+fn derived_openapi() -> utoipa::openapi::OpenApi {
+    let mut api = tenants::routes().into_openapi();
+    api.merge(pools::routes().into_openapi());
+    api
+}
+
 pub fn router(node: Arc<Node>) -> Router {
     // Families for operators only.
     let operator = Router::new()
@@ -61,8 +69,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route_layer(axum::middleware::from_fn(auth::operator_only));
     // Families that decide per caller (tenant, role) what it may see and do.
     let api = operator
-        .merge(tenants::routes())
-        .merge(pools::routes())
+        .merge(Router::from(tenants::routes()))
+        .merge(Router::from(pools::routes()))
         .merge(services::routes())
         .merge(frameworks::routes())
         .route_layer(axum::middleware::from_fn_with_state(

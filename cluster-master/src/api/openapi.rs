@@ -1,30 +1,34 @@
-//! The OpenAPI 3 description of the REST API, served at `/api/v1/openapi.json`: the
-//! document in `openapi.json`, with the lists the code owns filled in from the code
-//! (the metric items), so that those cannot drift from what the handlers accept.
+//! The OpenAPI 3.1 description of the REST API, served at `/api/v1/openapi.json`.
+//!
+//! Families of routes that declare their operations with `#[utoipa::path]` and their
+//! bodies with `ToSchema` types (tenants and API tokens, pools) are described by the
+//! code itself: utoipa-axum builds their router from the same declarations, so none of
+//! their operations can be served undescribed, and a body's schema is the type the
+//! handler parses or returns. The other families are still described by hand in
+//! `openapi.json`; [`document`] lays the derived operations and schemas over it and
+//! refuses one described twice. What every operation shares (the error responses, the
+//! bearer token) is added here once, and the lists the code owns (the metric items)
+//! are filled in from the code.
 
 use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-const SPEC: &str = include_str!("openapi.json");
+const HAND_KEPT: &str = include_str!("openapi.json");
+
+/// Statuses every operation may answer with the error body.
+const ERRORS: [&str; 8] = ["400", "401", "403", "404", "409", "422", "500", "503"];
 
 /// The document as served.
-static SERVED: LazyLock<String> = LazyLock::new(|| {
-    let mut spec: Value = match serde_json::from_str(SPEC) {
-        Ok(v) => v,
-        // A unit test parses it; a build that got here serves it as it is.
-        Err(_) => return SPEC.to_string(),
-    };
-    let items: Vec<&str> = glory_monitor::items::NODE_ITEMS
-        .iter()
-        .chain(glory_monitor::procs::PROCESS_ITEMS.iter())
-        .copied()
-        .chain([glory_monitor::items::CHECK_ITEM])
-        .collect();
-    spec["components"]["schemas"]["MetricItem"]["enum"] = json!(items);
-    serde_json::to_string(&spec).unwrap_or_else(|_| SPEC.to_string())
+static SERVED: LazyLock<String> = LazyLock::new(|| match document() {
+    Ok(doc) => doc.to_string(),
+    // A unit test builds it; a build that got here serves the hand-kept part.
+    Err(e) => {
+        tracing::error!("the OpenAPI description: {e}");
+        HAND_KEPT.to_string()
+    }
 });
 
 pub(super) async fn spec() -> impl IntoResponse {
@@ -34,20 +38,218 @@ pub(super) async fn spec() -> impl IntoResponse {
     )
 }
 
+/// The whole description: the hand-kept families with the derived ones laid over them.
+pub(super) fn document() -> Result<Value, String> {
+    let mut doc: Value =
+        serde_json::from_str(HAND_KEPT).map_err(|e| format!("openapi.json: {e}"))?;
+    let mut derived = serde_json::to_value(super::derived_openapi()).map_err(|e| e.to_string())?;
+    integer_bounds(&mut derived);
+    let paths = object(&mut doc, "paths")?;
+    for (path, item) in derived["paths"].as_object().into_iter().flatten() {
+        let target = paths
+            .entry(path.clone())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or_else(|| format!("paths.{path} is not an object"))?;
+        for (method, operation) in item.as_object().into_iter().flatten() {
+            if target.contains_key(method) {
+                return Err(format!(
+                    "{method} {path} is described by its handler and in openapi.json"
+                ));
+            }
+            target.insert(method.clone(), with_errors(operation.clone()));
+        }
+    }
+    let schemas = object(object_value(&mut doc, "components")?, "schemas")?;
+    let derived_schemas = derived["components"]["schemas"].as_object();
+    for (name, schema) in derived_schemas.into_iter().flatten() {
+        if schemas.insert(name.clone(), schema.clone()).is_some() {
+            return Err(format!(
+                "schema {name} is derived from a type and kept in openapi.json"
+            ));
+        }
+    }
+    let items: Vec<&str> = glory_monitor::items::NODE_ITEMS
+        .iter()
+        .chain(glory_monitor::procs::PROCESS_ITEMS.iter())
+        .copied()
+        .chain([glory_monitor::items::CHECK_ITEM])
+        .collect();
+    let item = schemas
+        .get_mut("MetricItem")
+        .ok_or("openapi.json has no MetricItem")?;
+    item["enum"] = json!(items);
+    Ok(doc)
+}
+
+/// utoipa marks a `u32` field `"format": "u-int32"` (and a `usize` not at all), which
+/// no client reads as a bound: each unsigned integer gets its type's maximum instead,
+/// as serde holds the value to it.
+fn integer_bounds(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let integer = match map.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            if integer && !map.contains_key("maximum") {
+                let format = map.get("format").and_then(Value::as_str);
+                let max = match format.map(|f| f.replace('-', "")).as_deref() {
+                    Some("uint8") => Some(u64::from(u8::MAX)),
+                    Some("uint16") => Some(u64::from(u16::MAX)),
+                    Some("uint32") => Some(u64::from(u32::MAX)),
+                    Some("uint64") => Some(u64::MAX),
+                    // A usize.
+                    None if map.get("minimum") == Some(&json!(0)) => Some(u64::MAX),
+                    _ => None,
+                };
+                if let Some(max) = max {
+                    map.insert("maximum".into(), json!(max));
+                }
+            }
+            if integer
+                && map
+                    .get("format")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| f.starts_with("uint") || f.starts_with("u-int"))
+            {
+                map.remove("format");
+            }
+            map.values_mut().for_each(integer_bounds);
+        }
+        Value::Array(items) => items.iter_mut().for_each(integer_bounds),
+        _ => {}
+    }
+}
+
+/// A derived operation with the error answers every operation has.
+fn with_errors(mut operation: Value) -> Value {
+    let responses = &mut operation["responses"];
+    for status in ERRORS {
+        if responses.get(status).is_none() {
+            responses[status] = json!({"$ref": "#/components/responses/Error"});
+        }
+    }
+    responses["405"] = json!({"description": "Method not allowed on this path (empty body)."});
+    // utoipa 5.5 writes a link's fields in snake case (`operation_id`); OpenAPI spells
+    // them in camel case.
+    for response in responses
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|r| r.values_mut())
+    {
+        for link in response
+            .get_mut("links")
+            .and_then(Value::as_object_mut)
+            .into_iter()
+            .flat_map(|l| l.values_mut())
+            .filter_map(Value::as_object_mut)
+        {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(v) = link.remove(snake) {
+                    link.insert(camel.into(), v);
+                }
+            }
+        }
+    }
+    operation
+}
+
+fn object<'a>(v: &'a mut Value, key: &str) -> Result<&'a mut Map<String, Value>, String> {
+    object_value(v, key)?
+        .as_object_mut()
+        .ok_or_else(|| format!("{key} is not an object"))
+}
+
+fn object_value<'a>(v: &'a mut Value, key: &str) -> Result<&'a mut Value, String> {
+    v.get_mut(key).ok_or_else(|| format!("no {key}"))
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
+    /// Every `$ref` in `v`, and every operation a link names.
+    fn references(v: &Value, refs: &mut BTreeSet<String>, links: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, item) in map {
+                    match (k.as_str(), item) {
+                        ("$ref", Value::String(r)) => {
+                            refs.insert(r.clone());
+                        }
+                        ("links", Value::Object(named)) => {
+                            for link in named.values() {
+                                if let Some(id) = link["operationId"].as_str() {
+                                    links.insert(id.to_string());
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    references(item, refs, links);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| references(i, refs, links)),
+            _ => {}
+        }
+    }
+
     #[test]
-    fn the_served_document_is_json_with_the_codes_items() {
-        let spec: Value = serde_json::from_str(SPEC).expect("openapi.json parses");
-        assert_eq!(spec["openapi"], "3.0.3");
-        let served: Value = serde_json::from_str(&SERVED).unwrap();
-        let items = served["components"]["schemas"]["MetricItem"]["enum"]
+    fn the_document_is_whole() {
+        let doc = document().expect("the derived and hand-kept parts fit together");
+        assert_eq!(doc["openapi"], "3.1.0");
+        // Derived families are in it, with their error answers.
+        let create = &doc["paths"]["/tenants"]["post"];
+        assert_eq!(create["operationId"], "createTenant", "{create}");
+        assert!(create["responses"]["409"]["$ref"].is_string());
+        let mut ids = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if method == "parameters" {
+                    continue;
+                }
+                let id = op["operationId"].as_str();
+                let id = id.unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+                assert!(ids.insert(id.to_string()), "operationId {id} twice");
+            }
+        }
+        let (mut refs, mut links) = (BTreeSet::new(), BTreeSet::new());
+        references(&doc, &mut refs, &mut links);
+        for r in refs {
+            let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("{r}"));
+            assert!(doc.pointer(pointer).is_some(), "{r} names nothing");
+        }
+        for id in links {
+            assert!(
+                ids.contains(&id),
+                "a link names operation {id}, which does not exist"
+            );
+        }
+        // Unsigned integers carry their type's bound, not utoipa's `uint` formats.
+        let quota = &doc["components"]["schemas"]["Quota"]["properties"];
+        assert_eq!(quota["max_nodes"]["maximum"], json!(u64::MAX), "{quota}");
+        assert!(quota["max_nodes"].get("format").is_none(), "{quota}");
+        let selector = &doc["components"]["schemas"]["PoolSelector"]["properties"];
+        assert_eq!(
+            selector["min_cpus"]["maximum"],
+            json!(u32::MAX),
+            "{selector}"
+        );
+        let items = doc["components"]["schemas"]["MetricItem"]["enum"]
             .as_array()
             .unwrap();
         for item in ["cpu.percent", "proc.alive", "check.status"] {
             assert!(items.iter().any(|i| i == item), "{item}");
         }
+        let served: Value = serde_json::from_str(&SERVED).unwrap();
+        assert_eq!(served, doc);
     }
 }

@@ -315,7 +315,7 @@ pub struct RevokedRecord {
 }
 
 /// What a bootstrap token may enroll.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BootstrapScope {
     Node,

@@ -49,20 +49,24 @@ pub(crate) use latency::ApiLatency;
 fn derived_openapi() -> utoipa::openapi::OpenApi {
     let mut api = tenants::routes().into_openapi();
     api.merge(pools::routes().into_openapi());
+    api.merge(bootstrap_tokens::routes().into_openapi());
+    api.merge(users::routes().into_openapi());
+    api.merge(cluster::routes().into_openapi());
+    api.merge(groups::routes().into_openapi());
     api
 }
 
 pub fn router(node: Arc<Node>) -> Router {
     // Families for operators only.
     let operator = Router::new()
-        .merge(cluster::routes())
+        .merge(Router::from(cluster::routes()))
         .merge(nodes::routes())
-        .merge(groups::routes())
-        .merge(bootstrap_tokens::routes())
+        .merge(Router::from(groups::routes()))
+        .merge(Router::from(bootstrap_tokens::routes()))
         .merge(sim::routes())
         .merge(events::routes())
         .merge(monitoring::routes())
-        .merge(users::routes())
+        .merge(Router::from(users::routes()))
         .merge(boot::routes())
         .merge(power::routes())
         .merge(images::routes())

@@ -232,14 +232,14 @@ async fn sharing(Active(cluster): Active, caller: Caller) -> Json<Sharing> {
 #[derive(Clone, Copy, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[schema(as = ApiRole)]
-enum RoleName {
+pub(super) enum RoleName {
     Operator,
     Tenant,
     Component,
 }
 
 impl RoleName {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             RoleName::Operator => "operator",
             RoleName::Tenant => "tenant",

@@ -53,6 +53,7 @@ fn derived_openapi() -> utoipa::openapi::OpenApi {
     api.merge(users::routes().into_openapi());
     api.merge(cluster::routes().into_openapi());
     api.merge(groups::routes().into_openapi());
+    api.merge(sim::routes().into_openapi());
     api
 }
 
@@ -63,7 +64,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(nodes::routes())
         .merge(Router::from(groups::routes()))
         .merge(Router::from(bootstrap_tokens::routes()))
-        .merge(sim::routes())
+        .merge(Router::from(sim::routes()))
         .merge(events::routes())
         .merge(monitoring::routes())
         .merge(Router::from(users::routes()))

@@ -10,12 +10,15 @@ use std::time::Duration;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::get;
+use axum::Json;
 use futures::stream::{Stream, StreamExt};
 use glory_keymaster::schema::FrameworkRecord;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::events::{event_stream, last_event_id};
 use super::{Active, ApiError, ApiResult, ApiRole, Caller, J};
@@ -24,43 +27,92 @@ use crate::events::{Event, EventData};
 use crate::pools::offers::Offer;
 use crate::role::Node;
 
-pub(super) fn routes() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/frameworks", get(list).post(register))
-        .route("/frameworks/{id}", get(show).delete(unregister))
+pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::default()
+        .routes(routes!(list, register))
+        .routes(routes!(show, unregister))
+        // A stream, described with the events (openapi.json).
         .route("/frameworks/{id}/offers", get(offers_stream))
-        .route("/offers", get(list_offers))
-        .route("/offers/{id}/accept", post(accept))
-        .route("/offers/{id}/decline", post(decline))
+        .routes(routes!(list_offers))
+        .routes(routes!(accept))
+        .routes(routes!(decline))
 }
 
-fn offer_view(o: &Offer) -> Value {
-    json!({
-        "id": o.id,
-        "framework": o.framework,
-        "nodes": o.nodes,
-        "made_ms": o.made_ms,
-        "expires_ms": o.expires_ms,
-    })
+/// Free nodes offered to a framework until `expires_ms`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Offer)]
+struct OfferView {
+    id: String,
+    framework: String,
+    nodes: Vec<String>,
+    made_ms: u64,
+    expires_ms: u64,
 }
 
-fn framework_view(cluster: &Cluster, f: &FrameworkRecord) -> Value {
-    let offers: Vec<Value> = cluster
+impl From<&Offer> for OfferView {
+    fn from(o: &Offer) -> Self {
+        OfferView {
+            id: o.id.clone(),
+            framework: o.framework.clone(),
+            nodes: o.nodes.clone(),
+            made_ms: o.made_ms,
+            expires_ms: o.expires_ms,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct OfferList {
+    total: usize,
+    items: Vec<OfferView>,
+}
+
+/// A framework: a component that receives offers of free nodes for its tenant's pool.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Framework)]
+struct FrameworkView {
+    id: String,
+    name: String,
+    tenant: String,
+    pool: String,
+    /// Nodes labelled role=<r> are offered only to frameworks with role r; unlabelled
+    /// nodes to anyone.
+    roles: Vec<String>,
+    registered_ms: u64,
+    /// Whether an offer stream is open (only listening frameworks get offers).
+    listening: bool,
+    offers: Vec<OfferView>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct FrameworkList {
+    total: usize,
+    items: Vec<FrameworkView>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct FrameworkUnregistered {
+    unregistered: String,
+    pool: String,
+}
+
+fn framework_view(cluster: &Cluster, f: &FrameworkRecord) -> FrameworkView {
+    let offers = cluster
         .outstanding_offers()
         .iter()
         .filter(|o| o.framework == f.id)
-        .map(offer_view)
+        .map(OfferView::from)
         .collect();
-    json!({
-        "id": f.id,
-        "name": f.name,
-        "tenant": f.tenant,
-        "pool": f.pool,
-        "roles": f.roles,
-        "registered_ms": f.registered_ms,
-        "listening": cluster.framework_listening(&f.id),
-        "offers": offers,
-    })
+    FrameworkView {
+        id: f.id.clone(),
+        name: f.name.clone(),
+        tenant: f.tenant.clone(),
+        pool: f.pool.clone(),
+        roles: f.roles.clone(),
+        registered_ms: f.registered_ms,
+        listening: cluster.framework_listening(&f.id),
+        offers,
+    }
 }
 
 /// The framework, if the caller may see it.
@@ -71,22 +123,55 @@ fn visible(cluster: &Cluster, caller: &Caller, id: &str) -> ApiResult<FrameworkR
         .ok_or_else(|| ApiError::not_found(format!("framework {id} does not exist")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = FrameworkRequest)]
 struct NewFramework {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
-    /// Default: the caller's tenant (required for operators).
+    /// Default: the caller's tenant; required for operators.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     tenant: Option<String>,
+    /// The framework's pool; created empty and elastic when it does not exist.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pool: String,
     #[serde(default)]
+    #[schema(schema_with = roles_schema)]
     roles: Vec<String>,
 }
 
+/// At most 16 role names.
+fn roles_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[a-z0-9][a-z0-9-]{0,62}$")),
+        )
+        .max_items(Some(16))
+        .description(Some(
+            "Nodes labelled role=<r> are offered only to frameworks with role r; \
+             unlabelled nodes to anyone.",
+        ))
+        .build()
+}
+
+#[utoipa::path(post, path = "/frameworks", tag = "frameworks", operation_id = "registerFramework",
+    summary = "Register a framework for a tenant's pool.",
+    description = "The pool is created empty and elastic (size {min: 0, max: 100000}) when it does not exist. The framework is offered free nodes while its offer stream is open.",
+    request_body(content = NewFramework, example = json!({"name": "spark",
+        "tenant": "analytics", "pool": "analytics-spark"})),
+    responses((status = 201, description = "The framework.", body = FrameworkView, links(
+        ("GetFramework" = (operation_id = "getFramework", parameters(("id" = "$response.body#/id")))),
+        ("UnregisterFramework" = (operation_id = "unregisterFramework", parameters(("id" = "$response.body#/id")))),
+        ("StreamOffers" = (operation_id = "streamOffers", parameters(("id" = "$response.body#/id")))),
+    ))))]
 async fn register(
     Active(cluster): Active,
     caller: Caller,
     J(body): J<NewFramework>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<FrameworkView>)> {
     let tenant = match caller.role {
         ApiRole::Operator => body
             .tenant
@@ -106,33 +191,51 @@ async fn register(
     Ok((StatusCode::CREATED, Json(framework_view(&cluster, &f))))
 }
 
-async fn list(Active(cluster): Active, caller: Caller) -> Json<Value> {
-    let items: Vec<Value> = cluster
+#[utoipa::path(get, path = "/frameworks", tag = "frameworks", operation_id = "listFrameworks",
+    summary = "List frameworks (a tenant or component token sees its tenant's).",
+    responses((status = 200, description = "Frameworks.", body = FrameworkList)))]
+async fn list(Active(cluster): Active, caller: Caller) -> Json<FrameworkList> {
+    let items: Vec<FrameworkView> = cluster
         .frameworks()
         .iter()
         .filter(|f| caller.sees(&f.tenant))
         .map(|f| framework_view(&cluster, f))
         .collect();
-    Json(json!({"total": items.len(), "items": items}))
+    Json(FrameworkList {
+        total: items.len(),
+        items,
+    })
 }
 
+#[utoipa::path(get, path = "/frameworks/{id}", tag = "frameworks", operation_id = "getFramework",
+    summary = "A framework and its outstanding offers.",
+    params(("id" = String, Path, description = "Framework id.")),
+    responses((status = 200, description = "The framework.", body = FrameworkView)))]
 async fn show(
     Active(cluster): Active,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FrameworkView>> {
     let f = visible(&cluster, &caller, &id)?;
     Ok(Json(framework_view(&cluster, &f)))
 }
 
+#[utoipa::path(delete, path = "/frameworks/{id}", tag = "frameworks",
+    operation_id = "unregisterFramework",
+    summary = "Unregister a framework (its offers are rescinded; its pool stays).",
+    params(("id" = String, Path, description = "Framework id.")),
+    responses((status = 200, description = "Unregistered.", body = FrameworkUnregistered)))]
 async fn unregister(
     Active(cluster): Active,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FrameworkUnregistered>> {
     visible(&cluster, &caller, &id)?;
     let f = cluster.unregister_framework(&id).await?;
-    Ok(Json(json!({"unregistered": f.id, "pool": f.pool})))
+    Ok(Json(FrameworkUnregistered {
+        unregistered: f.id,
+        pool: f.pool,
+    }))
 }
 
 /// The framework's offers as Server-Sent Events: a `snapshot` of its outstanding
@@ -154,7 +257,7 @@ async fn offers_stream(
         .iter()
         .filter(|o| o.framework == f.id)
         .map(|o| {
-            let mut v = offer_view(o);
+            let mut v = serde_json::to_value(OfferView::from(o)).unwrap_or(Value::Null);
             v["nodes"] =
                 serde_json::to_value(cluster.offered_node_details(&o.nodes)).unwrap_or(Value::Null);
             v
@@ -183,8 +286,11 @@ async fn offers_stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-async fn list_offers(Active(cluster): Active, caller: Caller) -> Json<Value> {
-    let items: Vec<Value> = cluster
+#[utoipa::path(get, path = "/offers", tag = "frameworks", operation_id = "listOffers",
+    summary = "Outstanding offers (a tenant or component token sees its tenant's).",
+    responses((status = 200, description = "Offers.", body = OfferList)))]
+async fn list_offers(Active(cluster): Active, caller: Caller) -> Json<OfferList> {
+    let items: Vec<OfferView> = cluster
         .outstanding_offers()
         .iter()
         .filter(|o| {
@@ -192,9 +298,12 @@ async fn list_offers(Active(cluster): Active, caller: Caller) -> Json<Value> {
                 .framework(&o.framework)
                 .is_some_and(|f| caller.sees(&f.tenant))
         })
-        .map(offer_view)
+        .map(OfferView::from)
         .collect();
-    Json(json!({"total": items.len(), "items": items}))
+    Json(OfferList {
+        total: items.len(),
+        items,
+    })
 }
 
 /// The offer's framework, if the caller may see it.
@@ -209,44 +318,79 @@ fn offer_owner(cluster: &Cluster, caller: &Caller, offer: &str) -> ApiResult<Fra
         })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AcceptRequest)]
 struct Accept {
+    /// Node ids of the offer to take.
+    #[schema(min_items = 1, max_items = 100000)]
     nodes: Vec<String>,
 }
 
+/// What joined the pool.
+#[derive(Serialize, ToSchema)]
+struct Accepted {
+    offer: String,
+    framework: String,
+    pool: String,
+    added: Vec<String>,
+    size: usize,
+}
+
+#[utoipa::path(post, path = "/offers/{id}/accept", tag = "frameworks", operation_id = "acceptOffer",
+    summary = "Accept nodes of an offer: they join the framework's pool.",
+    description = "The nodes must be in the offer (400 naming `nodes`); the tenant's quota and the pool's bounds hold (409). The offer ends; nodes not accepted are not offered to this framework for 5 s.",
+    params(("id" = String, Path, description = "Offer id.")),
+    request_body = Accept,
+    responses((status = 200, description = "What joined the pool.", body = Accepted)))]
 async fn accept(
     Active(cluster): Active,
     caller: Caller,
     Path(id): Path<String>,
     J(body): J<Accept>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Accepted>> {
     let f = offer_owner(&cluster, &caller, &id)?;
     if body.nodes.len() > 100_000 {
         return Err(ApiError::bad_request("nodes: at most 100000"));
     }
     let (pool, added) = cluster.accept_offer(&id, &body.nodes).await?;
-    Ok(Json(json!({
-        "offer": id,
-        "framework": f.id,
-        "pool": pool.name,
-        "added": added,
-        "size": pool.nodes.len(),
-    })))
+    Ok(Json(Accepted {
+        offer: id,
+        framework: f.id,
+        size: pool.nodes.len(),
+        pool: pool.name,
+        added,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = DeclineRequest)]
 struct Decline {
+    /// Do not offer these nodes to this framework again for this long (default 5).
+    #[schema(minimum = 0, maximum = 86400)]
     refuse_seconds: Option<f64>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct Declined {
+    offer: String,
+    framework: String,
+    declined: Vec<String>,
+    refuse_seconds: f64,
+}
+
+#[utoipa::path(post, path = "/offers/{id}/decline", tag = "frameworks", operation_id = "declineOffer",
+    summary = "Decline an offer.",
+    params(("id" = String, Path, description = "Offer id.")),
+    request_body = Decline,
+    responses((status = 200, description = "Declined.", body = Declined)))]
 async fn decline(
     Active(cluster): Active,
     caller: Caller,
     Path(id): Path<String>,
     J(body): J<Decline>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Declined>> {
     let f = offer_owner(&cluster, &caller, &id)?;
     let refuse = body.refuse_seconds.unwrap_or(5.0);
     if !(0.0..=86_400.0).contains(&refuse) {
@@ -255,10 +399,10 @@ async fn decline(
         ));
     }
     let o = cluster.decline_offer(&id, refuse)?;
-    Ok(Json(json!({
-        "offer": o.id,
-        "framework": f.id,
-        "declined": o.nodes,
-        "refuse_seconds": refuse,
-    })))
+    Ok(Json(Declined {
+        offer: o.id,
+        framework: f.id,
+        declined: o.nodes,
+        refuse_seconds: refuse,
+    }))
 }

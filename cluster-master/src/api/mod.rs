@@ -54,6 +54,7 @@ fn derived_openapi() -> utoipa::openapi::OpenApi {
     api.merge(cluster::routes().into_openapi());
     api.merge(groups::routes().into_openapi());
     api.merge(sim::routes().into_openapi());
+    api.merge(frameworks::routes().into_openapi());
     api
 }
 
@@ -77,7 +78,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(Router::from(tenants::routes()))
         .merge(Router::from(pools::routes()))
         .merge(services::routes())
-        .merge(frameworks::routes())
+        .merge(Router::from(frameworks::routes()))
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
             auth::authenticate,

@@ -55,6 +55,7 @@ fn derived_openapi() -> utoipa::openapi::OpenApi {
     api.merge(groups::routes().into_openapi());
     api.merge(sim::routes().into_openapi());
     api.merge(frameworks::routes().into_openapi());
+    api.merge(session::routes().into_openapi());
     api
 }
 
@@ -85,7 +86,7 @@ pub fn router(node: Arc<Node>) -> Router {
         ))
         .route("/openapi.json", get(openapi::spec))
         // Signing in needs no token; the session routes check the cookie themselves.
-        .merge(session::routes())
+        .merge(Router::from(session::routes()))
         .fallback(|| async { ApiError::not_found("no such API route") });
     // Prometheus scrapes with an operator token, beside the API.
     let metrics = Router::new()

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{Active, ApiError, ApiResult, J};
 use crate::role::Node;
@@ -20,8 +21,8 @@ use crate::sessions::{Session, SESSION_TTL_MS};
 pub(super) const COOKIE: &str = "glory_session";
 pub(super) const CSRF_HEADER: &str = "x-csrf-token";
 
-pub(super) fn routes() -> Router<Arc<Node>> {
-    Router::new().route("/session", post(sign_in).get(whoami).delete(sign_out))
+pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::default().routes(routes!(sign_in, whoami, sign_out))
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -36,8 +37,10 @@ pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         .map(|(_, v)| v)
 }
 
-#[derive(Deserialize)]
+/// Either token, or user and password.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SessionRequest)]
 struct SignIn {
     #[serde(default)]
     token: Option<String>,
@@ -47,14 +50,29 @@ struct SignIn {
     password: Option<String>,
 }
 
-fn view(s: &Session) -> serde_json::Value {
-    json!({
-        "role": s.role,
-        "tenant": s.tenant,
-        "user": s.user,
-        "csrf_token": s.csrf,
-        "expires_ms": s.expires_ms,
-    })
+/// A console session.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Session)]
+struct SessionView {
+    #[schema(value_type = super::tenants::RoleName)]
+    role: String,
+    #[schema(required = true)]
+    tenant: Option<String>,
+    #[schema(required = true)]
+    user: Option<String>,
+    /// Send it as X-CSRF-Token with every change made with the cookie.
+    csrf_token: String,
+    expires_ms: u64,
+}
+
+fn view(s: &Session) -> SessionView {
+    SessionView {
+        role: s.role.clone(),
+        tenant: s.tenant.clone(),
+        user: s.user.clone(),
+        csrf_token: s.csrf.clone(),
+        expires_ms: s.expires_ms,
+    }
 }
 
 fn set_cookie(value: &str, max_age_s: u64) -> HeaderValue {
@@ -68,6 +86,11 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
+#[utoipa::path(post, path = "/session", tag = "console", operation_id = "signIn",
+    summary = "Sign in with an API token or a user's password: sets the glory_session cookie (HttpOnly, SameSite=Strict).",
+    security(()),
+    request_body = SignIn,
+    responses((status = 200, description = "The session.", body = SessionView)))]
 async fn sign_in(Active(cluster): Active, J(body): J<SignIn>) -> ApiResult<Response> {
     let now = glory_protocol::now_ms();
     let (id, session) = match (body.token, body.user, body.password) {
@@ -117,11 +140,19 @@ pub(super) fn current(
     Some((id.to_string(), session))
 }
 
-async fn whoami(Active(cluster): Active, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+#[utoipa::path(get, path = "/session", tag = "console", operation_id = "getSession",
+    summary = "Who the session cookie is.",
+    security(("session" = [])),
+    responses((status = 200, description = "The session.", body = SessionView)))]
+async fn whoami(Active(cluster): Active, headers: HeaderMap) -> ApiResult<Json<SessionView>> {
     let (_, session) = current(&cluster, &headers).ok_or_else(|| unauthorized("not signed in"))?;
     Ok(Json(view(&session)))
 }
 
+#[utoipa::path(delete, path = "/session", tag = "console", operation_id = "signOut",
+    summary = "Sign out (needs X-CSRF-Token).",
+    security(("session" = [])),
+    responses((status = 204, description = "Signed out; the cookie is cleared.")))]
 async fn sign_out(Active(cluster): Active, headers: HeaderMap) -> ApiResult<Response> {
     let (id, session) = current(&cluster, &headers).ok_or_else(|| unauthorized("not signed in"))?;
     if headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) != Some(session.csrf.as_str()) {

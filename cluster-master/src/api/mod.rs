@@ -56,6 +56,7 @@ fn derived_openapi() -> utoipa::openapi::OpenApi {
     api.merge(sim::routes().into_openapi());
     api.merge(frameworks::routes().into_openapi());
     api.merge(session::routes().into_openapi());
+    api.merge(nodes::routes().into_openapi());
     api
 }
 
@@ -63,7 +64,7 @@ pub fn router(node: Arc<Node>) -> Router {
     // Families for operators only.
     let operator = Router::new()
         .merge(Router::from(cluster::routes()))
-        .merge(nodes::routes())
+        .merge(Router::from(nodes::routes()))
         .merge(Router::from(groups::routes()))
         .merge(Router::from(bootstrap_tokens::routes()))
         .merge(Router::from(sim::routes()))

@@ -7,47 +7,102 @@ use std::sync::Arc;
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use glory_protocol::NodeState;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::node_filter::NodeFilter;
 use super::{Active, ApiError, ApiResult, Caller, J, Q};
 use crate::registry::NodeEntry;
 use crate::role::Node;
 
-pub(super) fn routes() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/nodes", get(list_nodes))
-        .route("/nodes/bulk", post(bulk))
-        .route("/nodes/{id}", get(get_node).delete(remove_node))
-        .route("/nodes/{id}/labels", put(put_labels))
-        .route("/nodes/{id}/admit", post(admit_node))
-        .route("/removed-nodes", get(list_removed_nodes))
+pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::default()
+        .routes(routes!(list_nodes))
+        .routes(routes!(bulk))
+        .routes(routes!(get_node, remove_node))
+        .routes(routes!(put_labels))
+        .routes(routes!(admit_node))
+        .routes(routes!(list_removed_nodes))
+}
+
+// The wire types a node's view carries (its state, inventory, load and history) are
+// the protocol's and the key master's, which carry no schemas of their own (the agent
+// does not need them): their schemas are kept with the hand-written part of the
+// description (openapi.json) and referenced by name.
+fn named(name: &str) -> RefOr<Schema> {
+    RefOr::Ref(Ref::from_schema_name(name))
+}
+
+fn node_state() -> RefOr<Schema> {
+    named("NodeState")
+}
+
+fn inventory() -> RefOr<Schema> {
+    named("Inventory")
+}
+
+fn nullable_load() -> Schema {
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("Load"))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(Some("Null until a heartbeat was heard."))
+            .build(),
+    )
+}
+
+fn history() -> Schema {
+    Schema::Array(
+        ArrayBuilder::new()
+            .items(Ref::from_schema_name("StateEntry"))
+            .description(Some(
+                "Only in `GET /nodes/{id}`: the last transitions, newest last.",
+            ))
+            .build(),
+    )
 }
 
 /// A node as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Node)]
 struct NodeView<'a> {
     id: &'a str,
     hostname: &'a str,
+    #[schema(schema_with = node_state)]
     state: NodeState,
+    /// Since when the node is in `state`.
     state_since_ms: u64,
+    /// Id of the node's group.
     group: &'a str,
+    /// When the node enrolled.
     enrolled_ms: u64,
+    /// Serial of its current certificate.
     serial: &'a str,
-    /// When the node's certificate expires (null in records from before renewal).
+    /// When its certificate expires (it is renewed at about two thirds of its life);
+    /// null in records from before renewal.
     cert_expires_ms: Option<u64>,
+    /// `cert_expires_ms` in RFC 3339 (UTC).
+    #[schema(format = DateTime)]
     cert_expires_at: Option<String>,
+    /// Labels (pool selectors match on them).
     labels: &'a BTreeMap<String, String>,
     /// Left out of `view=summary` listings.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = inventory)]
     inventory: Option<&'a glory_protocol::Inventory>,
+    #[schema(schema_with = nullable_load, required = true)]
     load: Option<&'a glory_protocol::Load>,
+    /// When `load` was received; null without load.
+    #[schema(required = true)]
     load_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = history)]
     history: Option<&'a [glory_keymaster::schema::StateEntry]>,
 }
 
@@ -72,34 +127,83 @@ fn node_view(node: &NodeEntry, with_history: bool, with_inventory: bool) -> Node
     }
 }
 
-#[derive(Deserialize)]
+/// A string query parameter that takes one of `values` (or nothing).
+fn one_of(values: &[&str]) -> Schema {
+    Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(values.iter().copied()))
+            .build(),
+    )
+}
+
+fn state_values() -> Schema {
+    one_of(&[
+        "joining",
+        "up",
+        "suspect",
+        "down",
+        "left",
+        "unreachable",
+        "",
+    ])
+}
+
+fn view_values() -> Schema {
+    one_of(&["full", "summary"])
+}
+
+fn sort_values() -> Schema {
+    one_of(&["id", "hostname", "group", "state", "cpu", ""])
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct NodeQuery {
+    /// Only nodes in this state (empty: any).
+    #[param(schema_with = state_values)]
     state: Option<String>,
+    /// Only nodes of this group (404 if the group does not exist).
     group: Option<String>,
+    /// Case-insensitive substring of the node id or hostname.
     q: Option<String>,
-    /// Page size (default 500, at most 10,000).
+    /// Page size (default 500).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
-    /// Opaque cursor from the previous page's `next`.
+    /// The previous page's `next`: the page starts after this node id.
     cursor: Option<String>,
-    /// `full` (default) or `summary` (without inventories: a tenth of the bytes).
+    /// `full` (default) or `summary`: without each node's inventory (about a tenth of
+    /// the bytes).
+    #[param(schema_with = view_values)]
     view: Option<String>,
-    /// The filter grammar of `node_filter` (`state:down group:g03 cpu>80 ...`).
+    /// Terms that must all hold: state:S, group:G, label:K=V, label:K, q:TEXT (or bare
+    /// TEXT), cpu>N, cpu<=N, mem>N ... (400 naming a bad term).
     filter: Option<String>,
-    /// `id` (default), `hostname`, `group`, `state` or `cpu` (busiest first); with
-    /// `offset` instead of `cursor`.
+    /// Order (cpu: busiest first); pages then by offset, not cursor.
+    #[param(schema_with = sort_values)]
     sort: Option<String>,
+    /// Nodes to skip (with sort).
     offset: Option<usize>,
 }
 
 /// One page of nodes, serialised straight from the registry.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct NodePage<'a> {
+    /// Nodes in id order (without `history`).
     items: Vec<NodeView<'a>>,
+    /// How many nodes match the filters (all pages).
     total: usize,
+    /// Cursor of the next page (pass as `cursor`); null on the last page.
+    #[schema(required = true)]
     next: Option<&'a str>,
 }
 
+#[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "listNodes",
+    summary = "List nodes, filtered and paged by id.",
+    description = "Unknown query parameters are a 400.",
+    params(NodeQuery),
+    responses((status = 200, description = "One page of nodes.", body = NodePage)))]
 async fn list_nodes(Active(cluster): Active, Q(query): Q<NodeQuery>) -> ApiResult<Response> {
     let with_inventory = match query.view.as_deref() {
         None | Some("") | Some("full") => true,
@@ -211,60 +315,170 @@ async fn list_nodes(Active(cluster): Active, Q(query): Q<NodeQuery>) -> ApiResul
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn get_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/nodes/{id}", tag = "nodes", operation_id = "getNode",
+    summary = "A node with its inventory, last load and state history.",
+    params(("id" = String, Path, description = "Node id.")),
+    responses((status = 200, description = "The node.", body = NodeView)))]
+async fn get_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Response> {
     let reg = cluster.read();
     let node = reg
         .nodes
         .get(&id)
         .ok_or_else(|| ApiError::not_found(format!("node {id} does not exist")))?;
-    Ok(Json(
-        serde_json::to_value(node_view(node, true, true)).unwrap_or(Value::Null),
-    ))
+    Ok(Json(node_view(node, true, true)).into_response())
 }
 
+/// Label name to value. Names: 1-63 characters of letters, digits, `-`, `_`, `.`,
+/// `/`; values: at most 63 printable characters; at most 64 labels.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Labels(BTreeMap<String, String>);
+
+impl utoipa::PartialSchema for Labels {
+    fn schema() -> RefOr<Schema> {
+        labels_schema().into()
+    }
+}
+
+impl ToSchema for Labels {}
+
+fn labels_schema() -> Schema {
+    use utoipa::openapi::schema::AdditionalProperties;
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(63));
+    Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .max_properties(Some(64))
+            .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+            .description(Some(
+                "Label name to value. Names: 1-63 characters of letters, digits, `-`, \
+                 `_`, `.`, `/`; values: at most 63 printable characters; at most 64 labels.",
+            ))
+            .build(),
+    )
+}
+
+#[derive(Serialize, ToSchema)]
+struct NodeLabels {
+    node: String,
+    /// The node's labels now.
+    labels: BTreeMap<String, String>,
+}
+
+#[utoipa::path(put, path = "/nodes/{id}/labels", tag = "nodes", operation_id = "putNodeLabels",
+    summary = "Replace a node's labels.",
+    params(("id" = String, Path, description = "Node id.")),
+    request_body = Labels,
+    responses((status = 200, description = "The node's labels now.", body = NodeLabels)))]
 async fn put_labels(
     Active(cluster): Active,
     Path(id): Path<String>,
-    J(labels): J<BTreeMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+    J(Labels(labels)): J<Labels>,
+) -> ApiResult<Json<NodeLabels>> {
     let labels = cluster.set_labels(&id, labels).await?;
-    Ok(Json(json!({"node": id, "labels": labels})))
+    Ok(Json(NodeLabels { node: id, labels }))
 }
 
-async fn remove_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[derive(Serialize, ToSchema)]
+struct NodeRemoved {
+    /// Id of the removed node.
+    removed: String,
+    /// The group it belonged to.
+    group: String,
+}
+
+#[utoipa::path(delete, path = "/nodes/{id}", tag = "nodes", operation_id = "removeNode",
+    summary = "Remove a node; its certificate is refused from then on.",
+    params(("id" = String, Path, description = "Node id.")),
+    responses((status = 200, description = "The node was removed (and released from its pool).",
+        body = NodeRemoved)))]
+async fn remove_node(
+    Active(cluster): Active,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NodeRemoved>> {
     match cluster.remove_node(&id).await? {
-        Some(group) => Ok(Json(json!({"removed": id, "group": group}))),
+        Some(group) => Ok(Json(NodeRemoved { removed: id, group })),
         None => Err(ApiError::not_found(format!("node {id} does not exist"))),
     }
 }
 
-fn removed_view(r: &glory_keymaster::schema::RemovedRecord) -> Value {
-    json!({"node": r.node, "identity": r.identity, "hostname": r.hostname, "removed_ms": r.at_ms})
+/// A node an operator removed: its server is refused at enrollment until admitted.
+#[derive(Serialize, ToSchema)]
+struct RemovedNode {
+    /// Node id it had.
+    node: String,
+    /// The server identity that is refused (`uuid:…`, `mac:…`, `name:…`,
+    /// `machine-id:…`).
+    identity: String,
+    hostname: String,
+    /// When it was removed (Unix milliseconds).
+    removed_ms: u64,
 }
 
-async fn list_removed_nodes(Active(cluster): Active) -> Json<Value> {
-    let items: Vec<Value> = cluster.removed_nodes().iter().map(removed_view).collect();
-    Json(json!({"total": items.len(), "items": items}))
+impl From<&glory_keymaster::schema::RemovedRecord> for RemovedNode {
+    fn from(r: &glory_keymaster::schema::RemovedRecord) -> Self {
+        RemovedNode {
+            node: r.node.clone(),
+            identity: r.identity.clone(),
+            hostname: r.hostname.clone(),
+            removed_ms: r.at_ms,
+        }
+    }
 }
 
-async fn admit_node(Active(cluster): Active, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[derive(Serialize, ToSchema)]
+struct RemovedNodeList {
+    items: Vec<RemovedNode>,
+    total: usize,
+}
+
+#[utoipa::path(get, path = "/removed-nodes", tag = "nodes", operation_id = "listRemovedNodes",
+    summary = "Nodes removed by an operator and not re-admitted, oldest first: their servers are refused at enrollment.",
+    responses((status = 200, description = "The removed nodes.", body = RemovedNodeList)))]
+async fn list_removed_nodes(Active(cluster): Active) -> Json<RemovedNodeList> {
+    let items: Vec<RemovedNode> = cluster
+        .removed_nodes()
+        .iter()
+        .map(RemovedNode::from)
+        .collect();
+    Json(RemovedNodeList {
+        total: items.len(),
+        items,
+    })
+}
+
+#[utoipa::path(post, path = "/nodes/{id}/admit", tag = "nodes", operation_id = "admitNode",
+    summary = "Let a removed node enroll again (by node id or identity). Until then its server is refused at enrollment, even with a valid bootstrap token.",
+    params(("id" = String, Path, description = "Node id or identity.")),
+    responses((status = 200, description = "The node may enroll again.", body = RemovedNode)))]
+async fn admit_node(
+    Active(cluster): Active,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RemovedNode>> {
     match cluster.admit_node(&id).await? {
-        Some(record) => Ok(Json(removed_view(&record))),
+        Some(record) => Ok(Json(RemovedNode::from(&record))),
         None => Err(ApiError::not_found(format!(
             "no removed node {id} (nodes that were never removed need no admission)"
         ))),
     }
 }
 
-/// A bulk action: on the nodes named, or on every node a filter matches.
-#[derive(Deserialize)]
+/// A bulk action: on the nodes named, or on every node a filter matches (either nodes
+/// or filter).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BulkRequest)]
 struct Bulk {
     #[serde(default)]
+    #[schema(max_items = 10000)]
     nodes: Option<Vec<String>>,
+    /// The filter grammar of GET /nodes?filter=.
     #[serde(default)]
     filter: Option<String>,
     /// `label` (add `labels`), `unlabel` (remove `keys`) or `remove` (the nodes).
+    #[schema(schema_with = bulk_actions)]
     action: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -275,15 +489,39 @@ struct Bulk {
     dry_run: bool,
 }
 
+fn bulk_actions() -> Schema {
+    one_of(&["label", "unlabel", "remove"])
+}
+
+/// One node's outcome.
+#[derive(Serialize, ToSchema)]
+struct BulkOutcome {
+    node: String,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct BulkResult {
+    matched: usize,
+    dry_run: bool,
+    results: Vec<BulkOutcome>,
+}
+
 /// Most nodes one bulk action touches.
 const BULK_MAX: usize = 10_000;
 
 /// `POST /api/v1/nodes/bulk`: `{matched, dry_run, results: [{node, ok, error?}]}`.
+#[utoipa::path(post, path = "/nodes/bulk", tag = "nodes", operation_id = "bulkNodes",
+    summary = "Label, unlabel or remove every node named or matching a filter (operators only); dry_run says how many.",
+    request_body = Bulk,
+    responses((status = 200, description = "Per-node results.", body = BulkResult)))]
 async fn bulk(
     Active(cluster): Active,
     _caller: Caller,
     J(body): J<Bulk>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<BulkResult>> {
     match body.action.as_str() {
         "label" if body.labels.is_empty() => {
             return Err(ApiError::unprocessable(
@@ -326,9 +564,11 @@ async fn bulk(
         )));
     }
     if body.dry_run {
-        return Ok(Json(
-            json!({"matched": targets.len(), "dry_run": true, "results": []}),
-        ));
+        return Ok(Json(BulkResult {
+            matched: targets.len(),
+            dry_run: true,
+            results: vec![],
+        }));
     }
     let mut results = Vec::with_capacity(targets.len());
     for node in &targets {
@@ -359,12 +599,15 @@ async fn bulk(
             }
         }
         .await;
-        results.push(match outcome {
-            Ok(()) => json!({"node": node, "ok": true}),
-            Err(e) => json!({"node": node, "ok": false, "error": e.message()}),
+        results.push(BulkOutcome {
+            node: node.clone(),
+            ok: outcome.is_ok(),
+            error: outcome.err().map(|e| e.message().to_string()),
         });
     }
-    Ok(Json(
-        json!({"matched": targets.len(), "dry_run": false, "results": results}),
-    ))
+    Ok(Json(BulkResult {
+        matched: targets.len(),
+        dry_run: false,
+        results,
+    }))
 }

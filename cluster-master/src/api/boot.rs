@@ -4,28 +4,56 @@
 use std::sync::Arc;
 
 use axum::extract::Path;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{Active, ApiError, ApiResult, Q};
 use crate::provisioning::normalize_mac;
 use crate::role::Node;
 
-pub(super) fn routes() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/boot", get(list_boots))
-        .route("/boot/{mac}", get(get_boot))
-        .route("/provisioners", get(list_provisioners))
+pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::default()
+        .routes(routes!(list_boots))
+        .routes(routes!(get_boot))
+        .routes(routes!(list_provisioners))
 }
 
-#[derive(Deserialize)]
+const STATES: [&str; 5] = ["discovered", "booting", "enrolling", "enrolled", "failed"];
+
+/// Where a MAC is on its way from power-on to enrolled.
+fn boot_state() -> Schema {
+    Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(STATES))
+            .build(),
+    )
+}
+
+/// A MAC address in any of the usual spellings: six hex bytes, separated or not.
+pub(super) fn mac_schema() -> Schema {
+    Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[:.-]*([0-9A-Fa-f][:.-]*){12}$"))
+            .description(Some("A MAC address, e.g. 52:54:00:12:34:56."))
+            .build(),
+    )
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct BootQuery {
     #[serde(default)]
+    #[param(schema_with = boot_state)]
     state: Option<String>,
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 5000)]
     limit: usize,
     /// The `next` of the previous page.
     #[serde(default)]
@@ -36,18 +64,42 @@ fn default_limit() -> usize {
     500
 }
 
-const STATES: [&str; 5] = ["discovered", "booting", "enrolling", "enrolled", "failed"];
+/// One MAC's boot.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Boot)]
+struct BootView {
+    mac: String,
+    #[schema(schema_with = boot_state)]
+    state: String,
+    node: Option<String>,
+    ip: Option<String>,
+    /// When it entered its state, ms since the epoch.
+    since: u64,
+    detail: String,
+    provisioner: String,
+}
 
-fn boot_view(b: &glory_keymaster::schema::BootRecord) -> Value {
-    json!({
-        "mac": b.mac,
-        "state": b.state,
-        "node": b.node,
-        "ip": b.ip,
-        "since": b.since_ms,
-        "detail": b.detail,
-        "provisioner": b.provisioner,
-    })
+impl From<&glory_keymaster::schema::BootRecord> for BootView {
+    fn from(b: &glory_keymaster::schema::BootRecord) -> Self {
+        BootView {
+            mac: b.mac.clone(),
+            state: b.state.clone(),
+            node: b.node.clone(),
+            ip: b.ip.clone(),
+            since: b.since_ms,
+            detail: b.detail.clone(),
+            provisioner: b.provisioner.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct BootPage {
+    items: Vec<BootView>,
+    total: usize,
+    /// Pass as `after` for the next page; null on the last page.
+    #[schema(required = true)]
+    next: Option<String>,
 }
 
 pub(super) fn mac_param(mac: &str) -> ApiResult<String> {
@@ -58,7 +110,11 @@ pub(super) fn mac_param(mac: &str) -> ApiResult<String> {
     })
 }
 
-async fn list_boots(Active(cluster): Active, Q(q): Q<BootQuery>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/boot", tag = "provisioning", operation_id = "listBoots",
+    summary = "Each MAC's way from power-on to enrolled (paged by next).",
+    params(BootQuery),
+    responses((status = 200, description = "Boots.", body = BootPage)))]
+async fn list_boots(Active(cluster): Active, Q(q): Q<BootQuery>) -> ApiResult<Json<BootPage>> {
     if let Some(s) = &q.state {
         if !STATES.contains(&s.as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -77,32 +133,72 @@ async fn list_boots(Active(cluster): Active, Q(q): Q<BootQuery>) -> ApiResult<Js
         .filter(|b| q.state.as_deref().is_none_or(|s| s == b.state))
         .collect();
     let total = matching.len();
-    let items: Vec<Value> = matching
+    let items: Vec<BootView> = matching
         .iter()
         .skip(q.after)
         .take(q.limit)
-        .map(boot_view)
+        .map(BootView::from)
         .collect();
-    let end = q.after + items.len();
+    let end = q.after.saturating_add(items.len());
     let next = (end < total).then(|| end.to_string());
-    Ok(Json(json!({"items": items, "total": total, "next": next})))
+    Ok(Json(BootPage { items, total, next }))
 }
 
-async fn get_boot(Active(cluster): Active, Path(mac): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/boot/{mac}", tag = "provisioning", operation_id = "getBoot",
+    summary = "One MAC's boot.",
+    params(("mac" = inline(MacPath), Path)),
+    responses((status = 200, description = "The boot.", body = BootView)))]
+async fn get_boot(Active(cluster): Active, Path(mac): Path<String>) -> ApiResult<Json<BootView>> {
     let mac = mac_param(&mac)?;
     let boot = cluster
         .provisioning
         .boot(&mac)
         .ok_or_else(|| ApiError::not_found(format!("no boot of {mac} is known")))?;
-    Ok(Json(boot_view(&boot)))
+    Ok(Json(BootView::from(&boot)))
 }
 
-async fn list_provisioners(Active(cluster): Active) -> Json<Value> {
-    let items: Vec<Value> = cluster
+/// The `{mac}` of a path, for its schema.
+pub(super) struct MacPath;
+
+impl utoipa::PartialSchema for MacPath {
+    fn schema() -> utoipa::openapi::RefOr<Schema> {
+        mac_schema().into()
+    }
+}
+
+impl ToSchema for MacPath {}
+
+/// A provisioner that enrolled.
+#[derive(Serialize, ToSchema)]
+struct Provisioner {
+    name: String,
+    /// Its HTTP server (boot files, images).
+    http: String,
+    enrolled_ms: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ProvisionerList {
+    items: Vec<Provisioner>,
+    total: usize,
+}
+
+#[utoipa::path(get, path = "/provisioners", tag = "provisioning", operation_id = "listProvisioners",
+    summary = "Provisioners that enrolled.",
+    responses((status = 200, description = "Provisioners.", body = ProvisionerList)))]
+async fn list_provisioners(Active(cluster): Active) -> Json<ProvisionerList> {
+    let items: Vec<Provisioner> = cluster
         .provisioning
         .provisioners()
         .iter()
-        .map(|p| json!({"name": p.name, "http": p.http, "enrolled_ms": p.enrolled_ms}))
+        .map(|p| Provisioner {
+            name: p.name.clone(),
+            http: p.http.clone(),
+            enrolled_ms: p.enrolled_ms,
+        })
         .collect();
-    Json(json!({"items": items, "total": items.len()}))
+    Json(ProvisionerList {
+        total: items.len(),
+        items,
+    })
 }

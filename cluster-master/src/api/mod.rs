@@ -57,6 +57,7 @@ fn derived_openapi() -> utoipa::openapi::OpenApi {
     api.merge(frameworks::routes().into_openapi());
     api.merge(session::routes().into_openapi());
     api.merge(nodes::routes().into_openapi());
+    api.merge(boot::routes().into_openapi());
     api
 }
 
@@ -71,7 +72,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(events::routes())
         .merge(monitoring::routes())
         .merge(Router::from(users::routes()))
-        .merge(boot::routes())
+        .merge(Router::from(boot::routes()))
         .merge(power::routes())
         .merge(images::routes())
         .route_layer(axum::middleware::from_fn(auth::operator_only));

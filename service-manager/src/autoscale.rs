@@ -50,7 +50,8 @@ impl Policy {
 }
 
 /// One decision with its inputs (`GET /api/v1/services/{name}/scaling`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = ScalingDecision)]
 pub struct Decision {
     pub at: u64,
     pub metric: String,

@@ -7,14 +7,17 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
+    /// 1-63 lower-case letters, digits or '-'.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub name: String,
     /// The pool whose nodes run the instances (its tenant owns the service).
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub pool: String,
-    /// The program and its arguments; `{port}` is replaced by the instance's port.
     #[serde(default)]
+    #[schema(schema_with = command_schema)]
     pub command: Vec<String>,
     /// A package to install instead of a command (from the provisioner, part 2).
     #[serde(default)]
@@ -32,7 +35,24 @@ pub struct ServiceSpec {
     pub balancer: Option<Balancer>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Program and arguments (no NUL); `{port}`, `{node}`, `{service}`, `{instance}` and
+/// `{pool}` are replaced.
+fn command_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[^\\u0000]*$")),
+        )
+        .description(Some(
+            "Program and arguments; `{port}`, `{node}`, `{service}`, `{instance}`, `{pool}` \
+             are replaced.",
+        ))
+        .build()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthKind {
     Tcp,
@@ -40,19 +60,25 @@ pub enum HealthKind {
     Exec,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ServiceHealth)]
 pub struct Health {
     pub kind: HealthKind,
-    /// The HTTP path (`http`), or the command (`exec`, split on spaces).
+    /// The HTTP path (`http`, starting with `/`) or the command (`exec`, split on
+    /// spaces); none for `tcp`.
     #[serde(default)]
     pub path: Option<String>,
     #[serde(default = "default_interval")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub interval_seconds: u32,
+    /// At most interval_seconds.
     #[serde(default = "default_timeout")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_seconds: u32,
     /// Failed checks in a row before the instance is unhealthy and replaced.
     #[serde(default = "default_failures")]
+    #[schema(minimum = 1, maximum = 100)]
     pub failures: u32,
 }
 
@@ -66,22 +92,31 @@ fn default_failures() -> u32 {
     3
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ServiceInstances)]
 pub struct Instances {
+    #[schema(maximum = 10000)]
     pub min: u32,
+    #[schema(minimum = 1, maximum = 10000)]
     pub max: u32,
+    /// Between min and max.
+    #[schema(maximum = 10000)]
     pub desired: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ServiceScaling)]
 pub struct Scaling {
     /// `cpu.percent`, `requests_per_sec`, or a monitor item.
+    #[schema(min_length = 1, max_length = 200)]
     pub metric: String,
     /// The value per instance to keep.
+    #[schema(exclusive_minimum = 0)]
     pub target: f64,
     #[serde(default = "default_window")]
+    #[schema(maximum = 86400)]
     pub scale_down_window_seconds: u32,
 }
 
@@ -89,7 +124,7 @@ fn default_window() -> u32 {
     300
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     Roundrobin,
@@ -97,7 +132,7 @@ pub enum Algorithm {
     Source,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancerDriver {
     Haproxy,
@@ -106,9 +141,12 @@ pub enum BalancerDriver {
     Keepalived,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ServiceBalancer)]
 pub struct Balancer {
+    /// IP:PORT clients connect to (a fixed port).
+    #[schema(value_type = String, pattern = "^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9][0-9]|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})$")]
     pub listen: SocketAddr,
     #[serde(default = "default_algorithm")]
     pub algorithm: Algorithm,

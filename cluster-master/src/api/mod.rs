@@ -58,6 +58,7 @@ fn derived_openapi() -> utoipa::openapi::OpenApi {
     api.merge(session::routes().into_openapi());
     api.merge(nodes::routes().into_openapi());
     api.merge(boot::routes().into_openapi());
+    api.merge(services::routes().into_openapi());
     api
 }
 
@@ -80,7 +81,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let api = operator
         .merge(Router::from(tenants::routes()))
         .merge(Router::from(pools::routes()))
-        .merge(services::routes())
+        .merge(Router::from(services::routes()))
         .merge(Router::from(frameworks::routes()))
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),

@@ -26,12 +26,7 @@ const STATES: [&str; 5] = ["discovered", "booting", "enrolling", "enrolled", "fa
 
 /// Where a MAC is on its way from power-on to enrolled.
 fn boot_state() -> Schema {
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some(STATES))
-            .build(),
-    )
+    super::openapi::string_enum(STATES)
 }
 
 /// A MAC address in any of the usual spellings: six hex bytes, separated or not.

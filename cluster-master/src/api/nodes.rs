@@ -17,6 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::node_filter::NodeFilter;
+use super::openapi::string_enum;
 use super::{Active, ApiError, ApiResult, Caller, J, Q};
 use crate::registry::NodeEntry;
 use crate::role::Node;
@@ -127,34 +128,17 @@ fn node_view(node: &NodeEntry, with_history: bool, with_inventory: bool) -> Node
     }
 }
 
-/// A string query parameter that takes one of `values` (or nothing).
-fn one_of(values: &[&str]) -> Schema {
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some(values.iter().copied()))
-            .build(),
-    )
-}
-
+/// Any node state, or nothing.
 fn state_values() -> Schema {
-    one_of(&[
-        "joining",
-        "up",
-        "suspect",
-        "down",
-        "left",
-        "unreachable",
-        "",
-    ])
+    string_enum(NodeState::ALL.iter().map(|s| s.as_str()).chain([""]))
 }
 
 fn view_values() -> Schema {
-    one_of(&["full", "summary"])
+    string_enum(["full", "summary"])
 }
 
 fn sort_values() -> Schema {
-    one_of(&["id", "hostname", "group", "state", "cpu", ""])
+    string_enum(["id", "hostname", "group", "state", "cpu", ""])
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -490,7 +474,7 @@ struct Bulk {
 }
 
 fn bulk_actions() -> Schema {
-    one_of(&["label", "unlabel", "remove"])
+    string_enum(["label", "unlabel", "remove"])
 }
 
 /// One node's outcome.

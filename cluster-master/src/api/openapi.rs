@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::{json, Map, Value};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 const HAND_KEPT: &str = include_str!("openapi.json");
 
@@ -35,6 +36,17 @@ pub(super) async fn spec() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
         SERVED.as_str(),
+    )
+}
+
+/// The schema of a string that takes one of `values`: the names an enum of the code
+/// answers with, taken from the code.
+pub(super) fn string_enum<'a>(values: impl IntoIterator<Item = &'a str>) -> Schema {
+    Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(values))
+            .build(),
     )
 }
 

@@ -12,7 +12,7 @@ use glory_service_manager::autoscale::Decision;
 use glory_service_manager::model::{InstanceState, ServiceRecord};
 use glory_service_manager::spec::{Algorithm, BalancerDriver, Scaling, ServiceSpec};
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::Schema;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -307,19 +307,9 @@ async fn scale(
 
 /// An instance's state.
 fn instance_state() -> Schema {
-    Schema::Object(
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some([
-                "starting",
-                "healthy",
-                "unhealthy",
-                "stopping",
-                "stopped",
-                "failed",
-            ]))
-            .build(),
-    )
+    use InstanceState::*;
+    let all = [Starting, Healthy, Unhealthy, Stopping, Stopped, Failed];
+    super::openapi::string_enum(all.map(InstanceState::as_str))
 }
 
 /// One instance of a service.

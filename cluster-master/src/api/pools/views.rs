@@ -6,32 +6,20 @@ use std::collections::BTreeMap;
 use glory_keymaster::schema::{
     Elastic, MasterSpec, PoolMaster, PoolRecord, PoolSelector, Reclaim, Spread,
 };
+use glory_protocol::NodeState;
 use serde::Serialize;
 use serde_json::Value;
-use utoipa::openapi::{schema::ArrayBuilder, Ref};
+use utoipa::openapi::schema::{ArrayBuilder, Schema};
+use utoipa::openapi::Ref;
 use utoipa::ToSchema;
 
 use crate::cluster::Cluster;
 
 /// The state of a pool's node: its node's state, or `removed` when the node no
 /// longer exists.
-fn node_state_schema() -> utoipa::openapi::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some([
-            "joining",
-            "up",
-            "suspect",
-            "down",
-            "left",
-            "unreachable",
-            "removed",
-        ]))
-        .description(Some(
-            "The node's state, or `removed` when the node no longer exists.",
-        ))
-        .build()
+fn node_state_schema() -> Schema {
+    let states = NodeState::ALL.iter().map(|s| s.as_str());
+    super::super::openapi::string_enum(states.chain(["removed"]))
 }
 
 /// How the last run of a master's process ended.
@@ -85,19 +73,15 @@ pub(in crate::api) struct MasterView {
     output: Vec<String>,
 }
 
-fn process_state_schema() -> utoipa::openapi::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some([
-            "starting",
-            "running",
-            "restarting",
-            "failing",
-            "stopped",
-            "unknown",
-        ]))
-        .build()
+fn process_state_schema() -> Schema {
+    super::super::openapi::string_enum([
+        "starting",
+        "running",
+        "restarting",
+        "failing",
+        "stopped",
+        "unknown",
+    ])
 }
 
 pub(in crate::api) fn master_view(cluster: &Cluster, pool: &str, m: &PoolMaster) -> MasterView {

@@ -59,6 +59,7 @@ fn derived_openapi() -> utoipa::openapi::OpenApi {
     api.merge(nodes::routes().into_openapi());
     api.merge(boot::routes().into_openapi());
     api.merge(services::routes().into_openapi());
+    api.merge(monitoring::routes().into_openapi());
     api
 }
 
@@ -71,7 +72,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(Router::from(bootstrap_tokens::routes()))
         .merge(Router::from(sim::routes()))
         .merge(events::routes())
-        .merge(monitoring::routes())
+        .merge(Router::from(monitoring::routes()))
         .merge(Router::from(users::routes()))
         .merge(Router::from(boot::routes()))
         .merge(power::routes())

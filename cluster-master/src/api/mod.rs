@@ -60,6 +60,7 @@ fn derived_openapi() -> utoipa::openapi::OpenApi {
     api.merge(boot::routes().into_openapi());
     api.merge(services::routes().into_openapi());
     api.merge(monitoring::routes().into_openapi());
+    api.merge(power::routes().into_openapi());
     api
 }
 
@@ -75,7 +76,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(Router::from(monitoring::routes()))
         .merge(Router::from(users::routes()))
         .merge(Router::from(boot::routes()))
-        .merge(power::routes())
+        .merge(Router::from(power::routes()))
         .merge(images::routes())
         .route_layer(axum::middleware::from_fn(auth::operator_only));
     // Families that decide per caller (tenant, role) what it may see and do.

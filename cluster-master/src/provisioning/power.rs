@@ -21,16 +21,25 @@ use crate::events::EventData;
 const POWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// BMC settings as an operator gives them (the password only ever comes in).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BmcRequest)]
 pub(crate) struct BmcInput {
     pub driver: Driver,
+    /// A host name or address (no spaces or control characters).
+    #[schema(
+        pattern = "^[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+$"
+    )]
     pub address: String,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
     #[serde(default)]
+    #[schema(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub user: Option<String>,
+    /// Stored sealed; never returned.
     #[serde(default)]
+    #[schema(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub password: Option<String>,
     #[serde(default)]
     pub system_id: Option<String>,
@@ -39,7 +48,8 @@ pub(crate) struct BmcInput {
 }
 
 /// Last known power state of a target.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Power)]
 pub(crate) struct PowerView {
     pub state: PowerState,
     pub driver: Driver,
@@ -388,7 +398,9 @@ pub(crate) fn state_name(s: PowerState) -> &'static str {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// One node's outcome of a bulk power action.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = BulkPowerResult)]
 pub(crate) struct BulkResult {
     pub node: String,
     pub ok: bool,

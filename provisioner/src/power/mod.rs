@@ -39,7 +39,8 @@ use tokio::time::Instant;
 use PowerErrorKind as Kind;
 
 /// What to do with a server's power.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = PowerActionName)]
 #[serde(rename_all = "snake_case")]
 pub enum PowerAction {
     On,
@@ -51,7 +52,7 @@ pub enum PowerAction {
 }
 
 /// A server's power as its BMC reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PowerState {
     On,
@@ -62,7 +63,8 @@ pub enum PowerState {
 }
 
 /// How the BMC is spoken to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = BmcDriver)]
 #[serde(rename_all = "snake_case")]
 pub enum Driver {
     /// IPMI 2.0 over LAN (RMCP+, cipher suite 3) through `ipmitool`.

@@ -1,14 +1,14 @@
 //! The OpenAPI 3.1 description of the REST API, served at `/api/v1/openapi.json`.
 //!
 //! Families of routes that declare their operations with `#[utoipa::path]` and their
-//! bodies with `ToSchema` types (tenants and API tokens, pools) are described by the
-//! code itself: utoipa-axum builds their router from the same declarations, so none of
-//! their operations can be served undescribed, and a body's schema is the type the
-//! handler parses or returns. The other families are still described by hand in
-//! `openapi.json`; [`document`] lays the derived operations and schemas over it and
-//! refuses one described twice. What every operation shares (the error responses, the
-//! bearer token) is added here once, and the lists the code owns (the metric items)
-//! are filled in from the code.
+//! bodies with `ToSchema` types (all but the images family: docs/ARCHITECTURE.md) are
+//! described by the code itself: utoipa-axum builds their router from the same
+//! declarations, so none of their operations can be served undescribed, and a body's
+//! schema is the type the handler parses or returns. The rest is still described by
+//! hand in `openapi.json` (with the schemas the derived part refers to by name);
+//! [`document`] lays the derived operations and schemas over it and refuses one
+//! described twice. What every operation shares (the error answers) is added here
+//! once, and the lists the code owns (the metric items) are filled in from the code.
 
 use std::sync::LazyLock;
 

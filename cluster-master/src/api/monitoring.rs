@@ -293,7 +293,9 @@ async fn create_monitor(
     let name = body
         .name
         .clone()
-        .ok_or_else(|| ApiError::bad_request("name: required"))?;
+        // One schema serves POST and PUT (where the path names the monitor): its
+        // `name` is optional there, so a POST without one breaks a rule it cannot state.
+        .ok_or_else(|| ApiError::unprocessable("name: required when creating a monitor"))?;
     let m = cluster.put_monitor(body.record(name), true).await?;
     Ok((StatusCode::CREATED, Json(monitor_view(&m))))
 }
@@ -561,15 +563,22 @@ async fn delete_silence(Active(cluster): Active, Path(id): Path<String>) -> ApiR
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn metric_item() -> RefOr<Schema> {
-    named("MetricItem")
+/// A query's `item`: one of the metric items (openapi.json, filled in from the code).
+struct MetricItemName;
+
+impl utoipa::PartialSchema for MetricItemName {
+    fn schema() -> RefOr<Schema> {
+        named("MetricItem")
+    }
 }
+
+impl ToSchema for MetricItemName {}
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct MetricsParams {
-    #[param(schema_with = metric_item)]
+    #[param(value_type = MetricItemName, inline)]
     item: String,
     /// Label matchers `k=v,k=v`.
     #[serde(default)]

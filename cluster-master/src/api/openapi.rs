@@ -228,6 +228,11 @@ mod tests {
                 if method == "parameters" {
                     continue;
                 }
+                for param in op["parameters"].as_array().into_iter().flatten() {
+                    if param["in"] == "path" {
+                        assert_eq!(param["required"], true, "{method} {path}: {param}");
+                    }
+                }
                 let id = op["operationId"].as_str();
                 let id = id.unwrap_or_else(|| panic!("{method} {path} has no operationId"));
                 assert!(ids.insert(id.to_string()), "operationId {id} twice");
@@ -245,6 +250,12 @@ mod tests {
                 "a link names operation {id}, which does not exist"
             );
         }
+        // A query parameter the handler cannot do without is required.
+        let item = &doc["paths"]["/cluster/metrics"]["get"]["parameters"][0];
+        assert_eq!(
+            (&item["name"], &item["required"]),
+            (&json!("item"), &json!(true))
+        );
         // Unsigned integers carry their type's bound, not utoipa's `uint` formats.
         let quota = &doc["components"]["schemas"]["Quota"]["properties"];
         assert_eq!(quota["max_nodes"]["maximum"], json!(u64::MAX), "{quota}");

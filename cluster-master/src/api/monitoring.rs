@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::string_enum;
+use super::openapi::{array_of, named, nullable, string_enum};
 use super::{Active, ApiError, ApiResult, J, Q};
 use crate::monitoring::Alert;
 use crate::role::Node;
@@ -40,10 +40,6 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
 // records whose serde shapes (a scope is an enum with exactly one key) keep
 // hand-written schemas in openapi.json, referenced here by name, as is the list of
 // metric items (filled in from the monitor crate).
-fn named(name: &str) -> RefOr<Schema> {
-    RefOr::Ref(Ref::from_schema_name(name))
-}
-
 fn scope_schema() -> RefOr<Schema> {
     named("MonitorScope")
 }
@@ -57,12 +53,7 @@ fn matchers_schema() -> RefOr<Schema> {
 }
 
 fn nullable_match() -> Schema {
-    Schema::OneOf(
-        OneOfBuilder::new()
-            .item(Ref::from_schema_name("ProcessMatch"))
-            .item(ObjectBuilder::new().schema_type(Type::Null))
-            .build(),
-    )
+    Schema::OneOf(nullable("ProcessMatch").build())
 }
 
 fn item_schema() -> Schema {
@@ -81,8 +72,7 @@ fn item_schema() -> Schema {
 
 fn rules_schema() -> Schema {
     Schema::Array(
-        ArrayBuilder::new()
-            .items(Ref::from_schema_name("MonitorRule"))
+        array_of("MonitorRule")
             .min_items(Some(1))
             .max_items(Some(8))
             .description(Some(
@@ -94,11 +84,7 @@ fn rules_schema() -> Schema {
 }
 
 fn stored_rules() -> Schema {
-    Schema::Array(
-        ArrayBuilder::new()
-            .items(Ref::from_schema_name("MonitorRule"))
-            .build(),
-    )
+    Schema::Array(array_of("MonitorRule").build())
 }
 
 fn command_schema() -> Schema {
@@ -605,11 +591,9 @@ fn points_schema() -> Schema {
     Schema::Array(ArrayBuilder::new().items(point).build())
 }
 
-/// A node's history of one item.
+/// One item's history, as asked and answered.
 #[derive(Serialize, ToSchema)]
-#[schema(as = MetricsHistory)]
-struct NodeHistory {
-    node: String,
+struct Series {
     item: String,
     #[schema(required = true)]
     labels: Option<String>,
@@ -617,6 +601,26 @@ struct NodeHistory {
     step: u64,
     #[schema(schema_with = points_schema)]
     points: Vec<Point>,
+}
+
+impl Series {
+    fn of(p: MetricsParams, answer: glory_protocol::monitoring::MetricsAnswer) -> Self {
+        Series {
+            item: p.item,
+            labels: p.labels,
+            step: answer.step_seconds,
+            points: answer.points,
+        }
+    }
+}
+
+/// A node's history of one item.
+#[derive(Serialize, ToSchema)]
+#[schema(as = MetricsHistory)]
+struct NodeHistory {
+    node: String,
+    #[serde(flatten)]
+    series: Series,
 }
 
 /// A group's history of one item.
@@ -624,26 +628,16 @@ struct NodeHistory {
 #[schema(as = GroupMetricsHistory)]
 struct GroupHistory {
     group: String,
-    item: String,
-    #[schema(required = true)]
-    labels: Option<String>,
-    /// Seconds per point.
-    step: u64,
-    #[schema(schema_with = points_schema)]
-    points: Vec<Point>,
+    #[serde(flatten)]
+    series: Series,
 }
 
 /// The cluster's history of one item.
 #[derive(Serialize, ToSchema)]
 #[schema(as = ClusterMetricsHistory)]
 struct ClusterHistory {
-    item: String,
-    #[schema(required = true)]
-    labels: Option<String>,
-    /// Seconds per point.
-    step: u64,
-    #[schema(schema_with = points_schema)]
-    points: Vec<Point>,
+    #[serde(flatten)]
+    series: Series,
     /// Groups whose master could not answer (left out).
     groups_missing: Vec<String>,
 }
@@ -697,10 +691,7 @@ async fn node_metrics(
     let answer = cluster.node_metrics(&id, series, from, to, p.step).await?;
     Ok(Json(NodeHistory {
         node: id,
-        item: p.item,
-        labels: p.labels,
-        step: answer.step_seconds,
-        points: answer.points,
+        series: Series::of(p, answer),
     }))
 }
 
@@ -718,10 +709,7 @@ async fn group_metrics(
     let answer = cluster.group_metrics(&id, series, from, to, p.step).await?;
     Ok(Json(GroupHistory {
         group: id,
-        item: p.item,
-        labels: p.labels,
-        step: answer.step_seconds,
-        points: answer.points,
+        series: Series::of(p, answer),
     }))
 }
 
@@ -737,10 +725,7 @@ async fn cluster_metrics(
     let (series, from, to) = series_and_range(&p)?;
     let (answer, missing) = cluster.cluster_metrics(series, from, to, p.step).await;
     Ok(Json(ClusterHistory {
-        item: p.item,
-        labels: p.labels,
-        step: answer.step_seconds,
-        points: answer.points,
+        series: Series::of(p, answer),
         groups_missing: missing,
     }))
 }

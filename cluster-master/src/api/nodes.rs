@@ -10,14 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use glory_protocol::NodeState;
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
-use utoipa::openapi::{Ref, RefOr};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::node_filter::NodeFilter;
-use super::openapi::string_enum;
+use super::openapi::{array_of, named, nullable, string_enum};
 use super::{Active, ApiError, ApiResult, Caller, J, Q};
 use crate::registry::NodeEntry;
 use crate::role::Node;
@@ -36,10 +36,6 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
 // the protocol's and the key master's, which carry no schemas of their own (the agent
 // does not need them): their schemas are kept with the hand-written part of the
 // description (openapi.json) and referenced by name.
-fn named(name: &str) -> RefOr<Schema> {
-    RefOr::Ref(Ref::from_schema_name(name))
-}
-
 fn node_state() -> RefOr<Schema> {
     named("NodeState")
 }
@@ -49,24 +45,15 @@ fn inventory() -> RefOr<Schema> {
 }
 
 fn nullable_load() -> Schema {
-    Schema::OneOf(
-        OneOfBuilder::new()
-            .item(Ref::from_schema_name("Load"))
-            .item(ObjectBuilder::new().schema_type(Type::Null))
-            .description(Some("Null until a heartbeat was heard."))
-            .build(),
-    )
+    let load = nullable("Load").description(Some("Null until a heartbeat was heard."));
+    Schema::OneOf(load.build())
 }
 
 fn history() -> Schema {
-    Schema::Array(
-        ArrayBuilder::new()
-            .items(Ref::from_schema_name("StateEntry"))
-            .description(Some(
-                "Only in `GET /nodes/{id}`: the last transitions, newest last.",
-            ))
-            .build(),
-    )
+    let history = array_of("StateEntry").description(Some(
+        "Only in `GET /nodes/{id}`: the last transitions, newest last.",
+    ));
+    Schema::Array(history.build())
 }
 
 /// A node as the API shows it.

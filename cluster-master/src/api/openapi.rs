@@ -15,7 +15,8 @@ use std::sync::LazyLock;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::{json, Map, Value};
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
 
 const HAND_KEPT: &str = include_str!("openapi.json");
 
@@ -48,6 +49,24 @@ pub(super) fn string_enum<'a>(values: impl IntoIterator<Item = &'a str>) -> Sche
             .enum_values(Some(values))
             .build(),
     )
+}
+
+/// The schema named `name`: one kept by hand in openapi.json (the protocol's and some
+/// key master records'), referred to from a derived one.
+pub(super) fn named(name: &str) -> RefOr<Schema> {
+    RefOr::Ref(Ref::from_schema_name(name))
+}
+
+/// The schema named `name`, or null.
+pub(super) fn nullable(name: &str) -> OneOfBuilder {
+    OneOfBuilder::new()
+        .item(Ref::from_schema_name(name))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+}
+
+/// An array of the schema named `name`.
+pub(super) fn array_of(name: &str) -> ArrayBuilder {
+    ArrayBuilder::new().items(Ref::from_schema_name(name))
 }
 
 /// The whole description: the hand-kept families with the derived ones laid over them.

@@ -9,8 +9,7 @@ use glory_keymaster::schema::{
 use glory_protocol::NodeState;
 use serde::Serialize;
 use serde_json::Value;
-use utoipa::openapi::schema::{ArrayBuilder, Schema};
-use utoipa::openapi::Ref;
+use utoipa::openapi::schema::Schema;
 use utoipa::ToSchema;
 
 use crate::cluster::Cluster;
@@ -257,9 +256,7 @@ pub(super) struct PoolDetail {
 
 /// A list of `Event`s (described with the event streams, in openapi.json).
 fn events_schema() -> utoipa::openapi::Array {
-    ArrayBuilder::new()
-        .items(Ref::from_schema_name("Event"))
-        .build()
+    super::super::openapi::array_of("Event").build()
 }
 
 /// A pool, with the ids of the nodes added.

@@ -90,7 +90,7 @@ async fn images_are_versioned_immutable_and_kept_while_in_use() -> anyhow::Resul
     let mut wrong = body.clone();
     wrong["kernel"]["size"] = json!(5);
     let (s, e) = call(op, Method::POST, "/api/v1/images", wrong).await;
-    assert_eq!(s, 400, "{e}");
+    assert_eq!(s, 422, "a size that is not the stored content's: {e}");
     assert!(e["error"]["message"]
         .as_str()
         .unwrap()

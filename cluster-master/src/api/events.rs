@@ -11,19 +11,61 @@ use std::time::Duration;
 use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::get;
-use axum::Router;
 use futures::stream::{self, Stream};
 use serde_json::json;
 use tokio::sync::broadcast;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{Active, ApiResult, Caller};
 use crate::events::{Event, EventData};
 use crate::role::Node;
 
 /// Every event, for operators. A pool's stream is among the pool routes.
-pub(super) fn routes() -> Router<Arc<Node>> {
-    Router::new().route("/events", get(cluster_events))
+pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::default().routes(routes!(cluster_events))
+}
+
+/// The description of the `Last-Event-ID` header the streams take.
+pub(super) const LAST_EVENT_ID: &str = "Id of the last event received: the kept events after it are replayed first (an id that is not a number is ignored).";
+
+const STREAM: &str = "A stream of Server-Sent Events (`event: <kind>`, `id: <id>`, one JSON `data:` line); a comment line is sent every 15 s to keep the connection open.";
+
+/// One Server-Sent Event, as the streams send it (`text/event-stream`).
+pub(super) struct SseFrame;
+
+impl utoipa::PartialSchema for SseFrame {
+    fn schema() -> RefOr<Schema> {
+        let string = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+        };
+        Schema::Object(
+            ObjectBuilder::new()
+                .description(Some(
+                    "One Server-Sent Event. `data` is a JSON object: an `Event`, a stream's \
+                     `snapshot`, or `lagged` `{missed}` (how many events a slow reader lost).",
+                ))
+                .property(
+                    "event",
+                    string("The event kind (`snapshot`, `lagged`, or an `Event.kind`)."),
+                )
+                .property("data", string("One JSON object."))
+                .property("id", string("Event id, for `Last-Event-ID`."))
+                .build(),
+        )
+        .into()
+    }
+}
+
+impl ToSchema for SseFrame {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "SseEvent".into()
+    }
 }
 
 pub(super) fn last_event_id(headers: &HeaderMap) -> Option<u64> {
@@ -107,6 +149,13 @@ pub(super) fn event_stream(
     })
 }
 
+#[utoipa::path(get, path = "/pools/{name}/events", tag = "events", operation_id = "streamPoolEvents",
+    summary = "Stream a pool's events (Server-Sent Events).",
+    description = "Starts with a `snapshot` event (`{pool, tenant, master, nodes, candidates}`, without id), then the kept events after `Last-Event-ID` (if given), then live ones; ends after `pool_deleted`.",
+    params(("name" = String, Path, description = "Pool name."),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, description = LAST_EVENT_ID)),
+    responses((status = 200, description = STREAM,
+        content_type = "text/event-stream", body = SseFrame)))]
 pub(super) async fn pool_events(
     Active(cluster): Active,
     caller: Caller,
@@ -139,6 +188,12 @@ pub(super) async fn pool_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+#[utoipa::path(get, path = "/events", tag = "events", operation_id = "streamClusterEvents",
+    summary = "Stream every cluster event (Server-Sent Events).",
+    description = "Operators only. Live events from now on (after `Last-Event-ID`, the kept ones that followed it first); the stream does not end. A `lagged` event `{missed}` tells a slow reader how many it lost.",
+    params(("Last-Event-ID" = Option<String>, Header, nullable = false, description = LAST_EVENT_ID)),
+    responses((status = 200, description = STREAM,
+        content_type = "text/event-stream", body = SseFrame)))]
 async fn cluster_events(
     Active(cluster): Active,
     headers: HeaderMap,

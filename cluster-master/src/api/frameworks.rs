@@ -10,7 +10,6 @@ use std::time::Duration;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::get;
 use axum::Json;
 use futures::stream::{Stream, StreamExt};
 use glory_keymaster::schema::FrameworkRecord;
@@ -31,8 +30,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::default()
         .routes(routes!(list, register))
         .routes(routes!(show, unregister))
-        // A stream, described with the events (openapi.json).
-        .route("/frameworks/{id}/offers", get(offers_stream))
+        .routes(routes!(offers_stream))
         .routes(routes!(list_offers))
         .routes(routes!(accept))
         .routes(routes!(decline))
@@ -242,6 +240,13 @@ async fn unregister(
 /// offers (with their nodes' resources), then `offer_made`, `offer_accepted`, `offer_declined` and
 /// `offer_rescinded`; ends when the framework is unregistered. While a stream is
 /// open the framework is offered free nodes.
+#[utoipa::path(get, path = "/frameworks/{id}/offers", tag = "frameworks", operation_id = "streamOffers",
+    summary = "Receive a framework's offers (Server-Sent Events).",
+    description = "Starts with a `snapshot` event (`{framework, pool, offers}`: the outstanding offers with their nodes' resources; `offer_made` events are sent live only, never replayed after `Last-Event-ID`), then `offer_made` (`{offer, nodes: [{id, group, cpus, memory_gib, labels}], expires_ms}`), `offer_accepted`, `offer_declined` and `offer_rescinded` (`reason`: expired, a node was taken or went down, the framework stopped listening, framework unregistered); ends after `framework_unregistered`. While a stream is open the framework gets offers, in Dominant Resource Fairness order.",
+    params(("id" = String, Path, description = "Framework id (`fw-...`)."),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, description = super::events::LAST_EVENT_ID)),
+    responses((status = 200, description = "A stream of Server-Sent Events.",
+        content_type = "text/event-stream", body = super::events::SseFrame)))]
 async fn offers_stream(
     Active(cluster): Active,
     caller: Caller,

@@ -61,6 +61,9 @@ fn derived_openapi() -> utoipa::openapi::OpenApi {
     api.merge(services::routes().into_openapi());
     api.merge(monitoring::routes().into_openapi());
     api.merge(power::routes().into_openapi());
+    api.merge(images::routes().into_openapi());
+    api.merge(events::routes().into_openapi());
+    api.merge(openapi::routes().into_openapi());
     api
 }
 
@@ -72,12 +75,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(Router::from(groups::routes()))
         .merge(Router::from(bootstrap_tokens::routes()))
         .merge(Router::from(sim::routes()))
-        .merge(events::routes())
+        .merge(Router::from(events::routes()))
         .merge(Router::from(monitoring::routes()))
         .merge(Router::from(users::routes()))
         .merge(Router::from(boot::routes()))
         .merge(Router::from(power::routes()))
-        .merge(images::routes())
+        .merge(Router::from(images::routes()))
         .route_layer(axum::middleware::from_fn(auth::operator_only));
     // Families that decide per caller (tenant, role) what it may see and do.
     let api = operator
@@ -89,7 +92,7 @@ pub fn router(node: Arc<Node>) -> Router {
             node.clone(),
             auth::authenticate,
         ))
-        .route("/openapi.json", get(openapi::spec))
+        .merge(Router::from(openapi::routes()))
         // Signing in needs no token; the session routes check the cookie themselves.
         .merge(Router::from(session::routes()))
         .fallback(|| async { ApiError::not_found("no such API route") });

@@ -38,7 +38,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
 
 // A monitor's scope, rules and process match and a silence's matchers are key master
 // records whose serde shapes (a scope is an enum with exactly one key) keep
-// hand-written schemas in openapi.json, referenced here by name, as is the list of
+// hand-written schemas in openapi_shared.json, referenced here by name, as is the list of
 // metric items (filled in from the monitor crate).
 fn scope_schema() -> RefOr<Schema> {
     named("MonitorScope")
@@ -549,7 +549,7 @@ async fn delete_silence(Active(cluster): Active, Path(id): Path<String>) -> ApiR
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A query's `item`: one of the metric items (openapi.json, filled in from the code).
+/// A query's `item`: one of the metric items (openapi_shared.json, filled in from the code).
 struct MetricItemName;
 
 impl utoipa::PartialSchema for MetricItemName {

@@ -35,7 +35,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
 // The wire types a node's view carries (its state, inventory, load and history) are
 // the protocol's and the key master's, which carry no schemas of their own (the agent
 // does not need them): their schemas are kept with the hand-written part of the
-// description (openapi.json) and referenced by name.
+// description (openapi_shared.json) and referenced by name.
 fn node_state() -> RefOr<Schema> {
     named("NodeState")
 }

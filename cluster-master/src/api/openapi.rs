@@ -1,24 +1,29 @@
 //! The OpenAPI 3.1 description of the REST API, served at `/api/v1/openapi.json`.
 //!
-//! Families of routes that declare their operations with `#[utoipa::path]` and their
-//! bodies with `ToSchema` types (all but the images family: docs/ARCHITECTURE.md) are
-//! described by the code itself: utoipa-axum builds their router from the same
-//! declarations, so none of their operations can be served undescribed, and a body's
-//! schema is the type the handler parses or returns. The rest is still described by
-//! hand in `openapi.json` (with the schemas the derived part refers to by name);
-//! [`document`] lays the derived operations and schemas over it and refuses one
-//! described twice. What every operation shares (the error answers) is added here
-//! once, and the lists the code owns (the metric items) are filled in from the code.
+//! Every operation is declared on its handler with `#[utoipa::path]`, and its bodies
+//! are `ToSchema` types: utoipa-axum builds each family's router from the same
+//! declarations, so no operation can be served undescribed, and a body's schema is the
+//! type the handler parses or returns. `openapi_shared.json` holds only what no
+//! handler owns: the document's prose (info, tags), the security schemes, the error
+//! body, and a few schemas kept by hand and referred to by name (the protocol's, whose
+//! crates stay free of utoipa, and some whose exact shape utoipa would describe more
+//! loosely than the code accepts). [`document`] puts the two together, adds the error
+//! answers every operation shares, and fills in the lists the code owns (the metric
+//! items).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::{json, Map, Value};
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::{Ref, RefOr};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-const HAND_KEPT: &str = include_str!("openapi.json");
+use crate::role::Node;
+
+const SHARED: &str = include_str!("openapi_shared.json");
 
 /// Statuses every operation may answer with the error body.
 const ERRORS: [&str; 8] = ["400", "401", "403", "404", "409", "422", "500", "503"];
@@ -29,11 +34,44 @@ static SERVED: LazyLock<String> = LazyLock::new(|| match document() {
     // A unit test builds it; a build that got here serves the hand-kept part.
     Err(e) => {
         tracing::error!("the OpenAPI description: {e}");
-        HAND_KEPT.to_string()
+        SHARED.to_string()
     }
 });
 
-pub(super) async fn spec() -> impl IntoResponse {
+pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::default().routes(routes!(spec))
+}
+
+/// An OpenAPI document.
+struct Document;
+
+impl utoipa::PartialSchema for Document {
+    fn schema() -> RefOr<Schema> {
+        Schema::Object(
+            ObjectBuilder::new()
+                .description(Some("This OpenAPI document."))
+                .property("openapi", ObjectBuilder::new().schema_type(Type::String))
+                .required("openapi")
+                .property("info", ObjectBuilder::new().schema_type(Type::Object))
+                .required("info")
+                .property("paths", ObjectBuilder::new().schema_type(Type::Object))
+                .required("paths")
+                .build(),
+        )
+        .into()
+    }
+}
+
+impl utoipa::ToSchema for Document {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "OpenApiDocument".into()
+    }
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "cluster", operation_id = "getOpenApi",
+    summary = "This OpenAPI document (no token needed).", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document.", body = Document)))]
+async fn spec() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
         SERVED.as_str(),
@@ -51,11 +89,23 @@ pub(super) fn string_enum<'a>(values: impl IntoIterator<Item = &'a str>) -> Sche
     )
 }
 
-/// The schema named `name`: one kept by hand in openapi.json (the protocol's and some
-/// key master records'), referred to from a derived one.
+/// The schema named `name`: one kept by hand in openapi_shared.json (the protocol's
+/// and a monitor's parts), referred to from a derived one.
 pub(super) fn named(name: &str) -> RefOr<Schema> {
     RefOr::Ref(Ref::from_schema_name(name))
 }
+
+/// The error body (`{"error": {"code", "message"}}`), for an answer with a status
+/// beyond those every operation shares.
+pub(super) struct ErrorBody;
+
+impl utoipa::PartialSchema for ErrorBody {
+    fn schema() -> RefOr<Schema> {
+        named("Error")
+    }
+}
+
+impl utoipa::ToSchema for ErrorBody {}
 
 /// The schema named `name`, or null.
 pub(super) fn nullable(name: &str) -> OneOfBuilder {
@@ -69,34 +119,30 @@ pub(super) fn array_of(name: &str) -> ArrayBuilder {
     ArrayBuilder::new().items(Ref::from_schema_name(name))
 }
 
-/// The whole description: the hand-kept families with the derived ones laid over them.
+/// The whole description: the handlers' operations and types, in the shared frame.
 pub(super) fn document() -> Result<Value, String> {
     let mut doc: Value =
-        serde_json::from_str(HAND_KEPT).map_err(|e| format!("openapi.json: {e}"))?;
+        serde_json::from_str(SHARED).map_err(|e| format!("openapi_shared.json: {e}"))?;
     let mut derived = serde_json::to_value(super::derived_openapi()).map_err(|e| e.to_string())?;
     integer_bounds(&mut derived);
-    let paths = object(&mut doc, "paths")?;
-    for (path, item) in derived["paths"].as_object().into_iter().flatten() {
-        let target = paths
-            .entry(path.clone())
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .ok_or_else(|| format!("paths.{path} is not an object"))?;
-        for (method, operation) in item.as_object().into_iter().flatten() {
-            if target.contains_key(method) {
-                return Err(format!(
-                    "{method} {path} is described by its handler and in openapi.json"
-                ));
-            }
-            target.insert(method.clone(), with_errors(operation.clone()));
-        }
+    if doc.get("paths").is_some() {
+        return Err("openapi_shared.json describes operations; their handlers do".into());
     }
+    let mut paths = Map::new();
+    for (path, item) in derived["paths"].as_object().into_iter().flatten() {
+        let operations = item.as_object().into_iter().flatten();
+        let item = operations
+            .map(|(method, operation)| (method.clone(), with_errors(operation.clone())))
+            .collect();
+        paths.insert(path.clone(), Value::Object(item));
+    }
+    doc["paths"] = Value::Object(paths);
     let schemas = object(object_value(&mut doc, "components")?, "schemas")?;
     let derived_schemas = derived["components"]["schemas"].as_object();
     for (name, schema) in derived_schemas.into_iter().flatten() {
         if schemas.insert(name.clone(), schema.clone()).is_some() {
             return Err(format!(
-                "schema {name} is derived from a type and kept in openapi.json"
+                "schema {name} is derived from a type and kept in openapi_shared.json"
             ));
         }
     }
@@ -108,7 +154,7 @@ pub(super) fn document() -> Result<Value, String> {
         .collect();
     let item = schemas
         .get_mut("MetricItem")
-        .ok_or("openapi.json has no MetricItem")?;
+        .ok_or("openapi_shared.json has no MetricItem")?;
     item["enum"] = json!(items);
     Ok(doc)
 }
@@ -156,6 +202,11 @@ fn integer_bounds(v: &mut Value) {
 
 /// A derived operation with the error answers every operation has.
 fn with_errors(mut operation: Value) -> Value {
+    // utoipa writes "no token needed" (`security(())`) as `[{}]`, one empty way of
+    // authenticating; OpenAPI's word for none is `[]`.
+    if operation.get("security") == Some(&json!([{}])) {
+        operation["security"] = json!([]);
+    }
     let responses = &mut operation["responses"];
     for status in ERRORS {
         if responses.get(status).is_none() {
@@ -259,6 +310,16 @@ mod tests {
         }
         let (mut refs, mut links) = (BTreeSet::new(), BTreeSet::new());
         references(&doc, &mut refs, &mut links);
+        // Every reference names something, and every component is referred to.
+        for (kind, named) in doc["components"].as_object().unwrap() {
+            if kind == "securitySchemes" {
+                continue;
+            }
+            for name in named.as_object().unwrap().keys() {
+                let r = format!("#/components/{kind}/{name}");
+                assert!(refs.contains(&r), "nothing refers to {r}");
+            }
+        }
         for r in refs {
             let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("{r}"));
             assert!(doc.pointer(pointer).is_some(), "{r} names nothing");
@@ -269,6 +330,10 @@ mod tests {
                 "a link names operation {id}, which does not exist"
             );
         }
+        // A header is a string or absent, never null; the document needs no token.
+        let header = &doc["paths"]["/events"]["get"]["parameters"][0];
+        assert_eq!(header["schema"], json!({"type": "string"}), "{header}");
+        assert_eq!(doc["paths"]["/openapi.json"]["get"]["security"], json!([]));
         // A query parameter the handler cannot do without is required.
         let item = &doc["paths"]["/cluster/metrics"]["get"]["parameters"][0];
         assert_eq!(

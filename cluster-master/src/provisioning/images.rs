@@ -169,7 +169,7 @@ impl ImageState {
                 "{field}: no content {} is stored; upload it first (PUT /api/v1/content/{})",
                 blob.sha256, blob.sha256
             ))),
-            Some(size) if size != blob.size => Err(OpError::Invalid(format!(
+            Some(size) if size != blob.size => Err(OpError::Unprocessable(format!(
                 "{field}.size: content {} has {size} bytes, not {}",
                 blob.sha256, blob.size
             ))),
@@ -466,7 +466,7 @@ impl Cluster {
         };
         for (i, inst) in installations.iter().enumerate() {
             if !record.versions.iter().any(|v| v.version == inst.version) {
-                return Err(OpError::Invalid(format!(
+                return Err(OpError::Unprocessable(format!(
                     "installations[{i}].version: {name} has no version {:?}",
                     inst.version
                 )));

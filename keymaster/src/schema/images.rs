@@ -31,9 +31,13 @@ pub fn software_key(name: &str) -> String {
 }
 
 /// A content-addressed file: its SHA-256 (lower-case hex) and size in bytes.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct BlobRef {
+    /// SHA-256 of the content, 64 lower-case hex digits.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub sha256: String,
     pub size: u64,
 }
@@ -66,7 +70,7 @@ impl ImageRecord {
 }
 
 /// How an image is deployed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeployMode {
     /// The root filesystem in RAM: the squashfs with a tmpfs overlay.
@@ -80,7 +84,7 @@ pub enum DeployMode {
 /// hold; an empty selector matches every node. The most specific match wins: a node
 /// list beats a group list, which beats labels (more labels beat fewer), which beat
 /// nothing.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeMatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -96,7 +100,7 @@ pub struct NodeMatch {
 
 /// A network interface as first-boot configuration sets it up (systemd-networkd
 /// files). Every string is a template.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InterfaceConfig {
     /// Interface name (`eth0`, `bond0`, `bond0.20`).
@@ -124,13 +128,15 @@ pub struct InterfaceConfig {
 }
 
 /// A file first-boot configuration writes. `path` and `content` are templates.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileTemplate {
+    /// An absolute path; a template.
     pub path: String,
     /// Octal permission bits as text, e.g. `"0644"`.
     #[serde(default = "file_mode")]
     pub mode: String,
+    /// A minijinja template.
     pub content: String,
 }
 
@@ -139,7 +145,7 @@ fn file_mode() -> String {
 }
 
 /// What the agent does with a file that no longer has its rendered content.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DriftPolicy {
     /// Report it and write the rendered content back.
@@ -150,8 +156,11 @@ pub enum DriftPolicy {
 }
 
 /// First-boot configuration: rendered per node (minijinja, with the node's facts and
-/// labels), served to the node, applied by its agent.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// labels), served to the node, applied by its agent. Templates see `node.id`,
+/// `node.hostname`, `node.group`, `node.labels`, `node.pools`, `node.mac`, `node.ip`,
+/// `node.cpus`, `node.memory_mb`, `profile` and `image`; an undefined variable is an
+/// error.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirstBootConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,7 +214,7 @@ pub struct ProfileRecord {
 }
 
 /// One version of a package: a tar.zst in the content store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PackageVersion {
     pub version: String,
@@ -214,7 +223,7 @@ pub struct PackageVersion {
 }
 
 /// Where a version of a package is to be installed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Installation {
     pub version: String,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::Json;
 use glory_keymaster::schema::{Elastic, MasterSpec, PoolRecord, PoolSelector, Spread};
 use serde::Deserialize;
@@ -40,8 +39,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(remove_candidate))
         .routes(routes!(get_master))
         .routes(routes!(failover))
-        // A stream, described with the events (openapi.json).
-        .route("/pools/{name}/events", get(super::events::pool_events))
+        .routes(routes!(super::events::pool_events))
 }
 
 fn not_found(name: &str) -> ApiError {

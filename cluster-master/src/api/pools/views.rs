@@ -254,7 +254,7 @@ pub(super) struct PoolDetail {
     pub(super) events: Vec<Value>,
 }
 
-/// A list of `Event`s (described with the event streams, in openapi.json).
+/// A list of `Event`s (a schema kept by hand in openapi_shared.json).
 fn events_schema() -> utoipa::openapi::Array {
     super::super::openapi::array_of("Event").build()
 }

@@ -122,6 +122,21 @@ impl Procs {
         self.0.iter().any(|(n, _)| n == name)
     }
 
+    /// Send `signal` (`STOP`, `CONT`, ...) to process `name`.
+    pub fn signal(&self, name: &str, signal: &str) -> anyhow::Result<()> {
+        let child = &self
+            .0
+            .iter()
+            .find(|(n, _)| n == name)
+            .context("no such process")?
+            .1;
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {name}: {status}");
+        Ok(())
+    }
+
     /// SIGKILL: no goodbyes, no resignation.
     pub fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
         let mut child = self.take(name)?;

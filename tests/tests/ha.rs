@@ -1,7 +1,8 @@
 //! High availability with real processes on a real 3-member etcd: two cluster masters,
 //! an active and a standby group master, 20 simulated agents. `kill -9` the active
 //! cluster master, then the active group master; lose an etcd member; lose etcd
-//! altogether for a while. No node may ever be reported `down`.
+//! altogether for a while. No node may ever be reported `down`. And a leader frozen
+//! past its lease, whose queued writes must not land.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -480,5 +481,119 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     let c = get(&cm2, "/api/v1/cluster").await.context("cluster")?;
     assert_eq!(c["nodes_by_state"]["up"], 20, "{c}");
     assert_eq!(c["transitions"]["down"], 0, "{c}");
+    Ok(())
+}
+
+/// A leader frozen past its lease (SIGSTOP) while writes queue up for it: the standby
+/// takes over and writes; thawed (SIGCONT), the old leader lands none of the queued
+/// writes, because each of its writes requires its own leadership key, which is gone.
+/// It exits for its supervisor (here the test) to restart it, and comes back a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_past_its_lease_lands_none_of_its_queued_writes() -> anyhow::Result<()> {
+    let etcd = EtcdCluster::start(1).await?;
+    let endpoints = etcd.endpoints();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mut procs = Procs::default();
+    let (q1, a1, q2, a2) = (free_udp(), free_tcp(), free_udp(), free_tcp());
+    let c1 = cm_config(d, "cm1", q1, a1, &endpoints)?;
+    let cm1_args = ["--config".to_string(), c1];
+    procs.spawn("cm1", "glory-cluster-master", &cm1_args, &d.join("cm1.log"))?;
+    let token_file = d.join("cm1").join("operator.token");
+    let (token, _) = until_some("cm1 active", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&token_file)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.trim().to_string())
+    })
+    .await?;
+    let cm2 = ApiClient::new(&a2.to_string(), &token)?.with_timeout(Duration::from_secs(5))?;
+    let c2 = cm_config(d, "cm2", q2, a2, &endpoints)?;
+    procs.spawn(
+        "cm2",
+        "glory-cluster-master",
+        &["--config".into(), c2],
+        &d.join("cm2.log"),
+    )?;
+    until_some("cm2 standing by", Duration::from_secs(20), || async {
+        get(&cm2, "/healthz")
+            .await
+            .filter(|h| h["role"] == "standby" && !h["leader"].is_null())
+    })
+    .await?;
+    // A client that waits as long as the freeze lasts.
+    let cm1 = ApiClient::new(&a1.to_string(), &token)?.with_timeout(Duration::from_secs(60))?;
+    let create = |api: &ApiClient, name: &str| {
+        let (api, body) = (api.clone(), serde_json::json!({"name": name}));
+        async move {
+            api.request(Method::POST, "/api/v1/tenants", Some(body))
+                .await
+        }
+    };
+    let (status, r) = create(&cm1, "before").await?;
+    assert_eq!(status, 201, "{r}");
+
+    procs.signal("cm1", "STOP")?;
+    let frozen = Instant::now();
+    let queued: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(create(&cm1, &format!("queued-{i}"))))
+        .collect();
+    // The lease is 5 s (cm_config): the standby takes over after it runs out.
+    let (_, took) = until_some("cm2 active", Duration::from_secs(15), || async {
+        get(&cm2, "/healthz")
+            .await
+            .filter(|h| h["role"] == "active")
+    })
+    .await?;
+    eprintln!("cm2 active {took:?} after cm1 froze");
+    let (status, r) = create(&cm2, "after").await?;
+    assert_eq!(status, 201, "the new leader writes: {r}");
+
+    procs.signal("cm1", "CONT")?;
+    eprintln!("cm1 thawed after {:?}", frozen.elapsed());
+    for (i, q) in queued.into_iter().enumerate() {
+        match q.await? {
+            Ok((status, body)) => {
+                eprintln!("queued-{i}: {status} {body}");
+                // Refused at its write, or before it as a standby: never written.
+                assert_eq!(status, 503, "queued-{i} by a deposed leader: {body}");
+            }
+            // It exited before answering.
+            Err(e) => eprintln!("queued-{i}: {e:#}"),
+        }
+    }
+    let status = procs.wait_exit("cm1", Duration::from_secs(15))?;
+    assert!(!status.success(), "a deposed leader exits with an error");
+    let tenants = get(&cm2, "/api/v1/tenants").await.context("tenants")?;
+    let names: Vec<&str> = tenants["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"before") && names.contains(&"after"),
+        "{tenants}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("queued")),
+        "no queued write landed: {names:?}"
+    );
+
+    // Its supervisor restarts it: it stands by, naming the new leader.
+    procs.spawn(
+        "cm1",
+        "glory-cluster-master",
+        &cm1_args,
+        &d.join("cm1-again.log"),
+    )?;
+    let cm1 = ApiClient::new(&a1.to_string(), &token)?.with_timeout(Duration::from_secs(5))?;
+    let (health, _) = until_some("cm1 standing by", Duration::from_secs(20), || async {
+        get(&cm1, "/healthz")
+            .await
+            .filter(|h| h["role"] == "standby" && !h["leader"].is_null())
+    })
+    .await?;
+    assert_eq!(health["leader"]["api"], a2.to_string(), "{health}");
     Ok(())
 }

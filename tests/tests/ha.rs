@@ -81,6 +81,55 @@ fn cm_config(
     Ok(path.display().to_string())
 }
 
+/// Start cluster master `name` on etcd; its arguments, for a restart.
+fn spawn_cm(
+    procs: &mut Procs,
+    dir: &Path,
+    name: &str,
+    (quic, api): (SocketAddr, SocketAddr),
+    etcd: &[String],
+) -> anyhow::Result<[String; 2]> {
+    let args = [
+        "--config".to_string(),
+        cm_config(dir, name, quic, api, etcd)?,
+    ];
+    procs.spawn(
+        name,
+        "glory-cluster-master",
+        &args,
+        &dir.join(format!("{name}.log")),
+    )?;
+    Ok(args)
+}
+
+/// The operator token cluster master `name` writes once it leads.
+async fn operator_token(dir: &Path, name: &str) -> anyhow::Result<String> {
+    let file = dir.join(name).join("operator.token");
+    let (token, _) = until_some(
+        &format!("{name} active"),
+        Duration::from_secs(20),
+        || async {
+            std::fs::read_to_string(&file)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| t.trim().to_string())
+        },
+    )
+    .await?;
+    Ok(token)
+}
+
+/// Wait for the cluster master behind `api` to stand by naming a leader; its health.
+async fn standing_by(api: &ApiClient, what: &str) -> anyhow::Result<Value> {
+    let (health, _) = until_some(what, Duration::from_secs(20), || async {
+        get(api, "/healthz")
+            .await
+            .filter(|h| h["role"] == "standby" && !h["leader"].is_null())
+    })
+    .await?;
+    Ok(health)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> {
     let mut etcd = EtcdCluster::start(3).await?;
@@ -95,37 +144,13 @@ async fn masters_fail_over_on_etcd_without_a_false_down() -> anyhow::Result<()> 
     let (q1, a1, q2, a2) = (free_udp(), free_tcp(), free_udp(), free_tcp());
 
     // Two cluster masters: the first leads, the second stands by and says so.
-    let c1 = cm_config(d, "cm1", q1, a1, &endpoints)?;
-    procs.spawn(
-        "cm1",
-        "glory-cluster-master",
-        &["--config".into(), c1],
-        &d.join("cm1.log"),
-    )?;
-    let token_file = d.join("cm1").join("operator.token");
-    let (token, _) = until_some("cm1 active", Duration::from_secs(20), || async {
-        std::fs::read_to_string(&token_file)
-            .ok()
-            .filter(|t| !t.trim().is_empty())
-            .map(|t| t.trim().to_string())
-    })
-    .await?;
+    spawn_cm(&mut procs, d, "cm1", (q1, a1), &endpoints)?;
+    let token = operator_token(d, "cm1").await?;
     // Short timeouts: the checks below poll, and a hung request must not stall them.
     let cm1 = ApiClient::new(&a1.to_string(), &token)?.with_timeout(Duration::from_secs(5))?;
     let cm2 = ApiClient::new(&a2.to_string(), &token)?.with_timeout(Duration::from_secs(5))?;
-    let c2 = cm_config(d, "cm2", q2, a2, &endpoints)?;
-    procs.spawn(
-        "cm2",
-        "glory-cluster-master",
-        &["--config".into(), c2],
-        &d.join("cm2.log"),
-    )?;
-    let (health, _) = until_some("cm2 standing by", Duration::from_secs(20), || async {
-        get(&cm2, "/healthz")
-            .await
-            .filter(|h| h["role"] == "standby" && !h["leader"].is_null())
-    })
-    .await?;
+    spawn_cm(&mut procs, d, "cm2", (q2, a2), &endpoints)?;
+    let health = standing_by(&cm2, "cm2 standing by").await?;
     assert_eq!(
         health["leader"]["api"],
         a1.to_string(),
@@ -496,31 +521,11 @@ async fn a_leader_frozen_past_its_lease_lands_none_of_its_queued_writes() -> any
     let d = dir.path();
     let mut procs = Procs::default();
     let (q1, a1, q2, a2) = (free_udp(), free_tcp(), free_udp(), free_tcp());
-    let c1 = cm_config(d, "cm1", q1, a1, &endpoints)?;
-    let cm1_args = ["--config".to_string(), c1];
-    procs.spawn("cm1", "glory-cluster-master", &cm1_args, &d.join("cm1.log"))?;
-    let token_file = d.join("cm1").join("operator.token");
-    let (token, _) = until_some("cm1 active", Duration::from_secs(20), || async {
-        std::fs::read_to_string(&token_file)
-            .ok()
-            .filter(|t| !t.trim().is_empty())
-            .map(|t| t.trim().to_string())
-    })
-    .await?;
+    let cm1_args = spawn_cm(&mut procs, d, "cm1", (q1, a1), &endpoints)?;
+    let token = operator_token(d, "cm1").await?;
     let cm2 = ApiClient::new(&a2.to_string(), &token)?.with_timeout(Duration::from_secs(5))?;
-    let c2 = cm_config(d, "cm2", q2, a2, &endpoints)?;
-    procs.spawn(
-        "cm2",
-        "glory-cluster-master",
-        &["--config".into(), c2],
-        &d.join("cm2.log"),
-    )?;
-    until_some("cm2 standing by", Duration::from_secs(20), || async {
-        get(&cm2, "/healthz")
-            .await
-            .filter(|h| h["role"] == "standby" && !h["leader"].is_null())
-    })
-    .await?;
+    spawn_cm(&mut procs, d, "cm2", (q2, a2), &endpoints)?;
+    standing_by(&cm2, "cm2 standing by").await?;
     // A client that waits as long as the freeze lasts.
     let cm1 = ApiClient::new(&a1.to_string(), &token)?.with_timeout(Duration::from_secs(60))?;
     let create = |api: &ApiClient, name: &str| {
@@ -588,12 +593,7 @@ async fn a_leader_frozen_past_its_lease_lands_none_of_its_queued_writes() -> any
         &d.join("cm1-again.log"),
     )?;
     let cm1 = ApiClient::new(&a1.to_string(), &token)?.with_timeout(Duration::from_secs(5))?;
-    let (health, _) = until_some("cm1 standing by", Duration::from_secs(20), || async {
-        get(&cm1, "/healthz")
-            .await
-            .filter(|h| h["role"] == "standby" && !h["leader"].is_null())
-    })
-    .await?;
+    let health = standing_by(&cm1, "cm1 standing by").await?;
     assert_eq!(health["leader"]["api"], a2.to_string(), "{health}");
     Ok(())
 }
